@@ -1,0 +1,56 @@
+// swift-tools-version: 6.0
+// Soulfra: the io_uring broker core, the peer client library, the daemon and the load-test driver.
+//
+// Module dependencies run one way:
+//   CURing ─► SoulfraLoop ─┐
+//   SoulfraWire ─► SoulfraBroker ─► SoulfraServer ─► soulfra (executable)
+//   SoulfraWire ─► SoulfraPeer ─► soulfra-loadtest (executable, in loadtest/)
+import PackageDescription
+
+let package = Package(
+    name: "soulfra",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "soulfra", targets: ["soulfra"]),
+        .executable(name: "soulfra-loadtest", targets: ["soulfra-loadtest"]),
+        .library(name: "SoulfraPeer", targets: ["SoulfraPeer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // liburing enters through this shim only (Debian 12 ships liburing 2.3).
+        .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
+        // The broker wire protocol v1: frame codec, sans-IO.
+        .target(name: "SoulfraWire"),
+        // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire"]),
+        // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
+        .target(name: "SoulfraLoop", dependencies: ["CURing"]),
+        // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
+        .target(name: "SoulfraPeer", dependencies: ["SoulfraWire"]),
+        // Wiring: config, broker on the loop, signals, graceful shutdown.
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire"]),
+        .executableTarget(
+            name: "soulfra",
+            dependencies: ["SoulfraServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "soulfra-loadtest",
+            dependencies: [
+                "SoulfraPeer", "SoulfraWire",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "loadtest"
+        ),
+        .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
+        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire"]),
+        .testTarget(
+            name: "SoulfraIntegrationTests",
+            dependencies: ["SoulfraServer", "SoulfraPeer", "SoulfraWire", "SoulfraLoop"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

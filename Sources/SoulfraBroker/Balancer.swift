@@ -1,0 +1,79 @@
+/// How the broker picks among a world's instances (after session affinity).
+public enum BalancerPolicy: String, Sendable, CaseIterable {
+    /// The instance with the fewest open streams; ties go round-robin.
+    case leastOutstanding = "least_outstanding"
+    /// Each instance in turn.
+    case roundRobin = "round_robin"
+}
+
+extension Broker {
+    /// Picks an instance of `world` for a new stream, honouring and recording session affinity.
+    func pickInstance(world: String, session: String) -> Link? {
+        guard let pool = pools[world], !pool.links.isEmpty else { return nil }
+        if !session.isEmpty, let pinned = pool.affinity[session], let link = liveLink(pinned), !link.draining {
+            metrics.affinityHits += 1
+            return link
+        }
+        let policy = balancerPolicies[world] ?? defaultBalancer
+        guard let chosen = choose(from: pool, policy: policy) else { return nil }
+        if !session.isEmpty { pin(session: session, to: chosen.id, in: pool) }
+        return chosen
+    }
+
+    /// Picks a runtime worker or vault link: least outstanding, ties round-robin.
+    func pickService(_ pool: WorldPool) -> Link? {
+        choose(from: pool, policy: .leastOutstanding)
+    }
+
+    private func choose(from pool: WorldPool, policy: BalancerPolicy) -> Link? {
+        let n = pool.links.count
+        guard n > 0 else { return nil }
+        switch policy {
+        case .roundRobin:
+            for step in 0..<n {
+                let link = links[Int(pool.links[(pool.cursor + step) % n])]!
+                if !link.draining {
+                    pool.cursor = (pool.cursor + step + 1) % n
+                    return link
+                }
+            }
+            return nil
+        case .leastOutstanding:
+            var best: Link?
+            for step in 0..<n {
+                let link = links[Int(pool.links[(pool.cursor + step) % n])]!
+                if link.draining { continue }
+                if best == nil || link.outstanding < best!.outstanding { best = link }
+            }
+            pool.cursor = (pool.cursor + 1) % n
+            return best
+        }
+    }
+
+    private func pin(session: String, to link: UInt32, in pool: WorldPool) {
+        if pool.affinity.updateValue(link, forKey: session) == nil {
+            pool.affinityOrder.append(session)
+            // Forget the oldest pins past the bound; compact the order list now and then.
+            while pool.affinity.count > limits.affinitySessionsPerWorld {
+                let old = pool.affinityOrder[pool.affinityOrderHead]
+                pool.affinityOrderHead += 1
+                pool.affinity.removeValue(forKey: old)
+            }
+            if pool.affinityOrderHead > 1024 && pool.affinityOrderHead * 2 > pool.affinityOrder.count {
+                pool.affinityOrder.removeFirst(pool.affinityOrderHead)
+                pool.affinityOrderHead = 0
+            }
+        }
+    }
+
+    /// Moves sessions pinned to a departed instance: they are re-pinned on their next stream.
+    func unpinAll(link: UInt32, in pool: WorldPool) {
+        let before = pool.affinity.count
+        pool.affinity = pool.affinity.filter { $0.value != link }
+        metrics.affinityRepins += UInt64(before - pool.affinity.count)
+        if pool.affinity.isEmpty {
+            pool.affinityOrder.removeAll()
+            pool.affinityOrderHead = 0
+        }
+    }
+}

@@ -1,0 +1,763 @@
+import SoulfraWire
+
+/// What the broker asks of the I/O layer after an event.
+public enum BrokerAction: Equatable, Sendable {
+    /// Stop reading the link (backpressure); its already-received bytes were handled.
+    case pauseRead(UInt32)
+    /// Read the link again.
+    case resumeRead(UInt32)
+    /// Flush what is queued for the link (bounded by a deadline), then close its socket and call `detach`.
+    case close(UInt32)
+    /// Shutdown has drained (or hit its deadline): every link has been told and is closing.
+    case shutdownComplete
+}
+
+/// Per-key quota state on this broker.
+struct KeyState {
+    var bytes: TokenBucket
+    var frames: TokenBucket
+    var streams = 0
+}
+
+/// The broker: routes World ↔ Runtime ↔ Vault frames between links, with per-stream credit, per-link
+/// watermarks, per-key quotas, rooms and heartbeats. Sans-IO: it takes bytes, link events and `now`
+/// (monotonic nanoseconds) and produces bytes per link plus `BrokerAction`s. One broker is driven by one
+/// thread; nothing in it locks.
+public final class Broker {
+    public let limits: BrokerLimits
+    public private(set) var access: AccessTable
+    public let serverName: String
+    var defaultBalancer: BalancerPolicy
+    var balancerPolicies: [String: BalancerPolicy] = [:]
+
+    var links: [Link?] = []
+    var routes: [Route] = []
+    var freeRoutes: [Int32] = []
+    var liveRoutes = 0
+    var pools: [String: WorldPool] = [:]
+    let runtimes = WorldPool()
+    let vaults = WorldPool()
+    /// Subscribers by "world\0room".
+    var rooms: [String: [Subscription]] = [:]
+    var keyStates: [UInt64: KeyState] = [:]
+    var pacedRoutes: [Int32] = []
+    var metrics = BrokerCounters()
+    var dirtyLinks: [UInt32] = []
+    var pendingActions: [BrokerAction] = []
+    var shutdownDeadline: UInt64?
+    public private(set) var shutdownComplete = false
+
+    public init(
+        limits: BrokerLimits = BrokerLimits(), access: AccessTable, serverName: String = "soulfra",
+        balancer: BalancerPolicy = .leastOutstanding
+    ) {
+        self.limits = limits
+        self.access = access
+        self.serverName = serverName
+        self.defaultBalancer = balancer
+    }
+
+    // MARK: - Link lifecycle
+
+    /// A socket was accepted as link `id` (the I/O layer's slot; unique among attached links).
+    public func attach(link id: UInt32, now: UInt64) {
+        let i = Int(id)
+        if i >= links.count { links.append(contentsOf: repeatElement(nil, count: i - links.count + 1)) }
+        precondition(links[i] == nil, "link \(id) attached twice")
+        links[i] = Link(id: id, now: now)
+    }
+
+    /// Whether the broker can take another link (the I/O layer refuses the socket otherwise).
+    public var canAttach: Bool {
+        var n = 0
+        for case .some in links { n += 1 }
+        return n < limits.maxLinks && shutdownDeadline == nil
+    }
+
+    /// The link's socket is gone (peer closed, I/O error, or the close the broker asked for is done).
+    public func detach(link id: UInt32, now: UInt64) {
+        guard let link = liveLink(id) else { return }
+        if link.state != .closing {
+            metrics.linkCloses[Int(ErrorCode.peerGone.rawValue)] += 1
+            teardown(link, .peerGone)
+        }
+        links[Int(id)] = nil
+        checkShutdown(now: now)
+    }
+
+    /// Sets the balancer for one world's instances.
+    public func setBalancer(_ policy: BalancerPolicy, forWorld world: String) {
+        balancerPolicies[world] = policy
+    }
+
+    /// Replaces the access table. Streams whose key is gone are ended with `not_permitted`.
+    public func install(access: AccessTable, now: UInt64) {
+        self.access = access
+        keyStates = keyStates.filter { access.keys[$0.key] != nil }
+        for ri in routes.indices where routes[ri].live && routes[ri].keyID != 0 && access.keys[routes[ri].keyID] == nil {
+            endRoute(Int32(ri), code: .notPermitted, reason: "key revoked", notifyOpener: true, notifyAcceptor: true)
+        }
+    }
+
+    @inline(__always) func liveLink(_ id: UInt32) -> Link? {
+        let i = Int(id)
+        return i < links.count ? links[i] : nil
+    }
+
+    @inline(__always) func kindIndex(_ link: Link) -> Int {
+        link.state == .handshake ? 0 : Int(link.kind.rawValue)
+    }
+
+    // MARK: - Input
+
+    /// Bytes arrived on a link. Every complete frame is handled before this returns.
+    public func receive(link id: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
+        guard let link = liveLink(id), link.state != .closing else { return }
+        link.lastHeard = now
+        link.bytesIn &+= UInt64(bytes.count)
+        metrics.bytesIn[kindIndex(link)] &+= UInt64(bytes.count)
+        do {
+            try link.decoder.feed(bytes) { header, payload throws(WireError) in
+                link.framesIn &+= 1
+                self.metrics.framesIn[self.kindIndex(link)] &+= 1
+                try self.handle(link, header, payload, now: now)
+                return link.state != .closing
+            }
+        } catch {
+            fail(link, error.code, error.description)
+        }
+        if shutdownDeadline != nil { checkShutdown(now: now) }
+    }
+
+    @inline(__always)
+    func handle(_ link: Link, _ h: FrameHeader, _ payload: UnsafeRawBufferPointer, now: UInt64) throws(WireError) {
+        if link.state == .handshake && h.type != .hello {
+            fail(link, .protocolError, "the first frame on a link must be HELLO, got \(h.type)")
+            return
+        }
+        switch h.type {
+        case .data:
+            try Frame.requireStream(h)
+            onData(link, h, payload, now: now)
+        case .credit:
+            try Frame.requireStream(h)
+            guard payload.count == 8 else {
+                throw payload.count < 8 ? .truncated(field: "credit") : .trailingBytes(type: .credit)
+            }
+            onCredit(link, stream: h.stream, bytes: payload.loadBE(UInt32.self, at: 0),
+                     frames: payload.loadBE(UInt32.self, at: 4), now: now)
+        case .publish:
+            try Frame.requireLink(h)
+            var r = PayloadReader(payload)
+            let world = try r.string("publish.world")
+            let room = try r.string("publish.room")
+            onPublish(link, world: world, room: room, payload: r.rest(), now: now)
+        default:
+            try onControl(link, Frame.parse(h, payload), now: now)
+        }
+    }
+
+    func onControl(_ link: Link, _ frame: Frame, now: UInt64) throws(WireError) {
+        switch frame {
+        case .hello(let hello):
+            onHello(link, hello, now: now)
+        case .open(let stream, let open):
+            onOpen(link, stream: stream, open, now: now)
+        case .close(let stream, let code, let reason):
+            guard let ri = link.streams[stream] else { return }  // already gone: nothing to do
+            let fromOpener = routes[Int(ri)].opener.link == link.id
+            endRoute(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener, asClose: true)
+        case .error(let stream, let code, let reason):
+            if stream == 0 {
+                // The peer reports a fatal problem with the link: close it without answering.
+                fail(link, code, "peer reported: \(reason)", notify: false)
+                return
+            }
+            if let sub = link.subscriptions[stream] {
+                removeSubscription(sub, from: link)
+                return
+            }
+            guard let ri = link.streams[stream] else { return }
+            metrics.streamErrors[Int(code.rawValue)] += 1
+            let fromOpener = routes[Int(ri)].opener.link == link.id
+            endRoute(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener)
+        case .ping(let v):
+            FrameWriter.write(.pong(v), to: link.out)
+            queued(on: link, from: link, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+        case .pong:
+            break  // lastHeard was updated on receipt
+        case .subscribe(let stream, let sub):
+            onSubscribe(link, stream: stream, sub, now: now)
+        case .unsubscribe(let stream):
+            if let sub = link.subscriptions[stream] { removeSubscription(sub, from: link) }
+        case .goaway:
+            link.draining = true
+        case .welcome, .dropped:
+            fail(link, .protocolError, "peers may not send \(frame.typeName)")
+        case .data, .credit, .publish:
+            break  // handled on the fast path
+        }
+    }
+
+    // MARK: - Handshake
+
+    func onHello(_ link: Link, _ hello: Hello, now: UInt64) {
+        guard link.state == .handshake else {
+            fail(link, .protocolError, "HELLO sent twice")
+            return
+        }
+        guard hello.version == Wire.version else {
+            fail(link, .unsupportedVersion, "this broker speaks protocol version \(Wire.version); the peer offered \(hello.version)")
+            return
+        }
+        if shutdownDeadline != nil {
+            fail(link, .shutdown, "broker is shutting down")
+            return
+        }
+        if hello.kind == .instance && hello.world.isEmpty {
+            fail(link, .protocolError, "an instance must name its world in HELLO")
+            return
+        }
+        guard let expected = access.expectedToken(kind: hello.kind, world: hello.world),
+              constantTimeEquals(expected, hello.token)
+        else {
+            metrics.authFailures += 1
+            let scope = hello.kind == .instance ? "world \"\(hello.world)\"" : "\(hello.kind) peers"
+            fail(link, .authFailed, "token not valid for \(scope)")
+            return
+        }
+        let negotiated = min(hello.maxFrameBytes, limits.maxFrameBytes)
+        guard negotiated >= Wire.maxFrameBytesFloor else {
+            fail(link, .protocolError, "max frame \(hello.maxFrameBytes) is below the protocol minimum \(Wire.maxFrameBytesFloor)")
+            return
+        }
+        link.maxFrameBytes = negotiated
+        link.decoder.maxPayload = negotiated
+        link.state = .active
+        link.kind = hello.kind
+        link.world = hello.world
+        link.instance = hello.instance
+        switch hello.kind {
+        case .instance:
+            let pool: WorldPool
+            if let p = pools[hello.world] { pool = p } else { pool = WorldPool(); pools[hello.world] = pool }
+            pool.links.append(link.id)
+        case .runtime: runtimes.links.append(link.id)
+        case .vault: vaults.links.append(link.id)
+        case .gateway: break
+        }
+        let welcome = Welcome(
+            maxFrameBytes: negotiated, heartbeatMilliseconds: limits.heartbeatIntervalMilliseconds,
+            streamCreditBytes: limits.streamCreditBytes, streamCreditFrames: limits.streamCreditFrames,
+            linkID: link.id, server: serverName)
+        FrameWriter.write(.welcome(welcome), to: link.out)
+        queued(on: link, from: nil, frames: 1, bytes: 0, now: now)
+    }
+
+    // MARK: - Streams
+
+    func onOpen(_ link: Link, stream: UInt32, _ open: Open, now: UInt64) {
+        guard stream & 1 == 1 else {
+            fail(link, .protocolError, "peer-initiated stream ids must be odd, got \(stream)")
+            return
+        }
+        guard link.streams[stream] == nil && link.subscriptions[stream] == nil else {
+            fail(link, .protocolError, "stream id \(stream) is already in use")
+            return
+        }
+        link.lastPeerStream = max(link.lastPeerStream, stream)
+        if shutdownDeadline != nil { return refuse(link, stream, .shutdown, "broker is shutting down", now: now) }
+        if link.streams.count + link.subscriptions.count >= limits.maxStreamsPerLink {
+            return refuse(link, stream, .streamLimit, "link holds max_streams_per_link (\(limits.maxStreamsPerLink)) streams", now: now)
+        }
+        if liveRoutes >= limits.maxStreams {
+            return refuse(link, stream, .streamLimit, "broker holds max_streams (\(limits.maxStreams)) streams", now: now)
+        }
+        let allowed: Bool
+        switch open.target {
+        case .instance: allowed = link.kind == .gateway
+        case .runtime: allowed = link.kind == .instance || link.kind == .gateway
+        case .vault: allowed = link.kind != .vault
+        }
+        guard allowed else {
+            return refuse(link, stream, .notPermitted, "\(link.kind) peers may not open \(open.target) streams", now: now)
+        }
+        if link.kind == .instance && open.world != link.world {
+            return refuse(link, stream, .notPermitted, "an instance of \"\(link.world)\" opened a stream for \"\(open.world)\"", now: now)
+        }
+        var quota: KeyQuota?
+        if open.keyID != 0 {
+            guard let q = access.keys[open.keyID] else {
+                return refuse(link, stream, .notPermitted, "unknown or revoked key \(open.keyID)", now: now)
+            }
+            guard q.world == open.world else {
+                return refuse(link, stream, .notPermitted, "key \(open.keyID) does not belong to world \"\(open.world)\"", now: now)
+            }
+            quota = q
+            if q.maxStreams > 0, (keyStates[q.keyID]?.streams ?? 0) >= q.maxStreams {
+                metrics.quotaRejections += 1
+                return refuse(link, stream, .streamLimit, "key \(q.keyID) is at its limit of \(q.maxStreams) concurrent streams", now: now)
+            }
+        } else if link.kind == .gateway {
+            return refuse(link, stream, .notPermitted, "gateway streams must carry a key id", now: now)
+        }
+        let target: Link?
+        switch open.target {
+        case .instance: target = pickInstance(world: open.world, session: open.session)
+        case .runtime: target = pickService(runtimes)
+        case .vault: target = pickService(vaults)
+        }
+        guard let acceptor = target else {
+            let what = open.target == .instance ? "instance of world \"\(open.world)\"" : "\(open.target)"
+            return refuse(link, stream, .noRoute, "no \(what) is attached", now: now)
+        }
+        guard acceptor.nextStreamID < UInt32.max - 1 else {
+            fail(acceptor, .streamLimit, "stream ids exhausted on this link; reconnect")
+            return refuse(link, stream, .noRoute, "the chosen \(open.target) is reconnecting", now: now)
+        }
+        let acceptorStream = acceptor.nextStreamID
+        acceptor.nextStreamID += 2
+
+        let window = Int64(limits.streamCreditBytes), frames = Int64(limits.streamCreditFrames)
+        var route = Route(
+            live: true,
+            opener: RouteEnd(link: link.id, stream: stream, windowBytes: window, windowFrames: frames),
+            acceptor: RouteEnd(link: acceptor.id, stream: acceptorStream, windowBytes: window, windowFrames: frames))
+        route.keyID = open.keyID
+        let ri: Int32
+        if let free = freeRoutes.popLast() {
+            ri = free
+            routes[Int(ri)] = route
+        } else {
+            ri = Int32(routes.count)
+            routes.append(route)
+        }
+        liveRoutes += 1
+        metrics.streamsOpened += 1
+        link.streams[stream] = ri
+        acceptor.streams[acceptorStream] = ri
+        acceptor.outstanding += 1
+        if let q = quota {
+            // The opener's initial window is charged up front (the bucket may go into debt).
+            keyStates[q.keyID, default: KeyState(
+                bytes: TokenBucket(ratePerSecond: q.bytesPerSecond, now: now),
+                frames: TokenBucket(ratePerSecond: q.framesPerSecond, now: now))].streams += 1
+            keyStates[q.keyID]!.bytes.refill(now: now)
+            keyStates[q.keyID]!.frames.refill(now: now)
+            keyStates[q.keyID]!.bytes.charge(limits.streamCreditBytes)
+            keyStates[q.keyID]!.frames.charge(limits.streamCreditFrames)
+        }
+        let before = acceptor.out.count
+        FrameWriter.write(.open(stream: acceptorStream, open), to: acceptor.out)
+        queued(on: acceptor, from: link, frames: 1, bytes: acceptor.out.count - before, now: now)
+    }
+
+    /// Refuses a stream the peer asked to open: ERROR on that stream, the link stays.
+    func refuse(_ link: Link, _ stream: UInt32, _ code: ErrorCode, _ reason: String, now: UInt64) {
+        metrics.streamErrors[Int(code.rawValue)] += 1
+        let before = link.out.count
+        FrameWriter.write(.error(stream: stream, code: code, reason: reason), to: link.out)
+        queued(on: link, from: link, frames: 1, bytes: link.out.count - before, now: now)
+    }
+
+    @inline(__always)
+    func onData(_ link: Link, _ h: FrameHeader, _ payload: UnsafeRawBufferPointer, now: UInt64) {
+        guard let ri = link.streams[h.stream] else {
+            if link.subscriptions[h.stream] != nil {
+                fail(link, .protocolError, "DATA on subscription \(h.stream)")
+            } else {
+                refuse(link, h.stream, .unknownStream, "no open stream \(h.stream)", now: now)
+            }
+            return
+        }
+        let i = Int(ri)
+        let fromOpener = routes[i].opener.link == link.id
+        let end = h.flags.contains(.endStream)
+        let n = Int64(payload.count)
+        let dstLink: UInt32, dstStream: UInt32
+        if fromOpener {
+            if routes[i].opener.ended { return protocolOnStream(ri, link, "DATA after END") }
+            routes[i].opener.windowBytes -= n
+            routes[i].opener.windowFrames -= 1
+            if routes[i].opener.windowBytes < 0 || routes[i].opener.windowFrames < 0 {
+                return flowControlViolation(ri, link)
+            }
+            routes[i].opener.ended = end
+            dstLink = routes[i].acceptor.link
+            dstStream = routes[i].acceptor.stream
+        } else {
+            if routes[i].acceptor.ended { return protocolOnStream(ri, link, "DATA after END") }
+            routes[i].acceptor.windowBytes -= n
+            routes[i].acceptor.windowFrames -= 1
+            if routes[i].acceptor.windowBytes < 0 || routes[i].acceptor.windowFrames < 0 {
+                return flowControlViolation(ri, link)
+            }
+            routes[i].acceptor.ended = end
+            dstLink = routes[i].opener.link
+            dstStream = routes[i].opener.stream
+        }
+        let dst = links[Int(dstLink)].unsafelyUnwrapped
+        if payload.count > Int(dst.maxFrameBytes) {
+            metrics.streamErrors[Int(ErrorCode.frameTooLarge.rawValue)] += 1
+            endRoute(ri, code: .frameTooLarge,
+                     reason: "\(payload.count)-byte frame exceeds the other end's maximum \(dst.maxFrameBytes)",
+                     notifyOpener: true, notifyAcceptor: true)
+            return
+        }
+        FrameWriter.data(dst.out, stream: dstStream, payload: payload, end: end)
+        queued(on: dst, from: link, frames: 1, bytes: Wire.headerBytes + payload.count, now: now)
+        if routes[i].opener.ended && routes[i].acceptor.ended { freeRoute(ri) }
+    }
+
+    func flowControlViolation(_ ri: Int32, _ link: Link) {
+        metrics.streamErrors[Int(ErrorCode.flowControl.rawValue)] += 1
+        endRoute(ri, code: .flowControl, reason: "DATA beyond the granted credit", notifyOpener: true, notifyAcceptor: true)
+    }
+
+    func protocolOnStream(_ ri: Int32, _ link: Link, _ why: String) {
+        metrics.streamErrors[Int(ErrorCode.protocolError.rawValue)] += 1
+        endRoute(ri, code: .protocolError, reason: why, notifyOpener: true, notifyAcceptor: true)
+    }
+
+    @inline(__always)
+    func onCredit(_ link: Link, stream: UInt32, bytes: UInt32, frames: UInt32, now: UInt64) {
+        guard let ri = link.streams[stream] else { return }  // the stream ended while the credit was in flight
+        let i = Int(ri)
+        let fromOpener = routes[i].opener.link == link.id
+        if fromOpener {
+            // The opener lets the acceptor send more.
+            routes[i].acceptor.windowBytes += Int64(bytes)
+            routes[i].acceptor.windowFrames += Int64(frames)
+            if routes[i].acceptor.windowBytes > Int64(Int32.max) || routes[i].acceptor.windowFrames > Int64(Int32.max) {
+                return flowControlViolation(ri, link)
+            }
+            let dst = links[Int(routes[i].acceptor.link)].unsafelyUnwrapped
+            FrameWriter.credit(dst.out, stream: routes[i].acceptor.stream, bytes: bytes, frames: frames)
+            queued(on: dst, from: link, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+        } else {
+            // The acceptor lets the opener send more: this is where a key's quota paces the opener.
+            grantOpener(ri, bytes: bytes, frames: frames, from: link, now: now)
+        }
+    }
+
+    /// Passes credit to the opener, holding back what the key's buckets cannot cover yet.
+    func grantOpener(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
+        let i = Int(ri)
+        var gb = bytes, gf = frames
+        let key = routes[i].keyID
+        if key != 0, var state = keyStates[key] {
+            state.bytes.refill(now: now)
+            state.frames.refill(now: now)
+            let wantB = bytes + routes[i].deferredBytes, wantF = frames + routes[i].deferredFrames
+            gb = state.bytes.take(upTo: wantB)
+            gf = state.frames.take(upTo: wantF)
+            keyStates[key] = state
+            let holdB = wantB - gb, holdF = wantF - gf
+            if holdB > routes[i].deferredBytes { metrics.quotaPacedBytes += UInt64(holdB - routes[i].deferredBytes) }
+            if holdF > routes[i].deferredFrames { metrics.quotaPacedFrames += UInt64(holdF - routes[i].deferredFrames) }
+            routes[i].deferredBytes = holdB
+            routes[i].deferredFrames = holdF
+            if (holdB > 0 || holdF > 0) && !routes[i].pacing {
+                routes[i].pacing = true
+                pacedRoutes.append(ri)
+            }
+        }
+        guard gb > 0 || gf > 0 else { return }
+        routes[i].opener.windowBytes += Int64(gb)
+        routes[i].opener.windowFrames += Int64(gf)
+        if routes[i].opener.windowBytes > Int64(Int32.max) || routes[i].opener.windowFrames > Int64(Int32.max) {
+            return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
+        }
+        let dst = links[Int(routes[i].opener.link)].unsafelyUnwrapped
+        FrameWriter.credit(dst.out, stream: routes[i].opener.stream, bytes: gb, frames: gf)
+        queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+    }
+
+    /// Ends a route: tells the chosen ends (CLOSE for a clean end, else ERROR) and frees it.
+    func endRoute(
+        _ ri: Int32, code: ErrorCode, reason: String, notifyOpener: Bool, notifyAcceptor: Bool, asClose: Bool = false
+    ) {
+        let r = routes[Int(ri)]
+        guard r.live else { return }
+        for (end, notify) in [(r.opener, notifyOpener), (r.acceptor, notifyAcceptor)] where notify {
+            guard let l = liveLink(end.link), l.state != .closing else { continue }
+            let before = l.out.count
+            let frame: Frame = asClose
+                ? .close(stream: end.stream, code: code, reason: reason)
+                : .error(stream: end.stream, code: code, reason: reason)
+            FrameWriter.write(frame, to: l.out)
+            queued(on: l, from: nil, frames: 1, bytes: l.out.count - before, now: l.lastHeard)
+        }
+        freeRoute(ri)
+    }
+
+    func freeRoute(_ ri: Int32) {
+        let i = Int(ri)
+        guard routes[i].live else { return }
+        let r = routes[i]
+        routes[i].live = false
+        routes[i].pacing = false
+        routes[i].deferredBytes = 0
+        routes[i].deferredFrames = 0
+        if let a = liveLink(r.opener.link) { a.streams.removeValue(forKey: r.opener.stream) }
+        if let b = liveLink(r.acceptor.link) {
+            b.streams.removeValue(forKey: r.acceptor.stream)
+            b.outstanding -= 1
+        }
+        if r.keyID != 0 { keyStates[r.keyID]?.streams -= 1 }
+        liveRoutes -= 1
+        freeRoutes.append(ri)
+    }
+
+    // MARK: - Output and backpressure
+
+    /// Records that frames were queued on `dst` and applies its watermarks. `source` is the link whose input
+    /// produced them (paused if `dst` is congested).
+    @inline(__always)
+    func queued(on dst: Link, from source: Link?, frames: Int, bytes: Int, now: UInt64) {
+        let k = kindIndex(dst)
+        dst.framesOut &+= UInt64(frames)
+        dst.bytesOut &+= UInt64(bytes)
+        metrics.framesOut[k] &+= UInt64(frames)
+        metrics.bytesOut[k] &+= UInt64(bytes)
+        if !dst.dirty && !dst.sendInFlight {
+            dst.dirty = true
+            dirtyLinks.append(dst.id)
+        }
+        let q = dst.queuedBytes
+        guard q > limits.linkQueueBytesHigh else { return }
+        overHigh(dst, from: source, queued: q, now: now)
+    }
+
+    func overHigh(_ dst: Link, from source: Link?, queued q: Int, now: UInt64) {
+        if dst.congestedSince == nil {
+            dst.congestedSince = now
+            if dst.state == .active && dst.kind != .gateway { metrics.congestionAlerts[Int(dst.kind.rawValue)] += 1 }
+        }
+        if dst.kind == .gateway && dst.state == .active && q > limits.linkQueueBytesHard {
+            fail(dst, .slowConsumer, "send queue passed link_queue_bytes_hard (\(limits.linkQueueBytesHard) bytes)", notify: false)
+            return
+        }
+        guard let src = source, src.state == .active else { return }
+        if src === dst {
+            pauseRead(src, .ownQueueFull)
+        } else {
+            pauseRead(src, .peerCongested)
+            if !dst.waiters.contains(src.id) { dst.waiters.append(src.id) }
+        }
+    }
+
+    func pauseRead(_ link: Link, _ reason: PauseReasons) {
+        guard !link.pause.contains(reason) else { return }
+        if link.pause.isEmpty { pendingActions.append(.pauseRead(link.id)) }
+        link.pause.insert(reason)
+        metrics.pauses[reason == .peerCongested ? 0 : 1] += 1
+    }
+
+    func resumeRead(_ link: Link, _ reason: PauseReasons) {
+        guard link.pause.contains(reason) else { return }
+        link.pause.remove(reason)
+        if link.pause.isEmpty && link.state != .closing { pendingActions.append(.resumeRead(link.id)) }
+    }
+
+    /// Hands the link's queued bytes to the I/O layer. The memory stays valid and unmoved until `sent` is
+    /// called; at most one hand-off per link is outstanding. Empty when there is nothing to send.
+    public func takeOutput(link id: UInt32) -> UnsafeRawBufferPointer {
+        guard let link = liveLink(id), !link.sendInFlight else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        link.dirty = false
+        if link.sending.isEmpty {
+            guard !link.out.isEmpty else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+            let spare = link.sending
+            link.sending = link.out
+            link.out = spare
+        }
+        link.sendInFlight = true
+        return link.sending.readable
+    }
+
+    /// The I/O layer wrote `count` bytes of the last hand-off (0 when the send failed and the link is closing).
+    public func sent(link id: UInt32, count: Int, now: UInt64) {
+        guard let link = liveLink(id) else { return }
+        link.sendInFlight = false
+        link.sending.consume(min(count, link.sending.count))
+        if link.sending.isEmpty && link.queuedBytes == 0 {
+            link.sending.shrinkIfEmpty()
+        }
+        if link.queuedBytes > 0 && !link.dirty {
+            link.dirty = true
+            dirtyLinks.append(link.id)
+        }
+        guard link.congestedSince != nil || !link.pause.isEmpty || link.hasHeldRoomFrames else { return }
+        if link.queuedBytes < limits.linkQueueBytesLow {
+            link.congestedSince = nil
+            resumeRead(link, .ownQueueFull)
+            let waiters = link.waiters
+            link.waiters.removeAll()
+            for w in waiters { if let p = liveLink(w) { resumeRead(p, .peerCongested) } }
+            if link.hasHeldRoomFrames { releaseHeldRoomFrames(link, now: now) }
+        }
+    }
+
+    /// Links with output waiting and no send in flight, in the order they became ready.
+    public func drainReady(_ body: (UInt32) -> Void) {
+        guard !dirtyLinks.isEmpty else { return }
+        let ready = dirtyLinks
+        dirtyLinks.removeAll(keepingCapacity: true)
+        for id in ready {
+            guard let l = liveLink(id), l.dirty else { continue }
+            // Cleared before the hand-off: if the I/O layer cannot take output now, `sent` re-queues the link.
+            l.dirty = false
+            body(id)
+        }
+    }
+
+    /// Actions produced since the last call.
+    public func drainActions(_ body: (BrokerAction) -> Void) {
+        guard !pendingActions.isEmpty else { return }
+        let actions = pendingActions
+        pendingActions.removeAll(keepingCapacity: true)
+        for a in actions { body(a) }
+    }
+
+    // MARK: - Closing
+
+    /// Closes a link for `code`: optionally tells the peer (ERROR on stream 0), ends its streams on the other
+    /// side, and asks the I/O layer to close the socket.
+    func fail(_ link: Link, _ code: ErrorCode, _ reason: String, notify: Bool = true) {
+        guard link.state != .closing else { return }
+        if notify {
+            FrameWriter.write(.error(stream: 0, code: code, reason: reason), to: link.out)
+            if !link.dirty && !link.sendInFlight {
+                link.dirty = true
+                dirtyLinks.append(link.id)
+            }
+        }
+        metrics.linkCloses[Int(code.rawValue)] += 1
+        teardown(link, code)
+        link.state = .closing
+        pendingActions.append(.close(link.id))
+    }
+
+    /// Removes everything the link takes part in. Streams on the other side get ERROR naming why.
+    func teardown(_ link: Link, _ code: ErrorCode) {
+        let streamCode: ErrorCode = code == .heartbeatTimeout ? .heartbeatTimeout : .peerGone
+        for ri in Array(link.streams.values) {
+            let fromOpener = routes[Int(ri)].opener.link == link.id
+            metrics.streamErrors[Int(streamCode.rawValue)] += 1
+            endRoute(ri, code: streamCode, reason: "the \(link.kind) on the other side is gone (\(code))",
+                     notifyOpener: !fromOpener, notifyAcceptor: fromOpener)
+        }
+        for sub in Array(link.subscriptions.values) { removeSubscription(sub, from: link) }
+        if link.state == .active {
+            switch link.kind {
+            case .instance:
+                if let pool = pools[link.world] {
+                    pool.links.removeAll { $0 == link.id }
+                    unpinAll(link: link.id, in: pool)
+                    if pool.links.isEmpty && pool.affinity.isEmpty { pools.removeValue(forKey: link.world) }
+                }
+            case .runtime: runtimes.links.removeAll { $0 == link.id }
+            case .vault: vaults.links.removeAll { $0 == link.id }
+            case .gateway: break
+            }
+        }
+        for w in link.waiters { if let p = liveLink(w) { resumeRead(p, .peerCongested) } }
+        link.waiters.removeAll()
+        link.decoder.reset()
+    }
+
+    // MARK: - Time
+
+    /// Heartbeats, handshake and slow-consumer deadlines, quota pacing, shutdown. Call every few milliseconds.
+    public func tick(now: UInt64) {
+        for case let link? in links {
+            switch link.state {
+            case .closing:
+                continue
+            case .handshake:
+                if now &- link.openedAt > limits.handshakeTimeoutNanos {
+                    fail(link, .handshakeTimeout, "no HELLO within \(limits.handshakeTimeoutMilliseconds) ms")
+                }
+            case .active:
+                if now &- link.lastHeard > limits.heartbeatTimeoutNanos {
+                    fail(link, .heartbeatTimeout,
+                         "nothing heard for \(limits.heartbeatMissesAllowed) heartbeat intervals of \(limits.heartbeatIntervalMilliseconds) ms")
+                    continue
+                }
+                if now &- link.lastPing >= limits.heartbeatIntervalNanos {
+                    link.lastPing = now
+                    FrameWriter.write(.ping(now), to: link.out)
+                    queued(on: link, from: nil, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+                }
+                if link.kind == .gateway, let since = link.congestedSince, now &- since > limits.slowConsumerDeadlineNanos {
+                    fail(link, .slowConsumer,
+                         "send queue above link_queue_bytes_high for over \(limits.slowConsumerDeadlineMilliseconds) ms",
+                         notify: false)
+                }
+            }
+        }
+        releasePacedCredit(now: now)
+        checkShutdown(now: now)
+    }
+
+    func releasePacedCredit(now: UInt64) {
+        var i = 0
+        while i < pacedRoutes.count {
+            let ri = pacedRoutes[i]
+            if routes[Int(ri)].live && routes[Int(ri)].pacing {
+                grantOpener(ri, bytes: 0, frames: 0, from: nil, now: now)
+                if routes[Int(ri)].deferredBytes > 0 || routes[Int(ri)].deferredFrames > 0 {
+                    i += 1
+                    continue
+                }
+                routes[Int(ri)].pacing = false
+            }
+            pacedRoutes.swapAt(i, pacedRoutes.count - 1)
+            pacedRoutes.removeLast()
+        }
+    }
+
+    /// Starts a graceful shutdown: GOAWAY to every peer, no new streams; links close once streams have
+    /// drained or `shutdown_drain_milliseconds` has passed.
+    public func beginShutdown(now: UInt64) {
+        guard shutdownDeadline == nil else { return }
+        shutdownDeadline = now &+ limits.shutdownDrainNanos
+        for case let link? in links where link.state == .active {
+            let before = link.out.count
+            FrameWriter.write(.goaway(lastStream: link.lastPeerStream, code: .shutdown, reason: "broker shutting down"), to: link.out)
+            queued(on: link, from: nil, frames: 1, bytes: link.out.count - before, now: now)
+        }
+        checkShutdown(now: now)
+    }
+
+    func checkShutdown(now: UInt64) {
+        guard let deadline = shutdownDeadline, !shutdownComplete else { return }
+        guard liveRoutes == 0 || now >= deadline else { return }
+        shutdownComplete = true
+        for case let link? in links where link.state != .closing {
+            fail(link, .shutdown, liveRoutes == 0 ? "broker shut down" : "broker shut down; drain deadline passed")
+        }
+        pendingActions.append(.shutdownComplete)
+    }
+}
+
+extension Frame {
+    var typeName: String {
+        switch self {
+        case .hello: "HELLO"
+        case .welcome: "WELCOME"
+        case .open: "OPEN"
+        case .data: "DATA"
+        case .credit: "CREDIT"
+        case .close: "CLOSE"
+        case .error: "ERROR"
+        case .ping: "PING"
+        case .pong: "PONG"
+        case .subscribe: "SUBSCRIBE"
+        case .unsubscribe: "UNSUBSCRIBE"
+        case .publish: "PUBLISH"
+        case .goaway: "GOAWAY"
+        case .dropped: "DROPPED"
+        }
+    }
+}

@@ -1,0 +1,161 @@
+import SoulfraWire
+
+/// Counters the broker bumps as it works. Plain integers on the loop thread; `snapshot()` copies them out.
+struct BrokerCounters {
+    var framesIn = [UInt64](repeating: 0, count: 5)
+    var bytesIn = [UInt64](repeating: 0, count: 5)
+    var framesOut = [UInt64](repeating: 0, count: 5)
+    var bytesOut = [UInt64](repeating: 0, count: 5)
+    var linkCloses = [UInt64](repeating: 0, count: ErrorCode.allCases.count)
+    var streamErrors = [UInt64](repeating: 0, count: ErrorCode.allCases.count)
+    var pauses = [UInt64](repeating: 0, count: 2)
+    var congestionAlerts = [UInt64](repeating: 0, count: 5)
+    var streamsOpened: UInt64 = 0
+    var quotaRejections: UInt64 = 0
+    var quotaPacedBytes: UInt64 = 0
+    var quotaPacedFrames: UInt64 = 0
+    var roomFramesPublished: UInt64 = 0
+    var roomFramesDelivered: UInt64 = 0
+    var roomFramesDropped: UInt64 = 0
+    var affinityHits: UInt64 = 0
+    var affinityRepins: UInt64 = 0
+    var authFailures: UInt64 = 0
+}
+
+/// A point-in-time copy of the broker's counters and gauges, for `/metrics` and the load-test report.
+/// Arrays indexed by `PeerKind.rawValue` have slot 0 unused (links still in handshake count there).
+public struct BrokerSnapshot: Sendable, Equatable {
+    public var linksByKind: [Int]
+    public var streamsOpen: Int
+    public var subscriptions: Int
+    public var rooms: Int
+    public var queueBytesByKind: [Int]
+    /// Send windows the broker has granted to links of each kind and not yet seen used.
+    public var creditBytesOutstandingByKind: [Int64]
+    public var pausedLinks: Int
+    public var congestedLinks: Int
+    public var framesIn: [UInt64]
+    public var bytesIn: [UInt64]
+    public var framesOut: [UInt64]
+    public var bytesOut: [UInt64]
+    /// Link closes by reason (`ErrorCode.rawValue`).
+    public var linkCloses: [UInt64]
+    /// Streams ended by an error, by reason.
+    public var streamErrors: [UInt64]
+    /// Pauses by reason: 0 peer_congested, 1 own_queue_full.
+    public var pauses: [UInt64]
+    /// Times a runtime, vault or instance link crossed its high watermark (alert).
+    public var congestionAlerts: [UInt64]
+    public var streamsOpened: UInt64
+    public var quotaRejections: UInt64
+    public var quotaPacedBytes: UInt64
+    public var quotaPacedFrames: UInt64
+    public var roomFramesPublished: UInt64
+    public var roomFramesDelivered: UInt64
+    public var roomFramesDropped: UInt64
+    public var affinityHits: UInt64
+    public var affinityRepins: UInt64
+    public var authFailures: UInt64
+
+    /// Link closes for one reason.
+    public func closes(_ code: ErrorCode) -> UInt64 { linkCloses[Int(code.rawValue)] }
+}
+
+extension Broker {
+    /// Copies counters and walks links and routes for gauges. O(links + routes); call it at scrape rate.
+    public func snapshot() -> BrokerSnapshot {
+        var linksByKind = [Int](repeating: 0, count: 5)
+        var queue = [Int](repeating: 0, count: 5)
+        var credit = [Int64](repeating: 0, count: 5)
+        var paused = 0, congested = 0, subs = 0
+        for case let link? in links where link.state != .closing {
+            let k = link.state == .handshake ? 0 : Int(link.kind.rawValue)
+            linksByKind[k] += 1
+            queue[k] += link.queuedBytes
+            if !link.pause.isEmpty { paused += 1 }
+            if link.congestedSince != nil { congested += 1 }
+            subs += link.subscriptions.count
+        }
+        for r in routes where r.live {
+            if let a = links[Int(r.opener.link)] { credit[Int(a.kind.rawValue)] += max(0, r.opener.windowBytes) }
+            if let b = links[Int(r.acceptor.link)] { credit[Int(b.kind.rawValue)] += max(0, r.acceptor.windowBytes) }
+        }
+        let c = metrics
+        return BrokerSnapshot(
+            linksByKind: linksByKind, streamsOpen: liveRoutes, subscriptions: subs, rooms: rooms.count,
+            queueBytesByKind: queue, creditBytesOutstandingByKind: credit, pausedLinks: paused,
+            congestedLinks: congested, framesIn: c.framesIn, bytesIn: c.bytesIn, framesOut: c.framesOut,
+            bytesOut: c.bytesOut, linkCloses: c.linkCloses, streamErrors: c.streamErrors, pauses: c.pauses,
+            congestionAlerts: c.congestionAlerts, streamsOpened: c.streamsOpened, quotaRejections: c.quotaRejections,
+            quotaPacedBytes: c.quotaPacedBytes, quotaPacedFrames: c.quotaPacedFrames,
+            roomFramesPublished: c.roomFramesPublished, roomFramesDelivered: c.roomFramesDelivered,
+            roomFramesDropped: c.roomFramesDropped, affinityHits: c.affinityHits, affinityRepins: c.affinityRepins,
+            authFailures: c.authFailures)
+    }
+}
+
+extension BrokerSnapshot {
+    /// Renders the snapshot in the Prometheus text exposition format (version 0.0.4).
+    public func prometheusText(prefix: String = "soulfra_broker") -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            out += "# HELP \(prefix)_\(name) \(help)\n# TYPE \(prefix)_\(name) \(type)\n"
+        }
+        func sample(_ name: String, _ labels: String, _ value: some BinaryInteger) {
+            out += "\(prefix)_\(name)\(labels.isEmpty ? "" : "{\(labels)}") \(value)\n"
+        }
+        let kinds: [(Int, String)] = [(0, "handshake")] + PeerKind.allCases.map { (Int($0.rawValue), $0.description) }
+        let peerKinds = PeerKind.allCases.map { (Int($0.rawValue), $0.description) }
+        family("links", "gauge", "Links attached, by peer kind (handshake: HELLO not yet accepted).")
+        for (i, k) in kinds { sample("links", "kind=\"\(k)\"", linksByKind[i]) }
+        family("queue_bytes", "gauge", "Bytes queued towards peers, by peer kind.")
+        for (i, k) in kinds { sample("queue_bytes", "kind=\"\(k)\"", queueBytes(i)) }
+        family("credit_bytes_outstanding", "gauge", "Send window granted to peers and not yet used, by peer kind.")
+        for (i, k) in peerKinds { sample("credit_bytes_outstanding", "kind=\"\(k)\"", creditBytesOutstandingByKind[i]) }
+        family("streams_open", "gauge", "Streams open across the broker.")
+        sample("streams_open", "", streamsOpen)
+        family("subscriptions", "gauge", "Room subscriptions.")
+        sample("subscriptions", "", subscriptions)
+        family("rooms", "gauge", "Rooms with at least one subscriber.")
+        sample("rooms", "", rooms)
+        family("paused_links", "gauge", "Links whose reading is paused by backpressure.")
+        sample("paused_links", "", pausedLinks)
+        family("congested_links", "gauge", "Links above their high watermark.")
+        sample("congested_links", "", congestedLinks)
+        for (name, values, help) in [
+            ("frames_received_total", framesIn, "Frames received, by peer kind."),
+            ("bytes_received_total", bytesIn, "Bytes received, by peer kind."),
+            ("frames_sent_total", framesOut, "Frames queued to peers, by peer kind."),
+            ("bytes_sent_total", bytesOut, "Bytes queued to peers, by peer kind."),
+            ("congestion_alerts_total", congestionAlerts, "Runtime, vault and instance links that crossed their high watermark."),
+        ] {
+            family(name, "counter", help)
+            for (i, k) in peerKinds { sample(name, "kind=\"\(k)\"", values[i]) }
+        }
+        family("link_closes_total", "counter", "Links closed, by reason.")
+        for code in ErrorCode.allCases { sample("link_closes_total", "reason=\"\(code)\"", linkCloses[Int(code.rawValue)]) }
+        family("stream_errors_total", "counter", "Streams ended by an error, by reason.")
+        for code in ErrorCode.allCases { sample("stream_errors_total", "reason=\"\(code)\"", streamErrors[Int(code.rawValue)]) }
+        family("pauses_total", "counter", "Times a link's reading was paused, by reason.")
+        sample("pauses_total", "reason=\"peer_congested\"", pauses[0])
+        sample("pauses_total", "reason=\"own_queue_full\"", pauses[1])
+        for (name, value, help) in [
+            ("streams_opened_total", streamsOpened, "Streams routed."),
+            ("quota_rejections_total", quotaRejections, "Streams refused by a key's concurrent-stream quota."),
+            ("quota_paced_bytes_total", quotaPacedBytes, "Credit bytes held back by key quotas."),
+            ("quota_paced_frames_total", quotaPacedFrames, "Credit frames held back by key quotas."),
+            ("room_frames_published_total", roomFramesPublished, "Frames published to rooms."),
+            ("room_frames_delivered_total", roomFramesDelivered, "Room frames queued to subscribers."),
+            ("room_frames_dropped_total", roomFramesDropped, "Room frames dropped for drop-oldest subscribers."),
+            ("affinity_hits_total", affinityHits, "Streams routed by session affinity."),
+            ("affinity_repins_total", affinityRepins, "Session pins removed because their instance left."),
+            ("auth_failures_total", authFailures, "HELLOs refused."),
+        ] {
+            family(name, "counter", help)
+            sample(name, "", value)
+        }
+        return out
+    }
+
+    private func queueBytes(_ i: Int) -> Int { queueBytesByKind[i] }
+}

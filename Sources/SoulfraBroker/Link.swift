@@ -1,0 +1,131 @@
+import SoulfraWire
+
+/// Why a link is not being read. Reading resumes when the set is empty.
+public struct PauseReasons: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// A link this one feeds is above its high watermark.
+    public static let peerCongested = PauseReasons(rawValue: 1 << 0)
+    /// This link's own send queue is above its high watermark (it is not reading what we send).
+    public static let ownQueueFull = PauseReasons(rawValue: 1 << 1)
+}
+
+/// Where a link is in its life.
+enum LinkState: Equatable {
+    /// Connected, waiting for HELLO.
+    case handshake
+    /// HELLO accepted.
+    case active
+    /// The broker decided to close it; waiting for the socket to be closed.
+    case closing
+}
+
+/// One peer connection, as the broker sees it.
+final class Link {
+    let id: UInt32
+    var state: LinkState = .handshake
+    var kind: PeerKind = .gateway
+    var world = ""
+    var instance = ""
+    /// The peer sent GOAWAY: no new streams are routed to it.
+    var draining = false
+    let decoder = FrameDecoder()
+    /// Frames waiting to be handed to the socket.
+    var out = ByteQueue()
+    /// Frames handed to the socket by `takeOutput` and not yet confirmed sent. Kept apart from `out` so that
+    /// appending never moves memory a send in flight points at.
+    var sending = ByteQueue()
+    var sendInFlight = false
+    /// In the broker's list of links with output to send.
+    var dirty = false
+    var maxFrameBytes: UInt32 = Wire.handshakeFrameBytes
+    /// Link-local stream id (and subscription id) → route index.
+    var streams: [UInt32: Int32] = [:]
+    /// Subscriptions by link-local id.
+    var subscriptions: [UInt32: Subscription] = [:]
+    /// Drop-oldest subscriptions with frames held back, flushed when the queue drains.
+    var hasHeldRoomFrames = false
+    /// Broker-initiated stream ids are even.
+    var nextStreamID: UInt32 = 2
+    /// The highest peer-initiated stream id seen (for GOAWAY).
+    var lastPeerStream: UInt32 = 0
+    let openedAt: UInt64
+    var lastHeard: UInt64
+    var lastPing: UInt64
+    var pause: PauseReasons = []
+    /// Links paused because this one is congested.
+    var waiters: [UInt32] = []
+    /// When the queue crossed the high watermark (nil while below it).
+    var congestedSince: UInt64?
+    /// Streams routed to this link as acceptor and still open (the balancer's load figure).
+    var outstanding = 0
+    var framesIn: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var framesOut: UInt64 = 0
+    var bytesOut: UInt64 = 0
+
+    init(id: UInt32, now: UInt64) {
+        self.id = id
+        self.openedAt = now
+        self.lastHeard = now
+        self.lastPing = now
+    }
+
+    /// Bytes queued towards this peer, including a send in flight.
+    @inline(__always) var queuedBytes: Int { out.count + sending.count }
+}
+
+/// One end of a route: a link and the stream id on that link.
+struct RouteEnd {
+    var link: UInt32
+    var stream: UInt32
+    /// What this end may still send before it needs CREDIT (the broker checks, the peer should never exceed).
+    var windowBytes: Int64
+    var windowFrames: Int64
+    /// Sent DATA with END.
+    var ended = false
+}
+
+/// A stream across the broker: opener ↔ acceptor, with both ends' windows.
+struct Route {
+    var live = false
+    var opener: RouteEnd
+    var acceptor: RouteEnd
+    var keyID: UInt64 = 0
+    /// Credit for the opener held back by the key's quota, released as tokens refill.
+    var deferredBytes: UInt32 = 0
+    var deferredFrames: UInt32 = 0
+    var pacing = false
+}
+
+/// A subscriber in a room.
+final class Subscription {
+    let link: UInt32
+    let stream: UInt32
+    let mode: SubscribeMode
+    let roomKey: String
+    /// Held frames (drop-oldest mode only), oldest first from `heldHead`.
+    var held: [[UInt8]] = []
+    var heldHead = 0
+    /// Frames dropped since the subscriber was last told.
+    var lost: UInt32 = 0
+
+    init(link: UInt32, stream: UInt32, mode: SubscribeMode, roomKey: String) {
+        self.link = link
+        self.stream = stream
+        self.mode = mode
+        self.roomKey = roomKey
+    }
+
+    var heldCount: Int { held.count - heldHead }
+}
+
+/// The instances of one world, with balancing state.
+final class WorldPool {
+    var links: [UInt32] = []
+    var cursor = 0
+    /// session → instance link; insertion order kept for bounded eviction.
+    var affinity: [String: UInt32] = [:]
+    var affinityOrder: [String] = []
+    var affinityOrderHead = 0
+}

@@ -1,0 +1,441 @@
+import CURing
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the loop tells the code it drives. Every call happens on the loop's thread.
+public protocol LoopDelegate: AnyObject {
+    /// A connection was accepted on listener `listener`. Return false to refuse it (it is closed at once).
+    func loopAccepted(conn: UInt32, listener: Int, now: UInt64) -> Bool
+    /// Bytes arrived. They are valid only during the call.
+    func loopReceived(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64)
+    /// A send finished: `count` bytes were written (0 on failure; the connection is then closing).
+    func loopSent(conn: UInt32, count: Int, now: UInt64)
+    /// The connection is closed and its slot will be reused; nothing about it is in flight any more.
+    func loopClosed(conn: UInt32, now: UInt64)
+    /// The periodic timer fired.
+    func loopTick(now: UInt64)
+    /// Another thread posted to the mailbox.
+    func loopMailbox(now: UInt64)
+    /// End of a completion batch: queue sends, apply pauses and closes. Submission follows.
+    func loopFlush(now: UInt64)
+}
+
+/// Limits of one loop, validated at start-up.
+public struct LoopLimits: Sendable, Equatable {
+    /// Submission queue entries.
+    public var ringEntries: UInt32 = 1024
+    /// Provided receive buffers (a power of two) and the size of each.
+    public var recvBufferCount: UInt32 = 256
+    public var recvBufferBytes: UInt32 = 32 << 10
+    /// Connections the loop holds at once.
+    public var maxConnections: Int = 16_384
+    /// Timer period.
+    public var tickMilliseconds: UInt32 = 10
+    /// A closing connection gets this long to flush before its socket is shut.
+    public var closeFlushMilliseconds: UInt32 = 1_000
+
+    public init() {}
+}
+
+/// Counters of the loop itself.
+public struct LoopCounters: Sendable, Equatable {
+    public var accepted: UInt64 = 0
+    public var refused: UInt64 = 0
+    public var acceptErrors: UInt64 = 0
+    public var recvCompletions: UInt64 = 0
+    public var recvBytes: UInt64 = 0
+    /// Multishot recv stopped because every provided buffer was in use (inbound backpressure, not an error).
+    public var recvNoBuffers: UInt64 = 0
+    public var sendCalls: UInt64 = 0
+    public var sendBytes: UInt64 = 0
+    public var ioErrors: UInt64 = 0
+    public var submits: UInt64 = 0
+    public var completions: UInt64 = 0
+
+    public init() {}
+}
+
+/// One io_uring loop: a ring, a provided-buffer ring, listeners and connections in slots.
+///
+/// `user_data` on every SQE is slot index, slot generation and operation, never an object pointer; a
+/// completion whose generation no longer matches its slot is stale and dropped (its buffer is still recycled).
+/// Nothing here locks; the only cross-thread entry is the mailbox's eventfd.
+public final class EventLoop {
+    enum Op: UInt64 {
+        case accept = 1, recv, send, timer, mailbox, cancel
+    }
+
+    struct Slot {
+        var fd: Int32 = -1
+        var generation: UInt32 = 0
+        var inUse = false
+        var recvArmed = false
+        var readPaused = false
+        var sendInFlight = false
+        var closing = false
+        var shut = false
+        var closeDeadline: UInt64 = 0
+    }
+
+    public let limits: LoopLimits
+    public private(set) var counters = LoopCounters()
+    public weak var delegate: (any LoopDelegate)?
+    private let ring: OpaquePointer
+    private let bufRing: OpaquePointer
+    private let bufferGroup: UInt16 = 1
+    private var slots: [Slot]
+    private var freeSlots: [UInt32]
+    private var listeners: [BoundListener] = []
+    private var acceptArmed: [Bool] = []
+    private var accepting = true
+    private var cqes: UnsafeMutablePointer<sf_cqe>
+    private let cqeBatch = 512
+    private var rearm: [UInt32] = []
+    private var closingSlots: [UInt32] = []
+    private var stopped = false
+    public let mailbox: LoopMailbox
+    /// The eventfd counter is read into here by the kernel: stable memory, not a Swift property.
+    private let mailboxValue: UnsafeMutablePointer<UInt64>
+
+    /// Creates the ring and buffer ring. Run `UringProbe.check()` first for a readable error.
+    public init(limits: LoopLimits = LoopLimits()) throws(UringUnavailable) {
+        self.limits = limits
+        var err: Int32 = 0
+        guard let r = sf_ring_create(limits.ringEntries, &err) else {
+            throw UringUnavailable(description: UringProbe.explainSetupFailure(errno: -err, kernel: UringProbe.kernelRelease()))
+        }
+        guard let b = sf_buf_ring_create(r, limits.recvBufferCount, limits.recvBufferBytes, 1, &err) else {
+            sf_ring_destroy(r)
+            throw UringUnavailable(description: "registering the provided buffer ring failed: \(describe(errno: -err))")
+        }
+        ring = r
+        bufRing = b
+        slots = []
+        freeSlots = []
+        cqes = .allocate(capacity: cqeBatch)
+        mailbox = LoopMailbox()
+        mailboxValue = .allocate(capacity: 1)
+        slots.reserveCapacity(min(limits.maxConnections, 4096))
+    }
+
+    deinit {
+        for s in slots where s.inUse && s.fd >= 0 { Glibc.close(s.fd) }
+        for l in listeners { Glibc.close(l.fd) }
+        sf_buf_ring_destroy(ring, bufRing)
+        sf_ring_destroy(ring)
+        cqes.deallocate()
+        mailboxValue.deallocate()
+    }
+
+    @inline(__always) private func ud(_ slot: UInt32, _ gen: UInt32, _ op: Op) -> UInt64 {
+        UInt64(slot) << 32 | UInt64(gen & 0xFF_FFFF) << 8 | op.rawValue
+    }
+
+    /// Adds a listener; accepting starts when `run` does.
+    public func add(listener: BoundListener) {
+        listeners.append(listener)
+        acceptArmed.append(false)
+    }
+
+    /// Stops accepting new connections (existing ones continue).
+    public func stopAccepting() {
+        guard accepting else { return }
+        accepting = false
+        for (i, l) in listeners.enumerated() {
+            if acceptArmed[i] { _ = sf_prep_cancel(ring, ud(UInt32(i), 0, .accept), ud(0, 0, .cancel)) }
+            shutdown(l.fd, Int32(SHUT_RDWR))
+        }
+    }
+
+    /// Ends `run` after the current batch.
+    public func stop() { stopped = true }
+
+    // MARK: - Operations for the delegate
+
+    /// Sends `bytes` (which must stay valid until `loopSent`). One send per connection at a time.
+    @inline(__always)
+    public func send(conn: UInt32, bytes: UnsafeRawBufferPointer) {
+        let i = Int(conn)
+        precondition(slots[i].inUse && !slots[i].sendInFlight, "send on a busy or free slot")
+        slots[i].sendInFlight = true
+        counters.sendCalls &+= 1
+        _ = sf_prep_send(ring, slots[i].fd, bytes.baseAddress, bytes.count, ud(conn, slots[i].generation, .send))
+    }
+
+    /// Stops reading (cancels the multishot recv); data already received is still delivered.
+    public func pauseRead(conn: UInt32) {
+        let i = Int(conn)
+        guard slots[i].inUse, !slots[i].readPaused else { return }
+        slots[i].readPaused = true
+        if slots[i].recvArmed {
+            _ = sf_prep_cancel(ring, ud(conn, slots[i].generation, .recv), ud(conn, slots[i].generation, .cancel))
+        }
+    }
+
+    /// Reads again.
+    public func resumeRead(conn: UInt32) {
+        let i = Int(conn)
+        guard slots[i].inUse, slots[i].readPaused else { return }
+        slots[i].readPaused = false
+        if !slots[i].recvArmed && !slots[i].closing { rearm.append(conn) }
+    }
+
+    /// Closes the connection. With `flush`, output the delegate still hands over is sent first (up to the
+    /// close deadline); `loopClosed` follows once nothing is in flight.
+    public func close(conn: UInt32, flush: Bool, now: UInt64) {
+        let i = Int(conn)
+        guard slots[i].inUse, !slots[i].closing else { return }
+        slots[i].closing = true
+        slots[i].closeDeadline = now &+ UInt64(limits.closeFlushMilliseconds) * 1_000_000
+        closingSlots.append(conn)
+        if !flush { shut(conn) }
+    }
+
+    /// Whether the delegate may hand the connection more output.
+    @inline(__always) public func canSend(conn: UInt32) -> Bool {
+        let s = slots[Int(conn)]
+        return s.inUse && !s.sendInFlight && !s.shut
+    }
+
+    private func shut(_ conn: UInt32) {
+        let i = Int(conn)
+        guard !slots[i].shut else { return }
+        slots[i].shut = true
+        // Shutting the socket ends the multishot recv (EOF) and fails a pending send, so every request on
+        // the slot completes and the slot can be released.
+        shutdown(slots[i].fd, Int32(SHUT_RDWR))
+    }
+
+    // MARK: - Running
+
+    /// Runs until `stop()`. Returns after the batch in which it was called.
+    public func run() {
+        for i in listeners.indices { armAccept(i) }
+        armTimer()
+        armMailbox()
+        while !stopped {
+            let rc = sf_submit_and_wait(ring, 1)
+            counters.submits &+= 1
+            if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME {
+                fatalError("io_uring_enter failed: \(describe(errno: -rc))")
+            }
+            var n: UInt32
+            repeat {
+                n = sf_reap(ring, cqes, UInt32(cqeBatch))
+                counters.completions &+= UInt64(n)
+                let now = monotonicNanos()
+                for k in 0..<Int(n) { dispatch(cqes[k], now: now) }
+                sf_buf_ring_publish(bufRing)
+                afterBatch(now: now)
+            } while n == UInt32(cqeBatch)
+        }
+    }
+
+    private func afterBatch(now: UInt64) {
+        delegate?.loopFlush(now: now)
+        if !rearm.isEmpty {
+            for conn in rearm {
+                let i = Int(conn)
+                if slots[i].inUse && !slots[i].recvArmed && !slots[i].readPaused && !slots[i].closing { armRecv(conn) }
+            }
+            rearm.removeAll(keepingCapacity: true)
+        }
+        if !closingSlots.isEmpty { progressClosing(now: now) }
+    }
+
+    private func progressClosing(now: UInt64) {
+        var k = 0
+        while k < closingSlots.count {
+            let conn = closingSlots[k]
+            let i = Int(conn)
+            // The delegate had its flush turn just before this: no send in flight means nothing left to send.
+            if !slots[i].shut && (!slots[i].sendInFlight || now >= slots[i].closeDeadline) { shut(conn) }
+            if slots[i].shut && !slots[i].recvArmed && !slots[i].sendInFlight {
+                release(conn, now: now)
+                closingSlots.swapAt(k, closingSlots.count - 1)
+                closingSlots.removeLast()
+                continue
+            }
+            k += 1
+        }
+    }
+
+    private func release(_ conn: UInt32, now: UInt64) {
+        let i = Int(conn)
+        Glibc.close(slots[i].fd)
+        slots[i].fd = -1
+        slots[i].inUse = false
+        slots[i].generation = (slots[i].generation &+ 1) & 0xFF_FFFF
+        freeSlots.append(conn)
+        delegate?.loopClosed(conn: conn, now: now)
+    }
+
+    private func armAccept(_ i: Int) {
+        guard accepting else { return }
+        acceptArmed[i] = true
+        _ = sf_prep_multishot_accept(ring, listeners[i].fd, ud(UInt32(i), 0, .accept))
+    }
+
+    private func armRecv(_ conn: UInt32) {
+        let i = Int(conn)
+        slots[i].recvArmed = true
+        _ = sf_prep_recv_multishot(ring, slots[i].fd, bufferGroup, ud(conn, slots[i].generation, .recv))
+    }
+
+    private func armTimer() {
+        _ = sf_prep_timeout(ring, UInt64(limits.tickMilliseconds) * 1_000_000, ud(0, 0, .timer))
+    }
+
+    private func armMailbox() {
+        _ = sf_prep_read(ring, mailbox.fd, mailboxValue, 8, ud(0, 0, .mailbox))
+    }
+
+    @inline(__always)
+    private func dispatch(_ cqe: sf_cqe, now: UInt64) {
+        let slot = UInt32(truncatingIfNeeded: cqe.user_data >> 32)
+        let gen = UInt32(truncatingIfNeeded: (cqe.user_data >> 8) & 0xFF_FFFF)
+        guard let op = Op(rawValue: cqe.user_data & 0xFF) else { fatalError("completion with unknown op \(cqe.user_data)") }
+        switch op {
+        case .recv:
+            onRecv(slot, gen, cqe, now: now)
+        case .send:
+            onSend(slot, gen, cqe, now: now)
+        case .accept:
+            onAccept(Int(slot), cqe, now: now)
+        case .timer:
+            delegate?.loopTick(now: now)
+            if !stopped { armTimer() }
+        case .mailbox:
+            delegate?.loopMailbox(now: now)
+            if !stopped { armMailbox() }
+        case .cancel:
+            break
+        }
+    }
+
+    @inline(__always)
+    private func onRecv(_ conn: UInt32, _ gen: UInt32, _ cqe: sf_cqe, now: UInt64) {
+        let more = sf_cqe_has_more(cqe.flags) != 0
+        let i = Int(conn)
+        let current = i < slots.count && slots[i].inUse && slots[i].generation == gen
+        if sf_cqe_has_buffer(cqe.flags) != 0 {
+            let bid = sf_cqe_buffer_id(cqe.flags)
+            if current && cqe.res > 0 {
+                counters.recvCompletions &+= 1
+                counters.recvBytes &+= UInt64(cqe.res)
+                let bytes = UnsafeRawBufferPointer(start: sf_buf_ring_buffer(bufRing, bid), count: Int(cqe.res))
+                if !slots[i].closing { delegate?.loopReceived(conn: conn, bytes: bytes, now: now) }
+            }
+            // Everything the delegate needs was copied out during the call: the buffer goes straight back.
+            sf_buf_ring_recycle(bufRing, bid)
+        }
+        guard current else { return }
+        if !more { slots[i].recvArmed = false }
+        if cqe.res == 0 {
+            // EOF: the peer closed.
+            if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+            return
+        }
+        if cqe.res < 0 {
+            switch -cqe.res {
+            case ENOBUFS:
+                // Every provided buffer is in use: inbound backpressure. Buffers were recycled above; re-arm.
+                counters.recvNoBuffers &+= 1
+                rearm.append(conn)
+            case ECANCELED:
+                break  // pauseRead
+            case ECONNRESET, EPIPE, ETIMEDOUT, ENOTCONN, EHOSTUNREACH:
+                counters.ioErrors &+= 1
+                if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+            default:
+                counters.ioErrors &+= 1
+                if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+            }
+            return
+        }
+        if !more && !slots[i].readPaused && !slots[i].closing { rearm.append(conn) }
+    }
+
+    @inline(__always)
+    private func onSend(_ conn: UInt32, _ gen: UInt32, _ cqe: sf_cqe, now: UInt64) {
+        let i = Int(conn)
+        guard i < slots.count, slots[i].inUse, slots[i].generation == gen else { return }
+        slots[i].sendInFlight = false
+        if cqe.res >= 0 {
+            counters.sendBytes &+= UInt64(cqe.res)
+            delegate?.loopSent(conn: conn, count: Int(cqe.res), now: now)
+        } else {
+            counters.ioErrors &+= 1
+            delegate?.loopSent(conn: conn, count: 0, now: now)
+            if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+            shut(conn)
+        }
+    }
+
+    private func onAccept(_ listener: Int, _ cqe: sf_cqe, now: UInt64) {
+        if sf_cqe_has_more(cqe.flags) == 0 {
+            acceptArmed[listener] = false
+            if accepting && !stopped { armAccept(listener) }
+        }
+        guard cqe.res >= 0 else {
+            if cqe.res != -ECANCELED && cqe.res != -EINVAL { counters.acceptErrors &+= 1 }
+            return
+        }
+        let fd = cqe.res
+        guard accepting, let conn = allocateSlot(fd: fd) else {
+            counters.refused &+= 1
+            Glibc.close(fd)
+            return
+        }
+        if case .tcp = listeners[listener].address {
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        counters.accepted &+= 1
+        guard delegate?.loopAccepted(conn: conn, listener: listener, now: now) == true else {
+            counters.refused &+= 1
+            slots[Int(conn)].shut = true
+            release(conn, now: now)
+            return
+        }
+        armRecv(conn)
+    }
+
+    private func allocateSlot(fd: Int32) -> UInt32? {
+        let conn: UInt32
+        if let free = freeSlots.popLast() {
+            conn = free
+        } else {
+            guard slots.count < limits.maxConnections else { return nil }
+            conn = UInt32(slots.count)
+            slots.append(Slot())
+        }
+        let gen = slots[Int(conn)].generation
+        slots[Int(conn)] = Slot(fd: fd, generation: gen, inUse: true)
+        return conn
+    }
+
+    /// Connections open now.
+    public var openConnections: Int { slots.count - freeSlots.count }
+}
+
+/// Wakes a loop from another thread. Messages themselves live wherever the poster keeps them (a
+/// `Mutex`-guarded queue, usually); this only rings the bell, through an eventfd the loop reads via the ring.
+public final class LoopMailbox: Sendable {
+    public let fd: Int32
+
+    init() {
+        fd = sf_eventfd()
+        precondition(fd >= 0, "eventfd: \(describe(errno: errno))")
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Wakes the loop; safe from any thread.
+    public func wake() {
+        var one: UInt64 = 1
+        _ = write(fd, &one, 8)
+    }
+}

@@ -1,0 +1,310 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SoulfraWire
+
+/// Where the broker listens.
+public enum PeerAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: UInt16)
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case .tcp(let h, let p): "\(h):\(p)"
+        case .unix(let p): "unix:\(p)"
+        }
+    }
+}
+
+/// A connection failure, with the call and errno.
+public struct PeerError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
+}
+
+/// Exponential backoff with full jitter. The random source is injected so tests are repeatable.
+public struct Backoff: Sendable {
+    public var initialMilliseconds: UInt32
+    public var maxMilliseconds: UInt32
+    public private(set) var attempt: UInt32 = 0
+
+    public init(initialMilliseconds: UInt32 = 50, maxMilliseconds: UInt32 = 5_000) {
+        self.initialMilliseconds = initialMilliseconds
+        self.maxMilliseconds = maxMilliseconds
+    }
+
+    /// The next delay: uniformly random in [0, min(max, initial·2^attempt)].
+    public mutating func next(using rng: inout some RandomNumberGenerator) -> UInt32 {
+        let ceiling = UInt64(initialMilliseconds) << UInt64(min(attempt, 20))
+        attempt += 1
+        let cap = UInt32(min(UInt64(maxMilliseconds), ceiling))
+        return UInt32.random(in: 0...cap, using: &rng)
+    }
+
+    public mutating func reset() { attempt = 0 }
+}
+
+/// One link to the broker over a plain non-blocking socket (no io_uring: world instances run under seccomp
+/// profiles that may block it). Drive it with `pump` or register it with a `PeerReactor`.
+public final class PeerConnection {
+    public let address: PeerAddress
+    public let identity: PeerIdentity
+    public private(set) var session: PeerSession
+    public private(set) var fd: Int32 = -1
+    /// While true the connection is not read (to test slow consumers); writes continue.
+    public var readingPaused = false
+    private let readBuffer: UnsafeMutableRawBufferPointer
+    /// Bytes read in total.
+    public private(set) var bytesRead: UInt64 = 0
+    public private(set) var bytesWritten: UInt64 = 0
+
+    public init(address: PeerAddress, identity: PeerIdentity, readBufferBytes: Int = 256 << 10) {
+        self.address = address
+        self.identity = identity
+        self.session = PeerSession(identity: identity)
+        self.readBuffer = .allocate(byteCount: readBufferBytes, alignment: 16)
+    }
+
+    deinit {
+        if fd >= 0 { Glibc.close(fd) }
+        readBuffer.deallocate()
+    }
+
+    /// Connects and queues HELLO. A fresh session replaces the old one (streams do not survive a reconnect).
+    public func connect(timeoutMilliseconds: Int32 = 2_000) throws(PeerError) {
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+        let delegate = session.delegate
+        let autoCredit = session.autoCredit
+        session = PeerSession(identity: identity)
+        session.delegate = delegate
+        session.autoCredit = autoCredit
+        fd = try Self.dial(address, timeoutMilliseconds: timeoutMilliseconds)
+        session.start()
+    }
+
+    /// Connects, retrying with backoff until `attempts` are used up.
+    public func connect(retrying backoff: Backoff, attempts: Int, rng: inout some RandomNumberGenerator) throws(PeerError) {
+        var b = backoff
+        var last = PeerError(message: "no attempt made")
+        for _ in 0..<max(1, attempts) {
+            do {
+                try connect()
+                return
+            } catch {
+                last = error
+                let ms = b.next(using: &rng)
+                usleep(ms * 1_000)
+            }
+        }
+        throw PeerError(message: "could not connect to \(address) after \(attempts) attempts: \(last)")
+    }
+
+    /// Connects, sends HELLO and waits for WELCOME (or the broker's refusal).
+    public func handshake(timeoutMilliseconds: Int32 = 2_000) throws(PeerError) {
+        try connect(timeoutMilliseconds: timeoutMilliseconds)
+        let deadline = monotonicMilliseconds() + UInt64(timeoutMilliseconds)
+        while !session.isReady {
+            if case .closed(let code, let reason) = session.state {
+                throw PeerError(message: "broker refused the link: \(code): \(reason)")
+            }
+            let now = monotonicMilliseconds()
+            guard now < deadline else { throw PeerError(message: "no WELCOME from \(address) within \(timeoutMilliseconds) ms") }
+            _ = pump(timeoutMilliseconds: Int32(deadline - now))
+        }
+    }
+
+    public func close() {
+        if fd >= 0 {
+            Glibc.close(fd)
+            fd = -1
+        }
+        session.transportClosed(reason: "closed locally")
+    }
+
+    /// Writes as much queued output as the socket takes. Returns false if the socket failed.
+    @discardableResult
+    public func flush() -> Bool {
+        let out = session.output
+        while !out.isEmpty {
+            let r = out.readable
+            let n = Glibc.send(fd, r.baseAddress, r.count, Int32(MSG_NOSIGNAL))
+            if n > 0 {
+                out.consume(n)
+                bytesWritten &+= UInt64(n)
+                continue
+            }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return true }
+            if n < 0 && errno == EINTR { continue }
+            failTransport("send failed: \(describeErrno(errno))")
+            return false
+        }
+        return true
+    }
+
+    /// Reads what is available (bounded) and feeds the session. Returns false once the link is closed.
+    @discardableResult
+    public func readAvailable(maxReads: Int = 16) -> Bool {
+        guard fd >= 0 else { return false }
+        for _ in 0..<maxReads {
+            let n = Glibc.recv(fd, readBuffer.baseAddress, readBuffer.count, 0)
+            if n > 0 {
+                bytesRead &+= UInt64(n)
+                session.receive(UnsafeRawBufferPointer(rebasing: readBuffer[..<n]))
+                if session.isClosed { return false }
+                if n < readBuffer.count { return true }
+                continue
+            }
+            if n == 0 {
+                failTransport("broker closed the connection")
+                return false
+            }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return true }
+            if errno == EINTR { continue }
+            failTransport("recv failed: \(describeErrno(errno))")
+            return false
+        }
+        return true
+    }
+
+    /// Flushes, waits up to `timeoutMilliseconds` for input (or writability when output is queued), reads.
+    /// Returns false once the link is closed.
+    @discardableResult
+    public func pump(timeoutMilliseconds: Int32) -> Bool {
+        guard fd >= 0 else { return false }
+        guard flush() else { return false }
+        var p = pollfd(fd: fd, events: Int16(readingPaused ? 0 : POLLIN), revents: 0)
+        if !session.output.isEmpty { p.events |= Int16(POLLOUT) }
+        let r = poll(&p, 1, timeoutMilliseconds)
+        if r > 0 {
+            if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !readingPaused {
+                guard readAvailable() else { return false }
+            }
+            if p.revents & Int16(POLLOUT) != 0 { guard flush() else { return false } }
+            if readingPaused && p.revents & Int16(POLLHUP | POLLERR) != 0 {
+                failTransport("connection reset")
+                return false
+            }
+        }
+        return flush() && !session.isClosed
+    }
+
+    func failTransport(_ reason: String) {
+        if fd >= 0 {
+            Glibc.close(fd)
+            fd = -1
+        }
+        session.transportClosed(reason: reason)
+    }
+
+    static func dial(_ address: PeerAddress, timeoutMilliseconds: Int32) throws(PeerError) -> Int32 {
+        let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        var fd: Int32 = -1
+        var rc: Int32 = 0
+        switch address {
+        case .tcp(let host, let port):
+            var v4 = sockaddr_in(), v6 = sockaddr_in6()
+            if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+                v4.sin_family = sa_family_t(AF_INET)
+                v4.sin_port = port.bigEndian
+                fd = socket(AF_INET, flags, 0)
+                guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
+                rc = withUnsafePointer(to: &v4) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
+                v6.sin6_family = sa_family_t(AF_INET6)
+                v6.sin6_port = port.bigEndian
+                fd = socket(AF_INET6, flags, 0)
+                guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
+                rc = withUnsafePointer(to: &v6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+            } else {
+                throw PeerError(message: "\(host) is not an IPv4 or IPv6 address")
+            }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        case .unix(let path):
+            var sa = sockaddr_un()
+            sa.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: sa.sun_path) else { throw PeerError(message: "unix path too long: \(path)") }
+            withUnsafeMutableBytes(of: &sa.sun_path) { raw in
+                for (i, b) in bytes.enumerated() { raw[i] = b }
+                raw[bytes.count] = 0
+            }
+            fd = socket(AF_UNIX, flags, 0)
+            guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
+            rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        }
+        if rc != 0 && errno != EINPROGRESS && errno != EAGAIN {
+            let e = errno
+            Glibc.close(fd)
+            throw PeerError(message: "connect \(address): \(describeErrno(e))")
+        }
+        if rc != 0 {
+            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let r = poll(&p, 1, timeoutMilliseconds)
+            var err: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            if r <= 0 || err != 0 {
+                Glibc.close(fd)
+                throw PeerError(message: "connect \(address): \(r <= 0 ? "timed out after \(timeoutMilliseconds) ms" : describeErrno(err))")
+            }
+        }
+        return fd
+    }
+}
+
+/// Drives many connections on one thread with poll(2) (portable to any seccomp profile; fine for the
+/// hundreds of links a load-test thread or an instance holds).
+public final class PeerReactor {
+    private var conns: [PeerConnection] = []
+    private var fds: [pollfd] = []
+
+    public init() {}
+
+    public var connections: [PeerConnection] { conns }
+
+    /// Watches a connected connection.
+    public func add(_ c: PeerConnection) {
+        precondition(c.fd >= 0, "add() needs a connected connection")
+        conns.append(c)
+    }
+
+    public func remove(_ c: PeerConnection) {
+        conns.removeAll { $0 === c }
+    }
+
+    /// One turn: flush everything, wait up to `timeoutMilliseconds`, read what arrived, flush again.
+    public func poll(timeoutMilliseconds: Int32) {
+        conns.removeAll { $0.fd < 0 }
+        fds.removeAll(keepingCapacity: true)
+        for c in conns {
+            if !c.session.output.isEmpty { c.flush() }
+            var ev = Int16(c.readingPaused ? 0 : POLLIN)
+            if !c.session.output.isEmpty { ev |= Int16(POLLOUT) }
+            fds.append(pollfd(fd: c.fd, events: ev, revents: 0))
+        }
+        let n = fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), timeoutMilliseconds) }
+        guard n > 0 else { return }
+        for (i, p) in fds.enumerated() where p.revents != 0 {
+            let c = conns[i]
+            guard c.fd == p.fd else { continue }
+            if p.revents & Int16(POLLOUT) != 0 { c.flush() }
+            if !c.readingPaused && p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { c.readAvailable() }
+        }
+        for c in conns where c.fd >= 0 && !c.session.output.isEmpty { c.flush() }
+    }
+}
+
+@inline(__always) public func monotonicMilliseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000 + UInt64(ts.tv_nsec) / 1_000_000
+}
+
+@inline(__always) public func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+func describeErrno(_ e: Int32) -> String { String(cString: strerror(e)) + " (errno \(e))" }

@@ -1,0 +1,273 @@
+import Foundation
+import SoulfraBroker
+import SoulfraLoop
+
+/// The daemon's configuration: defaults, then `config/soulfra.json` (or `--config`), then environment
+/// variables, then flags. Every key carries its unit in its name; `validate()` names the key on error.
+public struct ServerConfig: Sendable, Equatable {
+    /// Unix socket for local instances ("" disables it).
+    public var brokerUnixPath = "/tmp/soulfra/broker.sock"
+    /// TCP listener for remote peers, "host:port" ("" disables it). Loopback by default.
+    public var brokerTCP = "127.0.0.1:7400"
+    public var loop = LoopLimits()
+    public var broker = BrokerLimits()
+    public var balancer = BalancerPolicy.leastOutstanding
+    /// Print a one-line broker summary to stderr at this interval (0: never).
+    public var statsIntervalMilliseconds: UInt32 = 0
+    public var runtimeToken = ""
+    public var vaultToken = ""
+    public var gatewayToken = ""
+    public var instanceTokens: [String: String] = [:]
+    public var keys: [KeyQuota] = []
+
+    public init() {}
+
+    /// A configuration problem: the key (dotted path) and what is wrong.
+    public struct Invalid: Error, CustomStringConvertible, Equatable {
+        public let key: String
+        public let message: String
+        public init(key: String, message: String) {
+            self.key = key
+            self.message = message
+        }
+        public var description: String { "config: \(key): \(message)" }
+    }
+
+    /// The access table these settings describe.
+    public var accessTable: AccessTable {
+        AccessTable(keys: keys, instanceTokens: instanceTokens, runtimeToken: runtimeToken,
+                    vaultToken: vaultToken, gatewayToken: gatewayToken)
+    }
+
+    /// The listeners to bind.
+    public func listenAddresses() throws(Invalid) -> [ListenAddress] {
+        var out: [ListenAddress] = []
+        if !brokerUnixPath.isEmpty { out.append(.unix(path: brokerUnixPath)) }
+        if !brokerTCP.isEmpty { out.append(try Self.parseHostPort(brokerTCP, key: "listen.broker_tcp")) }
+        return out
+    }
+
+    static func parseHostPort(_ s: String, key: String) throws(Invalid) -> ListenAddress {
+        var host: Substring, port: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]"), s[s.index(after: close)...].hasPrefix(":") else {
+                throw Invalid(key: key, message: "expected [ipv6]:port, got \"\(s)\"")
+            }
+            host = s[s.index(after: s.startIndex)..<close]
+            port = s[s.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { throw Invalid(key: key, message: "expected host:port, got \"\(s)\"") }
+            host = s[..<colon]
+            port = s[s.index(after: colon)...]
+        }
+        guard let p = UInt16(port) else { throw Invalid(key: key, message: "port must be 0...65535, got \"\(port)\"") }
+        guard !host.isEmpty else { throw Invalid(key: key, message: "host is empty in \"\(s)\"") }
+        return .tcp(host: String(host), port: p)
+    }
+
+    /// Checks every value; the first problem is thrown.
+    public func validate() throws(Invalid) {
+        do { try broker.validate() } catch { throw Invalid(key: "broker.\(error.key)", message: error.message) }
+        func check(_ ok: Bool, _ key: String, _ message: String) throws(Invalid) {
+            if !ok { throw Invalid(key: key, message: message) }
+        }
+        try check((8...32_768).contains(loop.ringEntries) && loop.ringEntries.nonzeroBitCount == 1,
+                  "loop.ring_entries", "must be a power of two between 8 and 32768, got \(loop.ringEntries)")
+        try check((16...32_768).contains(loop.recvBufferCount) && loop.recvBufferCount.nonzeroBitCount == 1,
+                  "loop.recv_buffer_count", "must be a power of two between 16 and 32768, got \(loop.recvBufferCount)")
+        try check((1_024...1 << 20).contains(loop.recvBufferBytes),
+                  "loop.recv_buffer_bytes", "must be between 1024 and 1048576, got \(loop.recvBufferBytes)")
+        try check((1...1_000_000).contains(loop.maxConnections),
+                  "loop.max_connections", "must be between 1 and 1000000, got \(loop.maxConnections)")
+        try check((1...1_000).contains(loop.tickMilliseconds),
+                  "loop.tick_milliseconds", "must be between 1 and 1000, got \(loop.tickMilliseconds)")
+        try check((1...60_000).contains(loop.closeFlushMilliseconds),
+                  "loop.close_flush_milliseconds", "must be between 1 and 60000, got \(loop.closeFlushMilliseconds)")
+        try check(statsIntervalMilliseconds == 0 || statsIntervalMilliseconds >= 100,
+                  "stats_interval_milliseconds", "must be 0 (off) or at least 100, got \(statsIntervalMilliseconds)")
+        try check(!brokerUnixPath.isEmpty || !brokerTCP.isEmpty,
+                  "listen", "at least one of listen.broker_unix_path and listen.broker_tcp must be set")
+        if !brokerUnixPath.isEmpty {
+            try check(brokerUnixPath.utf8.count < 108, "listen.broker_unix_path", "must be shorter than 108 bytes")
+        }
+        _ = try listenAddresses()
+        var seen = Set<UInt64>()
+        for (i, k) in keys.enumerated() {
+            try check(k.keyID != 0, "keys[\(i)].id", "must be non-zero (0 means no key)")
+            try check(seen.insert(k.keyID).inserted, "keys[\(i)].id", "duplicate key id \(k.keyID)")
+            try check(!k.world.isEmpty, "keys[\(i)].world", "must name a world")
+            try check(k.maxStreams >= 0, "keys[\(i)].max_streams", "must be 0 (unlimited) or positive")
+        }
+        for (world, token) in instanceTokens {
+            try check(!world.isEmpty, "tokens.instances", "world names must not be empty")
+            try check(token.utf8.count >= 16, "tokens.instances.\(world)", "must be at least 16 bytes")
+        }
+        for (key, token) in [("tokens.runtime", runtimeToken), ("tokens.vault", vaultToken), ("tokens.gateway", gatewayToken)] {
+            try check(token.isEmpty || token.utf8.count >= 16, key, "must be empty (kind disabled) or at least 16 bytes")
+        }
+    }
+}
+
+// MARK: - Loading
+
+extension ServerConfig {
+    /// Reads a JSON config file over the defaults. Unknown keys are errors (a typo must not pass silently).
+    public static func load(path: String) throws(Invalid) -> ServerConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Invalid(key: path, message: "cannot read the config file")
+        }
+        let root: Any
+        do { root = try JSONSerialization.jsonObject(with: data) } catch {
+            throw Invalid(key: path, message: "not valid JSON: \(error.localizedDescription)")
+        }
+        guard let top = root as? [String: Any] else { throw Invalid(key: path, message: "the top level must be an object") }
+        var c = ServerConfig()
+        try c.apply(top)
+        return c
+    }
+
+    mutating func apply(_ top: [String: Any]) throws(Invalid) {
+        var r = JSONReader(object: top, path: "")
+        if var l = try r.object("listen") {
+            brokerUnixPath = try l.string("broker_unix_path") ?? brokerUnixPath
+            brokerTCP = try l.string("broker_tcp") ?? brokerTCP
+            try l.finish()
+        }
+        if var l = try r.object("loop") {
+            loop.ringEntries = try l.uint32("ring_entries") ?? loop.ringEntries
+            loop.recvBufferCount = try l.uint32("recv_buffer_count") ?? loop.recvBufferCount
+            loop.recvBufferBytes = try l.uint32("recv_buffer_bytes") ?? loop.recvBufferBytes
+            loop.maxConnections = try l.int("max_connections") ?? loop.maxConnections
+            loop.tickMilliseconds = try l.uint32("tick_milliseconds") ?? loop.tickMilliseconds
+            loop.closeFlushMilliseconds = try l.uint32("close_flush_milliseconds") ?? loop.closeFlushMilliseconds
+            try l.finish()
+        }
+        if var b = try r.object("broker") {
+            broker.maxFrameBytes = try b.uint32("max_frame_bytes") ?? broker.maxFrameBytes
+            broker.heartbeatIntervalMilliseconds = try b.uint32("heartbeat_interval_milliseconds") ?? broker.heartbeatIntervalMilliseconds
+            broker.heartbeatMissesAllowed = try b.uint32("heartbeat_misses_allowed") ?? broker.heartbeatMissesAllowed
+            broker.handshakeTimeoutMilliseconds = try b.uint32("handshake_timeout_milliseconds") ?? broker.handshakeTimeoutMilliseconds
+            broker.streamCreditBytes = try b.uint32("stream_credit_bytes") ?? broker.streamCreditBytes
+            broker.streamCreditFrames = try b.uint32("stream_credit_frames") ?? broker.streamCreditFrames
+            broker.linkQueueBytesLow = try b.int("link_queue_bytes_low") ?? broker.linkQueueBytesLow
+            broker.linkQueueBytesHigh = try b.int("link_queue_bytes_high") ?? broker.linkQueueBytesHigh
+            broker.linkQueueBytesHard = try b.int("link_queue_bytes_hard") ?? broker.linkQueueBytesHard
+            broker.slowConsumerDeadlineMilliseconds = try b.uint32("slow_consumer_deadline_milliseconds") ?? broker.slowConsumerDeadlineMilliseconds
+            broker.maxLinks = try b.int("max_links") ?? broker.maxLinks
+            broker.maxStreamsPerLink = try b.int("max_streams_per_link") ?? broker.maxStreamsPerLink
+            broker.maxStreams = try b.int("max_streams") ?? broker.maxStreams
+            broker.roomSubscriberQueueFrames = try b.int("room_subscriber_queue_frames") ?? broker.roomSubscriberQueueFrames
+            broker.affinitySessionsPerWorld = try b.int("affinity_sessions_per_world") ?? broker.affinitySessionsPerWorld
+            broker.shutdownDrainMilliseconds = try b.uint32("shutdown_drain_milliseconds") ?? broker.shutdownDrainMilliseconds
+            if let name = try b.string("balancer") {
+                guard let p = BalancerPolicy(rawValue: name) else {
+                    throw Invalid(key: "broker.balancer", message: "must be one of \(BalancerPolicy.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(name)\"")
+                }
+                balancer = p
+            }
+            try b.finish()
+        }
+        statsIntervalMilliseconds = try r.uint32("stats_interval_milliseconds") ?? statsIntervalMilliseconds
+        if var t = try r.object("tokens") {
+            runtimeToken = try t.string("runtime") ?? runtimeToken
+            vaultToken = try t.string("vault") ?? vaultToken
+            gatewayToken = try t.string("gateway") ?? gatewayToken
+            if var inst = try t.object("instances") {
+                for world in inst.remainingKeys { instanceTokens[world] = try inst.string(world) }
+                try inst.finish()
+            }
+            try t.finish()
+        }
+        if let list = try r.array("keys") {
+            keys = []
+            for (i, item) in list.enumerated() {
+                guard let obj = item as? [String: Any] else { throw Invalid(key: "keys[\(i)]", message: "must be an object") }
+                var k = JSONReader(object: obj, path: "keys[\(i)].")
+                guard let id = try k.uint64("id") else { throw Invalid(key: "keys[\(i)].id", message: "is required") }
+                guard let world = try k.string("world") else { throw Invalid(key: "keys[\(i)].world", message: "is required") }
+                keys.append(KeyQuota(
+                    keyID: id, world: world, maxStreams: try k.int("max_streams") ?? 0,
+                    framesPerSecond: try k.uint32("frames_per_second") ?? 0,
+                    bytesPerSecond: try k.uint32("bytes_per_second") ?? 0))
+                try k.finish()
+            }
+        }
+        try r.finish()
+    }
+
+    /// Applies `SOULFRA_*` environment variables.
+    public mutating func applyEnvironment(_ env: [String: String]) throws(Invalid) {
+        if let v = env["SOULFRA_BROKER_UNIX"] { brokerUnixPath = v }
+        if let v = env["SOULFRA_BROKER_TCP"] { brokerTCP = v }
+        if let v = env["SOULFRA_RUNTIME_TOKEN"] { runtimeToken = v }
+        if let v = env["SOULFRA_VAULT_TOKEN"] { vaultToken = v }
+        if let v = env["SOULFRA_GATEWAY_TOKEN"] { gatewayToken = v }
+        if let v = env["SOULFRA_STATS_INTERVAL_MILLISECONDS"] {
+            guard let n = UInt32(v) else { throw Invalid(key: "SOULFRA_STATS_INTERVAL_MILLISECONDS", message: "must be an integer, got \"\(v)\"") }
+            statsIntervalMilliseconds = n
+        }
+    }
+}
+
+/// Reads typed values from a JSON object and remembers which keys were used, so leftovers can be reported.
+struct JSONReader {
+    let object: [String: Any]
+    let path: String
+    var used: Set<String> = []
+
+    init(object: [String: Any], path: String) {
+        self.object = object
+        self.path = path
+    }
+
+    var remainingKeys: [String] { object.keys.filter { !used.contains($0) }.sorted() }
+
+    mutating func raw(_ key: String) -> Any? {
+        used.insert(key)
+        return object[key]
+    }
+
+    mutating func object(_ key: String) throws(ServerConfig.Invalid) -> JSONReader? {
+        guard let v = raw(key) else { return nil }
+        guard let o = v as? [String: Any] else { throw .init(key: path + key, message: "must be an object") }
+        return JSONReader(object: o, path: path + key + ".")
+    }
+
+    mutating func array(_ key: String) throws(ServerConfig.Invalid) -> [Any]? {
+        guard let v = raw(key) else { return nil }
+        guard let a = v as? [Any] else { throw .init(key: path + key, message: "must be an array") }
+        return a
+    }
+
+    mutating func string(_ key: String) throws(ServerConfig.Invalid) -> String? {
+        guard let v = raw(key) else { return nil }
+        guard let s = v as? String else { throw .init(key: path + key, message: "must be a string") }
+        return s
+    }
+
+    mutating func integer(_ key: String, max: Double) throws(ServerConfig.Invalid) -> Double? {
+        guard let v = raw(key) else { return nil }
+        guard let n = v as? NSNumber else {
+            throw .init(key: path + key, message: "must be a number")
+        }
+        let d = n.doubleValue
+        guard d == d.rounded(), d >= 0, d <= max else {
+            throw .init(key: path + key, message: "must be a whole number between 0 and \(UInt64(max)), got \(d)")
+        }
+        return d
+    }
+
+    mutating func uint32(_ key: String) throws(ServerConfig.Invalid) -> UInt32? {
+        try integer(key, max: Double(UInt32.max)).map { UInt32($0) }
+    }
+    mutating func int(_ key: String) throws(ServerConfig.Invalid) -> Int? {
+        try integer(key, max: 9.0e15).map { Int($0) }
+    }
+    mutating func uint64(_ key: String) throws(ServerConfig.Invalid) -> UInt64? {
+        try integer(key, max: 9.0e15).map { UInt64($0) }
+    }
+
+    func finish() throws(ServerConfig.Invalid) {
+        if let extra = remainingKeys.first { throw .init(key: path + extra, message: "unknown key") }
+    }
+}

@@ -1,0 +1,399 @@
+/// HELLO: the first frame a peer sends on a new link.
+public struct Hello: Sendable, Equatable {
+    public var version: UInt16
+    public var kind: PeerKind
+    /// The largest frame payload this peer accepts.
+    public var maxFrameBytes: UInt32
+    /// The heartbeat interval the peer would like, in milliseconds (0: the broker's default).
+    public var heartbeatMilliseconds: UInt32
+    /// The world an instance belongs to; empty for runtime, vault and gateway peers.
+    public var world: String
+    /// The instance's id within its world (or a worker name), for logs and affinity.
+    public var instance: String
+    /// The secret that proves the peer's right to attach: per world for instances, per daemon otherwise.
+    public var token: String
+
+    public init(
+        version: UInt16 = Wire.version, kind: PeerKind, maxFrameBytes: UInt32 = 64 << 10,
+        heartbeatMilliseconds: UInt32 = 0, world: String = "", instance: String = "", token: String
+    ) {
+        self.version = version
+        self.kind = kind
+        self.maxFrameBytes = maxFrameBytes
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.world = world
+        self.instance = instance
+        self.token = token
+    }
+}
+
+/// WELCOME: the broker's answer to a valid HELLO; the link is active from here on.
+public struct Welcome: Sendable, Equatable {
+    public var version: UInt16
+    /// The negotiated maximum payload, in both directions.
+    public var maxFrameBytes: UInt32
+    /// The broker sends PING at this interval; a peer silent for three intervals is closed.
+    public var heartbeatMilliseconds: UInt32
+    /// Every new stream starts with this send window, in each direction (bytes).
+    public var streamCreditBytes: UInt32
+    /// Every new stream starts with this send window, in each direction (frames).
+    public var streamCreditFrames: UInt32
+    /// The broker's id for this link (for logs).
+    public var linkID: UInt32
+    public var server: String
+
+    public init(
+        version: UInt16 = Wire.version, maxFrameBytes: UInt32, heartbeatMilliseconds: UInt32,
+        streamCreditBytes: UInt32, streamCreditFrames: UInt32, linkID: UInt32, server: String
+    ) {
+        self.version = version
+        self.maxFrameBytes = maxFrameBytes
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.streamCreditBytes = streamCreditBytes
+        self.streamCreditFrames = streamCreditFrames
+        self.linkID = linkID
+        self.server = server
+    }
+}
+
+/// OPEN: starts a stream. From a peer, asks the broker to route it; from the broker, offers it to the acceptor.
+public struct Open: Sendable, Equatable {
+    public var target: OpenTarget
+    /// The API key the stream is charged to (0: none, internal traffic).
+    public var keyID: UInt64
+    public var world: String
+    /// The end user's session, for affinity (may be empty).
+    public var session: String
+    /// Free-form routing detail for the acceptor: the agent name, the vault stream name.
+    public var detail: String
+
+    public init(target: OpenTarget, keyID: UInt64 = 0, world: String, session: String = "", detail: String = "") {
+        self.target = target
+        self.keyID = keyID
+        self.world = world
+        self.session = session
+        self.detail = detail
+    }
+}
+
+/// SUBSCRIBE: join a room; the stream id names the subscription.
+public struct Subscribe: Sendable, Equatable {
+    public var mode: SubscribeMode
+    public var world: String
+    public var room: String
+
+    public init(mode: SubscribeMode = .reliable, world: String, room: String) {
+        self.mode = mode
+        self.world = world
+        self.room = room
+    }
+}
+
+/// A frame with its payload parsed. Used for control frames and in tests; the broker's DATA path works on
+/// `FrameHeader` + raw payload instead, without building one of these.
+public enum Frame: Sendable, Equatable {
+    case hello(Hello)
+    case welcome(Welcome)
+    case open(stream: UInt32, Open)
+    case data(stream: UInt32, payload: [UInt8], end: Bool)
+    case credit(stream: UInt32, bytes: UInt32, frames: UInt32)
+    case close(stream: UInt32, code: ErrorCode, reason: String)
+    case error(stream: UInt32, code: ErrorCode, reason: String)
+    case ping(UInt64)
+    case pong(UInt64)
+    case subscribe(stream: UInt32, Subscribe)
+    case unsubscribe(stream: UInt32)
+    case publish(world: String, room: String, payload: [UInt8])
+    case goaway(lastStream: UInt32, code: ErrorCode, reason: String)
+    case dropped(stream: UInt32, count: UInt32)
+}
+
+// MARK: - Parsing
+
+/// Reads fields from a payload, failing with `truncated` instead of reading past the end.
+public struct PayloadReader {
+    private let bytes: UnsafeRawBufferPointer
+    public private(set) var offset = 0
+
+    public init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    public var remaining: Int { bytes.count - offset }
+
+    public mutating func u8(_ field: String) throws(WireError) -> UInt8 {
+        guard remaining >= 1 else { throw .truncated(field: field) }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+    public mutating func u16(_ field: String) throws(WireError) -> UInt16 {
+        guard remaining >= 2 else { throw .truncated(field: field) }
+        defer { offset += 2 }
+        return bytes.loadBE(UInt16.self, at: offset)
+    }
+    public mutating func u32(_ field: String) throws(WireError) -> UInt32 {
+        guard remaining >= 4 else { throw .truncated(field: field) }
+        defer { offset += 4 }
+        return bytes.loadBE(UInt32.self, at: offset)
+    }
+    public mutating func u64(_ field: String) throws(WireError) -> UInt64 {
+        guard remaining >= 8 else { throw .truncated(field: field) }
+        defer { offset += 8 }
+        return bytes.loadBE(UInt64.self, at: offset)
+    }
+    /// A u16 length followed by that many bytes of UTF-8.
+    public mutating func string(_ field: String) throws(WireError) -> String {
+        let n = Int(try u16(field))
+        guard n <= Wire.maxStringBytes else { throw .invalidString(field: field) }
+        guard remaining >= n else { throw .truncated(field: field) }
+        let slice = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n])
+        offset += n
+        guard let s = String(validating: slice, as: UTF8.self) else { throw .invalidString(field: field) }
+        return s
+    }
+    /// Everything left.
+    public mutating func rest() -> UnsafeRawBufferPointer {
+        defer { offset = bytes.count }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset...])
+    }
+    public func expectEnd(_ type: FrameType) throws(WireError) {
+        guard remaining == 0 else { throw .trailingBytes(type: type) }
+    }
+}
+
+extension Frame {
+    /// Parses a frame's payload. Strict: unknown enum values, bad UTF-8 and trailing bytes are errors, except
+    /// after HELLO and WELCOME whose tails are reserved for later fields.
+    public static func parse(_ header: FrameHeader, _ payload: UnsafeRawBufferPointer) throws(WireError) -> Frame {
+        var r = PayloadReader(payload)
+        let s = header.stream
+        switch header.type {
+        case .hello:
+            try requireLink(header)
+            let version = try r.u16("hello.version")
+            let rawKind = try r.u8("hello.kind")
+            guard let kind = PeerKind(rawValue: rawKind) else { throw .invalidValue(field: "hello.kind") }
+            _ = try r.u8("hello.reserved")
+            let maxFrame = try r.u32("hello.max_frame")
+            let heartbeat = try r.u32("hello.heartbeat_ms")
+            let world = try r.string("hello.world")
+            let instance = try r.string("hello.instance")
+            let token = try r.string("hello.token")
+            return .hello(Hello(version: version, kind: kind, maxFrameBytes: maxFrame, heartbeatMilliseconds: heartbeat,
+                                world: world, instance: instance, token: token))
+        case .welcome:
+            try requireLink(header)
+            let version = try r.u16("welcome.version")
+            _ = try r.u16("welcome.reserved")
+            return .welcome(Welcome(
+                version: version, maxFrameBytes: try r.u32("welcome.max_frame"),
+                heartbeatMilliseconds: try r.u32("welcome.heartbeat_ms"),
+                streamCreditBytes: try r.u32("welcome.stream_credit_bytes"),
+                streamCreditFrames: try r.u32("welcome.stream_credit_frames"),
+                linkID: try r.u32("welcome.link_id"), server: try r.string("welcome.server")))
+        case .open:
+            try requireStream(header)
+            let rawTarget = try r.u8("open.target")
+            guard let target = OpenTarget(rawValue: rawTarget) else { throw .invalidValue(field: "open.target") }
+            _ = try r.u8("open.reserved")
+            _ = try r.u16("open.reserved")
+            let key = try r.u64("open.key_id")
+            let open = Open(target: target, keyID: key, world: try r.string("open.world"),
+                            session: try r.string("open.session"), detail: try r.string("open.detail"))
+            try r.expectEnd(.open)
+            return .open(stream: s, open)
+        case .data:
+            try requireStream(header)
+            return .data(stream: s, payload: Array(payload), end: header.flags.contains(.endStream))
+        case .credit:
+            try requireStream(header)
+            let bytes = try r.u32("credit.bytes")
+            let frames = try r.u32("credit.frames")
+            try r.expectEnd(.credit)
+            return .credit(stream: s, bytes: bytes, frames: frames)
+        case .close, .error:
+            let code = ErrorCode(wire: try r.u16("\(header.type).code"))
+            let reason = try r.string("\(header.type).reason")
+            try r.expectEnd(header.type)
+            if header.type == .close {
+                try requireStream(header)
+                return .close(stream: s, code: code, reason: reason)
+            }
+            return .error(stream: s, code: code, reason: reason)
+        case .ping, .pong:
+            try requireLink(header)
+            let v = try r.u64("ping.opaque")
+            try r.expectEnd(header.type)
+            return header.type == .ping ? .ping(v) : .pong(v)
+        case .subscribe:
+            try requireStream(header)
+            let rawMode = try r.u8("subscribe.mode")
+            guard let mode = SubscribeMode(rawValue: rawMode) else { throw .invalidValue(field: "subscribe.mode") }
+            _ = try r.u8("subscribe.reserved")
+            let sub = Subscribe(mode: mode, world: try r.string("subscribe.world"), room: try r.string("subscribe.room"))
+            try r.expectEnd(.subscribe)
+            return .subscribe(stream: s, sub)
+        case .unsubscribe:
+            try requireStream(header)
+            try r.expectEnd(.unsubscribe)
+            return .unsubscribe(stream: s)
+        case .publish:
+            try requireLink(header)
+            let world = try r.string("publish.world")
+            let room = try r.string("publish.room")
+            return .publish(world: world, room: room, payload: Array(r.rest()))
+        case .goaway:
+            try requireLink(header)
+            let last = try r.u32("goaway.last_stream")
+            let code = ErrorCode(wire: try r.u16("goaway.code"))
+            let reason = try r.string("goaway.reason")
+            try r.expectEnd(.goaway)
+            return .goaway(lastStream: last, code: code, reason: reason)
+        case .dropped:
+            try requireStream(header)
+            let n = try r.u32("dropped.count")
+            try r.expectEnd(.dropped)
+            return .dropped(stream: s, count: n)
+        }
+    }
+
+    @inline(__always) public static func requireStream(_ h: FrameHeader) throws(WireError) {
+        if h.stream == 0 { throw .streamRequired(type: h.type) }
+    }
+    @inline(__always) public static func requireLink(_ h: FrameHeader) throws(WireError) {
+        if h.stream != 0 { throw .streamForbidden(type: h.type) }
+    }
+}
+
+// MARK: - Encoding
+
+/// Appends encoded frames to a `ByteQueue`. The DATA and CREDIT writers are the hot path: one reserve, a
+/// few stores, one copy of the payload.
+public enum FrameWriter {
+    @inline(__always)
+    static func header(_ p: UnsafeMutableRawPointer, length: Int, type: FrameType, flags: FrameFlags, stream: UInt32) {
+        p.storeBE(UInt32(truncatingIfNeeded: length), at: 0)
+        p.storeBytes(of: type.rawValue, toByteOffset: 4, as: UInt8.self)
+        p.storeBytes(of: flags.rawValue, toByteOffset: 5, as: UInt8.self)
+        p.storeBE(UInt16(0), at: 6)
+        p.storeBE(stream, at: 8)
+    }
+
+    /// DATA with a copy of `payload`.
+    @inline(__always)
+    public static func data(_ q: ByteQueue, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false) {
+        let p = q.reserve(Wire.headerBytes + payload.count)
+        header(p, length: payload.count, type: .data, flags: end ? .endStream : [], stream: stream)
+        if payload.count > 0 {
+            (p + Wire.headerBytes).copyMemory(from: payload.baseAddress.unsafelyUnwrapped, byteCount: payload.count)
+        }
+        q.commit(Wire.headerBytes + payload.count)
+    }
+
+    /// CREDIT granting `bytes` and `frames` more on `stream`.
+    @inline(__always)
+    public static func credit(_ q: ByteQueue, stream: UInt32, bytes: UInt32, frames: UInt32) {
+        let p = q.reserve(Wire.headerBytes + 8)
+        header(p, length: 8, type: .credit, flags: [], stream: stream)
+        p.storeBE(bytes, at: 12)
+        p.storeBE(frames, at: 16)
+        q.commit(Wire.headerBytes + 8)
+    }
+
+    /// Any frame. Control frames go through here; they are rare enough that building the enum is fine.
+    public static func write(_ frame: Frame, to q: ByteQueue) {
+        var w = FieldWriter()
+        switch frame {
+        case .data(let s, let payload, let end):
+            payload.withUnsafeBytes { data(q, stream: s, payload: $0, end: end) }
+            return
+        case .credit(let s, let b, let f):
+            credit(q, stream: s, bytes: b, frames: f)
+            return
+        case .hello(let h):
+            w.u16(h.version); w.u8(h.kind.rawValue); w.u8(0); w.u32(h.maxFrameBytes); w.u32(h.heartbeatMilliseconds)
+            w.string(h.world); w.string(h.instance); w.string(h.token)
+            w.flush(q, .hello, [], 0)
+        case .welcome(let m):
+            w.u16(m.version); w.u16(0); w.u32(m.maxFrameBytes); w.u32(m.heartbeatMilliseconds)
+            w.u32(m.streamCreditBytes); w.u32(m.streamCreditFrames); w.u32(m.linkID); w.string(m.server)
+            w.flush(q, .welcome, [], 0)
+        case .open(let s, let o):
+            w.u8(o.target.rawValue); w.u8(0); w.u16(0); w.u64(o.keyID)
+            w.string(o.world); w.string(o.session); w.string(o.detail)
+            w.flush(q, .open, [], s)
+        case .close(let s, let code, let reason):
+            w.u16(code.rawValue); w.string(reason)
+            w.flush(q, .close, [], s)
+        case .error(let s, let code, let reason):
+            w.u16(code.rawValue); w.string(reason)
+            w.flush(q, .error, [], s)
+        case .ping(let v):
+            w.u64(v); w.flush(q, .ping, [], 0)
+        case .pong(let v):
+            w.u64(v); w.flush(q, .pong, [], 0)
+        case .subscribe(let s, let sub):
+            w.u8(sub.mode.rawValue); w.u8(0); w.string(sub.world); w.string(sub.room)
+            w.flush(q, .subscribe, [], s)
+        case .unsubscribe(let s):
+            w.flush(q, .unsubscribe, [], s)
+        case .publish(let world, let room, let payload):
+            w.string(world); w.string(room); w.bytes.append(contentsOf: payload)
+            w.flush(q, .publish, [], 0)
+        case .goaway(let last, let code, let reason):
+            w.u32(last); w.u16(code.rawValue); w.string(reason)
+            w.flush(q, .goaway, [], 0)
+        case .dropped(let s, let n):
+            w.u32(n); w.flush(q, .dropped, [], s)
+        }
+    }
+
+    /// PUBLISH without building the enum: world and room as UTF-8, then the payload.
+    public static func publish(_ q: ByteQueue, world: String, room: String, payload: UnsafeRawBufferPointer) {
+        var w = FieldWriter()
+        w.string(world)
+        w.string(room)
+        let length = w.bytes.count + payload.count
+        let p = q.reserve(Wire.headerBytes + length)
+        header(p, length: length, type: .publish, flags: [], stream: 0)
+        w.bytes.withUnsafeBytes { (p + Wire.headerBytes).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        if payload.count > 0 {
+            (p + Wire.headerBytes + w.bytes.count).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
+        }
+        q.commit(Wire.headerBytes + length)
+    }
+
+    /// Encodes a frame into a fresh array (tests, tools).
+    public static func encode(_ frame: Frame) -> [UInt8] {
+        let q = ByteQueue()
+        write(frame, to: q)
+        return Array(q.readable)
+    }
+}
+
+/// Accumulates control-frame fields, then writes header + fields in one go.
+struct FieldWriter {
+    var bytes: [UInt8] = []
+    init() { bytes.reserveCapacity(64) }
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
+    mutating func u16(_ v: UInt16) { bytes.append(UInt8(v >> 8)); bytes.append(UInt8(v & 0xff)) }
+    mutating func u32(_ v: UInt32) { u16(UInt16(v >> 16)); u16(UInt16(v & 0xffff)) }
+    mutating func u64(_ v: UInt64) { u32(UInt32(v >> 32)); u32(UInt32(v & 0xffff_ffff)) }
+    /// Strings longer than the protocol allows are cut at a UTF-8 boundary (they are reasons and names).
+    mutating func string(_ s: String) {
+        var utf8 = Array(s.utf8)
+        if utf8.count > Wire.maxStringBytes {
+            var n = Wire.maxStringBytes
+            while n > 0 && (utf8[n] & 0xC0) == 0x80 { n -= 1 }
+            utf8.removeSubrange(n...)
+        }
+        u16(UInt16(utf8.count))
+        bytes.append(contentsOf: utf8)
+    }
+    func flush(_ q: ByteQueue, _ type: FrameType, _ flags: FrameFlags, _ stream: UInt32) {
+        let p = q.reserve(Wire.headerBytes + bytes.count)
+        FrameWriter.header(p, length: bytes.count, type: type, flags: flags, stream: stream)
+        bytes.withUnsafeBytes { b in
+            if b.count > 0 { (p + Wire.headerBytes).copyMemory(from: b.baseAddress!, byteCount: b.count) }
+        }
+        q.commit(Wire.headerBytes + bytes.count)
+    }
+}

@@ -1,0 +1,127 @@
+import ArgumentParser
+import Foundation
+import SoulfraLoop
+import SoulfraServer
+
+@main
+struct Soulfra: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "soulfra",
+        abstract: "Deploy and run isolated AI worlds behind one gateway.",
+        discussion: """
+            The daemon (`soulfra serve`) runs the io_uring broker that routes World ↔ Runtime ↔ Vault frames.
+            Peers attach over its unix socket (local instances) or TCP (remote peers) and speak the wire
+            protocol described in docs/protocol.md.
+            """,
+        subcommands: [Serve.self, Probe.self]
+    )
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon: the broker on its unix socket and TCP listener.",
+        discussion: """
+            Settings come from, in order: built-in defaults, the config file (config/soulfra.json when it \
+            exists, or --config), SOULFRA_* environment variables, then these flags. Every value is checked \
+            at start-up; an error names the key and its allowed range.
+
+            SIGINT or SIGTERM starts a graceful shutdown: peers get GOAWAY, open streams get up to \
+            broker.shutdown_drain_milliseconds to finish, then links close and the process exits 0. A second \
+            signal exits at once.
+
+            Environment: SOULFRA_BROKER_UNIX, SOULFRA_BROKER_TCP, SOULFRA_RUNTIME_TOKEN, SOULFRA_VAULT_TOKEN, \
+            SOULFRA_GATEWAY_TOKEN, SOULFRA_STATS_INTERVAL_MILLISECONDS.
+            """
+    )
+
+    @Option(name: .long, help: "JSON config file (default: config/soulfra.json if present).")
+    var config: String?
+
+    @Option(name: .customLong("broker-unix"), help: "Unix socket path for local peers (\"\" disables).")
+    var brokerUnix: String?
+
+    @Option(name: .customLong("broker-tcp"), help: "TCP host:port for remote peers (\"\" disables; port 0 picks one).")
+    var brokerTCP: String?
+
+    @Option(name: .customLong("stats-interval-ms"), help: "Print a broker summary line to stderr at this interval (0: off).")
+    var statsInterval: UInt32?
+
+    @Option(name: .customLong("ready-file"), help: "Write the bound TCP port here once listening (for scripts and tests).")
+    var readyFile: String?
+
+    func run() throws {
+        var cfg = ServerConfig()
+        let env = ProcessInfo.processInfo.environment
+        do {
+            let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
+            if let path { cfg = try ServerConfig.load(path: path) }
+            try cfg.applyEnvironment(env)
+            if let v = brokerUnix { cfg.brokerUnixPath = v }
+            if let v = brokerTCP { cfg.brokerTCP = v }
+            if let v = statsInterval { cfg.statsIntervalMilliseconds = v }
+            try cfg.validate()
+        } catch {
+            fail(error.description, code: 78)  // EX_CONFIG
+        }
+
+        // Signals are taken by a sigwait on this thread: block them before any other thread exists.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        let server: BrokerServer
+        do {
+            server = try BrokerServer.start(cfg) { line in logLine(line) }
+        } catch let e as UringUnavailable {
+            fail("soulfra: cannot start the broker: \(e.description)", code: 69)  // EX_UNAVAILABLE
+        } catch {
+            fail("soulfra: cannot start: \(error)", code: 71)
+        }
+        logLine("broker listening on \(server.addresses.map(\.description).joined(separator: ", ")) (pid \(getpid()))")
+        if let readyFile {
+            try? "\(server.tcpPort)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
+        }
+
+        let signals = set
+        let waiter = Thread {
+            var set = signals
+            var sig: Int32 = 0
+            sigwait(&set, &sig)
+            logLine("received signal \(sig): graceful shutdown")
+            server.shutdown()
+            sigwait(&set, &sig)
+            logLine("second signal: exiting now")
+            Glibc.exit(1)
+        }
+        waiter.start()
+        server.wait()
+        logLine("broker stopped")
+    }
+}
+
+struct Probe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check that io_uring and the features the broker needs are available here.")
+
+    func run() throws {
+        do {
+            let f = try UringProbe.check()
+            print("ok: \(f)")
+        } catch {
+            fail(error.description, code: 69)
+        }
+    }
+}
+
+func logLine(_ s: String) {
+    let ts = ISO8601DateFormatter().string(from: Date())
+    FileHandle.standardError.write(Data("[\(ts)] \(s)\n".utf8))
+}
+
+func fail(_ message: String, code: Int32) -> Never {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+    Glibc.exit(code)
+}
