@@ -14,6 +14,7 @@ public final class BrokerServer: Sendable {
         case shutdown
         case install(AccessTable)
         case setBalancer(BalancerPolicy, world: String)
+        case publishSnapshot
     }
 
     /// Where the listeners ended up (TCP port 0 resolved).
@@ -21,7 +22,7 @@ public final class BrokerServer: Sendable {
     public let tcpPort: UInt16
     public let unixPath: String?
     private let commands = Mutex<[Command]>([])
-    private let latest = Mutex<(BrokerSnapshot?, LoopCounters)>((nil, LoopCounters()))
+    private let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
     private let mailboxSlot = Mutex<LoopMailbox?>(nil)
     private let finished = Mutex<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
@@ -83,9 +84,22 @@ public final class BrokerServer: Sendable {
     }
 
     /// The broker's counters as of the last tick (≤ 100 ms old).
-    public var snapshot: BrokerSnapshot? { latest.withLock { $0.0 } }
+    public var snapshot: BrokerSnapshot? { latest.withLock { $0.snapshot } }
     /// The loop's own counters as of the last tick.
-    public var loopCounters: LoopCounters { latest.withLock { $0.1 } }
+    public var loopCounters: LoopCounters { latest.withLock { $0.loop } }
+
+    /// Asks the loop for a fresh snapshot and waits for it (bounded); nil if the loop has stopped.
+    public func snapshotNow(timeoutMilliseconds: Int = 2_000) -> BrokerSnapshot? {
+        let before = latest.withLock { $0.sequence }
+        post(.publishSnapshot)
+        for _ in 0..<timeoutMilliseconds {
+            let (s, seq) = latest.withLock { ($0.snapshot, $0.sequence) }
+            if seq > before { return s }
+            if finished.withLock({ $0 }) { return s }
+            usleep(1_000)
+        }
+        return nil
+    }
 
     private func post(_ c: Command) {
         commands.withLock { $0.append(c) }
@@ -129,7 +143,7 @@ public final class BrokerServer: Sendable {
     }
 
     fileprivate func publish(_ s: BrokerSnapshot, _ l: LoopCounters) {
-        latest.withLock { $0 = (s, l) }
+        latest.withLock { $0 = (s, l, $0.sequence + 1) }
     }
 }
 
@@ -205,6 +219,8 @@ final class Wiring: LoopDelegate {
                 broker.install(access: table, now: now)
             case .setBalancer(let p, let world):
                 broker.setBalancer(p, forWorld: world)
+            case .publishSnapshot:
+                server.publish(broker.snapshot(), loop.counters)
             }
         }
     }

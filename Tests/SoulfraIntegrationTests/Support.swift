@@ -1,0 +1,101 @@
+import Foundation
+import Synchronization
+import Testing
+import SoulfraBroker
+import SoulfraLoop
+import SoulfraPeer
+import SoulfraServer
+import SoulfraWire
+
+/// io_uring is usable on this machine (tests that need the real loop are skipped, not failed, without it).
+let uringAvailable: Bool = (try? UringProbe.check()) != nil
+
+let testTokens = (instance: "test-instance-token-01", runtime: "test-runtime-token-001",
+                  vault: "test-vault-token-00001", gateway: "test-gateway-token-0001")
+
+private let counter = Atomic<Int>(0)
+
+/// A config on loopback with a private unix socket and short timers.
+func testConfig(_ tweak: (inout ServerConfig) -> Void = { _ in }) -> ServerConfig {
+    var c = ServerConfig()
+    let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+    c.brokerUnixPath = "/tmp/soulfra-test-\(getpid())-\(n)/broker.sock"
+    c.brokerTCP = "127.0.0.1:0"
+    c.runtimeToken = testTokens.runtime
+    c.vaultToken = testTokens.vault
+    c.gatewayToken = testTokens.gateway
+    c.instanceTokens = ["playground": testTokens.instance, "arena": testTokens.instance]
+    c.keys = [
+        KeyQuota(keyID: 1, world: "playground"),
+        KeyQuota(keyID: 2, world: "arena"),
+        KeyQuota(keyID: 7, world: "playground", bytesPerSecond: 200_000),
+    ]
+    c.broker.shutdownDrainMilliseconds = 2_000
+    tweak(&c)
+    return c
+}
+
+extension BrokerServer {
+    var tcp: PeerAddress { .tcp(host: "127.0.0.1", port: tcpPort) }
+    var unix: PeerAddress { .unix(path: unixPath!) }
+
+    func connect(_ kind: PeerKind, world: String = "", via: PeerAddress? = nil, token: String? = nil,
+                 recorder: Recorder? = nil) throws -> PeerConnection {
+        let t = token ?? {
+            switch kind {
+            case .instance: testTokens.instance
+            case .runtime: testTokens.runtime
+            case .vault: testTokens.vault
+            case .gateway: testTokens.gateway
+            }
+        }()
+        let c = PeerConnection(address: via ?? tcp, identity: PeerIdentity(kind: kind, world: world, instance: "\(kind)", token: t))
+        if let recorder { c.session.delegate = recorder }
+        try c.handshake()
+        return c
+    }
+
+    /// Shuts down and waits (bounded by the server's own hard deadline).
+    func stop() {
+        shutdown()
+        wait()
+    }
+}
+
+/// Records what a session reports.
+final class Recorder: PeerSessionDelegate {
+    var accepted: [(UInt32, Open)] = []
+    var data: [(UInt32, [UInt8])] = []
+    var dataBytes = 0
+    var closedStreams: [(UInt32, ErrorCode)] = []
+    var linkClosed: (ErrorCode, String)?
+    var goaway = false
+    var keepData = true
+
+    func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) { accepted.append((stream, open)) }
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+        dataBytes += payload.count
+        if keepData { data.append((stream, Array(payload))) }
+    }
+    func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) { closedStreams.append((stream, code)) }
+    func sessionClosed(_ s: PeerSession, code: ErrorCode, reason: String) { linkClosed = (code, reason) }
+    func sessionGoaway(_ s: PeerSession, code: ErrorCode, reason: String) { goaway = true }
+}
+
+/// Pumps the connections until `condition` holds or `milliseconds` pass (a bound, never an assertion on time).
+@discardableResult
+func pumpUntil(_ conns: [PeerConnection], milliseconds: UInt64 = 5_000, _ condition: () -> Bool) -> Bool {
+    let deadline = monotonicMilliseconds() + milliseconds
+    while !condition() {
+        if monotonicMilliseconds() > deadline { return false }
+        for c in conns where c.fd >= 0 { c.pump(timeoutMilliseconds: 1) }
+    }
+    return true
+}
+
+func bytes(_ s: String) -> UnsafeRawBufferPointer {
+    let a = Array(s.utf8)
+    let p = UnsafeMutableRawBufferPointer.allocate(byteCount: a.count, alignment: 1)
+    p.copyBytes(from: a)
+    return UnsafeRawBufferPointer(p)  // leaked deliberately: test-only, tiny
+}
