@@ -75,7 +75,18 @@ cmd_test() {
   echo "==> building tests"
   swift build --build-tests
   echo "==> running tests"
-  swift test --skip-build --parallel
+  local log; log=$(mktemp)
+  set +e
+  swift test --skip-build 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  # One plain summary line (Swift Testing's own closing line precedes it).
+  local total failed
+  total=$(sed -n 's/.*Test run with \([0-9]*\) tests\{0,1\} .*/\1/p' "$log" | tail -1)
+  failed=$(grep -c '^✘ Test .* failed' "$log" || true)
+  rm -f "$log"
+  [ -n "$total" ] && echo "tests: $((total - failed)) passed, $failed failed"
+  return "$rc"
 }
 
 case "${1:-}" in

@@ -31,7 +31,7 @@ struct LoadTest: ParsableCommand {
             Latency comes from send times stamped in each payload; report it at a fixed --rate, not at
             saturation. Loops are bounded by --seconds; traffic goes only to the address given (loopback).
             """,
-        subcommands: [Pipe.self, Chain.self, Rooms.self, SlowConsumer.self])
+        subcommands: [Pipe.self, Chain.self, Rooms.self, SlowConsumer.self, Idle.self])
 }
 
 struct Pipe: ParsableCommand {
@@ -99,5 +99,26 @@ struct SlowConsumer: ParsableCommand {
 
     func run() throws {
         try runSlowConsumer(try target.target(), SlowOptions(streams: streams, size: size, readSeconds: readSeconds, stallSeconds: stallSeconds)).print()
+    }
+}
+
+struct Idle: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Memory per idle link and per idle stream (server RSS deltas), or the same for nats-server.")
+    @OptionGroup var target: TargetOptions
+    @Option(help: "Idle links (app-side connections).") var links = 1_000
+    @Option(help: "Idle streams spread over them (NATS: subscriptions).") var streams = 10_000
+    @Option(help: "Drive nats-server at host:port instead.") var nats: String?
+
+    func run() throws {
+        let o = IdleOptions(links: links, streams: streams)
+        if let nats {
+            guard case .tcp(let host, let port) = try parseAddress(nats), let pid = target.serverPID else {
+                throw LoadtestError("--nats takes host:port and needs --server-pid")
+            }
+            try runNATSIdle(host: host, port: port, pid: pid, o).print()
+        } else {
+            try runIdle(try target.target(), o).print()
+        }
     }
 }

@@ -580,9 +580,6 @@ public final class Broker {
         guard let link = liveLink(id) else { return }
         link.sendInFlight = false
         link.sending.consume(min(count, link.sending.count))
-        if link.sending.isEmpty && link.queuedBytes == 0 {
-            link.sending.shrinkIfEmpty()
-        }
         if link.queuedBytes > 0 && !link.dirty {
             link.dirty = true
             dirtyLinks.append(link.id)
@@ -688,6 +685,12 @@ public final class Broker {
                     link.lastPing = now
                     FrameWriter.write(.ping(now), to: link.out)
                     queued(on: link, from: nil, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+                }
+                // Idle links give their send buffers back (done here, not per send, so a busy link never
+                // allocates per message).
+                if link.queuedBytes == 0 && !link.sendInFlight && now &- link.lastHeard > limits.heartbeatIntervalNanos {
+                    link.out.shrinkIfEmpty()
+                    link.sending.shrinkIfEmpty()
                 }
                 if link.kind == .gateway, let since = link.congestedSince, now &- since > limits.slowConsumerDeadlineNanos {
                     fail(link, .slowConsumer,

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import SoulfraWire
 
@@ -170,5 +171,29 @@ struct SplitMix: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+@Suite("Second encoder")
+struct SeedCorpusTests {
+    /// fuzz/make-seeds.py encodes frames from docs/protocol.md alone; the Swift codec must read them back.
+    @Test("frames written by the Python encoder from the spec decode to what the spec says")
+    func pythonSeedsDecode() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../fuzz/corpus")
+        func seed(_ name: String) throws -> [UInt8] {
+            Array(try Data(contentsOf: dir.appendingPathComponent(name)).dropFirst(2))
+        }
+        let all = try decodeAll([try seed("all-bytewise")], maxPayload: 65_536)
+        #expect(all.count == 16)
+        #expect(try decodeAll([try seed("open")]) == [.open(stream: 1, Open(target: .instance, keyID: 42, world: "playground", session: "session-1", detail: "cal"))])
+        #expect(try decodeAll([try seed("credit")]) == [.credit(stream: 1, bytes: 65_536, frames: 64)])
+        #expect(try decodeAll([try seed("data-end")]) == [.data(stream: 3, payload: [], end: true)])
+        #expect(try decodeAll([try seed("subscribe")]) == [.subscribe(stream: 9, Subscribe(mode: .dropOldest, world: "arena", room: "final"))])
+        #expect(try decodeAll([try seed("goaway")]) == [.goaway(lastStream: 11, code: .shutdown, reason: "broker shutting down")])
+        if case .hello(let h) = try decodeAll([try seed("hello")]).first {
+            #expect(h.kind == .instance && h.world == "playground" && h.maxFrameBytes == 65_536)
+        } else {
+            Issue.record("hello seed did not decode to HELLO")
+        }
     }
 }
