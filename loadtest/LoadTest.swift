@@ -95,7 +95,7 @@ struct SlowConsumer: ParsableCommand {
     @Option(help: "Streams from the producer to the stalled consumer.") var streams = 64
     @Option(help: "Payload bytes.") var size = 16 << 10
     @Option(name: .customLong("read-seconds"), help: "Seconds of normal reading first.") var readSeconds = 1.0
-    @Option(name: .customLong("stall-seconds"), help: "Seconds stalled.") var stallSeconds = 4.0
+    @Option(name: .customLong("stall-seconds"), help: "Seconds stalled (past the heartbeat timeout the broker closes the silent consumer).") var stallSeconds = 2.5
 
     func run() throws {
         try runSlowConsumer(try target.target(), SlowOptions(streams: streams, size: size, readSeconds: readSeconds, stallSeconds: stallSeconds)).print()

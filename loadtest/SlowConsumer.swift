@@ -6,7 +6,7 @@ struct SlowOptions: Sendable {
     var streams = 64
     var size = 16 << 10
     var readSeconds = 1.0
-    var stallSeconds = 4.0
+    var stallSeconds = 2.5
 }
 
 /// A consumer (instance) reads normally, then stops reading entirely. The producer (gateway) keeps trying at
@@ -31,11 +31,14 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
     var sentBytes: UInt64 = 0
     var samples: [(Double, UInt64, Int)] = []  // time, producer bytes sent, broker RSS
     var maxRSS = rssBefore
+    var maxRSSAfterStall = 0
     let start = monotonicNanoseconds()
     let stallAt = start + UInt64(o.readSeconds * 1e9)
     let end = stallAt + UInt64(o.stallSeconds * 1e9)
     var nextSample = start
     var sentAtStall: UInt64 = 0
+    var dataAtStall: UInt64 = 0
+    var rssAtStall = 0
     var lastSendProgress = start
     while true {
         let now = monotonicNanoseconds()
@@ -43,6 +46,8 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
         if now >= stallAt && !consumer.readingPaused {
             consumer.readingPaused = true
             sentAtStall = producer.bytesWritten
+            dataAtStall = sentBytes
+            rssAtStall = server?.rssKiB ?? 0
         }
         var progressed = false
         for s in streams {
@@ -54,14 +59,15 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
             if burst > 0 { progressed = true }
             if producer.session.output.count > 1 << 20 { break }
         }
-        let wroteBefore = producer.bytesWritten
         _ = producer.pump(timeoutMilliseconds: 0)
-        if producer.bytesWritten != wroteBefore || progressed { lastSendProgress = now }
+        // Progress means DATA accepted within credit (PONGs keep flowing while paused and do not count).
+        if progressed { lastSendProgress = now }
         if !consumer.readingPaused { _ = consumer.pump(timeoutMilliseconds: progressed ? 0 : 1) } else { usleep(500) }
         if now >= nextSample {
             nextSample = now + 250_000_000
             let rss = server?.rssKiB ?? 0
             maxRSS = max(maxRSS, rss)
+            if consumer.readingPaused { maxRSSAfterStall = max(maxRSSAfterStall, rss) }
             samples.append((Double(now - start) / 1e9, producer.bytesWritten, rss))
         }
         if producer.session.isClosed || consumer.session.isClosed { break }
@@ -78,8 +84,11 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
     report.extra = [
         ("streams", "\(o.streams)"),
         ("producer_bytes_after_stall", "\(afterStall)"),
+        ("data_bytes_accepted_after_stall", "\(sentBytes - dataAtStall)"),
+        ("credit_bound_bytes", "\(o.streams * 256 * 1024)"),
         ("producer_stalled_s", String(format: "%.2f", stalledFor)),
         ("broker_rss_growth_kib", "\(maxRSS - rssBefore)"),
+        ("broker_rss_growth_during_stall_kib", "\(max(0, maxRSSAfterStall - rssAtStall))"),
         ("producer_paused", stalledFor >= o.stallSeconds * 0.5 ? "yes" : "no"),
     ]
     return report
