@@ -16,8 +16,9 @@ struct TargetOptions: ParsableArguments {
     @Option(name: .customLong("vault-token")) var vaultToken = "dev-vault-token-000001"
 
     func target() throws -> Target {
-        Target(address: try parseAddress(broker), world: world, keyID: keyID, instanceToken: instanceToken,
-               gatewayToken: gatewayToken, runtimeToken: runtimeToken, vaultToken: vaultToken, serverPID: serverPID)
+        try Target(address: try parseAddress(broker), world: world, keyID: keyID, instanceToken: instanceToken,
+                   gatewayToken: gatewayToken, runtimeToken: runtimeToken, vaultToken: vaultToken, serverPID: serverPID)
+            .discovered()
     }
 }
 

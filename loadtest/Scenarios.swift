@@ -13,6 +13,19 @@ struct Target: Sendable {
     var runtimeToken = "dev-runtime-token-0001"
     var vaultToken = "dev-vault-token-000001"
     var serverPID: Int32?
+    /// The broker's loop count, learned from a first WELCOME: app-side, runtime and vault links attach to
+    /// the loop serving `world` (instances are placed there by the broker).
+    var loopCount = 1
+
+    /// Asks the broker how many loops it runs.
+    func discovered() throws -> Target {
+        let probe = connection(.gateway, name: "probe")
+        try probe.handshake()
+        var t = self
+        t.loopCount = Int(probe.session.welcome?.loopCount ?? 1)
+        probe.close()
+        return t
+    }
 
     func connection(_ kind: PeerKind, name: String) -> PeerConnection {
         let token: String
@@ -22,8 +35,9 @@ struct Target: Sendable {
         case .runtime: token = runtimeToken
         case .vault: token = vaultToken
         }
+        let loop = kind == .instance ? Wire.anyLoop : UInt16(Wire.loop(forWorld: world, count: loopCount))
         return PeerConnection(address: address, identity: PeerIdentity(
-            kind: kind, world: kind == .instance ? world : "", instance: name, token: token))
+            kind: kind, world: kind == .instance ? world : "", instance: name, token: token, loop: loop))
     }
 }
 

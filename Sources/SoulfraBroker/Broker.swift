@@ -27,6 +27,10 @@ public final class Broker {
     public let limits: BrokerLimits
     public private(set) var access: AccessTable
     public let serverName: String
+    /// This broker's loop and the number of loops: worlds are partitioned across loops by
+    /// `Wire.loop(forWorld:count:)`, and this broker serves only its own.
+    public let loopIndex: Int
+    public let loopCount: Int
     var defaultBalancer: BalancerPolicy
     var balancerPolicies: [String: BalancerPolicy] = [:]
 
@@ -49,8 +53,11 @@ public final class Broker {
 
     public init(
         limits: BrokerLimits = BrokerLimits(), access: AccessTable, serverName: String = "soulfra",
-        balancer: BalancerPolicy = .leastOutstanding
+        balancer: BalancerPolicy = .leastOutstanding, loopIndex: Int = 0, loopCount: Int = 1
     ) {
+        precondition(loopCount >= 1 && loopIndex >= 0 && loopIndex < loopCount, "bad loop index \(loopIndex) of \(loopCount)")
+        self.loopIndex = loopIndex
+        self.loopCount = loopCount
         self.limits = limits
         self.access = access
         self.serverName = serverName
@@ -102,6 +109,16 @@ public final class Broker {
     @inline(__always) func liveLink(_ id: UInt32) -> Link? {
         let i = Int(id)
         return i < links.count ? links[i] : nil
+    }
+
+    /// Whether `world` is served by this broker's loop.
+    @inline(__always) func serves(_ world: String) -> Bool {
+        loopCount == 1 || Wire.loop(forWorld: world, count: loopCount) == loopIndex
+    }
+
+    func wrongLoopReason(_ world: String) -> String {
+        "world \"\(world)\" is served by loop \(Wire.loop(forWorld: world, count: loopCount)) of \(loopCount); "
+            + "this link is on loop \(loopIndex)"
     }
 
     @inline(__always) func kindIndex(_ link: Link) -> Int {
@@ -218,6 +235,10 @@ public final class Broker {
             fail(link, .protocolError, "an instance must name its world in HELLO")
             return
         }
+        if hello.kind == .instance && !serves(hello.world) {
+            fail(link, .wrongLoop, wrongLoopReason(hello.world))
+            return
+        }
         guard let expected = access.expectedToken(kind: hello.kind, world: hello.world),
               constantTimeEquals(expected, hello.token)
         else {
@@ -249,7 +270,7 @@ public final class Broker {
         let welcome = Welcome(
             maxFrameBytes: negotiated, heartbeatMilliseconds: limits.heartbeatIntervalMilliseconds,
             streamCreditBytes: limits.streamCreditBytes, streamCreditFrames: limits.streamCreditFrames,
-            linkID: link.id, server: serverName)
+            linkID: link.id, server: serverName, loopIndex: UInt16(loopIndex), loopCount: UInt16(loopCount))
         FrameWriter.write(.welcome(welcome), to: link.out)
         queued(on: link, from: nil, frames: 1, bytes: 0, now: now)
     }
@@ -281,6 +302,9 @@ public final class Broker {
         }
         guard allowed else {
             return refuse(link, stream, .notPermitted, "\(link.kind) peers may not open \(open.target) streams", now: now)
+        }
+        if open.target == .instance && !serves(open.world) {
+            return refuse(link, stream, .wrongLoop, wrongLoopReason(open.world), now: now)
         }
         if link.kind == .instance && open.world != link.world {
             return refuse(link, stream, .notPermitted, "an instance of \"\(link.world)\" opened a stream for \"\(open.world)\"", now: now)

@@ -159,3 +159,26 @@ extension BrokerSnapshot {
 
     private func queueBytes(_ i: Int) -> Int { queueBytesByKind[i] }
 }
+
+extension BrokerSnapshot {
+    /// The sum of two loops' snapshots (counters and gauges both add up across loops).
+    public func merging(_ o: BrokerSnapshot) -> BrokerSnapshot {
+        func add<T: AdditiveArithmetic>(_ a: [T], _ b: [T]) -> [T] { zip(a, b).map { $0 + $1 } }
+        return BrokerSnapshot(
+            linksByKind: add(linksByKind, o.linksByKind), streamsOpen: streamsOpen + o.streamsOpen,
+            subscriptions: subscriptions + o.subscriptions, rooms: rooms + o.rooms,
+            queueBytesByKind: add(queueBytesByKind, o.queueBytesByKind),
+            creditBytesOutstandingByKind: add(creditBytesOutstandingByKind, o.creditBytesOutstandingByKind),
+            pausedLinks: pausedLinks + o.pausedLinks, congestedLinks: congestedLinks + o.congestedLinks,
+            framesIn: add(framesIn, o.framesIn), bytesIn: add(bytesIn, o.bytesIn), framesOut: add(framesOut, o.framesOut),
+            bytesOut: add(bytesOut, o.bytesOut), linkCloses: add(linkCloses, o.linkCloses),
+            streamErrors: add(streamErrors, o.streamErrors), pauses: add(pauses, o.pauses),
+            congestionAlerts: add(congestionAlerts, o.congestionAlerts), streamsOpened: streamsOpened + o.streamsOpened,
+            quotaRejections: quotaRejections + o.quotaRejections, quotaPacedBytes: quotaPacedBytes + o.quotaPacedBytes,
+            quotaPacedFrames: quotaPacedFrames + o.quotaPacedFrames,
+            roomFramesPublished: roomFramesPublished + o.roomFramesPublished,
+            roomFramesDelivered: roomFramesDelivered + o.roomFramesDelivered,
+            roomFramesDropped: roomFramesDropped + o.roomFramesDropped, affinityHits: affinityHits + o.affinityHits,
+            affinityRepins: affinityRepins + o.affinityRepins, authFailures: authFailures + o.authFailures)
+    }
+}

@@ -17,6 +17,9 @@ extension Broker {
         if link.kind == .instance && sub.world != link.world {
             return refuse(link, stream, .notPermitted, "an instance of \"\(link.world)\" subscribed to a room of \"\(sub.world)\"", now: now)
         }
+        if !serves(sub.world) {
+            return refuse(link, stream, .wrongLoop, wrongLoopReason(sub.world), now: now)
+        }
         if link.streams.count + link.subscriptions.count >= limits.maxStreamsPerLink {
             return refuse(link, stream, .streamLimit, "link holds max_streams_per_link (\(limits.maxStreamsPerLink)) streams", now: now)
         }
@@ -42,6 +45,10 @@ extension Broker {
             fail(link, .notPermitted, "an instance of \"\(link.world)\" published to \"\(world)\"")
             return
         default: break
+        }
+        guard serves(world) else {
+            fail(link, .wrongLoop, wrongLoopReason(world))
+            return
         }
         metrics.roomFramesPublished &+= 1
         guard let subs = rooms[Self.roomKey(world: world, room: room)] else { return }

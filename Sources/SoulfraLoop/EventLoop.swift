@@ -20,6 +20,9 @@ public protocol LoopDelegate: AnyObject {
     func loopMailbox(now: UInt64)
     /// End of a completion batch: queue sends, apply pauses and closes. Submission follows.
     func loopFlush(now: UInt64)
+    /// A connection given up with `handOff` is out of this loop: nothing is in flight on it and its slot is
+    /// free. The socket `fd` is still open and now belongs to the delegate (to pass to another loop).
+    func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64)
 }
 
 /// Limits of one loop, validated at start-up.
@@ -76,6 +79,7 @@ public final class EventLoop {
         var sendInFlight = false
         var closing = false
         var shut = false
+        var handingOff = false
         var closeDeadline: UInt64 = 0
     }
 
@@ -94,6 +98,7 @@ public final class EventLoop {
     private let cqeBatch = 512
     private var rearm: [UInt32] = []
     private var closingSlots: [UInt32] = []
+    private var handoffSlots: [UInt32] = []
     private var stopped = false
     public let mailbox: LoopMailbox
     /// The eventfd counter is read into here by the kernel: stable memory, not a Swift property.
@@ -193,6 +198,30 @@ public final class EventLoop {
         if !flush { shut(conn) }
     }
 
+    /// Gives the connection up without closing its socket (to move it to another loop): reading stops, and
+    /// once nothing is in flight `loopHandedOff` hands the fd over. Bytes that arrive meanwhile are still
+    /// delivered through `loopReceived`.
+    public func handOff(conn: UInt32) {
+        let i = Int(conn)
+        guard slots[i].inUse, !slots[i].closing, !slots[i].handingOff else { return }
+        slots[i].handingOff = true
+        pauseRead(conn: conn)
+        handoffSlots.append(conn)
+    }
+
+    /// Takes over a connected socket from another loop and starts reading it. Nil when the slot table is full
+    /// (the socket is then closed).
+    public func adopt(fd: Int32) -> UInt32? {
+        guard let conn = allocateSlot(fd: fd) else {
+            counters.refused &+= 1
+            Glibc.close(fd)
+            return nil
+        }
+        counters.accepted &+= 1
+        armRecv(conn)
+        return conn
+    }
+
     /// Whether the delegate may hand the connection more output.
     @inline(__always) public func canSend(conn: UInt32) -> Bool {
         let s = slots[Int(conn)]
@@ -243,6 +272,33 @@ public final class EventLoop {
             rearm.removeAll(keepingCapacity: true)
         }
         if !closingSlots.isEmpty { progressClosing(now: now) }
+        if !handoffSlots.isEmpty { progressHandoffs(now: now) }
+    }
+
+    private func progressHandoffs(now: UInt64) {
+        var k = 0
+        while k < handoffSlots.count {
+            let conn = handoffSlots[k]
+            let i = Int(conn)
+            if !slots[i].inUse || slots[i].closing {
+                // Closed while handing off (peer went away): the close path releases it.
+                handoffSlots.swapAt(k, handoffSlots.count - 1)
+                handoffSlots.removeLast()
+                continue
+            }
+            if !slots[i].recvArmed && !slots[i].sendInFlight {
+                let fd = slots[i].fd
+                slots[i].fd = -1
+                slots[i].inUse = false
+                slots[i].generation = (slots[i].generation &+ 1) & 0xFF_FFFF
+                freeSlots.append(conn)
+                handoffSlots.swapAt(k, handoffSlots.count - 1)
+                handoffSlots.removeLast()
+                delegate?.loopHandedOff(conn: conn, fd: fd, now: now)
+                continue
+            }
+            k += 1
+        }
     }
 
     private func progressClosing(now: UInt64) {

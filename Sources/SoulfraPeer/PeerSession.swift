@@ -39,13 +39,18 @@ public struct PeerIdentity: Sendable, Equatable {
     public var token: String
     /// The largest frame this peer accepts.
     public var maxFrameBytes: UInt32
+    /// The broker loop to attach to (`Wire.anyLoop`: the broker's choice; instances always go to their
+    /// world's loop). See `PeerGroup` for one link per loop.
+    public var loop: UInt16
 
-    public init(kind: PeerKind, world: String = "", instance: String = "", token: String, maxFrameBytes: UInt32 = 64 << 10) {
+    public init(kind: PeerKind, world: String = "", instance: String = "", token: String, maxFrameBytes: UInt32 = 64 << 10,
+                loop: UInt16 = Wire.anyLoop) {
         self.kind = kind
         self.world = world
         self.instance = instance
         self.token = token
         self.maxFrameBytes = maxFrameBytes
+        self.loop = loop
     }
 }
 
@@ -92,7 +97,8 @@ public final class PeerSession {
     public func start() {
         precondition(state == .idle, "start() called twice")
         FrameWriter.write(.hello(Hello(kind: identity.kind, maxFrameBytes: identity.maxFrameBytes,
-                                       world: identity.world, instance: identity.instance, token: identity.token)), to: output)
+                                       world: identity.world, instance: identity.instance, token: identity.token,
+                                       loop: identity.loop)), to: output)
         state = .helloSent
     }
 

@@ -4,12 +4,15 @@ import SoulfraBroker
 import SoulfraLoop
 import SoulfraWire
 
-/// Runs a broker on an io_uring loop thread and lets other threads talk to it by message.
+/// Runs the broker as one io_uring loop per core, and lets other threads talk to the loops by message.
 ///
-/// The loop thread owns the broker and the ring; this handle is the only thing other threads hold. Commands
-/// are queued under a mutex and the loop is woken through its eventfd: nothing on the data path locks.
+/// The loops share nothing: each owns the worlds that `Wire.loop(forWorld:count:)` assigns to it, with their
+/// instances, rooms and keys' streams, so a stream never crosses loops. Loop 0 accepts every connection,
+/// reads its HELLO and hands the socket to the loop it belongs to (instances: their world's loop; other
+/// peers: the loop they ask for, one link per loop). Commands and hand-offs are queued under a mutex and the
+/// target loop is woken through its eventfd: nothing on the data path locks.
 public final class BrokerServer: Sendable {
-    /// Messages to the loop.
+    /// Messages to a loop.
     enum Command: Sendable {
         case shutdown
         case install(AccessTable)
@@ -17,18 +20,38 @@ public final class BrokerServer: Sendable {
         case publishSnapshot
     }
 
+    /// A socket moving to another loop, with the bytes already read from it (HELLO and anything after).
+    struct Handoff: Sendable {
+        let fd: Int32
+        let bytes: [UInt8]
+    }
+
+    /// What other threads share with one loop.
+    final class Shard: Sendable {
+        let index: Int
+        let commands = Mutex<[Command]>([])
+        let handoffs = Mutex<[Handoff]>([])
+        let mailbox = Mutex<LoopMailbox?>(nil)
+        let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
+        let finished = Mutex<Bool>(false)
+        init(index: Int) { self.index = index }
+
+        func wake() { mailbox.withLock { $0?.wake() } }
+        func publish(_ s: BrokerSnapshot, _ l: LoopCounters) { latest.withLock { $0 = (s, l, $0.sequence + 1) } }
+        func takeCommands() -> [Command] { commands.withLock { c in defer { c.removeAll() }; return c } }
+        func takeHandoffs() -> [Handoff] { handoffs.withLock { h in defer { h.removeAll() }; return h } }
+    }
+
     /// Where the listeners ended up (TCP port 0 resolved).
     public let addresses: [ListenAddress]
     public let tcpPort: UInt16
     public let unixPath: String?
-    private let commands = Mutex<[Command]>([])
-    private let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
-    private let mailboxSlot = Mutex<LoopMailbox?>(nil)
-    private let finished = Mutex<Bool>(false)
-    private let done = DispatchSemaphore(value: 0)
-    private let ready = DispatchSemaphore(value: 0)
+    /// Loops (threads, rings) serving the broker.
+    public let loopCount: Int
+    let shards: [Shard]
+    private let done = DispatchGroup()
 
-    /// Binds the listeners and starts the loop thread. Throws before any thread starts if io_uring is
+    /// Binds the listeners and starts the loop threads. Throws before any thread starts if io_uring is
     /// unavailable or a listener cannot bind.
     public static func start(_ config: ServerConfig, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> BrokerServer {
         try config.validate()
@@ -46,82 +69,99 @@ public final class BrokerServer: Sendable {
             for b in bound { close(b.fd) }
             throw error
         }
-        let server = BrokerServer(bound: bound)
+        let server = BrokerServer(bound: bound, loops: config.effectiveLoopCount)
+        let ready = DispatchSemaphore(value: 0)
         let listeners = bound
-        let thread = Thread {
-            server.runLoop(config: config, listeners: listeners, log: log)
+        for shard in server.shards {
+            server.done.enter()
+            let thread = Thread {
+                server.runLoop(shard, config: config, listeners: shard.index == 0 ? listeners : [], ready: ready, log: log)
+                server.done.leave()
+            }
+            thread.name = "soulfra-loop-\(shard.index)"
+            thread.stackSize = 8 << 20
+            thread.start()
         }
-        thread.name = "soulfra-loop-0"
-        thread.stackSize = 8 << 20
-        thread.start()
-        server.ready.wait()
+        for _ in server.shards { ready.wait() }
         return server
     }
 
-    private init(bound: [BoundListener]) {
+    private init(bound: [BoundListener], loops: Int) {
         addresses = bound.map { b in
             if case .tcp(let host, _) = b.address { return .tcp(host: host, port: b.port) }
             return b.address
         }
         tcpPort = bound.first { if case .tcp = $0.address { true } else { false } }?.port ?? 0
         unixPath = bound.compactMap { if case .unix(let p) = $0.address { p } else { nil } }.first
+        loopCount = loops
+        shards = (0..<loops).map(Shard.init(index:))
     }
 
     /// Asks for a graceful shutdown: GOAWAY, drain, close. Returns at once; `wait()` for the end.
     public func shutdown() { post(.shutdown) }
 
-    /// Replaces keys and tokens atomically (the loop swaps its snapshot on its next turn).
+    /// Replaces keys and tokens atomically on every loop (each swaps its snapshot on its next turn).
     public func install(access: AccessTable) { post(.install(access)) }
 
     /// Sets one world's balancer.
     public func setBalancer(_ policy: BalancerPolicy, forWorld world: String) { post(.setBalancer(policy, world: world)) }
 
-    /// Blocks until the loop thread has exited.
-    public func wait() {
-        if finished.withLock({ $0 }) { return }
-        done.wait()
-        done.signal()
-    }
+    /// Blocks until every loop thread has exited.
+    public func wait() { done.wait() }
 
-    /// The broker's counters as of the last tick (≤ 100 ms old).
-    public var snapshot: BrokerSnapshot? { latest.withLock { $0.snapshot } }
-    /// The loop's own counters as of the last tick.
-    public var loopCounters: LoopCounters { latest.withLock { $0.loop } }
+    /// The broker's counters summed over loops, as of their last tick (≤ 100 ms old).
+    public var snapshot: BrokerSnapshot? { merged(shards.compactMap { $0.latest.withLock { $0.snapshot } }) }
 
-    /// Asks the loop for a fresh snapshot and waits for it (bounded); nil if the loop has stopped.
+    /// The loops' own counters, per loop.
+    public var loopCounters: [LoopCounters] { shards.map { $0.latest.withLock { $0.loop } } }
+
+    /// Asks every loop for a fresh snapshot and waits for them (bounded); the sum over loops.
     public func snapshotNow(timeoutMilliseconds: Int = 2_000) -> BrokerSnapshot? {
-        let before = latest.withLock { $0.sequence }
+        let before = shards.map { $0.latest.withLock { $0.sequence } }
         post(.publishSnapshot)
         for _ in 0..<timeoutMilliseconds {
-            let (s, seq) = latest.withLock { ($0.snapshot, $0.sequence) }
-            if seq > before { return s }
-            if finished.withLock({ $0 }) { return s }
+            let fresh = zip(shards, before).allSatisfy { s, b in
+                s.latest.withLock { $0.sequence } > b || s.finished.withLock { $0 }
+            }
+            if fresh { return snapshot }
             usleep(1_000)
         }
         return nil
     }
 
-    private func post(_ c: Command) {
-        commands.withLock { $0.append(c) }
-        mailboxSlot.withLock { $0?.wake() }
+    private func merged(_ all: [BrokerSnapshot]) -> BrokerSnapshot? {
+        guard var total = all.first else { return nil }
+        for s in all.dropFirst() { total = total.merging(s) }
+        return total
     }
 
-    private func runLoop(config: ServerConfig, listeners: [BoundListener], log: @escaping @Sendable (String) -> Void) {
+    private func post(_ c: Command) {
+        for s in shards {
+            s.commands.withLock { $0.append(c) }
+            s.wake()
+        }
+    }
+
+    private func runLoop(
+        _ shard: Shard, config: ServerConfig, listeners: [BoundListener], ready: DispatchSemaphore,
+        log: @escaping @Sendable (String) -> Void
+    ) {
         let loop: EventLoop
         do {
             loop = try EventLoop(limits: config.loop)
         } catch {
-            log("soulfra: \(error)")
-            finished.withLock { $0 = true }
+            log("soulfra: loop \(shard.index): \(error)")
+            shard.finished.withLock { $0 = true }
             ready.signal()
-            done.signal()
             return
         }
-        let broker = Broker(limits: config.broker, access: config.accessTable, balancer: config.balancer)
-        let wiring = Wiring(broker: broker, loop: loop, server: self, statsInterval: config.statsIntervalMilliseconds, log: log)
+        let broker = Broker(limits: config.broker, access: config.accessTable, balancer: config.balancer,
+                            loopIndex: shard.index, loopCount: shards.count)
+        let wiring = Wiring(broker: broker, loop: loop, shard: shard, shards: shards,
+                            statsInterval: config.statsIntervalMilliseconds, log: log)
         loop.delegate = wiring
         for l in listeners { loop.add(listener: l) }
-        mailboxSlot.withLock { $0 = loop.mailbox }
+        shard.mailbox.withLock { $0 = loop.mailbox }
         ready.signal()
         // A command posted before the mailbox existed is picked up on the first turn.
         loop.mailbox.wake()
@@ -129,53 +169,111 @@ public final class BrokerServer: Sendable {
         for l in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        publish(broker.snapshot(), loop.counters)
-        mailboxSlot.withLock { $0 = nil }
-        finished.withLock { $0 = true }
-        done.signal()
-    }
-
-    fileprivate func takeCommands() -> [Command] {
-        commands.withLock { c in
-            defer { c.removeAll() }
-            return c
-        }
-    }
-
-    fileprivate func publish(_ s: BrokerSnapshot, _ l: LoopCounters) {
-        latest.withLock { $0 = (s, l, $0.sequence + 1) }
+        shard.publish(broker.snapshot(), loop.counters)
+        shard.mailbox.withLock { $0 = nil }
+        shard.finished.withLock { $0 = true }
     }
 }
 
-/// Joins the broker to the loop: loop events in, broker output and actions out. Loop thread only.
+extension ServerConfig {
+    /// `loop.count`, with 0 meaning one loop per online CPU.
+    public var effectiveLoopCount: Int {
+        loopCount > 0 ? loopCount : max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+}
+
+/// Joins one loop's broker to its ring: loop events in, broker output and actions out. Loop thread only.
 final class Wiring: LoopDelegate {
+    /// A connection accepted here whose HELLO has not been read yet (multi-loop only).
+    struct Sorting {
+        var bytes: [UInt8] = []
+        let since: UInt64
+        /// Set once the owning loop is known and the socket is being handed over.
+        var target: Int?
+    }
+
     let broker: Broker
     unowned let loop: EventLoop
-    let server: BrokerServer
+    let shard: BrokerServer.Shard
+    let shards: [BrokerServer.Shard]
     let log: @Sendable (String) -> Void
     let statsIntervalNanos: UInt64
+    var sorting: [UInt32: Sorting] = [:]
     var lastSnapshot: UInt64 = 0
     var lastStats: UInt64 = 0
     var shutdownStarted: UInt64?
     var shutdownDrained = false
 
-    init(broker: Broker, loop: EventLoop, server: BrokerServer, statsInterval: UInt32, log: @escaping @Sendable (String) -> Void) {
+    init(broker: Broker, loop: EventLoop, shard: BrokerServer.Shard, shards: [BrokerServer.Shard], statsInterval: UInt32,
+         log: @escaping @Sendable (String) -> Void) {
         self.broker = broker
         self.loop = loop
-        self.server = server
+        self.shard = shard
+        self.shards = shards
         self.log = log
         self.statsIntervalNanos = UInt64(statsInterval) * 1_000_000
     }
 
     func loopAccepted(conn: UInt32, listener: Int, now: UInt64) -> Bool {
         guard broker.canAttach else { return false }
-        broker.attach(link: conn, now: now)
+        if shards.count == 1 {
+            broker.attach(link: conn, now: now)
+        } else {
+            sorting[conn] = Sorting(since: now)
+        }
         return true
     }
 
     @inline(__always)
     func loopReceived(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
+        if !sorting.isEmpty, sorting[conn] != nil {
+            sort(conn, bytes, now: now)
+            return
+        }
         broker.receive(link: conn, bytes: bytes, now: now)
+    }
+
+    /// Reads the first frame of a new connection to find the loop it belongs to.
+    func sort(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        sorting[conn]!.bytes.append(contentsOf: bytes)
+        guard sorting[conn]!.target == nil else { return }  // being handed off: keep what arrives
+        let buffered = sorting[conn]!.bytes
+        var target = shard.index
+        let complete: Bool = buffered.withUnsafeBytes { raw in
+            guard raw.count >= Wire.headerBytes else { return false }
+            // Anything that is not a well-formed HELLO stays here; this loop's broker rejects it properly.
+            guard let h = try? FrameDecoder.parseHeader(raw, limit: Wire.handshakeFrameBytes), h.type == .hello else { return true }
+            let total = Wire.headerBytes + Int(h.length)
+            guard raw.count >= total else { return false }
+            guard case .hello(let hello)? = try? Frame.parse(h, UnsafeRawBufferPointer(rebasing: raw[Wire.headerBytes..<total])) else {
+                return true
+            }
+            if hello.kind == .instance && !hello.world.isEmpty {
+                target = Wire.loop(forWorld: hello.world, count: shards.count)
+            } else if Int(hello.loop) < shards.count {
+                target = Int(hello.loop)
+            }
+            return true
+        }
+        guard complete else { return }
+        if target == shard.index {
+            sorting.removeValue(forKey: conn)
+            broker.attach(link: conn, now: now)
+            buffered.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
+        } else {
+            sorting[conn]!.target = target
+            loop.handOff(conn: conn)
+        }
+    }
+
+    func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {
+        guard let s = sorting.removeValue(forKey: conn), let target = s.target else {
+            close(fd)
+            return
+        }
+        let dest = shards[target]
+        dest.handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fd, bytes: s.bytes)) }
+        dest.wake()
     }
 
     @inline(__always)
@@ -184,20 +282,29 @@ final class Wiring: LoopDelegate {
     }
 
     func loopClosed(conn: UInt32, now: UInt64) {
+        if sorting.removeValue(forKey: conn) != nil { return }  // never reached the broker
         broker.detach(link: conn, now: now)
     }
 
     func loopTick(now: UInt64) {
         broker.tick(now: now)
+        if !sorting.isEmpty {
+            // A connection that does not finish HELLO in time is closed here, before any broker saw it.
+            let limit = UInt64(broker.limits.handshakeTimeoutMilliseconds) * 1_000_000
+            for (conn, s) in sorting where s.target == nil && now &- s.since > limit {
+                loop.close(conn: conn, flush: false, now: now)
+            }
+        }
         if now &- lastSnapshot >= 100_000_000 {
             lastSnapshot = now
-            server.publish(broker.snapshot(), loop.counters)
+            shard.publish(broker.snapshot(), loop.counters)
         }
         if statsIntervalNanos > 0 && now &- lastStats >= statsIntervalNanos {
             lastStats = now
             let s = broker.snapshot()
-            log("stats links=\(s.linksByKind.reduce(0, +)) streams=\(s.streamsOpen) frames_in=\(s.framesIn.reduce(0, +)) "
-                + "frames_out=\(s.framesOut.reduce(0, +)) paused=\(s.pausedLinks) congested=\(s.congestedLinks)")
+            log("stats loop=\(shard.index) links=\(s.linksByKind.reduce(0, +)) streams=\(s.streamsOpen) "
+                + "frames_in=\(s.framesIn.reduce(0, +)) frames_out=\(s.framesOut.reduce(0, +)) "
+                + "paused=\(s.pausedLinks) congested=\(s.congestedLinks)")
         }
         if let started = shutdownStarted {
             // Hard stop: drain deadline plus flush deadline plus a second, whatever peers do.
@@ -207,20 +314,28 @@ final class Wiring: LoopDelegate {
     }
 
     func loopMailbox(now: UInt64) {
-        for c in server.takeCommands() {
+        for h in shard.takeHandoffs() {
+            guard let conn = loop.adopt(fd: h.fd) else { continue }
+            broker.attach(link: conn, now: now)
+            h.bytes.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
+        }
+        for c in shard.takeCommands() {
             switch c {
             case .shutdown:
                 guard shutdownStarted == nil else { continue }
                 shutdownStarted = now
-                log("shutting down: GOAWAY sent, draining streams for up to \(broker.limits.shutdownDrainMilliseconds) ms")
+                if shard.index == 0 {
+                    log("shutting down: GOAWAY sent, draining streams for up to \(broker.limits.shutdownDrainMilliseconds) ms")
+                }
                 loop.stopAccepting()
+                for conn in sorting.keys { loop.close(conn: conn, flush: false, now: now) }
                 broker.beginShutdown(now: now)
             case .install(let table):
                 broker.install(access: table, now: now)
             case .setBalancer(let p, let world):
                 broker.setBalancer(p, forWorld: world)
             case .publishSnapshot:
-                server.publish(broker.snapshot(), loop.counters)
+                shard.publish(broker.snapshot(), loop.counters)
             }
         }
     }

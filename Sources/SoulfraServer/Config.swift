@@ -10,6 +10,8 @@ public struct ServerConfig: Sendable, Equatable {
     /// TCP listener for remote peers, "host:port" ("" disables it). Loopback by default.
     public var brokerTCP = "127.0.0.1:7400"
     public var loop = LoopLimits()
+    /// Broker loops (threads with their own ring); 0: one per online CPU.
+    public var loopCount = 0
     public var broker = BrokerLimits()
     public var balancer = BalancerPolicy.leastOutstanding
     /// Print a one-line broker summary to stderr at this interval (0: never).
@@ -79,6 +81,7 @@ public struct ServerConfig: Sendable, Equatable {
                   "loop.recv_buffer_bytes", "must be between 1024 and 1048576, got \(loop.recvBufferBytes)")
         try check((1...1_000_000).contains(loop.maxConnections),
                   "loop.max_connections", "must be between 1 and 1000000, got \(loop.maxConnections)")
+        try check((0...256).contains(loopCount), "loop.count", "must be 0 (one per CPU) to 256, got \(loopCount)")
         try check((1...1_000).contains(loop.tickMilliseconds),
                   "loop.tick_milliseconds", "must be between 1 and 1000, got \(loop.tickMilliseconds)")
         try check((1...60_000).contains(loop.closeFlushMilliseconds),
@@ -140,6 +143,7 @@ extension ServerConfig {
             loop.maxConnections = try l.int("max_connections") ?? loop.maxConnections
             loop.tickMilliseconds = try l.uint32("tick_milliseconds") ?? loop.tickMilliseconds
             loop.closeFlushMilliseconds = try l.uint32("close_flush_milliseconds") ?? loop.closeFlushMilliseconds
+            loopCount = try l.int("count") ?? loopCount
             try l.finish()
         }
         if var b = try r.object("broker") {
@@ -202,6 +206,10 @@ extension ServerConfig {
         if let v = env["SOULFRA_RUNTIME_TOKEN"] { runtimeToken = v }
         if let v = env["SOULFRA_VAULT_TOKEN"] { vaultToken = v }
         if let v = env["SOULFRA_GATEWAY_TOKEN"] { gatewayToken = v }
+        if let v = env["SOULFRA_LOOPS"] {
+            guard let n = Int(v) else { throw Invalid(key: "SOULFRA_LOOPS", message: "must be an integer, got \"\(v)\"") }
+            loopCount = n
+        }
         if let v = env["SOULFRA_STATS_INTERVAL_MILLISECONDS"] {
             guard let n = UInt32(v) else { throw Invalid(key: "SOULFRA_STATS_INTERVAL_MILLISECONDS", message: "must be an integer, got \"\(v)\"") }
             statsIntervalMilliseconds = n

@@ -12,10 +12,14 @@ public struct Hello: Sendable, Equatable {
     public var instance: String
     /// The secret that proves the peer's right to attach: per world for instances, per daemon otherwise.
     public var token: String
+    /// The broker loop this link should be served by (`Wire.anyLoop`: the broker decides). Instances are
+    /// always placed on their world's loop.
+    public var loop: UInt16
 
     public init(
         version: UInt16 = Wire.version, kind: PeerKind, maxFrameBytes: UInt32 = 64 << 10,
-        heartbeatMilliseconds: UInt32 = 0, world: String = "", instance: String = "", token: String
+        heartbeatMilliseconds: UInt32 = 0, world: String = "", instance: String = "", token: String,
+        loop: UInt16 = Wire.anyLoop
     ) {
         self.version = version
         self.kind = kind
@@ -24,6 +28,7 @@ public struct Hello: Sendable, Equatable {
         self.world = world
         self.instance = instance
         self.token = token
+        self.loop = loop
     }
 }
 
@@ -41,10 +46,14 @@ public struct Welcome: Sendable, Equatable {
     /// The broker's id for this link (for logs).
     public var linkID: UInt32
     public var server: String
+    /// The loop serving this link, and how many loops the broker runs (see `Wire.loop(forWorld:count:)`).
+    public var loopIndex: UInt16
+    public var loopCount: UInt16
 
     public init(
         version: UInt16 = Wire.version, maxFrameBytes: UInt32, heartbeatMilliseconds: UInt32,
-        streamCreditBytes: UInt32, streamCreditFrames: UInt32, linkID: UInt32, server: String
+        streamCreditBytes: UInt32, streamCreditFrames: UInt32, linkID: UInt32, server: String,
+        loopIndex: UInt16 = 0, loopCount: UInt16 = 1
     ) {
         self.version = version
         self.maxFrameBytes = maxFrameBytes
@@ -53,6 +62,8 @@ public struct Welcome: Sendable, Equatable {
         self.streamCreditFrames = streamCreditFrames
         self.linkID = linkID
         self.server = server
+        self.loopIndex = loopIndex
+        self.loopCount = loopCount
     }
 }
 
@@ -177,18 +188,26 @@ extension Frame {
             let world = try r.string("hello.world")
             let instance = try r.string("hello.instance")
             let token = try r.string("hello.token")
+            // Added fields are optional: a shorter HELLO is valid and gets the defaults.
+            let loop = r.remaining >= 2 ? try r.u16("hello.loop") : Wire.anyLoop
             return .hello(Hello(version: version, kind: kind, maxFrameBytes: maxFrame, heartbeatMilliseconds: heartbeat,
-                                world: world, instance: instance, token: token))
+                                world: world, instance: instance, token: token, loop: loop))
         case .welcome:
             try requireLink(header)
             let version = try r.u16("welcome.version")
             _ = try r.u16("welcome.reserved")
-            return .welcome(Welcome(
+            var w = Welcome(
                 version: version, maxFrameBytes: try r.u32("welcome.max_frame"),
                 heartbeatMilliseconds: try r.u32("welcome.heartbeat_ms"),
                 streamCreditBytes: try r.u32("welcome.stream_credit_bytes"),
                 streamCreditFrames: try r.u32("welcome.stream_credit_frames"),
-                linkID: try r.u32("welcome.link_id"), server: try r.string("welcome.server")))
+                linkID: try r.u32("welcome.link_id"), server: try r.string("welcome.server"))
+            if r.remaining >= 4 {
+                w.loopIndex = try r.u16("welcome.loop_index")
+                w.loopCount = try r.u16("welcome.loop_count")
+                guard w.loopCount >= 1, w.loopIndex < w.loopCount else { throw .invalidValue(field: "welcome.loop_count") }
+            }
+            return .welcome(w)
         case .open:
             try requireStream(header)
             let rawTarget = try r.u8("open.target")
@@ -310,11 +329,12 @@ public enum FrameWriter {
             return
         case .hello(let h):
             w.u16(h.version); w.u8(h.kind.rawValue); w.u8(0); w.u32(h.maxFrameBytes); w.u32(h.heartbeatMilliseconds)
-            w.string(h.world); w.string(h.instance); w.string(h.token)
+            w.string(h.world); w.string(h.instance); w.string(h.token); w.u16(h.loop)
             w.flush(q, .hello, [], 0)
         case .welcome(let m):
             w.u16(m.version); w.u16(0); w.u32(m.maxFrameBytes); w.u32(m.heartbeatMilliseconds)
             w.u32(m.streamCreditBytes); w.u32(m.streamCreditFrames); w.u32(m.linkID); w.string(m.server)
+            w.u16(m.loopIndex); w.u16(m.loopCount)
             w.flush(q, .welcome, [], 0)
         case .open(let s, let o):
             w.u8(o.target.rawValue); w.u8(0); w.u16(0); w.u64(o.keyID)

@@ -20,6 +20,20 @@ public enum Wire {
     public static let handshakeFrameBytes: UInt32 = 4 << 10
     /// Upper bound on a string field in a control frame.
     public static let maxStringBytes = 1024
+    /// HELLO's `loop` when the peer has no preference.
+    public static let anyLoop: UInt16 = 0xFFFF
+
+    /// The broker loop that serves `world`: FNV-1a (32-bit) of its UTF-8 bytes, modulo the loop count.
+    /// Instances of the world, its rooms and its keys' streams all live on that loop.
+    public static func loop(forWorld world: String, count: Int) -> Int {
+        guard count > 1 else { return 0 }
+        var h: UInt32 = 0x811C_9DC5
+        for b in world.utf8 {
+            h ^= UInt32(b)
+            h = h &* 0x0100_0193
+        }
+        return Int(h % UInt32(count))
+    }
 }
 
 /// What a frame is. Unknown types are a protocol error.
@@ -105,6 +119,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case internalError = 14
     case cancelled = 15
     case handshakeTimeout = 16
+    case wrongLoop = 17
 
     /// The stable snake_case name used in logs and metrics.
     public var description: String {
@@ -126,6 +141,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertible {
         case .internalError: "internal_error"
         case .cancelled: "cancelled"
         case .handshakeTimeout: "handshake_timeout"
+        case .wrongLoop: "wrong_loop"
         }
     }
 

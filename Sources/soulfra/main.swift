@@ -30,7 +30,7 @@ struct Serve: ParsableCommand {
             signal exits at once.
 
             Environment: SOULFRA_BROKER_UNIX, SOULFRA_BROKER_TCP, SOULFRA_RUNTIME_TOKEN, SOULFRA_VAULT_TOKEN, \
-            SOULFRA_GATEWAY_TOKEN, SOULFRA_STATS_INTERVAL_MILLISECONDS.
+            SOULFRA_GATEWAY_TOKEN, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS.
             """
     )
 
@@ -42,6 +42,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: .customLong("broker-tcp"), help: "TCP host:port for remote peers (\"\" disables; port 0 picks one).")
     var brokerTCP: String?
+
+    @Option(name: .customLong("loops"), help: "Broker loops, one thread and ring each (0: one per CPU).")
+    var loops: Int?
 
     @Option(name: .customLong("stats-interval-ms"), help: "Print a broker summary line to stderr at this interval (0: off).")
     var statsInterval: UInt32?
@@ -59,6 +62,7 @@ struct Serve: ParsableCommand {
             if let v = brokerUnix { cfg.brokerUnixPath = v }
             if let v = brokerTCP { cfg.brokerTCP = v }
             if let v = statsInterval { cfg.statsIntervalMilliseconds = v }
+            if let v = loops { cfg.loopCount = v }
             try cfg.validate()
         } catch {
             fail(error.description, code: 78)  // EX_CONFIG
@@ -80,7 +84,8 @@ struct Serve: ParsableCommand {
         } catch {
             fail("soulfra: cannot start: \(error)", code: 71)
         }
-        logLine("broker listening on \(server.addresses.map(\.description).joined(separator: ", ")) (pid \(getpid()))")
+        logLine("broker listening on \(server.addresses.map(\.description).joined(separator: ", ")) "
+                + "with \(server.loopCount) loop\(server.loopCount == 1 ? "" : "s") (pid \(getpid()))")
         if let readyFile {
             try? "\(server.tcpPort)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
         }

@@ -544,3 +544,23 @@ struct ConstantTimeTests {
         #expect(constantTimeEquals("", ""))
     }
 }
+
+@Suite("Broker: loops")
+struct LoopPartitionTests {
+    @Test("WELCOME names the loop; worlds of other loops are refused with wrong_loop")
+    func partition() {
+        // With 2 loops "playground" is served by loop 0 and "bench" by loop 1.
+        let tokens = AccessTable(keys: [KeyQuota(keyID: 9, world: "bench")],
+                                 instanceTokens: ["bench": "tok-bench-000000001"], gatewayToken: Harness.tokens.gatewayToken)
+        let h2 = Harness(limits: Harness.smallLimits, access: tokens, loopIndex: 0, loopCount: 2)
+        let gw = h2.connect(.gateway)
+        guard case .welcome(let w) = gw.inbox.first else { Issue.record("no WELCOME"); return }
+        #expect(w.loopIndex == 0 && w.loopCount == 2)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 9, world: "bench")))
+        #expect(gw.errors().map(\.1) == [.wrongLoop])
+        gw.send(.subscribe(stream: 3, Subscribe(world: "bench", room: "r")))
+        #expect(gw.errors().last?.1 == .wrongLoop)
+        let inst = h2.connect(.instance, world: "bench", token: "tok-bench-000000001")
+        #expect(inst.linkError?.0 == .wrongLoop)
+    }
+}

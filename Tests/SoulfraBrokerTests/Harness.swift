@@ -25,8 +25,9 @@ final class Harness {
         instanceTokens: ["playground": "tok-playground-0001", "arena": "tok-arena-000000001"],
         runtimeToken: "tok-runtime-0000001", vaultToken: "tok-vault-000000001", gatewayToken: "tok-gateway-0000001")
 
-    init(limits: BrokerLimits = Harness.smallLimits, access: AccessTable = Harness.tokens, balancer: BalancerPolicy = .leastOutstanding) {
-        broker = Broker(limits: limits, access: access, balancer: balancer)
+    init(limits: BrokerLimits = Harness.smallLimits, access: AccessTable = Harness.tokens, balancer: BalancerPolicy = .leastOutstanding,
+         loopIndex: Int = 0, loopCount: Int = 1) {
+        broker = Broker(limits: limits, access: access, balancer: balancer, loopIndex: loopIndex, loopCount: loopCount)
     }
 
     static var smallLimits: BrokerLimits {

@@ -31,6 +31,7 @@ func testConfig(_ tweak: (inout ServerConfig) -> Void = { _ in }) -> ServerConfi
         KeyQuota(keyID: 7, world: "playground", bytesPerSecond: 200_000),
     ]
     c.broker.shutdownDrainMilliseconds = 2_000
+    c.loopCount = 1
     tweak(&c)
     return c
 }
