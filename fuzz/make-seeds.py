@@ -14,6 +14,8 @@ def frame(t, stream, payload, flags=0):
 HELLO, WELCOME, OPEN, DATA, CREDIT, CLOSE, ERROR, PING, PONG, SUB, UNSUB, PUB, GOAWAY, DROPPED = range(1, 15)
 frames = {
     "hello": frame(HELLO, 0, struct.pack(">HBBII", 1, 1, 0, 65536, 1000) + s("playground") + s("i-1") + s("dev-instance-token")),
+    "hello-loop": frame(HELLO, 0, struct.pack(">HBBII", 1, 2, 0, 65536, 0) + s("") + s("rt-1") + s("dev-runtime-token-0001") + struct.pack(">H", 1)),
+    "welcome-loops": frame(WELCOME, 0, struct.pack(">HHIIIII", 1, 0, 65536, 1000, 262144, 1024, 9) + s("soulfra") + struct.pack(">HH", 1, 2)),
     "welcome": frame(WELCOME, 0, struct.pack(">HHIIIII", 1, 0, 65536, 1000, 262144, 1024, 7) + s("soulfra")),
     "open": frame(OPEN, 1, struct.pack(">BBHQ", 1, 0, 0, 42) + s("playground") + s("session-1") + s("cal")),
     "data": frame(DATA, 1, b"hello, world"),

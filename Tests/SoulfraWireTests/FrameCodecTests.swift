@@ -184,7 +184,17 @@ struct SeedCorpusTests {
             Array(try Data(contentsOf: dir.appendingPathComponent(name)).dropFirst(2))
         }
         let all = try decodeAll([try seed("all-bytewise")], maxPayload: 65_536)
-        #expect(all.count == 16)
+        #expect(all.count == 18)
+        if case .hello(let h) = try decodeAll([try seed("hello-loop")]).first {
+            #expect(h.kind == .runtime && h.loop == 1 && h.instance == "rt-1")
+        } else {
+            Issue.record("hello-loop seed did not decode to HELLO")
+        }
+        if case .welcome(let w) = try decodeAll([try seed("welcome-loops")]).first {
+            #expect(w.loopIndex == 1 && w.loopCount == 2 && w.linkID == 9)
+        } else {
+            Issue.record("welcome-loops seed did not decode to WELCOME")
+        }
         #expect(try decodeAll([try seed("open")]) == [.open(stream: 1, Open(target: .instance, keyID: 42, world: "playground", session: "session-1", detail: "cal"))])
         #expect(try decodeAll([try seed("credit")]) == [.credit(stream: 1, bytes: 65_536, frames: 64)])
         #expect(try decodeAll([try seed("data-end")]) == [.data(stream: 3, payload: [], end: true)])
@@ -192,6 +202,7 @@ struct SeedCorpusTests {
         #expect(try decodeAll([try seed("goaway")]) == [.goaway(lastStream: 11, code: .shutdown, reason: "broker shutting down")])
         if case .hello(let h) = try decodeAll([try seed("hello")]).first {
             #expect(h.kind == .instance && h.world == "playground" && h.maxFrameBytes == 65_536)
+            #expect(h.loop == Wire.anyLoop, "a HELLO without the optional loop field means any loop")
         } else {
             Issue.record("hello seed did not decode to HELLO")
         }
