@@ -2,9 +2,9 @@
 // Soulfra: the io_uring broker core, the peer client library, the daemon and the load-test driver.
 //
 // Module dependencies run one way:
-//   CURing ─► SoulfraLoop ─┐
+//   CURing, SoulfraNet ─► SoulfraLoop ─┐
 //   SoulfraWire ─► SoulfraBroker ─► SoulfraServer ─► soulfra (executable)
-//   SoulfraWire ─► SoulfraPeer ─► soulfra-loadtest (executable, in loadtest/)
+//   SoulfraWire, SoulfraNet ─► SoulfraPeer ─► soulfra-loadtest (executable, in loadtest/)
 import PackageDescription
 
 let package = Package(
@@ -22,14 +22,16 @@ let package = Package(
     targets: [
         // liburing enters through this shim only (Debian 12 ships liburing 2.3).
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
+        // Socket addresses for bind and connect (shared by the loop and the peer library).
+        .target(name: "SoulfraNet"),
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
         .target(name: "SoulfraBroker", dependencies: ["SoulfraWire"]),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
-        .target(name: "SoulfraLoop", dependencies: ["CURing"]),
+        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"]),
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
-        .target(name: "SoulfraPeer", dependencies: ["SoulfraWire"]),
+        .target(name: "SoulfraPeer", dependencies: ["SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire"]),
         .executableTarget(

@@ -191,16 +191,6 @@ func runNATSPipe(host: String, port: UInt16, serverPID: Int32?, _ o: PipeOptions
             return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
         },
     ])
-    if let e = results.compactMap(\.error).first { throw LoadtestError(e) }
-    let cpuEnd = server?.cpuMicroseconds
-    let received = shared.received.load(ordering: .relaxed)
-    let start = startNanos.load(ordering: .relaxed)
-    let last = shared.lastReceiveNanos.load(ordering: .relaxed)
-    var report = Report(
-        scenario: "pipe", target: "nats", seconds: Double(last &- start) / 1e9, frames: received,
-        bytes: received * UInt64(o.size), latency: results[0].latency,
-        latencyKind: o.rate > 0 ? "rate_\(o.rate)" : "saturation", serverRSSKiB: server?.rssKiB,
-        serverCPUMicros: cpuStart.withLock { s in cpuEnd.flatMap { e in s.map { e - $0 } } })
-    report.extra = [("pairs", "1"), ("size", "\(o.size)"), ("sent", "\(results[1].frames)")]
-    return report
+    return try pipeReport("nats", o, shared: shared, start: startNanos.load(ordering: .relaxed), results: results,
+                          server: server, cpuStart: cpuStart.withLock { $0 })
 }

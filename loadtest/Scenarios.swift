@@ -237,16 +237,24 @@ func runPipe(_ t: Target, _ o: PipeOptions) throws -> Report {
             return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
         },
     ])
+    return try pipeReport("soulfra", o, shared: shared, start: startNanos.load(ordering: .relaxed), results: results,
+                          server: server, cpuStart: cpuStart.withLock { $0 })
+}
+
+/// The report of a pipe run (Soulfra or NATS): throughput over first send to last receipt.
+func pipeReport(
+    _ target: String, _ o: PipeOptions, shared: Shared, start: UInt64, results: [ConsumerResult],
+    server: ProcessStats?, cpuStart: UInt64?
+) throws -> Report {
     if let e = results.compactMap(\.error).first { throw LoadtestError(e) }
     let cpuEnd = server?.cpuMicroseconds
     let received = shared.received.load(ordering: .relaxed)
-    let start = startNanos.load(ordering: .relaxed)
     let last = shared.lastReceiveNanos.load(ordering: .relaxed)
     var report = Report(
-        scenario: "pipe", target: "soulfra", seconds: Double(last &- start) / 1e9, frames: received,
+        scenario: "pipe", target: target, seconds: Double(last &- start) / 1e9, frames: received,
         bytes: received * UInt64(o.size), latency: results[0].latency,
         latencyKind: o.rate > 0 ? "rate_\(o.rate)" : "saturation", serverRSSKiB: server?.rssKiB,
-        serverCPUMicros: cpuStart.withLock { s in cpuEnd.flatMap { e in s.map { e - $0 } } })
+        serverCPUMicros: cpuStart.flatMap { s in cpuEnd.map { $0 - s } })
     report.extra = [("pairs", "\(o.pairs)"), ("size", "\(o.size)"), ("sent", "\(results[1].frames)")]
     return report
 }

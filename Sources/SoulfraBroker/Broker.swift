@@ -398,28 +398,16 @@ public final class Broker {
         let fromOpener = routes[i].opener.link == link.id
         let end = h.flags.contains(.endStream)
         let n = Int64(payload.count)
-        let dstLink: UInt32, dstStream: UInt32
-        if fromOpener {
-            if routes[i].opener.ended { return protocolOnStream(ri, link, "DATA after END") }
-            routes[i].opener.windowBytes -= n
-            routes[i].opener.windowFrames -= 1
-            if routes[i].opener.windowBytes < 0 || routes[i].opener.windowFrames < 0 {
-                return flowControlViolation(ri, link)
-            }
-            routes[i].opener.ended = end
-            dstLink = routes[i].acceptor.link
-            dstStream = routes[i].acceptor.stream
-        } else {
-            if routes[i].acceptor.ended { return protocolOnStream(ri, link, "DATA after END") }
-            routes[i].acceptor.windowBytes -= n
-            routes[i].acceptor.windowFrames -= 1
-            if routes[i].acceptor.windowBytes < 0 || routes[i].acceptor.windowFrames < 0 {
-                return flowControlViolation(ri, link)
-            }
-            routes[i].acceptor.ended = end
-            dstLink = routes[i].opener.link
-            dstStream = routes[i].opener.stream
+        let charged = fromOpener
+            ? routes[i].opener.charge(bytes: n, end: end)
+            : routes[i].acceptor.charge(bytes: n, end: end)
+        switch charged {
+        case .afterEnd: return protocolOnStream(ri, link, "DATA after END")
+        case .overWindow: return flowControlViolation(ri, link)
+        case .ok: break
         }
+        let other = fromOpener ? routes[i].acceptor : routes[i].opener
+        let dstLink = other.link, dstStream = other.stream
         let dst = links[Int(dstLink)].unsafelyUnwrapped
         if payload.count > Int(dst.maxFrameBytes) {
             metrics.streamErrors[Int(ErrorCode.frameTooLarge.rawValue)] += 1

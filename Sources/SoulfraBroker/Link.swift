@@ -84,6 +84,18 @@ struct RouteEnd {
     var windowFrames: Int64
     /// Sent DATA with END.
     var ended = false
+
+    enum Charge { case ok, afterEnd, overWindow }
+
+    /// Charges one DATA frame of `n` bytes sent by this end against its window.
+    @inline(__always) mutating func charge(bytes n: Int64, end: Bool) -> Charge {
+        if ended { return .afterEnd }
+        windowBytes -= n
+        windowFrames -= 1
+        if windowBytes < 0 || windowFrames < 0 { return .overWindow }
+        ended = end
+        return .ok
+    }
 }
 
 /// A stream across the broker: opener ↔ acceptor, with both ends' windows.

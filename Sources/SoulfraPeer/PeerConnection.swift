@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SoulfraNet
 import SoulfraWire
 
 /// Where the broker listens.
@@ -197,42 +198,24 @@ public final class PeerConnection {
     }
 
     static func dial(_ address: PeerAddress, timeoutMilliseconds: Int32) throws(PeerError) -> Int32 {
-        let flags = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        var fd: Int32 = -1
-        var rc: Int32 = 0
+        let sa: SocketAddress
         switch address {
         case .tcp(let host, let port):
-            var v4 = sockaddr_in(), v6 = sockaddr_in6()
-            if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
-                v4.sin_family = sa_family_t(AF_INET)
-                v4.sin_port = port.bigEndian
-                fd = socket(AF_INET, flags, 0)
-                guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
-                rc = withUnsafePointer(to: &v4) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
-                v6.sin6_family = sa_family_t(AF_INET6)
-                v6.sin6_port = port.bigEndian
-                fd = socket(AF_INET6, flags, 0)
-                guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
-                rc = withUnsafePointer(to: &v6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-            } else {
+            guard let a = SocketAddress(host: host, port: port) else {
                 throw PeerError(message: "\(host) is not an IPv4 or IPv6 address")
             }
+            sa = a
+        case .unix(let path):
+            guard let a = SocketAddress(unixPath: path) else { throw PeerError(message: "unix path too long: \(path)") }
+            sa = a
+        }
+        let fd = sa.makeSocket()
+        guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
+        if sa.family != AF_UNIX {
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        case .unix(let path):
-            var sa = sockaddr_un()
-            sa.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: sa.sun_path) else { throw PeerError(message: "unix path too long: \(path)") }
-            withUnsafeMutableBytes(of: &sa.sun_path) { raw in
-                for (i, b) in bytes.enumerated() { raw[i] = b }
-                raw[bytes.count] = 0
-            }
-            fd = socket(AF_UNIX, flags, 0)
-            guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
-            rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         }
+        let rc = sa.withSockaddr { Glibc.connect(fd, $0, $1) }
         if rc != 0 && errno != EINPROGRESS && errno != EAGAIN {
             let e = errno
             Glibc.close(fd)
