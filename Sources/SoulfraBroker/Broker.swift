@@ -47,7 +47,9 @@ public final class Broker {
     var pacedRoutes: [Int32] = []
     var metrics = BrokerCounters()
     var dirtyLinks: [UInt32] = []
+    var dirtySpare: [UInt32] = []
     var pendingActions: [BrokerAction] = []
+    var actionsSpare: [BrokerAction] = []
     var shutdownDeadline: UInt64?
     public private(set) var shutdownComplete = false
 
@@ -610,9 +612,10 @@ public final class Broker {
     /// Links with output waiting and no send in flight, in the order they became ready.
     public func drainReady(_ body: (UInt32) -> Void) {
         guard !dirtyLinks.isEmpty else { return }
-        let ready = dirtyLinks
-        dirtyLinks.removeAll(keepingCapacity: true)
-        for id in ready {
+        // Swap with a spare list rather than copy: copying and then clearing would allocate once per batch.
+        swap(&dirtyLinks, &dirtySpare)
+        defer { dirtySpare.removeAll(keepingCapacity: true) }
+        for id in dirtySpare {
             guard let l = liveLink(id), l.dirty else { continue }
             // Cleared before the hand-off: if the I/O layer cannot take output now, `sent` re-queues the link.
             l.dirty = false
@@ -623,9 +626,9 @@ public final class Broker {
     /// Actions produced since the last call.
     public func drainActions(_ body: (BrokerAction) -> Void) {
         guard !pendingActions.isEmpty else { return }
-        let actions = pendingActions
-        pendingActions.removeAll(keepingCapacity: true)
-        for a in actions { body(a) }
+        swap(&pendingActions, &actionsSpare)
+        defer { actionsSpare.removeAll(keepingCapacity: true) }
+        for a in actionsSpare { body(a) }
     }
 
     // MARK: - Closing

@@ -123,7 +123,7 @@ struct BrokerOverSocketsTests {
         let gw = try server.connect(.gateway)
         let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
         let bad = try server.connect(.gateway)
-        bad.session.output.append(UnsafeRawBufferPointer(start: [UInt8](repeating: 0xFF, count: 64), count: 64))
+        [UInt8](repeating: 0xFF, count: 64).withUnsafeBytes { bad.session.output.append($0) }
         #expect(pumpUntil([bad]) { bad.session.isClosed })
         if case .closed(let code, _) = bad.session.state { #expect(code == .protocolError || code == .peerGone) }
         #expect(gw.session.send(stream: s, payload: bytes("still here")))

@@ -64,10 +64,10 @@ struct MultiLoopTests {
             #expect(apps.data.last?.1 == Array("reply from \(world)".utf8))
             inst.close()
         }
+        let snap = try #require(server.snapshotNow())  // also publishes every loop's own counters
         let counters = server.loopCounters
         #expect(counters[0].accepted > counters[1].accepted, "loop 0 accepts every socket")
         #expect(counters[1].accepted >= 4 && counters[2].accepted >= 4, "the others adopt theirs: \(counters.map(\.accepted))")
-        let snap = try #require(server.snapshotNow())
         #expect(snap.linksByKind[Int(PeerKind.runtime.rawValue)] == 3)
         #expect(snap.streamsOpened == 9)
         for g in [rt, vault, gw] { g.close() }
@@ -108,7 +108,7 @@ struct MultiLoopTests {
         let bad = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .gateway, token: testTokens.gateway))
         try bad.connect()
         bad.session.output.removeAll()
-        bad.session.output.append(UnsafeRawBufferPointer(start: [UInt8](repeating: 0x41, count: 32), count: 32))
+        [UInt8](repeating: 0x41, count: 32).withUnsafeBytes { bad.session.output.append($0) }
         #expect(pumpUntil([bad]) { bad.session.isClosed })
         // A socket that never says anything is closed at the handshake timeout (200 ms here).
         let silent = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .gateway, token: testTokens.gateway))
