@@ -83,7 +83,7 @@ cmd_test() {
   # One plain summary line (Swift Testing's own closing line precedes it).
   local total failed
   total=$(sed -n 's/.*Test run with \([0-9]*\) tests\{0,1\} .*/\1/p' "$log" | tail -1)
-  failed=$(grep -c '^✘ Test .* failed' "$log" || true)
+  failed=$(grep '^✘ Test "' "$log" | grep -c ' failed after' || true)
   rm -f "$log"
   [ -n "$total" ] && echo "tests: $((total - failed)) passed, $failed failed"
   return "$rc"

@@ -82,9 +82,17 @@ struct Rooms: ParsableCommand {
     @Option(help: "Seconds to publish.") var seconds = 5.0
     @Option(help: "Published frames/s (0: full speed).") var rate = 2_000
     @Flag(name: .customLong("drop-oldest"), help: "Subscribe in realtime drop-oldest mode.") var dropOldest = false
+    @Option(help: "Drive nats-server at host:port instead (1 publisher → N subscribers on one subject).")
+    var nats: String?
 
     func run() throws {
-        try runRooms(try target.target(), RoomsOptions(subscribers: subscribers, size: max(8, size), seconds: seconds, rate: rate, dropOldest: dropOldest)).print()
+        let o = RoomsOptions(subscribers: subscribers, size: max(8, size), seconds: seconds, rate: rate, dropOldest: dropOldest)
+        if let nats {
+            guard case .tcp(let host, let port) = try parseAddress(nats) else { throw LoadtestError("--nats takes host:port") }
+            try runNATSRooms(host: host, port: port, serverPID: target.serverPID, o).print()
+        } else {
+            try runRooms(try target.target(), o).print()
+        }
     }
 }
 

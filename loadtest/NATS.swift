@@ -194,3 +194,104 @@ func runNATSPipe(host: String, port: UInt16, serverPID: Int32?, _ o: PipeOptions
     return try pipeReport("nats", o, shared: shared, start: startNanos.load(ordering: .relaxed), results: results,
                           server: server, cpuStart: cpuStart.withLock { $0 })
 }
+
+/// Fan-out through nats-server: 1 publisher → N subscribers on one subject, same pacing and latency sampling
+/// as the Soulfra rooms scenario.
+func runNATSRooms(host: String, port: UInt16, serverPID: Int32?, _ o: RoomsOptions) throws -> Report {
+    let shared = Shared()
+    let server = serverPID.map { ProcessStats(pid: $0) }
+    let cpuStart = Mutex<UInt64?>(nil)
+    let results = onThreads([
+        { @Sendable () -> ConsumerResult in
+            var subs: [NATSConnection] = []
+            do {
+                for i in 0..<o.subscribers {
+                    var c = try NATSConnection(host: host, port: port)
+                    c.append("SUB bench.room \(i + 1)\r\nPING\r\n")
+                    c.flush()
+                    subs.append(c)
+                }
+            } catch {
+                shared.stop.store(true, ordering: .relaxed)
+                shared.ready.wrappingAdd(1, ordering: .releasing)
+                return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "nats viewers: \(error)")
+            }
+            for i in subs.indices { for _ in 0..<200 { _ = subs[i].fill(timeout: 1); if String(decoding: subs[i].inbuf, as: UTF8.self).contains("PONG") { break } }
+                subs[i].inbuf.removeAll(keepingCapacity: true); subs[i].inStart = 0 }
+            shared.ready.wrappingAdd(1, ordering: .releasing)
+            var latency = Latency()
+            var frames: UInt64 = 0
+            var fds = subs.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            var lastProgress = monotonicNanoseconds()
+            while true {
+                let n = fds.withUnsafeMutableBufferPointer { poll($0.baseAddress, nfds_t($0.count), 1) }
+                let before = frames
+                if n > 0 {
+                    for i in fds.indices where fds[i].revents != 0 {
+                        _ = subs[i].fill(timeout: 0)
+                        subs[i].parse { payload in
+                            frames &+= 1
+                            if frames % 16 == 0 { latency.record(monotonicNanoseconds() &- readStamp(payload)) }
+                        }
+                        if !subs[i].out.isEmpty { subs[i].flush() }
+                    }
+                }
+                let now = monotonicNanoseconds()
+                if frames != before { lastProgress = now; shared.received.store(frames, ordering: .relaxed) }
+                if shared.stop.load(ordering: .relaxed) {
+                    let expected = shared.sent.load(ordering: .relaxed) * UInt64(o.subscribers)
+                    if frames >= expected || now &- lastProgress > 1_000_000_000 { break }
+                }
+            }
+            for c in subs { close(c.fd) }
+            return ConsumerResult(frames: 0, bytes: 0, latency: latency, dropped: 0)
+        },
+        { @Sendable () -> ConsumerResult in
+            while shared.ready.load(ordering: .acquiring) < 1 { usleep(1_000) }
+            if shared.stop.load(ordering: .relaxed) { return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0) }
+            var c: NATSConnection
+            do { c = try NATSConnection(host: host, port: port) } catch {
+                return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "\(error)")
+            }
+            let size = max(8, o.size)
+            let header = Array("PUB bench.room \(size)\r\n".utf8)
+            var payload = [UInt8](repeating: 0x62, count: size)
+            cpuStart.withLock { $0 = server?.cpuMicroseconds }
+            let start = monotonicNanoseconds()
+            let end = start + UInt64(o.seconds * 1e9)
+            var pacer = Pacer(rate: o.rate, start: start)
+            var sent: UInt64 = 0
+            while monotonicNanoseconds() < end {
+                var due = min(pacer.due(now: monotonicNanoseconds()), 256)
+                while due > 0 {
+                    let t = monotonicNanoseconds()
+                    payload.withUnsafeMutableBytes { stamp($0, t) }
+                    c.out.append(contentsOf: header)
+                    c.out.append(contentsOf: payload)
+                    c.out.append(13); c.out.append(10)
+                    sent += 1
+                    due -= 1
+                }
+                c.flush()
+                pacer.sent = sent
+                shared.sent.store(sent, ordering: .relaxed)
+                _ = c.fill(timeout: o.rate > 0 ? 1 : 0)
+                c.parse { _ in }
+            }
+            shared.sent.store(sent, ordering: .relaxed)
+            shared.stop.store(true, ordering: .relaxed)
+            close(c.fd)
+            return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
+        },
+    ])
+    if let e = results.compactMap(\.error).first { throw LoadtestError(e) }
+    let cpuEnd = server?.cpuMicroseconds
+    let delivered = shared.received.load(ordering: .relaxed)
+    var report = Report(
+        scenario: "rooms", target: "nats", seconds: o.seconds, frames: delivered, bytes: delivered * UInt64(o.size),
+        latency: results[0].latency, latencyKind: o.rate > 0 ? "rate_\(o.rate)x\(o.subscribers)" : "saturation",
+        serverRSSKiB: server?.rssKiB, serverCPUMicros: cpuStart.withLock { s in cpuEnd.flatMap { e in s.map { e - $0 } } })
+    report.extra = [("subscribers", "\(o.subscribers)"), ("published", "\(results[1].frames)"),
+                    ("dropped", "0"), ("viewers_closed", "0")]
+    return report
+}
