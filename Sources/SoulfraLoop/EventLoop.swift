@@ -94,6 +94,7 @@ public final class EventLoop {
     private var listeners: [BoundListener] = []
     private var acceptArmed: [Bool] = []
     private var accepting = true
+    private var acceptRearmOnTick = false
     private var cqes: UnsafeMutablePointer<sf_cqe>
     private let cqeBatch = 512
     private var rearm: [UInt32] = []
@@ -362,6 +363,10 @@ public final class EventLoop {
             onAccept(Int(slot), cqe, now: now)
         case .timer:
             delegate?.loopTick(now: now)
+            if acceptRearmOnTick && accepting && !stopped {
+                acceptRearmOnTick = false
+                for i in listeners.indices where !acceptArmed[i] { armAccept(i) }
+            }
             if !stopped { armTimer() }
         case .mailbox:
             delegate?.loopMailbox(now: now)
@@ -433,7 +438,11 @@ public final class EventLoop {
     private func onAccept(_ listener: Int, _ cqe: sf_cqe, now: UInt64) {
         if sf_cqe_has_more(cqe.flags) == 0 {
             acceptArmed[listener] = false
-            if accepting && !stopped { armAccept(listener) }
+            // After an error (EMFILE, ENFILE, ENOMEM) re-arm on the next tick, not at once: the condition
+            // usually persists for a while and an immediate re-arm would spin the loop.
+            if accepting && !stopped {
+                if cqe.res >= 0 { armAccept(listener) } else { acceptRearmOnTick = true }
+            }
         }
         guard cqe.res >= 0 else {
             if cqe.res != -ECANCELED && cqe.res != -EINVAL { counters.acceptErrors &+= 1 }

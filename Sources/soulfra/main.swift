@@ -68,6 +68,17 @@ struct Serve: ParsableCommand {
             fail(error.description, code: 78)  // EX_CONFIG
         }
 
+        // Every link is a file descriptor: raise the soft limit to the hard one (commonly 1024 → 1M).
+        var nofile = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max {
+            nofile.rlim_cur = nofile.rlim_max
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile)
+        }
+        if nofile.rlim_cur < rlim_t(cfg.loop.maxConnections) {
+            logLine("warning: the open-files limit (\(nofile.rlim_cur)) is below loop.max_connections (\(cfg.loop.maxConnections)); "
+                    + "raise it with ulimit -n or LimitNOFILE=")
+        }
+
         // Signals are taken by a sigwait on this thread: block them before any other thread exists.
         var set = sigset_t()
         sigemptyset(&set)

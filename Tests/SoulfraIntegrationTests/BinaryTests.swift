@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import SoulfraLoop
+import SoulfraPeer
+import SoulfraWire
 
 /// The built `soulfra` binary, next to the test bundle.
 let soulfraBinary: String = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -51,6 +53,44 @@ struct BinaryTests {
         #expect(log.contains("graceful shutdown"))
         #expect(log.contains("broker stopped"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/b.sock"), "the unix socket is removed")
+    }
+
+    @Test("out of file descriptors: accept recovers once sockets close, and the daemon keeps serving", .enabled(if: uringAvailable))
+    func acceptRecoversFromEMFILE() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-emfile-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let ready = dir + "/port"
+        try? FileManager.default.removeItem(atPath: ready)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        // A hard limit of 48 descriptors: the broker runs out after a few dozen links.
+        p.arguments = ["-c", "ulimit -n 48 && exec \"$0\" serve --config \"$1\" --loops 1 --broker-unix \"$2\" --broker-tcp 127.0.0.1:0 --ready-file \"$3\"",
+                       soulfraBinary, repoRoot.appendingPathComponent("config/soulfra.json").path, dir + "/b.sock", ready]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
+        let port = try #require(UInt16((try String(contentsOfFile: ready, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let address = PeerAddress.tcp(host: "127.0.0.1", port: port)
+        let identity = PeerIdentity(kind: .runtime, token: "dev-runtime-token-0001")
+        // Far more connections than descriptors; the kernel queues what the broker cannot accept.
+        var flood: [PeerConnection] = []
+        for _ in 0..<80 {
+            let c = PeerConnection(address: address, identity: identity)
+            try c.connect()
+            flood.append(c)
+        }
+        let served = flood.filter { c in pumpUntil([c], milliseconds: 50) { c.session.isReady } }.count
+        #expect(served > 0 && served < 80, "some links were served, the rest waited: \(served)")
+        for c in flood { c.close() }
+        // Descriptors come back; accept is re-armed on the next tick and a new peer is served.
+        let fresh = PeerConnection(address: address, identity: identity)
+        var attached = false
+        for _ in 0..<50 where !attached {
+            do { try fresh.handshake(timeoutMilliseconds: 500); attached = true } catch { usleep(50_000) }
+        }
+        #expect(attached, "the daemon serves again after running out of descriptors")
+        #expect(p.isRunning)
     }
 
     @Test("a bad config value exits 78 naming the key")
