@@ -3,7 +3,7 @@
 //
 // Module dependencies run one way:
 //   CURing, SoulfraNet ─► SoulfraLoop ─┐
-//   SoulfraWire ─► SoulfraBroker ─► SoulfraServer ─► soulfra (executable)
+//   SoulfraWire, COpenSSL ─► SoulfraBroker ─► SoulfraServer ─► soulfra (executable)
 //   SoulfraWire, SoulfraNet ─► SoulfraPeer ─► soulfra-loadtest (executable, in loadtest/)
 import PackageDescription
 
@@ -22,12 +22,14 @@ let package = Package(
     targets: [
         // liburing enters through this shim only (Debian 12 ships liburing 2.3).
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
+        // libcrypto enters through this shim only: SHA-256 and constant-time comparison for secrets.
+        .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
         .target(name: "SoulfraNet"),
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire"]),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "COpenSSL"]),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
         .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"]),
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).

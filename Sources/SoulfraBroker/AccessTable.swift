@@ -1,3 +1,4 @@
+import COpenSSL
 import SoulfraWire
 
 /// The quotas of one API key, as the broker enforces them inside streams.
@@ -22,18 +23,41 @@ public struct KeyQuota: Sendable, Equatable {
     }
 }
 
+/// The SHA-256 of a secret. Tokens are kept only in this form once the table is built.
+public struct SecretDigest: Sendable, Equatable {
+    fileprivate var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+
+    public init(of secret: String) {
+        var utf8 = Array(secret.utf8)
+        withUnsafeMutableBytes(of: &bytes) { out in
+            utf8.withUnsafeMutableBytes { sf_sha256($0.baseAddress, $0.count, out.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+        }
+    }
+
+    /// Compares in constant time (CRYPTO_memcmp).
+    public func matches(_ other: SecretDigest) -> Bool {
+        var a = bytes, b = other.bytes
+        return withUnsafeBytes(of: &a) { pa in
+            withUnsafeBytes(of: &b) { pb in sf_constant_time_equal(pa.baseAddress, pb.baseAddress, 32) == 1 }
+        }
+    }
+
+    public static func == (l: SecretDigest, r: SecretDigest) -> Bool { l.matches(r) }
+}
+
 /// Who may attach and what each key may do: an immutable snapshot, replaced whole (never edited in place)
-/// when keys or tokens change, so a loop reads it without locks.
+/// when keys or tokens change, so a loop reads it without locks. Tokens are held only as SHA-256 digests.
 public final class AccessTable: Sendable {
     /// Keys by id.
     public let keys: [UInt64: KeyQuota]
-    /// Instance tokens, one per world.
-    public let instanceTokens: [String: String]
-    /// The daemon-wide tokens for runtime, vault and gateway peers ("" disables that kind).
-    public let runtimeToken: String
-    public let vaultToken: String
-    public let gatewayToken: String
+    /// Instance token digests, one per world.
+    let instanceTokens: [String: SecretDigest]
+    /// Digests of the daemon-wide tokens for runtime, vault and gateway peers (nil: that kind is disabled).
+    let runtimeToken: SecretDigest?
+    let vaultToken: SecretDigest?
+    let gatewayToken: SecretDigest?
 
+    /// Builds the table; an empty token disables its kind (or world).
     public init(
         keys: [KeyQuota] = [], instanceTokens: [String: String] = [:],
         runtimeToken: String = "", vaultToken: String = "", gatewayToken: String = ""
@@ -41,37 +65,26 @@ public final class AccessTable: Sendable {
         var byID: [UInt64: KeyQuota] = [:]
         for k in keys { byID[k.keyID] = k }
         self.keys = byID
-        self.instanceTokens = instanceTokens
-        self.runtimeToken = runtimeToken
-        self.vaultToken = vaultToken
-        self.gatewayToken = gatewayToken
+        self.instanceTokens = instanceTokens.filter { !$0.value.isEmpty }.mapValues(SecretDigest.init(of:))
+        func digest(_ t: String) -> SecretDigest? { t.isEmpty ? nil : SecretDigest(of: t) }
+        self.runtimeToken = digest(runtimeToken)
+        self.vaultToken = digest(vaultToken)
+        self.gatewayToken = digest(gatewayToken)
     }
 
-    /// The token a peer of `kind` (in `world`, for instances) must present; nil when none can attach.
-    func expectedToken(kind: PeerKind, world: String) -> String? {
-        let t: String?
+    /// Whether `token` admits a peer of `kind` (in `world`, for instances). The presented token is hashed and
+    /// the digests compared in constant time.
+    func admits(kind: PeerKind, world: String, token: String) -> Bool {
+        let expected: SecretDigest?
         switch kind {
-        case .instance: t = instanceTokens[world]
-        case .runtime: t = runtimeToken
-        case .vault: t = vaultToken
-        case .gateway: t = gatewayToken
+        case .instance: expected = instanceTokens[world]
+        case .runtime: expected = runtimeToken
+        case .vault: expected = vaultToken
+        case .gateway: expected = gatewayToken
         }
-        guard let t, !t.isEmpty else { return nil }
-        return t
+        guard let expected else { return false }
+        return expected.matches(SecretDigest(of: token))
     }
-}
-
-/// Compares two secrets in time that depends only on their lengths, not on where they differ.
-public func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-    let x = Array(a.utf8), y = Array(b.utf8)
-    var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
-    let n = max(x.count, y.count)
-    for i in 0..<n {
-        let p = i < x.count ? x[i] : 0
-        let q = i < y.count ? y[i] : 0
-        diff |= p ^ q
-    }
-    return diff == 0 && x.count == y.count
 }
 
 /// A token bucket that may go into debt: a stream's initial window is charged up front, and the debt delays

@@ -241,9 +241,7 @@ public final class Broker {
             fail(link, .wrongLoop, wrongLoopReason(hello.world))
             return
         }
-        guard let expected = access.expectedToken(kind: hello.kind, world: hello.world),
-              constantTimeEquals(expected, hello.token)
-        else {
+        guard access.admits(kind: hello.kind, world: hello.world, token: hello.token) else {
             metrics.authFailures += 1
             let scope = hello.kind == .instance ? "world \"\(hello.world)\"" : "\(hello.kind) peers"
             fail(link, .authFailed, "token not valid for \(scope)")

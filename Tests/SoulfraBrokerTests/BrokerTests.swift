@@ -8,7 +8,7 @@ struct HandshakeTests {
     func welcome() {
         let h = Harness()
         let p = h.attach()
-        p.send(.hello(Hello(kind: .runtime, maxFrameBytes: 8 << 10, token: Harness.tokens.runtimeToken)))
+        p.send(.hello(Hello(kind: .runtime, maxFrameBytes: 8 << 10, token: Harness.tokenText.runtime)))
         guard case .welcome(let w) = p.inbox.first else { Issue.record("no WELCOME: \(p.inbox)"); return }
         #expect(w.maxFrameBytes == 8 << 10)
         #expect(w.streamCreditBytes == 64 << 10)
@@ -29,7 +29,7 @@ struct HandshakeTests {
     @Test("an instance token of one world does not admit an instance of another")
     func crossWorldToken() {
         let h = Harness()
-        let p = h.connect(.instance, world: "arena", token: Harness.tokens.instanceTokens["playground"])
+        let p = h.connect(.instance, world: "arena", token: Harness.tokenText.instances["playground"])
         #expect(p.linkError?.0 == .authFailed)
     }
 
@@ -53,7 +53,7 @@ struct HandshakeTests {
     func version() {
         let h = Harness()
         let p = h.attach()
-        p.send(.hello(Hello(version: 9, kind: .runtime, token: Harness.tokens.runtimeToken)))
+        p.send(.hello(Hello(version: 9, kind: .runtime, token: Harness.tokenText.runtime)))
         #expect(p.linkError?.0 == .unsupportedVersion)
     }
 
@@ -348,9 +348,9 @@ struct QuotaTests {
         let inst = h.connect(.instance, world: "playground")
         let gw = h.connect(.gateway)
         gw.send(.open(stream: 1, Open(target: .instance, keyID: 1, world: "playground")))
-        let without = AccessTable(keys: [], instanceTokens: Harness.tokens.instanceTokens,
-                                  runtimeToken: Harness.tokens.runtimeToken, vaultToken: Harness.tokens.vaultToken,
-                                  gatewayToken: Harness.tokens.gatewayToken)
+        let without = AccessTable(keys: [], instanceTokens: Harness.tokenText.instances,
+                                  runtimeToken: Harness.tokenText.runtime, vaultToken: Harness.tokenText.vault,
+                                  gatewayToken: Harness.tokenText.gateway)
         h.broker.install(access: without, now: h.now)
         h.pump()
         #expect(gw.errors().map(\.1) == [.notPermitted])
@@ -534,14 +534,21 @@ struct LimitsTests {
     }
 }
 
-@Suite("Constant-time comparison")
-struct ConstantTimeTests {
-    @Test func equality() {
-        #expect(constantTimeEquals("abc", "abc"))
-        #expect(!constantTimeEquals("abc", "abd"))
-        #expect(!constantTimeEquals("abc", "abcd"))
-        #expect(!constantTimeEquals("", "a"))
-        #expect(constantTimeEquals("", ""))
+@Suite("Secrets")
+struct SecretTests {
+    @Test("tokens are kept as SHA-256 digests and compared in constant time")
+    func digests() {
+        #expect(SecretDigest(of: "abc") == SecretDigest(of: "abc"))
+        #expect(SecretDigest(of: "abc") != SecretDigest(of: "abd"))
+        #expect(SecretDigest(of: "abc") != SecretDigest(of: "abcd"))
+        // The SHA-256 test vector for "abc" (FIPS 180-2), first 8 bytes: ba7816bf 8f01cfea.
+        let d = SecretDigest(of: "abc")
+        let first = withUnsafeBytes(of: d) { Array($0.prefix(8)) }
+        #expect(first == [0xBA, 0x78, 0x16, 0xBF, 0x8F, 0x01, 0xCF, 0xEA])
+        let t = AccessTable(runtimeToken: "runtime-secret-0001")
+        #expect(t.admits(kind: .runtime, world: "", token: "runtime-secret-0001"))
+        #expect(!t.admits(kind: .runtime, world: "", token: "runtime-secret-0002"))
+        #expect(!t.admits(kind: .vault, world: "", token: ""), "a kind without a token is disabled")
     }
 }
 
@@ -551,7 +558,7 @@ struct LoopPartitionTests {
     func partition() {
         // With 2 loops "playground" is served by loop 0 and "bench" by loop 1.
         let tokens = AccessTable(keys: [KeyQuota(keyID: 9, world: "bench")],
-                                 instanceTokens: ["bench": "tok-bench-000000001"], gatewayToken: Harness.tokens.gatewayToken)
+                                 instanceTokens: ["bench": "tok-bench-000000001"], gatewayToken: Harness.tokenText.gateway)
         let h2 = Harness(limits: Harness.smallLimits, access: tokens, loopIndex: 0, loopCount: 2)
         let gw = h2.connect(.gateway)
         guard case .welcome(let w) = gw.inbox.first else { Issue.record("no WELCOME"); return }

@@ -15,6 +15,10 @@ final class Harness {
     var closed: Set<UInt32> = []
     var paused: Set<UInt32> = []
 
+    static let tokenText = (
+        instances: ["playground": "tok-playground-0001", "arena": "tok-arena-000000001"],
+        runtime: "tok-runtime-0000001", vault: "tok-vault-000000001", gateway: "tok-gateway-0000001")
+
     static let tokens = AccessTable(
         keys: [
             KeyQuota(keyID: 1, world: "playground"),
@@ -22,8 +26,8 @@ final class Harness {
             KeyQuota(keyID: 3, world: "playground", maxStreams: 2),
             KeyQuota(keyID: 4, world: "playground", bytesPerSecond: 100_000),
         ],
-        instanceTokens: ["playground": "tok-playground-0001", "arena": "tok-arena-000000001"],
-        runtimeToken: "tok-runtime-0000001", vaultToken: "tok-vault-000000001", gatewayToken: "tok-gateway-0000001")
+        instanceTokens: tokenText.instances, runtimeToken: tokenText.runtime, vaultToken: tokenText.vault,
+        gatewayToken: tokenText.gateway)
 
     init(limits: BrokerLimits = Harness.smallLimits, access: AccessTable = Harness.tokens, balancer: BalancerPolicy = .leastOutstanding,
          loopIndex: Int = 0, loopCount: Int = 1) {
@@ -62,10 +66,10 @@ final class Harness {
         let p = attach()
         let t = token ?? {
             switch kind {
-            case .instance: Harness.tokens.instanceTokens[world] ?? ""
-            case .runtime: Harness.tokens.runtimeToken
-            case .vault: Harness.tokens.vaultToken
-            case .gateway: Harness.tokens.gatewayToken
+            case .instance: Harness.tokenText.instances[world] ?? ""
+            case .runtime: Harness.tokenText.runtime
+            case .vault: Harness.tokenText.vault
+            case .gateway: Harness.tokenText.gateway
             }
         }()
         p.send(.hello(Hello(kind: kind, maxFrameBytes: 16 << 10, world: world, instance: instance, token: t)))
