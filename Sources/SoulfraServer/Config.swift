@@ -35,6 +35,17 @@ public struct ServerConfig: Sendable, Equatable {
         public var description: String { "config: \(key): \(message)" }
     }
 
+    /// These settings with keys and tokens blanked: what a reload cannot change.
+    public var withoutAccess: ServerConfig {
+        var c = self
+        c.keys = []
+        c.instanceTokens = [:]
+        c.runtimeToken = ""
+        c.vaultToken = ""
+        c.gatewayToken = ""
+        return c
+    }
+
     /// The access table these settings describe.
     public var accessTable: AccessTable {
         AccessTable(keys: keys, instanceTokens: instanceTokens, runtimeToken: runtimeToken,

@@ -25,6 +25,9 @@ struct Serve: ParsableCommand {
             exists, or --config), SOULFRA_* environment variables, then these flags. Every value is checked \
             at start-up; an error names the key and its allowed range.
 
+            SIGHUP re-reads the config file's keys and tokens and swaps them in atomically on every loop \
+            (streams of keys that disappeared end with not_permitted); other settings need a restart.
+
             SIGINT or SIGTERM starts a graceful shutdown: peers get GOAWAY, open streams get up to \
             broker.shutdown_drain_milliseconds to finish, then links close and the process exits 0. A second \
             signal exits at once.
@@ -54,11 +57,13 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         var cfg = ServerConfig()
+        var fromFile = cfg  // file + environment, without flags: what SIGHUP compares a reload against
         let env = ProcessInfo.processInfo.environment
         do {
             let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
             if let path { cfg = try ServerConfig.load(path: path) }
             try cfg.applyEnvironment(env)
+            fromFile = cfg
             if let v = brokerUnix { cfg.brokerUnixPath = v }
             if let v = brokerTCP { cfg.brokerTCP = v }
             if let v = statsInterval { cfg.statsIntervalMilliseconds = v }
@@ -84,6 +89,7 @@ struct Serve: ParsableCommand {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGHUP)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
 
@@ -102,15 +108,26 @@ struct Serve: ParsableCommand {
         }
 
         let signals = set
+        let configPath = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
+        let startup = fromFile
         let waiter = Thread {
             var set = signals
             var sig: Int32 = 0
-            sigwait(&set, &sig)
-            logLine("received signal \(sig): graceful shutdown")
-            server.shutdown()
-            sigwait(&set, &sig)
-            logLine("second signal: exiting now")
-            Glibc.exit(1)
+            var stopping = false
+            while true {
+                sigwait(&set, &sig)
+                if sig == SIGHUP {
+                    reloadAccess(server: server, path: configPath, startup: startup)
+                    continue
+                }
+                if stopping {
+                    logLine("second signal: exiting now")
+                    Glibc.exit(1)
+                }
+                stopping = true
+                logLine("received signal \(sig): graceful shutdown")
+                server.shutdown()
+            }
         }
         waiter.start()
         server.wait()
@@ -129,6 +146,26 @@ struct Probe: ParsableCommand {
         } catch {
             fail(error.description, code: 69)
         }
+    }
+}
+
+/// SIGHUP: re-read keys and tokens; environment overrides still apply. A bad file leaves the old table.
+func reloadAccess(server: BrokerServer, path: String?, startup: ServerConfig) {
+    guard let path else {
+        logLine("SIGHUP: no config file to reload (started without one)")
+        return
+    }
+    do {
+        var fresh = try ServerConfig.load(path: path)
+        try fresh.applyEnvironment(ProcessInfo.processInfo.environment)
+        try fresh.validate()
+        if fresh.withoutAccess != startup.withoutAccess {
+            logLine("SIGHUP: settings other than keys and tokens changed in \(path); they take effect on restart")
+        }
+        server.install(access: fresh.accessTable)
+        logLine("SIGHUP: reloaded \(fresh.keys.count) keys and the peer tokens from \(path)")
+    } catch {
+        logLine("SIGHUP: kept the current keys and tokens: \(error)")
     }
 }
 

@@ -93,6 +93,63 @@ struct BinaryTests {
         #expect(p.isRunning)
     }
 
+    @Test("SIGHUP swaps in the config file's keys: a new key works, a removed key's stream ends", .enabled(if: uringAvailable))
+    func sighupReloadsKeys() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-hup-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let configPath = dir + "/soulfra.json"
+        func writeConfig(keys: String) throws {
+            try """
+            {"loop": {"count": 1}, "tokens": {"gateway": "hup-gateway-token-001", "instances": {"bench": "hup-instance-token-01"}},
+             "keys": [\(keys)]}
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        }
+        try writeConfig(keys: #"{"id": 1, "world": "bench"}"#)
+        let ready = dir + "/port"
+        try? FileManager.default.removeItem(atPath: ready)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: soulfraBinary)
+        p.arguments = ["serve", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--ready-file", ready]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
+        let address = PeerAddress.unix(path: dir + "/b.sock")
+        let ri = Recorder(), rg = Recorder()
+        let inst = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: "bench", token: "hup-instance-token-01"))
+        inst.session.delegate = ri
+        try inst.handshake()
+        let gw = PeerConnection(address: address, identity: PeerIdentity(kind: .gateway, token: "hup-gateway-token-001"))
+        gw.session.delegate = rg
+        try gw.handshake()
+        let s1 = gw.session.open(Open(target: .instance, keyID: 1, world: "bench"))
+        let s2 = gw.session.open(Open(target: .instance, keyID: 2, world: "bench"))
+        #expect(pumpUntil([inst, gw]) { rg.closedStreams.contains { $0.0 == s2 } })
+        #expect(rg.closedStreams.first { $0.0 == s2 }?.1 == .notPermitted, "key 2 is not known yet")
+        // Key 2 in, key 1 out.
+        try writeConfig(keys: #"{"id": 2, "world": "bench"}"#)
+        kill(p.processIdentifier, SIGHUP)
+        #expect(pumpUntil([inst, gw]) { rg.closedStreams.contains { $0.0 == s1 } }, "key 1's stream ends on revoke")
+        #expect(rg.closedStreams.first { $0.0 == s1 }?.1 == .notPermitted)
+        let s3 = gw.session.open(Open(target: .instance, keyID: 2, world: "bench"))
+        #expect(gw.session.send(stream: s3, payload: bytes("now allowed")))
+        #expect(pumpUntil([inst, gw]) { ri.data.contains { $0.1 == Array("now allowed".utf8) } })
+        // A broken file keeps the current table.
+        try "{ not json".write(toFile: configPath, atomically: true, encoding: .utf8)
+        kill(p.processIdentifier, SIGHUP)
+        let s4 = gw.session.open(Open(target: .instance, keyID: 2, world: "bench"))
+        #expect(gw.session.send(stream: s4, payload: bytes("still allowed")))
+        #expect(pumpUntil([inst, gw]) { ri.data.contains { $0.1 == Array("still allowed".utf8) } })
+        inst.close()
+        gw.close()
+        kill(p.processIdentifier, SIGTERM)
+        for _ in 0..<1000 where p.isRunning { usleep(10_000) }
+        let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.contains("SIGHUP: reloaded 1 keys"))
+        #expect(log.contains("SIGHUP: kept the current keys and tokens"))
+    }
+
     @Test("a bad config value exits 78 naming the key")
     func badConfig() throws {
         let dir = NSTemporaryDirectory() + "soulfra-bin-\(getpid())"
