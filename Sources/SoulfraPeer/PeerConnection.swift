@@ -237,44 +237,90 @@ public final class PeerConnection {
 }
 
 /// Drives many connections on one thread with poll(2) (portable to any seccomp profile; fine for the
-/// hundreds of links a load-test thread or an instance holds).
+/// hundreds of links a load-test thread or an instance holds). Connections added with a `Backoff` are
+/// reconnected when their link drops: each attempt after a jittered, growing delay; a fresh session (new
+/// HELLO, same delegate) once it succeeds. Streams do not survive a reconnect.
 public final class PeerReactor {
-    private var conns: [PeerConnection] = []
+    struct Entry {
+        let conn: PeerConnection
+        var backoff: Backoff?
+        var nextAttempt: UInt64 = 0
+    }
+
+    private var entries: [Entry] = []
     private var fds: [pollfd] = []
+    private var rng: SplitMix64
+    /// Successful reconnects so far.
+    public private(set) var reconnects = 0
 
-    public init() {}
+    /// `seed` drives the reconnect jitter (fixed in tests, random by default).
+    public init(seed: UInt64 = UInt64.random(in: 0...UInt64.max)) {
+        rng = SplitMix64(seed: seed)
+    }
 
-    public var connections: [PeerConnection] { conns }
+    public var connections: [PeerConnection] { entries.map(\.conn) }
 
-    /// Watches a connected connection.
-    public func add(_ c: PeerConnection) {
+    /// Watches a connected connection; with `reconnect`, brings it back whenever its link drops.
+    public func add(_ c: PeerConnection, reconnect: Backoff? = nil) {
         precondition(c.fd >= 0, "add() needs a connected connection")
-        conns.append(c)
+        entries.append(Entry(conn: c, backoff: reconnect))
     }
 
     public func remove(_ c: PeerConnection) {
-        conns.removeAll { $0 === c }
+        entries.removeAll { $0.conn === c }
     }
 
-    /// One turn: flush everything, wait up to `timeoutMilliseconds`, read what arrived, flush again.
+    /// One turn: reconnect what is due, flush everything, wait up to `timeoutMilliseconds`, read what arrived,
+    /// flush again.
     public func poll(timeoutMilliseconds: Int32) {
-        conns.removeAll { $0.fd < 0 }
+        reconnectDue()
+        entries.removeAll { $0.conn.fd < 0 && $0.backoff == nil }
         fds.removeAll(keepingCapacity: true)
-        for c in conns {
+        var live: [Int] = []
+        for (i, e) in entries.enumerated() where e.conn.fd >= 0 {
+            let c = e.conn
             if !c.session.output.isEmpty { c.flush() }
+            guard c.fd >= 0 else { continue }
             var ev = Int16(c.readingPaused ? 0 : POLLIN)
             if !c.session.output.isEmpty { ev |= Int16(POLLOUT) }
             fds.append(pollfd(fd: c.fd, events: ev, revents: 0))
+            live.append(i)
         }
         let n = fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), timeoutMilliseconds) }
         guard n > 0 else { return }
-        for (i, p) in fds.enumerated() where p.revents != 0 {
-            let c = conns[i]
+        for (k, p) in fds.enumerated() where p.revents != 0 {
+            let c = entries[live[k]].conn
             guard c.fd == p.fd else { continue }
             if p.revents & Int16(POLLOUT) != 0 { c.flush() }
             if !c.readingPaused && p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { c.readAvailable() }
         }
-        for c in conns where c.fd >= 0 && !c.session.output.isEmpty { c.flush() }
+        for e in entries where e.conn.fd >= 0 && !e.conn.session.output.isEmpty { e.conn.flush() }
+    }
+
+    private func reconnectDue() {
+        let now = monotonicMilliseconds()
+        for i in entries.indices where entries[i].conn.fd < 0 && entries[i].backoff != nil && now >= entries[i].nextAttempt {
+            do {
+                try entries[i].conn.connect(timeoutMilliseconds: 250)
+                entries[i].backoff!.reset()
+                reconnects += 1
+            } catch {
+                entries[i].nextAttempt = now + UInt64(entries[i].backoff!.next(using: &rng))
+            }
+        }
+    }
+}
+
+/// SplitMix64: a small seeded generator for reconnect jitter (repeatable in tests).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 

@@ -246,3 +246,38 @@ struct ConfigTests {
         do { try ServerConfig.load(path: bad).validate(); Issue.record("accepted") } catch { #expect(error.key == "listen.broker_tcp") }
     }
 }
+
+@Suite("Reconnect", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ReconnectTests {
+    @Test("a reactor brings an instance back after the broker restarts, with a fresh HELLO")
+    func instanceSurvivesBrokerRestart() throws {
+        let config = testConfig { $0.brokerTCP = "" }
+        var server = try BrokerServer.start(config)
+        let ri = Recorder()
+        let inst = try server.connect(.instance, world: "playground", via: server.unix, recorder: ri)
+        let reactor = PeerReactor(seed: 7)
+        reactor.add(inst, reconnect: Backoff(initialMilliseconds: 10, maxMilliseconds: 100))
+        server.stop()
+        let deadline = monotonicMilliseconds() + 5_000
+        while ri.linkClosed == nil && monotonicMilliseconds() < deadline { reactor.poll(timeoutMilliseconds: 5) }
+        #expect(ri.linkClosed?.0 == .shutdown || ri.linkClosed?.0 == .peerGone, "the link went down: \(String(describing: ri.linkClosed))")
+        // A while with nothing to connect to: attempts fail and back off.
+        for _ in 0..<20 { reactor.poll(timeoutMilliseconds: 5) }
+        #expect(!inst.session.isReady)
+        server = try BrokerServer.start(config)
+        defer { server.stop() }
+        let back = monotonicMilliseconds() + 5_000
+        while !inst.session.isReady && monotonicMilliseconds() < back { reactor.poll(timeoutMilliseconds: 5) }
+        #expect(inst.session.isReady, "reconnected")
+        #expect(reactor.reconnects == 1)
+        // It is routable again.
+        let gw = try server.connect(.gateway, via: server.unix)
+        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(gw.session.send(stream: s, payload: bytes("welcome back")))
+        let ok = pumpUntil([gw]) {
+            reactor.poll(timeoutMilliseconds: 1)
+            return ri.data.contains { $0.1 == Array("welcome back".utf8) }
+        }
+        #expect(ok)
+    }
+}
