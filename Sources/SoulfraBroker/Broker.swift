@@ -35,6 +35,9 @@ public final class Broker {
     var balancerPolicies: [String: BalancerPolicy] = [:]
 
     var links: [Link?] = []
+    var attachedLinks = 0
+    /// When `tick` last walked every link (heartbeats and deadlines need no finer grain than this).
+    var lastLinkScan: UInt64 = 0
     var routes: [Route] = []
     var freeRoutes: [Int32] = []
     var liveRoutes = 0
@@ -74,14 +77,11 @@ public final class Broker {
         if i >= links.count { links.append(contentsOf: repeatElement(nil, count: i - links.count + 1)) }
         precondition(links[i] == nil, "link \(id) attached twice")
         links[i] = Link(id: id, now: now)
+        attachedLinks += 1
     }
 
     /// Whether the broker can take another link (the I/O layer refuses the socket otherwise).
-    public var canAttach: Bool {
-        var n = 0
-        for case .some in links { n += 1 }
-        return n < limits.maxLinks && shutdownDeadline == nil
-    }
+    public var canAttach: Bool { attachedLinks < limits.maxLinks && shutdownDeadline == nil }
 
     /// The link's socket is gone (peer closed, I/O error, or the close the broker asked for is done).
     public func detach(link id: UInt32, now: UInt64) {
@@ -91,6 +91,7 @@ public final class Broker {
             teardown(link, .peerGone)
         }
         links[Int(id)] = nil
+        attachedLinks -= 1
         checkShutdown(now: now)
     }
 
@@ -678,8 +679,22 @@ public final class Broker {
 
     // MARK: - Time
 
-    /// Heartbeats, handshake and slow-consumer deadlines, quota pacing, shutdown. Call every few milliseconds.
+    /// Heartbeats, handshake and slow-consumer deadlines, quota pacing, shutdown. Call every few milliseconds:
+    /// quota pacing runs on every call; the walk over all links (heartbeats, deadlines) at most every
+    /// `linkScanIntervalNanos`, so a loop with many idle links does not spend its ticks walking them.
     public func tick(now: UInt64) {
+        if now &- lastLinkScan >= linkScanIntervalNanos {
+            lastLinkScan = now
+            scanLinks(now: now)
+        }
+        releasePacedCredit(now: now)
+        checkShutdown(now: now)
+    }
+
+    /// A quarter of the heartbeat interval, between 10 and 100 ms.
+    var linkScanIntervalNanos: UInt64 { min(100_000_000, max(10_000_000, limits.heartbeatIntervalNanos / 4)) }
+
+    func scanLinks(now: UInt64) {
         for case let link? in links {
             switch link.state {
             case .closing:
@@ -712,8 +727,6 @@ public final class Broker {
                 }
             }
         }
-        releasePacedCredit(now: now)
-        checkShutdown(now: now)
     }
 
     func releasePacedCredit(now: UInt64) {

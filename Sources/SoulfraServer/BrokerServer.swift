@@ -109,7 +109,7 @@ public final class BrokerServer: Sendable {
     /// Blocks until every loop thread has exited.
     public func wait() { done.wait() }
 
-    /// The broker's counters summed over loops, as of their last tick (≤ 100 ms old).
+    /// The broker's counters summed over loops, as published at most a second ago (see `snapshotNow`).
     public var snapshot: BrokerSnapshot? { merged(shards.compactMap { $0.latest.withLock { $0.snapshot } }) }
 
     /// The loops' own counters, per loop.
@@ -295,7 +295,9 @@ final class Wiring: LoopDelegate {
                 loop.close(conn: conn, flush: false, now: now)
             }
         }
-        if now &- lastSnapshot >= 100_000_000 {
+        // A snapshot walks every link and stream: once a second is plenty for a scrape; `snapshotNow` asks
+        // for a fresh one when a caller needs it.
+        if now &- lastSnapshot >= 1_000_000_000 {
             lastSnapshot = now
             shard.publish(broker.snapshot(), loop.counters)
         }
