@@ -163,7 +163,10 @@ struct BinaryTests {
     @Test("io_uring blocked by seccomp: exits 69 with a paragraph saying which and how to fix it",
           arguments: ["EPERM", "ENOSYS"])
     func uringBlockedBySeccomp(errno name: String) throws {
-        let cc = ["/usr/bin/cc", "/usr/bin/gcc"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        // Any C compiler will do; the Swift toolchain ships clang, so one is on PATH wherever swift is.
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init) + ["/opt/swift/usr/bin"]
+        let cc = ["cc", "gcc", "clang"].lazy.flatMap { name in path.map { "\($0)/\(name)" } }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
         try #require(cc != nil, "a C compiler builds the seccomp launcher")
         let launcher = NSTemporaryDirectory() + "deny-io-uring-\(getpid())"
         let (ccStatus, ccOut) = try run(cc!, ["-O1", "-o", launcher, repoRoot.appendingPathComponent("Tests/tools/deny-io-uring.c").path])
