@@ -342,6 +342,26 @@ struct QuotaTests {
         #expect(inst.errors().isEmpty && gw.errors().isEmpty, "nothing dropped, nothing refused")
     }
 
+    @Test("frames/s is paced the same way")
+    func framePacing() {
+        let tokens = AccessTable(keys: [KeyQuota(keyID: 5, world: "playground", framesPerSecond: 100)],
+                                 instanceTokens: Harness.tokenText.instances, gatewayToken: Harness.tokenText.gateway)
+        let h = Harness(access: tokens)
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 5, world: "playground")))
+        let s = inst.opened()[0].0
+        // 64 initial frames charged against a 100-frame burst: 36 of the 60 granted pass now.
+        inst.send(.credit(stream: s, bytes: 1 << 20, frames: 60))
+        func frames() -> Int { gw.inbox.reduce(0) { if case .credit(1, _, let f) = $1 { $0 + Int(f) } else { $0 } } }
+        #expect(frames() == 36)
+        #expect(h.broker.snapshot().quotaPacedFrames == 24)
+        h.advance(milliseconds: 100)  // +10 frames of tokens
+        #expect(frames() == 46)
+        for _ in 0..<3 { h.advance(milliseconds: 100) }
+        #expect(frames() == 60, "all of it, paced over a quarter second")
+    }
+
     @Test("revoking a key ends its streams with not_permitted")
     func revoke() {
         let h = Harness()
