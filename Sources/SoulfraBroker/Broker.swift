@@ -475,14 +475,19 @@ public final class Broker {
                 pacedRoutes.append(ri)
             }
         }
-        guard gb > 0 || gf > 0 else { return }
+        // PACED on the CREDIT tells the opener its key is being paced; the first CREDIT without it, that pacing
+        // ended. A zero CREDIT carries the news when nothing can be granted yet.
+        let paced = routes[i].deferredBytes > 0 || routes[i].deferredFrames > 0
+        let news = paced != routes[i].pacedNotified
+        guard gb > 0 || gf > 0 || news else { return }
+        routes[i].pacedNotified = paced
         routes[i].opener.windowBytes += Int64(gb)
         routes[i].opener.windowFrames += Int64(gf)
         if routes[i].opener.windowBytes > Int64(Int32.max) || routes[i].opener.windowFrames > Int64(Int32.max) {
             return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
         }
         let dst = links[Int(routes[i].opener.link)].unsafelyUnwrapped
-        FrameWriter.credit(dst.out, stream: routes[i].opener.stream, bytes: gb, frames: gf)
+        FrameWriter.credit(dst.out, stream: routes[i].opener.stream, bytes: gb, frames: gf, paced: paced)
         queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
     }
 
@@ -512,6 +517,7 @@ public final class Broker {
         routes[i].pacing = false
         routes[i].deferredBytes = 0
         routes[i].deferredFrames = 0
+        routes[i].pacedNotified = false
         if let a = liveLink(r.opener.link) { a.streams.removeValue(forKey: r.opener.stream) }
         if let b = liveLink(r.acceptor.link) {
             b.streams.removeValue(forKey: r.acceptor.stream)

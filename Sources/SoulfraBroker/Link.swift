@@ -108,6 +108,8 @@ struct Route {
     var deferredBytes: UInt32 = 0
     var deferredFrames: UInt32 = 0
     var pacing = false
+    /// The opener has been told (CREDIT with PACED) that its key's quota is holding credit back.
+    var pacedNotified = false
 }
 
 /// A subscriber in a room.

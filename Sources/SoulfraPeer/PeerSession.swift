@@ -14,6 +14,8 @@ public protocol PeerSessionDelegate: AnyObject {
     func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String)
     /// A drop-oldest subscription lost `count` frames.
     func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32)
+    /// The broker started (`true`) or stopped (`false`) holding back this stream's credit for its key's quota.
+    func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool)
     /// The broker is going away; no new streams will be accepted.
     func sessionGoaway(_ session: PeerSession, code: ErrorCode, reason: String)
     /// The link is finished (ERROR from the broker, a protocol violation, or the socket closed).
@@ -27,6 +29,7 @@ extension PeerSessionDelegate {
     public func sessionWritable(_ session: PeerSession, stream: UInt32) {}
     public func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {}
     public func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) {}
+    public func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool) {}
     public func sessionGoaway(_ session: PeerSession, code: ErrorCode, reason: String) {}
     public func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) {}
 }
@@ -74,6 +77,7 @@ public final class PeerSession {
         var sentEnd = false
         var receivedEnd = false
         var isSubscription = false
+        var paced = false
     }
 
     public let identity: PeerIdentity
@@ -162,7 +166,11 @@ public final class PeerSession {
             let wasBlocked = st.windowBytes <= 0 || st.windowFrames <= 0
             st.windowBytes += Int64(payload.loadBE(UInt32.self, at: 0))
             st.windowFrames += Int64(payload.loadBE(UInt32.self, at: 4))
+            let paced = h.flags.contains(.paced)
+            let pacingChanged = paced != st.paced
+            st.paced = paced
             streams[h.stream] = st
+            if pacingChanged { delegate?.sessionPaced(self, stream: h.stream, paced: paced) }
             if wasBlocked && st.windowBytes > 0 && st.windowFrames > 0 { delegate?.sessionWritable(self, stream: h.stream) }
         default:
             try control(Frame.parse(h, payload))
@@ -233,6 +241,9 @@ public final class PeerSession {
         FrameWriter.write(.open(stream: id, open), to: output)
         return id
     }
+
+    /// Whether the broker is pacing this stream for its key's quota (from CREDIT's PACED flag).
+    public func isPaced(_ stream: UInt32) -> Bool { streams[stream]?.paced ?? false }
 
     /// Bytes and frames this stream may still send.
     public func window(_ stream: UInt32) -> (bytes: Int64, frames: Int64)? {

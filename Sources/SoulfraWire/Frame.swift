@@ -107,7 +107,7 @@ public enum Frame: Sendable, Equatable {
     case welcome(Welcome)
     case open(stream: UInt32, Open)
     case data(stream: UInt32, payload: [UInt8], end: Bool)
-    case credit(stream: UInt32, bytes: UInt32, frames: UInt32)
+    case credit(stream: UInt32, bytes: UInt32, frames: UInt32, paced: Bool = false)
     case close(stream: UInt32, code: ErrorCode, reason: String)
     case error(stream: UInt32, code: ErrorCode, reason: String)
     case ping(UInt64)
@@ -227,7 +227,7 @@ extension Frame {
             let bytes = try r.u32("credit.bytes")
             let frames = try r.u32("credit.frames")
             try r.expectEnd(.credit)
-            return .credit(stream: s, bytes: bytes, frames: frames)
+            return .credit(stream: s, bytes: bytes, frames: frames, paced: header.flags.contains(.paced))
         case .close, .error:
             let code = ErrorCode(wire: try r.u16("\(header.type).code"))
             let reason = try r.string("\(header.type).reason")
@@ -307,11 +307,11 @@ public enum FrameWriter {
         q.commit(Wire.headerBytes + payload.count)
     }
 
-    /// CREDIT granting `bytes` and `frames` more on `stream`.
+    /// CREDIT granting `bytes` and `frames` more on `stream` (`paced`: the broker is holding some back).
     @inline(__always)
-    public static func credit(_ q: ByteQueue, stream: UInt32, bytes: UInt32, frames: UInt32) {
+    public static func credit(_ q: ByteQueue, stream: UInt32, bytes: UInt32, frames: UInt32, paced: Bool = false) {
         let p = q.reserve(Wire.headerBytes + 8)
-        header(p, length: 8, type: .credit, flags: [], stream: stream)
+        header(p, length: 8, type: .credit, flags: paced ? .paced : [], stream: stream)
         p.storeBE(bytes, at: 12)
         p.storeBE(frames, at: 16)
         q.commit(Wire.headerBytes + 8)
@@ -324,8 +324,8 @@ public enum FrameWriter {
         case .data(let s, let payload, let end):
             payload.withUnsafeBytes { data(q, stream: s, payload: $0, end: end) }
             return
-        case .credit(let s, let b, let f):
-            credit(q, stream: s, bytes: b, frames: f)
+        case .credit(let s, let b, let f, let paced):
+            credit(q, stream: s, bytes: b, frames: f, paced: paced)
             return
         case .hello(let h):
             w.u16(h.version); w.u8(h.kind.rawValue); w.u8(0); w.u32(h.maxFrameBytes); w.u32(h.heartbeatMilliseconds)

@@ -60,6 +60,10 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     /// DATA: the sender will send no more DATA on this stream (half close).
     public static let endStream = FrameFlags(rawValue: 0x01)
+    /// CREDIT from the broker to a stream's opener: part of the credit the consumer granted is being held
+    /// back by the key's quota (pacing). A CREDIT without it means pacing has ended. The gateway turns this
+    /// into its `rate_limits` event.
+    public static let paced = FrameFlags(rawValue: 0x01)
 }
 
 /// A decoded frame header.

@@ -332,14 +332,17 @@ struct QuotaTests {
         let s = inst.opened()[0].0
         // The initial 64 KiB window is charged up front; 100 kB of burst covers it, leaving ~34 kB.
         inst.send(.credit(stream: s, bytes: 60_000, frames: 60))
-        var granted = gw.inbox.reduce(0) { if case .credit(1, let b, _) = $1 { $0 + Int(b) } else { $0 } }
+        var granted = gw.inbox.reduce(0) { if case .credit(1, let b, _, _) = $1 { $0 + Int(b) } else { $0 } }
         #expect(granted > 30_000 && granted < 40_000, "granted \(granted)")
         #expect(h.broker.snapshot().quotaPacedBytes > 0)
         // Over the next second the rest is released, paced by the tick.
         for _ in 0..<10 { h.advance(milliseconds: 100) }
-        granted = gw.inbox.reduce(0) { if case .credit(1, let b, _) = $1 { $0 + Int(b) } else { $0 } }
+        granted = gw.inbox.reduce(0) { if case .credit(1, let b, _, _) = $1 { $0 + Int(b) } else { $0 } }
         #expect(granted == 60_000)
         #expect(inst.errors().isEmpty && gw.errors().isEmpty, "nothing dropped, nothing refused")
+        // The opener was told: PACED while credit was held back, a plain CREDIT once it was all released.
+        let flags = gw.inbox.compactMap { if case .credit(1, _, _, let p) = $0 { p } else { nil } }
+        #expect(flags.first == true && flags.last == false, "credit flags \(flags)")
     }
 
     @Test("frames/s is paced the same way")
@@ -353,7 +356,7 @@ struct QuotaTests {
         let s = inst.opened()[0].0
         // 64 initial frames charged against a 100-frame burst: 36 of the 60 granted pass now.
         inst.send(.credit(stream: s, bytes: 1 << 20, frames: 60))
-        func frames() -> Int { gw.inbox.reduce(0) { if case .credit(1, _, let f) = $1 { $0 + Int(f) } else { $0 } } }
+        func frames() -> Int { gw.inbox.reduce(0) { if case .credit(1, _, let f, _) = $1 { $0 + Int(f) } else { $0 } } }
         #expect(frames() == 36)
         #expect(h.broker.snapshot().quotaPacedFrames == 24)
         h.advance(milliseconds: 100)  // +10 frames of tokens

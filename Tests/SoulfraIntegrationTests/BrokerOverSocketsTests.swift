@@ -95,7 +95,8 @@ struct BrokerOverSocketsTests {
         let ri = Recorder()
         ri.keepData = false
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
-        let gw = try server.connect(.gateway)
+        let rg = Recorder()
+        let gw = try server.connect(.gateway, recorder: rg)
         let s = gw.session.open(Open(target: .instance, keyID: 7, world: "playground"))  // 200 kB/s
         let chunk = UnsafeRawBufferPointer(UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 10, alignment: 8))
         var sent = 0
@@ -112,6 +113,7 @@ struct BrokerOverSocketsTests {
         #expect(Double(sent) <= bound, "sent \(sent) bytes in \(elapsed) s under a 200 kB/s quota")
         #expect(sent > 64 << 10, "credit kept flowing")
         #expect(try #require(server.snapshotNow()).quotaPacedBytes > 0)
+        #expect(rg.pacedEvents.first.map { $0 == (s, true) } == true, "the producer was told it is being paced")
     }
 
     @Test("a malformed frame closes only that link; other links keep flowing")

@@ -72,6 +72,7 @@ final class Recorder: PeerSessionDelegate {
     var linkClosed: (ErrorCode, String)?
     var goaway = false
     var keepData = true
+    var pacedEvents: [(UInt32, Bool)] = []
 
     func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) { accepted.append((stream, open)) }
     func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
@@ -81,6 +82,7 @@ final class Recorder: PeerSessionDelegate {
     func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) { closedStreams.append((stream, code)) }
     func sessionClosed(_ s: PeerSession, code: ErrorCode, reason: String) { linkClosed = (code, reason) }
     func sessionGoaway(_ s: PeerSession, code: ErrorCode, reason: String) { goaway = true }
+    func sessionPaced(_ s: PeerSession, stream: UInt32, paced: Bool) { pacedEvents.append((stream, paced)) }
 }
 
 /// Pumps the connections until `condition` holds or `milliseconds` pass (a bound, never an assertion on time).

@@ -24,6 +24,7 @@ let sampleFrames: [Frame] = [
     .data(stream: 1, payload: Array("hello, world".utf8), end: false),
     .data(stream: 3, payload: [], end: true),
     .credit(stream: 1, bytes: 65_536, frames: 64),
+    .credit(stream: 3, bytes: 0, frames: 0, paced: true),
     .close(stream: 1, code: .none, reason: "done"),
     .error(stream: 0, code: .authFailed, reason: "token not valid"),
     .error(stream: 5, code: .noRoute, reason: "no instance"),
