@@ -43,6 +43,11 @@ final class Link {
     var streams: [UInt32: Int32] = [:]
     /// Subscriptions by link-local id.
     var subscriptions: [UInt32: Subscription] = [:]
+    /// The last PUBLISH topic as raw bytes, and what was built from it (see `Broker.publishTopic`).
+    var publishTopic: [UInt8] = []
+    var publishWorld = ""
+    var publishRoom = ""
+    var publishKey = ""
     /// Drop-oldest subscriptions with frames held back, flushed when the queue drains.
     var hasHeldRoomFrames = false
     /// Broker-initiated stream ids are even.

@@ -36,7 +36,7 @@ extension Broker {
         rooms[sub.roomKey] = subs.isEmpty ? nil : subs
     }
 
-    func onPublish(_ link: Link, world: String, room: String, payload: UnsafeRawBufferPointer, now: UInt64) {
+    func onPublish(_ link: Link, world: String, room: String, key: String, payload: UnsafeRawBufferPointer, now: UInt64) {
         switch link.kind {
         case .vault:
             fail(link, .notPermitted, "vault peers may not publish")
@@ -51,7 +51,7 @@ extension Broker {
             return
         }
         metrics.roomFramesPublished &+= 1
-        guard let subs = rooms[Self.roomKey(world: world, room: room)] else { return }
+        guard let subs = rooms[key] else { return }
         var slow: [Link] = []
         let frameBytes = Wire.headerBytes + payload.count
         for sub in subs {
