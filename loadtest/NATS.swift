@@ -29,6 +29,16 @@ struct NATSConnection {
 
     mutating func append(_ s: String) { out.append(contentsOf: s.utf8) }
 
+    /// Queues `PUB` (its header line prepared by the caller) with the payload stamped with the send time.
+    mutating func publish(_ header: [UInt8], _ payload: inout [UInt8]) {
+        let t = monotonicNanoseconds()
+        payload.withUnsafeMutableBytes { stamp($0, t) }
+        out.append(contentsOf: header)
+        out.append(contentsOf: payload)
+        out.append(13)
+        out.append(10)
+    }
+
     /// Writes what the socket takes.
     mutating func flush() {
         var off = 0
@@ -165,11 +175,7 @@ func runNATSPipe(host: String, port: UInt16, serverPID: Int32?, _ o: PipeOptions
                 var room = max(0, window - inFlight)
                 var progressed = false
                 while due > 0 && room > 0 {
-                    let t = monotonicNanoseconds()
-                    payload.withUnsafeMutableBytes { stamp($0, t) }
-                    c.out.append(contentsOf: header)
-                    c.out.append(contentsOf: payload)
-                    c.out.append(13); c.out.append(10)
+                    c.publish(header, &payload)
                     sent += 1
                     due -= 1
                     room -= 1
@@ -264,11 +270,7 @@ func runNATSRooms(host: String, port: UInt16, serverPID: Int32?, _ o: RoomsOptio
             while monotonicNanoseconds() < end {
                 var due = min(pacer.due(now: monotonicNanoseconds()), 256)
                 while due > 0 {
-                    let t = monotonicNanoseconds()
-                    payload.withUnsafeMutableBytes { stamp($0, t) }
-                    c.out.append(contentsOf: header)
-                    c.out.append(contentsOf: payload)
-                    c.out.append(13); c.out.append(10)
+                    c.publish(header, &payload)
                     sent += 1
                     due -= 1
                 }

@@ -185,7 +185,7 @@ struct BinaryTests {
         #expect(serveOut.contains("cannot start the broker"))
     }
 
-    @Test("the io_uring_disabled sysctl is explained with the fix")
+    @Test("the io_uring sysctl switch is explained with the fix")
     func sysctlExplanation() {
         // The sysctl cannot be flipped inside a test without affecting the machine; the text that the
         // EPERM path shows when /proc reports it disabled is checked here instead.
