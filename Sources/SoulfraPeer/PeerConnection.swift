@@ -167,11 +167,19 @@ public final class PeerConnection {
         return true
     }
 
+    /// Closes the link if the broker has gone silent (see `PeerSession.brokerSilent`). Returns false if it did.
+    @discardableResult
+    public func checkBrokerAlive(now: UInt64 = monotonicMilliseconds()) -> Bool {
+        guard fd >= 0, session.brokerSilent(now: now), !readingPaused else { return true }
+        failTransport("no frame from the broker for three heartbeat intervals (\(session.welcome!.heartbeatMilliseconds) ms each)")
+        return false
+    }
+
     /// Flushes, waits up to `timeoutMilliseconds` for input (or writability when output is queued), reads.
     /// Returns false once the link is closed.
     @discardableResult
     public func pump(timeoutMilliseconds: Int32) -> Bool {
-        guard fd >= 0 else { return false }
+        guard fd >= 0, checkBrokerAlive() else { return false }
         guard flush() else { return false }
         var p = pollfd(fd: fd, events: Int16(readingPaused ? 0 : POLLIN), revents: 0)
         if !session.output.isEmpty { p.events |= Int16(POLLOUT) }
@@ -273,6 +281,8 @@ public final class PeerReactor {
     /// One turn: reconnect what is due, flush everything, wait up to `timeoutMilliseconds`, read what arrived,
     /// flush again.
     public func poll(timeoutMilliseconds: Int32) {
+        let now = monotonicMilliseconds()
+        for e in entries where e.conn.fd >= 0 { e.conn.checkBrokerAlive(now: now) }
         reconnectDue()
         entries.removeAll { $0.conn.fd < 0 && $0.backoff == nil }
         fds.removeAll(keepingCapacity: true)

@@ -113,9 +113,20 @@ public final class PeerSession {
 
     // MARK: - Input
 
+    /// When bytes last arrived (monotonic milliseconds; set by `receive`).
+    public private(set) var lastHeardMilliseconds: UInt64 = 0
+
+    /// Whether the broker has been silent for longer than three of its heartbeat intervals (it PINGs every
+    /// interval, so a live broker is never that quiet): the link is dead even if TCP has not noticed.
+    public func brokerSilent(now: UInt64) -> Bool {
+        guard let w = welcome, w.heartbeatMilliseconds > 0 else { return false }
+        return now &- lastHeardMilliseconds > 3 * UInt64(w.heartbeatMilliseconds)
+    }
+
     /// Feeds bytes read from the socket.
     public func receive(_ bytes: UnsafeRawBufferPointer) {
         guard !isClosed else { return }
+        lastHeardMilliseconds = monotonicMilliseconds()
         do {
             try decoder.feed(bytes) { header, payload throws(WireError) in
                 try self.handle(header, payload)
