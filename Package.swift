@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
         .target(name: "SoulfraNet"),
+        // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
+        .target(name: "SoulfraHTTP"),
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
@@ -50,6 +52,7 @@ let package = Package(
             path: "loadtest"
         ),
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
+        .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire"]),
         .testTarget(
             name: "SoulfraIntegrationTests",

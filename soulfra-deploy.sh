@@ -6,7 +6,7 @@
 #   ./soulfra-deploy.sh status   is the broker from `up` running?
 #   ./soulfra-deploy.sh test     install what is missing and run the whole test suite
 #   ./soulfra-deploy.sh bench    the side-by-side benchmarks (bench/broker-vs-nats)
-#   ./soulfra-deploy.sh fuzz [S] run the frame-decoder fuzzer for S seconds (default 60)
+#   ./soulfra-deploy.sh fuzz [S] [frame|http1]  run a fuzzer for S seconds (default 60, the frame decoder)
 #
 # World commands (deploy, list, scale, logs, master, shutdown) arrive with the control plane.
 set -euo pipefail
@@ -95,7 +95,7 @@ case "${1:-}" in
   status) if running; then echo "broker running (pid $(cat "$PID_FILE"))"; else echo "broker not running"; exit 1; fi ;;
   test) cmd_test ;;
   bench) shift; need_debs; exec bench/broker-vs-nats "$@" ;;
-  fuzz) shift; need_debs; exec fuzz/run.sh "${1:-60}" ;;
+  fuzz) shift; need_debs; exec fuzz/run.sh "${1:-60}" "${2:-frame}" ;;
   -h|--help|help|"") sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "unknown command: $1 (see ./soulfra-deploy.sh --help)" >&2; exit 2 ;;
 esac
