@@ -3,7 +3,8 @@
 //
 // Module dependencies run one way:
 //   CURing, SoulfraNet ─► SoulfraLoop ─┐
-//   SoulfraWire, COpenSSL ─► SoulfraBroker ─► SoulfraServer ─► soulfra (executable)
+//   COpenSSL ─► SoulfraKeys ─┐
+//   SoulfraWire ─────────────┴► SoulfraBroker ─► SoulfraServer ─► soulfra (executable)
 //   SoulfraWire, SoulfraNet ─► SoulfraPeer ─► soulfra-loadtest (executable, in loadtest/)
 import PackageDescription
 
@@ -24,6 +25,8 @@ let package = Package(
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
         // libcrypto enters through this shim only: SHA-256 and constant-time comparison for secrets.
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
+        // Secrets and API keys: SHA-256 digests, the sk-slfr_ key format with its CRC32 checksum.
+        .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
         .target(name: "SoulfraNet"),
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
@@ -31,7 +34,7 @@ let package = Package(
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "COpenSSL"]),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys"]),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
         .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"]),
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
@@ -53,7 +56,8 @@ let package = Package(
         ),
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP"]),
-        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire"]),
+        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
+        .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys"]),
         .testTarget(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraPeer", "SoulfraWire", "SoulfraLoop"]

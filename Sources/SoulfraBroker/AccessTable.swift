@@ -1,4 +1,4 @@
-import COpenSSL
+import SoulfraKeys
 import SoulfraWire
 
 /// The quotas of one API key, as the broker enforces them inside streams.
@@ -21,28 +21,6 @@ public struct KeyQuota: Sendable, Equatable {
         self.framesPerSecond = framesPerSecond
         self.bytesPerSecond = bytesPerSecond
     }
-}
-
-/// The SHA-256 of a secret. Tokens are kept only in this form once the table is built.
-public struct SecretDigest: Sendable, Equatable {
-    fileprivate var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-
-    public init(of secret: String) {
-        var utf8 = Array(secret.utf8)
-        withUnsafeMutableBytes(of: &bytes) { out in
-            utf8.withUnsafeMutableBytes { sf_sha256($0.baseAddress, $0.count, out.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
-        }
-    }
-
-    /// Compares in constant time (CRYPTO_memcmp).
-    public func matches(_ other: SecretDigest) -> Bool {
-        var a = bytes, b = other.bytes
-        return withUnsafeBytes(of: &a) { pa in
-            withUnsafeBytes(of: &b) { pb in sf_constant_time_equal(pa.baseAddress, pb.baseAddress, 32) == 1 }
-        }
-    }
-
-    public static func == (l: SecretDigest, r: SecretDigest) -> Bool { l.matches(r) }
 }
 
 /// Who may attach and what each key may do: an immutable snapshot, replaced whole (never edited in place)

@@ -1,5 +1,6 @@
 import Testing
 @testable import SoulfraBroker
+import SoulfraKeys
 import SoulfraWire
 
 @Suite("Broker: handshake and auth")

@@ -1,0 +1,24 @@
+import COpenSSL
+
+/// The SHA-256 of a secret. Tokens are kept only in this form once the table is built.
+public struct SecretDigest: Sendable, Equatable {
+    var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+
+    public init(of secret: String) {
+        var utf8 = Array(secret.utf8)
+        withUnsafeMutableBytes(of: &bytes) { out in
+            utf8.withUnsafeMutableBytes { sf_sha256($0.baseAddress, $0.count, out.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+        }
+    }
+
+    /// Compares in constant time (CRYPTO_memcmp).
+    public func matches(_ other: SecretDigest) -> Bool {
+        var a = bytes, b = other.bytes
+        return withUnsafeBytes(of: &a) { pa in
+            withUnsafeBytes(of: &b) { pb in sf_constant_time_equal(pa.baseAddress, pb.baseAddress, 32) == 1 }
+        }
+    }
+
+    public static func == (l: SecretDigest, r: SecretDigest) -> Bool { l.matches(r) }
+}
+
