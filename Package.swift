@@ -29,8 +29,12 @@ let package = Package(
         .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
         .target(name: "SoulfraNet"),
+        // libnghttp2 enters through this shim only (Debian 12 ships nghttp2 1.52: the ssize_t API).
+        .target(name: "CNGHTTP2", linkerSettings: [.linkedLibrary("nghttp2")]),
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP"),
+        // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
+        .target(name: "SoulfraHTTP2", dependencies: ["CNGHTTP2"]),
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
@@ -56,6 +60,7 @@ let package = Package(
         ),
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP"]),
+        .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys"]),
         .testTarget(

@@ -1,0 +1,270 @@
+import CNGHTTP2
+
+/// One header field.
+public struct H2Header: Sendable, Equatable {
+    public var name: String
+    public var value: String
+    public init(_ name: String, _ value: String) {
+        self.name = name
+        self.value = value
+    }
+}
+
+/// What a session reports. Collected during `receive`, taken with `takeEvents` (nghttp2 is never re-entered
+/// from its own callbacks: actions follow after the events are taken).
+public enum H2Event: Sendable, Equatable {
+    /// A request's (server) or response's (client) header block.
+    case headers(stream: Int32, [H2Header])
+    case data(stream: Int32, [UInt8])
+    /// The peer half-closed the stream.
+    case endStream(stream: Int32)
+    /// The stream is gone; `code` is the HTTP/2 error code (0: NO_ERROR).
+    case closed(stream: Int32, code: UInt32)
+    case goaway(lastStream: Int32, code: UInt32)
+}
+
+/// Settings a session announces.
+public struct H2Settings: Sendable, Equatable {
+    public var maxConcurrentStreams: UInt32 = 256
+    public var initialWindowBytes: UInt32 = 65_535
+    public var maxHeaderListBytes: UInt32 = 16 << 10
+    public var maxFrameBytes: UInt32 = 16 << 10
+    public init() {}
+}
+
+/// An nghttp2 failure, with nghttp2's own message.
+public struct H2Error: Error, Sendable, Equatable, CustomStringConvertible {
+    public let code: Int32
+    public var description: String { String(cString: nghttp2_strerror(code)) + " (\(code))" }
+}
+
+/// An HTTP/2 session over libnghttp2, sans-IO: bytes in with `receive` (nghttp2_session_mem_recv), bytes out
+/// with `drainOutput` (nghttp2_session_mem_send). Automatic WINDOW_UPDATE is off: the owner calls `consume`
+/// once it has handed a stream's DATA on, so a slow consumer slows the client through HTTP/2 flow control.
+/// Response and request bodies are pulled from per-stream queues; an empty queue defers the stream until
+/// `send` adds more.
+public final class H2Session {
+    public enum Role { case server, client }
+
+    struct Outbound {
+        var bytes: [UInt8] = []
+        var head = 0
+        var ended = false
+        var available: Int { bytes.count - head }
+    }
+
+    let session: OpaquePointer
+    public let role: Role
+    var events: [H2Event] = []
+    var headerBlocks: [Int32: [H2Header]] = [:]
+    var outbound: [Int32: Outbound] = [:]
+
+    public init(role: Role, settings: H2Settings = H2Settings()) throws(H2Error) {
+        self.role = role
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
+        nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameRecv)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
+        var s: OpaquePointer?
+        // No callback runs during creation; user_data is set once `self` is complete. It is unretained: the
+        // session never outlives this object (deinit deletes it).
+        let rc = sf_h2_session_new(&s, callbacks, nil, role == .server ? 1 : 0, settings.maxHeaderListBytes)
+        guard rc == 0, let s else { throw H2Error(code: rc) }
+        session = s
+        nghttp2_session_set_user_data(session, Unmanaged.passUnretained(self).toOpaque())
+        var iv = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: settings.maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: settings.initialWindowBytes),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: settings.maxHeaderListBytes),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: settings.maxFrameBytes),
+        ]
+        let src = nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &iv, iv.count)
+        guard src == 0 else { throw H2Error(code: src) }
+    }
+
+    deinit { nghttp2_session_del(session) }
+
+    /// Feeds bytes from the peer. A thrown error means the connection is broken; drain output (nghttp2 has
+    /// queued GOAWAY when it can) and close.
+    public func receive(_ bytes: UnsafeRawBufferPointer) throws(H2Error) {
+        guard bytes.count > 0 else { return }
+        let n = sf_h2_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
+        if n < 0 { throw H2Error(code: Int32(n)) }
+    }
+
+    /// Events since the last call.
+    public func takeEvents() -> [H2Event] {
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    /// Hands every byte nghttp2 wants to send to `body`, in order (each buffer is valid only during the call).
+    public func drainOutput(_ body: (UnsafeRawBufferPointer) -> Void) throws(H2Error) {
+        while true {
+            var data: UnsafePointer<UInt8>?
+            let n = sf_h2_mem_send(session, &data)
+            if n < 0 { throw H2Error(code: Int32(n)) }
+            if n == 0 { return }
+            body(UnsafeRawBufferPointer(start: data, count: Int(n)))
+        }
+    }
+
+    /// Server: answers `stream` with `status` and `headers`; with `endStream` the response has no body,
+    /// otherwise its body is what `send` queues, until `send(…, end: true)`.
+    public func respond(stream: Int32, status: Int, headers: [H2Header] = [], endStream: Bool = false) throws(H2Error) {
+        let all = [H2Header(":status", String(status))] + headers
+        if !endStream { outbound[stream] = Outbound() }
+        let rc = withNV(all) { nva, n in sf_h2_submit_response(session, stream, nva, n, endStream ? nil : readBody) }
+        guard rc == 0 else { throw H2Error(code: rc) }
+    }
+
+    /// Client: starts a request; its body (unless `endStream`) is what `send` queues. Returns the stream id.
+    public func request(headers: [H2Header], endStream: Bool = false) throws(H2Error) -> Int32 {
+        let id = withNV(headers) { nva, n in sf_h2_submit_request(session, nva, n, endStream ? nil : readBody) }
+        guard id > 0 else { throw H2Error(code: id) }
+        if !endStream { outbound[id] = Outbound() }
+        return id
+    }
+
+    /// Queues body bytes for a stream opened by `respond` or `request` (and resumes it if it was waiting).
+    public func send(stream: Int32, _ bytes: UnsafeRawBufferPointer, end: Bool = false) {
+        guard outbound[stream] != nil else { return }
+        outbound[stream]!.bytes.append(contentsOf: bytes)
+        if end { outbound[stream]!.ended = true }
+        nghttp2_session_resume_data(session, stream)
+    }
+
+    /// Bytes queued for a stream and not yet framed by nghttp2 (the gateway bounds this).
+    public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.available ?? 0 }
+
+    /// Reopens `bytes` of flow-control window for `stream` (and the connection) after its DATA was handed on.
+    public func consume(stream: Int32, bytes: Int) {
+        guard bytes > 0 else { return }
+        nghttp2_session_consume(session, stream, bytes)
+    }
+
+    /// Resets one stream (RST_STREAM with `code`).
+    public func reset(stream: Int32, code: UInt32) {
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
+    }
+
+    /// Graceful GOAWAY: no new streams; open ones finish.
+    public func goaway(code: UInt32 = 0) {
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session), code, nil, 0)
+    }
+
+    /// False once nghttp2 has nothing more to read or write: the connection can be closed.
+    public var isActive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
+
+    /// The connection-level receive window still open to the peer.
+    public var receiveWindow: Int32 { nghttp2_session_get_effective_local_window_size(session) - nghttp2_session_get_effective_recv_data_length(session) }
+
+    func withNV<R>(_ headers: [H2Header], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+        // nghttp2 copies names and values during submit, so pointers need to live only for this call.
+        var storage: [[UInt8]] = []
+        storage.reserveCapacity(headers.count * 2)
+        for h in headers {
+            storage.append(Array(h.name.utf8))
+            storage.append(Array(h.value.utf8))
+        }
+        var nva: [nghttp2_nv] = []
+        nva.reserveCapacity(headers.count)
+        return withExtendedLifetime(storage) {
+            for i in 0..<headers.count {
+                storage[2 * i].withUnsafeBufferPointer { name in
+                    storage[2 * i + 1].withUnsafeBufferPointer { value in
+                        nva.append(nghttp2_nv(
+                            name: UnsafeMutablePointer(mutating: name.baseAddress ?? Self.empty), value: UnsafeMutablePointer(mutating: value.baseAddress ?? Self.empty),
+                            namelen: name.count, valuelen: value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                    }
+                }
+            }
+            return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+        }
+    }
+
+    nonisolated(unsafe) static let empty: UnsafePointer<UInt8> = {
+        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+        p.pointee = 0
+        return UnsafePointer(p)
+    }()
+
+    static func from(_ userData: UnsafeMutableRawPointer?) -> H2Session {
+        Unmanaged<H2Session>.fromOpaque(userData!).takeUnretainedValue()
+    }
+}
+
+// MARK: - nghttp2 callbacks (record only; never call back into nghttp2)
+
+private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
+    let s = H2Session.from(userData)
+    s.headerBlocks[frame!.pointee.hd.stream_id] = []
+    return 0
+}
+
+private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, value, valuelen, _, userData in
+    let s = H2Session.from(userData)
+    let id = frame!.pointee.hd.stream_id
+    let n = String(decoding: UnsafeBufferPointer(start: name, count: namelen), as: UTF8.self)
+    let v = String(decoding: UnsafeBufferPointer(start: value, count: valuelen), as: UTF8.self)
+    s.headerBlocks[id, default: []].append(H2Header(n, v))
+    return 0
+}
+
+private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData in
+    let s = H2Session.from(userData)
+    let hd = frame!.pointee.hd
+    let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+    switch UInt32(hd.type) {
+    case NGHTTP2_HEADERS.rawValue:
+        if let block = s.headerBlocks.removeValue(forKey: hd.stream_id) { s.events.append(.headers(stream: hd.stream_id, block)) }
+        if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
+    case NGHTTP2_DATA.rawValue:
+        if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
+    case NGHTTP2_GOAWAY.rawValue:
+        s.events.append(.goaway(lastStream: frame!.pointee.goaway.last_stream_id, code: frame!.pointee.goaway.error_code))
+    default:
+        break
+    }
+    return 0
+}
+
+private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, len, userData in
+    let s = H2Session.from(userData)
+    s.events.append(.data(stream: streamID, Array(UnsafeBufferPointer(start: data, count: len))))
+    return 0
+}
+
+private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, code, userData in
+    let s = H2Session.from(userData)
+    s.outbound.removeValue(forKey: streamID)
+    s.headerBlocks.removeValue(forKey: streamID)
+    s.events.append(.closed(stream: streamID, code: code))
+    return 0
+}
+
+/// Pulls a stream's queued body into nghttp2's frame buffer; defers when the queue is empty and not ended.
+private let readBody: sf_h2_read_fn = { _, streamID, buf, length, flags, userData in
+    let s = H2Session.from(userData)
+    guard var out = s.outbound[streamID] else { return Int64(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+    let n = min(length, out.available)
+    if n > 0 {
+        out.bytes.withUnsafeBytes { src in
+            UnsafeMutableRawPointer(buf!).copyMemory(from: src.baseAddress! + out.head, byteCount: n)
+        }
+        out.head += n
+        if out.head == out.bytes.count { out.bytes.removeAll(keepingCapacity: true); out.head = 0 }
+    }
+    if out.available == 0 && out.ended {
+        flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
+    } else if n == 0 {
+        s.outbound[streamID] = out
+        return Int64(NGHTTP2_ERR_DEFERRED.rawValue)
+    }
+    s.outbound[streamID] = out
+    return Int64(n)
+}
