@@ -23,8 +23,9 @@ let package = Package(
     targets: [
         // liburing enters through this shim only (Debian 12 ships liburing 2.3).
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
-        // libcrypto enters through this shim only: SHA-256 and constant-time comparison for secrets.
-        .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("crypto")]),
+        // OpenSSL enters through this shim only: SHA-256 and constant-time comparison for secrets (libcrypto),
+        // TLS over memory BIOs and development certificates (libssl).
+        .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // Secrets and API keys: SHA-256 digests, the sk-slfr_ key format with its CRC32 checksum.
         .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
@@ -33,6 +34,8 @@ let package = Package(
         .target(name: "CNGHTTP2", linkerSettings: [.linkedLibrary("nghttp2")]),
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP"),
+        // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
+        .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
         .target(name: "SoulfraHTTP2", dependencies: ["CNGHTTP2"]),
         // The broker wire protocol v1: frame codec, sans-IO.
@@ -61,6 +64,7 @@ let package = Package(
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
+        .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys"]),
         .testTarget(
