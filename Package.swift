@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "CNGHTTP2", linkerSettings: [.linkedLibrary("nghttp2")]),
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP"),
+        // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys"]),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
@@ -65,6 +67,7 @@ let package = Package(
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
+        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys"]),
         .testTarget(

@@ -1,7 +1,7 @@
 import COpenSSL
 
 /// The SHA-256 of a secret. Tokens are kept only in this form once the table is built.
-public struct SecretDigest: Sendable, Equatable {
+public struct SecretDigest: Sendable, Hashable {
     var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
 
     public init(of secret: String) {
@@ -20,5 +20,14 @@ public struct SecretDigest: Sendable, Equatable {
     }
 
     public static func == (l: SecretDigest, r: SecretDigest) -> Bool { l.matches(r) }
+
+    /// Hashing a digest of a high-entropy secret reveals nothing useful, so a key table can index by it;
+    /// equality stays constant-time.
+    public func hash(into h: inout Hasher) {
+        h.combine(bytes.0)
+        h.combine(bytes.1)
+        h.combine(bytes.2)
+        h.combine(bytes.3)
+    }
 }
 

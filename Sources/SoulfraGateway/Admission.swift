@@ -1,0 +1,171 @@
+import SoulfraKeys
+
+/// One API key as the gateway knows it: never the secret, only its digest.
+public struct KeyRecord: Sendable, Equatable {
+    public var id: UInt64
+    public var digest: SecretDigest
+    /// `sk-slfr_kids_a7B2c9…`, for logs and lists.
+    public var prefix: String
+    public var world: String
+    public var permissions: Permissions
+    /// Token bucket: sustained requests per second and burst (0: unlimited).
+    public var requestsPerSecond: UInt32
+    public var burst: UInt32
+    /// Unix seconds after which the key is refused with `key_expired` (nil: never).
+    public var expiresAt: UInt64?
+    /// Revoked or disabled keys are refused with `key_disabled`.
+    public var disabled: Bool
+
+    public init(id: UInt64, digest: SecretDigest, prefix: String, world: String, permissions: Permissions,
+                requestsPerSecond: UInt32 = 0, burst: UInt32 = 0, expiresAt: UInt64? = nil, disabled: Bool = false) {
+        self.id = id
+        self.digest = digest
+        self.prefix = prefix
+        self.world = world
+        self.permissions = permissions
+        self.requestsPerSecond = requestsPerSecond
+        self.burst = burst
+        self.expiresAt = expiresAt
+        self.disabled = disabled
+    }
+}
+
+/// The gateway's key table: an immutable snapshot indexed by digest, replaced whole when keys change.
+public final class KeyTable: Sendable {
+    let byDigest: [SecretDigest: KeyRecord]
+
+    public init(_ keys: [KeyRecord]) {
+        var m: [SecretDigest: KeyRecord] = [:]
+        for k in keys { m[k.digest] = k }
+        byDigest = m
+    }
+
+    public var count: Int { byDigest.count }
+}
+
+/// The verdict on a request's head.
+public enum Admission: Sendable, Equatable {
+    /// Forward to the world: the key's id rides on the broker stream for its quotas.
+    case admit(route: Route, key: KeyRecord, rateLimit: RateLimitState)
+    case reject(GatewayError)
+}
+
+/// A key's request-rate state after a request was charged, for the response headers.
+public struct RateLimitState: Sendable, Equatable {
+    public var limit: UInt32
+    public var remaining: UInt32
+    /// Seconds until the bucket is full again (rounded up).
+    public var resetSeconds: UInt32
+    public var windowSeconds: UInt32 = 1
+
+    /// Both header generations (design §5): the IETF draft's `RateLimit-Policy`/`RateLimit` and the older
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset` that many clients still read.
+    public var headers: [(String, String)] {
+        [
+            ("RateLimit-Policy", "\"burst\";q=\(limit);w=\(windowSeconds)"),
+            ("RateLimit", "\"burst\";r=\(remaining);t=\(resetSeconds)"),
+            ("RateLimit-Limit", "\(limit)"),
+            ("RateLimit-Remaining", "\(remaining)"),
+            ("RateLimit-Reset", "\(resetSeconds)"),
+        ]
+    }
+}
+
+/// Authenticates and rate-limits requests. Sans-IO: takes the request's method, path, credentials and `now`;
+/// keeps per-key buckets of its own (one gateway loop, one `Gatekeeper`; no locks).
+public final class Gatekeeper {
+    public private(set) var table: KeyTable
+    struct Bucket {
+        var tokens: Double
+        var refilledAt: UInt64
+    }
+    var buckets: [UInt64: Bucket] = [:]
+    /// Rejections by code (bounded cardinality: the documented codes only).
+    public private(set) var rejections: [String: UInt64] = [:]
+
+    public init(table: KeyTable) { self.table = table }
+
+    /// Swaps the key table; revocation takes effect on the next request.
+    public func install(_ t: KeyTable) {
+        table = t
+        let ids = Set(t.byDigest.values.map(\.id))
+        buckets = buckets.filter { ids.contains($0.key) }
+    }
+
+    /// Decides on one request. `bearer` is the Authorization header's value; `queryToken` the `access_token`
+    /// query parameter (honoured only on routes browsers reach without headers). `now` is monotonic
+    /// nanoseconds for buckets; `unixSeconds` the wall clock for expiry.
+    public func admit(method: String, path: String, authorization: String?, queryToken: String?,
+                      now: UInt64, unixSeconds: UInt64) -> Admission {
+        let route: Route
+        switch Route.match(method: method, path: path) {
+        case .success(let r): route = r
+        case .failure(let e): return reject(e)
+        }
+        var presented: Substring?
+        if let auth = authorization {
+            let trimmed = auth.drop { $0 == " " }
+            guard trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " else {
+                return reject(.unauthorized)
+            }
+            presented = trimmed.dropFirst(7).drop { $0 == " " }
+        } else if let q = queryToken, route.acceptsQueryToken {
+            presented = Substring(q)
+        }
+        // Shape and checksum first: a mistyped or forged key never reaches the table.
+        guard let p = presented, let key = APIKey.parse(p) else { return reject(.unauthorized) }
+        guard let record = table.byDigest[key.digest] else { return reject(.unauthorized) }
+        if record.disabled {
+            return reject(GatewayError(status: 401, code: "key_disabled", message: "key \(record.prefix) has been revoked"))
+        }
+        if let exp = record.expiresAt, unixSeconds >= exp {
+            return reject(GatewayError(status: 401, code: "key_expired", message: "key \(record.prefix) has expired"))
+        }
+        guard record.world == route.world else {
+            return reject(GatewayError(status: 403, code: "wrong_world",
+                                       message: "key \(record.prefix) belongs to another world than \"\(route.world)\""))
+        }
+        guard record.permissions.contains(route.permission) else {
+            let need = route.permission.names.first ?? "?"
+            return reject(GatewayError(status: 403, code: "insufficient_permissions",
+                                       message: "key \(record.prefix) lacks the \(need) permission"))
+        }
+        switch charge(record, now: now) {
+        case .success(let state): return .admit(route: route, key: record, rateLimit: state)
+        case .failure(let e): return reject(e)
+        }
+    }
+
+    func reject(_ e: GatewayError) -> Admission {
+        rejections[e.code, default: 0] += 1
+        return .reject(e)
+    }
+
+    /// Takes one token from the key's bucket, or says when one will be there.
+    func charge(_ k: KeyRecord, now: UInt64) -> Result<RateLimitState, GatewayError> {
+        guard k.requestsPerSecond > 0 else {
+            return .success(RateLimitState(limit: 0, remaining: 0, resetSeconds: 0))
+        }
+        let rate = Double(k.requestsPerSecond)
+        let capacity = Double(max(k.burst, 1))
+        var b = buckets[k.id] ?? Bucket(tokens: capacity, refilledAt: now)
+        if now > b.refilledAt {
+            b.tokens = min(capacity, b.tokens + rate * Double(now - b.refilledAt) / 1e9)
+            b.refilledAt = now
+        }
+        let limit = UInt32(capacity)
+        if b.tokens >= 1 {
+            b.tokens -= 1
+            buckets[k.id] = b
+            let reset = UInt32(((capacity - b.tokens) / rate).rounded(.up))
+            return .success(RateLimitState(limit: limit, remaining: UInt32(b.tokens.rounded(.down)), resetSeconds: reset))
+        }
+        buckets[k.id] = b
+        // Whole seconds, rounded up, at least 1 (design §5).
+        let wait = max(1, UInt32(((1 - b.tokens) / rate).rounded(.up)))
+        let state = RateLimitState(limit: limit, remaining: 0, resetSeconds: wait)
+        return .failure(GatewayError(
+            status: 429, code: "rate_limited", message: "key \(k.prefix) is over \(k.requestsPerSecond) requests/s",
+            headers: [("Retry-After", "\(wait)")] + state.headers))
+    }
+}
