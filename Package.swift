@@ -64,7 +64,7 @@ let package = Package(
             path: "loadtest"
         ),
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
-        .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP"]),
+        .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys"]),

@@ -31,3 +31,10 @@ public struct SecretDigest: Sendable, Hashable {
     }
 }
 
+
+/// SHA-1, for protocols that fix it (the WebSocket handshake). Never for secrets.
+public func sha1(_ bytes: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 20)
+    bytes.withUnsafeBytes { b in out.withUnsafeMutableBytes { sf_sha1(b.baseAddress, b.count, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) } }
+    return out
+}

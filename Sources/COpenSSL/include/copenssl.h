@@ -14,6 +14,10 @@ extern "C" {
 /// SHA-256 of `len` bytes into `out` (32 bytes). Used so secrets are kept only as digests.
 void sf_sha256(const void *data, size_t len, unsigned char *out);
 
+/// SHA-1 of `len` bytes into `out` (20 bytes). Only for the WebSocket handshake (RFC 6455 §4.2.2), where the
+/// protocol fixes the hash; never for secrets.
+void sf_sha1(const void *data, size_t len, unsigned char *out);
+
 /// 1 if the `len` bytes at `a` and `b` are equal, compared in time that does not depend on where they differ
 /// (CRYPTO_memcmp), else 0.
 int sf_constant_time_equal(const void *a, const void *b, size_t len);
