@@ -49,7 +49,7 @@ let package = Package(
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
         .target(name: "SoulfraPeer", dependencies: ["SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire"]),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys"]),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]

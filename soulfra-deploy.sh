@@ -15,17 +15,19 @@ RUN_DIR=${SOULFRA_RUN_DIR:-/tmp/soulfra}
 PID_FILE="$RUN_DIR/serve.pid"
 LOG_FILE="$RUN_DIR/serve.log"
 
-# Debian packages the build and tests need; the benchmark peers are installed by bench/ itself.
+# Debian packages the build needs; the tests also drive curl and check /metrics with promtool (prometheus).
+# The benchmark peers are installed by bench/ itself.
 DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev pkg-config)
+TEST_DEBS=(curl prometheus)
 
 need_debs() {
   local missing=()
-  for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "${DEBS[@]}" "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "==> installing: ${missing[*]}"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   command -v swift >/dev/null || { [ -x /opt/swift/usr/bin/swift ] && export PATH="/opt/swift/usr/bin:$PATH"; }
   command -v swift >/dev/null || { echo "error: the Swift toolchain (swift) is not on PATH" >&2; exit 1; }
@@ -71,7 +73,7 @@ cmd_down() {
 }
 
 cmd_test() {
-  need_debs
+  need_debs "${TEST_DEBS[@]}"
   echo "==> building tests"
   swift build --build-tests
   echo "==> running tests"

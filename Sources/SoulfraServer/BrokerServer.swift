@@ -1,8 +1,17 @@
 import Foundation
 import Synchronization
 import SoulfraBroker
+import SoulfraKeys
 import SoulfraLoop
 import SoulfraWire
+
+/// What a listener serves.
+enum ListenerRole: Sendable {
+    /// Broker peers speaking the wire protocol.
+    case broker
+    /// The admin HTTP endpoints.
+    case admin
+}
 
 /// Runs the broker as one io_uring loop per core, and lets other threads talk to the loops by message.
 ///
@@ -46,6 +55,8 @@ public final class BrokerServer: Sendable {
     public let addresses: [ListenAddress]
     public let tcpPort: UInt16
     public let unixPath: String?
+    /// The admin listener's port (0: disabled).
+    public let adminPort: UInt16
     /// Loops (threads, rings) serving the broker.
     public let loopCount: Int
     let shards: [Shard]
@@ -69,9 +80,19 @@ public final class BrokerServer: Sendable {
             for b in bound { close(b.fd) }
             throw error
         }
-        let server = BrokerServer(bound: bound, loops: config.effectiveLoopCount)
+        var admin: BoundListener?
+        if !config.adminTCP.isEmpty {
+            do {
+                admin = try BoundListener.bind(try ServerConfig.parseHostPort(config.adminTCP, key: "listen.admin_tcp"))
+            } catch {
+                for b in bound { close(b.fd) }
+                throw error
+            }
+        }
+        let server = BrokerServer(bound: bound, admin: admin, loops: config.effectiveLoopCount)
         let ready = DispatchSemaphore(value: 0)
-        let listeners = bound
+        // Loop 0 holds every listener; the admin listener comes last.
+        let listeners = bound.map { ($0, ListenerRole.broker) } + (admin.map { [($0, ListenerRole.admin)] } ?? [])
         for shard in server.shards {
             server.done.enter()
             let thread = Thread {
@@ -86,7 +107,8 @@ public final class BrokerServer: Sendable {
         return server
     }
 
-    private init(bound: [BoundListener], loops: Int) {
+    private init(bound: [BoundListener], admin: BoundListener?, loops: Int) {
+        adminPort = admin?.port ?? 0
         addresses = bound.map { b in
             if case .tcp(let host, _) = b.address { return .tcp(host: host, port: b.port) }
             return b.address
@@ -143,7 +165,7 @@ public final class BrokerServer: Sendable {
     }
 
     private func runLoop(
-        _ shard: Shard, config: ServerConfig, listeners: [BoundListener], ready: DispatchSemaphore,
+        _ shard: Shard, config: ServerConfig, listeners: [(BoundListener, ListenerRole)], ready: DispatchSemaphore,
         log: @escaping @Sendable (String) -> Void
     ) {
         let loop: EventLoop
@@ -159,19 +181,76 @@ public final class BrokerServer: Sendable {
                             loopIndex: shard.index, loopCount: shards.count)
         let wiring = Wiring(broker: broker, loop: loop, shard: shard, shards: shards,
                             statsInterval: config.statsIntervalMilliseconds, log: log)
+        wiring.listenerRoles = listeners.map(\.1)
+        wiring.adminToken = config.adminToken.isEmpty ? nil : SecretDigest(of: config.adminToken)
         loop.delegate = wiring
-        for l in listeners { loop.add(listener: l) }
+        for (l, _) in listeners { loop.add(listener: l) }
         shard.mailbox.withLock { $0 = loop.mailbox }
         ready.signal()
         // A command posted before the mailbox existed is picked up on the first turn.
         loop.mailbox.wake()
         loop.run()
-        for l in listeners {
+        for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
         shard.publish(broker.snapshot(), loop.counters)
         shard.mailbox.withLock { $0 = nil }
         shard.finished.withLock { $0 = true }
+    }
+}
+
+extension Wiring {
+    func flushAdmin(now: UInt64) {
+        for (conn, a) in admin where adminSending[conn] == nil {
+            if a.output.isEmpty {
+                if a.closeAfterOutput { loop.close(conn: conn, flush: false, now: now) }
+                continue
+            }
+            guard loop.canSend(conn: conn) else { continue }
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: a.output.count, alignment: 1)
+            buf.copyBytes(from: a.output)
+            a.output.removeAll()
+            adminSending[conn] = buf
+            loop.send(conn: conn, bytes: UnsafeRawBufferPointer(buf))
+        }
+    }
+
+    /// `/metrics`: the broker summed over loops (this loop fresh, the others as last published, ≤ 1 s old),
+    /// and every loop's own counters.
+    func renderMetrics() -> String {
+        var snap = broker.snapshot()
+        var loops: [(Int, LoopCounters)] = [(shard.index, loop.counters)]
+        for s in shards where s.index != shard.index {
+            let (other, counters) = s.latest.withLock { ($0.snapshot, $0.loop) }
+            if let other { snap = snap.merging(other) }
+            loops.append((s.index, counters))
+        }
+        return snap.prometheusText() + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
+    }
+}
+
+extension LoopCounters {
+    /// The io_uring loops' own counters, labelled by loop, in Prometheus text format.
+    static func prometheusText(_ loops: [(Int, LoopCounters)]) -> String {
+        let families: [(String, String, KeyPath<LoopCounters, UInt64>)] = [
+            ("accepted_total", "Connections accepted.", \.accepted),
+            ("refused_total", "Connections refused (slot table full, shutting down).", \.refused),
+            ("accept_errors_total", "accept(2) failures (EMFILE, ENFILE, ENOMEM).", \.acceptErrors),
+            ("recv_completions_total", "Receive completions with data.", \.recvCompletions),
+            ("recv_bytes_total", "Bytes received.", \.recvBytes),
+            ("recv_no_buffers_total", "Multishot receives stopped for lack of provided buffers (inbound backpressure).", \.recvNoBuffers),
+            ("send_calls_total", "Sends submitted.", \.sendCalls),
+            ("send_bytes_total", "Bytes sent.", \.sendBytes),
+            ("io_errors_total", "Socket errors that closed a connection.", \.ioErrors),
+            ("submits_total", "io_uring_enter calls.", \.submits),
+            ("completions_total", "Completions reaped.", \.completions),
+        ]
+        var out = ""
+        for (name, help, path) in families {
+            out += "# HELP soulfra_loop_\(name) \(help)\n# TYPE soulfra_loop_\(name) counter\n"
+            for (i, c) in loops { out += "soulfra_loop_\(name){loop=\"\(i)\"} \(c[keyPath: path])\n" }
+        }
+        return out
     }
 }
 
@@ -199,6 +278,11 @@ final class Wiring: LoopDelegate {
     let log: @Sendable (String) -> Void
     let statsIntervalNanos: UInt64
     var sorting: [UInt32: Sorting] = [:]
+    var listenerRoles: [ListenerRole] = []
+    var adminToken: SecretDigest?
+    /// Admin HTTP connections, and the response bytes a send in flight points at (freed on completion).
+    var admin: [UInt32: AdminSession] = [:]
+    var adminSending: [UInt32: UnsafeMutableRawBufferPointer] = [:]
     var lastSnapshot: UInt64 = 0
     var lastStats: UInt64 = 0
     var shutdownStarted: UInt64?
@@ -215,6 +299,11 @@ final class Wiring: LoopDelegate {
     }
 
     func loopAccepted(conn: UInt32, listener: Int, now: UInt64) -> Bool {
+        if listener < listenerRoles.count && listenerRoles[listener] == .admin {
+            admin[conn] = AdminSession(adminToken: adminToken, metrics: { [unowned self] in renderMetrics() },
+                                       ready: { [unowned self] in shutdownStarted == nil })
+            return true
+        }
         guard broker.canAttach else { return false }
         if shards.count == 1 {
             broker.attach(link: conn, now: now)
@@ -226,6 +315,10 @@ final class Wiring: LoopDelegate {
 
     @inline(__always)
     func loopReceived(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
+        if !admin.isEmpty, let a = admin[conn] {
+            a.receive(bytes)
+            return
+        }
         if !sorting.isEmpty, sorting[conn] != nil {
             sort(conn, bytes, now: now)
             return
@@ -278,10 +371,20 @@ final class Wiring: LoopDelegate {
 
     @inline(__always)
     func loopSent(conn: UInt32, count: Int, now: UInt64) {
+        if !adminSending.isEmpty, let buf = adminSending.removeValue(forKey: conn) {
+            // Admin responses are small; a short send re-queues the rest in front.
+            if count < buf.count, count > 0, let a = admin[conn] { a.output.insert(contentsOf: buf[count...], at: 0) }
+            buf.deallocate()
+            return
+        }
         broker.sent(link: conn, count: count, now: now)
     }
 
     func loopClosed(conn: UInt32, now: UInt64) {
+        if !admin.isEmpty, admin.removeValue(forKey: conn) != nil {
+            adminSending.removeValue(forKey: conn)?.deallocate()
+            return
+        }
         if sorting.removeValue(forKey: conn) != nil { return }  // never reached the broker
         broker.detach(link: conn, now: now)
     }
@@ -357,6 +460,7 @@ final class Wiring: LoopDelegate {
             let bytes = broker.takeOutput(link: l)
             if bytes.count > 0 { loop.send(conn: l, bytes: bytes) }
         }
+        if !admin.isEmpty { flushAdmin(now: now) }
         if shutdownDrained && loop.openConnections == 0 { loop.stop() }
     }
 }

@@ -9,6 +9,10 @@ public struct ServerConfig: Sendable, Equatable {
     public var brokerUnixPath = "/tmp/soulfra/broker.sock"
     /// TCP listener for remote peers, "host:port" ("" disables it). Loopback by default.
     public var brokerTCP = "127.0.0.1:7400"
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`), "host:port" ("" disables it). Loopback by default.
+    public var adminTCP = "127.0.0.1:7401"
+    /// Bearer token for `/metrics` ("" closes `/metrics`; the health endpoints need none).
+    public var adminToken = ""
     public var loop = LoopLimits()
     /// Broker loops (threads with their own ring); 0: one per online CPU.
     public var loopCount = 0
@@ -43,6 +47,7 @@ public struct ServerConfig: Sendable, Equatable {
         c.runtimeToken = ""
         c.vaultToken = ""
         c.gatewayToken = ""
+        c.adminToken = ""
         return c
     }
 
@@ -60,7 +65,8 @@ public struct ServerConfig: Sendable, Equatable {
         return out
     }
 
-    static func parseHostPort(_ s: String, key: String) throws(Invalid) -> ListenAddress {
+    /// Parses "host:port" or "[ipv6]:port" for the config key `key`.
+    public static func parseHostPort(_ s: String, key: String) throws(Invalid) -> ListenAddress {
         var host: Substring, port: Substring
         if s.hasPrefix("[") {
             guard let close = s.firstIndex(of: "]"), s[s.index(after: close)...].hasPrefix(":") else {
@@ -116,7 +122,9 @@ public struct ServerConfig: Sendable, Equatable {
             try check(!world.isEmpty, "tokens.instances", "world names must not be empty")
             try check(token.utf8.count >= 16, "tokens.instances.\(world)", "must be at least 16 bytes")
         }
-        for (key, token) in [("tokens.runtime", runtimeToken), ("tokens.vault", vaultToken), ("tokens.gateway", gatewayToken)] {
+        if !adminTCP.isEmpty { _ = try Self.parseHostPort(adminTCP, key: "listen.admin_tcp") }
+        for (key, token) in [("tokens.runtime", runtimeToken), ("tokens.vault", vaultToken), ("tokens.gateway", gatewayToken),
+                             ("tokens.admin", adminToken)] {
             try check(token.isEmpty || token.utf8.count >= 16, key, "must be empty (kind disabled) or at least 16 bytes")
         }
     }
@@ -145,6 +153,7 @@ extension ServerConfig {
         if var l = try r.object("listen") {
             brokerUnixPath = try l.string("broker_unix_path") ?? brokerUnixPath
             brokerTCP = try l.string("broker_tcp") ?? brokerTCP
+            adminTCP = try l.string("admin_tcp") ?? adminTCP
             try l.finish()
         }
         if var l = try r.object("loop") {
@@ -187,6 +196,7 @@ extension ServerConfig {
             runtimeToken = try t.string("runtime") ?? runtimeToken
             vaultToken = try t.string("vault") ?? vaultToken
             gatewayToken = try t.string("gateway") ?? gatewayToken
+            adminToken = try t.string("admin") ?? adminToken
             if var inst = try t.object("instances") {
                 for world in inst.remainingKeys { instanceTokens[world] = try inst.string(world) }
                 try inst.finish()
@@ -217,6 +227,8 @@ extension ServerConfig {
         if let v = env["SOULFRA_RUNTIME_TOKEN"] { runtimeToken = v }
         if let v = env["SOULFRA_VAULT_TOKEN"] { vaultToken = v }
         if let v = env["SOULFRA_GATEWAY_TOKEN"] { gatewayToken = v }
+        if let v = env["SOULFRA_ADMIN_TOKEN"] { adminToken = v }
+        if let v = env["SOULFRA_ADMIN_TCP"] { adminTCP = v }
         if let v = env["SOULFRA_LOOPS"] {
             guard let n = Int(v) else { throw Invalid(key: "SOULFRA_LOOPS", message: "must be an integer, got \"\(v)\"") }
             loopCount = n

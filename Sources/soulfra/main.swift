@@ -33,7 +33,7 @@ struct Serve: ParsableCommand {
             signal exits at once.
 
             Environment: SOULFRA_BROKER_UNIX, SOULFRA_BROKER_TCP, SOULFRA_RUNTIME_TOKEN, SOULFRA_VAULT_TOKEN, \
-            SOULFRA_GATEWAY_TOKEN, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS.
+            SOULFRA_GATEWAY_TOKEN, SOULFRA_ADMIN_TOKEN, SOULFRA_ADMIN_TCP, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS.
             """
     )
 
@@ -45,6 +45,9 @@ struct Serve: ParsableCommand {
 
     @Option(name: .customLong("broker-tcp"), help: "TCP host:port for remote peers (\"\" disables; port 0 picks one).")
     var brokerTCP: String?
+
+    @Option(name: .customLong("admin-tcp"), help: "Admin endpoints host:port (/healthz, /readyz, /metrics; \"\" disables).")
+    var adminTCP: String?
 
     @Option(name: .customLong("loops"), help: "Broker loops, one thread and ring each (0: one per CPU).")
     var loops: Int?
@@ -68,6 +71,7 @@ struct Serve: ParsableCommand {
             if let v = brokerTCP { cfg.brokerTCP = v }
             if let v = statsInterval { cfg.statsIntervalMilliseconds = v }
             if let v = loops { cfg.loopCount = v }
+            if let v = adminTCP { cfg.adminTCP = v }
             try cfg.validate()
         } catch {
             fail(error.description, code: 78)  // EX_CONFIG
@@ -100,6 +104,9 @@ struct Serve: ParsableCommand {
             fail("soulfra: cannot start the broker: \(e.description)", code: 69)  // EX_UNAVAILABLE
         } catch {
             fail("soulfra: cannot start: \(error)", code: 71)
+        }
+        if server.adminPort != 0, case .tcp(let host, _)? = try? ServerConfig.parseHostPort(cfg.adminTCP, key: "listen.admin_tcp") {
+            logLine("admin endpoints (/healthz, /readyz, /metrics) on \(ListenAddress.tcp(host: host, port: server.adminPort))")
         }
         logLine("broker listening on \(server.addresses.map(\.description).joined(separator: ", ")) "
                 + "with \(server.loopCount) loop\(server.loopCount == 1 ? "" : "s") (pid \(getpid()))")

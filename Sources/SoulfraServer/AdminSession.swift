@@ -1,0 +1,118 @@
+import SoulfraGateway
+import SoulfraHTTP
+import SoulfraKeys
+import SoulfraWire
+
+/// One connection to the admin listener: `/healthz`, `/readyz` and `/metrics` over HTTP/1.1. Sans-IO:
+/// request bytes in, response bytes in `output`. `/metrics` needs the admin token (Bearer); the health
+/// endpoints do not, so orchestrators can probe without it.
+final class AdminSession {
+    private var parser = HTTP1Parser(limits: {
+        var l = HTTP1Limits()
+        l.maxHeadBytes = 8 << 10
+        l.maxBodyBytes = 0
+        return l
+    }())
+    /// Response bytes waiting for the socket.
+    var output: [UInt8] = []
+    /// The peer asked to close, or an error ended the exchange: close once `output` is sent.
+    private(set) var closeAfterOutput = false
+    let adminToken: SecretDigest?
+    let metrics: () -> String
+    let ready: () -> Bool
+    private var head: HTTPRequestHead?
+
+    init(adminToken: SecretDigest?, metrics: @escaping () -> String, ready: @escaping () -> Bool) {
+        self.adminToken = adminToken
+        self.metrics = metrics
+        self.ready = ready
+    }
+
+    func receive(_ bytes: UnsafeRawBufferPointer) {
+        guard !closeAfterOutput else { return }
+        parser.feed(bytes, onEvent: { event in
+            switch event {
+            case .head(let h): head = h
+            case .body: break
+            case .end:
+                if let h = head { respond(to: h) }
+                head = nil
+            }
+            return !closeAfterOutput
+        }, onError: { e in
+            closeAfterOutput = true
+            write(status: e.status, contentType: "application/json", body: errorJSON("bad_request", e.reason))
+        })
+    }
+
+    private func respond(to h: HTTPRequestHead) {
+        let path = h.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? h.target
+        if !h.keepAlive { closeAfterOutput = true }
+        guard h.method == "GET" || h.method == "HEAD" else {
+            write(status: 405, contentType: "application/json", body: errorJSON("method_not_allowed", "\(h.method) is not allowed here"),
+                  extra: [("Allow", "GET, HEAD")], headOnly: false)
+            return
+        }
+        let headOnly = h.method == "HEAD"
+        switch path {
+        case "/healthz":
+            write(status: 200, contentType: "text/plain; charset=utf-8", body: "ok\n", headOnly: headOnly)
+        case "/readyz":
+            if ready() {
+                write(status: 200, contentType: "text/plain; charset=utf-8", body: "ready\n", headOnly: headOnly)
+            } else {
+                write(status: 503, contentType: "text/plain; charset=utf-8", body: "shutting down\n", extra: [("Retry-After", "1")], headOnly: headOnly)
+            }
+        case "/metrics":
+            guard authorized(h) else {
+                write(status: 401, contentType: "application/json",
+                      body: errorJSON("unauthorized", "the admin token is required (Authorization: Bearer …)"),
+                      extra: [("WWW-Authenticate", #"Bearer realm="soulfra-admin""#)], headOnly: headOnly)
+                return
+            }
+            write(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics(), headOnly: headOnly)
+        default:
+            write(status: 404, contentType: "application/json", body: errorJSON("not_found", "no route for \(path)"),
+                  headOnly: headOnly)
+        }
+    }
+
+    private func authorized(_ h: HTTPRequestHead) -> Bool {
+        guard let expected = adminToken else { return false }  // no admin token configured: /metrics is closed
+        guard let auth = h.header("authorization"), auth.count > 7, auth.prefix(7).lowercased() == "bearer " else { return false }
+        return expected.matches(SecretDigest(of: String(auth.dropFirst(7))))
+    }
+
+    private func write(status: Int, contentType: String, body: String, extra: [(String, String)] = [], headOnly: Bool = false) {
+        let bytes = Array(body.utf8)
+        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nContent-Length: \(bytes.count)\r\n"
+        head += "Cache-Control: no-store\r\n"
+        for (k, v) in extra { head += "\(k): \(v)\r\n" }
+        if closeAfterOutput { head += "Connection: close\r\n" }
+        head += "\r\n"
+        output.append(contentsOf: head.utf8)
+        if !headOnly { output.append(contentsOf: bytes) }
+    }
+
+    static func reason(_ s: Int) -> String {
+        switch s {
+        case 200: "OK"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 413: "Content Too Large"
+        case 414: "URI Too Long"
+        case 431: "Request Header Fields Too Large"
+        case 501: "Not Implemented"
+        case 503: "Service Unavailable"
+        case 505: "HTTP Version Not Supported"
+        default: "Status"
+        }
+    }
+}
+
+/// The JSON error shape shared with the gateway (design §5).
+func errorJSON(_ code: String, _ message: String) -> String {
+    GatewayError(status: 0, code: code, message: message).json(requestID: "admin") + "\n"
+}
