@@ -57,6 +57,8 @@ cmd_up() {
   echo "==> load test: app -> instance -> runtime -> vault and back, 16 conversations, 3 s"
   .build/release/soulfra-loadtest chain --broker unix:"$RUN_DIR/broker.sock" --server-pid "$pid" --seconds 3
   echo
+  echo "Metrics:  curl -s -H 'Authorization: Bearer dev-admin-token-000001' http://127.0.0.1:7401/metrics | head"
+  echo "Health:   curl -s http://127.0.0.1:7401/healthz"
   echo "The broker keeps running. Stop it with: ./soulfra-deploy.sh down"
 }
 
