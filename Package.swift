@@ -63,13 +63,15 @@ let package = Package(
             ],
             path: "loadtest"
         ),
-        .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire"]),
-        .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys"]),
+        // Shared by the test targets only: the seeded generator.
+        .target(name: "SoulfraTestSupport", path: "Tests/Support"),
+        .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire", "SoulfraTestSupport"]),
+        .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
-        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys"]),
+        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
-        .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys"]),
+        .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraPeer", "SoulfraWire", "SoulfraLoop"]

@@ -1,26 +1,16 @@
 import Testing
+import SoulfraTestSupport
 @testable import SoulfraGateway
 import SoulfraKeys
 
-struct Seeded: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Keys for the tests: the plaintexts (as an app holds them) and the table (as the gateway does).
 struct Fixture {
-    var rng = Seeded(state: 99)
     let kids: APIKey, exec: APIKey, limited: APIKey, revoked: APIKey, expired: APIKey, readOnly: APIKey
     let table: KeyTable
 
     init() {
-        var r = Seeded(state: 99)
+        var r = SeededRandom(seed: 99)
         kids = APIKey.generate(type: "kids", using: &r)!
         exec = APIKey.generate(type: "exec", using: &r)!
         limited = APIKey.generate(type: "kids", using: &r)!
@@ -91,7 +81,7 @@ struct GatekeeperTests {
         var typo = Array(f.kids.plaintext)
         typo[20] = typo[20] == "x" ? "y" : "x"
         #expect(code("Bearer " + String(typo)) == "401 unauthorized")
-        var r = Seeded(state: 12345)
+        var r = SeededRandom(seed: 12345)
         #expect(code(bearer(APIKey.generate(type: "kids", using: &r)!)) == "401 unauthorized", "well-formed but unknown")
         #expect(code(bearer(f.revoked)) == "401 key_disabled")
         #expect(code(bearer(f.expired)) == "401 key_expired")

@@ -1,4 +1,5 @@
 import Testing
+import SoulfraTestSupport
 @testable import SoulfraHTTP
 
 /// What a parse produced, in a comparable form.
@@ -156,14 +157,8 @@ struct HTTP1ParserTests {
 
     @Test("random garbage never crashes; errors are 4xx/5xx (seeded)")
     func garbage() {
-        var state: UInt64 = 0x5EED_0003
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var rng = SeededRandom(seed: 0x5EED_0003)
+        func next() -> UInt64 { rng.next() }
         let alphabet = bytes("GET POST / HTTP/1.1\r\n: Host a Content-Length Transfer-Encoding chunked 0123456789abcdef;\t ")
         for round in 0..<3_000 {
             let n = Int(next() % 300)

@@ -1,16 +1,7 @@
 import Testing
+import SoulfraTestSupport
 @testable import SoulfraKeys
 
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite("API keys")
 struct APIKeyTests {
@@ -22,7 +13,7 @@ struct APIKeyTests {
 
     @Test("generated keys have the documented shape and parse back")
     func roundTrip() throws {
-        var rng = SeededRNG(state: 42)
+        var rng = SeededRandom(seed: 42)
         for type in ["kids", "exec", "sports", "custom"] {
             let k = try #require(APIKey.generate(type: type, using: &rng))
             #expect(k.plaintext.hasPrefix("sk-slfr_\(type)_"))
@@ -36,7 +27,7 @@ struct APIKeyTests {
 
     @Test("every single-character typo is caught by the checksum (seeded)")
     func typos() throws {
-        var rng = SeededRNG(state: 7)
+        var rng = SeededRandom(seed: 7)
         let k = try #require(APIKey.generate(type: "kids", using: &rng))
         let chars = Array(k.plaintext)
         let start = "sk-slfr_kids_".count
@@ -65,7 +56,7 @@ struct APIKeyTests {
 
     @Test("bad types are refused at generation")
     func badTypes() {
-        var rng = SeededRNG(state: 1)
+        var rng = SeededRandom(seed: 1)
         #expect(APIKey.generate(type: "", using: &rng) == nil)
         #expect(APIKey.generate(type: "Kids", using: &rng) == nil)
         #expect(APIKey.generate(type: "my_world", using: &rng) == nil)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import SoulfraTestSupport
 @testable import SoulfraWire
 
 /// Decodes everything `feed` produces into frames, failing the test on a decode error.
@@ -115,7 +116,7 @@ struct FrameCodecTests {
 
     @Test("random garbage never crashes or hangs the decoder (seeded)")
     func randomGarbage() throws {
-        var rng = SplitMix(seed: 0x5EED_0001)
+        var rng = SeededRandom(seed: 0x5EED_0001)
         for round in 0..<2_000 {
             let n = Int(rng.next() % 200)
             var bytes = (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
@@ -162,18 +163,6 @@ struct FrameCodecTests {
     }
 }
 
-/// A small seeded PRNG (SplitMix64) so failures reproduce.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite("Second encoder")
 struct SeedCorpusTests {
