@@ -64,7 +64,7 @@ let package = Package(
             path: "loadtest"
         ),
         // Shared by the test targets only: the seeded generator.
-        .target(name: "SoulfraTestSupport", path: "Tests/Support"),
+        .target(name: "SoulfraTestSupport", dependencies: ["SoulfraPeer"], path: "Tests/Support"),
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),

@@ -1,13 +1,5 @@
-/// SplitMix64: the seeded generator the tests use, so every randomized test repeats exactly and prints its
-/// seed on failure.
-public struct SeededRandom: RandomNumberGenerator, Sendable {
-    public private(set) var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+import SoulfraPeer
+
+/// The seeded generator the tests use (the peer library's SplitMix64, which also drives reconnect jitter), so
+/// every randomized test repeats exactly and prints its seed on failure.
+public typealias SeededRandom = SplitMix64
