@@ -29,13 +29,34 @@ public struct H2Settings: Sendable, Equatable {
     public var initialWindowBytes: UInt32 = 65_535
     public var maxHeaderListBytes: UInt32 = 16 << 10
     public var maxFrameBytes: UInt32 = 16 << 10
+    /// Stream resets (RST_STREAM from the peer) allowed per second, sustained, and as a burst. Past it the
+    /// connection is ended with ENHANCE_YOUR_CALM: a client that opens and cancels streams in a loop costs
+    /// the server work without ever being limited by MAX_CONCURRENT_STREAMS.
+    public var resetsPerSecond: UInt32 = 100
+    public var resetBurst: UInt32 = 200
     public init() {}
 }
 
-/// An nghttp2 failure, with nghttp2's own message.
+/// An nghttp2 failure (with nghttp2's own message), or a peer the session gave up on.
 public struct H2Error: Error, Sendable, Equatable, CustomStringConvertible {
     public let code: Int32
-    public var description: String { String(cString: nghttp2_strerror(code)) + " (\(code))" }
+    public let message: String
+
+    public init(code: Int32) {
+        self.code = code
+        self.message = String(cString: nghttp2_strerror(code))
+    }
+
+    init(code: Int32, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// The peer reset streams faster than `H2Settings.resetsPerSecond` allows (CVE-2023-44487, "rapid
+    /// reset"): the session sent GOAWAY ENHANCE_YOUR_CALM; drain output and close.
+    public static let rapidReset = H2Error(code: -100_001, message: "peer reset streams too fast (rapid reset); GOAWAY ENHANCE_YOUR_CALM sent")
+
+    public var description: String { "\(message) (\(code))" }
 }
 
 /// An HTTP/2 session over libnghttp2, sans-IO: bytes in with `receive` (nghttp2_session_mem_recv), bytes out
@@ -58,9 +79,19 @@ public final class H2Session {
     var events: [H2Event] = []
     var headerBlocks: [Int32: [H2Header]] = [:]
     var outbound: [Int32: Outbound] = [:]
+    let settings: H2Settings
+    /// Rapid-reset budget: tokens, refilled at `resetsPerSecond`; `now` of the current `receive`.
+    var resetTokens: Double
+    var resetsRefilledAt: UInt64 = 0
+    var now: UInt64 = 0
+    var calm = false
+    /// RST_STREAM frames received, in total.
+    public private(set) var resetsReceived: UInt64 = 0
 
     public init(role: Role, settings: H2Settings = H2Settings()) throws(H2Error) {
         self.role = role
+        self.settings = settings
+        self.resetTokens = Double(settings.resetBurst)
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -88,12 +119,29 @@ public final class H2Session {
 
     deinit { nghttp2_session_del(session) }
 
-    /// Feeds bytes from the peer. A thrown error means the connection is broken; drain output (nghttp2 has
-    /// queued GOAWAY when it can) and close.
-    public func receive(_ bytes: UnsafeRawBufferPointer) throws(H2Error) {
-        guard bytes.count > 0 else { return }
+    /// Feeds bytes from the peer; `now` is monotonic nanoseconds (for the reset budget). A thrown error means
+    /// the connection is over: drain output (nghttp2 has queued GOAWAY when it can) and close.
+    public func receive(_ bytes: UnsafeRawBufferPointer, now: UInt64) throws(H2Error) {
+        guard bytes.count > 0, !calm else { return }
+        self.now = now
         let n = sf_h2_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
+        if calm {
+            nghttp2_session_terminate_session(session, UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
+            throw H2Error.rapidReset
+        }
         if n < 0 { throw H2Error(code: Int32(n)) }
+    }
+
+    /// Charges one peer reset against the budget; false once it is spent.
+    func chargeReset() -> Bool {
+        resetsReceived += 1
+        if now > resetsRefilledAt {
+            resetTokens = min(Double(settings.resetBurst), resetTokens + Double(settings.resetsPerSecond) * Double(now - resetsRefilledAt) / 1e9)
+            resetsRefilledAt = now
+        }
+        guard resetTokens >= 1 else { return false }
+        resetTokens -= 1
+        return true
     }
 
     /// Events since the last call.
@@ -227,6 +275,12 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
         if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
     case NGHTTP2_GOAWAY.rawValue:
         s.events.append(.goaway(lastStream: frame!.pointee.goaway.last_stream_id, code: frame!.pointee.goaway.error_code))
+    case NGHTTP2_RST_STREAM.rawValue:
+        if !s.chargeReset() {
+            // Stop processing this input at once; `receive` terminates the session after mem_recv returns.
+            s.calm = true
+            return Int32(NGHTTP2_ERR_PAUSE.rawValue)
+        }
     default:
         break
     }

@@ -1,12 +1,12 @@
 import Testing
 @testable import SoulfraHTTP2
 
-/// Moves bytes between two sessions until neither has anything to send (bounded).
-func exchange(_ a: H2Session, _ b: H2Session) throws {
+/// Moves bytes between two sessions until neither has anything to send (bounded), at manual time `clock`.
+func exchange(_ a: H2Session, _ b: H2Session, clock: UInt64 = 1_000_000_000) throws {
     for _ in 0..<100 {
         var moved = false
-        try a.drainOutput { bytes in moved = true; try? b.receive(bytes) }
-        try b.drainOutput { bytes in moved = true; try? a.receive(bytes) }
+        try a.drainOutput { bytes in moved = true; try? b.receive(bytes, now: clock) }
+        try b.drainOutput { bytes in moved = true; try? a.receive(bytes, now: clock) }
         if !moved { return }
     }
 }
@@ -84,7 +84,7 @@ struct H2SessionTests {
     func garbagePreface() throws {
         let server = try H2Session(role: .server)
         let junk = Array("GET / HTTP/1.1\r\nHost: a\r\n\r\n".utf8)
-        #expect(throws: H2Error.self) { try junk.withUnsafeBytes { try server.receive($0) } }
+        #expect(throws: H2Error.self) { try junk.withUnsafeBytes { try server.receive($0, now: 0) } }
     }
 
     @Test("RST_STREAM and GOAWAY reach the other side as events")
@@ -100,5 +100,61 @@ struct H2SessionTests {
         let ev = client.takeEvents()
         #expect(ev.contains(.closed(stream: id, code: 0x8)))
         #expect(ev.contains { if case .goaway = $0 { true } else { false } })
+    }
+
+    @Test("rapid reset (CVE-2023-44487): a client that opens and cancels streams past the budget gets GOAWAY ENHANCE_YOUR_CALM")
+    func rapidReset() throws {
+        var settings = H2Settings()
+        settings.resetBurst = 50
+        settings.resetsPerSecond = 10
+        let server = try H2Session(role: .server, settings: settings)
+        let client = try H2Session(role: .client)
+        try exchange(client, server)
+        var refused = false
+        // The attack: HEADERS, then RST_STREAM at once, again and again (nghttp2 drops a request reset before
+        // it was sent, so each HEADERS is flushed first).
+        func toServer() throws {
+            var bytes: [UInt8] = []
+            try client.drainOutput { bytes.append(contentsOf: $0) }
+            try bytes.withUnsafeBytes { try server.receive($0, now: 1_000_000_000) }
+        }
+        for _ in 0..<200 where !refused {
+            let id = try client.request(headers: postHeaders, endStream: true)
+            try toServer()
+            client.reset(stream: id, code: 0x8)
+            do {
+                try toServer()
+            } catch {
+                #expect((error as? H2Error) == .rapidReset)
+                refused = true
+            }
+        }
+        #expect(refused, "the budget ran out")
+        #expect(server.resetsReceived == 51, "50 allowed, the 51st refused")
+        var goaway: [UInt8] = []
+        try server.drainOutput { goaway.append(contentsOf: $0) }
+        try? goaway.withUnsafeBytes { try client.receive($0, now: 0) }
+        let calm = client.takeEvents().contains { if case .goaway(_, 0xB) = $0 { true } else { false } }
+        #expect(calm, "the client saw GOAWAY with ENHANCE_YOUR_CALM (0xb)")
+    }
+
+    @Test("resets within the budget are fine, and the budget refills with time")
+    func resetsWithinBudget() throws {
+        var settings = H2Settings()
+        settings.resetBurst = 5
+        settings.resetsPerSecond = 5
+        let server = try H2Session(role: .server, settings: settings)
+        let client = try H2Session(role: .client)
+        var clock: UInt64 = 1_000_000_000
+        try exchange(client, server, clock: clock)
+        for round in 0..<4 {
+            var ids: [Int32] = []
+            for _ in 0..<5 { ids.append(try client.request(headers: postHeaders, endStream: true)) }
+            try exchange(client, server, clock: clock)
+            for id in ids { client.reset(stream: id, code: 0x8) }
+            try exchange(client, server, clock: clock)
+            clock += 1_000_000_000  // one second: five more allowed
+            #expect(server.resetsReceived == UInt64(5 * (round + 1)))
+        }
     }
 }
