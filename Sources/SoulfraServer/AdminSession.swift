@@ -28,6 +28,9 @@ final class AdminSession {
         self.ready = ready
     }
 
+    /// Shutdown: finish what is being answered, then close (a scraper's keep-alive must not hold the daemon).
+    func finish() { closeAfterOutput = true }
+
     func receive(_ bytes: UnsafeRawBufferPointer) {
         guard !closeAfterOutput else { return }
         parser.feed(bytes, onEvent: { event in

@@ -434,6 +434,7 @@ final class Wiring: LoopDelegate {
                 }
                 loop.stopAccepting()
                 for conn in sorting.keys { loop.close(conn: conn, flush: false, now: now) }
+                for a in admin.values { a.finish() }
                 broker.beginShutdown(now: now)
             case .install(let table):
                 broker.install(access: table, now: now)

@@ -80,4 +80,40 @@ struct AdminTests {
         #expect(text.hasPrefix("HTTP/1.1 400 "), "\(text)")
         #expect(text.contains("Connection: close"))
     }
+
+    @Test("shutdown closes idle keep-alive admin connections instead of waiting on them")
+    func keepAliveClosedOnShutdown() throws {
+        // A long drain, held open by a broker stream this test controls: the admin connection must be closed
+        // during the drain, not by the hard stop at its end.
+        let server = try BrokerServer.start(testConfig { $0.broker.shutdownDrainMilliseconds = 30_000 })
+        let ri = Recorder()
+        let inst = try server.connect(.instance, world: "playground", recorder: ri)
+        let gw = try server.connect(.gateway)
+        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(gw.session.send(stream: s, payload: bytes("hold the drain open")))
+        #expect(pumpUntil([inst, gw]) { !ri.data.isEmpty })
+
+        let admin = PeerConnection(address: .tcp(host: "127.0.0.1", port: server.adminPort), identity: PeerIdentity(kind: .gateway, token: "x"))
+        try admin.connect()
+        admin.session.output.removeAll()
+        Array("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n".utf8).withUnsafeBytes { admin.session.output.append($0) }
+        admin.flush()
+        server.shutdown()
+        var eof = false
+        let deadline = monotonicMilliseconds() + 10_000
+        while !eof && monotonicMilliseconds() < deadline {
+            var p = pollfd(fd: admin.fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 10) > 0 else { continue }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            if buf.withUnsafeMutableBytes({ recv(admin.fd, $0.baseAddress, $0.count, 0) }) <= 0 { eof = true }
+        }
+        #expect(eof, "the admin connection was closed")
+        #expect(!gw.session.isClosed, "while the broker was still draining")
+        // End the stream: the drain completes and the daemon stops.
+        #expect(inst.session.send(stream: ri.accepted[0].0, payload: bytes("bye"), end: true))
+        #expect(gw.session.send(stream: s, payload: bytes(""), end: true))
+        #expect(pumpUntil([inst, gw]) { gw.session.isClosed })
+        server.wait()
+        admin.close()
+    }
 }
