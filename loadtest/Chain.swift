@@ -202,24 +202,10 @@ func runRooms(_ t: Target, _ o: RoomsOptions) throws -> Report {
             payload.initializeMemory(as: UInt8.self, repeating: 0x62)
             defer { payload.deallocate() }
             cpuStart.withLock { $0 = server?.cpuMicroseconds }
-            let start = monotonicNanoseconds()
-            let end = start + UInt64(o.seconds * 1e9)
-            var pacer = Pacer(rate: o.rate, start: start)
-            var sent: UInt64 = 0
-            while monotonicNanoseconds() < end {
-                var due = min(pacer.due(now: monotonicNanoseconds()), 256)
-                while due > 0 {
-                    stamp(payload, monotonicNanoseconds())
-                    pub.session.publish(world: t.world, room: "bench-room", payload: UnsafeRawBufferPointer(payload))
-                    sent += 1
-                    due -= 1
-                }
-                pacer.sent = sent
-                shared.sent.store(sent, ordering: .relaxed)
-                _ = pub.pump(timeoutMilliseconds: o.rate > 0 ? 1 : 0)
-            }
-            shared.sent.store(sent, ordering: .relaxed)
-            shared.stop.store(true, ordering: .relaxed)
+            let sent = publishPaced(rate: o.rate, seconds: o.seconds, shared: shared, publish: {
+                stamp(payload, monotonicNanoseconds())
+                pub.session.publish(world: t.world, room: "bench-room", payload: UnsafeRawBufferPointer(payload))
+            }, service: { _ = pub.pump(timeoutMilliseconds: o.rate > 0 ? 1 : 0) })
             pub.close()
             return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
         },

@@ -263,25 +263,11 @@ func runNATSRooms(host: String, port: UInt16, serverPID: Int32?, _ o: RoomsOptio
             let header = Array("PUB bench.room \(size)\r\n".utf8)
             var payload = [UInt8](repeating: 0x62, count: size)
             cpuStart.withLock { $0 = server?.cpuMicroseconds }
-            let start = monotonicNanoseconds()
-            let end = start + UInt64(o.seconds * 1e9)
-            var pacer = Pacer(rate: o.rate, start: start)
-            var sent: UInt64 = 0
-            while monotonicNanoseconds() < end {
-                var due = min(pacer.due(now: monotonicNanoseconds()), 256)
-                while due > 0 {
-                    c.publish(header, &payload)
-                    sent += 1
-                    due -= 1
-                }
+            let sent = publishPaced(rate: o.rate, seconds: o.seconds, shared: shared, publish: { c.publish(header, &payload) }, service: {
                 c.flush()
-                pacer.sent = sent
-                shared.sent.store(sent, ordering: .relaxed)
                 _ = c.fill(timeout: o.rate > 0 ? 1 : 0)
                 c.parse { _ in }
-            }
-            shared.sent.store(sent, ordering: .relaxed)
-            shared.stop.store(true, ordering: .relaxed)
+            })
             close(c.fd)
             return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
         },

@@ -114,6 +114,30 @@ struct Pacer {
     }
 }
 
+/// The rooms publisher's loop, shared by the Soulfra and NATS drivers: publishes at `rate` frames/s (0: as
+/// fast as possible) for `seconds`, in bursts of at most 256, calling `service` between bursts (flush, read
+/// PINGs). Publishes `shared.sent` as it goes, sets `shared.stop` at the end, and returns the count.
+func publishPaced(rate: Int, seconds: Double, shared: Shared, publish: () -> Void, service: () -> Void) -> UInt64 {
+    let start = monotonicNanoseconds()
+    let end = start + UInt64(seconds * 1e9)
+    var pacer = Pacer(rate: rate, start: start)
+    var sent: UInt64 = 0
+    while monotonicNanoseconds() < end {
+        var due = min(pacer.due(now: monotonicNanoseconds()), 256)
+        while due > 0 {
+            publish()
+            sent += 1
+            due -= 1
+        }
+        pacer.sent = sent
+        shared.sent.store(sent, ordering: .relaxed)
+        service()
+    }
+    shared.sent.store(sent, ordering: .relaxed)
+    shared.stop.store(true, ordering: .relaxed)
+    return sent
+}
+
 // MARK: - pipe
 
 struct PipeOptions: Sendable {

@@ -268,7 +268,6 @@ public final class Broker {
             return
         }
         guard access.admits(kind: hello.kind, world: hello.world, token: hello.token) else {
-            metrics.authFailures += 1
             let scope = hello.kind == .instance ? "world \"\(hello.world)\"" : "\(hello.kind) peers"
             fail(link, .authFailed, "token not valid for \(scope)")
             return

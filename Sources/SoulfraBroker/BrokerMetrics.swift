@@ -19,7 +19,6 @@ struct BrokerCounters {
     var roomFramesDropped: UInt64 = 0
     var affinityHits: UInt64 = 0
     var affinityRepins: UInt64 = 0
-    var authFailures: UInt64 = 0
 }
 
 /// A point-in-time copy of the broker's counters and gauges, for `/metrics` and the load-test report.
@@ -55,10 +54,12 @@ public struct BrokerSnapshot: Sendable, Equatable {
     public var roomFramesDropped: UInt64
     public var affinityHits: UInt64
     public var affinityRepins: UInt64
-    public var authFailures: UInt64
 
     /// Link closes for one reason.
     public func closes(_ code: ErrorCode) -> UInt64 { linkCloses[Int(code.rawValue)] }
+
+    /// HELLOs refused for a bad token (the `auth_failed` link closes).
+    public var authFailures: UInt64 { closes(.authFailed) }
 }
 
 extension Broker {
@@ -89,8 +90,7 @@ extension Broker {
             congestionAlerts: c.congestionAlerts, streamsOpened: c.streamsOpened, quotaRejections: c.quotaRejections,
             quotaPacedBytes: c.quotaPacedBytes, quotaPacedFrames: c.quotaPacedFrames,
             roomFramesPublished: c.roomFramesPublished, roomFramesDelivered: c.roomFramesDelivered,
-            roomFramesDropped: c.roomFramesDropped, affinityHits: c.affinityHits, affinityRepins: c.affinityRepins,
-            authFailures: c.authFailures)
+            roomFramesDropped: c.roomFramesDropped, affinityHits: c.affinityHits, affinityRepins: c.affinityRepins)
     }
 }
 
@@ -149,7 +149,6 @@ extension BrokerSnapshot {
             ("room_frames_dropped_total", roomFramesDropped, "Room frames dropped for drop-oldest subscribers."),
             ("affinity_hits_total", affinityHits, "Streams routed by session affinity."),
             ("affinity_repins_total", affinityRepins, "Session pins removed because their instance left."),
-            ("auth_failures_total", authFailures, "HELLOs refused."),
         ] {
             family(name, "counter", help)
             sample(name, "", value)
@@ -179,6 +178,6 @@ extension BrokerSnapshot {
             roomFramesPublished: roomFramesPublished + o.roomFramesPublished,
             roomFramesDelivered: roomFramesDelivered + o.roomFramesDelivered,
             roomFramesDropped: roomFramesDropped + o.roomFramesDropped, affinityHits: affinityHits + o.affinityHits,
-            affinityRepins: affinityRepins + o.affinityRepins, authFailures: authFailures + o.authFailures)
+            affinityRepins: affinityRepins + o.affinityRepins)
     }
 }

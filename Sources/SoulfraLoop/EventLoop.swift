@@ -255,7 +255,7 @@ public final class EventLoop {
             repeat {
                 n = sf_reap(ring, cqes, UInt32(cqeBatch))
                 counters.completions &+= UInt64(n)
-                let now = monotonicNanos()
+                let now = monotonicNanoseconds()
                 for k in 0..<Int(n) { dispatch(cqes[k], now: now) }
                 sf_buf_ring_publish(bufRing)
                 afterBatch(now: now)

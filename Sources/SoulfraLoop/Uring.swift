@@ -1,4 +1,5 @@
 import CURing
+@_exported import SoulfraNet
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -96,11 +97,6 @@ public enum UringProbe {
     }
 }
 
-/// strerror for a positive errno, with its symbolic name where known.
-public func describe(errno code: Int32) -> String {
-    String(cString: strerror(code)) + " (errno \(code))"
-}
-
 extension String {
     var trimmingWhitespace: String {
         var s = Substring(self)
@@ -123,11 +119,4 @@ public func readSmallFile(_ path: String, limit: Int = 65_536) -> String? {
         n += r
     }
     return String(decoding: bytes[..<n], as: UTF8.self)
-}
-
-/// Monotonic nanoseconds.
-@inline(__always) public func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }

@@ -2,8 +2,8 @@
 import Glibc
 #endif
 
-/// A socket address (IPv4, IPv6 or unix path) in a form bind(2) and connect(2) take. Shared by the loop's
-/// listeners and the peer library's dialer, which otherwise have nothing in common.
+/// A socket address (IPv4, IPv6 or unix path) in a form bind(2) and connect(2) take. SoulfraNet is the small
+/// platform layer the loop and the peer library share: socket addresses, the monotonic clock, errno text.
 public struct SocketAddress: Sendable {
     private var storage = sockaddr_storage()
     /// Bytes of `storage` in use.

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import SoulfraNet
+@_exported import SoulfraNet
 import SoulfraWire
 
 /// Where the broker listens.
@@ -136,7 +136,7 @@ public final class PeerConnection {
             }
             if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return true }
             if n < 0 && errno == EINTR { continue }
-            failTransport("send failed: \(describeErrno(errno))")
+            failTransport("send failed: \(describe(errno: errno))")
             return false
         }
         return true
@@ -161,7 +161,7 @@ public final class PeerConnection {
             }
             if errno == EAGAIN || errno == EWOULDBLOCK { return true }
             if errno == EINTR { continue }
-            failTransport("recv failed: \(describeErrno(errno))")
+            failTransport("recv failed: \(describe(errno: errno))")
             return false
         }
         return true
@@ -218,7 +218,7 @@ public final class PeerConnection {
             sa = a
         }
         let fd = sa.makeSocket()
-        guard fd >= 0 else { throw PeerError(message: "socket: \(describeErrno(errno))") }
+        guard fd >= 0 else { throw PeerError(message: "socket: \(describe(errno: errno))") }
         if sa.family != AF_UNIX {
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -227,7 +227,7 @@ public final class PeerConnection {
         if rc != 0 && errno != EINPROGRESS && errno != EAGAIN {
             let e = errno
             Glibc.close(fd)
-            throw PeerError(message: "connect \(address): \(describeErrno(e))")
+            throw PeerError(message: "connect \(address): \(describe(errno: e))")
         }
         if rc != 0 {
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
@@ -237,7 +237,7 @@ public final class PeerConnection {
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
             if r <= 0 || err != 0 {
                 Glibc.close(fd)
-                throw PeerError(message: "connect \(address): \(r <= 0 ? "timed out after \(timeoutMilliseconds) ms" : describeErrno(err))")
+                throw PeerError(message: "connect \(address): \(r <= 0 ? "timed out after \(timeoutMilliseconds) ms" : describe(errno: err))")
             }
         }
         return fd
@@ -334,16 +334,3 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     }
 }
 
-@inline(__always) public func monotonicMilliseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000 + UInt64(ts.tv_nsec) / 1_000_000
-}
-
-@inline(__always) public func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
-
-func describeErrno(_ e: Int32) -> String { String(cString: strerror(e)) + " (errno \(e))" }
