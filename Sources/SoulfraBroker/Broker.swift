@@ -137,11 +137,9 @@ public final class Broker {
     public func receive(link id: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
         guard let link = liveLink(id), link.state != .closing else { return }
         link.lastHeard = now
-        link.bytesIn &+= UInt64(bytes.count)
         metrics.bytesIn[kindIndex(link)] &+= UInt64(bytes.count)
         do {
             try link.decoder.feed(bytes) { header, payload throws(WireError) in
-                link.framesIn &+= 1
                 self.metrics.framesIn[self.kindIndex(link)] &+= 1
                 try self.handle(link, header, payload, now: now)
                 return link.state != .closing
@@ -559,17 +557,21 @@ public final class Broker {
     @inline(__always)
     func queued(on dst: Link, from source: Link?, frames: Int, bytes: Int, now: UInt64) {
         let k = kindIndex(dst)
-        dst.framesOut &+= UInt64(frames)
-        dst.bytesOut &+= UInt64(bytes)
         metrics.framesOut[k] &+= UInt64(frames)
         metrics.bytesOut[k] &+= UInt64(bytes)
-        if !dst.dirty && !dst.sendInFlight {
-            dst.dirty = true
-            dirtyLinks.append(dst.id)
-        }
+        markReady(dst)
         let q = dst.queuedBytes
         guard q > limits.linkQueueBytesHigh else { return }
         overHigh(dst, from: source, queued: q, now: now)
+    }
+
+    /// Lists the link for the next hand-off to the I/O layer (once; not while a send is in flight, since
+    /// `sent` lists it again).
+    @inline(__always)
+    func markReady(_ link: Link) {
+        guard !link.dirty && !link.sendInFlight else { return }
+        link.dirty = true
+        dirtyLinks.append(link.id)
     }
 
     func overHigh(_ dst: Link, from source: Link?, queued q: Int, now: UInt64) {
@@ -623,10 +625,7 @@ public final class Broker {
         guard let link = liveLink(id) else { return }
         link.sendInFlight = false
         link.sending.consume(min(count, link.sending.count))
-        if link.queuedBytes > 0 && !link.dirty {
-            link.dirty = true
-            dirtyLinks.append(link.id)
-        }
+        if link.queuedBytes > 0 { markReady(link) }
         guard link.congestedSince != nil || !link.pause.isEmpty || link.hasHeldRoomFrames else { return }
         if link.queuedBytes < limits.linkQueueBytesLow {
             link.congestedSince = nil
@@ -668,10 +667,7 @@ public final class Broker {
         guard link.state != .closing else { return }
         if notify {
             FrameWriter.write(.error(stream: 0, code: code, reason: reason), to: link.out)
-            if !link.dirty && !link.sendInFlight {
-                link.dirty = true
-                dirtyLinks.append(link.id)
-            }
+            markReady(link)
         }
         metrics.linkCloses[Int(code.rawValue)] += 1
         teardown(link, code)

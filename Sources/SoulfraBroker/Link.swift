@@ -64,10 +64,6 @@ final class Link {
     var congestedSince: UInt64?
     /// Streams routed to this link as acceptor and still open (the balancer's load figure).
     var outstanding = 0
-    var framesIn: UInt64 = 0
-    var bytesIn: UInt64 = 0
-    var framesOut: UInt64 = 0
-    var bytesOut: UInt64 = 0
 
     init(id: UInt32, now: UInt64) {
         self.id = id
