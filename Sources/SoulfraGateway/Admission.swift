@@ -92,7 +92,7 @@ public final class Gatekeeper {
         buckets = buckets.filter { ids.contains($0.key) }
     }
 
-    /// Decides on one request. `bearer` is the Authorization header's value; `queryToken` the `access_token`
+    /// Decides on one request. `authorization` is the Authorization header's value; `queryToken` the `access_token`
     /// query parameter (honoured only on routes browsers reach without headers). `now` is monotonic
     /// nanoseconds for buckets; `unixSeconds` the wall clock for expiry.
     public func admit(method: String, path: String, authorization: String?, queryToken: String?,
@@ -104,11 +104,8 @@ public final class Gatekeeper {
         }
         var presented: Substring?
         if let auth = authorization {
-            let trimmed = auth.drop { $0 == " " }
-            guard trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " else {
-                return reject(.unauthorized)
-            }
-            presented = trimmed.dropFirst(7).drop { $0 == " " }
+            guard let token = bearerToken(auth) else { return reject(.unauthorized) }
+            presented = token
         } else if let q = queryToken, route.acceptsQueryToken {
             presented = Substring(q)
         }
@@ -168,4 +165,13 @@ public final class Gatekeeper {
             status: 429, code: "rate_limited", message: "key \(k.prefix) is over \(k.requestsPerSecond) requests/s",
             headers: [("Retry-After", "\(wait)")] + state.headers))
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value (scheme case-insensitive, RFC 9110 §11.1),
+/// nil for any other scheme or an empty token.
+public func bearerToken(_ authorization: String) -> Substring? {
+    let trimmed = authorization.drop { $0 == " " }
+    guard trimmed.count > 7, trimmed.prefix(7).lowercased() == "bearer " else { return nil }
+    let token = trimmed.dropFirst(7).drop { $0 == " " }
+    return token.isEmpty ? nil : token
 }

@@ -82,8 +82,8 @@ final class AdminSession {
 
     private func authorized(_ h: HTTPRequestHead) -> Bool {
         guard let expected = adminToken else { return false }  // no admin token configured: /metrics is closed
-        guard let auth = h.header("authorization"), auth.count > 7, auth.prefix(7).lowercased() == "bearer " else { return false }
-        return expected.matches(SecretDigest(of: String(auth.dropFirst(7))))
+        guard let auth = h.header("authorization"), let token = bearerToken(auth) else { return false }
+        return expected.matches(SecretDigest(of: String(token)))
     }
 
     private func write(status: Int, contentType: String, body: String, extra: [(String, String)] = [], headOnly: Bool = false) {
