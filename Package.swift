@@ -35,7 +35,7 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP"),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys"]),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeer", "SoulfraWire"]),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
@@ -49,7 +49,7 @@ let package = Package(
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
         .target(name: "SoulfraPeer", dependencies: ["SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys"]),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer"]),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]

@@ -15,6 +15,9 @@ public struct KeyRecord: Sendable, Equatable {
     public var expiresAt: UInt64?
     /// Revoked or disabled keys are refused with `key_disabled`.
     public var disabled: Bool
+    /// The in-stream quotas the broker enforces (told to streaming clients in `rate_limits` events).
+    public var framesPerSecond: UInt32 = 0
+    public var bytesPerSecond: UInt32 = 0
 
     public init(id: UInt64, digest: SecretDigest, prefix: String, world: String, permissions: Permissions,
                 requestsPerSecond: UInt32 = 0, burst: UInt32 = 0, expiresAt: UInt64? = nil, disabled: Bool = false) {

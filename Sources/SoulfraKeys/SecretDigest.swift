@@ -11,6 +11,33 @@ public struct SecretDigest: Sendable, Hashable {
         }
     }
 
+    /// A digest given as 64 hex digits (how key files store keys); nil if malformed.
+    public init?(hex: String) {
+        let digits = Array(hex.utf8)
+        guard digits.count == 64 else { return nil }
+        var raw = [UInt8](repeating: 0, count: 32)
+        for i in 0..<32 {
+            guard let hi = Self.nibble(digits[2 * i]), let lo = Self.nibble(digits[2 * i + 1]) else { return nil }
+            raw[i] = hi << 4 | lo
+        }
+        withUnsafeMutableBytes(of: &bytes) { $0.copyBytes(from: raw) }
+    }
+
+    /// The digest as 64 lowercase hex digits.
+    public var hex: String {
+        var b = bytes
+        return withUnsafeBytes(of: &b) { raw in raw.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined() }
+    }
+
+    static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        case 0x41...0x46: c - 0x41 + 10
+        default: nil
+        }
+    }
+
     /// Compares in constant time (CRYPTO_memcmp).
     public func matches(_ other: SecretDigest) -> Bool {
         var a = bytes, b = other.bytes

@@ -24,6 +24,11 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
     public let errno: Int32
     public let address: String
     public var description: String { "\(call) \(address): \(describe(errno: errno))" }
+    public init(call: String, errno: Int32, address: String) {
+        self.call = call
+        self.errno = errno
+        self.address = address
+    }
 }
 
 /// A bound, listening, non-blocking socket.
@@ -34,7 +39,9 @@ public struct BoundListener: Sendable {
     public let port: UInt16
 
     /// Creates, binds and listens.
-    public static func bind(_ address: ListenAddress, backlog: Int32 = 4096) throws(SocketError) -> BoundListener {
+    /// With `reusePort`, several sockets (one per loop) may bind the same TCP port and the kernel spreads
+    /// connections across them (SO_REUSEPORT).
+    public static func bind(_ address: ListenAddress, backlog: Int32 = 4096, reusePort: Bool = false) throws(SocketError) -> BoundListener {
         func failure(_ call: String, _ e: Int32) -> SocketError { SocketError(call: call, errno: e, address: address.description) }
         let sa: SocketAddress
         switch address {
@@ -51,6 +58,7 @@ public struct BoundListener: Sendable {
         if case .tcp = address {
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         }
         guard sa.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
             let e = errno

@@ -1,8 +1,11 @@
 import Foundation
 import Synchronization
 import SoulfraBroker
+import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
+import SoulfraPeer
+import SoulfraTLS
 import SoulfraWire
 
 /// What a listener serves.
@@ -11,6 +14,10 @@ enum ListenerRole: Sendable {
     case broker
     /// The admin HTTP endpoints.
     case admin
+    /// The public gateway: cleartext HTTP/1.1 and h2c.
+    case gateway
+    /// The public gateway behind TLS.
+    case gatewayTLS
 }
 
 /// Runs the broker as one io_uring loop per core, and lets other threads talk to the loops by message.
@@ -24,7 +31,7 @@ public final class BrokerServer: Sendable {
     /// Messages to a loop.
     enum Command: Sendable {
         case shutdown
-        case install(AccessTable)
+        case install(AccessTable, KeyTable)
         case setBalancer(BalancerPolicy, world: String)
         case publishSnapshot
     }
@@ -42,6 +49,7 @@ public final class BrokerServer: Sendable {
         let handoffs = Mutex<[Handoff]>([])
         let mailbox = Mutex<LoopMailbox?>(nil)
         let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
+        let gatewayLatest = Mutex<GatewayCounters>(GatewayCounters())
         let finished = Mutex<Bool>(false)
         init(index: Int) { self.index = index }
 
@@ -57,6 +65,9 @@ public final class BrokerServer: Sendable {
     public let unixPath: String?
     /// The admin listener's port (0: disabled).
     public let adminPort: UInt16
+    /// The gateway's cleartext and TLS ports (0: disabled).
+    public let gatewayPort: UInt16
+    public let gatewayTLSPort: UInt16
     /// Loops (threads, rings) serving the broker.
     public let loopCount: Int
     let shards: [Shard]
@@ -89,14 +100,50 @@ public final class BrokerServer: Sendable {
                 throw error
             }
         }
-        let server = BrokerServer(bound: bound, admin: admin, loops: config.effectiveLoopCount)
+        let loops = config.effectiveLoopCount
+        // The gateway listens on every loop (SO_REUSEPORT): the kernel spreads clients across cores.
+        var gatewayListeners: [[(BoundListener, ListenerRole)]] = Array(repeating: [], count: loops)
+        var tls: TLSContext?
+        do {
+            for (spec, role, key) in [(config.gatewayTCP, ListenerRole.gateway, "listen.gateway_tcp"),
+                                      (config.gatewayTLS, ListenerRole.gatewayTLS, "listen.gateway_tls")] where !spec.isEmpty {
+                guard case .tcp(let host, var port) = try ServerConfig.parseHostPort(spec, key: key) else { continue }
+                for i in 0..<loops {
+                    let l = try BoundListener.bind(.tcp(host: host, port: port), reusePort: true)
+                    port = l.port
+                    gatewayListeners[i].append((l, role))
+                }
+            }
+            if !config.gatewayTLS.isEmpty { tls = try makeTLSContext(config, log: log) }
+        } catch {
+            for b in bound { close(b.fd) }
+            if let admin { close(admin.fd) }
+            for ls in gatewayListeners { for (l, _) in ls { close(l.fd) } }
+            throw error
+        }
+        let tlsContext = tls
+        let server = BrokerServer(bound: bound, admin: admin, gateway: gatewayListeners.first ?? [], loops: loops)
         let ready = DispatchSemaphore(value: 0)
-        // Loop 0 holds every listener; the admin listener comes last.
+        // Loop 0 holds the broker and admin listeners; every loop has its own gateway listeners.
         let listeners = bound.map { ($0, ListenerRole.broker) } + (admin.map { [($0, ListenerRole.admin)] } ?? [])
+        // Socket pairs joining each loop's gateway to every other loop's broker.
+        var pairs: [[Int32]] = Array(repeating: Array(repeating: -1, count: loops), count: loops)
+        for x in 0..<loops {
+            for y in 0..<loops where x != y {
+                var fds: [Int32] = [-1, -1]
+                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+                    throw SocketError(call: "socketpair", errno: errno, address: "gateway link \(x)→\(y)")
+                }
+                pairs[x][y] = fds[0]
+                server.shards[y].handoffs.withLock { $0.append(Handoff(fd: fds[1], bytes: [])) }
+            }
+        }
         for shard in server.shards {
             server.done.enter()
+            let own = (shard.index == 0 ? listeners : []) + gatewayListeners[shard.index]
+            let links = pairs[shard.index]
             let thread = Thread {
-                server.runLoop(shard, config: config, listeners: shard.index == 0 ? listeners : [], ready: ready, log: log)
+                server.runLoop(shard, config: config, listeners: own, gatewayLinks: links, tls: tlsContext, ready: ready, log: log)
                 server.done.leave()
             }
             thread.name = "soulfra-loop-\(shard.index)"
@@ -107,8 +154,10 @@ public final class BrokerServer: Sendable {
         return server
     }
 
-    private init(bound: [BoundListener], admin: BoundListener?, loops: Int) {
+    private init(bound: [BoundListener], admin: BoundListener?, gateway: [(BoundListener, ListenerRole)], loops: Int) {
         adminPort = admin?.port ?? 0
+        gatewayPort = gateway.first { $0.1 == .gateway }?.0.port ?? 0
+        gatewayTLSPort = gateway.first { $0.1 == .gatewayTLS }?.0.port ?? 0
         addresses = bound.map { b in
             if case .tcp(let host, _) = b.address { return .tcp(host: host, port: b.port) }
             return b.address
@@ -123,7 +172,12 @@ public final class BrokerServer: Sendable {
     public func shutdown() { post(.shutdown) }
 
     /// Replaces keys and tokens atomically on every loop (each swaps its snapshot on its next turn).
-    public func install(access: AccessTable) { post(.install(access)) }
+    public func install(access: AccessTable, keys: KeyTable) { post(.install(access, keys)) }
+
+    /// The gateway's counters summed over loops (each published at most a second ago).
+    public var gatewayCounters: GatewayCounters {
+        shards.map { $0.gatewayLatest.withLock { $0 } }.reduce(GatewayCounters()) { $0.merging($1) }
+    }
 
     /// Sets one world's balancer.
     public func setBalancer(_ policy: BalancerPolicy, forWorld world: String) { post(.setBalancer(policy, world: world)) }
@@ -165,8 +219,8 @@ public final class BrokerServer: Sendable {
     }
 
     private func runLoop(
-        _ shard: Shard, config: ServerConfig, listeners: [(BoundListener, ListenerRole)], ready: DispatchSemaphore,
-        log: @escaping @Sendable (String) -> Void
+        _ shard: Shard, config: ServerConfig, listeners: [(BoundListener, ListenerRole)], gatewayLinks: [Int32],
+        tls: TLSContext?, ready: DispatchSemaphore, log: @escaping @Sendable (String) -> Void
     ) {
         let loop: EventLoop
         do {
@@ -185,6 +239,16 @@ public final class BrokerServer: Sendable {
         wiring.adminToken = config.adminToken.isEmpty ? nil : SecretDigest(of: config.adminToken)
         loop.delegate = wiring
         for (l, _) in listeners { loop.add(listener: l) }
+        if listeners.contains(where: { $0.1 == .gateway || $0.1 == .gatewayTLS }) {
+            let token = config.gatewayToken
+            let gateway = Gateway(limits: config.gateway, keys: config.keyTable, loopIndex: shard.index, loopCount: shards.count,
+                                  tls: tls) { i in
+                PeerIdentity(kind: .gateway, token: token, maxFrameBytes: config.broker.maxFrameBytes, loop: UInt16(i))
+            }
+            wiring.attachGateway(gateway, links: gatewayLinks, now: monotonicNanoseconds())
+        } else {
+            for fd in gatewayLinks where fd >= 0 { close(fd) }
+        }
         shard.mailbox.withLock { $0 = loop.mailbox }
         ready.signal()
         // A command posted before the mailbox existed is picked up on the first turn.
@@ -194,38 +258,9 @@ public final class BrokerServer: Sendable {
             if case .unix(let path) = l.address { unlink(path) }
         }
         shard.publish(broker.snapshot(), loop.counters)
+        if let g = wiring.gateway { shard.gatewayLatest.withLock { $0 = g.counters } }
         shard.mailbox.withLock { $0 = nil }
         shard.finished.withLock { $0 = true }
-    }
-}
-
-extension Wiring {
-    func flushAdmin(now: UInt64) {
-        for (conn, a) in admin where adminSending[conn] == nil {
-            if a.output.isEmpty {
-                if a.closeAfterOutput { loop.close(conn: conn, flush: false, now: now) }
-                continue
-            }
-            guard loop.canSend(conn: conn) else { continue }
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: a.output.count, alignment: 1)
-            buf.copyBytes(from: a.output)
-            a.output.removeAll()
-            adminSending[conn] = buf
-            loop.send(conn: conn, bytes: UnsafeRawBufferPointer(buf))
-        }
-    }
-
-    /// `/metrics`: the broker summed over loops (this loop fresh, the others as last published, ≤ 1 s old),
-    /// and every loop's own counters.
-    func renderMetrics() -> String {
-        var snap = broker.snapshot()
-        var loops: [(Int, LoopCounters)] = [(shard.index, loop.counters)]
-        for s in shards where s.index != shard.index {
-            let (other, counters) = s.latest.withLock { ($0.snapshot, $0.loop) }
-            if let other { snap = snap.merging(other) }
-            loops.append((s.index, counters))
-        }
-        return snap.prometheusText() + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
     }
 }
 
@@ -261,207 +296,21 @@ extension ServerConfig {
     }
 }
 
-/// Joins one loop's broker to its ring: loop events in, broker output and actions out. Loop thread only.
-final class Wiring: LoopDelegate {
-    /// A connection accepted here whose HELLO has not been read yet (multi-loop only).
-    struct Sorting {
-        var bytes: [UInt8] = []
-        let since: UInt64
-        /// Set once the owning loop is known and the socket is being handed over.
-        var target: Int?
+/// The TLS listener's context: the configured certificate, or a self-signed development one (generated
+/// once, kept in `tls.self_signed_directory`, announced in the log).
+func makeTLSContext(_ config: ServerConfig, log: @Sendable (String) -> Void) throws -> TLSContext {
+    if !config.tlsCertificatePath.isEmpty {
+        return try TLSContext(certificatePath: config.tlsCertificatePath, keyPath: config.tlsKeyPath)
     }
-
-    let broker: Broker
-    unowned let loop: EventLoop
-    let shard: BrokerServer.Shard
-    let shards: [BrokerServer.Shard]
-    let log: @Sendable (String) -> Void
-    let statsIntervalNanos: UInt64
-    var sorting: [UInt32: Sorting] = [:]
-    var listenerRoles: [ListenerRole] = []
-    var adminToken: SecretDigest?
-    /// Admin HTTP connections, and the response bytes a send in flight points at (freed on completion).
-    var admin: [UInt32: AdminSession] = [:]
-    var adminSending: [UInt32: UnsafeMutableRawBufferPointer] = [:]
-    var lastSnapshot: UInt64 = 0
-    var lastStats: UInt64 = 0
-    var shutdownStarted: UInt64?
-    var shutdownDrained = false
-
-    init(broker: Broker, loop: EventLoop, shard: BrokerServer.Shard, shards: [BrokerServer.Shard], statsInterval: UInt32,
-         log: @escaping @Sendable (String) -> Void) {
-        self.broker = broker
-        self.loop = loop
-        self.shard = shard
-        self.shards = shards
-        self.log = log
-        self.statsIntervalNanos = UInt64(statsInterval) * 1_000_000
+    let dir = config.tlsSelfSignedDirectory
+    let cert = dir + "/dev-cert.pem", key = dir + "/dev-key.pem"
+    if !FileManager.default.fileExists(atPath: cert) || !FileManager.default.fileExists(atPath: key) {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o700])
+        try TLSContext.makeSelfSigned(certificatePath: cert, keyPath: key)
+        log("tls: no certificate configured (tls.certificate_path); generated a self-signed development certificate in \(dir) — not for production")
+    } else {
+        log("tls: no certificate configured (tls.certificate_path); using the self-signed development certificate in \(dir) — not for production")
     }
-
-    func loopAccepted(conn: UInt32, listener: Int, now: UInt64) -> Bool {
-        if listener < listenerRoles.count && listenerRoles[listener] == .admin {
-            admin[conn] = AdminSession(adminToken: adminToken, metrics: { [unowned self] in renderMetrics() },
-                                       ready: { [unowned self] in shutdownStarted == nil })
-            return true
-        }
-        guard broker.canAttach else { return false }
-        if shards.count == 1 {
-            broker.attach(link: conn, now: now)
-        } else {
-            sorting[conn] = Sorting(since: now)
-        }
-        return true
-    }
-
-    @inline(__always)
-    func loopReceived(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
-        if !admin.isEmpty, let a = admin[conn] {
-            a.receive(bytes)
-            return
-        }
-        if !sorting.isEmpty, sorting[conn] != nil {
-            sort(conn, bytes, now: now)
-            return
-        }
-        broker.receive(link: conn, bytes: bytes, now: now)
-    }
-
-    /// Reads the first frame of a new connection to find the loop it belongs to.
-    func sort(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
-        sorting[conn]!.bytes.append(contentsOf: bytes)
-        guard sorting[conn]!.target == nil else { return }  // being handed off: keep what arrives
-        let buffered = sorting[conn]!.bytes
-        var target = shard.index
-        let complete: Bool = buffered.withUnsafeBytes { raw in
-            guard raw.count >= Wire.headerBytes else { return false }
-            // Anything that is not a well-formed HELLO stays here; this loop's broker rejects it properly.
-            guard let h = try? FrameDecoder.parseHeader(raw, limit: Wire.handshakeFrameBytes), h.type == .hello else { return true }
-            let total = Wire.headerBytes + Int(h.length)
-            guard raw.count >= total else { return false }
-            guard case .hello(let hello)? = try? Frame.parse(h, UnsafeRawBufferPointer(rebasing: raw[Wire.headerBytes..<total])) else {
-                return true
-            }
-            if hello.kind == .instance && !hello.world.isEmpty {
-                target = Wire.loop(forWorld: hello.world, count: shards.count)
-            } else if Int(hello.loop) < shards.count {
-                target = Int(hello.loop)
-            }
-            return true
-        }
-        guard complete else { return }
-        if target == shard.index {
-            sorting.removeValue(forKey: conn)
-            broker.attach(link: conn, now: now)
-            buffered.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
-        } else {
-            sorting[conn]!.target = target
-            loop.handOff(conn: conn)
-        }
-    }
-
-    func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {
-        guard let s = sorting.removeValue(forKey: conn), let target = s.target else {
-            close(fd)
-            return
-        }
-        let dest = shards[target]
-        dest.handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fd, bytes: s.bytes)) }
-        dest.wake()
-    }
-
-    @inline(__always)
-    func loopSent(conn: UInt32, count: Int, now: UInt64) {
-        if !adminSending.isEmpty, let buf = adminSending.removeValue(forKey: conn) {
-            // Admin responses are small; a short send re-queues the rest in front.
-            if count < buf.count, count > 0, let a = admin[conn] { a.output.insert(contentsOf: buf[count...], at: 0) }
-            buf.deallocate()
-            return
-        }
-        broker.sent(link: conn, count: count, now: now)
-    }
-
-    func loopClosed(conn: UInt32, now: UInt64) {
-        if !admin.isEmpty, admin.removeValue(forKey: conn) != nil {
-            adminSending.removeValue(forKey: conn)?.deallocate()
-            return
-        }
-        if sorting.removeValue(forKey: conn) != nil { return }  // never reached the broker
-        broker.detach(link: conn, now: now)
-    }
-
-    func loopTick(now: UInt64) {
-        broker.tick(now: now)
-        if !sorting.isEmpty {
-            // A connection that does not finish HELLO in time is closed here, before any broker saw it.
-            let limit = UInt64(broker.limits.handshakeTimeoutMilliseconds) * 1_000_000
-            for (conn, s) in sorting where s.target == nil && now &- s.since > limit {
-                loop.close(conn: conn, flush: false, now: now)
-            }
-        }
-        // A snapshot walks every link and stream: once a second is plenty for a scrape; `snapshotNow` asks
-        // for a fresh one when a caller needs it.
-        if now &- lastSnapshot >= 1_000_000_000 {
-            lastSnapshot = now
-            shard.publish(broker.snapshot(), loop.counters)
-        }
-        if statsIntervalNanos > 0 && now &- lastStats >= statsIntervalNanos {
-            lastStats = now
-            let s = broker.snapshot()
-            log("stats loop=\(shard.index) links=\(s.linksByKind.reduce(0, +)) streams=\(s.streamsOpen) "
-                + "frames_in=\(s.framesIn.reduce(0, +)) frames_out=\(s.framesOut.reduce(0, +)) "
-                + "paused=\(s.pausedLinks) congested=\(s.congestedLinks)")
-        }
-        if let started = shutdownStarted {
-            // Hard stop: drain deadline plus flush deadline plus a second, whatever peers do.
-            let limit = UInt64(broker.limits.shutdownDrainMilliseconds + loop.limits.closeFlushMilliseconds + 1_000) * 1_000_000
-            if now &- started > limit { loop.stop() }
-        }
-    }
-
-    func loopMailbox(now: UInt64) {
-        for h in shard.takeHandoffs() {
-            guard let conn = loop.adopt(fd: h.fd) else { continue }
-            broker.attach(link: conn, now: now)
-            h.bytes.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
-        }
-        for c in shard.takeCommands() {
-            switch c {
-            case .shutdown:
-                guard shutdownStarted == nil else { continue }
-                shutdownStarted = now
-                if shard.index == 0 {
-                    log("shutting down: GOAWAY sent, draining streams for up to \(broker.limits.shutdownDrainMilliseconds) ms")
-                }
-                loop.stopAccepting()
-                for conn in sorting.keys { loop.close(conn: conn, flush: false, now: now) }
-                for a in admin.values { a.finish() }
-                broker.beginShutdown(now: now)
-            case .install(let table):
-                broker.install(access: table, now: now)
-            case .setBalancer(let p, let world):
-                broker.setBalancer(p, forWorld: world)
-            case .publishSnapshot:
-                shard.publish(broker.snapshot(), loop.counters)
-            }
-        }
-    }
-
-    @inline(__always)
-    func loopFlush(now: UInt64) {
-        broker.drainActions { action in
-            switch action {
-            case .pauseRead(let l): loop.pauseRead(conn: l)
-            case .resumeRead(let l): loop.resumeRead(conn: l)
-            case .close(let l): loop.close(conn: l, flush: true, now: now)
-            case .shutdownComplete: shutdownDrained = true
-            }
-        }
-        broker.drainReady { l in
-            guard loop.canSend(conn: l) else { return }
-            let bytes = broker.takeOutput(link: l)
-            if bytes.count > 0 { loop.send(conn: l, bytes: bytes) }
-        }
-        if !admin.isEmpty { flushAdmin(now: now) }
-        if shutdownDrained && loop.openConnections == 0 { loop.stop() }
-    }
+    return try TLSContext(certificatePath: cert, keyPath: key)
 }

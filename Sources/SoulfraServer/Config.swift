@@ -1,5 +1,7 @@
 import Foundation
 import SoulfraBroker
+import SoulfraGateway
+import SoulfraKeys
 import SoulfraLoop
 
 /// The daemon's configuration: defaults, then `config/soulfra.json` (or `--config`), then environment
@@ -25,6 +27,20 @@ public struct ServerConfig: Sendable, Equatable {
     public var gatewayToken = ""
     public var instanceTokens: [String: String] = [:]
     public var keys: [KeyQuota] = []
+    /// Keys apps present at the gateway (those entries of `keys` with a `key` or `sha256`).
+    public var gatewayKeys: [KeyRecord] = []
+    /// A JSON file (`{"keys": [...]}`) whose keys replace `keys`; the daemon re-reads it when it changes.
+    public var keysFile = ""
+    /// The gateway's cleartext listener (HTTP/1.1 and h2c), "host:port" ("" disables it).
+    public var gatewayTCP = "127.0.0.1:8080"
+    /// The gateway's TLS listener (ALPN h2, http/1.1), "host:port" ("" disables it).
+    public var gatewayTLS = "127.0.0.1:8443"
+    /// PEM certificate chain and key for the TLS listener; both empty: a self-signed development
+    /// certificate is generated in `tlsSelfSignedDirectory`.
+    public var tlsCertificatePath = ""
+    public var tlsKeyPath = ""
+    public var tlsSelfSignedDirectory = "/tmp/soulfra/tls"
+    public var gateway = GatewayLimits()
 
     public init() {}
 
@@ -43,6 +59,7 @@ public struct ServerConfig: Sendable, Equatable {
     public var withoutAccess: ServerConfig {
         var c = self
         c.keys = []
+        c.gatewayKeys = []
         c.instanceTokens = [:]
         c.runtimeToken = ""
         c.vaultToken = ""
@@ -123,6 +140,28 @@ public struct ServerConfig: Sendable, Equatable {
             try check(token.utf8.count >= 16, "tokens.instances.\(world)", "must be at least 16 bytes")
         }
         if !adminTCP.isEmpty { _ = try Self.parseHostPort(adminTCP, key: "listen.admin_tcp") }
+        if !gatewayTCP.isEmpty { _ = try Self.parseHostPort(gatewayTCP, key: "listen.gateway_tcp") }
+        if !gatewayTLS.isEmpty { _ = try Self.parseHostPort(gatewayTLS, key: "listen.gateway_tls") }
+        try check(tlsCertificatePath.isEmpty == tlsKeyPath.isEmpty, "tls",
+                  "set both tls.certificate_path and tls.key_path, or neither (a development certificate is generated)")
+        let g = gateway
+        try check((1_024...(256 << 20)).contains(g.maxBodyBytes), "gateway.max_body_bytes", "must be between 1024 and 268435456, got \(g.maxBodyBytes)")
+        try check((1_024...(256 << 20)).contains(g.maxReplyBytes), "gateway.max_reply_bytes", "must be between 1024 and 268435456, got \(g.maxReplyBytes)")
+        try check((256...Int(broker.maxFrameBytes)).contains(g.maxLineBytes), "gateway.max_line_bytes",
+                  "must be between 256 and broker.max_frame_bytes (\(broker.maxFrameBytes)), got \(g.maxLineBytes)")
+        try check((100...600_000).contains(g.headerTimeoutMilliseconds), "gateway.header_timeout_milliseconds", "must be between 100 and 600000, got \(g.headerTimeoutMilliseconds)")
+        try check((1_000...86_400_000).contains(g.idleTimeoutMilliseconds), "gateway.idle_timeout_milliseconds", "must be between 1000 and 86400000, got \(g.idleTimeoutMilliseconds)")
+        try check((1...100_000).contains(g.maxConcurrentStreams), "gateway.max_concurrent_streams", "must be between 1 and 100000, got \(g.maxConcurrentStreams)")
+        try check((1_024...(1 << 20)).contains(g.maxHeaderListBytes), "gateway.max_header_list_bytes", "must be between 1024 and 1048576, got \(g.maxHeaderListBytes)")
+        try check(g.resetsPerSecond >= 1 && g.resetBurst >= 1, "gateway.resets_per_second", "resets_per_second and reset_burst must be at least 1")
+        try check(g.connectionOutputHighBytes >= 16 << 10, "gateway.connection_output_high_bytes", "must be at least 16384, got \(g.connectionOutputHighBytes)")
+        try check(g.streamQueueHighBytes >= 4 << 10, "gateway.stream_queue_high_bytes", "must be at least 4096, got \(g.streamQueueHighBytes)")
+        try check(g.roomSubscriberOutputBytes >= 16 << 10, "gateway.room_subscriber_output_bytes", "must be at least 16384, got \(g.roomSubscriberOutputBytes)")
+        try check((1...3_600).contains(g.retryAfterSeconds), "gateway.retry_after_seconds", "must be between 1 and 3600, got \(g.retryAfterSeconds)")
+        var digests = Set<SecretDigest>()
+        for k in gatewayKeys {
+            try check(digests.insert(k.digest).inserted, "keys[id \(k.id)]", "the same key secret appears twice")
+        }
         for (key, token) in [("tokens.runtime", runtimeToken), ("tokens.vault", vaultToken), ("tokens.gateway", gatewayToken),
                              ("tokens.admin", adminToken)] {
             try check(token.isEmpty || token.utf8.count >= 16, key, "must be empty (kind disabled) or at least 16 bytes")
@@ -154,8 +193,33 @@ extension ServerConfig {
             brokerUnixPath = try l.string("broker_unix_path") ?? brokerUnixPath
             brokerTCP = try l.string("broker_tcp") ?? brokerTCP
             adminTCP = try l.string("admin_tcp") ?? adminTCP
+            gatewayTCP = try l.string("gateway_tcp") ?? gatewayTCP
+            gatewayTLS = try l.string("gateway_tls") ?? gatewayTLS
             try l.finish()
         }
+        if var t = try r.object("tls") {
+            tlsCertificatePath = try t.string("certificate_path") ?? tlsCertificatePath
+            tlsKeyPath = try t.string("key_path") ?? tlsKeyPath
+            tlsSelfSignedDirectory = try t.string("self_signed_directory") ?? tlsSelfSignedDirectory
+            try t.finish()
+        }
+        if var g = try r.object("gateway") {
+            gateway.maxBodyBytes = try g.int("max_body_bytes") ?? gateway.maxBodyBytes
+            gateway.maxReplyBytes = try g.int("max_reply_bytes") ?? gateway.maxReplyBytes
+            gateway.maxLineBytes = try g.int("max_line_bytes") ?? gateway.maxLineBytes
+            gateway.headerTimeoutMilliseconds = try g.uint32("header_timeout_milliseconds") ?? gateway.headerTimeoutMilliseconds
+            gateway.idleTimeoutMilliseconds = try g.uint32("idle_timeout_milliseconds") ?? gateway.idleTimeoutMilliseconds
+            gateway.maxConcurrentStreams = try g.uint32("max_concurrent_streams") ?? gateway.maxConcurrentStreams
+            gateway.maxHeaderListBytes = try g.uint32("max_header_list_bytes") ?? gateway.maxHeaderListBytes
+            gateway.resetsPerSecond = try g.uint32("resets_per_second") ?? gateway.resetsPerSecond
+            gateway.resetBurst = try g.uint32("reset_burst") ?? gateway.resetBurst
+            gateway.connectionOutputHighBytes = try g.int("connection_output_high_bytes") ?? gateway.connectionOutputHighBytes
+            gateway.streamQueueHighBytes = try g.int("stream_queue_high_bytes") ?? gateway.streamQueueHighBytes
+            gateway.roomSubscriberOutputBytes = try g.int("room_subscriber_output_bytes") ?? gateway.roomSubscriberOutputBytes
+            gateway.retryAfterSeconds = try g.uint32("retry_after_seconds") ?? gateway.retryAfterSeconds
+            try g.finish()
+        }
+        keysFile = try r.string("keys_file") ?? keysFile
         if var l = try r.object("loop") {
             loop.ringEntries = try l.uint32("ring_entries") ?? loop.ringEntries
             loop.recvBufferCount = try l.uint32("recv_buffer_count") ?? loop.recvBufferCount
@@ -203,22 +267,83 @@ extension ServerConfig {
             }
             try t.finish()
         }
-        if let list = try r.array("keys") {
-            keys = []
-            for (i, item) in list.enumerated() {
-                guard let obj = item as? [String: Any] else { throw Invalid(key: "keys[\(i)]", message: "must be an object") }
-                var k = JSONReader(object: obj, path: "keys[\(i)].")
-                guard let id = try k.uint64("id") else { throw Invalid(key: "keys[\(i)].id", message: "is required") }
-                guard let world = try k.string("world") else { throw Invalid(key: "keys[\(i)].world", message: "is required") }
-                keys.append(KeyQuota(
-                    keyID: id, world: world, maxStreams: try k.int("max_streams") ?? 0,
-                    framesPerSecond: try k.uint32("frames_per_second") ?? 0,
-                    bytesPerSecond: try k.uint32("bytes_per_second") ?? 0))
-                try k.finish()
-            }
-        }
+        if let list = try r.array("keys") { try applyKeys(list, path: "keys") }
         try r.finish()
     }
+
+    /// Reads key entries: the broker's quotas, and for entries with `key` or `sha256`, the gateway's record.
+    mutating func applyKeys(_ list: [Any], path: String) throws(Invalid) {
+        keys = []
+        gatewayKeys = []
+        for (i, item) in list.enumerated() {
+            let at = "\(path)[\(i)]"
+            guard let obj = item as? [String: Any] else { throw Invalid(key: at, message: "must be an object") }
+            var k = JSONReader(object: obj, path: at + ".")
+            guard let id = try k.uint64("id") else { throw Invalid(key: at + ".id", message: "is required") }
+            guard let world = try k.string("world") else { throw Invalid(key: at + ".world", message: "is required") }
+            let quota = KeyQuota(
+                keyID: id, world: world, maxStreams: try k.int("max_streams") ?? 0,
+                framesPerSecond: try k.uint32("frames_per_second") ?? 0,
+                bytesPerSecond: try k.uint32("bytes_per_second") ?? 0)
+            keys.append(quota)
+            let plaintext = try k.string("key")
+            let sha = try k.string("sha256")
+            var permissions: Permissions = [.worldAccess, .agentInteraction]
+            if let names = try k.array("permissions") {
+                permissions = []
+                for n in names {
+                    guard let name = n as? String, let p = Permissions.names.first(where: { $0.0 == name })?.1 else {
+                        throw Invalid(key: at + ".permissions", message: "unknown permission \(n); known: \(Permissions.names.map(\.0).joined(separator: ", "))")
+                    }
+                    permissions.insert(p)
+                }
+            }
+            let rps = try k.uint32("requests_per_second") ?? 0
+            let burst = try k.uint32("burst") ?? rps
+            let expires = try k.uint64("expires_at")
+            let disabled = (try k.raw("disabled") as? Bool) ?? false
+            try k.finish()
+            var digest: SecretDigest?
+            var prefix = "key \(id)"
+            if let plaintext {
+                guard let parsed = APIKey.parse(plaintext) else {
+                    throw Invalid(key: at + ".key", message: "is not a valid key (sk-slfr_<type>_<secret><checksum>)")
+                }
+                digest = parsed.digest
+                prefix = parsed.prefix
+            } else if let sha {
+                guard let d = SecretDigest(hex: sha) else { throw Invalid(key: at + ".sha256", message: "must be 64 hex digits") }
+                digest = d
+            }
+            if let digest {
+                var record = KeyRecord(id: id, digest: digest, prefix: prefix, world: world, permissions: permissions,
+                                       requestsPerSecond: rps, burst: burst, expiresAt: expires, disabled: disabled)
+                record.framesPerSecond = quota.framesPerSecond
+                record.bytesPerSecond = quota.bytesPerSecond
+                gatewayKeys.append(record)
+            }
+        }
+    }
+
+    /// Replaces the keys with those of `keysFile` (when set).
+    public mutating func loadKeysFile() throws(Invalid) {
+        guard !keysFile.isEmpty else { return }
+        guard let data = FileManager.default.contents(atPath: keysFile) else {
+            throw Invalid(key: "keys_file", message: "cannot read \(keysFile)")
+        }
+        let root: Any
+        do { root = try JSONSerialization.jsonObject(with: data) } catch {
+            throw Invalid(key: keysFile, message: "not valid JSON: \(error.localizedDescription)")
+        }
+        guard let top = root as? [String: Any] else { throw Invalid(key: keysFile, message: "the top level must be an object") }
+        var r = JSONReader(object: top, path: "")
+        guard let list = try r.array("keys") else { throw Invalid(key: keysFile, message: "needs a \"keys\" array") }
+        try r.finish()
+        try applyKeys(list, path: "\(keysFile): keys")
+    }
+
+    /// The gateway's key table.
+    public var keyTable: KeyTable { KeyTable(gatewayKeys) }
 
     /// Applies `SOULFRA_*` environment variables.
     public mutating func applyEnvironment(_ env: [String: String]) throws(Invalid) {
@@ -229,6 +354,9 @@ extension ServerConfig {
         if let v = env["SOULFRA_GATEWAY_TOKEN"] { gatewayToken = v }
         if let v = env["SOULFRA_ADMIN_TOKEN"] { adminToken = v }
         if let v = env["SOULFRA_ADMIN_TCP"] { adminTCP = v }
+        if let v = env["SOULFRA_GATEWAY_TCP"] { gatewayTCP = v }
+        if let v = env["SOULFRA_GATEWAY_TLS"] { gatewayTLS = v }
+        if let v = env["SOULFRA_KEYS_FILE"] { keysFile = v }
         if let v = env["SOULFRA_LOOPS"] {
             guard let n = Int(v) else { throw Invalid(key: "SOULFRA_LOOPS", message: "must be an integer, got \"\(v)\"") }
             loopCount = n

@@ -49,6 +49,15 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("admin-tcp"), help: "Admin endpoints host:port (/healthz, /readyz, /metrics; \"\" disables).")
     var adminTCP: String?
 
+    @Option(name: .customLong("gateway-tcp"), help: "Gateway cleartext listener host:port, HTTP/1.1 and h2c (\"\" disables; port 0 picks one).")
+    var gatewayTCP: String?
+
+    @Option(name: .customLong("gateway-tls"), help: "Gateway TLS listener host:port, ALPN h2 and http/1.1 (\"\" disables; port 0 picks one).")
+    var gatewayTLS: String?
+
+    @Option(name: .customLong("keys-file"), help: "JSON file of API keys ({\"keys\": [...]}), re-read whenever it changes.")
+    var keysFile: String?
+
     @Option(name: .customLong("loops"), help: "Broker loops, one thread and ring each (0: one per CPU).")
     var loops: Int?
 
@@ -72,6 +81,10 @@ struct Serve: ParsableCommand {
             if let v = statsInterval { cfg.statsIntervalMilliseconds = v }
             if let v = loops { cfg.loopCount = v }
             if let v = adminTCP { cfg.adminTCP = v }
+            if let v = gatewayTCP { cfg.gatewayTCP = v }
+            if let v = gatewayTLS { cfg.gatewayTLS = v }
+            if let v = keysFile { cfg.keysFile = v }
+            try cfg.loadKeysFile()
             try cfg.validate()
         } catch {
             fail(error.description, code: 78)  // EX_CONFIG
@@ -110,13 +123,36 @@ struct Serve: ParsableCommand {
         }
         logLine("broker listening on \(server.addresses.map(\.description).joined(separator: ", ")) "
                 + "with \(server.loopCount) loop\(server.loopCount == 1 ? "" : "s") (pid \(getpid()))")
+        if server.gatewayPort != 0 || server.gatewayTLSPort != 0 {
+            var parts: [String] = []
+            if server.gatewayPort != 0 { parts.append("http://\(hostOf(cfg.gatewayTCP)):\(server.gatewayPort) (HTTP/1.1, h2c)") }
+            if server.gatewayTLSPort != 0 { parts.append("https://\(hostOf(cfg.gatewayTLS)):\(server.gatewayTLSPort) (TLS: h2, HTTP/1.1)") }
+            logLine("gateway listening on \(parts.joined(separator: " and ")) with \(cfg.gatewayKeys.count) API key\(cfg.gatewayKeys.count == 1 ? "" : "s")")
+        }
         if let readyFile {
-            try? "\(server.tcpPort)\n".write(toFile: readyFile, atomically: true, encoding: .utf8)
+            // Broker TCP port, then the gateway's cleartext, TLS and admin ports (0: disabled).
+            try? "\(server.tcpPort)\n\(server.gatewayPort)\n\(server.gatewayTLSPort)\n\(server.adminPort)\n"
+                .write(toFile: readyFile, atomically: true, encoding: .utf8)
         }
 
         let signals = set
         let configPath = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
         let startup = fromFile
+        let keysPath = cfg.keysFile
+        // Keys change without a signal too: the key file (or the config file) is polled four times a second,
+        // so a revoked key stops working within a second.
+        let watcher = Thread {
+            var last = fileStamp(keysPath.isEmpty ? configPath : keysPath)
+            while true {
+                usleep(250_000)
+                let now = fileStamp(keysPath.isEmpty ? configPath : keysPath)
+                if now != last {
+                    last = now
+                    reloadAccess(server: server, path: configPath, startup: startup, keysFile: keysPath, why: "file changed")
+                }
+            }
+        }
+        watcher.start()
         let waiter = Thread {
             var set = signals
             var sig: Int32 = 0
@@ -124,7 +160,7 @@ struct Serve: ParsableCommand {
             while true {
                 sigwait(&set, &sig)
                 if sig == SIGHUP {
-                    reloadAccess(server: server, path: configPath, startup: startup)
+                    reloadAccess(server: server, path: configPath, startup: startup, keysFile: keysPath, why: "SIGHUP")
                     continue
                 }
                 if stopping {
@@ -156,24 +192,41 @@ struct Probe: ParsableCommand {
     }
 }
 
-/// SIGHUP: re-read keys and tokens; environment overrides still apply. A bad file leaves the old table.
-func reloadAccess(server: BrokerServer, path: String?, startup: ServerConfig) {
-    guard let path else {
-        logLine("SIGHUP: no config file to reload (started without one)")
+/// SIGHUP, or the key file changed: re-read keys and tokens; environment overrides still apply. A bad file
+/// leaves the old tables.
+func reloadAccess(server: BrokerServer, path: String?, startup: ServerConfig, keysFile: String, why: String) {
+    guard path != nil || !keysFile.isEmpty else {
+        logLine("\(why): no config file to reload (started without one)")
         return
     }
     do {
-        var fresh = try ServerConfig.load(path: path)
+        var fresh = startup
+        if let path { fresh = try ServerConfig.load(path: path) }
         try fresh.applyEnvironment(ProcessInfo.processInfo.environment)
+        if !keysFile.isEmpty { fresh.keysFile = keysFile }
+        try fresh.loadKeysFile()
         try fresh.validate()
-        if fresh.withoutAccess != startup.withoutAccess {
-            logLine("SIGHUP: settings other than keys and tokens changed in \(path); they take effect on restart")
+        if let path, fresh.withoutAccess != startup.withoutAccess {
+            logLine("\(why): settings other than keys and tokens changed in \(path); they take effect on restart")
         }
-        server.install(access: fresh.accessTable)
-        logLine("SIGHUP: reloaded \(fresh.keys.count) keys and the peer tokens from \(path)")
+        server.install(access: fresh.accessTable, keys: fresh.keyTable)
+        logLine("\(why): reloaded \(fresh.keys.count) keys (\(fresh.gatewayKeys.count) for the gateway) and the peer tokens")
     } catch {
-        logLine("SIGHUP: kept the current keys and tokens: \(error)")
+        logLine("\(why): kept the current keys and tokens: \(error)")
     }
+}
+
+/// Modification time and size of a file, to notice changes (nil: missing).
+func fileStamp(_ path: String?) -> [Int]? {
+    guard let path else { return nil }
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return [Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_size), Int(st.st_ino)]
+}
+
+func hostOf(_ hostPort: String) -> String {
+    if case .tcp(let h, _)? = try? ServerConfig.parseHostPort(hostPort, key: "") { return h.contains(":") ? "[\(h)]" : h }
+    return hostPort
 }
 
 func logLine(_ s: String) {

@@ -1,0 +1,414 @@
+import SoulfraHTTP
+import SoulfraHTTP2
+import SoulfraKeys
+import SoulfraTLS
+import SoulfraWire
+
+/// One client connection: TLS (optional), then HTTP/1.1, HTTP/2 or (after an upgrade) WebSocket. Sans-IO:
+/// bytes in through `receive`, bytes out in `out`, which the gateway hands to the loop.
+final class Connection {
+    enum Proto { case sniffing, http1, http2, webSocket }
+
+    let id: UInt32
+    unowned let gateway: Gateway
+    var proto: Proto = .sniffing
+    var sniffer = ProtocolSniffer()
+    var tls: TLSConnection?
+    var plain: [UInt8] = []
+    var h2: H2Session?
+    var h1: HTTP1Parser
+    /// HTTP/1.1 bytes received while a request is being answered (pipelining), parsed after it.
+    var h1Stash: [UInt8] = []
+    var h1Current: Exchange?
+    var h1Sequence: Int32 = 0
+    /// The current HTTP/1.1 request was refused: its body is read and dropped.
+    var h1Discarding = false
+    var h1KeepAlive = true
+    var h1Head: HTTPRequestHead?
+    var ws = WebSocketDecoder()
+    var exchanges: [Int32: Exchange] = [:]
+    /// Output: `sending` is what the loop is writing now (unmoved until `sent`), `out` what comes next.
+    var out = ByteQueue()
+    var sending = ByteQueue()
+    var sendInFlight = false
+    var closeAfterFlush = false
+    var closed = false
+    var readPaused = false
+    var dirty = false
+    var inDirtyList = false
+    let openedAt: UInt64
+    var lastActive: UInt64
+    /// A request head (or the HTTP/2 preface) must be complete by then; nil while none is awaited.
+    var headDeadline: UInt64?
+
+    init(id: UInt32, gateway: Gateway, tls: TLSConnection?, now: UInt64) {
+        self.id = id
+        self.gateway = gateway
+        self.tls = tls
+        self.openedAt = now
+        self.lastActive = now
+        var limits = HTTP1Limits()
+        limits.maxBodyBytes = gateway.limits.maxBodyBytes
+        limits.maxHeadBytes = Int(gateway.limits.maxHeaderListBytes)
+        self.h1 = HTTP1Parser(limits: limits)
+        self.headDeadline = now &+ UInt64(gateway.limits.headerTimeoutMilliseconds) * 1_000_000
+    }
+
+    var outputBytes: Int { out.count + sending.count }
+
+    // MARK: - Input
+
+    func receive(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        guard !closed && !closeAfterFlush else { return }
+        lastActive = now
+        guard let tls else {
+            feedPlain(bytes, now: now)
+            return
+        }
+        do {
+            try tls.receive(bytes)
+            if !tls.handshakeComplete {
+                let done = try tls.handshake()
+                drainTLS()
+                guard done else { return }
+                if tls.alpn == "h2" { startH2() } else { proto = .http1 }
+            }
+            plain.removeAll(keepingCapacity: true)
+            let r = try tls.read(into: &plain)
+            if !plain.isEmpty { plain.withUnsafeBytes { feedPlain($0, now: now) } }
+            if r == .closed { finish() }
+            drainTLS()
+        } catch {
+            if !tls.handshakeComplete { gateway.counters.tlsHandshakeFailures += 1 } else { gateway.counters.protocolErrors += 1 }
+            drainTLS()
+            finish()
+        }
+    }
+
+    func feedPlain(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        switch proto {
+        case .sniffing:
+            guard let p = sniffer.feed(bytes) else { return }
+            let seen = sniffer.bytes
+            switch p {
+            case .tls:
+                // TLS on the cleartext port: there is no certificate here to answer with.
+                gateway.counters.protocolErrors += 1
+                finish()
+            case .http2:
+                gateway.counters.connections[1] += 1
+                startH2()
+                seen.withUnsafeBytes { feedH2($0, now: now) }
+            case .http1:
+                gateway.counters.connections[0] += 1
+                proto = .http1
+                seen.withUnsafeBytes { feedH1($0, now: now) }
+            }
+        case .http1: feedH1(bytes, now: now)
+        case .http2: feedH2(bytes, now: now)
+        case .webSocket: feedWebSocket(bytes, now: now)
+        }
+    }
+
+    // MARK: - HTTP/2
+
+    func startH2() {
+        proto = .http2
+        var s = H2Settings()
+        s.maxConcurrentStreams = gateway.limits.maxConcurrentStreams
+        s.maxHeaderListBytes = gateway.limits.maxHeaderListBytes
+        s.resetsPerSecond = gateway.limits.resetsPerSecond
+        s.resetBurst = gateway.limits.resetBurst
+        h2 = try? H2Session(role: .server, settings: s)
+        if h2 == nil { finish() }
+    }
+
+    func feedH2(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        guard let h2 else { return }
+        do {
+            try h2.receive(bytes, now: now)
+        } catch {
+            if error == .rapidReset { gateway.counters.rapidResetGoaways += 1 } else { gateway.counters.protocolErrors += 1 }
+            handleH2Events(h2, now: now)
+            closeAfterFlush = true
+            return
+        }
+        handleH2Events(h2, now: now)
+    }
+
+    func handleH2Events(_ h2: H2Session, now: UInt64) {
+        for e in h2.takeEvents() {
+            switch e {
+            case .headers(let stream, let headers):
+                headDeadline = nil
+                var head = RequestHead()
+                for h in headers {
+                    switch h.name {
+                    case ":method": head.method = h.value
+                    case ":path": head.path = h.value
+                    case "authorization": head.authorization = h.value
+                    case "accept": head.accept = h.value
+                    case "x-soulfra-session": head.session = h.value
+                    default: break
+                    }
+                }
+                gateway.begin(self, id: stream, head: head, now: now)
+            case .data(let stream, let bytes):
+                if let ex = exchanges[stream] {
+                    bytes.withUnsafeBytes { gateway.requestBody(ex, $0, now: now) }
+                } else {
+                    h2.consume(stream: stream, bytes: bytes.count)
+                }
+            case .endStream(let stream):
+                if let ex = exchanges[stream] { gateway.requestEnd(ex, now: now) }
+            case .closed(let stream, _):
+                if let ex = exchanges.removeValue(forKey: stream) { gateway.cancel(ex, reason: "client closed the stream") }
+            case .goaway:
+                break
+            }
+        }
+        if exchanges.isEmpty && headDeadline == nil { lastActive = now }
+    }
+
+    // MARK: - HTTP/1.1
+
+    func feedH1(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        if h1Current != nil && !h1ReadingBody || !h1Stash.isEmpty {
+            // Answering a request: later pipelined requests wait (bounded: reading pauses past the limit).
+            h1Stash.append(contentsOf: bytes)
+            if h1Stash.count > gateway.limits.maxBodyBytes + Int(gateway.limits.maxHeaderListBytes) { pauseReading() }
+            return
+        }
+        let consumed = parseH1(bytes, now: now)
+        guard consumed < bytes.count else { return }
+        let rest = UnsafeRawBufferPointer(rebasing: bytes[consumed...])
+        if proto == .webSocket { feedWebSocket(rest, now: now) } else { h1Stash.append(contentsOf: rest) }
+    }
+
+    /// Whether the parser is inside the current request's body (which keeps flowing while it is answered).
+    var h1ReadingBody = false
+
+    func parseH1(_ bytes: UnsafeRawBufferPointer, now: UInt64) -> Int {
+        let n = h1.feed(bytes, onEvent: { event in
+            switch event {
+            case .head(let head):
+                headDeadline = nil
+                h1Sequence &+= 1
+                h1KeepAlive = head.keepAlive
+                h1ReadingBody = true
+                h1Head = head
+                var r = RequestHead(method: head.method, path: head.target, authorization: head.header("authorization"),
+                                    accept: head.header("accept") ?? "", session: head.header("x-soulfra-session") ?? "")
+                r.keepAlive = head.keepAlive
+                if head.header("upgrade")?.lowercased() == "websocket" {
+                    switch WebSocket.accept(head, sha1: SoulfraKeys.sha1) {
+                    case .success(let accept): r.webSocketAccept = accept
+                    case .failure(let e):
+                        respondH1Error(GatewayError(status: e.status, code: "bad_request", message: e.reason), requestID: gateway.nextRequestID())
+                        h1Discarding = true
+                        return true
+                    }
+                }
+                h1Discarding = false
+                gateway.begin(self, id: h1Sequence, head: r, now: now)
+                if proto == .webSocket { return false }
+            case .body(let b):
+                if !h1Discarding, let ex = h1Current { gateway.requestBody(ex, b, now: now) }
+            case .end:
+                h1ReadingBody = false
+                if !h1Discarding, let ex = h1Current { gateway.requestEnd(ex, now: now) }
+                h1Discarding = false
+                // The next request waits until this one is answered.
+                if h1Current != nil || !h1KeepAlive { return false }
+                headDeadline = now &+ UInt64(gateway.limits.headerTimeoutMilliseconds) * 1_000_000
+            }
+            return true
+        }, onError: { e in
+            gateway.counters.protocolErrors += 1
+            let code = e.status == 413 ? "payload_too_large" : e.status == 431 ? "headers_too_large" : "bad_request"
+            if let ex = h1Current, ex.responded {
+                closeAfterFlush = true
+            } else {
+                if let ex = h1Current { gateway.cancel(ex, reason: "malformed request") ; h1Current = nil }
+                h1KeepAlive = false
+                respondH1Error(GatewayError(status: e.status, code: code, message: e.reason), requestID: gateway.nextRequestID())
+            }
+            closeAfterFlush = true
+        })
+        if !h1KeepAlive && h1Current == nil && !h1ReadingBody && h1.isClosed { closeAfterFlush = true }
+        return n
+    }
+
+    /// The current HTTP/1.1 exchange is answered: parse what was pipelined behind it.
+    func h1Done(now: UInt64) {
+        h1Current = nil
+        guard !closed else { return }
+        if !h1KeepAlive {
+            closeAfterFlush = true
+            return
+        }
+        if h1ReadingBody { return }  // the rest of its body is still arriving
+        headDeadline = now &+ UInt64(gateway.limits.headerTimeoutMilliseconds) * 1_000_000
+        lastActive = now
+        guard !h1Stash.isEmpty else { return }
+        let stash = h1Stash
+        h1Stash.removeAll(keepingCapacity: true)
+        let consumed = stash.withUnsafeBytes { parseH1($0, now: now) }
+        if consumed < stash.count { h1Stash.insert(contentsOf: stash[consumed...], at: 0) }
+        if readPaused && h1Stash.count < gateway.limits.maxBodyBytes { resumeReading() }
+    }
+
+    func respondH1Error(_ e: GatewayError, requestID: String) {
+        let body = Array(e.json(requestID: requestID).utf8)
+        writeH1Head(status: e.status, headers: [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers,
+                    contentLength: body.count, keepAlive: h1KeepAlive)
+        emit(body)
+        gateway.counted(status: e.status, code: e.code)
+    }
+
+    func writeH1Head(status: Int, headers: [(String, String)], contentLength: Int?, keepAlive: Bool) {
+        var s = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
+        for (n, v) in headers { s += "\(n): \(v)\r\n" }
+        if let contentLength { s += "content-length: \(contentLength)\r\n" } else if status != 101 { s += "transfer-encoding: chunked\r\n" }
+        if !keepAlive { s += "connection: close\r\n"; h1KeepAlive = false }
+        s += "\r\n"
+        emit(Array(s.utf8))
+    }
+
+    // MARK: - WebSocket (after an HTTP/1.1 upgrade)
+
+    func feedWebSocket(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        guard let ex = h1Current else { return }
+        let failure = ws.feed(bytes) { event in
+            switch event {
+            case .text(let m), .binary(let m):
+                m.withUnsafeBytes { gateway.webSocketMessage(ex, $0, now: now) }
+            case .ping(let p):
+                emitFrame(.pong, payload: p)
+            case .pong:
+                break
+            case .close(let code, _):
+                emitFrame(.close, payload: code.map { [UInt8($0 >> 8), UInt8($0 & 0xFF)] } ?? [])
+                gateway.cancel(ex, reason: "client closed the WebSocket")
+                h1Current = nil
+                closeAfterFlush = true
+            }
+        }
+        if let failure {
+            gateway.counters.protocolErrors += 1
+            emitFrame(.close, payload: WebSocket.closePayload(failure, "protocol error"))
+            if h1Current != nil { gateway.cancel(ex, reason: "WebSocket protocol error") }
+            h1Current = nil
+            closeAfterFlush = true
+        }
+    }
+
+    // MARK: - Responses
+
+    /// Starts a response. `body` with `end` is a complete reply; otherwise the body streams through `sendBody`.
+    func respond(_ id: Int32, status: Int, headers: [(String, String)], body: [UInt8], end: Bool) {
+        switch proto {
+        case .http2:
+            guard let h2 else { return }
+            var hs = headers.map { H2Header($0.0.lowercased(), $0.1) }
+            if end { hs.append(H2Header("content-length", String(body.count))) }
+            try? h2.respond(stream: id, status: status, headers: hs, endStream: end && body.isEmpty)
+            if !body.isEmpty || !end { body.withUnsafeBytes { h2.send(stream: id, $0, end: end) } }
+        case .http1, .sniffing:
+            writeH1Head(status: status, headers: headers, contentLength: end ? body.count : nil, keepAlive: h1KeepAlive)
+            if !body.isEmpty { end ? emit(body) : body.withUnsafeBytes { emitChunk($0) } }
+        case .webSocket:
+            break
+        }
+        dirty = true
+    }
+
+    /// More of a streamed reply; `end` finishes it.
+    func sendBody(_ id: Int32, _ bytes: UnsafeRawBufferPointer, end: Bool) {
+        switch proto {
+        case .http2:
+            h2?.send(stream: id, bytes, end: end)
+        case .http1, .sniffing:
+            if bytes.count > 0 { emitChunk(bytes) }
+            if end { emit(Array("0\r\n\r\n".utf8)) }
+        case .webSocket:
+            if bytes.count > 0 { emitFrame(.text, payload: Array(bytes)) }
+            if end {
+                emitFrame(.close, payload: WebSocket.closePayload(.normal, ""))
+                closeAfterFlush = true
+            }
+        }
+        dirty = true
+    }
+
+    func emitChunk(_ bytes: UnsafeRawBufferPointer) {
+        emit(Array((String(bytes.count, radix: 16) + "\r\n").utf8))
+        emit(bytes)
+        emit([0x0D, 0x0A])
+    }
+
+    /// Bytes for the client (through TLS when there is TLS).
+    func emit(_ bytes: [UInt8]) { bytes.withUnsafeBytes { emit($0) } }
+
+    func emit(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        if let tls {
+            do { try tls.write(bytes) } catch { finish() }
+        } else {
+            out.append(bytes)
+        }
+        dirty = true
+    }
+
+    func drainTLS() {
+        tls?.drainOutput { out.append($0) }
+    }
+
+    /// Moves HTTP/2 frames (and TLS records) into `out`.
+    func produce() {
+        if let h2 {
+            do {
+                try h2.drainOutput { emit($0) }
+            } catch {
+                gateway.counters.protocolErrors += 1
+                closeAfterFlush = true
+            }
+            if !h2.isActive { closeAfterFlush = true }
+        }
+        drainTLS()
+    }
+
+    func pauseReading() {
+        guard !readPaused else { return }
+        readPaused = true
+        gateway.transport?.pauseRead(id)
+    }
+
+    func resumeReading() {
+        guard readPaused else { return }
+        readPaused = false
+        gateway.transport?.resumeRead(id)
+    }
+
+    /// Ends the connection after what is queued has been written.
+    func finish() {
+        closeAfterFlush = true
+        dirty = true
+    }
+
+    /// Graceful shutdown: HTTP/2 GOAWAY; HTTP/1.1 closes after the current exchange.
+    func goaway() {
+        if let h2 { h2.goaway() } else if h1Current == nil { closeAfterFlush = true } else { h1KeepAlive = false }
+        dirty = true
+    }
+}
+
+extension Connection {
+    /// One server WebSocket frame.
+    func emitFrame(_ opcode: WebSocket.Opcode, payload: [UInt8]) {
+        var frame: [UInt8] = []
+        frame.reserveCapacity(payload.count + 10)
+        WebSocket.encodeFrame(opcode, payload: payload, into: &frame)
+        emit(frame)
+    }
+}

@@ -1,0 +1,148 @@
+import SoulfraWire
+
+/// What a request becomes at the gateway.
+public enum ExchangeKind: String, CaseIterable, Sendable {
+    /// `POST …/messages`: one JSON reply.
+    case message
+    /// `POST …/messages` with `"stream": true` or `Accept: text/event-stream`: the reply as SSE.
+    case messageStream = "message_stream"
+    /// `POST …/streams`: NDJSON both ways, full duplex.
+    case stream
+    /// `GET …/ws`: the same conversation over WebSocket.
+    case webSocket = "websocket"
+    /// `GET …/rooms/{room}`: a room's publishes as SSE (or NDJSON).
+    case roomSubscribe = "room_subscribe"
+    /// `POST …/rooms/{room}`: one publish.
+    case roomPublish = "room_publish"
+
+    var index: Int { Self.allCases.firstIndex(of: self)! }
+
+    /// The OPEN detail the instance sees: how it should answer.
+    var detail: String {
+        switch self {
+        case .message: "message"
+        case .messageStream: "message.stream"
+        case .stream: "stream"
+        case .webSocket: "websocket"
+        case .roomSubscribe, .roomPublish: "room"
+        }
+    }
+
+    /// Whether the reply goes out as it is produced (headers first, then events).
+    var streamsReply: Bool { self != .message && self != .roomPublish }
+}
+
+/// The parts of a request head the gateway acts on, from HTTP/1.1 or HTTP/2.
+struct RequestHead {
+    var method = ""
+    var path = ""
+    var authorization: String?
+    var accept = ""
+    var session = ""
+    /// HTTP/1.1 `Upgrade: websocket` with the handshake headers (the full head, for `WebSocket.accept`).
+    var webSocketAccept: String?
+    var keepAlive = true
+}
+
+/// One request in flight: an HTTP/2 stream, an HTTP/1.1 request, or a WebSocket; and the broker stream it
+/// rides on.
+final class Exchange {
+    let id: Int32
+    unowned let conn: Connection
+    let route: Route
+    let key: KeyRecord
+    let rate: RateLimitState
+    var kind: ExchangeKind
+    let requestID: String
+    let startedAt: UInt64
+    var session: String
+    /// SSE or NDJSON framing for streamed replies.
+    var ndjson: Bool
+
+    /// The broker loop (port) and the stream on it; 0 while none is open.
+    var port = -1
+    var brokerStream: UInt32 = 0
+    /// Unary and publish bodies, held whole (bounded by `maxBodyBytes`) so a request can be retried.
+    var body: [UInt8] = []
+    var requestEnded = false
+    /// Frames waiting for broker credit, each with the client bytes it stands for (its HTTP/2 window cost),
+    /// and whether END follows the last one.
+    var outbound: [(bytes: [UInt8], cost: Int)] = []
+    var outboundHead = 0
+    var outboundEnds = false
+    var sentEnd = false
+    /// HTTP/2 bytes not yet handed back to the client's window (consumed once the broker took them).
+    var unconsumed = 0
+    /// Bytes of a partial NDJSON line.
+    var partialLine: [UInt8] = []
+    var reply: [UInt8] = []
+    /// Response headers are out; the body may still be streaming.
+    var responded = false
+    var responseEnded = false
+    /// When a streamed reply's headers go out if nothing else happened first (a refused stream gets a
+    /// proper status instead of an error event).
+    var headersDue: UInt64 = 0
+    var retried = false
+    /// Broker credit owed for DATA delivered to the client, granted once the client keeps up.
+    var owedBytes: UInt32 = 0
+    var owedFrames: UInt32 = 0
+    var holdingCredit = false
+    var paced = false
+    var retired = false
+
+    init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
+         requestID: String, startedAt: UInt64, session: String, ndjson: Bool) {
+        self.id = id
+        self.conn = conn
+        self.route = route
+        self.key = key
+        self.rate = rate
+        self.kind = kind
+        self.requestID = requestID
+        self.startedAt = startedAt
+        self.session = session
+        self.ndjson = ndjson
+    }
+
+    var pendingFrames: Int { outbound.count - outboundHead }
+
+    /// Response headers every reply carries.
+    func commonHeaders(contentType: String) -> [(String, String)] {
+        var h = [("content-type", contentType), ("x-request-id", requestID)]
+        if rate.limit > 0 { h += rate.headers }
+        return h
+    }
+
+    /// Queues a complete frame for the broker.
+    func queueFrame(_ bytes: [UInt8], cost: Int) {
+        if outboundHead > 64 && outboundHead * 2 > outbound.count {
+            outbound.removeFirst(outboundHead)
+            outboundHead = 0
+        }
+        outbound.append((bytes, cost))
+    }
+
+    /// Splits NDJSON request bytes into frames, one per non-empty line. False if a line is over `maxLine`.
+    func splitLines(_ bytes: UnsafeRawBufferPointer, maxLine: Int) -> Bool {
+        var start = 0
+        for i in 0..<bytes.count where bytes[i] == 0x0A {
+            partialLine.append(contentsOf: bytes[start..<i])
+            lineCost += i + 1 - start
+            start = i + 1
+            if partialLine.last == 0x0D { partialLine.removeLast() }
+            if partialLine.count > maxLine { return false }
+            // Blank lines carry no frame; their bytes are charged to the next one.
+            if !partialLine.isEmpty {
+                queueFrame(partialLine, cost: lineCost)
+                lineCost = 0
+            }
+            partialLine.removeAll(keepingCapacity: true)
+        }
+        partialLine.append(contentsOf: bytes[start...])
+        lineCost += bytes.count - start
+        return partialLine.count <= maxLine
+    }
+
+    /// Client bytes behind `partialLine` and blank lines not yet charged to a frame.
+    var lineCost = 0
+}

@@ -1,0 +1,728 @@
+import Glibc
+import SoulfraHTTP
+import SoulfraHTTP2
+import SoulfraKeys
+import SoulfraPeer
+import SoulfraTLS
+import SoulfraWire
+
+/// What the gateway needs from the I/O layer (the loop). Loop thread only.
+public protocol GatewayTransport: AnyObject {
+    func canSend(_ conn: UInt32) -> Bool
+    /// `bytes` stay valid until `Gateway.sent` for this connection.
+    func send(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer)
+    func close(_ conn: UInt32)
+    func pauseRead(_ conn: UInt32)
+    func resumeRead(_ conn: UInt32)
+}
+
+/// The gateway's link to one broker loop: a broker session (the gateway is a `gateway` peer) and the
+/// requests riding on it, by broker stream id.
+final class BrokerPort: PeerSessionDelegate {
+    let index: Int
+    unowned let gateway: Gateway
+    var session: PeerSession
+    var exchanges: [UInt32: Exchange] = [:]
+
+    init(index: Int, gateway: Gateway, identity: PeerIdentity) {
+        self.index = index
+        self.gateway = gateway
+        self.session = PeerSession(identity: identity)
+        session.autoCredit = false
+        session.delegate = self
+    }
+
+    var usable: Bool { session.isReady && !session.goawayReceived }
+
+    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+        guard let ex = exchanges[stream] else { return }
+        gateway.brokerData(ex, payload, end: end)
+    }
+
+    func sessionWritable(_ session: PeerSession, stream: UInt32) {
+        if let ex = exchanges[stream] { gateway.pumpOutbound(ex) }
+    }
+
+    func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
+        guard let ex = exchanges.removeValue(forKey: stream) else { return }
+        ex.brokerStream = 0
+        gateway.brokerClosed(ex, code: code, reason: reason)
+    }
+
+    func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) {
+        guard let ex = exchanges[stream] else { return }
+        gateway.controlEvent(ex, event: "dropped", json: #"{"event":"dropped","count":\#(count)}"#)
+    }
+
+    func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool) {
+        guard let ex = exchanges[stream], ex.kind.streamsReply else { return }
+        ex.paced = paced
+        gateway.counters.pacedEvents += 1
+        gateway.controlEvent(ex, event: "rate_limits", json: Framing.rateLimits(
+            paced: paced, framesPerSecond: ex.key.framesPerSecond, bytesPerSecond: ex.key.bytesPerSecond))
+    }
+
+    func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) {
+        gateway.portDown(self, reason: reason)
+    }
+}
+
+/// The public HTTP front door of one loop: client connections (HTTP/1.1, h2c, TLS), API-key admission,
+/// and the broker streams requests ride on. Sans-IO apart from `GatewayTransport`; loop thread only.
+///
+/// Each loop runs its own gateway with its own key buckets and one broker link per loop (`ports`): a
+/// request for a world goes out on the port of the loop that owns the world. The owner wires the ports'
+/// bytes to the broker (in process for the own loop, a socket pair for the others).
+public final class Gateway {
+    public let limits: GatewayLimits
+    public let loopIndex: Int
+    let gatekeeper: Gatekeeper
+    let tlsContext: TLSContext?
+    var ports: [BrokerPort] = []
+    var conns: [UInt32: Connection] = [:]
+    var dirtyConns: [Connection] = []
+    public var counters = GatewayCounters()
+    public weak var transport: (any GatewayTransport)?
+    var requestSequence: UInt64 = 0
+    var shuttingDown = false
+    var lastScan: UInt64 = 0
+    /// Streamed replies whose headers are held back for a moment (see `Exchange.headersDue`).
+    var pendingHeaders: [Exchange] = []
+
+    /// `identity(i)` is the HELLO for the link to loop `i`.
+    public init(limits: GatewayLimits, keys: KeyTable, loopIndex: Int, loopCount: Int, tls: TLSContext?,
+                identity: (Int) -> PeerIdentity) {
+        self.limits = limits
+        self.loopIndex = loopIndex
+        self.gatekeeper = Gatekeeper(table: keys)
+        self.tlsContext = tls
+        ports = (0..<loopCount).map { BrokerPort(index: $0, gateway: self, identity: identity($0)) }
+    }
+
+    // MARK: - Broker ports (wired by the owner)
+
+    /// The broker session for loop `i`: start it, move `output` to the broker, feed its bytes to `receive`.
+    public func portSession(_ i: Int) -> PeerSession { ports[i].session }
+
+    /// Replaces a dead port's session (the owner then connects it again).
+    public func renewPort(_ i: Int) -> PeerSession {
+        let old = ports[i]
+        ports[i] = BrokerPort(index: i, gateway: self, identity: old.session.identity)
+        return ports[i].session
+    }
+
+    /// Ports whose session closed and need a new link.
+    public var deadPorts: [Int] { ports.indices.filter { ports[$0].session.isClosed } }
+
+    func portDown(_ port: BrokerPort, reason: String) {
+        let open = port.exchanges
+        port.exchanges.removeAll()
+        for ex in open.values {
+            ex.brokerStream = 0
+            brokerClosed(ex, code: .peerGone, reason: "broker link lost: \(reason)")
+        }
+    }
+
+    // MARK: - Connections
+
+    /// A client connected; `tls` for the TLS listener.
+    public func accepted(conn: UInt32, tls: Bool, now: UInt64) {
+        var t: TLSConnection?
+        if tls, let ctx = tlsContext {
+            t = try? TLSConnection(context: ctx)
+            counters.connections[2] += 1
+        }
+        let c = Connection(id: conn, gateway: self, tls: t, now: now)
+        if tls && t == nil { c.finish() }
+        conns[conn] = c
+        counters.openConnections = conns.count
+        if shuttingDown { c.goaway() }
+        markDirty(c)
+    }
+
+    @inline(__always)
+    public func received(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
+        guard let c = conns[conn] else { return }
+        c.receive(bytes, now: now)
+        markDirty(c)
+    }
+
+    public func sent(conn: UInt32, count: Int, now: UInt64) {
+        guard let c = conns[conn] else { return }
+        c.sendInFlight = false
+        c.sending.consume(min(count, c.sending.count))
+        markDirty(c)
+    }
+
+    public func closed(conn: UInt32, now: UInt64) {
+        guard let c = conns.removeValue(forKey: conn) else { return }
+        c.closed = true
+        for ex in c.exchanges.values { cancel(ex, reason: "client connection closed") }
+        c.exchanges.removeAll()
+        if let ex = c.h1Current { cancel(ex, reason: "client connection closed") }
+        c.h1Current = nil
+        counters.openConnections = conns.count
+    }
+
+    /// Whether `conn` is one of the gateway's client connections.
+    public func owns(_ conn: UInt32) -> Bool { conns[conn] != nil }
+
+    func markDirty(_ c: Connection) {
+        if !c.inDirtyList {
+            c.inDirtyList = true
+            dirtyConns.append(c)
+        }
+    }
+
+    /// Swaps the key table (revocation takes effect on the next request; the broker ends open streams of
+    /// revoked keys).
+    public func install(keys: KeyTable) { gatekeeper.install(keys) }
+
+    func nextRequestID() -> String {
+        requestSequence &+= 1
+        return "req_\(loopIndex)_\(String(requestSequence, radix: 36))"
+    }
+
+    func counted(status: Int, code: String?) {
+        counters.responses[status, default: 0] += 1
+        if let code { counters.errors[code, default: 0] += 1 }
+    }
+
+    // MARK: - Requests
+
+    /// A request head arrived (`id`: the HTTP/2 stream, or the HTTP/1.1 request's sequence number).
+    func begin(_ c: Connection, id: Int32, head: RequestHead, now: UInt64) {
+        let requestID = nextRequestID()
+        if shuttingDown {
+            return reject(c, id: id, GatewayError(status: 503, code: "shutting_down", message: "the gateway is shutting down",
+                                                  headers: [("Retry-After", "\(limits.retryAfterSeconds)")]), requestID: requestID)
+        }
+        var path = Substring(head.path)
+        var queryToken: String?
+        if let q = path.firstIndex(of: "?") {
+            for pair in path[path.index(after: q)...].split(separator: "&") where pair.hasPrefix("access_token=") {
+                queryToken = String(pair.dropFirst("access_token=".count))
+            }
+            path = path[..<q]
+        }
+        let admission = gatekeeper.admit(method: head.method, path: String(path), authorization: head.authorization,
+                                         queryToken: queryToken, now: now, unixSeconds: UInt64(time(nil)))
+        let route: Route, key: KeyRecord, rate: RateLimitState
+        switch admission {
+        case .reject(let e):
+            return reject(c, id: id, e, requestID: requestID)
+        case .admit(let r, let k, let s):
+            (route, key, rate) = (r, k, s)
+        }
+        let wantsSSE = head.accept.contains("text/event-stream")
+        let wantsNDJSON = head.accept.contains("application/x-ndjson")
+        let kind: ExchangeKind
+        switch route {
+        case .messages: kind = wantsSSE ? .messageStream : .message
+        case .streams: kind = .stream
+        case .webSocket:
+            guard c.proto == .http1, head.webSocketAccept != nil else {
+                return reject(c, id: id, GatewayError(
+                    status: 426, code: "upgrade_required",
+                    message: "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
+                    headers: [("Upgrade", "websocket")]), requestID: requestID)
+            }
+            kind = .webSocket
+        case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
+        case .session, .analytics, .users:
+            return reject(c, id: id, GatewayError(
+                status: 501, code: "not_implemented",
+                message: "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
+        }
+        let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
+                          startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
+        counters.requests[kind.index] += 1
+        if c.proto == .http2 { c.exchanges[id] = ex } else { c.h1Current = ex }
+        counters.openExchanges += 1
+        switch kind {
+        case .message, .messageStream, .roomPublish:
+            break  // the body comes first
+        case .stream:
+            openBroker(ex, now: now)
+        case .roomSubscribe:
+            subscribe(ex, now: now)
+        case .webSocket:
+            c.proto = .webSocket
+            c.writeH1Head(status: 101, headers: [("upgrade", "websocket"), ("connection", "Upgrade"),
+                                                 ("sec-websocket-accept", head.webSocketAccept!), ("x-request-id", requestID)],
+                          contentLength: nil, keepAlive: true)
+            ex.responded = true
+            counted(status: 101, code: nil)
+            openBroker(ex, now: now)
+        }
+    }
+
+    func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String) {
+        let body = Array(e.json(requestID: requestID).utf8)
+        if c.proto == .http2 {
+            c.respond(id, status: e.status, headers: [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers,
+                      body: body, end: true)
+            counted(status: e.status, code: e.code)
+        } else {
+            c.h1Discarding = true
+            c.respondH1Error(e, requestID: requestID)
+        }
+        markDirty(c)
+    }
+
+    /// Request body bytes (HTTP/2 DATA or HTTP/1.1 body).
+    func requestBody(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        let c = ex.conn
+        switch ex.kind {
+        case .message, .messageStream, .roomPublish:
+            c.h2?.consume(stream: ex.id, bytes: bytes.count)
+            guard ex.body.count + bytes.count <= limits.maxBodyBytes else {
+                return fail(ex, GatewayError(status: 413, code: "payload_too_large",
+                                             message: "request bodies are limited to \(limits.maxBodyBytes) bytes"))
+            }
+            ex.body.append(contentsOf: bytes)
+        case .stream:
+            ex.unconsumed += bytes.count
+            guard ex.splitLines(bytes, maxLine: limits.maxLineBytes) else {
+                return fail(ex, GatewayError(status: 413, code: "payload_too_large",
+                                             message: "an NDJSON line is over \(limits.maxLineBytes) bytes"))
+            }
+            pumpOutbound(ex)
+            if c.proto == .http1 && ex.pendingFrames > 64 { c.pauseReading() }
+        case .webSocket, .roomSubscribe:
+            c.h2?.consume(stream: ex.id, bytes: bytes.count)
+        }
+    }
+
+    func requestEnd(_ ex: Exchange, now: UInt64) {
+        ex.requestEnded = true
+        switch ex.kind {
+        case .message, .messageStream:
+            guard let fields = MessageFields.scan(ex.body) else {
+                return fail(ex, GatewayError(status: 400, code: "invalid_request", message: "the body must be a JSON object"))
+            }
+            if fields.stream { ex.kind = .messageStream }
+            if ex.session.isEmpty { ex.session = fields.session }
+            if ex.kind == .messageStream { ex.ndjson = false }
+            openBroker(ex, now: now)
+        case .roomPublish:
+            guard !ex.body.isEmpty else {
+                return fail(ex, GatewayError(status: 400, code: "invalid_request", message: "a publish needs a body"))
+            }
+            guard case .room(let world, let room, _) = ex.route else { return }
+            let port = ports[Wire.loop(forWorld: world, count: ports.count)]
+            guard port.usable else { return fail(ex, unavailable(ex, "the broker loop for this world is not ready")) }
+            ex.body.withUnsafeBytes { port.session.publish(world: world, room: room, payload: $0) }
+            finishUnary(ex, status: 202, body: Array(#"{"published":true}"#.utf8), now: now)
+        case .stream:
+            if !ex.partialLine.isEmpty {
+                ex.queueFrame(ex.partialLine, cost: ex.lineCost)
+                ex.partialLine = []
+                ex.lineCost = 0
+            }
+            ex.outboundEnds = true
+            pumpOutbound(ex)
+        case .webSocket, .roomSubscribe:
+            break
+        }
+    }
+
+    /// One WebSocket message from the client: one frame to the world.
+    func webSocketMessage(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        ex.queueFrame(Array(bytes), cost: 0)
+        pumpOutbound(ex)
+        if ex.pendingFrames > 64 { ex.conn.pauseReading() }
+    }
+
+    func unavailable(_ ex: Exchange, _ message: String) -> GatewayError {
+        GatewayError(status: 503, code: "no_healthy_instance", message: message,
+                     headers: [("Retry-After", "\(limits.retryAfterSeconds)")])
+    }
+
+    /// Opens the broker stream to one of the world's instances (the broker balances and pins sessions).
+    func openBroker(_ ex: Exchange, now: UInt64) {
+        let port = ports[Wire.loop(forWorld: ex.route.world, count: ports.count)]
+        guard port.usable else { return fail(ex, unavailable(ex, "the broker loop for this world is not ready")) }
+        ex.port = port.index
+        ex.brokerStream = port.session.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
+                                                 session: ex.session, detail: ex.kind.detail))
+        port.exchanges[ex.brokerStream] = ex
+        if ex.kind == .message || ex.kind == .messageStream {
+            // The body in frames of at most 16 KiB; END on the last.
+            ex.outbound.removeAll(keepingCapacity: true)
+            ex.outboundHead = 0
+            var off = 0
+            while off < ex.body.count {
+                let n = min(16 << 10, ex.body.count - off)
+                ex.queueFrame(Array(ex.body[off..<(off + n)]), cost: 0)
+                off += n
+            }
+            ex.outboundEnds = true
+            ex.sentEnd = false
+        }
+        if ex.kind.streamsReply && !ex.responded {
+            ex.headersDue = now &+ 2_000_000
+            pendingHeaders.append(ex)
+        }
+        pumpOutbound(ex)
+    }
+
+    func subscribe(_ ex: Exchange, now: UInt64) {
+        guard case .room(let world, let room, _) = ex.route else { return }
+        let port = ports[Wire.loop(forWorld: world, count: ports.count)]
+        guard port.usable else { return fail(ex, unavailable(ex, "the broker loop for this world is not ready")) }
+        ex.port = port.index
+        ex.brokerStream = port.session.subscribe(world: world, room: room, mode: .reliable)
+        port.exchanges[ex.brokerStream] = ex
+        startStreamedReply(ex)
+    }
+
+    /// Sends queued frames while the broker's credit allows; hands the client's HTTP/2 window back for
+    /// what the broker took.
+    func pumpOutbound(_ ex: Exchange) {
+        guard ex.brokerStream != 0, ex.port >= 0 else { return }
+        let session = ports[ex.port].session
+        var consumed = 0
+        while ex.outboundHead < ex.outbound.count {
+            let frame = ex.outbound[ex.outboundHead]
+            let last = ex.outboundEnds && ex.outboundHead == ex.outbound.count - 1
+            let ok = frame.bytes.withUnsafeBytes { session.send(stream: ex.brokerStream, payload: $0, end: last) }
+            guard ok else { break }
+            consumed += frame.cost
+            ex.outbound[ex.outboundHead] = ([], 0)
+            ex.outboundHead += 1
+            if last { ex.sentEnd = true }
+        }
+        if ex.outboundHead == ex.outbound.count {
+            ex.outbound.removeAll(keepingCapacity: true)
+            ex.outboundHead = 0
+            if ex.outboundEnds && !ex.sentEnd {
+                if session.send(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
+                    ex.sentEnd = true
+                }
+            }
+            if ex.conn.readPaused && ex.conn.proto != .http2 { ex.conn.resumeReading() }
+        }
+        if consumed > 0, let h2 = ex.conn.h2 {
+            h2.consume(stream: ex.id, bytes: consumed)
+            markDirty(ex.conn)
+        }
+    }
+
+    // MARK: - Replies
+
+    func startStreamedReply(_ ex: Exchange) {
+        guard !ex.responded else { return }
+        ex.responded = true
+        let type = ex.ndjson ? "application/x-ndjson" : "text/event-stream"
+        var headers = ex.commonHeaders(contentType: type)
+        if !ex.ndjson { headers.append(("cache-control", "no-cache")) }
+        ex.conn.respond(ex.id, status: 200, headers: headers, body: [], end: false)
+        counted(status: 200, code: nil)
+        markDirty(ex.conn)
+    }
+
+    /// DATA from the instance.
+    func brokerData(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, end: Bool) {
+        let c = ex.conn
+        switch ex.kind {
+        case .message:
+            guard ex.reply.count + payload.count <= limits.maxReplyBytes else {
+                return fail(ex, GatewayError(status: 502, code: "reply_too_large",
+                                             message: "the instance's reply is over \(limits.maxReplyBytes) bytes"))
+            }
+            ex.reply.append(contentsOf: payload)
+            if end {
+                finishUnary(ex, status: 200, body: ex.reply, now: monotonicNanoseconds())
+            } else {
+                ports[ex.port].session.grant(stream: ex.brokerStream, bytes: UInt32(payload.count), frames: 1)
+            }
+        case .roomSubscribe:
+            if c.outputBytes > limits.roomSubscriberOutputBytes {
+                counters.slowSubscribers += 1
+                ports[ex.port].session.unsubscribe(ex.brokerStream)
+                ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
+                ex.brokerStream = 0
+                return fail(ex, GatewayError(status: 503, code: "slow_consumer",
+                                             message: "this subscriber fell too far behind the room"), retryable: true)
+            }
+            deliver(ex, payload, end: false)
+        case .messageStream, .stream, .webSocket:
+            deliver(ex, payload, end: end)
+            ex.owedBytes &+= UInt32(payload.count)
+            ex.owedFrames &+= 1
+        case .roomPublish:
+            break
+        }
+    }
+
+    /// Writes one reply frame to the client in the exchange's framing.
+    func deliver(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, end: Bool) {
+        startStreamedReply(ex)
+        let c = ex.conn
+        if ex.kind == .webSocket {
+            c.sendBody(ex.id, payload, end: end)
+        } else if payload.count > 0 {
+            var framed: [UInt8] = []
+            framed.reserveCapacity(payload.count + 16)
+            if ex.ndjson { Framing.ndjson(payload, into: &framed) } else { Framing.sse(payload, into: &framed) }
+            framed.withUnsafeBytes { c.sendBody(ex.id, $0, end: end) }
+        } else if end {
+            c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+        }
+        if end { replyEnded(ex) }
+        markDirty(c)
+    }
+
+    /// A control event inside a streamed reply (`rate_limits`, `dropped`, `error`).
+    func controlEvent(_ ex: Exchange, event: String, json: String) {
+        guard !ex.responseEnded else { return }
+        startStreamedReply(ex)
+        var framed: [UInt8] = []
+        let bytes = Array(json.utf8)
+        bytes.withUnsafeBytes { b in
+            if ex.kind == .webSocket || ex.ndjson { Framing.ndjson(b, into: &framed) } else { Framing.sse(b, event: event, into: &framed) }
+        }
+        if ex.kind == .webSocket { framed.removeLast() }
+        framed.withUnsafeBytes { ex.conn.sendBody(ex.id, $0, end: false) }
+        markDirty(ex.conn)
+    }
+
+    func finishUnary(_ ex: Exchange, status: Int, body: [UInt8], now: UInt64) {
+        guard !ex.responded else { return }
+        ex.responded = true
+        ex.conn.respond(ex.id, status: status, headers: ex.commonHeaders(contentType: "application/json"), body: body, end: true)
+        counted(status: status, code: nil)
+        counters.observe(micros: (now &- ex.startedAt) / 1_000)
+        replyEnded(ex)
+        markDirty(ex.conn)
+    }
+
+    /// The reply is complete: the exchange is done once the broker stream is too.
+    func replyEnded(_ ex: Exchange) {
+        ex.responseEnded = true
+        if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
+            // Unary: the instance ended its side; anything more from it is not wanted.
+            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
+            ports[ex.port].session.closeStream(ex.brokerStream)
+            ex.brokerStream = 0
+        }
+        if ex.brokerStream == 0 { retire(ex) }
+    }
+
+    /// The broker stream ended: cleanly, or with an error to map to a status or an error event.
+    func brokerClosed(_ ex: Exchange, code: ErrorCode, reason: String) {
+        if ex.responseEnded {
+            retire(ex)
+            return
+        }
+        if code == .none {
+            // The instance finished without END on its last DATA.
+            if ex.kind == .message {
+                finishUnary(ex, status: 200, body: ex.reply, now: monotonicNanoseconds())
+            } else {
+                deliver(ex, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+            }
+            retire(ex)
+            return
+        }
+        if (code == .peerGone || code == .heartbeatTimeout) && ex.kind == .message && !ex.retried && ex.reply.isEmpty
+            && !ex.conn.closed {
+            // Not answered: try once more on another instance (the broker re-pins the session).
+            ex.retried = true
+            counters.retries += 1
+            openBroker(ex, now: monotonicNanoseconds())
+            if ex.brokerStream != 0 { return }
+        }
+        let e: GatewayError
+        let retryable: Bool
+        switch code {
+        case .noRoute, .peerGone, .heartbeatTimeout:
+            e = code == .noRoute || !ex.responded
+                ? unavailable(ex, code == .noRoute ? "no healthy instance of \"\(ex.route.world)\" is attached"
+                                                  : "the instance serving this request went away")
+                : GatewayError(status: 502, code: "instance_gone", message: "the instance serving this stream went away")
+            retryable = true
+        case .streamLimit:
+            e = GatewayError(status: 429, code: "too_many_streams", message: reason,
+                             headers: [("Retry-After", "\(limits.retryAfterSeconds)")])
+            retryable = true
+        case .notPermitted:
+            e = GatewayError(status: 401, code: "key_disabled", message: "the key was revoked: \(reason)")
+            retryable = false
+        case .shutdown:
+            e = GatewayError(status: 503, code: "shutting_down", message: "the broker is shutting down",
+                             headers: [("Retry-After", "\(limits.retryAfterSeconds)")])
+            retryable = true
+        case .slowConsumer:
+            e = GatewayError(status: 503, code: "slow_consumer", message: reason)
+            retryable = true
+        default:
+            e = GatewayError(status: 502, code: "bad_gateway", message: "the stream failed inside: \(code): \(reason)")
+            retryable = false
+        }
+        fail(ex, e, retryable: retryable)
+    }
+
+    /// Ends an exchange with an error: a status if nothing was sent yet, else an error event and the end.
+    func fail(_ ex: Exchange, _ e: GatewayError, retryable: Bool = false) {
+        let c = ex.conn
+        if ex.brokerStream != 0 {
+            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
+            if ex.kind == .roomSubscribe {
+                ports[ex.port].session.unsubscribe(ex.brokerStream)
+            } else {
+                ports[ex.port].session.closeStream(ex.brokerStream, code: .cancelled, reason: e.code)
+            }
+            ex.brokerStream = 0
+        }
+        if !ex.responded {
+            ex.responded = true
+            let body = Array(e.json(requestID: ex.requestID).utf8)
+            if c.proto == .http2 {
+                c.respond(ex.id, status: e.status, headers: [("content-type", "application/json"), ("x-request-id", ex.requestID)] + e.headers,
+                          body: body, end: true)
+                counted(status: e.status, code: e.code)
+            } else {
+                if !ex.requestEnded { c.h1KeepAlive = false }
+                c.respondH1Error(e, requestID: ex.requestID)
+            }
+        } else if !ex.responseEnded {
+            counters.errors[e.code, default: 0] += 1
+            controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
+            c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+        }
+        if c.proto == .http2, !ex.requestEnded {
+            // The client may still be sending a body nobody will read.
+            c.h2?.reset(stream: ex.id, code: 0)
+        }
+        ex.responseEnded = true
+        retire(ex)
+        markDirty(c)
+    }
+
+    /// The client went away from this exchange (stream reset, connection closed).
+    func cancel(_ ex: Exchange, reason: String) {
+        if ex.brokerStream != 0 {
+            let port = ports[ex.port]
+            port.exchanges.removeValue(forKey: ex.brokerStream)
+            if ex.kind == .roomSubscribe { port.session.unsubscribe(ex.brokerStream) } else {
+                port.session.closeStream(ex.brokerStream, code: .cancelled, reason: reason)
+            }
+            ex.brokerStream = 0
+        }
+        ex.responseEnded = true
+        retire(ex)
+    }
+
+    /// Forgets a finished exchange.
+    func retire(_ ex: Exchange) {
+        guard !ex.retired else { return }
+        ex.retired = true
+        counters.openExchanges -= 1
+        let c = ex.conn
+        if c.proto == .http2 {
+            // The stream itself is forgotten when nghttp2 reports it closed.
+        } else if c.h1Current === ex {
+            c.h1Done(now: monotonicNanoseconds())
+            markDirty(c)
+        }
+    }
+
+    // MARK: - Output
+
+    /// Moves output to the loop and grants the broker credit where clients keep up. Call after every batch.
+    public func flush(now: UInt64) {
+        if !pendingHeaders.isEmpty {
+            var keep: [Exchange] = []
+            for ex in pendingHeaders where !ex.responded && !ex.retired {
+                if now >= ex.headersDue { startStreamedReply(ex) } else { keep.append(ex) }
+            }
+            pendingHeaders = keep
+        }
+        guard !dirtyConns.isEmpty else { return }
+        let list = dirtyConns
+        dirtyConns.removeAll(keepingCapacity: true)
+        for c in list {
+            c.inDirtyList = false
+            guard !c.closed else { continue }
+            grantCredit(c)
+            c.produce()
+            if !c.sendInFlight && c.sending.isEmpty && !c.out.isEmpty, transport?.canSend(c.id) ?? false {
+                swap(&c.sending, &c.out)
+                c.sendInFlight = true
+                transport?.send(c.id, c.sending.readable)
+            }
+            if c.closeAfterFlush && !c.sendInFlight && c.out.isEmpty && c.sending.isEmpty {
+                c.closed = true
+                transport?.close(c.id)
+            }
+        }
+    }
+
+    func grantCredit(_ c: Connection) {
+        func grant(_ ex: Exchange) {
+            guard ex.owedFrames > 0, ex.brokerStream != 0 else { return }
+            let queued = c.h2?.queuedBytes(stream: ex.id) ?? 0
+            if c.outputBytes < limits.connectionOutputHighBytes && queued < limits.streamQueueHighBytes {
+                ports[ex.port].session.grant(stream: ex.brokerStream, bytes: ex.owedBytes, frames: ex.owedFrames)
+                ex.owedBytes = 0
+                ex.owedFrames = 0
+                ex.holdingCredit = false
+            } else if !ex.holdingCredit {
+                ex.holdingCredit = true
+                counters.creditHeld += 1
+            }
+        }
+        if let ex = c.h1Current { grant(ex) }
+        for ex in c.exchanges.values { grant(ex) }
+    }
+
+    // MARK: - Time and shutdown
+
+    /// Header and idle timeouts (scanned every 100 ms).
+    public func tick(now: UInt64) {
+        guard now &- lastScan >= 100_000_000 else { return }
+        lastScan = now
+        let idle = UInt64(limits.idleTimeoutMilliseconds) * 1_000_000
+        for c in conns.values where !c.closed && !c.closeAfterFlush {
+            if let d = c.headDeadline, now > d, c.h1Current == nil, c.exchanges.isEmpty {
+                counters.headerTimeouts += 1
+                if c.proto == .http1 && !c.h1.isIdle {
+                    c.h1KeepAlive = false
+                    c.respondH1Error(GatewayError(status: 408, code: "request_timeout",
+                                                  message: "the request head did not arrive in time"), requestID: nextRequestID())
+                } else if let h2 = c.h2 {
+                    h2.goaway()
+                }
+                c.finish()
+                markDirty(c)
+            } else if c.h1Current == nil && c.exchanges.isEmpty && now &- c.lastActive > idle {
+                counters.idleTimeouts += 1
+                c.h2?.goaway()
+                c.finish()
+                markDirty(c)
+            }
+        }
+    }
+
+    /// Stops taking requests: HTTP/2 clients get GOAWAY, HTTP/1.1 connections close after their exchange.
+    public func beginShutdown(now: UInt64) {
+        shuttingDown = true
+        for c in conns.values {
+            c.goaway()
+            markDirty(c)
+        }
+    }
+
+    /// Closes every client connection once its queued output is written (the end of a shutdown).
+    public func closeAll() {
+        for c in conns.values where !c.closeAfterFlush {
+            c.finish()
+            markDirty(c)
+        }
+    }
+
+    /// Whether nothing is in flight (for the drain at shutdown).
+    public var idle: Bool { counters.openExchanges == 0 }
+}

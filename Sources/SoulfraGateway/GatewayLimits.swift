@@ -1,0 +1,136 @@
+/// The gateway's own bounds (config section `gateway`). Every bound has a counter and a named reason when
+/// it is hit (see `GatewayCounters`).
+public struct GatewayLimits: Sendable, Equatable {
+    /// Request bodies larger than this are refused with 413 `payload_too_large` (unary messages and room
+    /// publishes are held whole so a request can be retried on another instance).
+    public var maxBodyBytes = 1 << 20
+    /// A unary reply larger than this ends the request with 502 `reply_too_large`.
+    public var maxReplyBytes = 1 << 20
+    /// One NDJSON line (one frame) in a full-duplex stream.
+    public var maxLineBytes = 64 << 10
+    /// A connection must complete a request head (HTTP/1.1) or the HTTP/2 preface within this (slowloris).
+    public var headerTimeoutMilliseconds: UInt32 = 10_000
+    /// A connection with no request in flight is closed after this.
+    public var idleTimeoutMilliseconds: UInt32 = 120_000
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    public var maxConcurrentStreams: UInt32 = 256
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, and the HTTP/1.1 head limit.
+    public var maxHeaderListBytes: UInt32 = 16 << 10
+    /// HTTP/2 stream resets allowed per second (sustained, burst) before GOAWAY ENHANCE_YOUR_CALM.
+    public var resetsPerSecond: UInt32 = 100
+    public var resetBurst: UInt32 = 200
+    /// Bytes written to a connection and not yet taken by the client, above which the gateway stops
+    /// granting the broker credit for that connection's streams (the instance is then paused).
+    public var connectionOutputHighBytes = 256 << 10
+    /// Bytes queued on one HTTP/2 stream (waiting for the client's window) above which the same happens.
+    public var streamQueueHighBytes = 64 << 10
+    /// Room subscribers whose connection holds this many unsent bytes are dropped (`slow_consumer`): a slow
+    /// viewer never slows the room.
+    public var roomSubscriberOutputBytes = 1 << 20
+    /// Retry-After on 503.
+    public var retryAfterSeconds: UInt32 = 1
+
+    public init() {}
+}
+
+/// What the gateway counts, per loop; summed over loops for `/metrics`. Labels are bounded: route kinds,
+/// status codes and the documented error codes, never keys or worlds.
+public struct GatewayCounters: Sendable, Equatable {
+    public var connections: [UInt64] = [0, 0, 0]  // h1, h2, tls
+    public var tlsHandshakeFailures: UInt64 = 0
+    public var requests: [UInt64] = Array(repeating: 0, count: ExchangeKind.allCases.count)
+    public var responses: [Int: UInt64] = [:]
+    public var errors: [String: UInt64] = [:]
+    public var retries: UInt64 = 0
+    public var headerTimeouts: UInt64 = 0
+    public var idleTimeouts: UInt64 = 0
+    public var rapidResetGoaways: UInt64 = 0
+    public var protocolErrors: UInt64 = 0
+    public var pacedEvents: UInt64 = 0
+    public var slowSubscribers: UInt64 = 0
+    public var creditHeld: UInt64 = 0
+    /// Unary request latency (head received → reply sent), fixed buckets in microseconds.
+    public static let bucketsMicros: [UInt64] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+                                                  250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000]
+    public var latencyBuckets: [UInt64] = Array(repeating: 0, count: bucketsMicros.count + 1)
+    public var latencySumMicros: UInt64 = 0
+    public var openConnections: Int = 0
+    public var openExchanges: Int = 0
+
+    public init() {}
+
+    mutating func observe(micros: UInt64) {
+        var i = 0
+        while i < Self.bucketsMicros.count && micros > Self.bucketsMicros[i] { i += 1 }
+        latencyBuckets[i] &+= 1
+        latencySumMicros &+= micros
+    }
+
+    public func merging(_ o: GatewayCounters) -> GatewayCounters {
+        var m = self
+        for i in m.connections.indices { m.connections[i] += o.connections[i] }
+        for i in m.requests.indices { m.requests[i] += o.requests[i] }
+        for i in m.latencyBuckets.indices { m.latencyBuckets[i] += o.latencyBuckets[i] }
+        m.responses.merge(o.responses, uniquingKeysWith: +)
+        m.errors.merge(o.errors, uniquingKeysWith: +)
+        m.tlsHandshakeFailures += o.tlsHandshakeFailures
+        m.retries += o.retries
+        m.headerTimeouts += o.headerTimeouts
+        m.idleTimeouts += o.idleTimeouts
+        m.rapidResetGoaways += o.rapidResetGoaways
+        m.protocolErrors += o.protocolErrors
+        m.pacedEvents += o.pacedEvents
+        m.slowSubscribers += o.slowSubscribers
+        m.creditHeld += o.creditHeld
+        m.latencySumMicros += o.latencySumMicros
+        m.openConnections += o.openConnections
+        m.openExchanges += o.openExchanges
+        return m
+    }
+
+    /// Prometheus text format.
+    public func prometheusText() -> String {
+        var o = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            o += "# HELP soulfra_gateway_\(name) \(help)\n# TYPE soulfra_gateway_\(name) \(type)\n"
+        }
+        family("connections_total", "counter", "Client connections accepted, by protocol.")
+        for (i, p) in ["http1", "h2", "tls"].enumerated() { o += "soulfra_gateway_connections_total{protocol=\"\(p)\"} \(connections[i])\n" }
+        family("open_connections", "gauge", "Client connections open now.")
+        o += "soulfra_gateway_open_connections \(openConnections)\n"
+        family("open_requests", "gauge", "Requests and streams in flight now.")
+        o += "soulfra_gateway_open_requests \(openExchanges)\n"
+        family("requests_total", "counter", "Requests admitted, by route kind.")
+        for k in ExchangeKind.allCases { o += "soulfra_gateway_requests_total{kind=\"\(k.rawValue)\"} \(requests[k.index])\n" }
+        family("responses_total", "counter", "Responses by HTTP status.")
+        for (s, n) in responses.sorted(by: { $0.key < $1.key }) { o += "soulfra_gateway_responses_total{status=\"\(s)\"} \(n)\n" }
+        family("errors_total", "counter", "Requests refused or ended with an error, by stable error code.")
+        for (c, n) in errors.sorted(by: { $0.key < $1.key }) { o += "soulfra_gateway_errors_total{code=\"\(c)\"} \(n)\n" }
+        let singles: [(String, String, UInt64)] = [
+            ("tls_handshake_failures_total", "TLS handshakes that failed.", tlsHandshakeFailures),
+            ("retries_total", "Unary requests retried on another instance after theirs went away.", retries),
+            ("header_timeouts_total", "Connections closed for not completing a request head in time (slowloris).", headerTimeouts),
+            ("idle_timeouts_total", "Connections closed after gateway.idle_timeout_milliseconds with nothing in flight.", idleTimeouts),
+            ("rapid_reset_goaways_total", "HTTP/2 connections ended with ENHANCE_YOUR_CALM for resetting streams too fast.", rapidResetGoaways),
+            ("protocol_errors_total", "Connections ended for malformed HTTP/1.1, HTTP/2 or WebSocket input.", protocolErrors),
+            ("paced_events_total", "rate_limits events sent to streaming clients.", pacedEvents),
+            ("slow_subscribers_total", "Room subscribers dropped because their connection stopped reading.", slowSubscribers),
+            ("credit_held_total", "Times broker credit was held back because a client was not reading.", creditHeld),
+        ]
+        for (n, h, v) in singles {
+            family(n, "counter", h)
+            o += "soulfra_gateway_\(n) \(v)\n"
+        }
+        family("request_duration_seconds", "histogram", "Unary request latency at the gateway, head received to reply sent.")
+        var cumulative: UInt64 = 0
+        for (i, b) in Self.bucketsMicros.enumerated() {
+            cumulative += latencyBuckets[i]
+            o += "soulfra_gateway_request_duration_seconds_bucket{le=\"\(Double(b) / 1e6)\"} \(cumulative)\n"
+        }
+        cumulative += latencyBuckets[Self.bucketsMicros.count]
+        o += "soulfra_gateway_request_duration_seconds_bucket{le=\"+Inf\"} \(cumulative)\n"
+        o += "soulfra_gateway_request_duration_seconds_sum \(Double(latencySumMicros) / 1e6)\n"
+        o += "soulfra_gateway_request_duration_seconds_count \(cumulative)\n"
+        return o
+    }
+}

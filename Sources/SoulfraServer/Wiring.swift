@@ -1,0 +1,457 @@
+import Foundation
+import SoulfraBroker
+import SoulfraGateway
+import SoulfraKeys
+import SoulfraLoop
+import SoulfraPeer
+import SoulfraWire
+
+/// Joins one loop's broker, gateway and admin endpoints to its ring: loop events in, output and actions
+/// out. Loop thread only.
+///
+/// The gateway reaches this loop's broker in process (a link with no socket: frames are handed across in
+/// memory, `inProcessLink`) and every other loop's broker over a socket pair made at start-up.
+final class Wiring: LoopDelegate {
+    /// What a connection slot is.
+    enum Role: UInt8 {
+        /// A broker peer (the default).
+        case broker
+        /// Accepted by loop 0, HELLO not read yet (multi-loop only).
+        case sorting
+        case admin
+        /// A gateway client.
+        case http
+        /// The gateway's link to another loop's broker.
+        case gatewayLink
+    }
+
+    /// A connection accepted here whose HELLO has not been read yet (multi-loop only).
+    struct Sorting {
+        var bytes: [UInt8] = []
+        let since: UInt64
+        /// Set once the owning loop is known and the socket is being handed over.
+        var target: Int?
+    }
+
+    /// The gateway's socket link to another loop's broker.
+    final class RemotePort {
+        let loopIndex: Int
+        var conn: UInt32
+        var session: PeerSession
+        /// Bytes handed to the loop and not yet confirmed sent (unmoved meanwhile).
+        let sending = ByteQueue()
+        var inFlight = false
+        init(loopIndex: Int, conn: UInt32, session: PeerSession) {
+            self.loopIndex = loopIndex
+            self.conn = conn
+            self.session = session
+        }
+    }
+
+    let broker: Broker
+    unowned let loop: EventLoop
+    let shard: BrokerServer.Shard
+    let shards: [BrokerServer.Shard]
+    let log: @Sendable (String) -> Void
+    let statsIntervalNanos: UInt64
+    var roles: [Role] = []
+    var sorting: [UInt32: Sorting] = [:]
+    var listenerRoles: [ListenerRole] = []
+    var adminToken: SecretDigest?
+    /// Admin HTTP connections, and the response bytes a send in flight points at (freed on completion).
+    var admin: [UInt32: AdminSession] = [:]
+    var adminSending: [UInt32: UnsafeMutableRawBufferPointer] = [:]
+    var gateway: Gateway?
+    /// The broker link id of the gateway's in-process link (past every slot the loop can hand out).
+    let inProcessLink: UInt32
+    var inProcessPaused = false
+    var remotePorts: [UInt32: RemotePort] = [:]
+    var lastSnapshot: UInt64 = 0
+    var lastStats: UInt64 = 0
+    var shutdownStarted: UInt64?
+    var shutdownDrained = false
+
+    init(broker: Broker, loop: EventLoop, shard: BrokerServer.Shard, shards: [BrokerServer.Shard], statsInterval: UInt32,
+         log: @escaping @Sendable (String) -> Void) {
+        self.broker = broker
+        self.loop = loop
+        self.shard = shard
+        self.shards = shards
+        self.log = log
+        self.statsIntervalNanos = UInt64(statsInterval) * 1_000_000
+        self.inProcessLink = UInt32(loop.limits.maxConnections)
+    }
+
+    @inline(__always) func role(_ conn: UInt32) -> Role {
+        Int(conn) < roles.count ? roles[Int(conn)] : .broker
+    }
+
+    func setRole(_ conn: UInt32, _ r: Role) {
+        let i = Int(conn)
+        if i >= roles.count { roles.append(contentsOf: repeatElement(.broker, count: i - roles.count + 1)) }
+        roles[i] = r
+    }
+
+    // MARK: - Gateway links
+
+    /// Starts the gateway: the in-process link to this loop's broker, and `links[y]` (a socket-pair end) to
+    /// loop y's broker.
+    func attachGateway(_ g: Gateway, links: [Int32], now: UInt64) {
+        gateway = g
+        g.transport = self
+        broker.attach(link: inProcessLink, now: now)
+        g.portSession(shard.index).start()
+        for (y, fd) in links.enumerated() where fd >= 0 {
+            guard let conn = loop.adopt(fd: fd) else { continue }
+            setRole(conn, .gatewayLink)
+            let session = g.portSession(y)
+            session.start()
+            remotePorts[conn] = RemotePort(loopIndex: y, conn: conn, session: session)
+        }
+    }
+
+    /// Replaces a dead link: the in-process one re-attaches; a remote one gets a new socket pair, whose far
+    /// end goes to the other loop's broker.
+    func renewGatewayLinks(now: UInt64) {
+        guard let g = gateway, shutdownStarted == nil else { return }
+        for y in g.deadPorts {
+            if y == shard.index {
+                broker.detach(link: inProcessLink, now: now)
+                broker.attach(link: inProcessLink, now: now)
+                inProcessPaused = false
+                g.renewPort(y).start()
+                log("gateway: loop \(shard.index) re-attached its in-process broker link")
+                continue
+            }
+            guard !remotePorts.values.contains(where: { $0.loopIndex == y }) else { continue }  // old socket still closing
+            var fds: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0,
+                  let conn = loop.adopt(fd: fds[0]) else {
+                continue  // tried again on the next tick
+            }
+            setRole(conn, .gatewayLink)
+            let session = g.renewPort(y)
+            session.start()
+            remotePorts[conn] = RemotePort(loopIndex: y, conn: conn, session: session)
+            shards[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fds[1], bytes: [])) }
+            shards[y].wake()
+            log("gateway: loop \(shard.index) reconnected its link to loop \(y)'s broker")
+        }
+    }
+
+    /// Moves frames between the gateway and this loop's broker until neither has more for the other.
+    @inline(__always)
+    func pumpInProcess(_ g: Gateway, now: UInt64) {
+        let session = g.portSession(shard.index)
+        for _ in 0..<16 {
+            var moved = false
+            if !inProcessPaused && !session.output.isEmpty {
+                broker.receive(link: inProcessLink, bytes: session.output.readable, now: now)
+                session.output.removeAll()
+                moved = true
+            }
+            applyBrokerActions(now: now)
+            broker.drainReady { l in
+                if l == inProcessLink {
+                    let bytes = broker.takeOutput(link: l)
+                    if bytes.count > 0 {
+                        session.receive(bytes)
+                        moved = true
+                    }
+                    broker.sent(link: l, count: bytes.count, now: now)
+                } else {
+                    guard loop.canSend(conn: l) else { return }
+                    let bytes = broker.takeOutput(link: l)
+                    if bytes.count > 0 { loop.send(conn: l, bytes: bytes) }
+                }
+            }
+            if !moved { return }
+        }
+        // Still busy: come back on the next turn rather than starve the ring.
+        loop.mailbox.wake()
+    }
+
+    func flushRemotePorts() {
+        for p in remotePorts.values where !p.inFlight {
+            if p.sending.isEmpty {
+                guard !p.session.output.isEmpty else { continue }
+                p.sending.append(p.session.output.readable)
+                p.session.output.removeAll()
+            }
+            guard loop.canSend(conn: p.conn) else { continue }
+            p.inFlight = true
+            loop.send(conn: p.conn, bytes: p.sending.readable)
+        }
+    }
+
+    // MARK: - Loop events
+
+    func loopAccepted(conn: UInt32, listener: Int, now: UInt64) -> Bool {
+        let lr = listener < listenerRoles.count ? listenerRoles[listener] : .broker
+        switch lr {
+        case .admin:
+            setRole(conn, .admin)
+            admin[conn] = AdminSession(adminToken: adminToken, metrics: { [unowned self] in renderMetrics() },
+                                       ready: { [unowned self] in shutdownStarted == nil })
+            return true
+        case .gateway, .gatewayTLS:
+            guard let g = gateway else { return false }
+            setRole(conn, .http)
+            g.accepted(conn: conn, tls: lr == .gatewayTLS, now: now)
+            return true
+        case .broker:
+            guard broker.canAttach else { return false }
+            if shards.count == 1 {
+                setRole(conn, .broker)
+                broker.attach(link: conn, now: now)
+            } else {
+                setRole(conn, .sorting)
+                sorting[conn] = Sorting(since: now)
+            }
+            return true
+        }
+    }
+
+    @inline(__always)
+    func loopReceived(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
+        switch role(conn) {
+        case .broker: broker.receive(link: conn, bytes: bytes, now: now)
+        case .http: gateway?.received(conn: conn, bytes: bytes, now: now)
+        case .gatewayLink: remotePorts[conn]?.session.receive(bytes)
+        case .admin: admin[conn]?.receive(bytes)
+        case .sorting: sort(conn, bytes, now: now)
+        }
+    }
+
+    /// Reads the first frame of a new connection to find the loop it belongs to.
+    func sort(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
+        sorting[conn]!.bytes.append(contentsOf: bytes)
+        guard sorting[conn]!.target == nil else { return }  // being handed off: keep what arrives
+        let buffered = sorting[conn]!.bytes
+        var target = shard.index
+        let complete: Bool = buffered.withUnsafeBytes { raw in
+            guard raw.count >= Wire.headerBytes else { return false }
+            // Anything that is not a well-formed HELLO stays here; this loop's broker rejects it properly.
+            guard let h = try? FrameDecoder.parseHeader(raw, limit: Wire.handshakeFrameBytes), h.type == .hello else { return true }
+            let total = Wire.headerBytes + Int(h.length)
+            guard raw.count >= total else { return false }
+            guard case .hello(let hello)? = try? Frame.parse(h, UnsafeRawBufferPointer(rebasing: raw[Wire.headerBytes..<total])) else {
+                return true
+            }
+            if hello.kind == .instance && !hello.world.isEmpty {
+                target = Wire.loop(forWorld: hello.world, count: shards.count)
+            } else if Int(hello.loop) < shards.count {
+                target = Int(hello.loop)
+            }
+            return true
+        }
+        guard complete else { return }
+        if target == shard.index {
+            sorting.removeValue(forKey: conn)
+            setRole(conn, .broker)
+            broker.attach(link: conn, now: now)
+            buffered.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
+        } else {
+            sorting[conn]!.target = target
+            loop.handOff(conn: conn)
+        }
+    }
+
+    func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {
+        guard let s = sorting.removeValue(forKey: conn), let target = s.target else {
+            Glibc.close(fd)
+            return
+        }
+        let dest = shards[target]
+        dest.handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fd, bytes: s.bytes)) }
+        dest.wake()
+    }
+
+    @inline(__always)
+    func loopSent(conn: UInt32, count: Int, now: UInt64) {
+        switch role(conn) {
+        case .broker: broker.sent(link: conn, count: count, now: now)
+        case .http: gateway?.sent(conn: conn, count: count, now: now)
+        case .gatewayLink:
+            guard let p = remotePorts[conn] else { return }
+            p.inFlight = false
+            p.sending.consume(min(count, p.sending.count))
+        case .admin:
+            guard let buf = adminSending.removeValue(forKey: conn) else { return }
+            // Admin responses are small; a short send re-queues the rest in front.
+            if count < buf.count, count > 0, let a = admin[conn] { a.output.insert(contentsOf: buf[count...], at: 0) }
+            buf.deallocate()
+        case .sorting:
+            break
+        }
+    }
+
+    func loopClosed(conn: UInt32, now: UInt64) {
+        let r = role(conn)
+        setRole(conn, .broker)
+        switch r {
+        case .broker: broker.detach(link: conn, now: now)
+        case .http: gateway?.closed(conn: conn, now: now)
+        case .gatewayLink:
+            if let p = remotePorts.removeValue(forKey: conn) { p.session.transportClosed(reason: "socket to loop \(p.loopIndex) closed") }
+        case .admin:
+            admin.removeValue(forKey: conn)
+            adminSending.removeValue(forKey: conn)?.deallocate()
+        case .sorting:
+            sorting.removeValue(forKey: conn)  // never reached the broker
+        }
+    }
+
+    func loopTick(now: UInt64) {
+        broker.tick(now: now)
+        if let g = gateway {
+            g.tick(now: now)
+            if now &- lastSnapshot >= 1_000_000_000 { renewGatewayLinks(now: now) }
+            if let started = shutdownStarted, g.idle || now &- started > UInt64(broker.limits.shutdownDrainMilliseconds) * 1_000_000 {
+                g.closeAll()
+            }
+        }
+        if !sorting.isEmpty {
+            // A connection that does not finish HELLO in time is closed here, before any broker saw it.
+            let limit = UInt64(broker.limits.handshakeTimeoutMilliseconds) * 1_000_000
+            for (conn, s) in sorting where s.target == nil && now &- s.since > limit {
+                loop.close(conn: conn, flush: false, now: now)
+            }
+        }
+        // A snapshot walks every link and stream: once a second is plenty for a scrape; `snapshotNow` asks
+        // for a fresh one when a caller needs it.
+        if now &- lastSnapshot >= 1_000_000_000 {
+            lastSnapshot = now
+            publish()
+        }
+        if statsIntervalNanos > 0 && now &- lastStats >= statsIntervalNanos {
+            lastStats = now
+            let s = broker.snapshot()
+            log("stats loop=\(shard.index) links=\(s.linksByKind.reduce(0, +)) streams=\(s.streamsOpen) "
+                + "frames_in=\(s.framesIn.reduce(0, +)) frames_out=\(s.framesOut.reduce(0, +)) "
+                + "paused=\(s.pausedLinks) congested=\(s.congestedLinks)")
+        }
+        if let started = shutdownStarted {
+            // Hard stop: drain deadline plus flush deadline plus a second, whatever peers do.
+            let limit = UInt64(broker.limits.shutdownDrainMilliseconds + loop.limits.closeFlushMilliseconds + 1_000) * 1_000_000
+            if now &- started > limit { loop.stop() }
+        }
+    }
+
+    func publish() {
+        shard.publish(broker.snapshot(), loop.counters)
+        if let g = gateway { shard.gatewayLatest.withLock { $0 = g.counters } }
+    }
+
+    func loopMailbox(now: UInt64) {
+        for h in shard.takeHandoffs() {
+            guard let conn = loop.adopt(fd: h.fd) else { continue }
+            setRole(conn, .broker)
+            broker.attach(link: conn, now: now)
+            h.bytes.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
+        }
+        for c in shard.takeCommands() {
+            switch c {
+            case .shutdown:
+                guard shutdownStarted == nil else { continue }
+                shutdownStarted = now
+                if shard.index == 0 {
+                    log("shutting down: GOAWAY sent, draining streams for up to \(broker.limits.shutdownDrainMilliseconds) ms")
+                }
+                loop.stopAccepting()
+                for conn in sorting.keys { loop.close(conn: conn, flush: false, now: now) }
+                for a in admin.values { a.finish() }
+                gateway?.beginShutdown(now: now)
+                broker.beginShutdown(now: now)
+            case .install(let table, let keys):
+                broker.install(access: table, now: now)
+                gateway?.install(keys: keys)
+            case .setBalancer(let p, let world):
+                broker.setBalancer(p, forWorld: world)
+            case .publishSnapshot:
+                publish()
+            }
+        }
+    }
+
+    func applyBrokerActions(now: UInt64) {
+        broker.drainActions { action in
+            switch action {
+            case .pauseRead(let l):
+                if l == inProcessLink { inProcessPaused = true } else { loop.pauseRead(conn: l) }
+            case .resumeRead(let l):
+                if l == inProcessLink { inProcessPaused = false } else { loop.resumeRead(conn: l) }
+            case .close(let l):
+                if l == inProcessLink {
+                    // The broker is done with the gateway's link (shutdown, or it gave up on it): its streams
+                    // end, and outside shutdown a new link is made on the next tick.
+                    broker.detach(link: l, now: now)
+                    gateway?.portSession(shard.index).transportClosed(reason: "the broker closed the in-process link")
+                } else {
+                    loop.close(conn: l, flush: true, now: now)
+                }
+            case .shutdownComplete: shutdownDrained = true
+            }
+        }
+    }
+
+    @inline(__always)
+    func loopFlush(now: UInt64) {
+        if let g = gateway {
+            pumpInProcess(g, now: now)
+            g.flush(now: now)
+            // Flushing may have granted credit or opened streams: carry them across at once.
+            pumpInProcess(g, now: now)
+            flushRemotePorts()
+        } else {
+            applyBrokerActions(now: now)
+            broker.drainReady { l in
+                guard loop.canSend(conn: l) else { return }
+                let bytes = broker.takeOutput(link: l)
+                if bytes.count > 0 { loop.send(conn: l, bytes: bytes) }
+            }
+        }
+        if !admin.isEmpty { flushAdmin(now: now) }
+        if shutdownDrained && loop.openConnections == 0 { loop.stop() }
+    }
+}
+
+extension Wiring: GatewayTransport {
+    func canSend(_ conn: UInt32) -> Bool { loop.canSend(conn: conn) }
+    func send(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer) { loop.send(conn: conn, bytes: bytes) }
+    func close(_ conn: UInt32) { loop.close(conn: conn, flush: true, now: monotonicNanoseconds()) }
+    func pauseRead(_ conn: UInt32) { loop.pauseRead(conn: conn) }
+    func resumeRead(_ conn: UInt32) { loop.resumeRead(conn: conn) }
+}
+
+extension Wiring {
+    func flushAdmin(now: UInt64) {
+        for (conn, a) in admin where adminSending[conn] == nil {
+            if a.output.isEmpty {
+                if a.closeAfterOutput { loop.close(conn: conn, flush: false, now: now) }
+                continue
+            }
+            guard loop.canSend(conn: conn) else { continue }
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: a.output.count, alignment: 1)
+            buf.copyBytes(from: a.output)
+            a.output.removeAll()
+            adminSending[conn] = buf
+            loop.send(conn: conn, bytes: UnsafeRawBufferPointer(buf))
+        }
+    }
+
+    /// `/metrics`: the broker and gateway summed over loops (this loop fresh, the others as last published,
+    /// ≤ 1 s old), and every loop's own counters.
+    func renderMetrics() -> String {
+        var snap = broker.snapshot()
+        var loops: [(Int, LoopCounters)] = [(shard.index, loop.counters)]
+        for s in shards where s.index != shard.index {
+            let (other, counters) = s.latest.withLock { ($0.snapshot, $0.loop) }
+            if let other { snap = snap.merging(other) }
+            loops.append((s.index, counters))
+        }
+        var gw = gateway?.counters ?? GatewayCounters()
+        for s in shards where s.index != shard.index { gw = gw.merging(s.gatewayLatest.withLock { $0 }) }
+        return snap.prometheusText() + gw.prometheusText() + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
+    }
+}
