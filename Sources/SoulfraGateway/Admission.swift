@@ -46,6 +46,18 @@ public final class KeyTable: Sendable {
     public var count: Int { byDigest.count }
 }
 
+/// What one connection last looked up (see `Gatekeeper.admit(…, cache:)`). The key record is reused only
+/// while the table it came from is current; its state (disabled, expiry, quotas) is checked every time.
+public struct AdmissionCache {
+    var method = ""
+    var path = ""
+    var route: Route?
+    var authorization = ""
+    var record: KeyRecord?
+    var generation: UInt64 = 0
+    public init() {}
+}
+
 /// The verdict on a request's head.
 public enum Admission: Sendable, Equatable {
     /// Forward to the world: the key's id rides on the broker stream for its quotas.
@@ -78,6 +90,8 @@ public struct RateLimitState: Sendable, Equatable {
 /// keeps per-key buckets of its own (one gateway loop, one `Gatekeeper`; no locks).
 public final class Gatekeeper {
     public private(set) var table: KeyTable
+    /// Bumped on every `install`, so per-connection caches of looked-up keys know they are stale.
+    public private(set) var generation: UInt64 = 0
     struct Bucket {
         var tokens: Double
         var refilledAt: UInt64
@@ -91,6 +105,7 @@ public final class Gatekeeper {
     /// Swaps the key table; revocation takes effect on the next request.
     public func install(_ t: KeyTable) {
         table = t
+        generation &+= 1
         let ids = Set(t.byDigest.values.map(\.id))
         buckets = buckets.filter { ids.contains($0.key) }
     }
@@ -100,21 +115,49 @@ public final class Gatekeeper {
     /// nanoseconds for buckets; `unixSeconds` the wall clock for expiry.
     public func admit(method: String, path: String, authorization: String?, queryToken: String?,
                       now: UInt64, unixSeconds: UInt64) -> Admission {
+        var cache = AdmissionCache()
+        return admit(method: method, path: path, authorization: authorization, queryToken: queryToken,
+                     now: now, unixSeconds: unixSeconds, cache: &cache)
+    }
+
+    /// The same, remembering the last route and key looked up in `cache` (one per connection: clients send
+    /// the same path and key again and again, and matching and hashing them is most of the work).
+    public func admit(method: String, path: String, authorization: String?, queryToken: String?,
+                      now: UInt64, unixSeconds: UInt64, cache: inout AdmissionCache) -> Admission {
         let route: Route
-        switch Route.match(method: method, path: path) {
-        case .success(let r): route = r
-        case .failure(let e): return reject(e)
+        if let r = cache.route, cache.method == method, cache.path == path {
+            route = r
+        } else {
+            switch Route.match(method: method, path: path) {
+            case .success(let r):
+                route = r
+                cache.method = method
+                cache.path = path
+                cache.route = r
+            case .failure(let e): return reject(e)
+            }
         }
-        var presented: Substring?
-        if let auth = authorization {
-            guard let token = bearerToken(auth) else { return reject(.unauthorized) }
-            presented = token
-        } else if let q = queryToken, route.acceptsQueryToken {
-            presented = Substring(q)
+        let record: KeyRecord
+        if let auth = authorization, let k = cache.record, cache.generation == generation, cache.authorization == auth {
+            record = k
+        } else {
+            var presented: Substring?
+            if let auth = authorization {
+                guard let token = bearerToken(auth) else { return reject(.unauthorized) }
+                presented = token
+            } else if let q = queryToken, route.acceptsQueryToken {
+                presented = Substring(q)
+            }
+            // Shape and checksum first: a mistyped or forged key never reaches the table.
+            guard let p = presented, let key = APIKey.parse(p) else { return reject(.unauthorized) }
+            guard let found = table.byDigest[key.digest] else { return reject(.unauthorized) }
+            record = found
+            if let auth = authorization {
+                cache.authorization = auth
+                cache.record = found
+                cache.generation = generation
+            }
         }
-        // Shape and checksum first: a mistyped or forged key never reaches the table.
-        guard let p = presented, let key = APIKey.parse(p) else { return reject(.unauthorized) }
-        guard let record = table.byDigest[key.digest] else { return reject(.unauthorized) }
         if record.disabled {
             return reject(GatewayError(status: 401, code: "key_disabled", message: "key \(record.prefix) has been revoked"))
         }

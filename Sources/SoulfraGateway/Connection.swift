@@ -27,6 +27,7 @@ final class Connection {
     var h1Head: HTTPRequestHead?
     var ws = WebSocketDecoder()
     var exchanges: [Int32: Exchange] = [:]
+    var admissionCache = AdmissionCache()
     /// Output: `sending` is what the loop is writing now (unmoved until `sent`), `out` what comes next.
     var out = ByteQueue()
     var sending = ByteQueue()
@@ -119,6 +120,7 @@ final class Connection {
         s.maxHeaderListBytes = gateway.limits.maxHeaderListBytes
         s.resetsPerSecond = gateway.limits.resetsPerSecond
         s.resetBurst = gateway.limits.resetBurst
+        s.keptHeaders = ["authorization", "accept", "x-soulfra-session"]
         h2 = try? H2Session(role: .server, settings: s)
         if h2 == nil { finish() }
     }

@@ -135,3 +135,18 @@ func reasonPhrase(_ status: Int) -> String {
     default: "Status"
     }
 }
+
+/// Whether `s` contains the ASCII `needle` (byte-wise; header values are ASCII).
+func containsASCII(_ s: String, _ needle: StaticString) -> Bool {
+    let n = needle.utf8CodeUnitCount
+    var s = s
+    return s.withUTF8 { h in
+        guard h.count >= n else { return false }
+        let p = needle.utf8Start
+        outer: for i in 0...(h.count - n) {
+            for j in 0..<n where h[i + j] != p[j] { continue outer }
+            return true
+        }
+        return false
+    }
+}

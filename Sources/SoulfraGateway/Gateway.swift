@@ -89,6 +89,9 @@ public final class Gateway {
     /// Streamed replies whose headers are held back for a moment (see `Exchange.headersDue`).
     var pendingHeaders: [Exchange] = []
 
+    lazy var requestIDPrefix: [UInt8] = Array("req_\(loopIndex)_".utf8)
+    let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
     /// `identity(i)` is the HELLO for the link to loop `i`.
     public init(limits: GatewayLimits, keys: KeyTable, loopIndex: Int, loopCount: Int, tls: TLSContext?,
                 identity: (Int) -> PeerIdentity) {
@@ -178,9 +181,23 @@ public final class Gateway {
     /// revoked keys).
     public func install(keys: KeyTable) { gatekeeper.install(keys) }
 
+    /// `req_<loop>_<sequence in hex>`: unique per daemon run, cheap to make.
     func nextRequestID() -> String {
         requestSequence &+= 1
-        return "req_\(loopIndex)_\(String(requestSequence, radix: 36))"
+        var digits: [UInt8] = Array(requestIDPrefix)
+        var v = requestSequence
+        var tmp: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = 0
+        withUnsafeMutableBytes(of: &tmp) { t in
+            repeat {
+                t[n] = hexDigits[Int(v & 0xF)]
+                v >>= 4
+                n += 1
+            } while v > 0
+            for i in stride(from: n - 1, through: 0, by: -1) { digits.append(t[i]) }
+        }
+        return String(decoding: digits, as: UTF8.self)
     }
 
     func counted(status: Int, code: String?) {
@@ -197,16 +214,16 @@ public final class Gateway {
             return reject(c, id: id, GatewayError(status: 503, code: "shutting_down", message: "the gateway is shutting down",
                                                   headers: [("Retry-After", "\(limits.retryAfterSeconds)")]), requestID: requestID)
         }
-        var path = Substring(head.path)
+        var path = head.path
         var queryToken: String?
-        if let q = path.firstIndex(of: "?") {
+        if let q = path.utf8.firstIndex(of: UInt8(ascii: "?")) {
             for pair in path[path.index(after: q)...].split(separator: "&") where pair.hasPrefix("access_token=") {
                 queryToken = String(pair.dropFirst("access_token=".count))
             }
-            path = path[..<q]
+            path = String(path[..<q])
         }
-        let admission = gatekeeper.admit(method: head.method, path: String(path), authorization: head.authorization,
-                                         queryToken: queryToken, now: now, unixSeconds: UInt64(time(nil)))
+        let admission = gatekeeper.admit(method: head.method, path: path, authorization: head.authorization,
+                                         queryToken: queryToken, now: now, unixSeconds: UInt64(time(nil)), cache: &c.admissionCache)
         let route: Route, key: KeyRecord, rate: RateLimitState
         switch admission {
         case .reject(let e):
@@ -214,8 +231,8 @@ public final class Gateway {
         case .admit(let r, let k, let s):
             (route, key, rate) = (r, k, s)
         }
-        let wantsSSE = head.accept.contains("text/event-stream")
-        let wantsNDJSON = head.accept.contains("application/x-ndjson")
+        let wantsSSE = containsASCII(head.accept, "text/event-stream")
+        let wantsNDJSON = containsASCII(head.accept, "application/x-ndjson")
         let kind: ExchangeKind
         switch route {
         case .messages: kind = wantsSSE ? .messageStream : .message
@@ -502,9 +519,10 @@ public final class Gateway {
     func replyEnded(_ ex: Exchange) {
         ex.responseEnded = true
         if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
-            // Unary: the instance ended its side; anything more from it is not wanted.
+            // Unary: the instance ended its side. With both ENDs the stream is over and nothing needs saying;
+            // otherwise the rest of the request is not wanted.
             ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
-            ports[ex.port].session.closeStream(ex.brokerStream)
+            if !ex.sentEnd { ports[ex.port].session.closeStream(ex.brokerStream) }
             ex.brokerStream = 0
         }
         if ex.brokerStream == 0 { retire(ex) }

@@ -1,4 +1,5 @@
 import CNGHTTP2
+import Glibc
 
 /// One header field.
 public struct H2Header: Sendable, Equatable {
@@ -34,6 +35,9 @@ public struct H2Settings: Sendable, Equatable {
     /// the server work without ever being limited by MAX_CONCURRENT_STREAMS.
     public var resetsPerSecond: UInt32 = 100
     public var resetBurst: UInt32 = 200
+    /// Header names (lowercase) reported in `.headers` besides the pseudo-headers; nil reports every field.
+    /// A server that reads a handful of fields skips building strings for the rest.
+    public var keptHeaders: [String]?
     public init() {}
 }
 
@@ -81,6 +85,8 @@ public final class H2Session {
     var outbound: [Int32: Outbound] = [:]
     let settings: H2Settings
     /// Rapid-reset budget: tokens, refilled at `resetsPerSecond`; `now` of the current `receive`.
+    /// `settings.keptHeaders` as bytes, for matching in the header callback without making strings.
+    let kept: [[UInt8]]?
     var resetTokens: Double
     var resetsRefilledAt: UInt64 = 0
     var now: UInt64 = 0
@@ -92,6 +98,7 @@ public final class H2Session {
         self.role = role
         self.settings = settings
         self.resetTokens = Double(settings.resetBurst)
+        self.kept = settings.keptHeaders.map { $0.map { Array($0.utf8) } }
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -212,26 +219,31 @@ public final class H2Session {
     public var receiveWindow: Int32 { nghttp2_session_get_effective_local_window_size(session) - nghttp2_session_get_effective_recv_data_length(session) }
 
     func withNV<R>(_ headers: [H2Header], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
-        // nghttp2 copies names and values during submit, so pointers need to live only for this call.
-        var storage: [[UInt8]] = []
-        storage.reserveCapacity(headers.count * 2)
-        for h in headers {
-            storage.append(Array(h.name.utf8))
-            storage.append(Array(h.value.utf8))
-        }
-        var nva: [nghttp2_nv] = []
-        nva.reserveCapacity(headers.count)
-        return withExtendedLifetime(storage) {
-            for i in 0..<headers.count {
-                storage[2 * i].withUnsafeBufferPointer { name in
-                    storage[2 * i + 1].withUnsafeBufferPointer { value in
-                        nva.append(nghttp2_nv(
-                            name: UnsafeMutablePointer(mutating: name.baseAddress ?? Self.empty), value: UnsafeMutablePointer(mutating: value.baseAddress ?? Self.empty),
-                            namelen: name.count, valuelen: value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
-                    }
+        // nghttp2 copies names and values during submit, so the bytes need to live only for this call: one
+        // buffer holds them all.
+        var total = 0
+        for h in headers { total += h.name.utf8.count + h.value.utf8.count }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { buf in
+            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(headers.count, 1)) { nva in
+                var off = 0
+                for (i, h) in headers.enumerated() {
+                    let name = buf.baseAddress! + off
+                    off += copyUTF8(h.name, to: buf.baseAddress! + off)
+                    let value = buf.baseAddress! + off
+                    off += copyUTF8(h.value, to: buf.baseAddress! + off)
+                    nva[i] = nghttp2_nv(name: name, value: value, namelen: value - name, valuelen: buf.baseAddress! + off - value,
+                                        flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
                 }
+                return body(UnsafePointer(nva.baseAddress!), headers.count)
             }
-            return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+        }
+    }
+
+    @inline(__always) func copyUTF8(_ s: String, to p: UnsafeMutablePointer<UInt8>) -> Int {
+        var s = s
+        return s.withUTF8 { u in
+            if u.count > 0 { p.update(from: u.baseAddress!, count: u.count) }
+            return u.count
         }
     }
 
@@ -256,6 +268,10 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, value, valuelen, _, userData in
     let s = H2Session.from(userData)
+    if let kept = s.kept, namelen > 0, name![0] != UInt8(ascii: ":") {
+        let wanted = kept.contains { k in k.count == namelen && k.withUnsafeBufferPointer { memcmp($0.baseAddress!, name!, namelen) == 0 } }
+        if !wanted { return 0 }
+    }
     let id = frame!.pointee.hd.stream_id
     let n = String(decoding: UnsafeBufferPointer(start: name, count: namelen), as: UTF8.self)
     let v = String(decoding: UnsafeBufferPointer(start: value, count: valuelen), as: UTF8.self)

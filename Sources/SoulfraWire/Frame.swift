@@ -229,8 +229,9 @@ extension Frame {
             try r.expectEnd(.credit)
             return .credit(stream: s, bytes: bytes, frames: frames, paced: header.flags.contains(.paced))
         case .close, .error:
-            let code = ErrorCode(wire: try r.u16("\(header.type).code"))
-            let reason = try r.string("\(header.type).reason")
+            let isClose = header.type == .close
+            let code = ErrorCode(wire: try r.u16(isClose ? "close.code" : "error.code"))
+            let reason = try r.string(isClose ? "close.reason" : "error.reason")
             try r.expectEnd(header.type)
             if header.type == .close {
                 try requireStream(header)
