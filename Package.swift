@@ -57,7 +57,7 @@ let package = Package(
         .executableTarget(
             name: "soulfra-loadtest",
             dependencies: [
-                "SoulfraPeer", "SoulfraWire",
+                "SoulfraPeer", "SoulfraWire", "SoulfraHTTP2",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
