@@ -49,6 +49,7 @@ let package = Package(
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
         .target(name: "SoulfraPeer", dependencies: ["SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
+        .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
         .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer"]),
         .executableTarget(
             name: "soulfra",
@@ -57,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "soulfra-loadtest",
             dependencies: [
-                "SoulfraPeer", "SoulfraWire", "SoulfraHTTP2",
+                "SoulfraPeer", "SoulfraWire", "SoulfraHTTP2", "SoulfraClient",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -74,7 +75,8 @@ let package = Package(
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(
             name: "SoulfraIntegrationTests",
-            dependencies: ["SoulfraServer", "SoulfraPeer", "SoulfraWire", "SoulfraLoop"]
+            dependencies: ["SoulfraServer", "SoulfraPeer", "SoulfraWire", "SoulfraLoop", "SoulfraClient", "SoulfraHTTP2",
+                           "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -89,6 +89,8 @@ final class Exchange {
     var holdingCredit = false
     var paced = false
     var retired = false
+    /// Request bytes read and dropped after the exchange was answered.
+    var discarded = 0
 
     init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
          requestID: String, startedAt: UInt64, session: String, ndjson: Bool) {

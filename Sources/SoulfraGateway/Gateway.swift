@@ -290,6 +290,15 @@ public final class Gateway {
     /// Request body bytes (HTTP/2 DATA or HTTP/1.1 body).
     func requestBody(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
         let c = ex.conn
+        if ex.responseEnded {
+            // Answered already (413, an error): the rest of the upload is read and dropped, up to a bound; past
+            // it the stream is reset. Resetting at once would race the answer and many clients report it as a
+            // failure instead of reading the status.
+            c.h2?.consume(stream: ex.id, bytes: bytes.count)
+            ex.discarded += bytes.count
+            if ex.discarded > limits.maxBodyBytes, let h2 = c.h2 { h2.reset(stream: ex.id, code: 8) }  // CANCEL
+            return
+        }
         switch ex.kind {
         case .message, .messageStream, .roomPublish:
             c.h2?.consume(stream: ex.id, bytes: bytes.count)
@@ -609,10 +618,6 @@ public final class Gateway {
             counters.errors[e.code, default: 0] += 1
             controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
             c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
-        }
-        if c.proto == .http2, !ex.requestEnded {
-            // The client may still be sending a body nobody will read.
-            c.h2?.reset(stream: ex.id, code: 0)
         }
         ex.responseEnded = true
         retire(ex)

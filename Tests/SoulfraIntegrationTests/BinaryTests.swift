@@ -38,7 +38,7 @@ struct BinaryTests {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: soulfraBinary)
         p.arguments = ["serve", "--config", repoRoot.appendingPathComponent("config/soulfra.json").path,
-                       "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--ready-file", ready]
+                       "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "", "--ready-file", ready]
         let err = Pipe()
         p.standardError = err
         try p.run()
@@ -64,13 +64,13 @@ struct BinaryTests {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         // A hard limit of 48 descriptors: the broker runs out after a few dozen links.
-        p.arguments = ["-c", "ulimit -n 48 && exec \"$0\" serve --config \"$1\" --loops 1 --broker-unix \"$2\" --broker-tcp 127.0.0.1:0 --admin-tcp 127.0.0.1:0 --ready-file \"$3\"",
+        p.arguments = ["-c", "ulimit -n 48 && exec \"$0\" serve --config \"$1\" --loops 1 --broker-unix \"$2\" --broker-tcp 127.0.0.1:0 --admin-tcp 127.0.0.1:0 --gateway-tcp \"\" --gateway-tls \"\" --ready-file \"$3\"",
                        soulfraBinary, repoRoot.appendingPathComponent("config/soulfra.json").path, dir + "/b.sock", ready]
         p.standardError = FileHandle.nullDevice
         try p.run()
         defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
         for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
-        let port = try #require(UInt16((try String(contentsOfFile: ready, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let port = try #require(UInt16((try String(contentsOfFile: ready, encoding: .utf8)).split(separator: "\n").first ?? ""))
         let address = PeerAddress.tcp(host: "127.0.0.1", port: port)
         let identity = PeerIdentity(kind: .runtime, token: "dev-runtime-token-0001")
         // Far more connections than descriptors; the kernel queues what the broker cannot accept.
@@ -109,7 +109,7 @@ struct BinaryTests {
         try? FileManager.default.removeItem(atPath: ready)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: soulfraBinary)
-        p.arguments = ["serve", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--ready-file", ready]
+        p.arguments = ["serve", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "", "--ready-file", ready]
         let err = Pipe()
         p.standardError = err
         try p.run()
@@ -155,7 +155,7 @@ struct BinaryTests {
         let dir = NSTemporaryDirectory() + "soulfra-bin-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try #"{"broker": {"link_queue_bytes_high": 1}}"#.write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
-        let (status, out) = try run(soulfraBinary, ["serve", "--config", dir + "/bad.json", "--admin-tcp", "127.0.0.1:0"])
+        let (status, out) = try run(soulfraBinary, ["serve", "--config", dir + "/bad.json", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", ""])
         #expect(status == 78)
         #expect(out.contains("broker.link_queue_bytes_low"), "got: \(out)")
     }
@@ -179,7 +179,7 @@ struct BinaryTests {
             #expect(out.contains("EPERM") && out.contains("seccomp"), "got: \(out)")
         }
         #expect(out.contains("Fix:") || out.contains("fix"), "the message says how to fix it")
-        let (serveStatus, serveOut) = try run(launcher, [name, soulfraBinary, "serve", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0",
+        let (serveStatus, serveOut) = try run(launcher, [name, soulfraBinary, "serve", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "",
                                                          "--broker-unix", NSTemporaryDirectory() + "sf-seccomp-\(getpid()).sock"])
         #expect(serveStatus == 69, "serve refuses to start: \(serveOut)")
         #expect(serveOut.contains("cannot start the broker"))
