@@ -165,6 +165,15 @@ final class Connection {
                 if let ex = exchanges[stream] { gateway.requestEnd(ex, now: now) }
             case .closed(let stream, _):
                 if let ex = exchanges.removeValue(forKey: stream) { gateway.cancel(ex, reason: "client closed the stream") }
+            case .headersTooLarge(let stream):
+                headDeadline = nil
+                gateway.counters.protocolErrors += 1
+                let requestID = gateway.nextRequestID()
+                let e = GatewayError(status: 431, code: "headers_too_large",
+                                     message: "request headers are limited to \(gateway.limits.maxHeaderListBytes) bytes")
+                respond(stream, status: 431, headers: [("content-type", "application/json"), ("x-request-id", requestID)],
+                        body: Array(e.json(requestID: requestID).utf8), end: true)
+                gateway.counted(status: 431, code: e.code)
             case .goaway:
                 break
             }

@@ -22,6 +22,9 @@ public enum H2Event: Sendable, Equatable {
     /// The stream is gone; `code` is the HTTP/2 error code (0: NO_ERROR).
     case closed(stream: Int32, code: UInt32)
     case goaway(lastStream: Int32, code: UInt32)
+    /// A request's header list was over `H2Settings.maxHeaderListBytes` (RFC 9113 §6.5.2 sizes: name + value
+    /// + 32 per field); its fields were dropped. Answer 431.
+    case headersTooLarge(stream: Int32)
 }
 
 /// Settings a session announces.
@@ -82,6 +85,9 @@ public final class H2Session {
     public let role: Role
     var events: [H2Event] = []
     var headerBlocks: [Int32: [H2Header]] = [:]
+    /// Bytes of the header list being received, per stream; streams whose list went over the limit.
+    var headerBytes: [Int32: Int] = [:]
+    var oversized: Set<Int32> = []
     var outbound: [Int32: Outbound] = [:]
     let settings: H2Settings
     /// Rapid-reset budget: tokens, refilled at `resetsPerSecond`; `now` of the current `receive`.
@@ -263,11 +269,20 @@ public final class H2Session {
 private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
     let s = H2Session.from(userData)
     s.headerBlocks[frame!.pointee.hd.stream_id] = []
+    s.headerBytes[frame!.pointee.hd.stream_id] = 0
     return 0
 }
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, value, valuelen, _, userData in
     let s = H2Session.from(userData)
+    let id0 = frame!.pointee.hd.stream_id
+    let total = (s.headerBytes[id0] ?? 0) + namelen + valuelen + 32
+    s.headerBytes[id0] = total
+    if total > Int(s.settings.maxHeaderListBytes) {
+        s.oversized.insert(id0)
+        s.headerBlocks[id0] = []
+        return 0
+    }
     if let kept = s.kept, namelen > 0, name![0] != UInt8(ascii: ":") {
         let wanted = kept.contains { k in k.count == namelen && k.withUnsafeBufferPointer { memcmp($0.baseAddress!, name!, namelen) == 0 } }
         if !wanted { return 0 }
@@ -285,7 +300,13 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
     let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
     switch UInt32(hd.type) {
     case NGHTTP2_HEADERS.rawValue:
-        if let block = s.headerBlocks.removeValue(forKey: hd.stream_id) { s.events.append(.headers(stream: hd.stream_id, block)) }
+        s.headerBytes.removeValue(forKey: hd.stream_id)
+        if s.oversized.remove(hd.stream_id) != nil {
+            s.headerBlocks.removeValue(forKey: hd.stream_id)
+            s.events.append(.headersTooLarge(stream: hd.stream_id))
+        } else if let block = s.headerBlocks.removeValue(forKey: hd.stream_id) {
+            s.events.append(.headers(stream: hd.stream_id, block))
+        }
         if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
     case NGHTTP2_DATA.rawValue:
         if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
@@ -313,6 +334,8 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, cod
     let s = H2Session.from(userData)
     s.outbound.removeValue(forKey: streamID)
     s.headerBlocks.removeValue(forKey: streamID)
+    s.headerBytes.removeValue(forKey: streamID)
+    s.oversized.remove(streamID)
     s.events.append(.closed(stream: streamID, code: code))
     return 0
 }

@@ -174,10 +174,13 @@ public final class BrokerServer: Sendable {
     /// Replaces keys and tokens atomically on every loop (each swaps its snapshot on its next turn).
     public func install(access: AccessTable, keys: KeyTable) { post(.install(access, keys)) }
 
-    /// The gateway's counters summed over loops (each published at most a second ago).
+    /// The gateway's counters summed over loops (each published at most a second ago; `snapshotNow` refreshes).
     public var gatewayCounters: GatewayCounters {
-        shards.map { $0.gatewayLatest.withLock { $0 } }.reduce(GatewayCounters()) { $0.merging($1) }
+        gatewayCountersByLoop.reduce(GatewayCounters()) { $0.merging($1) }
     }
+
+    /// The gateway's counters of each loop.
+    public var gatewayCountersByLoop: [GatewayCounters] { shards.map { $0.gatewayLatest.withLock { $0 } } }
 
     /// Sets one world's balancer.
     public func setBalancer(_ policy: BalancerPolicy, forWorld world: String) { post(.setBalancer(policy, world: world)) }
@@ -303,14 +306,21 @@ func makeTLSContext(_ config: ServerConfig, log: @Sendable (String) -> Void) thr
         return try TLSContext(certificatePath: config.tlsCertificatePath, keyPath: config.tlsKeyPath)
     }
     let dir = config.tlsSelfSignedDirectory
-    let cert = dir + "/dev-cert.pem", key = dir + "/dev-key.pem"
-    if !FileManager.default.fileExists(atPath: cert) || !FileManager.default.fileExists(atPath: key) {
+    // Certificate and key in one PEM file, renamed into place whole: daemons starting together never read
+    // one's certificate with another's key.
+    let pem = dir + "/dev.pem"
+    if !FileManager.default.fileExists(atPath: pem) {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
-        try TLSContext.makeSelfSigned(certificatePath: cert, keyPath: key)
-        log("tls: no certificate configured (tls.certificate_path); generated a self-signed development certificate in \(dir) — not for production")
+        let tmp = dir + "/.dev-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try TLSContext.makeSelfSigned(certificatePath: tmp + ".crt", keyPath: tmp + ".key")
+        defer { unlink(tmp + ".crt"); unlink(tmp + ".key") }
+        let both = try Data(contentsOf: URL(fileURLWithPath: tmp + ".crt")) + Data(contentsOf: URL(fileURLWithPath: tmp + ".key"))
+        FileManager.default.createFile(atPath: tmp + ".pem", contents: both, attributes: [.posixPermissions: 0o600])
+        guard rename(tmp + ".pem", pem) == 0 else { throw SocketError(call: "rename", errno: errno, address: pem) }
+        log("tls: no certificate configured (tls.certificate_path); generated a self-signed development certificate in \(pem) — not for production")
     } else {
-        log("tls: no certificate configured (tls.certificate_path); using the self-signed development certificate in \(dir) — not for production")
+        log("tls: no certificate configured (tls.certificate_path); using the self-signed development certificate in \(pem) — not for production")
     }
-    return try TLSContext(certificatePath: cert, keyPath: key)
+    return try TLSContext(certificatePath: pem, keyPath: pem)
 }

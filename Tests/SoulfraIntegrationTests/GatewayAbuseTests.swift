@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+import SoulfraClient
+import SoulfraHTTP2
+import SoulfraPeer
+import SoulfraServer
+
+/// HTTP/2 frame bytes, by hand (RFC 9113 §4.1).
+func h2Frame(type: UInt8, flags: UInt8, stream: UInt32, _ payload: [UInt8] = []) -> [UInt8] {
+    let n = payload.count
+    return [UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF), type, flags,
+            UInt8(stream >> 24 & 0x7F), UInt8(stream >> 16 & 0xFF), UInt8(stream >> 8 & 0xFF), UInt8(stream & 0xFF)] + payload
+}
+
+let h2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+/// The GOAWAY error code in a server's output, if it sent one.
+func goawayCode(_ bytes: [UInt8]) -> UInt32? {
+    var i = 0
+    while i + 9 <= bytes.count {
+        let len = Int(bytes[i]) << 16 | Int(bytes[i + 1]) << 8 | Int(bytes[i + 2])
+        if bytes[i + 3] == 0x7, i + 9 + len <= bytes.count, len >= 8 {
+            let p = i + 9
+            return UInt32(bytes[p + 4]) << 24 | UInt32(bytes[p + 5]) << 16 | UInt32(bytes[p + 6]) << 8 | UInt32(bytes[p + 7])
+        }
+        i += 9 + len
+    }
+    return nil
+}
+
+@Suite("Gateway under bad input", .enabled(if: uringAvailable && haveCurl), .serialized)
+struct GatewayAbuseTests {
+    @Test("malformed HTTP/1.1 gets 400 and a close; the daemon keeps serving")
+    func malformedHTTP1() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let inst = try InstanceRunner(server: server, name: "m")
+        defer { inst.stop() }
+        for bad in ["GET / HTTP/1.1\r\nHost t\r\n\r\n", "GET /x HTTP/1.1\nHost: t\n\n",
+                    "POST /v1/worlds/playground/messages HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    "GET / HTTP/9.9\r\n\r\n"] {
+            let s = try RawSocket(port: server.gatewayPort)
+            s.write(bad)
+            let (out, closed) = s.readAll()
+            #expect(out.text.hasPrefix("HTTP/1.1 400") || out.text.hasPrefix("HTTP/1.1 505"), "\(bad.debugDescription) → \(out.text)")
+            #expect(out.text.contains(#""error":{"code":"#), "JSON error body")
+            #expect(closed)
+        }
+        #expect(try call(server.h2c + "/v1/worlds/playground/messages", ["-d", "{}"]).0 == 200)
+    }
+
+    @Test("oversized request heads: 431 on HTTP/1.1 and on HTTP/2; others are served")
+    func oversizedHeaders() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let inst = try InstanceRunner(server: server, name: "o")
+        defer { inst.stop() }
+        let huge = "x-filler: " + String(repeating: "a", count: 40_000)
+        let url = server.h2c + "/v1/worlds/playground/messages"
+        #expect(try call(url, ["--http1.1", "-H", huge, "-d", "{}"]).0 == 431)
+        let (h2status, body) = try call(url, ["--http2-prior-knowledge", "-H", huge, "-d", "{}"])
+        #expect(h2status == 431 && body.contains("headers_too_large"), "an HTTP/2 header list over the limit is refused")
+        #expect(try call(url, ["--http2-prior-knowledge", "-d", "{}"]).0 == 200)
+    }
+
+    @Test("invalid HTTP/2 frames get GOAWAY PROTOCOL_ERROR (or FRAME_SIZE_ERROR) and a close")
+    func invalidHTTP2() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let cases: [(String, [UInt8])] = [
+            ("DATA on stream 0", h2Frame(type: 0x0, flags: 0, stream: 0, [1, 2, 3])),
+            ("SETTINGS with a bad length", h2Frame(type: 0x4, flags: 0, stream: 0, [0, 1, 0])),
+            ("WINDOW_UPDATE of zero on the connection", h2Frame(type: 0x8, flags: 0, stream: 0, [0, 0, 0, 0])),
+            ("a frame over the maximum size", h2Frame(type: 0x0, flags: 0, stream: 1, [UInt8](repeating: 0, count: 20_000))),
+            ("garbage after the preface", Array(repeating: 0xFF, count: 64)),
+        ]
+        for (what, bytes) in cases {
+            let s = try RawSocket(port: server.gatewayPort)
+            s.write(h2Preface + h2Frame(type: 0x4, flags: 0, stream: 0) + bytes)
+            let (out, closed) = s.readAll()
+            let code = goawayCode(out)
+            #expect(code == 1 || code == 6, "\(what): GOAWAY \(code.map(String.init) ?? "none")")
+            #expect(closed, "\(what): connection closed")
+        }
+        #expect(try call(server.h2c + "/v1/worlds/playground/nothing", ["--http2-prior-knowledge"]).0 == 404)
+    }
+
+    @Test("a flood of HEADERS + RST_STREAM (rapid reset) ends in GOAWAY ENHANCE_YOUR_CALM")
+    func rapidReset() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        var goaway: UInt32?
+        for _ in 0..<400 {
+            guard let id = c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
+                                     headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false) else { break }
+            c.flush()
+            c.h2.reset(stream: id, code: 8)
+            c.flush()
+            for case .goaway(_, let code) in c.read() { goaway = code }
+            if c.failed || goaway != nil { break }
+        }
+        pumpH2(c, { e in if case .goaway(_, let code) = e { goaway = code } }, until: { goaway != nil || c.failed })
+        #expect(goaway == 11, "ENHANCE_YOUR_CALM")
+        _ = server.snapshotNow()
+        #expect(server.gatewayCounters.rapidResetGoaways == 1)
+        #expect(try call(server.h2c + "/v1/worlds/playground/nothing").0 == 404, "others are still served")
+    }
+
+    @Test("slowloris: a head that never completes is cut off at the header timeout (408), idle connections after theirs")
+    func slowloris() throws {
+        let server = try BrokerServer.start(gatewayConfig {
+            $0.gateway.headerTimeoutMilliseconds = 300
+            $0.gateway.idleTimeoutMilliseconds = 1_000
+        })
+        defer { server.stop() }
+        let s = try RawSocket(port: server.gatewayPort)
+        s.write("POST /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\n")
+        var trickle: [UInt8] = []
+        for _ in 0..<6 {
+            s.write("X-Slow: 1\r\n")
+            let (got, closed) = s.readAll(milliseconds: 150)
+            trickle += got
+            if closed { break }
+        }
+        let (rest, closed) = s.readAll(milliseconds: 2_000)
+        #expect((trickle + rest).text.hasPrefix("HTTP/1.1 408"), "\((trickle + rest).text)")
+        #expect(closed)
+        let quiet = try RawSocket(port: server.gatewayPort)
+        let (_, quietClosed) = quiet.readAll(milliseconds: 3_000)
+        #expect(quietClosed, "a connection that never sends a request is closed too")
+        _ = server.snapshotNow()
+        #expect(server.gatewayCounters.headerTimeouts == 2)
+    }
+}
+
+@Suite("Gateway on several loops", .enabled(if: uringAvailable && haveCurl), .serialized)
+struct GatewayMultiLoopTests {
+    @Test("with 3 loops every world is reached from every loop's gateway (in process or over the loop links)")
+    func everyLoop() throws {
+        let server = try BrokerServer.start(gatewayConfig { $0.loopCount = 3 })
+        defer { server.stop() }
+        let p = try InstanceRunner(server: server, world: "playground", name: "p")
+        let a = try InstanceRunner(server: server, world: "arena", name: "a")
+        defer { p.stop(); a.stop() }
+        // Many connections: SO_REUSEPORT spreads them over the loops, so both paths are taken.
+        for i in 0..<24 {
+            let (sp, bp) = try call(server.h2c + "/v1/worlds/playground/messages", ["--http2-prior-knowledge", "-d", "{}"])
+            #expect(sp == 200 && bp.contains(#""instance":"p""#), "request \(i): \(bp)")
+            let (sa, ba) = try call(server.h2c + "/v1/worlds/arena/messages", key: TestKeys.arena, ["-d", "{}"])
+            #expect(sa == 200 && ba.contains(#""instance":"a""#), "request \(i): \(ba)")
+        }
+        _ = server.snapshotNow()
+        let served = server.gatewayCountersByLoop.filter { $0.requests.reduce(0, +) > 0 }.count
+        #expect(served >= 2, "connections were spread over the loops")
+        #expect(server.gatewayCounters.responses[200] == 48)
+    }
+}
