@@ -263,19 +263,20 @@ struct GatewayTests {
         }
         var statuses: [String] = []
         var bodies = ""
-        // Wait until the slow instance holds some requests unanswered, then kill it.
-        #expect(pumpH2(c, { e in
-            if case .headers(_, let h) = e { statuses.append(h.first { $0.name == ":status" }?.value ?? "") }
-        }, until: { slow.heldCount.load(ordering: .acquiring) > 0 }))
-        doomed.stop()
-        #expect(pumpH2(c, milliseconds: 10_000, { e in
+        func record(_ e: H2Event) {
             switch e {
             case .headers(_, let h): statuses.append(h.first { $0.name == ":status" }?.value ?? "")
             case .data(_, let d): bodies += d.text
             case .closed(let id, _): open.remove(id)
             default: break
             }
-        }, until: { open.isEmpty }), "all 40 requests finished")
+        }
+        // Wait until the slow instance holds some requests unanswered, then kill it.
+        #expect(pumpH2(c, record, until: { slow.heldCount.load(ordering: .acquiring) > 0 }))
+        doomed.stop()
+        #expect(pumpH2(c, milliseconds: 10_000, record, until: { open.isEmpty }), "all 40 requests finished; open \(open.sorted())")
+        _ = server.snapshotNow()
+        #expect(server.gatewayCounters.retries == UInt64(slow.heldCount.load(ordering: .acquiring)), "each held request was retried once")
         #expect(statuses.count == 40 && statuses.allSatisfy { $0 == "200" }, "\(statuses)")
         #expect(!bodies.contains(#""instance":"slow""#), "held requests were retried on the healthy instance")
     }
