@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Soulfra's front door for operators and developers.
 #
-#   ./soulfra-deploy.sh up       install what is missing, build (release), start the broker, run a short load test
-#   ./soulfra-deploy.sh down     stop the broker started by `up`
-#   ./soulfra-deploy.sh status   is the broker from `up` running?
+#   ./soulfra-deploy.sh up       install what is missing, build (release), start the daemon (gateway, broker,
+#                                admin) and a demo world "playground"; prints its key and a curl to try
+#   ./soulfra-deploy.sh down     stop what `up` started
+#   ./soulfra-deploy.sh status   is the daemon from `up` running?
 #   ./soulfra-deploy.sh test     install what is missing and run the whole test suite
-#   ./soulfra-deploy.sh bench    the side-by-side benchmarks (bench/broker-vs-nats)
+#   ./soulfra-deploy.sh bench [gateway|broker]  side-by-side benchmarks (bench/gateway-vs-nghttpx,
+#                                bench/broker-vs-nats; both when no argument)
 #   ./soulfra-deploy.sh fuzz [S] [frame|http1]  run a fuzzer for S seconds (default 60, the frame decoder)
 #
 # World commands (deploy, list, scale, logs, master, shutdown) arrive with the control plane.
@@ -14,11 +16,15 @@ cd "$(dirname "$0")"
 RUN_DIR=${SOULFRA_RUN_DIR:-/tmp/soulfra}
 PID_FILE="$RUN_DIR/serve.pid"
 LOG_FILE="$RUN_DIR/serve.log"
+WORLD_PID_FILE="$RUN_DIR/playground.pid"
+WORLD_LOG_FILE="$RUN_DIR/playground.log"
+# The demo key for world "playground" (config/soulfra.json, key 2; development only).
+DEMO_KEY=sk-slfr_kids_ztys355NrAlpgsJGcDc2bhARePpktW1LdIsn
 
-# Debian packages the build needs; the tests also drive curl and check /metrics with promtool (prometheus).
-# The benchmark peers are installed by bench/ itself.
+# Debian packages the build needs; the tests also drive curl and nghttp (nghttp2-client) against the gateway
+# and check /metrics with promtool (prometheus). The benchmark peers are installed by bench/ itself.
 DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev pkg-config)
-TEST_DEBS=(curl prometheus)
+TEST_DEBS=(curl nghttp2-client prometheus)
 
 need_debs() {
   local missing=()
@@ -36,40 +42,60 @@ need_debs() {
 running() { [ -s "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 
 cmd_up() {
-  need_debs
+  need_debs curl
   echo "==> building (release)"
   swift build -c release --product soulfra >/dev/null
   swift build -c release --product soulfra-loadtest >/dev/null
   mkdir -p "$RUN_DIR"
   if running; then
-    echo "==> broker already running (pid $(cat "$PID_FILE"))"
+    echo "==> daemon already running (pid $(cat "$PID_FILE"))"
   else
-    echo "==> starting the broker (config/soulfra.json)"
+    echo "==> starting the daemon (config/soulfra.json)"
     nohup .build/release/soulfra serve --config config/soulfra.json >"$LOG_FILE" 2>&1 &
     echo $! >"$PID_FILE"
     for _ in $(seq 50); do [ -S "$RUN_DIR/broker.sock" ] && break; sleep 0.1; done
-    running || { echo "error: the broker did not start; its log:" >&2; cat "$LOG_FILE" >&2; exit 1; }
+    running || { echo "error: the daemon did not start; its log:" >&2; cat "$LOG_FILE" >&2; exit 1; }
   fi
-  local pid; pid=$(cat "$PID_FILE")
-  echo "==> broker pid $pid, listening on unix:$RUN_DIR/broker.sock and 127.0.0.1:7400 (log: $LOG_FILE)"
-  echo "==> load test: 1 producer -> 1 consumer, 256 B frames, 3 s"
-  .build/release/soulfra-loadtest pipe --broker tcp:127.0.0.1:7400 --server-pid "$pid" --seconds 3
-  echo "==> load test: app -> instance -> runtime -> vault and back, 16 conversations, 3 s"
-  .build/release/soulfra-loadtest chain --broker unix:"$RUN_DIR/broker.sock" --server-pid "$pid" --seconds 3
+  if [ -s "$WORLD_PID_FILE" ] && kill -0 "$(cat "$WORLD_PID_FILE")" 2>/dev/null; then
+    echo "==> demo world \"playground\" already running (pid $(cat "$WORLD_PID_FILE"))"
+  else
+    # Until the worlds layer lands, the demo world is two echo instances (they answer every route's shape).
+    echo "==> deploying the demo world \"playground\" (2 echo instances)"
+    nohup .build/release/soulfra-loadtest instance --broker "unix:$RUN_DIR/broker.sock" --world playground \
+      --instance-token dev-instance-token-playground --count 2 --name-prefix playground --seconds 86400 >"$WORLD_LOG_FILE" 2>&1 &
+    echo $! >"$WORLD_PID_FILE"
+  fi
+  local url=http://127.0.0.1:8080/v1/worlds/playground/messages
+  for _ in $(seq 50); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DEMO_KEY" -d '{}' "$url")" = 200 ] && break
+    sleep 0.1
+  done
   echo
-  echo "Metrics:  curl -s -H 'Authorization: Bearer dev-admin-token-000001' http://127.0.0.1:7401/metrics | head"
-  echo "Health:   curl -s http://127.0.0.1:7401/healthz"
-  echo "The broker keeps running. Stop it with: ./soulfra-deploy.sh down"
+  echo "Soulfra is up (daemon pid $(cat "$PID_FILE"); log $LOG_FILE)."
+  echo "  gateway   http://127.0.0.1:8080 (HTTP/1.1, h2c)   https://127.0.0.1:8443 (TLS, self-signed dev certificate)"
+  echo "  world     playground    key: $DEMO_KEY"
+  echo
+  echo "Try it:"
+  echo "  curl -s $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"session\":\"me\"}'"
+  echo "  curl -sN $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"stream\":true}'"
+  echo "  curl -s -H 'Authorization: Bearer dev-admin-token-000001' http://127.0.0.1:7401/metrics | grep soulfra_gateway_requests"
+  echo
+  echo "It keeps running. Stop it with: ./soulfra-deploy.sh down"
 }
 
 cmd_down() {
+  if [ -s "$WORLD_PID_FILE" ] && kill -0 "$(cat "$WORLD_PID_FILE")" 2>/dev/null; then
+    kill -TERM "$(cat "$WORLD_PID_FILE")"
+    echo "demo world (pid $(cat "$WORLD_PID_FILE")) stopped"
+  fi
+  rm -f "$WORLD_PID_FILE"
   if running; then
     local pid; pid=$(cat "$PID_FILE")
     kill -TERM "$pid"
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    echo "broker (pid $pid) stopped"
+    echo "daemon (pid $pid) stopped"
   else
-    echo "no broker started by 'up' is running"
+    echo "no daemon started by 'up' is running"
   fi
   rm -f "$PID_FILE"
 }
@@ -96,10 +122,17 @@ cmd_test() {
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
-  status) if running; then echo "broker running (pid $(cat "$PID_FILE"))"; else echo "broker not running"; exit 1; fi ;;
+  status) if running; then echo "daemon running (pid $(cat "$PID_FILE"))"; else echo "daemon not running"; exit 1; fi ;;
   test) cmd_test ;;
-  bench) shift; need_debs; exec bench/broker-vs-nats "$@" ;;
+  bench)
+    shift; need_debs
+    case "${1:-all}" in
+      gateway) exec bench/gateway-vs-nghttpx ;;
+      broker) exec bench/broker-vs-nats ;;
+      all) bench/gateway-vs-nghttpx; exec bench/broker-vs-nats ;;
+      *) echo "bench takes gateway, broker or nothing (both)" >&2; exit 2 ;;
+    esac ;;
   fuzz) shift; need_debs; exec fuzz/run.sh "${1:-60}" "${2:-frame}" ;;
-  -h|--help|help|"") sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|help|"") sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "unknown command: $1 (see ./soulfra-deploy.sh --help)" >&2; exit 2 ;;
 esac

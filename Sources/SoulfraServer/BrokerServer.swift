@@ -236,6 +236,7 @@ public final class BrokerServer: Sendable {
         }
         let broker = Broker(limits: config.broker, access: config.accessTable, balancer: config.balancer,
                             loopIndex: shard.index, loopCount: shards.count)
+        for (world, policy) in config.balancerByWorld { broker.setBalancer(policy, forWorld: world) }
         let wiring = Wiring(broker: broker, loop: loop, shard: shard, shards: shards,
                             statsInterval: config.statsIntervalMilliseconds, log: log)
         wiring.listenerRoles = listeners.map(\.1)

@@ -20,6 +20,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var loopCount = 0
     public var broker = BrokerLimits()
     public var balancer = BalancerPolicy.leastOutstanding
+    /// Balancer per world, overriding `balancer` (`broker.balancer_by_world`).
+    public var balancerByWorld: [String: BalancerPolicy] = [:]
     /// Print a one-line broker summary to stderr at this interval (0: never).
     public var statsIntervalMilliseconds: UInt32 = 0
     public var runtimeToken = ""
@@ -252,6 +254,16 @@ extension ServerConfig {
                     throw Invalid(key: "broker.balancer", message: "must be one of \(BalancerPolicy.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(name)\"")
                 }
                 balancer = p
+            }
+            if var byWorld = try b.object("balancer_by_world") {
+                for world in byWorld.remainingKeys {
+                    let name = try byWorld.string(world) ?? ""
+                    guard let p = BalancerPolicy(rawValue: name) else {
+                        throw Invalid(key: "broker.balancer_by_world.\(world)", message: "must be one of \(BalancerPolicy.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(name)\"")
+                    }
+                    balancerByWorld[world] = p
+                }
+                try byWorld.finish()
             }
             try b.finish()
         }

@@ -156,3 +156,55 @@ struct GatewayMultiLoopTests {
         #expect(server.gatewayCounters.responses[200] == 48)
     }
 }
+
+@Suite("Gateway keys from a watched file", .enabled(if: uringAvailable && haveCurl), .serialized)
+struct GatewayKeysFileTests {
+    @Test("editing the keys file revokes a key without a signal; a broken file keeps the old keys")
+    func keysFileWatched() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-keys-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let keys = dir + "/keys.json"
+        func writeKeys(disabled: Bool) throws {
+            let json = #"{"keys":[{"id":1,"world":"playground","key":"\#(TestKeys.playground)","disabled":\#(disabled)}]}"#
+            try json.write(toFile: keys + ".tmp", atomically: false, encoding: .utf8)
+            rename(keys + ".tmp", keys)
+        }
+        try writeKeys(disabled: false)
+        let ready = dir + "/ready"
+        try? FileManager.default.removeItem(atPath: ready)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: soulfraBinary)
+        p.arguments = ["serve", "--config", repoRoot.appendingPathComponent("config/soulfra.json").path, "--loops", "1",
+                       "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0",
+                       "--gateway-tcp", "127.0.0.1:0", "--gateway-tls", "", "--keys-file", keys, "--ready-file", ready]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        defer {
+            kill(p.processIdentifier, SIGTERM)
+            for _ in 0..<1000 where p.isRunning { usleep(10_000) }
+            if p.isRunning { p.terminate() }
+            p.waitUntilExit()
+        }
+        for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
+        let lines = try String(contentsOfFile: ready, encoding: .utf8).split(separator: "\n")
+        let port = try #require(lines.count >= 2 ? UInt16(lines[1]) : nil)
+        let url = "http://127.0.0.1:\(port)/v1/worlds/playground/messages"
+        // No instance is attached: an admitted request is a 503, a refused one a 401.
+        #expect(try call(url, ["-d", "{}"]).0 == 503)
+        // A broken file is reported and ignored.
+        try "{ not json".write(toFile: keys, atomically: true, encoding: .utf8)
+        usleep(600_000)
+        #expect(try call(url, ["-d", "{}"]).0 == 503, "the old keys stay")
+        try writeKeys(disabled: true)
+        var status = 0
+        for _ in 0..<50 {
+            status = try call(url, ["-d", "{}"]).0
+            if status == 401 { break }
+            usleep(100_000)
+        }
+        #expect(status == 401, "the key is revoked once the file changes")
+        let (_, body) = try call(url, ["-d", "{}"])
+        #expect(body.contains("key_disabled"))
+    }
+}

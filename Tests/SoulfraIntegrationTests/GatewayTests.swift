@@ -242,6 +242,22 @@ struct GatewayTests {
         #expect(try call(url, ["-d", "{}"]).0 == 503)
     }
 
+    @Test("round-robin selected for one world alternates its instances; other worlds keep least-outstanding")
+    func roundRobin() throws {
+        let server = try BrokerServer.start(gatewayConfig { $0.balancerByWorld = ["playground": .roundRobin] })
+        defer { server.stop() }
+        let a = try InstanceRunner(server: server, name: "a")
+        let b = try InstanceRunner(server: server, name: "b")
+        defer { a.stop(); b.stop() }
+        var order: [String] = []
+        for _ in 0..<6 {
+            let (s, body) = try call(server.h2c + "/v1/worlds/playground/messages", ["-d", "{}"])
+            #expect(s == 200)
+            order.append(body.contains(#""instance":"a""#) ? "a" : "b")
+        }
+        #expect(order == ["a", "b", "a", "b", "a", "b"] || order == ["b", "a", "b", "a", "b", "a"], "\(order)")
+    }
+
     @Test("an instance killed under load: every request ends (200, or 503 once none is left), none hangs")
     func killUnderLoad() throws {
         let server = try BrokerServer.start(gatewayConfig())
