@@ -134,6 +134,57 @@ struct GatewayAbuseTests {
     }
 }
 
+@Suite("Gateway connection lifecycle", .enabled(if: uringAvailable && haveCurl), .serialized)
+struct GatewayLifecycleTests {
+    @Test("HTTP/1.1 pipelining: two requests in one write are answered in order on one connection")
+    func pipelining() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let inst = try InstanceRunner(server: server, name: "pipe")
+        defer { inst.stop() }
+        let s = try RawSocket(port: server.gatewayPort)
+        let auth = "Authorization: Bearer \(TestKeys.playground)\r\n"
+        s.write("POST /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\n\(auth)Content-Length: 9\r\n\r\n{\"n\":\"1\"}"
+                + "GET /v1/worlds/playground/nothing HTTP/1.1\r\nHost: t\r\n\(auth)\r\n"
+                + "POST /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\n\(auth)Content-Length: 11\r\nConnection: close\r\n\r\n{\"n\":\"333\"}")
+        let (out, closed) = s.readAll()
+        let statuses = out.text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { "HTTP/1.1 " + $0.components(separatedBy: "\r\n")[0] }
+        #expect(statuses == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 200 OK"], "\(out.text)")
+        #expect(out.text.contains(#""bytes":9}"#) && out.text.contains(#""bytes":11}"#))
+        let first = try #require(out.text.range(of: #""bytes":9}"#)).lowerBound
+        let last = try #require(out.text.range(of: #""bytes":11}"#)).lowerBound
+        #expect(first < last, "answers in request order")
+        #expect(closed, "Connection: close honoured")
+    }
+
+    @Test("TLS 1.2 and TLS 1.3 both negotiate")
+    func tlsVersions() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        for v in [["--tlsv1.2", "--tls-max", "1.2"], ["--tlsv1.3"]] {
+            let (status, _) = try call(server.https + "/v1/worlds/playground/nothing", v + ["-k", "--http2"])
+            #expect(status == 404, "\(v)")
+        }
+    }
+
+    @Test("shutdown: HTTP/2 clients get GOAWAY; an idle connection is closed after the idle timeout")
+    func goawayAndIdle() throws {
+        let server = try BrokerServer.start(gatewayConfig { $0.gateway.idleTimeoutMilliseconds = 1_000 })
+        let idle = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        _ = idle.request(method: "GET", authority: "t", path: "/v1/worlds/playground/nothing", headers: [], endStream: true)
+        var idleGoaway = false
+        #expect(pumpH2(idle, { if case .goaway = $0 { idleGoaway = true } }, until: { idleGoaway }), "idle connection ended with GOAWAY")
+        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        _ = c.request(method: "GET", authority: "t", path: "/v1/worlds/playground/nothing", headers: [], endStream: true)
+        var closed = false
+        pumpH2(c, { if case .closed = $0 { closed = true } }, until: { closed })
+        server.shutdown()
+        var goaway = false
+        #expect(pumpH2(c, { if case .goaway = $0 { goaway = true } }, until: { goaway }), "GOAWAY on shutdown")
+        server.wait()
+    }
+}
+
 @Suite("Gateway on several loops", .enabled(if: uringAvailable && haveCurl), .serialized)
 struct GatewayMultiLoopTests {
     @Test("with 3 loops every world is reached from every loop's gateway (in process or over the loop links)")
