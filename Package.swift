@@ -8,6 +8,11 @@
 //   SoulfraWire, SoulfraNet ─► SoulfraPeer ─► soulfra-loadtest (executable, in loadtest/)
 import PackageDescription
 
+/// Data-plane modules skip dynamic exclusivity checks in release builds: they are loop-confined (one thread
+/// per loop, no shared mutable state) and the checks cost several percent of the request path. Debug builds,
+/// which the tests run, keep them.
+let dataPlane: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let package = Package(
     name: "soulfra",
     platforms: [.macOS(.v14)],
@@ -33,24 +38,24 @@ let package = Package(
         // libnghttp2 enters through this shim only (Debian 12 ships nghttp2 1.52: the ssize_t API).
         .target(name: "CNGHTTP2", linkerSettings: [.linkedLibrary("nghttp2")]),
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
-        .target(name: "SoulfraHTTP"),
+        .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeer", "SoulfraWire"]),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeer", "SoulfraWire"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
-        .target(name: "SoulfraHTTP2", dependencies: ["CNGHTTP2"]),
+        .target(name: "SoulfraHTTP2", dependencies: ["CNGHTTP2"], swiftSettings: dataPlane),
         // The broker wire protocol v1: frame codec, sans-IO.
-        .target(name: "SoulfraWire"),
+        .target(name: "SoulfraWire", swiftSettings: dataPlane),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys"]),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys"], swiftSettings: dataPlane),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
-        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"]),
+        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"], swiftSettings: dataPlane),
         // The peer-side client library (plain sockets + epoll; works where io_uring is blocked).
-        .target(name: "SoulfraPeer", dependencies: ["SoulfraWire", "SoulfraNet"]),
+        .target(name: "SoulfraPeer", dependencies: ["SoulfraWire", "SoulfraNet"], swiftSettings: dataPlane),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer"]),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]

@@ -74,14 +74,15 @@ public struct RateLimitState: Sendable, Equatable {
     public var windowSeconds: UInt32 = 1
 
     /// Both header generations (design §5): the IETF draft's `RateLimit-Policy`/`RateLimit` and the older
-    /// `RateLimit-Limit`/`-Remaining`/`-Reset` that many clients still read.
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset` that many clients still read. Names are lowercase, as HTTP/2
+    /// requires (HTTP/1.1 names are case-insensitive).
     public var headers: [(String, String)] {
         [
-            ("RateLimit-Policy", "\"burst\";q=\(limit);w=\(windowSeconds)"),
-            ("RateLimit", "\"burst\";r=\(remaining);t=\(resetSeconds)"),
-            ("RateLimit-Limit", "\(limit)"),
-            ("RateLimit-Remaining", "\(remaining)"),
-            ("RateLimit-Reset", "\(resetSeconds)"),
+            ("ratelimit-policy", "\"burst\";q=\(limit);w=\(windowSeconds)"),
+            ("ratelimit", "\"burst\";r=\(remaining);t=\(resetSeconds)"),
+            ("ratelimit-limit", "\(limit)"),
+            ("ratelimit-remaining", "\(remaining)"),
+            ("ratelimit-reset", "\(resetSeconds)"),
         ]
     }
 }
@@ -209,7 +210,7 @@ public final class Gatekeeper {
         let state = RateLimitState(limit: limit, remaining: 0, resetSeconds: wait)
         return .failure(GatewayError(
             status: 429, code: "rate_limited", message: "key \(k.prefix) is over \(k.requestsPerSecond) requests/s",
-            headers: [("Retry-After", "\(wait)")] + state.headers))
+            headers: [("retry-after", "\(wait)")] + state.headers))
     }
 }
 

@@ -31,6 +31,8 @@ final class Connection {
     /// Output: `sending` is what the loop is writing now (unmoved until `sent`), `out` what comes next.
     var out = ByteQueue()
     var sending = ByteQueue()
+    /// Plaintext waiting to be encrypted: gathered over a flush so TLS writes few, full records.
+    let plainOut = ByteQueue()
     var sendInFlight = false
     var closeAfterFlush = false
     var closed = false
@@ -120,7 +122,7 @@ final class Connection {
         s.maxHeaderListBytes = gateway.limits.maxHeaderListBytes
         s.resetsPerSecond = gateway.limits.resetsPerSecond
         s.resetBurst = gateway.limits.resetBurst
-        s.keptHeaders = ["authorization", "accept", "x-soulfra-session"]
+        s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session"]
         h2 = try? H2Session(role: .server, settings: s)
         if h2 == nil { finish() }
     }
@@ -318,16 +320,21 @@ final class Connection {
 
     /// Starts a response. `body` with `end` is a complete reply; otherwise the body streams through `sendBody`.
     func respond(_ id: Int32, status: Int, headers: [(String, String)], body: [UInt8], end: Bool) {
+        body.withUnsafeBytes { respond(id, status: status, headers: headers, body: $0, end: end) }
+    }
+
+    func respond(_ id: Int32, status: Int, headers: [(String, String)], body: UnsafeRawBufferPointer, end: Bool) {
         switch proto {
         case .http2:
             guard let h2 else { return }
-            var hs = headers.map { H2Header($0.0.lowercased(), $0.1) }
+            // Every name the gateway sends is already lowercase (HTTP/2 requires it).
+            var hs = headers.map { H2Header($0.0, $0.1) }
             if end { hs.append(H2Header("content-length", String(body.count))) }
             try? h2.respond(stream: id, status: status, headers: hs, endStream: end && body.isEmpty)
-            if !body.isEmpty || !end { body.withUnsafeBytes { h2.send(stream: id, $0, end: end) } }
+            if !body.isEmpty || !end { h2.send(stream: id, body, end: end) }
         case .http1, .sniffing:
             writeH1Head(status: status, headers: headers, contentLength: end ? body.count : nil, keepAlive: h1KeepAlive)
-            if !body.isEmpty { end ? emit(body) : body.withUnsafeBytes { emitChunk($0) } }
+            if !body.isEmpty { end ? emit(body) : emitChunk(body) }
         case .webSocket:
             break
         }
@@ -363,16 +370,18 @@ final class Connection {
 
     func emit(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
-        if let tls {
-            do { try tls.write(bytes) } catch { finish() }
-        } else {
-            out.append(bytes)
-        }
+        if tls != nil { plainOut.append(bytes) } else { out.append(bytes) }
         dirty = true
     }
 
+    /// Encrypts gathered plaintext and moves the records (and any handshake output) to `out`.
     func drainTLS() {
-        tls?.drainOutput { out.append($0) }
+        guard let tls else { return }
+        if !plainOut.isEmpty && tls.handshakeComplete {
+            do { try tls.write(plainOut.readable) } catch { closeAfterFlush = true }
+            plainOut.removeAll()
+        }
+        tls.drainOutput { out.append($0) }
     }
 
     /// Moves HTTP/2 frames (and TLS records) into `out`.

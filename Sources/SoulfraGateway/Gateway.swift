@@ -212,7 +212,7 @@ public final class Gateway {
         let requestID = nextRequestID()
         if shuttingDown {
             return reject(c, id: id, GatewayError(status: 503, code: "shutting_down", message: "the gateway is shutting down",
-                                                  headers: [("Retry-After", "\(limits.retryAfterSeconds)")]), requestID: requestID)
+                                                  headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
         }
         var path = head.path
         var queryToken: String?
@@ -242,7 +242,7 @@ public final class Gateway {
                 return reject(c, id: id, GatewayError(
                     status: 426, code: "upgrade_required",
                     message: "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
-                    headers: [("Upgrade", "websocket")]), requestID: requestID)
+                    headers: [("upgrade", "websocket")]), requestID: requestID)
             }
             kind = .webSocket
         case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
@@ -362,7 +362,7 @@ public final class Gateway {
 
     func unavailable(_ ex: Exchange, _ message: String) -> GatewayError {
         GatewayError(status: 503, code: "no_healthy_instance", message: message,
-                     headers: [("Retry-After", "\(limits.retryAfterSeconds)")])
+                     headers: [("retry-after", "\(limits.retryAfterSeconds)")])
     }
 
     /// Opens the broker stream to one of the world's instances (the broker balances and pins sessions).
@@ -457,6 +457,11 @@ public final class Gateway {
                 return fail(ex, GatewayError(status: 502, code: "reply_too_large",
                                              message: "the instance's reply is over \(limits.maxReplyBytes) bytes"))
             }
+            if end && ex.reply.isEmpty {
+                // The usual reply: one frame, answered from the broker's buffer without a copy here.
+                finishUnary(ex, status: 200, body: payload, now: monotonicNanoseconds())
+                return
+            }
             ex.reply.append(contentsOf: payload)
             if end {
                 finishUnary(ex, status: 200, body: ex.reply, now: monotonicNanoseconds())
@@ -515,6 +520,10 @@ public final class Gateway {
     }
 
     func finishUnary(_ ex: Exchange, status: Int, body: [UInt8], now: UInt64) {
+        body.withUnsafeBytes { finishUnary(ex, status: status, body: $0, now: now) }
+    }
+
+    func finishUnary(_ ex: Exchange, status: Int, body: UnsafeRawBufferPointer, now: UInt64) {
         guard !ex.responded else { return }
         ex.responded = true
         ex.conn.respond(ex.id, status: status, headers: ex.commonHeaders(contentType: "application/json"), body: body, end: true)
@@ -572,14 +581,14 @@ public final class Gateway {
             retryable = true
         case .streamLimit:
             e = GatewayError(status: 429, code: "too_many_streams", message: reason,
-                             headers: [("Retry-After", "\(limits.retryAfterSeconds)")])
+                             headers: [("retry-after", "\(limits.retryAfterSeconds)")])
             retryable = true
         case .notPermitted:
             e = GatewayError(status: 401, code: "key_disabled", message: "the key was revoked: \(reason)")
             retryable = false
         case .shutdown:
             e = GatewayError(status: 503, code: "shutting_down", message: "the broker is shutting down",
-                             headers: [("Retry-After", "\(limits.retryAfterSeconds)")])
+                             headers: [("retry-after", "\(limits.retryAfterSeconds)")])
             retryable = true
         case .slowConsumer:
             e = GatewayError(status: 503, code: "slow_consumer", message: reason)

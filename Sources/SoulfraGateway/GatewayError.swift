@@ -47,9 +47,9 @@ public struct GatewayError: Error, Sendable, Equatable {
     }
     static func methodNotAllowed(_ method: String, allowed: [String]) -> GatewayError {
         GatewayError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed here",
-                     headers: [("Allow", allowed.joined(separator: ", "))])
+                     headers: [("allow", allowed.joined(separator: ", "))])
     }
     static let unauthorized = GatewayError(
         status: 401, code: "unauthorized", message: "a valid API key is required (Authorization: Bearer sk-slfr_…)",
-        headers: [("WWW-Authenticate", #"Bearer realm="soulfra""#)])
+        headers: [("www-authenticate", #"Bearer realm="soulfra""#)])
 }

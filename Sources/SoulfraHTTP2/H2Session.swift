@@ -38,8 +38,8 @@ public struct H2Settings: Sendable, Equatable {
     /// the server work without ever being limited by MAX_CONCURRENT_STREAMS.
     public var resetsPerSecond: UInt32 = 100
     public var resetBurst: UInt32 = 200
-    /// Header names (lowercase) reported in `.headers` besides the pseudo-headers; nil reports every field.
-    /// A server that reads a handful of fields skips building strings for the rest.
+    /// Header names (lowercase, pseudo-headers included) reported in `.headers`; nil reports every field. A
+    /// server that reads a handful of fields skips building strings for the rest.
     public var keptHeaders: [String]?
     public init() {}
 }
@@ -283,7 +283,7 @@ private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, va
         s.headerBlocks[id0] = []
         return 0
     }
-    if let kept = s.kept, namelen > 0, name![0] != UInt8(ascii: ":") {
+    if let kept = s.kept {
         let wanted = kept.contains { k in k.count == namelen && k.withUnsafeBufferPointer { memcmp($0.baseAddress!, name!, namelen) == 0 } }
         if !wanted { return 0 }
     }

@@ -67,6 +67,8 @@ public final class TLSConnection {
     let t: OpaquePointer
     let context: TLSContext
     public private(set) var handshakeComplete = false
+    /// One record's worth of scratch space, reused by `read` and `drainOutput` (allocated on first use).
+    var scratch: UnsafeMutableRawBufferPointer?
 
     public init(context: TLSContext, serverName: String? = nil) throws(TLSError) {
         guard let t = sf_tls_new(context.ctx, context.isServer ? 1 : 0, serverName) else { throw TLSError.last("SSL_new") }
@@ -74,7 +76,17 @@ public final class TLSConnection {
         self.context = context
     }
 
-    deinit { sf_tls_free(t) }
+    deinit {
+        sf_tls_free(t)
+        scratch?.deallocate()
+    }
+
+    @inline(__always) func buffer() -> UnsafeMutableRawBufferPointer {
+        if let scratch { return scratch }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 16 << 10, alignment: 16)
+        scratch = b
+        return b
+    }
 
     /// Ciphertext from the network.
     public func receive(_ bytes: UnsafeRawBufferPointer) throws(TLSError) {
@@ -97,11 +109,11 @@ public final class TLSConnection {
     /// Decrypts what it can, appending to `into`.
     public func read(into: inout [UInt8]) throws(TLSError) -> ReadResult {
         var total = 0
-        var buf = [UInt8](repeating: 0, count: 16 << 10)
+        let buf = buffer()
         while true {
-            let n = buf.withUnsafeMutableBytes { sf_tls_read(t, $0.baseAddress, Int32($0.count)) }
+            let n = sf_tls_read(t, buf.baseAddress, Int32(buf.count))
             if n > 0 {
-                into.append(contentsOf: buf[0..<Int(n)])
+                into.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[0..<Int(n)]))
                 total += Int(n)
                 continue
             }
@@ -123,11 +135,12 @@ public final class TLSConnection {
 
     /// Ciphertext for the network.
     public func drainOutput(_ body: (UnsafeRawBufferPointer) -> Void) {
-        var buf = [UInt8](repeating: 0, count: 16 << 10)
+        guard sf_tls_pending_output(t) > 0 else { return }
+        let buf = buffer()
         while sf_tls_pending_output(t) > 0 {
-            let n = buf.withUnsafeMutableBytes { sf_tls_take_output(t, $0.baseAddress, Int32($0.count)) }
+            let n = sf_tls_take_output(t, buf.baseAddress, Int32(buf.count))
             guard n > 0 else { return }
-            buf.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[0..<Int(n)])) }
+            body(UnsafeRawBufferPointer(rebasing: buf[0..<Int(n)]))
         }
     }
 

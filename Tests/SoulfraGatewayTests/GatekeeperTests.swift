@@ -54,7 +54,7 @@ struct GatekeeperTests {
             #expect(e.status == 404, "\(path)")
         }
         guard case .failure(let e) = Route.match(method: "GET", path: "/v1/worlds/playground/messages") else { Issue.record("matched"); return }
-        #expect(e.status == 405 && e.headers.first?.0 == "Allow" && e.headers.first?.1 == "POST")
+        #expect(e.status == 405 && e.headers.first?.0 == "allow" && e.headers.first?.1 == "POST")
     }
 
     @Test("a valid key for the route's world and permission is admitted")
@@ -133,15 +133,15 @@ struct GatekeeperTests {
         for _ in 0..<3 {
             guard case .admit(_, _, let rl) = go() else { Issue.record("throttled inside the burst"); return }
             remaining.append(rl.remaining)
-            #expect(rl.headers.contains { $0 == ("RateLimit-Policy", "\"burst\";q=3;w=1") })
+            #expect(rl.headers.contains { $0 == ("ratelimit-policy", "\"burst\";q=3;w=1") })
         }
         #expect(remaining == [2, 1, 0])
         guard let e = rejected(go()) else { Issue.record("not throttled"); return }
         #expect(e.status == 429 && e.code == "rate_limited")
         let h = Dictionary(uniqueKeysWithValues: e.headers.map { ($0.0, $0.1) })
-        #expect(h["Retry-After"] == "1", "0.1 s rounds up to a whole second")
-        #expect(h["RateLimit"] == "\"burst\";r=0;t=1")
-        #expect(h["RateLimit-Remaining"] == "0" && h["RateLimit-Limit"] == "3" && h["RateLimit-Reset"] == "1")
+        #expect(h["retry-after"] == "1", "0.1 s rounds up to a whole second")
+        #expect(h["ratelimit"] == "\"burst\";r=0;t=1")
+        #expect(h["ratelimit-remaining"] == "0" && h["ratelimit-limit"] == "3" && h["ratelimit-reset"] == "1")
         now += 100_000_000  // 0.1 s at 10/s: one token
         if case .reject = go() { Issue.record("a refilled token was refused") }
         #expect(g.rejections["rate_limited"] == 1)
