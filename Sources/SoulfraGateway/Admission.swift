@@ -18,6 +18,9 @@ public struct KeyRecord: Sendable, Equatable {
     /// The in-stream quotas the broker enforces (told to streaming clients in `rate_limits` events).
     public var framesPerSecond: UInt32 = 0
     public var bytesPerSecond: UInt32 = 0
+    /// `ratelimit-policy` and `ratelimit-limit` values: the same on every response, made once.
+    public let rateLimitPolicy: String
+    public let rateLimitLimit: String
 
     public init(id: UInt64, digest: SecretDigest, prefix: String, world: String, permissions: Permissions,
                 requestsPerSecond: UInt32 = 0, burst: UInt32 = 0, expiresAt: UInt64? = nil, disabled: Bool = false) {
@@ -30,6 +33,9 @@ public struct KeyRecord: Sendable, Equatable {
         self.burst = burst
         self.expiresAt = expiresAt
         self.disabled = disabled
+        let capacity = max(burst, 1)
+        self.rateLimitPolicy = "\"burst\";q=\(capacity);w=1"
+        self.rateLimitLimit = String(capacity)
     }
 }
 
@@ -72,19 +78,54 @@ public struct RateLimitState: Sendable, Equatable {
     /// Seconds until the bucket is full again (rounded up).
     public var resetSeconds: UInt32
     public var windowSeconds: UInt32 = 1
+    /// The key's constant header values (see `KeyRecord.rateLimitPolicy`); built here when not given.
+    var policyValue: String?
+    var limitValue: String?
+
+    public init(limit: UInt32, remaining: UInt32, resetSeconds: UInt32, windowSeconds: UInt32 = 1) {
+        self.limit = limit
+        self.remaining = remaining
+        self.resetSeconds = resetSeconds
+        self.windowSeconds = windowSeconds
+    }
+
+    public static func == (l: RateLimitState, r: RateLimitState) -> Bool {
+        l.limit == r.limit && l.remaining == r.remaining && l.resetSeconds == r.resetSeconds && l.windowSeconds == r.windowSeconds
+    }
 
     /// Both header generations (design §5): the IETF draft's `RateLimit-Policy`/`RateLimit` and the older
     /// `RateLimit-Limit`/`-Remaining`/`-Reset` that many clients still read. Names are lowercase, as HTTP/2
     /// requires (HTTP/1.1 names are case-insensitive).
     public var headers: [(String, String)] {
-        [
-            ("ratelimit-policy", "\"burst\";q=\(limit);w=\(windowSeconds)"),
-            ("ratelimit", "\"burst\";r=\(remaining);t=\(resetSeconds)"),
-            ("ratelimit-limit", "\(limit)"),
-            ("ratelimit-remaining", "\(remaining)"),
-            ("ratelimit-reset", "\(resetSeconds)"),
-        ]
+        var out: [(String, String)] = []
+        appendHeaders(to: &out)
+        return out
     }
+
+    /// Appends the five headers. The changing values are built without string interpolation: this runs on
+    /// every admitted response of a key with a request quota.
+    public func appendHeaders(to out: inout [(String, String)]) {
+        var v: [UInt8] = Array(#""burst";r="#.utf8)
+        v.reserveCapacity(32)
+        appendDecimal(remaining, to: &v)
+        v.append(contentsOf: ";t=".utf8)
+        appendDecimal(resetSeconds, to: &v)
+        out.append(("ratelimit-policy", policyValue ?? "\"burst\";q=\(limit);w=\(windowSeconds)"))
+        out.append(("ratelimit", String(decoding: v, as: UTF8.self)))
+        out.append(("ratelimit-limit", limitValue ?? String(limit)))
+        out.append(("ratelimit-remaining", String(remaining)))
+        out.append(("ratelimit-reset", String(resetSeconds)))
+    }
+
+    /// Whether a header's value changes on every response (sent never-indexed over HTTP/2).
+    @inline(__always) public static func changes(_ name: String) -> Bool {
+        name == "ratelimit" || name == "ratelimit-remaining"
+    }
+}
+
+@inline(__always) func appendDecimal(_ n: UInt32, to out: inout [UInt8]) {
+    if n >= 10 { appendDecimal(n / 10, to: &out) }
+    out.append(0x30 + UInt8(n % 10))
 }
 
 /// Authenticates and rate-limits requests. Sans-IO: takes the request's method, path, credentials and `now`;
@@ -202,7 +243,10 @@ public final class Gatekeeper {
             b.tokens -= 1
             buckets[k.id] = b
             let reset = UInt32(((capacity - b.tokens) / rate).rounded(.up))
-            return .success(RateLimitState(limit: limit, remaining: UInt32(b.tokens.rounded(.down)), resetSeconds: reset))
+            var state = RateLimitState(limit: limit, remaining: UInt32(b.tokens.rounded(.down)), resetSeconds: reset)
+            state.policyValue = k.rateLimitPolicy
+            state.limitValue = k.rateLimitLimit
+            return .success(state)
         }
         buckets[k.id] = b
         // Whole seconds, rounded up, at least 1 (design §5).

@@ -328,7 +328,11 @@ final class Connection {
         case .http2:
             guard let h2 else { return }
             // Every name the gateway sends is already lowercase (HTTP/2 requires it).
-            var hs = headers.map { H2Header($0.0, $0.1) }
+            var hs: [H2Header] = []
+            hs.reserveCapacity(headers.count + 1)
+            for (n, v) in headers {
+                hs.append(H2Header(n, v, neverIndexed: RateLimitState.changes(n)))
+            }
             if end { hs.append(H2Header("content-length", String(body.count))) }
             try? h2.respond(stream: id, status: status, headers: hs, endStream: end && body.isEmpty)
             if !body.isEmpty || !end { h2.send(stream: id, body, end: end) }

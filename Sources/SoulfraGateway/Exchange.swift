@@ -110,8 +110,11 @@ final class Exchange {
 
     /// Response headers every reply carries.
     func commonHeaders(contentType: String) -> [(String, String)] {
-        var h = [("content-type", contentType), ("x-request-id", requestID)]
-        if rate.limit > 0 { h += rate.headers }
+        var h: [(String, String)] = []
+        h.reserveCapacity(rate.limit > 0 ? 8 : 3)
+        h.append(("content-type", contentType))
+        h.append(("x-request-id", requestID))
+        if rate.limit > 0 { rate.appendHeaders(to: &h) }
         return h
     }
 

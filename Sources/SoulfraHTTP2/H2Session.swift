@@ -5,9 +5,13 @@ import Glibc
 public struct H2Header: Sendable, Equatable {
     public var name: String
     public var value: String
-    public init(_ name: String, _ value: String) {
+    /// Sent as an HPACK literal never added to the dynamic table: for values that change on every response
+    /// (counters), which would only churn the table.
+    public var neverIndexed: Bool
+    public init(_ name: String, _ value: String, neverIndexed: Bool = false) {
         self.name = name
         self.value = value
+        self.neverIndexed = neverIndexed
     }
 }
 
@@ -238,7 +242,7 @@ public final class H2Session {
                     let value = buf.baseAddress! + off
                     off += copyUTF8(h.value, to: buf.baseAddress! + off)
                     nva[i] = nghttp2_nv(name: name, value: value, namelen: value - name, valuelen: buf.baseAddress! + off - value,
-                                        flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+                                        flags: UInt8(h.neverIndexed ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue))
                 }
                 return body(UnsafePointer(nva.baseAddress!), headers.count)
             }
