@@ -324,6 +324,40 @@ struct GatewayTests {
         #expect(try call(server.h2c + "/v1/worlds/playground/messages", ["-d", "{}"]).0 == 401)
     }
 
+    @Test("a key at its concurrent-stream quota gets 429 too_many_streams; a slot frees when a stream ends")
+    func streamQuota() throws {
+        let server = try BrokerServer.start(gatewayConfig { c in
+            c.keys = c.keys.map { $0.keyID == 1 ? KeyQuota(keyID: 1, world: "playground", maxStreams: 1) : $0 }
+        })
+        defer { server.stop() }
+        let inst = try InstanceRunner(server: server, name: "q")
+        defer { inst.stop() }
+        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        func open() -> Int32? {
+            c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
+                      headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false)
+        }
+        var status: [Int32: String] = [:]
+        var body = ""
+        let first = try #require(open())
+        #expect(pumpH2(c, { if case .headers(let id, let h) = $0 { status[id] = h.first { $0.name == ":status" }?.value } },
+                       until: { status[first] != nil }))
+        let second = try #require(open())
+        #expect(pumpH2(c, { e in
+            if case .headers(let id, let h) = e { status[id] = h.first { $0.name == ":status" }?.value }
+            if case .data(let id, let d) = e, id == second { body += d.text }
+        }, until: { status[second] != nil && body.contains("}}") }))
+        #expect(status[first] == "200" && status[second] == "429", "\(status)")
+        #expect(body.contains(#""code":"too_many_streams""#), "\(body)")
+        Array<UInt8>().withUnsafeBytes { c.h2.send(stream: first, $0, end: true) }
+        var firstClosed = false
+        pumpH2(c, { if case .closed(let id, _) = $0, id == first { firstClosed = true } }, until: { firstClosed })
+        let third = try #require(open())
+        #expect(pumpH2(c, { if case .headers(let id, let h) = $0 { status[id] = h.first { $0.name == ":status" }?.value } },
+                       until: { status[third] != nil }))
+        #expect(status[third] == "200")
+    }
+
     @Test("a key paced by its frames/s quota sees a rate_limits event in its stream")
     func pacedStream() throws {
         let server = try BrokerServer.start(gatewayConfig { $0.broker.streamCreditFrames = 8 })
