@@ -213,6 +213,7 @@ final class Connection {
                 var r = RequestHead(method: head.method, path: head.target, authorization: head.header("authorization"),
                                     accept: head.header("accept") ?? "", session: head.header("x-soulfra-session") ?? "")
                 r.keepAlive = head.keepAlive
+                r.expectContinue = head.body != .none && head.header("expect")?.lowercased() == "100-continue"
                 if head.header("upgrade")?.lowercased() == "websocket" {
                     switch WebSocket.accept(head, sha1: SoulfraKeys.sha1) {
                     case .success(let accept): r.webSocketAccept = accept

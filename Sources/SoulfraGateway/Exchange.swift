@@ -42,6 +42,8 @@ struct RequestHead {
     /// HTTP/1.1 `Upgrade: websocket` with the handshake headers (the full head, for `WebSocket.accept`).
     var webSocketAccept: String?
     var keepAlive = true
+    /// HTTP/1.1 `Expect: 100-continue` with a body to come: answered `100 Continue` once admitted.
+    var expectContinue = false
 }
 
 /// One request in flight: an HTTP/2 stream, an HTTP/1.1 request, or a WebSocket; and the broker stream it

@@ -210,6 +210,9 @@ public final class Gateway {
     /// A request head arrived (`id`: the HTTP/2 stream, or the HTTP/1.1 request's sequence number).
     func begin(_ c: Connection, id: Int32, head: RequestHead, now: UInt64) {
         let requestID = nextRequestID()
+        // A client waiting for 100 Continue may never send the body of a refused request: close after
+        // answering rather than wait for it.
+        if head.expectContinue { c.h1KeepAlive = false }
         if shuttingDown {
             return reject(c, id: id, GatewayError(status: 503, code: "shutting_down", message: "the gateway is shutting down",
                                                   headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
@@ -251,6 +254,10 @@ public final class Gateway {
                 status: 501, code: "not_implemented",
                 message: "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
         }
+        if head.expectContinue {
+            c.h1KeepAlive = head.keepAlive
+            c.emit(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+        }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
                           startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         counters.requests[kind.index] += 1
@@ -283,6 +290,8 @@ public final class Gateway {
         } else {
             c.h1Discarding = true
             c.respondH1Error(e, requestID: requestID)
+            // Not keeping the connection: do not wait for a body the client may never send.
+            if !c.h1KeepAlive { c.finish() }
         }
         markDirty(c)
     }

@@ -157,6 +157,26 @@ struct GatewayLifecycleTests {
         #expect(closed, "Connection: close honoured")
     }
 
+    @Test("Expect: 100-continue is answered once the request is admitted; a refused one gets its status and a close")
+    func expectContinue() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let inst = try InstanceRunner(server: server, name: "c")
+        defer { inst.stop() }
+        let s = try RawSocket(port: server.gatewayPort)
+        s.write("POST /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(TestKeys.playground)\r\n"
+                + "Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        let (interim, _) = s.readAll(milliseconds: 2_000, until: { $0.text.contains("\r\n\r\n") })
+        #expect(interim.text == "HTTP/1.1 100 Continue\r\n\r\n")
+        s.write("{}")
+        let (final, _) = s.readAll(milliseconds: 2_000, until: { $0.text.contains("}") })
+        #expect(final.text.hasPrefix("HTTP/1.1 200 OK"), "\(final.text)")
+        let refused = try RawSocket(port: server.gatewayPort)
+        refused.write("POST /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        let (out, closed) = refused.readAll()
+        #expect(out.text.hasPrefix("HTTP/1.1 401") && closed, "\(out.text)")
+    }
+
     @Test("TLS 1.2 and TLS 1.3 both negotiate")
     func tlsVersions() throws {
         let server = try BrokerServer.start(gatewayConfig())
