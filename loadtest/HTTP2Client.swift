@@ -45,6 +45,23 @@ struct GatewayClient: ParsableCommand {
         }
     }
 
+    /// Polls the connections for `seconds`, handing every event to `body`; counts non-200 statuses.
+    func timedRun(_ conns: [H2ClientConnection], _ body: (H2ClientConnection, H2Event) -> Void)
+        -> (seconds: Double, cpuMicros: UInt64, errors: UInt64) {
+        var errors: UInt64 = 0
+        let cpu0 = serverCPU()
+        let t0 = monotonicNanoseconds(), end = t0 + UInt64(seconds * 1e9)
+        while monotonicNanoseconds() < end {
+            pollConnections(conns, timeoutMilliseconds: 50) { c, evs in
+                for e in evs {
+                    if case .headers(_, let hs) = e, let s = hs.first(where: { $0.name == ":status" }), s.value != "200" { errors += 1 }
+                    body(c, e)
+                }
+            }
+        }
+        return (Double(monotonicNanoseconds() - t0) / 1e9, serverCPU() - cpu0, errors)
+    }
+
     func serverCPU() -> UInt64 { serverPIDs.reduce(0) { $0 + processTreeCPUMicros($1) } }
     func serverRSS() -> Int { serverPIDs.reduce(0) { $0 + processTreeRSSKiB($1) } }
 
@@ -65,33 +82,25 @@ struct GatewayClient: ParsableCommand {
             for _ in 0..<streams { start(c) }
             c.flush()
         }
-        let cpu0 = serverCPU()
-        let t0 = monotonicNanoseconds(), end = t0 + UInt64(seconds * 1e9)
-        while monotonicNanoseconds() < end {
-            pollConnections(conns, timeoutMilliseconds: 50) { c, evs in
-                for e in evs {
-                    switch e {
-                    case .headers(_, let hs):
-                        if let s = hs.first(where: { $0.name == ":status" }), s.value != "200" { errors += 1 }
-                    case .data(let id, let d):
-                        bytes += UInt64(d.count)
-                        var prev = lastNewline[ObjectIdentifier(c)]?[id] ?? false
-                        for b in d {
-                            if b == 0x0A { if prev { events += 1 }; prev = true } else { prev = false }
-                        }
-                        lastNewline[ObjectIdentifier(c)]?[id] = prev
-                        c.h2.consume(stream: id, bytes: d.count)
-                    case .closed(let id, _):
-                        lastNewline[ObjectIdentifier(c)]?[id] = nil
-                        replies += 1
-                        start(c)
-                    default: break
-                    }
+        let run = timedRun(conns) { c, e in
+            switch e {
+            case .data(let id, let d):
+                bytes += UInt64(d.count)
+                var prev = lastNewline[ObjectIdentifier(c)]?[id] ?? false
+                for b in d {
+                    if b == 0x0A { if prev { events += 1 }; prev = true } else { prev = false }
                 }
+                lastNewline[ObjectIdentifier(c)]?[id] = prev
+                c.h2.consume(stream: id, bytes: d.count)
+            case .closed(let id, _):
+                lastNewline[ObjectIdentifier(c)]?[id] = nil
+                replies += 1
+                start(c)
+            default: break
             }
         }
-        let secs = Double(monotonicNanoseconds() - t0) / 1e9
-        let cpu = serverCPU() - cpu0
+        errors = run.errors
+        let (secs, cpu) = (run.seconds, run.cpuMicros)
         print(String(format: "sse: %.0f events/s, %.0f replies/s, %.1f MB/s, %llu errors", Double(events) / secs, Double(replies) / secs,
                      Double(bytes) / secs / 1e6, errors))
         var line = String(format: "RESULT gateway-sse frames_per_sec=%.0f replies_per_sec=%.0f errors=%llu", Double(events) / secs,
@@ -116,34 +125,27 @@ struct GatewayClient: ParsableCommand {
             }
             c.flush()
         }
-        let cpu0 = serverCPU()
-        let t0 = monotonicNanoseconds(), end = t0 + UInt64(seconds * 1e9)
-        while monotonicNanoseconds() < end {
-            pollConnections(conns, timeoutMilliseconds: 50) { c, evs in
-                for e in evs {
-                    switch e {
-                    case .headers(_, let hs):
-                        if let s = hs.first(where: { $0.name == ":status" }), s.value != "200" { errors += 1 }
-                    case .data(let id, let d):
-                        c.h2.consume(stream: id, bytes: d.count)
-                        var buf = partial[ObjectIdentifier(c)]?[id] ?? []
-                        for b in d {
-                            guard b == 0x0A else { buf.append(b); continue }
-                            frames += 1
-                            if let sent = stampIn(buf) { latency.record(monotonicNanoseconds() &- sent) }
-                            buf.removeAll(keepingCapacity: true)
-                            line().withUnsafeBytes { c.h2.send(stream: id, $0) }
-                        }
-                        partial[ObjectIdentifier(c)]?[id] = buf
-                    case .closed:
-                        errors += 1
-                    default: break
-                    }
+        var closed: UInt64 = 0
+        let run = timedRun(conns) { c, e in
+            switch e {
+            case .data(let id, let d):
+                c.h2.consume(stream: id, bytes: d.count)
+                var buf = partial[ObjectIdentifier(c)]?[id] ?? []
+                for b in d {
+                    guard b == 0x0A else { buf.append(b); continue }
+                    frames += 1
+                    if let sent = stampIn(buf) { latency.record(monotonicNanoseconds() &- sent) }
+                    buf.removeAll(keepingCapacity: true)
+                    line().withUnsafeBytes { c.h2.send(stream: id, $0) }
                 }
+                partial[ObjectIdentifier(c)]?[id] = buf
+            case .closed:
+                closed += 1
+            default: break
             }
         }
-        let secs = Double(monotonicNanoseconds() - t0) / 1e9
-        let cpu = serverCPU() - cpu0
+        errors = run.errors + closed
+        let (secs, cpu) = (run.seconds, run.cpuMicros)
         print(String(format: "stream: %.0f frames/s echoed, p50 %.0f µs, p99 %.0f µs, %llu errors", Double(frames) / secs,
                      latency.micros(50), latency.micros(99), errors))
         var out = String(format: "RESULT gateway-stream frames_per_sec=%.0f p50_us=%.0f p99_us=%.0f errors=%llu", Double(frames) / secs,
