@@ -9,9 +9,10 @@ struct Soulfra: ParsableCommand {
         commandName: "soulfra",
         abstract: "Deploy and run isolated AI worlds behind one gateway.",
         discussion: """
-            The daemon (`soulfra serve`) runs the io_uring broker that routes World ↔ Runtime ↔ Vault frames.
-            Peers attach over its unix socket (local instances) or TCP (remote peers) and speak the wire
-            protocol described in docs/protocol.md.
+            The daemon (`soulfra serve`) runs, on one io_uring loop per core, the HTTP/2 gateway apps talk to
+            (HTTP/1.1, h2c and TLS; API keys, quotas, balancing across a world's instances; docs/api.md) and
+            the broker that routes World ↔ Runtime ↔ Vault frames. Instances, runtimes and vaults attach to
+            the broker over its unix socket or TCP and speak the wire protocol in docs/protocol.md.
             """,
         subcommands: [Serve.self, Probe.self]
     )
@@ -19,21 +20,23 @@ struct Soulfra: ParsableCommand {
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon: the broker on its unix socket and TCP listener.",
+        abstract: "Run the daemon: the gateway, the broker and the admin endpoints.",
         discussion: """
             Settings come from, in order: built-in defaults, the config file (config/soulfra.json when it \
             exists, or --config), SOULFRA_* environment variables, then these flags. Every value is checked \
             at start-up; an error names the key and its allowed range.
 
-            SIGHUP re-reads the config file's keys and tokens and swaps them in atomically on every loop \
-            (streams of keys that disappeared end with not_permitted); other settings need a restart.
+            Keys and tokens are re-read when the keys file (--keys-file, or the config file) changes, polled \
+            four times a second, and on SIGHUP; they are swapped in atomically on every loop (a revoked key is \
+            refused from the next request and its open streams end). Other settings need a restart.
 
-            SIGINT or SIGTERM starts a graceful shutdown: peers get GOAWAY, open streams get up to \
-            broker.shutdown_drain_milliseconds to finish, then links close and the process exits 0. A second \
-            signal exits at once.
+            SIGINT or SIGTERM starts a graceful shutdown: HTTP/2 clients and peers get GOAWAY, open requests \
+            and streams get up to broker.shutdown_drain_milliseconds to finish, then connections close and the \
+            process exits 0. A second signal exits at once.
 
             Environment: SOULFRA_BROKER_UNIX, SOULFRA_BROKER_TCP, SOULFRA_RUNTIME_TOKEN, SOULFRA_VAULT_TOKEN, \
-            SOULFRA_GATEWAY_TOKEN, SOULFRA_ADMIN_TOKEN, SOULFRA_ADMIN_TCP, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS.
+            SOULFRA_GATEWAY_TOKEN, SOULFRA_ADMIN_TOKEN, SOULFRA_ADMIN_TCP, SOULFRA_GATEWAY_TCP, SOULFRA_GATEWAY_TLS, \
+            SOULFRA_KEYS_FILE, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS.
             """
     )
 
