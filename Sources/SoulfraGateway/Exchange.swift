@@ -91,6 +91,8 @@ final class Exchange {
     var holdingCredit = false
     var paced = false
     var retired = false
+    /// When request body bytes last arrived (monotonic ns), for the body timeout.
+    var lastBodyAt: UInt64 = 0
     /// Request bytes read and dropped after the exchange was answered.
     var discarded = 0
 

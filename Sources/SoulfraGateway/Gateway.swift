@@ -262,6 +262,7 @@ public final class Gateway {
                           startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         counters.requests[kind.index] += 1
         if c.proto == .http2 { c.exchanges[id] = ex } else { c.h1Current = ex }
+        ex.lastBodyAt = now
         counters.openExchanges += 1
         switch kind {
         case .message, .messageStream, .roomPublish:
@@ -308,6 +309,7 @@ public final class Gateway {
             if ex.discarded > limits.maxBodyBytes, let h2 = c.h2 { h2.reset(stream: ex.id, code: 8) }  // CANCEL
             return
         }
+        ex.lastBodyAt = now
         switch ex.kind {
         case .message, .messageStream, .roomPublish:
             c.h2?.consume(stream: ex.id, bytes: bytes.count)
@@ -721,12 +723,15 @@ public final class Gateway {
 
     // MARK: - Time and shutdown
 
-    /// Header and idle timeouts (scanned every 100 ms).
+    /// Header, body and idle timeouts (scanned every 100 ms).
     public func tick(now: UInt64) {
         guard now &- lastScan >= 100_000_000 else { return }
         lastScan = now
         let idle = UInt64(limits.idleTimeoutMilliseconds) * 1_000_000
+        let bodyLimit = UInt64(limits.bodyTimeoutMilliseconds) * 1_000_000
         for c in conns.values where !c.closed && !c.closeAfterFlush {
+            for ex in c.exchanges.values where stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
+            if let ex = c.h1Current, stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
             if let d = c.headDeadline, now > d, c.h1Current == nil, c.exchanges.isEmpty {
                 counters.headerTimeouts += 1
                 if c.proto == .http1 && !c.h1.isIdle {
@@ -745,6 +750,18 @@ public final class Gateway {
                 markDirty(c)
             }
         }
+    }
+
+    func stalledBody(_ ex: Exchange, now: UInt64, limit: UInt64) -> Bool {
+        !ex.requestEnded && !ex.responseEnded && (ex.kind == .message || ex.kind == .messageStream || ex.kind == .roomPublish)
+            && now &- ex.lastBodyAt > limit
+    }
+
+    func bodyTimedOut(_ ex: Exchange) {
+        counters.bodyTimeouts += 1
+        fail(ex, GatewayError(status: 408, code: "request_timeout",
+                              message: "the request body stopped arriving for \(limits.bodyTimeoutMilliseconds) ms"))
+        if ex.conn.proto != .http2 { ex.conn.finish() }
     }
 
     /// Stops taking requests: HTTP/2 clients get GOAWAY, HTTP/1.1 connections close after their exchange.

@@ -10,6 +10,9 @@ public struct GatewayLimits: Sendable, Equatable {
     public var maxLineBytes = 64 << 10
     /// A connection must complete a request head (HTTP/1.1) or the HTTP/2 preface within this (slowloris).
     public var headerTimeoutMilliseconds: UInt32 = 10_000
+    /// A unary request (message, publish) whose body stops arriving for this long is answered 408 (slow
+    /// POST). Full-duplex streams are long-lived by design and have no such bound.
+    public var bodyTimeoutMilliseconds: UInt32 = 30_000
     /// A connection with no request in flight is closed after this.
     public var idleTimeoutMilliseconds: UInt32 = 120_000
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -43,6 +46,7 @@ public struct GatewayCounters: Sendable, Equatable {
     public var errors: [String: UInt64] = [:]
     public var retries: UInt64 = 0
     public var headerTimeouts: UInt64 = 0
+    public var bodyTimeouts: UInt64 = 0
     public var idleTimeouts: UInt64 = 0
     public var rapidResetGoaways: UInt64 = 0
     public var protocolErrors: UInt64 = 0
@@ -76,6 +80,7 @@ public struct GatewayCounters: Sendable, Equatable {
         m.tlsHandshakeFailures += o.tlsHandshakeFailures
         m.retries += o.retries
         m.headerTimeouts += o.headerTimeouts
+        m.bodyTimeouts += o.bodyTimeouts
         m.idleTimeouts += o.idleTimeouts
         m.rapidResetGoaways += o.rapidResetGoaways
         m.protocolErrors += o.protocolErrors
@@ -110,6 +115,7 @@ public struct GatewayCounters: Sendable, Equatable {
             ("tls_handshake_failures_total", "TLS handshakes that failed.", tlsHandshakeFailures),
             ("retries_total", "Unary requests retried on another instance after theirs went away.", retries),
             ("header_timeouts_total", "Connections closed for not completing a request head in time (slowloris).", headerTimeouts),
+            ("body_timeouts_total", "Unary requests whose body stalled past gateway.body_timeout_milliseconds (408).", bodyTimeouts),
             ("idle_timeouts_total", "Connections closed after gateway.idle_timeout_milliseconds with nothing in flight.", idleTimeouts),
             ("rapid_reset_goaways_total", "HTTP/2 connections ended with ENHANCE_YOUR_CALM for resetting streams too fast.", rapidResetGoaways),
             ("protocol_errors_total", "Connections ended for malformed HTTP/1.1, HTTP/2 or WebSocket input.", protocolErrors),

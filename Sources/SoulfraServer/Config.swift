@@ -152,6 +152,7 @@ public struct ServerConfig: Sendable, Equatable {
         try check((256...Int(broker.maxFrameBytes)).contains(g.maxLineBytes), "gateway.max_line_bytes",
                   "must be between 256 and broker.max_frame_bytes (\(broker.maxFrameBytes)), got \(g.maxLineBytes)")
         try check((100...600_000).contains(g.headerTimeoutMilliseconds), "gateway.header_timeout_milliseconds", "must be between 100 and 600000, got \(g.headerTimeoutMilliseconds)")
+        try check((100...3_600_000).contains(g.bodyTimeoutMilliseconds), "gateway.body_timeout_milliseconds", "must be between 100 and 3600000, got \(g.bodyTimeoutMilliseconds)")
         try check((1_000...86_400_000).contains(g.idleTimeoutMilliseconds), "gateway.idle_timeout_milliseconds", "must be between 1000 and 86400000, got \(g.idleTimeoutMilliseconds)")
         try check((1...100_000).contains(g.maxConcurrentStreams), "gateway.max_concurrent_streams", "must be between 1 and 100000, got \(g.maxConcurrentStreams)")
         try check((1_024...(1 << 20)).contains(g.maxHeaderListBytes), "gateway.max_header_list_bytes", "must be between 1024 and 1048576, got \(g.maxHeaderListBytes)")
@@ -211,6 +212,7 @@ extension ServerConfig {
             gateway.maxLineBytes = try g.int("max_line_bytes") ?? gateway.maxLineBytes
             gateway.headerTimeoutMilliseconds = try g.uint32("header_timeout_milliseconds") ?? gateway.headerTimeoutMilliseconds
             gateway.idleTimeoutMilliseconds = try g.uint32("idle_timeout_milliseconds") ?? gateway.idleTimeoutMilliseconds
+            gateway.bodyTimeoutMilliseconds = try g.uint32("body_timeout_milliseconds") ?? gateway.bodyTimeoutMilliseconds
             gateway.maxConcurrentStreams = try g.uint32("max_concurrent_streams") ?? gateway.maxConcurrentStreams
             gateway.maxHeaderListBytes = try g.uint32("max_header_list_bytes") ?? gateway.maxHeaderListBytes
             gateway.resetsPerSecond = try g.uint32("resets_per_second") ?? gateway.resetsPerSecond

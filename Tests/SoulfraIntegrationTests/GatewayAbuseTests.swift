@@ -107,10 +107,11 @@ struct GatewayAbuseTests {
         #expect(try call(server.h2c + "/v1/worlds/playground/nothing").0 == 404, "others are still served")
     }
 
-    @Test("slowloris: a head that never completes is cut off at the header timeout (408), idle connections after theirs")
+    @Test("slowloris: a head that never completes (408), a body that stalls (408), a silent connection: all cut off")
     func slowloris() throws {
         let server = try BrokerServer.start(gatewayConfig {
             $0.gateway.headerTimeoutMilliseconds = 300
+            $0.gateway.bodyTimeoutMilliseconds = 300
             $0.gateway.idleTimeoutMilliseconds = 1_000
         })
         defer { server.stop() }
@@ -126,11 +127,18 @@ struct GatewayAbuseTests {
         let (rest, closed) = s.readAll(milliseconds: 2_000)
         #expect((trickle + rest).text.hasPrefix("HTTP/1.1 408"), "\((trickle + rest).text)")
         #expect(closed)
+        // A body that stops arriving (slow POST) is cut off at the body timeout.
+        let slowBody = try RawSocket(port: server.gatewayPort)
+        slowBody.write("POST /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(TestKeys.playground)\r\n"
+                       + "Content-Length: 100\r\n\r\n{\"x\":")
+        let (bodyOut, bodyClosed) = slowBody.readAll(milliseconds: 3_000)
+        #expect(bodyOut.text.hasPrefix("HTTP/1.1 408") && bodyOut.text.contains("body stopped arriving") && bodyClosed, "\(bodyOut.text)")
         let quiet = try RawSocket(port: server.gatewayPort)
         let (_, quietClosed) = quiet.readAll(milliseconds: 3_000)
         #expect(quietClosed, "a connection that never sends a request is closed too")
         _ = server.snapshotNow()
         #expect(server.gatewayCounters.headerTimeouts == 2)
+        #expect(server.gatewayCounters.bodyTimeouts == 1)
     }
 }
 

@@ -297,6 +297,35 @@ struct GatewayTests {
         #expect(!bodies.contains(#""instance":"slow""#), "held requests were retried on the healthy instance")
     }
 
+    @Test("a stream whose instance dies ends with a retryable error event; the next stream goes to another instance")
+    func streamInstanceDies() throws {
+        let server = try BrokerServer.start(gatewayConfig())
+        defer { server.stop() }
+        let first = try InstanceRunner(server: server, name: "first")
+        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
+                                        headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
+        var got = ""
+        Array("{\"x\":1}\n".utf8).withUnsafeBytes { c.h2.send(stream: id, $0) }
+        #expect(pumpH2(c, { e in if case .data(_, let d) = e { got += d.text } }, until: { got.contains(#""instance":"first""#) }))
+        let second = try InstanceRunner(server: server, name: "second")
+        defer { second.stop() }
+        first.stop()
+        var ended = false
+        #expect(pumpH2(c, { e in
+            if case .data(_, let d) = e { got += d.text }
+            if case .endStream = e { ended = true }
+        }, until: { ended }))
+        #expect(got.contains(#"{"event":"error","error":{"code":"instance_gone""#) && got.contains(#""retryable":true"#), "\(got)")
+        let again = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
+                                           headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
+        var next = ""
+        Array("{\"x\":2}\n".utf8).withUnsafeBytes { c.h2.send(stream: again, $0) }
+        #expect(pumpH2(c, { e in if case .data(let s, let d) = e, s == again { next += d.text } },
+                       until: { next.contains("echo") }))
+        #expect(next.contains(#""instance":"second""#))
+    }
+
     @Test("a revoked key ends its open stream with an error event and is refused afterwards")
     func revokeMidStream() throws {
         let config = gatewayConfig()
