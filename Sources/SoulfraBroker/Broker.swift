@@ -16,10 +16,16 @@ public enum BrokerAction: Equatable, Sendable {
 }
 
 /// Per-key quota state on this broker.
-struct KeyState {
+/// A key's buckets and open streams on this loop. A class: it is updated in place on every stream open and
+/// close, and a struct in a dictionary would go through the dictionary's modify accessor each time.
+final class KeyState {
     var bytes: TokenBucket
     var frames: TokenBucket
     var streams = 0
+    init(bytes: TokenBucket, frames: TokenBucket) {
+        self.bytes = bytes
+        self.frames = frames
+    }
 }
 
 /// The broker: routes World ↔ Runtime ↔ Vault frames between links, with per-stream credit, per-link
@@ -386,13 +392,19 @@ public final class Broker {
         acceptor.outstanding += 1
         if let q = quota {
             // The opener's initial window is charged up front (the bucket may go into debt).
-            keyStates[q.keyID, default: KeyState(
-                bytes: TokenBucket(ratePerSecond: q.bytesPerSecond, now: now),
-                frames: TokenBucket(ratePerSecond: q.framesPerSecond, now: now))].streams += 1
-            keyStates[q.keyID]!.bytes.refill(now: now)
-            keyStates[q.keyID]!.frames.refill(now: now)
-            keyStates[q.keyID]!.bytes.charge(limits.streamCreditBytes)
-            keyStates[q.keyID]!.frames.charge(limits.streamCreditFrames)
+            let state: KeyState
+            if let existing = keyStates[q.keyID] {
+                state = existing
+            } else {
+                state = KeyState(bytes: TokenBucket(ratePerSecond: q.bytesPerSecond, now: now),
+                                 frames: TokenBucket(ratePerSecond: q.framesPerSecond, now: now))
+                keyStates[q.keyID] = state
+            }
+            state.streams += 1
+            state.bytes.refill(now: now)
+            state.frames.refill(now: now)
+            state.bytes.charge(limits.streamCreditBytes)
+            state.frames.charge(limits.streamCreditFrames)
         }
         let before = acceptor.out.count
         FrameWriter.write(.open(stream: acceptorStream, open), to: acceptor.out)
@@ -480,13 +492,12 @@ public final class Broker {
         let i = Int(ri)
         var gb = bytes, gf = frames
         let key = routes[i].keyID
-        if key != 0, var state = keyStates[key] {
+        if key != 0, let state = keyStates[key] {
             state.bytes.refill(now: now)
             state.frames.refill(now: now)
             let wantB = bytes + routes[i].deferredBytes, wantF = frames + routes[i].deferredFrames
             gb = state.bytes.take(upTo: wantB)
             gf = state.frames.take(upTo: wantF)
-            keyStates[key] = state
             let holdB = wantB - gb, holdF = wantF - gf
             if holdB > routes[i].deferredBytes { metrics.quotaPacedBytes += UInt64(holdB - routes[i].deferredBytes) }
             if holdF > routes[i].deferredFrames { metrics.quotaPacedFrames += UInt64(holdF - routes[i].deferredFrames) }
@@ -545,7 +556,7 @@ public final class Broker {
             b.streams.removeValue(forKey: r.acceptor.stream)
             b.outstanding -= 1
         }
-        if r.keyID != 0 { keyStates[r.keyID]?.streams -= 1 }
+        if r.keyID != 0, let state = keyStates[r.keyID] { state.streams -= 1 }
         liveRoutes -= 1
         freeRoutes.append(ri)
     }

@@ -1,3 +1,4 @@
+import SoulfraHTTP2
 import SoulfraKeys
 
 /// One API key as the gateway knows it: never the secret, only its digest.
@@ -61,6 +62,10 @@ public struct AdmissionCache {
     var authorization = ""
     var record: KeyRecord?
     var generation: UInt64 = 0
+    /// The last `ratelimit` header value made for this connection, and what it said.
+    var rateValue = ""
+    var rateRemaining: UInt32 = .max
+    var rateReset: UInt32 = .max
     public init() {}
 }
 
@@ -78,9 +83,11 @@ public struct RateLimitState: Sendable, Equatable {
     /// Seconds until the bucket is full again (rounded up).
     public var resetSeconds: UInt32
     public var windowSeconds: UInt32 = 1
-    /// The key's constant header values (see `KeyRecord.rateLimitPolicy`); built here when not given.
+    /// The key's constant header values (see `KeyRecord.rateLimitPolicy`), and the `ratelimit` value when a
+    /// connection's cache already holds it; built here when not given.
     var policyValue: String?
     var limitValue: String?
+    var rateValue: String?
 
     public init(limit: UInt32, remaining: UInt32, resetSeconds: UInt32, windowSeconds: UInt32 = 1) {
         self.limit = limit
@@ -97,24 +104,32 @@ public struct RateLimitState: Sendable, Equatable {
     /// `RateLimit-Limit`/`-Remaining`/`-Reset` that many clients still read. Names are lowercase, as HTTP/2
     /// requires (HTTP/1.1 names are case-insensitive).
     public var headers: [(String, String)] {
-        var out: [(String, String)] = []
+        var out: [H2Header] = []
         appendHeaders(to: &out)
-        return out
+        return out.map { ($0.name, $0.value) }
     }
 
-    /// Appends the five headers. The changing values are built without string interpolation: this runs on
-    /// every admitted response of a key with a request quota.
-    public func appendHeaders(to out: inout [(String, String)]) {
-        var v: [UInt8] = Array(#""burst";r="#.utf8)
-        v.reserveCapacity(32)
-        appendDecimal(remaining, to: &v)
-        v.append(contentsOf: ";t=".utf8)
-        appendDecimal(resetSeconds, to: &v)
-        out.append(("ratelimit-policy", policyValue ?? "\"burst\";q=\(limit);w=\(windowSeconds)"))
-        out.append(("ratelimit", String(decoding: v, as: UTF8.self)))
-        out.append(("ratelimit-limit", limitValue ?? String(limit)))
-        out.append(("ratelimit-remaining", String(remaining)))
-        out.append(("ratelimit-reset", String(resetSeconds)))
+    /// The `ratelimit` value, `"burst";r=<remaining>;t=<reset>`, built without string interpolation.
+    var currentValue: String {
+        if let rateValue { return rateValue }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 40) { buf in
+            var n = 0
+            for b in #""burst";r="#.utf8 { buf[n] = b; n += 1 }
+            n = writeDecimal(remaining, buf, n)
+            for b in ";t=".utf8 { buf[n] = b; n += 1 }
+            n = writeDecimal(resetSeconds, buf, n)
+            return String(decoding: UnsafeBufferPointer(rebasing: buf[0..<n]), as: UTF8.self)
+        }
+    }
+
+    /// Appends the five headers: this runs on every admitted response of a key with a request quota. The
+    /// changing ones are sent HPACK never-indexed over HTTP/2.
+    public func appendHeaders(to out: inout [H2Header]) {
+        out.append(H2Header("ratelimit-policy", policyValue ?? "\"burst\";q=\(limit);w=\(windowSeconds)"))
+        out.append(H2Header("ratelimit", currentValue, neverIndexed: true))
+        out.append(H2Header("ratelimit-limit", limitValue ?? String(limit)))
+        out.append(H2Header("ratelimit-remaining", String(remaining), neverIndexed: true))
+        out.append(H2Header("ratelimit-reset", String(resetSeconds)))
     }
 
     /// Whether a header's value changes on every response (sent never-indexed over HTTP/2).
@@ -123,9 +138,16 @@ public struct RateLimitState: Sendable, Equatable {
     }
 }
 
-@inline(__always) func appendDecimal(_ n: UInt32, to out: inout [UInt8]) {
-    if n >= 10 { appendDecimal(n / 10, to: &out) }
-    out.append(0x30 + UInt8(n % 10))
+/// Writes `v` in decimal at `buf[at...]`; returns the index after it.
+@inline(__always) func writeDecimal(_ v: UInt32, _ buf: UnsafeMutableBufferPointer<UInt8>, _ at: Int) -> Int {
+    var digits = 1, t = v
+    while t >= 10 { t /= 10; digits += 1 }
+    var x = v
+    for k in stride(from: at + digits - 1, through: at, by: -1) {
+        buf[k] = 0x30 + UInt8(x % 10)
+        x /= 10
+    }
+    return at + digits
 }
 
 /// Authenticates and rate-limits requests. Sans-IO: takes the request's method, path, credentials and `now`;
@@ -216,7 +238,16 @@ public final class Gatekeeper {
                                        message: "key \(record.prefix) lacks the \(need) permission"))
         }
         switch charge(record, now: now) {
-        case .success(let state): return .admit(route: route, key: record, rateLimit: state)
+        case .success(var state):
+            if state.limit > 0 {
+                if cache.rateRemaining != state.remaining || cache.rateReset != state.resetSeconds {
+                    cache.rateValue = state.currentValue
+                    cache.rateRemaining = state.remaining
+                    cache.rateReset = state.resetSeconds
+                }
+                state.rateValue = cache.rateValue
+            }
+            return .admit(route: route, key: record, rateLimit: state)
         case .failure(let e): return reject(e)
         }
     }

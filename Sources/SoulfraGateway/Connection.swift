@@ -281,8 +281,12 @@ final class Connection {
     }
 
     func writeH1Head(status: Int, headers: [(String, String)], contentLength: Int?, keepAlive: Bool) {
+        writeH1Head(status: status, headers: headers.map { H2Header($0.0, $0.1) }, contentLength: contentLength, keepAlive: keepAlive)
+    }
+
+    func writeH1Head(status: Int, headers: [H2Header], contentLength: Int?, keepAlive: Bool) {
         var s = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
-        for (n, v) in headers { s += "\(n): \(v)\r\n" }
+        for h in headers where h.name != "content-length" { s += "\(h.name): \(h.value)\r\n" }
         if let contentLength { s += "content-length: \(contentLength)\r\n" } else if status != 101 { s += "transfer-encoding: chunked\r\n" }
         if !keepAlive { s += "connection: close\r\n"; h1KeepAlive = false }
         s += "\r\n"
@@ -321,21 +325,20 @@ final class Connection {
 
     /// Starts a response. `body` with `end` is a complete reply; otherwise the body streams through `sendBody`.
     func respond(_ id: Int32, status: Int, headers: [(String, String)], body: [UInt8], end: Bool) {
-        body.withUnsafeBytes { respond(id, status: status, headers: headers, body: $0, end: end) }
+        var hs: [H2Header] = []
+        hs.reserveCapacity(headers.count + 1)
+        for (n, v) in headers { hs.append(H2Header(n, v)) }
+        if end && proto == .http2 { hs.append(H2Header("content-length", String(body.count))) }
+        body.withUnsafeBytes { respond(id, status: status, headers: hs, body: $0, end: end) }
     }
 
-    func respond(_ id: Int32, status: Int, headers: [(String, String)], body: UnsafeRawBufferPointer, end: Bool) {
+    /// The same with the header list ready (names lowercase; over HTTP/2 a complete reply's list already
+    /// carries `content-length`, see `Exchange.replyHeaders`).
+    func respond(_ id: Int32, status: Int, headers: [H2Header], body: UnsafeRawBufferPointer, end: Bool) {
         switch proto {
         case .http2:
             guard let h2 else { return }
-            // Every name the gateway sends is already lowercase (HTTP/2 requires it).
-            var hs: [H2Header] = []
-            hs.reserveCapacity(headers.count + 1)
-            for (n, v) in headers {
-                hs.append(H2Header(n, v, neverIndexed: RateLimitState.changes(n)))
-            }
-            if end { hs.append(H2Header("content-length", String(body.count))) }
-            try? h2.respond(stream: id, status: status, headers: hs, endStream: end && body.isEmpty)
+            try? h2.respond(stream: id, status: status, headers: headers, endStream: end && body.isEmpty)
             if !body.isEmpty || !end { h2.send(stream: id, body, end: end) }
         case .http1, .sniffing:
             writeH1Head(status: status, headers: headers, contentLength: end ? body.count : nil, keepAlive: h1KeepAlive)

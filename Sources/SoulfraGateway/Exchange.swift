@@ -1,3 +1,4 @@
+import SoulfraHTTP2
 import SoulfraWire
 
 /// What a request becomes at the gateway.
@@ -66,6 +67,9 @@ final class Exchange {
     var brokerStream: UInt32 = 0
     /// Unary and publish bodies, held whole (bounded by `maxBodyBytes`) so a request can be retried.
     var body: [UInt8] = []
+    /// Messages send `body` itself to the broker: how much of it has gone.
+    var sendsBody = false
+    var bodySent = 0
     var requestEnded = false
     /// Frames waiting for broker credit, each with the client bytes it stands for (its HTTP/2 window cost),
     /// and whether END follows the last one.
@@ -112,13 +116,14 @@ final class Exchange {
 
     var pendingFrames: Int { outbound.count - outboundHead }
 
-    /// Response headers every reply carries.
-    func commonHeaders(contentType: String) -> [(String, String)] {
-        var h: [(String, String)] = []
+    /// Response headers every reply carries, plus `content-length` for a complete reply of that size.
+    func replyHeaders(contentType: String, contentLength: Int?) -> [H2Header] {
+        var h: [H2Header] = []
         h.reserveCapacity(rate.limit > 0 ? 8 : 3)
-        h.append(("content-type", contentType))
-        h.append(("x-request-id", requestID))
+        h.append(H2Header("content-type", contentType))
+        h.append(H2Header("x-request-id", requestID))
         if rate.limit > 0 { rate.appendHeaders(to: &h) }
+        if let contentLength { h.append(H2Header("content-length", String(contentLength))) }
         return h
     }
 

@@ -181,27 +181,27 @@ public final class Gateway {
     /// revoked keys).
     public func install(keys: KeyTable) { gatekeeper.install(keys) }
 
-    /// `req_<loop>_<sequence in hex>`: unique per daemon run, cheap to make.
+    /// `req_<loop>_<sequence in hex>`: unique per daemon run, cheap to make (no temporary buffers).
     func nextRequestID() -> String {
         requestSequence &+= 1
-        var digits: [UInt8] = Array(requestIDPrefix)
-        var v = requestSequence
-        var tmp: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var n = 0
-        withUnsafeMutableBytes(of: &tmp) { t in
-            repeat {
-                t[n] = hexDigits[Int(v & 0xF)]
+        let seq = requestSequence
+        var digits = 1
+        var t = seq >> 4
+        while t > 0 { digits += 1; t >>= 4 }
+        let prefix = requestIDPrefix
+        return String(unsafeUninitializedCapacity: prefix.count + digits) { buf in
+            for (i, b) in prefix.enumerated() { buf[i] = b }
+            var v = seq
+            for k in stride(from: prefix.count + digits - 1, through: prefix.count, by: -1) {
+                buf[k] = hexDigits[Int(v & 0xF)]
                 v >>= 4
-                n += 1
-            } while v > 0
-            for i in stride(from: n - 1, through: 0, by: -1) { digits.append(t[i]) }
+            }
+            return prefix.count + digits
         }
-        return String(decoding: digits, as: UTF8.self)
     }
 
     func counted(status: Int, code: String?) {
-        counters.responses[status, default: 0] += 1
+        if status >= 100 && status < 600 { counters.responses[status] &+= 1 }
         if let code { counters.errors[code, default: 0] += 1 }
     }
 
@@ -385,16 +385,10 @@ public final class Gateway {
                                                  session: ex.session, detail: ex.kind.detail))
         port.exchanges[ex.brokerStream] = ex
         if ex.kind == .message || ex.kind == .messageStream {
-            // The body in frames of at most 16 KiB; END on the last.
-            ex.outbound.removeAll(keepingCapacity: true)
-            ex.outboundHead = 0
-            var off = 0
-            while off < ex.body.count {
-                let n = min(16 << 10, ex.body.count - off)
-                ex.queueFrame(Array(ex.body[off..<(off + n)]), cost: 0)
-                off += n
-            }
-            ex.outboundEnds = true
+            // The body goes out from `body` itself (frames of at most 16 KiB, END on the last); it stays whole
+            // for a retry.
+            ex.bodySent = 0
+            ex.sendsBody = true
             ex.sentEnd = false
         }
         if ex.kind.streamsReply && !ex.responded {
@@ -419,6 +413,20 @@ public final class Gateway {
     func pumpOutbound(_ ex: Exchange) {
         guard ex.brokerStream != 0, ex.port >= 0 else { return }
         let session = ports[ex.port].session
+        if ex.sendsBody {
+            ex.body.withUnsafeBytes { body in
+                while !ex.sentEnd {
+                    let n = min(16 << 10, body.count - ex.bodySent)
+                    let last = ex.bodySent + n == body.count
+                    let chunk = n > 0 ? UnsafeRawBufferPointer(rebasing: body[ex.bodySent..<(ex.bodySent + n)])
+                                      : UnsafeRawBufferPointer(start: nil, count: 0)
+                    guard session.send(stream: ex.brokerStream, payload: chunk, end: last) else { return }
+                    ex.bodySent += n
+                    if last { ex.sentEnd = true }
+                }
+            }
+            return
+        }
         var consumed = 0
         while ex.outboundHead < ex.outbound.count {
             let frame = ex.outbound[ex.outboundHead]
@@ -452,9 +460,9 @@ public final class Gateway {
         guard !ex.responded else { return }
         ex.responded = true
         let type = ex.ndjson ? "application/x-ndjson" : "text/event-stream"
-        var headers = ex.commonHeaders(contentType: type)
-        if !ex.ndjson { headers.append(("cache-control", "no-cache")) }
-        ex.conn.respond(ex.id, status: 200, headers: headers, body: [], end: false)
+        var headers = ex.replyHeaders(contentType: type, contentLength: nil)
+        if !ex.ndjson { headers.append(H2Header("cache-control", "no-cache")) }
+        ex.conn.respond(ex.id, status: 200, headers: headers, body: UnsafeRawBufferPointer(start: nil, count: 0), end: false)
         counted(status: 200, code: nil)
         markDirty(ex.conn)
     }
@@ -537,7 +545,8 @@ public final class Gateway {
     func finishUnary(_ ex: Exchange, status: Int, body: UnsafeRawBufferPointer, now: UInt64) {
         guard !ex.responded else { return }
         ex.responded = true
-        ex.conn.respond(ex.id, status: status, headers: ex.commonHeaders(contentType: "application/json"), body: body, end: true)
+        ex.conn.respond(ex.id, status: status, headers: ex.replyHeaders(contentType: "application/json", contentLength: body.count),
+                        body: body, end: true)
         counted(status: status, code: nil)
         counters.observe(micros: (now &- ex.startedAt) / 1_000)
         replyEnded(ex)

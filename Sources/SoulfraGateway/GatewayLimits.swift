@@ -42,7 +42,8 @@ public struct GatewayCounters: Sendable, Equatable {
     public var connections: [UInt64] = [0, 0, 0]  // h1, h2, tls
     public var tlsHandshakeFailures: UInt64 = 0
     public var requests: [UInt64] = Array(repeating: 0, count: ExchangeKind.allCases.count)
-    public var responses: [Int: UInt64] = [:]
+    /// Responses by status (index: the status code).
+    public var responses: [UInt64] = Array(repeating: 0, count: 600)
     public var errors: [String: UInt64] = [:]
     public var retries: UInt64 = 0
     public var headerTimeouts: UInt64 = 0
@@ -75,7 +76,7 @@ public struct GatewayCounters: Sendable, Equatable {
         for i in m.connections.indices { m.connections[i] += o.connections[i] }
         for i in m.requests.indices { m.requests[i] += o.requests[i] }
         for i in m.latencyBuckets.indices { m.latencyBuckets[i] += o.latencyBuckets[i] }
-        m.responses.merge(o.responses, uniquingKeysWith: +)
+        for i in m.responses.indices { m.responses[i] += o.responses[i] }
         m.errors.merge(o.errors, uniquingKeysWith: +)
         m.tlsHandshakeFailures += o.tlsHandshakeFailures
         m.retries += o.retries
@@ -108,7 +109,7 @@ public struct GatewayCounters: Sendable, Equatable {
         family("requests_total", "counter", "Requests admitted, by route kind.")
         for k in ExchangeKind.allCases { o += "soulfra_gateway_requests_total{kind=\"\(k.rawValue)\"} \(requests[k.index])\n" }
         family("responses_total", "counter", "Responses by HTTP status.")
-        for (s, n) in responses.sorted(by: { $0.key < $1.key }) { o += "soulfra_gateway_responses_total{status=\"\(s)\"} \(n)\n" }
+        for (s, n) in responses.enumerated() where n > 0 { o += "soulfra_gateway_responses_total{status=\"\(s)\"} \(n)\n" }
         family("errors_total", "counter", "Requests refused or ended with an error, by stable error code.")
         for (c, n) in errors.sorted(by: { $0.key < $1.key }) { o += "soulfra_gateway_errors_total{code=\"\(c)\"} \(n)\n" }
         let singles: [(String, String, UInt64)] = [

@@ -78,7 +78,8 @@ public struct H2Error: Error, Sendable, Equatable, CustomStringConvertible {
 public final class H2Session {
     public enum Role { case server, client }
 
-    struct Outbound {
+    /// A stream's body waiting for nghttp2 to pull it (a class: mutated in place through the dictionary).
+    final class Outbound {
         var bytes: [UInt8] = []
         var head = 0
         var ended = false
@@ -88,11 +89,31 @@ public final class H2Session {
     let session: OpaquePointer
     public let role: Role
     var events: [H2Event] = []
-    var headerBlocks: [Int32: [H2Header]] = [:]
-    /// Bytes of the header list being received, per stream; streams whose list went over the limit.
-    var headerBytes: [Int32: Int] = [:]
-    var oversized: Set<Int32> = []
+    /// The header block being received. HTTP/2 never interleaves header blocks (CONTINUATION must follow its
+    /// HEADERS at once), so one is enough.
+    var block: [H2Header] = []
+    var blockStream: Int32 = 0
+    var blockBytes = 0
+    var blockOversized = false
+    /// Per kept header name: the last value's bytes and its string, reused when a value repeats (the same
+    /// path and key on every request of a connection) so no string is built.
+    var keptValues: [(bytes: [UInt8], string: String)] = []
     var outbound: [Int32: Outbound] = [:]
+    /// Body holders of closed streams, kept with their capacity for the next ones.
+    var spareOutbound: [Outbound] = []
+
+    func makeOutbound() -> Outbound {
+        guard let o = spareOutbound.popLast() else { return Outbound() }
+        o.head = 0
+        o.ended = false
+        return o
+    }
+
+    func recycle(_ o: Outbound) {
+        guard spareOutbound.count < 64, o.bytes.capacity <= 64 << 10 else { return }
+        o.bytes.removeAll(keepingCapacity: true)
+        spareOutbound.append(o)
+    }
     let settings: H2Settings
     /// Rapid-reset budget: tokens, refilled at `resetsPerSecond`; `now` of the current `receive`.
     /// `settings.keptHeaders` as bytes, for matching in the header callback without making strings.
@@ -109,6 +130,7 @@ public final class H2Session {
         self.settings = settings
         self.resetTokens = Double(settings.resetBurst)
         self.kept = settings.keptHeaders.map { $0.map { Array($0.utf8) } }
+        self.keptValues = Array(repeating: ([], ""), count: settings.keptHeaders?.count ?? 0)
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -181,9 +203,8 @@ public final class H2Session {
     /// Server: answers `stream` with `status` and `headers`; with `endStream` the response has no body,
     /// otherwise its body is what `send` queues, until `send(…, end: true)`.
     public func respond(stream: Int32, status: Int, headers: [H2Header] = [], endStream: Bool = false) throws(H2Error) {
-        let all = [H2Header(":status", String(status))] + headers
-        if !endStream { outbound[stream] = Outbound() }
-        let rc = withNV(all) { nva, n in sf_h2_submit_response(session, stream, nva, n, endStream ? nil : readBody) }
+        if !endStream { outbound[stream] = makeOutbound() }
+        let rc = withNV(headers, status: status) { nva, n in sf_h2_submit_response(session, stream, nva, n, endStream ? nil : readBody) }
         guard rc == 0 else { throw H2Error(code: rc) }
     }
 
@@ -191,15 +212,15 @@ public final class H2Session {
     public func request(headers: [H2Header], endStream: Bool = false) throws(H2Error) -> Int32 {
         let id = withNV(headers) { nva, n in sf_h2_submit_request(session, nva, n, endStream ? nil : readBody) }
         guard id > 0 else { throw H2Error(code: id) }
-        if !endStream { outbound[id] = Outbound() }
+        if !endStream { outbound[id] = makeOutbound() }
         return id
     }
 
     /// Queues body bytes for a stream opened by `respond` or `request` (and resumes it if it was waiting).
     public func send(stream: Int32, _ bytes: UnsafeRawBufferPointer, end: Bool = false) {
-        guard outbound[stream] != nil else { return }
-        outbound[stream]!.bytes.append(contentsOf: bytes)
-        if end { outbound[stream]!.ended = true }
+        guard let out = outbound[stream] else { return }
+        out.bytes.append(contentsOf: bytes)
+        if end { out.ended = true }
         nghttp2_session_resume_data(session, stream)
     }
 
@@ -228,23 +249,37 @@ public final class H2Session {
     /// The connection-level receive window still open to the peer.
     public var receiveWindow: Int32 { nghttp2_session_get_effective_local_window_size(session) - nghttp2_session_get_effective_recv_data_length(session) }
 
-    func withNV<R>(_ headers: [H2Header], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
-        // nghttp2 copies names and values during submit, so the bytes need to live only for this call: one
-        // buffer holds them all.
-        var total = 0
+    /// The name/value table for `headers` (after `:status` when given), in one temporary buffer.
+    func withNV<R>(_ headers: [H2Header], status: Int? = nil, _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+        // nghttp2 copies names and values during submit, so the bytes need to live only for this call.
+        var total = status == nil ? 0 : 10
         for h in headers { total += h.name.utf8.count + h.value.utf8.count }
+        let count = headers.count + (status == nil ? 0 : 1)
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { buf in
-            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(headers.count, 1)) { nva in
+            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(count, 1)) { nva in
                 var off = 0
-                for (i, h) in headers.enumerated() {
+                var i = 0
+                let none = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+                if let status {
+                    let name = buf.baseAddress!
+                    off += copyUTF8(":status", to: name)
+                    let value = buf.baseAddress! + off
+                    var v = status
+                    for k in stride(from: 2, through: 0, by: -1) { value[k] = UInt8(0x30 + v % 10); v /= 10 }
+                    off += 3
+                    nva[0] = nghttp2_nv(name: name, value: value, namelen: 7, valuelen: 3, flags: none)
+                    i = 1
+                }
+                for h in headers {
                     let name = buf.baseAddress! + off
                     off += copyUTF8(h.name, to: buf.baseAddress! + off)
                     let value = buf.baseAddress! + off
                     off += copyUTF8(h.value, to: buf.baseAddress! + off)
                     nva[i] = nghttp2_nv(name: name, value: value, namelen: value - name, valuelen: buf.baseAddress! + off - value,
-                                        flags: UInt8(h.neverIndexed ? NGHTTP2_NV_FLAG_NO_INDEX.rawValue : NGHTTP2_NV_FLAG_NONE.rawValue))
+                                        flags: h.neverIndexed ? UInt8(NGHTTP2_NV_FLAG_NO_INDEX.rawValue) : none)
+                    i += 1
                 }
-                return body(UnsafePointer(nva.baseAddress!), headers.count)
+                return body(UnsafePointer(nva.baseAddress!), count)
             }
         }
     }
@@ -272,29 +307,40 @@ public final class H2Session {
 
 private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
     let s = H2Session.from(userData)
-    s.headerBlocks[frame!.pointee.hd.stream_id] = []
-    s.headerBytes[frame!.pointee.hd.stream_id] = 0
+    s.block = []
+    s.block.reserveCapacity(s.kept?.count ?? 8)
+    s.blockStream = frame!.pointee.hd.stream_id
+    s.blockBytes = 0
+    s.blockOversized = false
     return 0
 }
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, value, valuelen, _, userData in
     let s = H2Session.from(userData)
-    let id0 = frame!.pointee.hd.stream_id
-    let total = (s.headerBytes[id0] ?? 0) + namelen + valuelen + 32
-    s.headerBytes[id0] = total
-    if total > Int(s.settings.maxHeaderListBytes) {
-        s.oversized.insert(id0)
-        s.headerBlocks[id0] = []
+    s.blockBytes += namelen + valuelen + 32
+    if s.blockBytes > Int(s.settings.maxHeaderListBytes) {
+        s.blockOversized = true
+        s.block.removeAll()
         return 0
     }
+    guard !s.blockOversized else { return 0 }
+    let v = UnsafeBufferPointer(start: value, count: valuelen)
     if let kept = s.kept {
-        let wanted = kept.contains { k in k.count == namelen && k.withUnsafeBufferPointer { memcmp($0.baseAddress!, name!, namelen) == 0 } }
-        if !wanted { return 0 }
+        guard let k = kept.firstIndex(where: { k in
+            k.count == namelen && k.withUnsafeBufferPointer { memcmp($0.baseAddress!, name!, namelen) == 0 }
+        }) else { return 0 }
+        let cached = s.keptValues[k]
+        if cached.bytes.count == valuelen && (valuelen == 0 || cached.bytes.withUnsafeBufferPointer { memcmp($0.baseAddress!, value!, valuelen) == 0 }) {
+            s.block.append(H2Header(s.settings.keptHeaders![k], cached.string))
+        } else {
+            let str = String(decoding: v, as: UTF8.self)
+            s.keptValues[k] = (Array(v), str)
+            s.block.append(H2Header(s.settings.keptHeaders![k], str))
+        }
+        return 0
     }
-    let id = frame!.pointee.hd.stream_id
     let n = String(decoding: UnsafeBufferPointer(start: name, count: namelen), as: UTF8.self)
-    let v = String(decoding: UnsafeBufferPointer(start: value, count: valuelen), as: UTF8.self)
-    s.headerBlocks[id, default: []].append(H2Header(n, v))
+    s.block.append(H2Header(n, String(decoding: v, as: UTF8.self)))
     return 0
 }
 
@@ -304,12 +350,10 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
     let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
     switch UInt32(hd.type) {
     case NGHTTP2_HEADERS.rawValue:
-        s.headerBytes.removeValue(forKey: hd.stream_id)
-        if s.oversized.remove(hd.stream_id) != nil {
-            s.headerBlocks.removeValue(forKey: hd.stream_id)
-            s.events.append(.headersTooLarge(stream: hd.stream_id))
-        } else if let block = s.headerBlocks.removeValue(forKey: hd.stream_id) {
-            s.events.append(.headers(stream: hd.stream_id, block))
+        if s.blockStream == hd.stream_id {
+            s.events.append(s.blockOversized ? .headersTooLarge(stream: hd.stream_id) : .headers(stream: hd.stream_id, s.block))
+            s.block = []
+            s.blockStream = 0
         }
         if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
     case NGHTTP2_DATA.rawValue:
@@ -336,10 +380,11 @@ private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID,
 
 private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, code, userData in
     let s = H2Session.from(userData)
-    s.outbound.removeValue(forKey: streamID)
-    s.headerBlocks.removeValue(forKey: streamID)
-    s.headerBytes.removeValue(forKey: streamID)
-    s.oversized.remove(streamID)
+    if let o = s.outbound.removeValue(forKey: streamID) { s.recycle(o) }
+    if s.blockStream == streamID {
+        s.block = []
+        s.blockStream = 0
+    }
     s.events.append(.closed(stream: streamID, code: code))
     return 0
 }
@@ -347,7 +392,7 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, cod
 /// Pulls a stream's queued body into nghttp2's frame buffer; defers when the queue is empty and not ended.
 private let readBody: sf_h2_read_fn = { _, streamID, buf, length, flags, userData in
     let s = H2Session.from(userData)
-    guard var out = s.outbound[streamID] else { return Int64(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+    guard let out = s.outbound[streamID] else { return Int64(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
     let n = min(length, out.available)
     if n > 0 {
         out.bytes.withUnsafeBytes { src in
@@ -359,9 +404,7 @@ private let readBody: sf_h2_read_fn = { _, streamID, buf, length, flags, userDat
     if out.available == 0 && out.ended {
         flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
     } else if n == 0 {
-        s.outbound[streamID] = out
         return Int64(NGHTTP2_ERR_DEFERRED.rawValue)
     }
-    s.outbound[streamID] = out
     return Int64(n)
 }

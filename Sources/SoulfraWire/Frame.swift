@@ -320,7 +320,6 @@ public enum FrameWriter {
 
     /// Any frame. Control frames go through here; they are rare enough that building the enum is fine.
     public static func write(_ frame: Frame, to q: ByteQueue) {
-        var w = FieldWriter()
         switch frame {
         case .data(let s, let payload, let end):
             payload.withUnsafeBytes { data(q, stream: s, payload: $0, end: end) }
@@ -328,58 +327,59 @@ public enum FrameWriter {
         case .credit(let s, let b, let f, let paced):
             credit(q, stream: s, bytes: b, frames: f, paced: paced)
             return
+        default:
+            break
+        }
+        var w = FieldWriter(q)
+        switch frame {
+        case .data, .credit:
+            return
         case .hello(let h):
             w.u16(h.version); w.u8(h.kind.rawValue); w.u8(0); w.u32(h.maxFrameBytes); w.u32(h.heartbeatMilliseconds)
             w.string(h.world); w.string(h.instance); w.string(h.token); w.u16(h.loop)
-            w.flush(q, .hello, [], 0)
+            w.flush(.hello, [], 0)
         case .welcome(let m):
             w.u16(m.version); w.u16(0); w.u32(m.maxFrameBytes); w.u32(m.heartbeatMilliseconds)
             w.u32(m.streamCreditBytes); w.u32(m.streamCreditFrames); w.u32(m.linkID); w.string(m.server)
             w.u16(m.loopIndex); w.u16(m.loopCount)
-            w.flush(q, .welcome, [], 0)
+            w.flush(.welcome, [], 0)
         case .open(let s, let o):
             w.u8(o.target.rawValue); w.u8(0); w.u16(0); w.u64(o.keyID)
             w.string(o.world); w.string(o.session); w.string(o.detail)
-            w.flush(q, .open, [], s)
+            w.flush(.open, [], s)
         case .close(let s, let code, let reason):
             w.u16(code.rawValue); w.string(reason)
-            w.flush(q, .close, [], s)
+            w.flush(.close, [], s)
         case .error(let s, let code, let reason):
             w.u16(code.rawValue); w.string(reason)
-            w.flush(q, .error, [], s)
+            w.flush(.error, [], s)
         case .ping(let v):
-            w.u64(v); w.flush(q, .ping, [], 0)
+            w.u64(v); w.flush(.ping, [], 0)
         case .pong(let v):
-            w.u64(v); w.flush(q, .pong, [], 0)
+            w.u64(v); w.flush(.pong, [], 0)
         case .subscribe(let s, let sub):
             w.u8(sub.mode.rawValue); w.u8(0); w.string(sub.world); w.string(sub.room)
-            w.flush(q, .subscribe, [], s)
+            w.flush(.subscribe, [], s)
         case .unsubscribe(let s):
-            w.flush(q, .unsubscribe, [], s)
+            w.flush(.unsubscribe, [], s)
         case .publish(let world, let room, let payload):
-            w.string(world); w.string(room); w.bytes.append(contentsOf: payload)
-            w.flush(q, .publish, [], 0)
+            w.string(world); w.string(room); payload.withUnsafeBytes { w.bytes($0) }
+            w.flush(.publish, [], 0)
         case .goaway(let last, let code, let reason):
             w.u32(last); w.u16(code.rawValue); w.string(reason)
-            w.flush(q, .goaway, [], 0)
+            w.flush(.goaway, [], 0)
         case .dropped(let s, let n):
-            w.u32(n); w.flush(q, .dropped, [], s)
+            w.u32(n); w.flush(.dropped, [], s)
         }
     }
 
     /// PUBLISH without building the enum: world and room as UTF-8, then the payload.
     public static func publish(_ q: ByteQueue, world: String, room: String, payload: UnsafeRawBufferPointer) {
-        var w = FieldWriter()
+        var w = FieldWriter(q)
         w.string(world)
         w.string(room)
-        let length = w.bytes.count + payload.count
-        let p = q.reserve(Wire.headerBytes + length)
-        header(p, length: length, type: .publish, flags: [], stream: 0)
-        w.bytes.withUnsafeBytes { (p + Wire.headerBytes).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        if payload.count > 0 {
-            (p + Wire.headerBytes + w.bytes.count).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
-        }
-        q.commit(Wire.headerBytes + length)
+        if payload.count > 0 { w.bytes(payload) }
+        w.flush(.publish, [], 0)
     }
 
     /// Encodes a frame into a fresh array (tests, tools).
@@ -390,31 +390,54 @@ public enum FrameWriter {
     }
 }
 
-/// Accumulates control-frame fields, then writes header + fields in one go.
+/// Writes a control frame's fields straight into the queue after a header placeholder, then fills in the
+/// header: no temporary buffers (an OPEN is written for every stream).
 struct FieldWriter {
-    var bytes: [UInt8] = []
-    init() { bytes.reserveCapacity(64) }
-    mutating func u8(_ v: UInt8) { bytes.append(v) }
-    mutating func u16(_ v: UInt16) { bytes.append(UInt8(v >> 8)); bytes.append(UInt8(v & 0xff)) }
-    mutating func u32(_ v: UInt32) { u16(UInt16(v >> 16)); u16(UInt16(v & 0xffff)) }
-    mutating func u64(_ v: UInt64) { u32(UInt32(v >> 32)); u32(UInt32(v & 0xffff_ffff)) }
+    let q: ByteQueue
+    /// Where the frame's header starts, counted from the queue's head.
+    let start: Int
+
+    init(_ q: ByteQueue) {
+        self.q = q
+        start = q.count
+        _ = q.reserve(Wire.headerBytes)
+        q.commit(Wire.headerBytes)
+    }
+
+    @inline(__always) mutating func u8(_ v: UInt8) {
+        q.reserve(1).storeBytes(of: v, as: UInt8.self)
+        q.commit(1)
+    }
+    @inline(__always) mutating func u16(_ v: UInt16) {
+        q.reserve(2).storeBE(v, at: 0)
+        q.commit(2)
+    }
+    @inline(__always) mutating func u32(_ v: UInt32) {
+        q.reserve(4).storeBE(v, at: 0)
+        q.commit(4)
+    }
+    @inline(__always) mutating func u64(_ v: UInt64) {
+        q.reserve(8).storeBE(v, at: 0)
+        q.commit(8)
+    }
     /// Strings longer than the protocol allows are cut at a UTF-8 boundary (they are reasons and names).
     mutating func string(_ s: String) {
-        var utf8 = Array(s.utf8)
-        if utf8.count > Wire.maxStringBytes {
-            var n = Wire.maxStringBytes
-            while n > 0 && (utf8[n] & 0xC0) == 0x80 { n -= 1 }
-            utf8.removeSubrange(n...)
+        var s = s
+        s.withUTF8 { utf8 in
+            var n = utf8.count
+            if n > Wire.maxStringBytes {
+                n = Wire.maxStringBytes
+                while n > 0 && (utf8[n] & 0xC0) == 0x80 { n -= 1 }
+            }
+            u16(UInt16(n))
+            if n > 0 { q.append(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[0..<n])) }
         }
-        u16(UInt16(utf8.count))
-        bytes.append(contentsOf: utf8)
     }
-    func flush(_ q: ByteQueue, _ type: FrameType, _ flags: FrameFlags, _ stream: UInt32) {
-        let p = q.reserve(Wire.headerBytes + bytes.count)
-        FrameWriter.header(p, length: bytes.count, type: type, flags: flags, stream: stream)
-        bytes.withUnsafeBytes { b in
-            if b.count > 0 { (p + Wire.headerBytes).copyMemory(from: b.baseAddress!, byteCount: b.count) }
-        }
-        q.commit(Wire.headerBytes + bytes.count)
+    mutating func bytes(_ b: UnsafeRawBufferPointer) { q.append(b) }
+
+    func flush(_ type: FrameType, _ flags: FrameFlags, _ stream: UInt32) {
+        let length = q.count - start - Wire.headerBytes
+        let p = UnsafeMutableRawPointer(mutating: q.readable.baseAddress!) + start
+        FrameWriter.header(p, length: length, type: type, flags: flags, stream: stream)
     }
 }
