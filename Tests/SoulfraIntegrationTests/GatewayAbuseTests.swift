@@ -89,11 +89,10 @@ struct GatewayAbuseTests {
     func rapidReset() throws {
         let server = try BrokerServer.start(gatewayConfig())
         defer { server.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let c = try server.h2Client()
         var goaway: UInt32?
         for _ in 0..<400 {
-            guard let id = c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                                     headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false) else { break }
+            guard let id = c.post("/v1/worlds/playground/streams") else { break }
             c.flush()
             c.h2.reset(stream: id, code: 8)
             c.flush()
@@ -198,11 +197,11 @@ struct GatewayLifecycleTests {
     @Test("shutdown: HTTP/2 clients get GOAWAY; an idle connection is closed after the idle timeout")
     func goawayAndIdle() throws {
         let server = try BrokerServer.start(gatewayConfig { $0.gateway.idleTimeoutMilliseconds = 1_000 })
-        let idle = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let idle = try server.h2Client()
         _ = idle.request(method: "GET", authority: "t", path: "/v1/worlds/playground/nothing", headers: [], endStream: true)
         var idleGoaway = false
         #expect(pumpH2(idle, { if case .goaway = $0 { idleGoaway = true } }, until: { idleGoaway }), "idle connection ended with GOAWAY")
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let c = try server.h2Client()
         _ = c.request(method: "GET", authority: "t", path: "/v1/worlds/playground/nothing", headers: [], endStream: true)
         var closed = false
         pumpH2(c, { if case .closed = $0 { closed = true } }, until: { closed })

@@ -166,3 +166,21 @@ final class RawSocket {
 extension Array where Element == UInt8 {
     var text: String { String(decoding: self, as: UTF8.self) }
 }
+
+extension BrokerServer {
+    /// An h2c client connection to the gateway.
+    func h2Client() throws -> H2ClientConnection { try H2ClientConnection(host: "127.0.0.1", port: gatewayPort) }
+}
+
+extension H2ClientConnection {
+    /// Starts `method path` with a key; the body (if any) follows through `send`.
+    func post(_ path: String, key: String = TestKeys.playground, method: String = "POST", headers: [(String, String)] = [],
+              end: Bool = false) -> Int32? {
+        request(method: method, authority: "t", path: path, headers: [("authorization", "Bearer \(key)")] + headers, endStream: end)
+    }
+
+    /// Sends text on a stream (`end`: the request body ends).
+    func send(_ id: Int32, _ text: String, end: Bool = false) {
+        Array(text.utf8).withUnsafeBytes { h2.send(stream: id, $0, end: end) }
+    }
+}

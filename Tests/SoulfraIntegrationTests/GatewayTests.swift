@@ -79,11 +79,9 @@ struct GatewayTests {
             stepper.turn(session, release: release.load(ordering: .acquiring))
         }
         defer { inst.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
-        let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/messages",
-                                        headers: [("authorization", "Bearer \(TestKeys.playground)"), ("accept", "text/event-stream")],
-                                        endStream: false))
-        Array(#"{"stream":true}"#.utf8).withUnsafeBytes { c.h2.send(stream: id, $0, end: true) }
+        let c = try server.h2Client()
+        let id = try #require(c.post("/v1/worlds/playground/messages", headers: [("accept", "text/event-stream")]))
+        c.send(id, #"{"stream":true}"#, end: true)
         var received = ""
         var ended = false
         #expect(pumpH2(c, { e in
@@ -105,13 +103,12 @@ struct GatewayTests {
         defer { server.stop() }
         let inst = try InstanceRunner(server: server, name: "duplex")
         defer { inst.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
-        let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                                        headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
+        let c = try server.h2Client()
+        let id = try #require(c.post("/v1/worlds/playground/streams"))
         var received = ""
         var status = ""
         for i in 0..<5 {
-            Array("{\"n\":\(i)}\n".utf8).withUnsafeBytes { c.h2.send(stream: id, $0) }
+            c.send(id, "{\"n\":\(i)}\n")
             #expect(pumpH2(c, { e in
                 if case .data(_, let d) = e { received += d.text }
                 if case .headers(_, let h) = e { status = h.first { $0.name == ":status" }?.value ?? "" }
@@ -119,7 +116,7 @@ struct GatewayTests {
         }
         #expect(status == "200")
         #expect(received.hasPrefix(#"{"instance":"duplex","echo":{"n":0}}"#), "\(received)")
-        Array<UInt8>().withUnsafeBytes { c.h2.send(stream: id, $0, end: true) }
+        c.send(id, "", end: true)
         var ended = false
         #expect(pumpH2(c, { e in if case .endStream = e { ended = true } }, until: { ended }))
     }
@@ -159,7 +156,7 @@ struct GatewayTests {
     func rooms() throws {
         let server = try BrokerServer.start(gatewayConfig())
         defer { server.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let c = try server.h2Client()
         _ = try #require(c.request(method: "GET", authority: "t", path: "/v1/worlds/playground/rooms/lobby",
                                    headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: true))
         var got = ""
@@ -269,12 +266,11 @@ struct GatewayTests {
         }
         let healthy = try InstanceRunner(server: server, name: "healthy")
         defer { healthy.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let c = try server.h2Client()
         var open: Set<Int32> = []
         for _ in 0..<40 {
-            let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/messages",
-                                            headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
-            Array("{}".utf8).withUnsafeBytes { c.h2.send(stream: id, $0, end: true) }
+            let id = try #require(c.post("/v1/worlds/playground/messages"))
+            c.send(id, "{}", end: true)
             open.insert(id)
         }
         var statuses: [String] = []
@@ -302,11 +298,10 @@ struct GatewayTests {
         let server = try BrokerServer.start(gatewayConfig())
         defer { server.stop() }
         let first = try InstanceRunner(server: server, name: "first")
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
-        let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                                        headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
+        let c = try server.h2Client()
+        let id = try #require(c.post("/v1/worlds/playground/streams"))
         var got = ""
-        Array("{\"x\":1}\n".utf8).withUnsafeBytes { c.h2.send(stream: id, $0) }
+        c.send(id, "{\"x\":1}\n")
         #expect(pumpH2(c, { e in if case .data(_, let d) = e { got += d.text } }, until: { got.contains(#""instance":"first""#) }))
         let second = try InstanceRunner(server: server, name: "second")
         defer { second.stop() }
@@ -317,10 +312,9 @@ struct GatewayTests {
             if case .endStream = e { ended = true }
         }, until: { ended }))
         #expect(got.contains(#"{"event":"error","error":{"code":"instance_gone""#) && got.contains(#""retryable":true"#), "\(got)")
-        let again = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                                           headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
+        let again = try #require(c.post("/v1/worlds/playground/streams"))
         var next = ""
-        Array("{\"x\":2}\n".utf8).withUnsafeBytes { c.h2.send(stream: again, $0) }
+        c.send(again, "{\"x\":2}\n")
         #expect(pumpH2(c, { e in if case .data(let s, let d) = e, s == again { next += d.text } },
                        until: { next.contains("echo") }))
         #expect(next.contains(#""instance":"second""#))
@@ -333,11 +327,10 @@ struct GatewayTests {
         defer { server.stop() }
         let inst = try InstanceRunner(server: server, name: "r")
         defer { inst.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
-        let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                                        headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false))
+        let c = try server.h2Client()
+        let id = try #require(c.post("/v1/worlds/playground/streams"))
         var got = ""
-        Array("{\"x\":1}\n".utf8).withUnsafeBytes { c.h2.send(stream: id, $0) }
+        c.send(id, "{\"x\":1}\n")
         #expect(pumpH2(c, { e in if case .data(_, let d) = e { got += d.text } }, until: { got.contains("echo") }))
         var revoked = config
         revoked.keys.removeAll { $0.keyID == 1 }
@@ -361,10 +354,9 @@ struct GatewayTests {
         defer { server.stop() }
         let inst = try InstanceRunner(server: server, name: "q")
         defer { inst.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
+        let c = try server.h2Client()
         func open() -> Int32? {
-            c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                      headers: [("authorization", "Bearer \(TestKeys.playground)")], endStream: false)
+            c.post("/v1/worlds/playground/streams")
         }
         var status: [Int32: String] = [:]
         var body = ""
@@ -378,7 +370,7 @@ struct GatewayTests {
         }, until: { status[second] != nil && body.contains("}}") }))
         #expect(status[first] == "200" && status[second] == "429", "\(status)")
         #expect(body.contains(#""code":"too_many_streams""#), "\(body)")
-        Array<UInt8>().withUnsafeBytes { c.h2.send(stream: first, $0, end: true) }
+        c.send(first, "", end: true)
         var firstClosed = false
         pumpH2(c, { if case .closed(let id, _) = $0, id == first { firstClosed = true } }, until: { firstClosed })
         let third = try #require(open())
@@ -393,12 +385,11 @@ struct GatewayTests {
         defer { server.stop() }
         let inst = try InstanceRunner(server: server, name: "p")
         defer { inst.stop() }
-        let c = try H2ClientConnection(host: "127.0.0.1", port: server.gatewayPort)
-        let id = try #require(c.request(method: "POST", authority: "t", path: "/v1/worlds/playground/streams",
-                                        headers: [("authorization", "Bearer \(TestKeys.paced)")], endStream: false))
+        let c = try server.h2Client()
+        let id = try #require(c.post("/v1/worlds/playground/streams", key: TestKeys.paced))
         var lines = ""
         for i in 0..<60 { lines += "{\"n\":\(i)}\n" }
-        Array(lines.utf8).withUnsafeBytes { c.h2.send(stream: id, $0) }
+        c.send(id, lines)
         var got = ""
         #expect(pumpH2(c, { e in if case .data(_, let d) = e { got += d.text } }, until: { got.contains("rate_limits") }))
         #expect(got.contains(#"{"event":"rate_limits","paced":true,"frames_per_second":20"#), "\(got.prefix(400))")
