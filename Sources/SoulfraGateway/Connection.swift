@@ -117,6 +117,10 @@ final class Connection {
 
     func startH2() {
         proto = .http2
+        // The preface is in (the sniffer or ALPN decided on it): from here an HTTP/2 connection with nothing in
+        // flight is bounded by the idle timeout, so pre-warmed client pools are not cut at the header timeout.
+        // A request head stalled inside HTTP/2 holds no request state until it completes.
+        headDeadline = nil
         var s = H2Settings()
         s.maxConcurrentStreams = gateway.limits.maxConcurrentStreams
         s.maxHeaderListBytes = gateway.limits.maxHeaderListBytes

@@ -135,7 +135,18 @@ struct GatewayAbuseTests {
         let quiet = try RawSocket(port: server.gatewayPort)
         let (_, quietClosed) = quiet.readAll(milliseconds: 3_000)
         #expect(quietClosed, "a connection that never sends a request is closed too")
+        // An HTTP/2 connection past its preface with no request yet (a pre-warmed pool) lasts until the idle
+        // timeout (1 s here), not the header timeout (300 ms).
         _ = server.snapshotNow()
+        let before = server.gatewayCounters
+        let warm = try server.h2Client()
+        var goaway = false
+        pumpH2(warm, milliseconds: 3_000, { if case .goaway = $0 { goaway = true } }, until: { goaway })
+        #expect(goaway)
+        _ = server.snapshotNow()
+        let after = server.gatewayCounters
+        #expect(after.idleTimeouts == before.idleTimeouts + 1 && after.headerTimeouts == before.headerTimeouts,
+                "closed by the idle timeout, not the header timeout")
         #expect(server.gatewayCounters.headerTimeouts == 2)
         #expect(server.gatewayCounters.bodyTimeouts == 1)
     }
