@@ -167,6 +167,14 @@ public final class Gateway {
         counters.openConnections = conns.count
     }
 
+    /// Bytes held for clients now: send queues, TLS plaintext, HTTP/2 stream queues (walks every connection:
+    /// for the once-a-second publish, not the data path).
+    public func measureClientQueues() {
+        counters.clientQueueBytes = conns.values.reduce(0) {
+            $0 + $1.outputBytes + $1.plainOut.count + ($1.h2?.queuedBytesTotal ?? 0)
+        }
+    }
+
     /// Whether `conn` is one of the gateway's client connections.
     public func owns(_ conn: UInt32) -> Bool { conns[conn] != nil }
 

@@ -60,6 +60,8 @@ public struct GatewayCounters: Sendable, Equatable {
     public var latencyBuckets: [UInt64] = Array(repeating: 0, count: bucketsMicros.count + 1)
     public var latencySumMicros: UInt64 = 0
     public var openConnections: Int = 0
+    /// Bytes held for clients (send queues, TLS plaintext, HTTP/2 stream queues), as of the last publish.
+    public var clientQueueBytes: Int = 0
     public var openExchanges: Int = 0
 
     public init() {}
@@ -90,6 +92,7 @@ public struct GatewayCounters: Sendable, Equatable {
         m.creditHeld += o.creditHeld
         m.latencySumMicros += o.latencySumMicros
         m.openConnections += o.openConnections
+        m.clientQueueBytes += o.clientQueueBytes
         m.openExchanges += o.openExchanges
         return m
     }
@@ -104,6 +107,8 @@ public struct GatewayCounters: Sendable, Equatable {
         for (i, p) in ["http1", "h2", "tls"].enumerated() { o += "soulfra_gateway_connections_total{protocol=\"\(p)\"} \(connections[i])\n" }
         family("open_connections", "gauge", "Client connections open now.")
         o += "soulfra_gateway_open_connections \(openConnections)\n"
+        family("client_queue_bytes", "gauge", "Bytes held for clients not reading fast enough (bounded by credit and gateway.*_high_bytes).")
+        o += "soulfra_gateway_client_queue_bytes \(clientQueueBytes)\n"
         family("open_requests", "gauge", "Requests and streams in flight now.")
         o += "soulfra_gateway_open_requests \(openExchanges)\n"
         family("requests_total", "counter", "Requests admitted, by route kind.")

@@ -227,6 +227,9 @@ public final class H2Session {
     /// Bytes queued for a stream and not yet framed by nghttp2 (the gateway bounds this).
     public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.available ?? 0 }
 
+    /// Bytes queued on every stream, not yet framed.
+    public var queuedBytesTotal: Int { outbound.values.reduce(0) { $0 + $1.available } }
+
     /// Reopens `bytes` of flow-control window for `stream` (and the connection) after its DATA was handed on.
     public func consume(stream: Int32, bytes: Int) {
         guard bytes > 0 else { return }

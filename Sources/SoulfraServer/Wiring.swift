@@ -340,7 +340,10 @@ final class Wiring: LoopDelegate {
 
     func publish() {
         shard.publish(broker.snapshot(), loop.counters)
-        if let g = gateway { shard.gatewayLatest.withLock { $0 = g.counters } }
+        if let g = gateway {
+            g.measureClientQueues()
+            shard.gatewayLatest.withLock { $0 = g.counters }
+        }
     }
 
     func loopMailbox(now: UInt64) {

@@ -415,6 +415,10 @@ struct GatewayTests {
         #expect(held, "the gateway held back broker credit for the stalled client")
         let snap = try #require(server.snapshotNow())
         #expect(snap.streamsOpen >= 1)
+        // What the gateway holds for the client is bounded by the stream's broker credit (256 KiB) plus the
+        // connection's high mark (256 KiB), with SSE framing on top — far below the 200,000 events on offer.
+        let queued = server.gatewayCounters.clientQueueBytes
+        #expect(queued > 0 && queued < 1 << 20, "queued for the stalled client: \(queued) bytes")
         // Others are still served.
         let other = try InstanceRunner(server: server, name: "other")
         defer { other.stop() }
