@@ -24,7 +24,6 @@ final class Connection {
     /// The current HTTP/1.1 request was refused: its body is read and dropped.
     var h1Discarding = false
     var h1KeepAlive = true
-    var h1Head: HTTPRequestHead?
     var ws = WebSocketDecoder()
     var exchanges: [Int32: Exchange] = [:]
     var admissionCache = AdmissionCache()
@@ -37,9 +36,7 @@ final class Connection {
     var closeAfterFlush = false
     var closed = false
     var readPaused = false
-    var dirty = false
     var inDirtyList = false
-    let openedAt: UInt64
     var lastActive: UInt64
     /// A request head (or the HTTP/2 preface) must be complete by then; nil while none is awaited.
     var headDeadline: UInt64?
@@ -48,7 +45,6 @@ final class Connection {
         self.id = id
         self.gateway = gateway
         self.tls = tls
-        self.openedAt = now
         self.lastActive = now
         var limits = HTTP1Limits()
         limits.maxBodyBytes = gateway.limits.maxBodyBytes
@@ -213,7 +209,6 @@ final class Connection {
                 h1Sequence &+= 1
                 h1KeepAlive = head.keepAlive
                 h1ReadingBody = true
-                h1Head = head
                 var r = RequestHead(method: head.method, path: head.target, authorization: head.header("authorization"),
                                     accept: head.header("accept") ?? "", session: head.header("x-soulfra-session") ?? "")
                 r.keepAlive = head.keepAlive
@@ -350,7 +345,6 @@ final class Connection {
         case .webSocket:
             break
         }
-        dirty = true
     }
 
     /// More of a streamed reply; `end` finishes it.
@@ -368,7 +362,6 @@ final class Connection {
                 closeAfterFlush = true
             }
         }
-        dirty = true
     }
 
     func emitChunk(_ bytes: UnsafeRawBufferPointer) {
@@ -383,7 +376,6 @@ final class Connection {
     func emit(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
         if tls != nil { plainOut.append(bytes) } else { out.append(bytes) }
-        dirty = true
     }
 
     /// Encrypts gathered plaintext and moves the records (and any handshake output) to `out`.
@@ -425,13 +417,11 @@ final class Connection {
     /// Ends the connection after what is queued has been written.
     func finish() {
         closeAfterFlush = true
-        dirty = true
     }
 
     /// Graceful shutdown: HTTP/2 GOAWAY; HTTP/1.1 closes after the current exchange.
     func goaway() {
         if let h2 { h2.goaway() } else if h1Current == nil { closeAfterFlush = true } else { h1KeepAlive = false }
-        dirty = true
     }
 }
 

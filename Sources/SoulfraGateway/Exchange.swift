@@ -77,8 +77,6 @@ final class Exchange {
     var outboundHead = 0
     var outboundEnds = false
     var sentEnd = false
-    /// HTTP/2 bytes not yet handed back to the client's window (consumed once the broker took them).
-    var unconsumed = 0
     /// Bytes of a partial NDJSON line.
     var partialLine: [UInt8] = []
     var reply: [UInt8] = []
@@ -93,7 +91,6 @@ final class Exchange {
     var owedBytes: UInt32 = 0
     var owedFrames: UInt32 = 0
     var holdingCredit = false
-    var paced = false
     var retired = false
     /// When request body bytes last arrived (monotonic ns), for the body timeout.
     var lastBodyAt: UInt64 = 0

@@ -56,7 +56,6 @@ final class BrokerPort: PeerSessionDelegate {
 
     func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool) {
         guard let ex = exchanges[stream], ex.kind.streamsReply else { return }
-        ex.paced = paced
         gateway.counters.pacedEvents += 1
         gateway.controlEvent(ex, event: "rate_limits", json: Framing.rateLimits(
             paced: paced, framesPerSecond: ex.key.framesPerSecond, bytesPerSecond: ex.key.bytesPerSecond))
@@ -327,7 +326,6 @@ public final class Gateway {
             }
             ex.body.append(contentsOf: bytes)
         case .stream:
-            ex.unconsumed += bytes.count
             guard ex.splitLines(bytes, maxLine: limits.maxLineBytes) else {
                 return fail(ex, GatewayError(status: 413, code: "payload_too_large",
                                              message: "an NDJSON line is over \(limits.maxLineBytes) bytes"))
