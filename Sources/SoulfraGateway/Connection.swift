@@ -9,8 +9,9 @@ import SoulfraWire
 final class Connection {
     enum Proto { case sniffing, http1, http2, webSocket }
 
-    let id: UInt32
-    unowned let gateway: Gateway
+    /// The loop's slot id and the gateway serving it; both change when the connection moves to another loop.
+    var id: UInt32
+    unowned var gateway: Gateway
     var proto: Proto = .sniffing
     var sniffer = ProtocolSniffer()
     var tls: TLSConnection?
@@ -37,6 +38,11 @@ final class Connection {
     var closed = false
     var readPaused = false
     var inDirtyList = false
+    /// The loop that owns the world this connection's requests go to (set per admitted request).
+    var worldLoop = -1
+    /// Moving to another loop: input is held in `heldInput` until the new loop adopts the connection.
+    var moving = false
+    var heldInput: [UInt8] = []
     var lastActive: UInt64
     /// A request head (or the HTTP/2 preface) must be complete by then; nil while none is awaited.
     var headDeadline: UInt64?
@@ -59,6 +65,10 @@ final class Connection {
 
     func receive(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
         guard !closed && !closeAfterFlush else { return }
+        if moving {
+            heldInput.append(contentsOf: bytes)
+            return
+        }
         lastActive = now
         guard let tls else {
             feedPlain(bytes, now: now)
@@ -167,6 +177,7 @@ final class Connection {
                 if let ex = exchanges[stream] { gateway.requestEnd(ex, now: now) }
             case .closed(let stream, _):
                 if let ex = exchanges.removeValue(forKey: stream) { gateway.cancel(ex, reason: "client closed the stream") }
+                if exchanges.isEmpty { gateway.considerMove(self) }
             case .headersTooLarge(let stream):
                 headDeadline = nil
                 gateway.counters.protocolErrors += 1
@@ -263,7 +274,10 @@ final class Connection {
         if h1ReadingBody { return }  // the rest of its body is still arriving
         headDeadline = now &+ UInt64(gateway.limits.headerTimeoutMilliseconds) * 1_000_000
         lastActive = now
-        guard !h1Stash.isEmpty else { return }
+        guard !h1Stash.isEmpty else {
+            gateway.considerMove(self)
+            return
+        }
         let stash = h1Stash
         h1Stash.removeAll(keepingCapacity: true)
         let consumed = stash.withUnsafeBytes { parseH1($0, now: now) }
@@ -397,6 +411,8 @@ final class Connection {
                 gateway.counters.protocolErrors += 1
                 closeAfterFlush = true
             }
+            // Streams close as their last frame is sent: see to them now, not on the next read.
+            if h2.hasEvents { handleH2Events(h2, now: lastActive) }
             if !h2.isActive { closeAfterFlush = true }
         }
         drainTLS()
@@ -417,6 +433,17 @@ final class Connection {
     /// Ends the connection after what is queued has been written.
     func finish() {
         closeAfterFlush = true
+    }
+
+    /// Nothing in flight, nothing half-parsed, nothing unsent: the connection can change loops.
+    var quiescent: Bool {
+        guard !closed, !closeAfterFlush, exchanges.isEmpty, h1Current == nil, out.isEmpty, sending.isEmpty, !sendInFlight,
+              plainOut.isEmpty else { return false }
+        switch proto {
+        case .http1: return h1.isIdle && h1Stash.isEmpty && !h1ReadingBody
+        case .http2: return h2.map { $0.isActive && !$0.wantsWrite } ?? false
+        case .sniffing, .webSocket: return false
+        }
     }
 
     /// Graceful shutdown: HTTP/2 GOAWAY; HTTP/1.1 closes after the current exchange.

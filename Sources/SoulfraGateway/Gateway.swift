@@ -6,6 +6,13 @@ import SoulfraPeer
 import SoulfraTLS
 import SoulfraWire
 
+/// A connection on its way between loops: owned by no gateway until adopted. Only one thread touches it at
+/// a time (the hand-off queue orders them).
+public final class MovingConnection: @unchecked Sendable {
+    let connection: Connection
+    init(_ c: Connection) { connection = c }
+}
+
 /// What the gateway needs from the I/O layer (the loop). Loop thread only.
 public protocol GatewayTransport: AnyObject {
     func canSend(_ conn: UInt32) -> Bool
@@ -85,6 +92,9 @@ public final class Gateway {
     var requestSequence: UInt64 = 0
     var shuttingDown = false
     var lastScan: UInt64 = 0
+    /// Connections to move to their world's loop once drained, and those ready to go (see `considerMove`).
+    var moveWhenDrained: [Connection] = []
+    var readyToMove: [(conn: UInt32, loop: Int)] = []
     /// Streamed replies whose headers are held back for a moment (see `Exchange.headersDue`).
     var pendingHeaders: [Exchange] = []
 
@@ -164,6 +174,65 @@ public final class Gateway {
         if let ex = c.h1Current { cancel(ex, reason: "client connection closed") }
         c.h1Current = nil
         counters.openConnections = conns.count
+    }
+
+    // MARK: - Moving connections to their world's loop
+
+    /// A connection whose requests go to another loop's world is moved there once it is idle: its requests
+    /// then reach their broker in process instead of over a socket pair. (Keys belong to one world, so a
+    /// connection's requests normally all go to one loop.)
+    func considerMove(_ c: Connection) {
+        guard ports.count > 1, !shuttingDown, c.worldLoop >= 0, c.worldLoop != loopIndex, !c.moving else { return }
+        guard !moveWhenDrained.contains(where: { $0 === c }) else { return }
+        moveWhenDrained.append(c)
+        markDirty(c)
+    }
+
+    /// Moves the drained connections among `moveWhenDrained` to `readyToMove`.
+    func collectMoves() {
+        var keep: [Connection] = []
+        for c in moveWhenDrained where !c.closed && !c.closeAfterFlush && conns[c.id] === c {
+                if c.quiescent {
+                c.moving = true
+                readyToMove.append((c.id, c.worldLoop))
+            } else if c.exchanges.isEmpty && c.h1Current == nil {
+                keep.append(c)  // output still draining
+            }
+        }
+        moveWhenDrained = keep
+    }
+
+    /// Connections ready to leave this loop: hand each to the loop (`EventLoop.handOff`), then `release` it.
+    public func takeMoves() -> [(conn: UInt32, loop: Int)] {
+        defer { readyToMove.removeAll() }
+        return readyToMove
+    }
+
+    /// The loop let go of `conn`'s socket: the connection leaves this gateway, with the input that arrived
+    /// meanwhile, for the target loop to `adopt`.
+    public func release(conn: UInt32) -> MovingConnection? {
+        guard let c = conns.removeValue(forKey: conn) else { return nil }
+        counters.openConnections = conns.count
+        counters.moves += 1
+        if c.inDirtyList { dirtyConns.removeAll { $0 === c } }
+        c.inDirtyList = false
+        return MovingConnection(c)
+    }
+
+    /// Takes over a connection another loop's gateway released; `conn` is its slot here.
+    public func adopt(_ m: MovingConnection, conn: UInt32, now: UInt64) {
+        let c = m.connection
+        c.id = conn
+        c.gateway = self
+        c.admissionCache = AdmissionCache()  // key generations are per loop
+        c.readPaused = false
+        c.moving = false
+        conns[conn] = c
+        counters.openConnections = conns.count
+        let held = c.heldInput
+        c.heldInput = []
+        if !held.isEmpty { held.withUnsafeBytes { c.receive($0, now: now) } }
+        markDirty(c)
     }
 
     /// Bytes held for clients now: send queues, TLS plaintext, HTTP/2 stream queues (walks every connection:
@@ -269,6 +338,7 @@ public final class Gateway {
                           startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         counters.requests[kind.index] += 1
         if c.proto == .http2 { c.exchanges[id] = ex } else { c.h1Current = ex }
+        c.worldLoop = Wire.loop(forWorld: route.world, count: ports.count)
         ex.lastBodyAt = now
         counters.openExchanges += 1
         switch kind {
@@ -698,12 +768,13 @@ public final class Gateway {
             }
             pendingHeaders = keep
         }
+        defer { if !moveWhenDrained.isEmpty { collectMoves() } }
         guard !dirtyConns.isEmpty else { return }
         let list = dirtyConns
         dirtyConns.removeAll(keepingCapacity: true)
         for c in list {
             c.inDirtyList = false
-            guard !c.closed else { continue }
+            guard !c.closed, !c.moving else { continue }
             grantCredit(c)
             c.produce()
             if !c.sendInFlight && c.sending.isEmpty && !c.out.isEmpty, transport?.canSend(c.id) ?? false {
@@ -744,7 +815,7 @@ public final class Gateway {
         lastScan = now
         let idle = UInt64(limits.idleTimeoutMilliseconds) * 1_000_000
         let bodyLimit = UInt64(limits.bodyTimeoutMilliseconds) * 1_000_000
-        for c in conns.values where !c.closed && !c.closeAfterFlush {
+        for c in conns.values where !c.closed && !c.closeAfterFlush && !c.moving {
             for ex in c.exchanges.values where stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
             if let ex = c.h1Current, stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
             if let d = c.headDeadline, now > d, c.h1Current == nil, c.exchanges.isEmpty {
@@ -782,7 +853,7 @@ public final class Gateway {
     /// Stops taking requests: HTTP/2 clients get GOAWAY, HTTP/1.1 connections close after their exchange.
     public func beginShutdown(now: UInt64) {
         shuttingDown = true
-        for c in conns.values {
+        for c in conns.values where !c.moving {
             c.goaway()
             markDirty(c)
         }
@@ -790,7 +861,7 @@ public final class Gateway {
 
     /// Closes every client connection once its queued output is written (the end of a shutdown).
     public func closeAll() {
-        for c in conns.values where !c.closeAfterFlush {
+        for c in conns.values where !c.closeAfterFlush && !c.moving {
             c.finish()
             markDirty(c)
         }

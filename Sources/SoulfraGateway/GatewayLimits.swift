@@ -54,6 +54,8 @@ public struct GatewayCounters: Sendable, Equatable {
     public var pacedEvents: UInt64 = 0
     public var slowSubscribers: UInt64 = 0
     public var creditHeld: UInt64 = 0
+    /// Connections moved to the loop of their world.
+    public var moves: UInt64 = 0
     /// Unary request latency (head received → reply sent), fixed buckets in microseconds.
     public static let bucketsMicros: [UInt64] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
                                                   250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000]
@@ -90,6 +92,7 @@ public struct GatewayCounters: Sendable, Equatable {
         m.pacedEvents += o.pacedEvents
         m.slowSubscribers += o.slowSubscribers
         m.creditHeld += o.creditHeld
+        m.moves += o.moves
         m.latencySumMicros += o.latencySumMicros
         m.openConnections += o.openConnections
         m.clientQueueBytes += o.clientQueueBytes
@@ -128,6 +131,7 @@ public struct GatewayCounters: Sendable, Equatable {
             ("paced_events_total", "rate_limits events sent to streaming clients.", pacedEvents),
             ("slow_subscribers_total", "Room subscribers dropped because their connection stopped reading.", slowSubscribers),
             ("credit_held_total", "Times broker credit was held back because a client was not reading.", creditHeld),
+            ("connection_moves_total", "Client connections moved to the loop that owns their world.", moves),
         ]
         for (n, h, v) in singles {
             family(n, "counter", h)

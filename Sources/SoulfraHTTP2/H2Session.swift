@@ -183,6 +183,9 @@ public final class H2Session {
         return true
     }
 
+    /// Whether events are waiting (streams also close while output is drained).
+    public var hasEvents: Bool { !events.isEmpty }
+
     /// Events since the last call.
     public func takeEvents() -> [H2Event] {
         defer { events.removeAll(keepingCapacity: true) }
@@ -245,6 +248,9 @@ public final class H2Session {
     public func goaway(code: UInt32 = 0) {
         nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session), code, nil, 0)
     }
+
+    /// Whether nghttp2 has frames to send.
+    public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
 
     /// False once nghttp2 has nothing more to read or write: the connection can be closed.
     public var isActive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }

@@ -47,6 +47,8 @@ public final class BrokerServer: Sendable {
         let index: Int
         let commands = Mutex<[Command]>([])
         let handoffs = Mutex<[Handoff]>([])
+        /// Gateway client connections moving here from another loop: the socket and the connection's state.
+        let arrivals = Mutex<[(fd: Int32, connection: MovingConnection)]>([])
         let mailbox = Mutex<LoopMailbox?>(nil)
         let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
         let gatewayLatest = Mutex<GatewayCounters>(GatewayCounters())
@@ -57,6 +59,7 @@ public final class BrokerServer: Sendable {
         func publish(_ s: BrokerSnapshot, _ l: LoopCounters) { latest.withLock { $0 = (s, l, $0.sequence + 1) } }
         func takeCommands() -> [Command] { commands.withLock { c in defer { c.removeAll() }; return c } }
         func takeHandoffs() -> [Handoff] { handoffs.withLock { h in defer { h.removeAll() }; return h } }
+        func takeArrivals() -> [(fd: Int32, connection: MovingConnection)] { arrivals.withLock { a in defer { a.removeAll() }; return a } }
     }
 
     /// Where the listeners ended up (TCP port 0 resolved).

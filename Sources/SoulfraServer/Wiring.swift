@@ -66,6 +66,8 @@ final class Wiring: LoopDelegate {
     let inProcessLink: UInt32
     var inProcessPaused = false
     var remotePorts: [UInt32: RemotePort] = [:]
+    /// Gateway connections being handed to the loop of their world, by slot.
+    var moving: [UInt32: Int] = [:]
     var lastSnapshot: UInt64 = 0
     var lastStats: UInt64 = 0
     var shutdownStarted: UInt64?
@@ -258,6 +260,16 @@ final class Wiring: LoopDelegate {
     }
 
     func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {
+        if let target = moving.removeValue(forKey: conn) {
+            setRole(conn, .broker)
+            guard let m = gateway?.release(conn: conn) else {
+                Glibc.close(fd)
+                return
+            }
+            shards[target].arrivals.withLock { $0.append((fd, m)) }
+            shards[target].wake()
+            return
+        }
         guard let s = sorting.removeValue(forKey: conn), let target = s.target else {
             Glibc.close(fd)
             return
@@ -287,6 +299,7 @@ final class Wiring: LoopDelegate {
     }
 
     func loopClosed(conn: UInt32, now: UInt64) {
+        moving.removeValue(forKey: conn)
         let r = role(conn)
         setRole(conn, .broker)
         switch r {
@@ -347,6 +360,14 @@ final class Wiring: LoopDelegate {
     }
 
     func loopMailbox(now: UInt64) {
+        for a in shard.takeArrivals() {
+            guard let g = gateway, shutdownStarted == nil, let conn = loop.adopt(fd: a.fd) else {
+                if gateway == nil || shutdownStarted != nil { Glibc.close(a.fd) }
+                continue
+            }
+            setRole(conn, .http)
+            g.adopt(a.connection, conn: conn, now: now)
+        }
         for h in shard.takeHandoffs() {
             guard let conn = loop.adopt(fd: h.fd) else { continue }
             setRole(conn, .broker)
@@ -403,6 +424,10 @@ final class Wiring: LoopDelegate {
         if let g = gateway {
             pumpInProcess(g, now: now)
             g.flush(now: now)
+            for (conn, target) in g.takeMoves() {
+                moving[conn] = target
+                loop.handOff(conn: conn)
+            }
             // Flushing may have granted credit or opened streams: carry them across at once.
             pumpInProcess(g, now: now)
             flushRemotePorts()

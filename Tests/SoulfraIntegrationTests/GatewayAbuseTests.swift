@@ -4,6 +4,7 @@ import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
 import SoulfraServer
+import SoulfraWire
 
 /// HTTP/2 frame bytes, by hand (RFC 9113 §4.1).
 func h2Frame(type: UInt8, flags: UInt8, stream: UInt32, _ payload: [UInt8] = []) -> [UInt8] {
@@ -243,6 +244,42 @@ struct GatewayMultiLoopTests {
         let served = server.gatewayCountersByLoop.filter { $0.requests.reduce(0, +) > 0 }.count
         #expect(served >= 2, "connections were spread over the loops")
         #expect(server.gatewayCounters.responses[200] == 48)
+    }
+}
+
+extension GatewayMultiLoopTests {
+    @Test("a connection moves to its world's loop after its first request; later requests are served there")
+    func connectionsMoveToTheirWorld() throws {
+        let server = try BrokerServer.start(gatewayConfig { $0.loopCount = 3 })
+        defer { server.stop() }
+        let p = try InstanceRunner(server: server, world: "playground", name: "p")
+        defer { p.stop() }
+        let home = Wire.loop(forWorld: "playground", count: 3)
+        var ok = 0
+        var clients: [H2ClientConnection] = []
+        for _ in 0..<12 {
+            let c = try server.h2Client()
+            clients.append(c)
+            for _ in 0..<5 {
+                let id = try #require(c.post("/v1/worlds/playground/messages"))
+                c.send(id, "{}", end: true)
+                var status = "", closed = false
+                #expect(pumpH2(c, { e in
+                    if case .headers(let s, let h) = e, s == id { status = h.first { $0.name == ":status" }?.value ?? "" }
+                    if case .closed(let s, _) = e, s == id { closed = true }
+                }, until: { closed }))
+                if status == "200" { ok += 1 }
+            }
+        }
+        #expect(ok == 60)
+        _ = server.snapshotNow()
+        let byLoop = server.gatewayCountersByLoop
+        let moves = byLoop.reduce(0) { $0 + $1.moves }
+        let away = byLoop.enumerated().filter { $0.offset != home }.reduce(0) { $0 + $1.element.requests.reduce(0, +) }
+        #expect(moves >= 1, "some of the 12 connections landed on another loop")
+        #expect(away == moves, "each moved connection served only its first request away from the world's loop")
+        #expect(byLoop[home].requests.reduce(0, +) == 60 - moves)
+        withExtendedLifetime(clients) {}
     }
 }
 
