@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
-        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport"]),
+        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeer", "SoulfraWire"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(

@@ -40,6 +40,17 @@ final class BrokerPort: PeerSessionDelegate {
     }
 
     var usable: Bool { session.isReady && !session.goawayReceived }
+    /// Coming up (HELLO sent), or down and about to be remade on the next tick: requests wait for it rather
+    /// than fail. A link whose broker said GOAWAY is not coming back.
+    var connecting: Bool { !session.isReady && !gateway.shuttingDown }
+    /// Requests waiting for the link, with their deadline; re-run when WELCOME arrives.
+    var waiting: [(ex: Exchange, deadline: UInt64, run: (Exchange) -> Void)] = []
+
+    func sessionReady(_ session: PeerSession, welcome: Welcome) {
+        let ready = waiting
+        waiting.removeAll()
+        for w in ready where !w.ex.retired && !w.ex.responseEnded { w.run(w.ex) }
+    }
 
     func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
         guard let ex = exchanges[stream] else { return }
@@ -70,6 +81,18 @@ final class BrokerPort: PeerSessionDelegate {
 
     func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) {
         gateway.portDown(self, reason: reason)
+    }
+
+    /// Runs `action` now if the link is up, later (within `waitNanoseconds`) if it is coming up; false if the
+    /// link is down or going away.
+    func whenUsable(_ ex: Exchange, now: UInt64, _ action: @escaping (Exchange) -> Void) -> Bool {
+        if usable {
+            action(ex)
+            return true
+        }
+        guard connecting else { return false }
+        waiting.append((ex, now &+ Gateway.linkWaitNanoseconds, action))
+        return true
     }
 }
 
@@ -120,6 +143,7 @@ public final class Gateway {
     public func renewPort(_ i: Int) -> PeerSession {
         let old = ports[i]
         ports[i] = BrokerPort(index: i, gateway: self, identity: old.session.identity)
+        ports[i].waiting = old.waiting
         return ports[i].session
     }
 
@@ -129,6 +153,7 @@ public final class Gateway {
     func portDown(_ port: BrokerPort, reason: String) {
         let open = port.exchanges
         port.exchanges.removeAll()
+        // Requests waiting for this link move to its replacement (made on the next tick) or fail there.
         for ex in open.values {
             ex.brokerStream = 0
             brokerClosed(ex, code: .peerGone, reason: "broker link lost: \(reason)")
@@ -422,11 +447,15 @@ public final class Gateway {
             guard !ex.body.isEmpty else {
                 return fail(ex, GatewayError(status: 400, code: "invalid_request", message: "a publish needs a body"))
             }
-            guard case .room(let world, let room, _) = ex.route else { return }
+            guard case .room(let world, _, _) = ex.route else { return }
             let port = ports[Wire.loop(forWorld: world, count: ports.count)]
-            guard port.usable else { return fail(ex, unavailable(ex, "the broker loop for this world is not ready")) }
-            ex.body.withUnsafeBytes { port.session.publish(world: world, room: room, payload: $0) }
-            finishUnary(ex, status: 202, body: Array(#"{"published":true}"#.utf8), now: now)
+            let queued = port.whenUsable(ex, now: now) { [unowned self] ex in
+                guard case .room(let world, let room, _) = ex.route else { return }
+                let session = ports[Wire.loop(forWorld: world, count: ports.count)].session
+                ex.body.withUnsafeBytes { session.publish(world: world, room: room, payload: $0) }
+                finishUnary(ex, status: 202, body: Array(#"{"published":true}"#.utf8), now: monotonicNanoseconds())
+            }
+            if !queued { fail(ex, unavailable(ex, "the broker loop for this world is not available")) }
         case .stream:
             if !ex.partialLine.isEmpty {
                 ex.queueFrame(ex.partialLine, cost: ex.lineCost)
@@ -455,7 +484,12 @@ public final class Gateway {
     /// Opens the broker stream to one of the world's instances (the broker balances and pins sessions).
     func openBroker(_ ex: Exchange, now: UInt64) {
         let port = ports[Wire.loop(forWorld: ex.route.world, count: ports.count)]
-        guard port.usable else { return fail(ex, unavailable(ex, "the broker loop for this world is not ready")) }
+        guard port.usable else {
+            if !port.whenUsable(ex, now: now, { [unowned self] ex in openBroker(ex, now: monotonicNanoseconds()) }) {
+                fail(ex, unavailable(ex, "the broker loop for this world is not available"))
+            }
+            return
+        }
         ex.port = port.index
         ex.brokerStream = port.session.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
                                                  session: ex.session, detail: ex.kind.detail))
@@ -477,7 +511,12 @@ public final class Gateway {
     func subscribe(_ ex: Exchange, now: UInt64) {
         guard case .room(let world, let room, _) = ex.route else { return }
         let port = ports[Wire.loop(forWorld: world, count: ports.count)]
-        guard port.usable else { return fail(ex, unavailable(ex, "the broker loop for this world is not ready")) }
+        guard port.usable else {
+            if !port.whenUsable(ex, now: now, { [unowned self] ex in subscribe(ex, now: monotonicNanoseconds()) }) {
+                fail(ex, unavailable(ex, "the broker loop for this world is not available"))
+            }
+            return
+        }
         ex.port = port.index
         ex.brokerStream = port.session.subscribe(world: world, room: room, mode: .reliable)
         port.exchanges[ex.brokerStream] = ex
@@ -809,10 +848,20 @@ public final class Gateway {
 
     // MARK: - Time and shutdown
 
-    /// Header, body and idle timeouts (scanned every 100 ms).
+    /// How long a request waits for a broker link that is coming up (start-up, reconnect) before 503.
+    static let linkWaitNanoseconds: UInt64 = 2_000_000_000
+
+    /// Header, body and idle timeouts (scanned every 100 ms); requests that waited too long for a link.
     public func tick(now: UInt64) {
         guard now &- lastScan >= 100_000_000 else { return }
         lastScan = now
+        for port in ports where !port.waiting.isEmpty {
+            let expired = port.waiting.filter { now > $0.deadline || !port.connecting }
+            port.waiting.removeAll { now > $0.deadline || !port.connecting }
+            for w in expired where !w.ex.retired {
+                fail(w.ex, unavailable(w.ex, "the broker loop for this world did not come up in time"))
+            }
+        }
         let idle = UInt64(limits.idleTimeoutMilliseconds) * 1_000_000
         let bodyLimit = UInt64(limits.bodyTimeoutMilliseconds) * 1_000_000
         for c in conns.values where !c.closed && !c.closeAfterFlush && !c.moving {

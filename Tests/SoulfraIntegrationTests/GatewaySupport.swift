@@ -184,3 +184,12 @@ extension H2ClientConnection {
         Array(text.utf8).withUnsafeBytes { h2.send(stream: id, $0, end: end) }
     }
 }
+
+extension BrokerServer {
+    /// The gateway's counters, freshly published by every loop (`snapshotNow` is retried while a busy loop
+    /// misses its deadline, so comparisons never read a stale copy).
+    func freshGatewayCounters() throws -> GatewayCounters {
+        for _ in 0..<10 where snapshotNow() != nil { return gatewayCounters }
+        throw ClientError("the loops did not publish their counters")
+    }
+}
