@@ -161,8 +161,6 @@ public final class Gatekeeper {
         var refilledAt: UInt64
     }
     var buckets: [UInt64: Bucket] = [:]
-    /// Rejections by code (bounded cardinality: the documented codes only).
-    public private(set) var rejections: [String: UInt64] = [:]
 
     public init(table: KeyTable) { self.table = table }
 
@@ -252,10 +250,8 @@ public final class Gatekeeper {
         }
     }
 
-    func reject(_ e: GatewayError) -> Admission {
-        rejections[e.code, default: 0] += 1
-        return .reject(e)
-    }
+    /// A refusal (the gateway counts it by code when it answers).
+    func reject(_ e: GatewayError) -> Admission { .reject(e) }
 
     /// Takes one token from the key's bucket, or says when one will be there.
     func charge(_ k: KeyRecord, now: UInt64) -> Result<RateLimitState, GatewayError> {

@@ -123,9 +123,10 @@ final class Connection {
 
     func startH2() {
         proto = .http2
-        // The preface is in (the sniffer or ALPN decided on it): from here an HTTP/2 connection with nothing in
-        // flight is bounded by the idle timeout, so pre-warmed client pools are not cut at the header timeout.
-        // A request head stalled inside HTTP/2 holds no request state until it completes.
+        // The preface is in (cleartext: the sniffer waited for all of it) or the TLS handshake is done and ALPN
+        // chose h2: from here an HTTP/2 connection with nothing in flight is bounded by the idle timeout, so
+        // pre-warmed client pools are not cut at the header timeout. A request head stalled inside HTTP/2
+        // holds no request state until it completes.
         headDeadline = nil
         var s = H2Settings()
         s.maxConcurrentStreams = gateway.limits.maxConcurrentStreams
@@ -181,12 +182,9 @@ final class Connection {
             case .headersTooLarge(let stream):
                 headDeadline = nil
                 gateway.counters.protocolErrors += 1
-                let requestID = gateway.nextRequestID()
-                let e = GatewayError(status: 431, code: "headers_too_large",
-                                     message: "request headers are limited to \(gateway.limits.maxHeaderListBytes) bytes")
-                respond(stream, status: 431, headers: [("content-type", "application/json"), ("x-request-id", requestID)],
-                        body: Array(e.json(requestID: requestID).utf8), end: true)
-                gateway.counted(status: 431, code: e.code)
+                respondError(stream, GatewayError(status: 431, code: "headers_too_large",
+                                                  message: "request headers are limited to \(gateway.limits.maxHeaderListBytes) bytes"),
+                             requestID: gateway.nextRequestID())
             case .goaway:
                 break
             }
@@ -228,7 +226,7 @@ final class Connection {
                     switch WebSocket.accept(head, sha1: SoulfraKeys.sha1) {
                     case .success(let accept): r.webSocketAccept = accept
                     case .failure(let e):
-                        respondH1Error(GatewayError(status: e.status, code: "bad_request", message: e.reason), requestID: gateway.nextRequestID())
+                        respondError(0, GatewayError(status: e.status, code: "bad_request", message: e.reason), requestID: gateway.nextRequestID())
                         h1Discarding = true
                         return true
                     }
@@ -255,7 +253,7 @@ final class Connection {
             } else {
                 if let ex = h1Current { gateway.cancel(ex, reason: "malformed request") ; h1Current = nil }
                 h1KeepAlive = false
-                respondH1Error(GatewayError(status: e.status, code: code, message: e.reason), requestID: gateway.nextRequestID())
+                respondError(0, GatewayError(status: e.status, code: code, message: e.reason), requestID: gateway.nextRequestID())
             }
             closeAfterFlush = true
         })
@@ -285,11 +283,11 @@ final class Connection {
         if readPaused && h1Stash.count < gateway.limits.maxBodyBytes { resumeReading() }
     }
 
-    func respondH1Error(_ e: GatewayError, requestID: String) {
-        let body = Array(e.json(requestID: requestID).utf8)
-        writeH1Head(status: e.status, headers: [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers,
-                    contentLength: body.count, keepAlive: h1KeepAlive)
-        emit(body)
+    /// An error answer in the JSON shape (design §5), on either protocol, counted by code. `id` is the
+    /// HTTP/2 stream (ignored on HTTP/1.1).
+    func respondError(_ id: Int32, _ e: GatewayError, requestID: String) {
+        respond(id, status: e.status, headers: [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers,
+                body: Array(e.json(requestID: requestID).utf8), end: true)
         gateway.counted(status: e.status, code: e.code)
     }
 
@@ -370,7 +368,7 @@ final class Connection {
             if bytes.count > 0 { emitChunk(bytes) }
             if end { emit(Array("0\r\n\r\n".utf8)) }
         case .webSocket:
-            if bytes.count > 0 { emitFrame(.text, payload: Array(bytes)) }
+            if bytes.count > 0 { emitWebSocketText(bytes) }
             if end {
                 emitFrame(.close, payload: WebSocket.closePayload(.normal, ""))
                 closeAfterFlush = true
@@ -378,10 +376,46 @@ final class Connection {
         }
     }
 
+    /// One HTTP/1.1 chunk: hex size line, bytes, CRLF (the size line is built on the stack).
     func emitChunk(_ bytes: UnsafeRawBufferPointer) {
-        emit(Array((String(bytes.count, radix: 16) + "\r\n").utf8))
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 18) { line in
+            var digits = 1, t = bytes.count >> 4
+            while t > 0 { digits += 1; t >>= 4 }
+            var v = bytes.count
+            for k in stride(from: digits - 1, through: 0, by: -1) {
+                line[k] = hexDigits[v & 0xF]
+                v >>= 4
+            }
+            line[digits] = 0x0D
+            line[digits + 1] = 0x0A
+            emit(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: line[0..<(digits + 2)])))
+        }
         emit(bytes)
-        emit([0x0D, 0x0A])
+        emit(Self.crlf)
+    }
+
+    static let crlf: [UInt8] = [0x0D, 0x0A]
+
+    /// One unmasked server text frame: the header (2–10 bytes) built on the stack, then the payload.
+    func emitWebSocketText(_ payload: UnsafeRawBufferPointer) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 10) { h in
+            h[0] = 0x80 | WebSocket.Opcode.text.rawValue
+            var n = 2
+            switch payload.count {
+            case ..<126: h[1] = UInt8(payload.count)
+            case ..<65_536:
+                h[1] = 126
+                h[2] = UInt8(payload.count >> 8)
+                h[3] = UInt8(payload.count & 0xFF)
+                n = 4
+            default:
+                h[1] = 127
+                for i in 0..<8 { h[2 + i] = UInt8((UInt64(payload.count) >> UInt64(56 - 8 * i)) & 0xFF) }
+                n = 10
+            }
+            emit(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: h[0..<n])))
+        }
+        emit(payload)
     }
 
     /// Bytes for the client (through TLS when there is TLS).

@@ -111,6 +111,9 @@ struct MessageFields: Equatable {
     }
 }
 
+/// Lowercase hex digits (chunk sizes, request ids).
+let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
 /// HTTP reason phrases for the statuses the gateway sends.
 func reasonPhrase(_ status: Int) -> String {
     switch status {

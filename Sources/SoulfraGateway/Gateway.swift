@@ -118,11 +118,12 @@ public final class Gateway {
     /// Connections to move to their world's loop once drained, and those ready to go (see `considerMove`).
     var moveWhenDrained: [Connection] = []
     var readyToMove: [(conn: UInt32, loop: Int)] = []
+    /// Where a streamed reply's frame is framed (SSE/NDJSON) before it is handed on.
+    var frameScratch: [UInt8] = []
     /// Streamed replies whose headers are held back for a moment (see `Exchange.headersDue`).
     var pendingHeaders: [Exchange] = []
 
     lazy var requestIDPrefix: [UInt8] = Array("req_\(loopIndex)_".utf8)
-    let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// `identity(i)` is the HELLO for the link to loop `i`.
     public init(limits: GatewayLimits, keys: KeyTable, loopIndex: Int, loopCount: Int, tls: TLSContext?,
@@ -143,7 +144,7 @@ public final class Gateway {
     public func renewPort(_ i: Int) -> PeerSession {
         let old = ports[i]
         ports[i] = BrokerPort(index: i, gateway: self, identity: old.session.identity)
-        ports[i].waiting = old.waiting
+        ports[i].waiting = old.waiting  // requests that waited for the dead link wait for this one
         return ports[i].session
     }
 
@@ -153,7 +154,6 @@ public final class Gateway {
     func portDown(_ port: BrokerPort, reason: String) {
         let open = port.exchanges
         port.exchanges.removeAll()
-        // Requests waiting for this link move to its replacement (made on the next tick) or fail there.
         for ex in open.values {
             ex.brokerStream = 0
             brokerClosed(ex, code: .peerGone, reason: "broker link lost: \(reason)")
@@ -217,7 +217,7 @@ public final class Gateway {
     func collectMoves() {
         var keep: [Connection] = []
         for c in moveWhenDrained where !c.closed && !c.closeAfterFlush && conns[c.id] === c {
-                if c.quiescent {
+            if c.quiescent {
                 c.moving = true
                 readyToMove.append((c.id, c.worldLoop))
             } else if c.exchanges.isEmpty && c.h1Current == nil {
@@ -267,9 +267,6 @@ public final class Gateway {
             $0 + $1.outputBytes + $1.plainOut.count + ($1.h2?.queuedBytesTotal ?? 0)
         }
     }
-
-    /// Whether `conn` is one of the gateway's client connections.
-    public func owns(_ conn: UInt32) -> Bool { conns[conn] != nil }
 
     func markDirty(_ c: Connection) {
         if !c.inDirtyList {
@@ -385,17 +382,11 @@ public final class Gateway {
     }
 
     func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String) {
-        let body = Array(e.json(requestID: requestID).utf8)
-        if c.proto == .http2 {
-            c.respond(id, status: e.status, headers: [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers,
-                      body: body, end: true)
-            counted(status: e.status, code: e.code)
-        } else {
-            c.h1Discarding = true
-            c.respondH1Error(e, requestID: requestID)
-            // Not keeping the connection: do not wait for a body the client may never send.
-            if !c.h1KeepAlive { c.finish() }
-        }
+        // HTTP/1.1: the refused request's body is read and dropped; a connection that is not kept does not wait
+        // for a body the client may never send.
+        if c.proto != .http2 { c.h1Discarding = true }
+        c.respondError(id, e, requestID: requestID)
+        if c.proto != .http2 && !c.h1KeepAlive { c.finish() }
         markDirty(c)
     }
 
@@ -605,9 +596,6 @@ public final class Gateway {
         case .roomSubscribe:
             if c.outputBytes > limits.roomSubscriberOutputBytes {
                 counters.slowSubscribers += 1
-                ports[ex.port].session.unsubscribe(ex.brokerStream)
-                ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
-                ex.brokerStream = 0
                 return fail(ex, GatewayError(status: 503, code: "slow_consumer",
                                              message: "this subscriber fell too far behind the room"), retryable: true)
             }
@@ -628,10 +616,10 @@ public final class Gateway {
         if ex.kind == .webSocket {
             c.sendBody(ex.id, payload, end: end)
         } else if payload.count > 0 {
-            var framed: [UInt8] = []
-            framed.reserveCapacity(payload.count + 16)
-            if ex.ndjson { Framing.ndjson(payload, into: &framed) } else { Framing.sse(payload, into: &framed) }
-            framed.withUnsafeBytes { c.sendBody(ex.id, $0, end: end) }
+            // One scratch buffer for every frame: `sendBody` copies what it is given.
+            frameScratch.removeAll(keepingCapacity: true)
+            if ex.ndjson { Framing.ndjson(payload, into: &frameScratch) } else { Framing.sse(payload, into: &frameScratch) }
+            frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: end) }
         } else if end {
             c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
         }
@@ -749,15 +737,8 @@ public final class Gateway {
         }
         if !ex.responded {
             ex.responded = true
-            let body = Array(e.json(requestID: ex.requestID).utf8)
-            if c.proto == .http2 {
-                c.respond(ex.id, status: e.status, headers: [("content-type", "application/json"), ("x-request-id", ex.requestID)] + e.headers,
-                          body: body, end: true)
-                counted(status: e.status, code: e.code)
-            } else {
-                if !ex.requestEnded { c.h1KeepAlive = false }
-                c.respondH1Error(e, requestID: ex.requestID)
-            }
+            if c.proto != .http2 && !ex.requestEnded { c.h1KeepAlive = false }
+            c.respondError(ex.id, e, requestID: ex.requestID)
         } else if !ex.responseEnded {
             counters.errors[e.code, default: 0] += 1
             controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
@@ -871,7 +852,7 @@ public final class Gateway {
                 counters.headerTimeouts += 1
                 if c.proto == .http1 && !c.h1.isIdle {
                     c.h1KeepAlive = false
-                    c.respondH1Error(GatewayError(status: 408, code: "request_timeout",
+                    c.respondError(0, GatewayError(status: 408, code: "request_timeout",
                                                   message: "the request head did not arrive in time"), requestID: nextRequestID())
                 } else if let h2 = c.h2 {
                     h2.goaway()

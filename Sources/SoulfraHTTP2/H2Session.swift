@@ -255,8 +255,6 @@ public final class H2Session {
     /// False once nghttp2 has nothing more to read or write: the connection can be closed.
     public var isActive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
 
-    /// The connection-level receive window still open to the peer.
-    public var receiveWindow: Int32 { nghttp2_session_get_effective_local_window_size(session) - nghttp2_session_get_effective_recv_data_length(session) }
 
     /// The name/value table for `headers` (after `:status` when given), in one temporary buffer.
     func withNV<R>(_ headers: [H2Header], status: Int? = nil, _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {

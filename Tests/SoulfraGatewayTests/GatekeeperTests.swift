@@ -86,7 +86,6 @@ struct GatekeeperTests {
         #expect(code(bearer(f.revoked)) == "401 key_disabled")
         #expect(code(bearer(f.expired)) == "401 key_expired")
         #expect(code(nil, f.kids.plaintext) == "401 unauthorized", "no access_token on routes apps reach with headers")
-        #expect(g.rejections["unauthorized"] == 6)
     }
 
     @Test("403: another world's key, or a key without the route's permission")
@@ -144,7 +143,6 @@ struct GatekeeperTests {
         #expect(h["ratelimit-remaining"] == "0" && h["ratelimit-limit"] == "3" && h["ratelimit-reset"] == "1")
         now += 100_000_000  // 0.1 s at 10/s: one token
         if case .reject = go() { Issue.record("a refilled token was refused") }
-        #expect(g.rejections["rate_limited"] == 1)
     }
 
     @Test("revocation takes effect on the next request after the table swap")

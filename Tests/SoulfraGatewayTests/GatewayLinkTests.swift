@@ -38,17 +38,20 @@ struct GatewayLinkTests {
         return (g, t, world, key.plaintext)
     }
 
-    func request(_ world: String, _ key: String) -> [UInt8] {
-        Array(("POST /v1/worlds/\(world)/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(key)\r\n"
-               + "Content-Length: 2\r\n\r\n{}").utf8)
+    /// `setUp`, then client 7 sends a request for the world on loop 1 and the gateway flushes.
+    func requestWaiting() -> (Gateway, RecordingTransport) {
+        let (g, t, world, key) = setUp()
+        g.accepted(conn: 7, tls: false, now: 1)
+        let request = "POST /v1/worlds/\(world)/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(key)\r\n"
+            + "Content-Length: 2\r\n\r\n{}"
+        Array(request.utf8).withUnsafeBytes { g.received(conn: 7, bytes: $0, now: 2) }
+        g.flush(now: 3)
+        return (g, t)
     }
 
     @Test("a request for a world whose broker link is coming up waits for WELCOME, then goes out")
     func waitsForTheLink() {
-        let (g, t, world, key) = setUp()
-        g.accepted(conn: 7, tls: false, now: 1)
-        request(world, key).withUnsafeBytes { g.received(conn: 7, bytes: $0, now: 2) }
-        g.flush(now: 3)
+        let (g, t) = requestWaiting()
         #expect(t.text(7).isEmpty, "no answer while the link is coming up")
         let session = g.portSession(1)
         session.output.removeAll()
@@ -75,10 +78,7 @@ struct GatewayLinkTests {
 
     @Test("a request waits at most the bound for a link that does not come up: 503 with Retry-After")
     func linkNeverComesUp() {
-        let (g, t, world, key) = setUp()
-        g.accepted(conn: 7, tls: false, now: 1)
-        request(world, key).withUnsafeBytes { g.received(conn: 7, bytes: $0, now: 2) }
-        g.flush(now: 3)
+        let (g, t) = requestWaiting()
         g.tick(now: 1_000_000_000)
         g.flush(now: 1_000_000_001)
         #expect(t.text(7).isEmpty, "still waiting within the bound")

@@ -210,6 +210,11 @@ struct GatewayTests {
         #expect(limited.contains("retry-after: 1"))
         #expect(limited.contains(#"ratelimit-policy: "burst";q=2;w=1"#) && limited.contains(#"ratelimit: "burst";r=0;t=1"#))
         #expect(limited.contains("ratelimit-limit: 2") && limited.contains("ratelimit-remaining: 0") && limited.contains(#""code":"rate_limited""#))
+        // Every refusal is counted once, by its code.
+        let errors = try server.freshGatewayCounters().errors
+        #expect(errors["unauthorized"] == 2 && errors["wrong_world"] == 1 && errors["insufficient_permissions"] == 1
+                && errors["not_found"] == 1 && errors["method_not_allowed"] == 1 && errors["payload_too_large"] == 2
+                && errors["invalid_request"] == 1 && errors["rate_limited"] == 1, "\(errors)")
     }
 
     @Test("no instance: 503 with Retry-After; a request whose instance dies is retried once on another")
