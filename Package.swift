@@ -74,6 +74,7 @@ let package = Package(
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
+        .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeer", "SoulfraWire"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),

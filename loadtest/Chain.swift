@@ -17,7 +17,7 @@ final class ChainInstance: PeerSessionDelegate {
         appToRuntime[stream] = r
         runtimeToApp[r] = stream
     }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         if let r = appToRuntime[stream] { _ = s.send(stream: r, payload: payload) }
         else if let a = runtimeToApp[stream] { _ = s.send(stream: a, payload: payload) }
     }
@@ -35,7 +35,7 @@ final class ChainRuntime: PeerSessionDelegate {
         fromInstance[stream] = v
         fromVault[v] = stream
     }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         if let v = fromInstance[stream] { _ = s.send(stream: v, payload: payload) }  // append to the vault
         else if let i = fromVault[stream] { _ = s.send(stream: i, payload: payload) }  // acked: reply
     }
@@ -46,7 +46,7 @@ final class ChainRuntime: PeerSessionDelegate {
 
 /// A simulated vault: acknowledges each appended event by echoing it.
 final class ChainVault: PeerSessionDelegate {
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         _ = s.send(stream: stream, payload: payload)
     }
 }
@@ -56,7 +56,7 @@ final class ChainApp: PeerSessionDelegate {
     var latency = Latency()
     var completed: UInt64 = 0
     var ready: [UInt32] = []
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         latency.record(monotonicNanoseconds() &- readStamp(payload))
         completed &+= 1
         ready.append(stream)

@@ -67,7 +67,7 @@ final class Sink: PeerSessionDelegate {
     }
 
     @inline(__always)
-    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         frames &+= 1
         bytes &+= UInt64(payload.count)
         if frames % sampleEvery == 0 {

@@ -74,14 +74,11 @@ int sf_op_read(void) { return IORING_OP_READ; }
 int sf_op_async_cancel(void) { return IORING_OP_ASYNC_CANCEL; }
 int sf_op_provide_buffers(void) { return IORING_OP_PROVIDE_BUFFERS; }
 
-// Gets an SQE, flushing the SQ to the kernel once if it is full.
+// Gets an SQE, or NULL when the submission queue is full. The caller decides what to do then (the loop
+// submits what is queued and tries again, or keeps the operation in its backlog): flushing here would hide
+// a failed submit from it.
 static struct io_uring_sqe *sqe_for(sf_ring *ring) {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring->ring);
-    if (!sqe) {
-        io_uring_submit(&ring->ring);
-        sqe = io_uring_get_sqe(&ring->ring);
-    }
-    return sqe;
+    return io_uring_get_sqe(&ring->ring);
 }
 
 int sf_prep_multishot_accept(sf_ring *ring, int fd, uint64_t user_data) {
@@ -145,6 +142,14 @@ int sf_prep_close(sf_ring *ring, int fd, uint64_t user_data) {
     io_uring_prep_close(sqe, fd);
     io_uring_sqe_set_data64(sqe, user_data);
     return 0;
+}
+
+int sf_submit(sf_ring *ring) {
+    return io_uring_submit(&ring->ring);
+}
+
+unsigned sf_sq_space(sf_ring *ring) {
+    return io_uring_sq_space_left(&ring->ring);
 }
 
 int sf_submit_and_wait(sf_ring *ring, unsigned wait_nr) {

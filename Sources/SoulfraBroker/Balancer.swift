@@ -7,32 +7,37 @@ public enum BalancerPolicy: String, Sendable, CaseIterable {
 }
 
 extension Broker {
-    /// Picks an instance of `world` for a new stream, honouring and recording session affinity.
-    func pickInstance(world: String, session: String) -> Link? {
+    /// Picks an instance of `world` for a new stream, honouring and recording session affinity. Instances
+    /// ejected by outlier detection are skipped (a session pinned to one moves) unless no other can serve.
+    func pickInstance(world: String, session: String, now: UInt64) -> Link? {
         guard let pool = pools[world], !pool.links.isEmpty else { return nil }
-        if !session.isEmpty, let pinned = pool.affinity[session], let link = liveLink(pinned), !link.draining {
+        if !session.isEmpty, let pinned = pool.affinity[session], let link = liveLink(pinned), !link.draining,
+           link.ejectedUntil <= now {
             metrics.affinityHits += 1
             return link
         }
         let policy = balancerPolicies[world] ?? defaultBalancer
-        guard let chosen = choose(from: pool, policy: policy) else { return nil }
+        guard let chosen = choose(from: pool, policy: policy, now: now) ?? choose(from: pool, policy: policy, now: 0) else {
+            return nil
+        }
         if !session.isEmpty { pin(session: session, to: chosen.id, in: pool) }
         return chosen
     }
 
     /// Picks a runtime worker or vault link: least outstanding, ties round-robin.
     func pickService(_ pool: WorldPool) -> Link? {
-        choose(from: pool, policy: .leastOutstanding)
+        choose(from: pool, policy: .leastOutstanding, now: 0)
     }
 
-    private func choose(from pool: WorldPool, policy: BalancerPolicy) -> Link? {
+    /// The policy's choice among links that are not draining and not ejected at `now` (0: ignore ejection).
+    private func choose(from pool: WorldPool, policy: BalancerPolicy, now: UInt64) -> Link? {
         let n = pool.links.count
         guard n > 0 else { return nil }
         switch policy {
         case .roundRobin:
             for step in 0..<n {
                 let link = links[Int(pool.links[(pool.cursor + step) % n])]!
-                if !link.draining {
+                if !link.draining && (now == 0 || link.ejectedUntil <= now) {
                     pool.cursor = (pool.cursor + step + 1) % n
                     return link
                 }
@@ -42,7 +47,7 @@ extension Broker {
             var best: Link?
             for step in 0..<n {
                 let link = links[Int(pool.links[(pool.cursor + step) % n])]!
-                if link.draining { continue }
+                if link.draining || (now != 0 && link.ejectedUntil > now) { continue }
                 if best == nil || link.outstanding < best!.outstanding { best = link }
             }
             pool.cursor = (pool.cursor + 1) % n

@@ -64,6 +64,15 @@ public final class Broker {
     var actionsSpare: [BrokerAction] = []
     var shutdownDeadline: UInt64?
     public private(set) var shutdownComplete = false
+    /// The clock peers are judged by (heartbeats, handshake and slow-consumer deadlines): `now` with the
+    /// loop's own stalls cut out. A loop that was busy for seconds — one heavy request, a paused process —
+    /// did not hear its peers because it was not listening, not because they were silent; each step of this
+    /// clock is at most `maxClockStepNanos`, so after a stall peers get the time they were owed.
+    public private(set) var loopTime: UInt64 = 0
+    var lastObserved: UInt64 = 0
+    /// The longest step `loopTime` takes between two observations. A healthy loop observes every tick (10 ms
+    /// by default), so this only ever cuts stalls.
+    static let maxClockStepNanos: UInt64 = 100_000_000
 
     public init(
         limits: BrokerLimits = BrokerLimits(), access: AccessTable, serverName: String = "soulfra",
@@ -82,11 +91,26 @@ public final class Broker {
 
     /// A socket was accepted as link `id` (the I/O layer's slot; unique among attached links).
     public func attach(link id: UInt32, now: UInt64) {
+        observe(now)
         let i = Int(id)
         if i >= links.count { links.append(contentsOf: repeatElement(nil, count: i - links.count + 1)) }
         precondition(links[i] == nil, "link \(id) attached twice")
-        links[i] = Link(id: id, now: now)
+        links[i] = Link(id: id, now: loopTime)
         attachedLinks += 1
+    }
+
+    /// Closes a link that never completed its handshake in time, with ERROR `handshake_timeout` (for sockets
+    /// the I/O layer held before attaching them, e.g. while reading which loop they belong to).
+    public func failHandshake(link id: UInt32) {
+        guard let link = liveLink(id), link.state == .handshake else { return }
+        fail(link, .handshakeTimeout, "no HELLO within \(limits.handshakeTimeoutMilliseconds) ms")
+    }
+
+    /// Advances `loopTime` to `now`, by at most `maxClockStepNanos`.
+    @inline(__always) func observe(_ now: UInt64) {
+        guard now > lastObserved else { return }
+        loopTime = lastObserved == 0 ? now : loopTime &+ min(now &- lastObserved, Self.maxClockStepNanos)
+        lastObserved = now
     }
 
     /// Whether the broker can take another link (the I/O layer refuses the socket otherwise).
@@ -142,10 +166,11 @@ public final class Broker {
     /// Bytes arrived on a link. Every complete frame is handled before this returns.
     public func receive(link id: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
         guard let link = liveLink(id), link.state != .closing else { return }
-        link.lastHeard = now
+        observe(now)
+        link.lastHeard = loopTime
         metrics.bytesIn[kindIndex(link)] &+= UInt64(bytes.count)
         do {
-            try link.decoder.feed(bytes) { header, payload throws(WireError) in
+            try link.decoder.feed(bytes, oversize: { self.oversizeData(link, $0, now: now) }) { header, payload throws(WireError) in
                 self.metrics.framesIn[self.kindIndex(link)] &+= 1
                 try self.handle(link, header, payload, now: now)
                 return link.state != .closing
@@ -154,6 +179,22 @@ public final class Broker {
             fail(link, error.code, error.description)
         }
         if shutdownDeadline != nil { checkShutdown(now: now) }
+    }
+
+    /// A DATA frame over the link's maximum on an open stream ends that stream (both ends get
+    /// `frame_too_large`), not the link: its payload is dropped as it arrives. Anything else oversize fails
+    /// the link.
+    func oversizeData(_ link: Link, _ h: FrameHeader, now: UInt64) -> Bool {
+        guard link.state == .active, h.type == .data, h.stream != 0 else { return false }
+        metrics.oversizeFrames += 1
+        let reason = "\(h.length)-byte DATA exceeds the link's maximum frame \(link.maxFrameBytes); split messages with MORE"
+        if let ri = link.streams[h.stream] {
+            metrics.streamErrors[Int(ErrorCode.frameTooLarge.rawValue)] += 1
+            endRoute(ri, code: .frameTooLarge, reason: reason, notifyOpener: true, notifyAcceptor: true)
+        } else {
+            refuse(link, h.stream, .frameTooLarge, reason, now: now)
+        }
+        return true
     }
 
     @inline(__always)
@@ -215,6 +256,7 @@ public final class Broker {
         case .close(let stream, let code, let reason):
             guard let ri = link.streams[stream] else { return }  // already gone: nothing to do
             let fromOpener = routes[Int(ri)].opener.link == link.id
+            judge(ri, endedByOpener: fromOpener, code: code, now: now)
             endRoute(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener, asClose: true)
         case .error(let stream, let code, let reason):
             if stream == 0 {
@@ -229,6 +271,7 @@ public final class Broker {
             guard let ri = link.streams[stream] else { return }
             metrics.streamErrors[Int(code.rawValue)] += 1
             let fromOpener = routes[Int(ri)].opener.link == link.id
+            judge(ri, endedByOpener: fromOpener, code: code, now: now)
             endRoute(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener)
         case .ping(let v):
             FrameWriter.write(.pong(v), to: link.out)
@@ -356,7 +399,7 @@ public final class Broker {
         }
         let target: Link?
         switch open.target {
-        case .instance: target = pickInstance(world: open.world, session: open.session)
+        case .instance: target = pickInstance(world: open.world, session: open.session, now: now)
         case .runtime: target = pickService(runtimes)
         case .vault: target = pickService(vaults)
         }
@@ -372,10 +415,16 @@ public final class Broker {
         acceptor.nextStreamID += 2
 
         let window = Int64(limits.streamCreditBytes), frames = Int64(limits.streamCreditFrames)
+        // The acceptor may send what the opener granted in OPEN, else the default credit.
+        let replyWindow = open.window.map { Int64($0.bytes) } ?? window
+        let replyFrames = open.window.map { Int64($0.frames) } ?? frames
+        guard replyWindow <= Int64(Int32.max), replyFrames <= Int64(Int32.max) else {
+            return refuse(link, stream, .flowControl, "OPEN's window is above 2^31-1", now: now)
+        }
         var route = Route(
             live: true,
             opener: RouteEnd(link: link.id, stream: stream, windowBytes: window, windowFrames: frames),
-            acceptor: RouteEnd(link: acceptor.id, stream: acceptorStream, windowBytes: window, windowFrames: frames))
+            acceptor: RouteEnd(link: acceptor.id, stream: acceptorStream, windowBytes: replyWindow, windowFrames: replyFrames))
         route.keyID = open.keyID
         let ri: Int32
         if let free = freeRoutes.popLast() {
@@ -403,8 +452,10 @@ public final class Broker {
             state.streams += 1
             state.bytes.refill(now: now)
             state.frames.refill(now: now)
-            state.bytes.charge(limits.streamCreditBytes)
-            state.frames.charge(limits.streamCreditFrames)
+            // Both initial windows are charged up front (the bucket may go into debt): a key's frames/s and
+            // bytes/s cover what it sends and what it is sent.
+            state.bytes.charge(limits.streamCreditBytes &+ UInt32(replyWindow))
+            state.frames.charge(limits.streamCreditFrames &+ UInt32(replyFrames))
         }
         let before = acceptor.out.count
         FrameWriter.write(.open(stream: acceptorStream, open), to: acceptor.out)
@@ -431,7 +482,9 @@ public final class Broker {
         }
         let i = Int(ri)
         let fromOpener = routes[i].opener.link == link.id
-        let end = h.flags.contains(.endStream)
+        let flags = h.flags.intersection(FrameFlags.dataFlags)
+        let end = flags.contains(.endStream)
+        if end && flags.contains(.more) { return protocolOnStream(ri, link, "DATA with both MORE and END_STREAM") }
         let n = Int64(payload.count)
         let charged = fromOpener
             ? routes[i].opener.charge(bytes: n, end: end)
@@ -451,9 +504,12 @@ public final class Broker {
                      notifyOpener: true, notifyAcceptor: true)
             return
         }
-        FrameWriter.data(dst.out, stream: dstStream, payload: payload, end: end)
+        FrameWriter.data(dst.out, stream: dstStream, payload: payload, flags: flags)
         queued(on: dst, from: link, frames: 1, bytes: Wire.headerBytes + payload.count, now: now)
-        if routes[i].opener.ended && routes[i].acceptor.ended { freeRoute(ri) }
+        if routes[i].opener.ended && routes[i].acceptor.ended {
+            judge(ri, endedByOpener: false, code: .none, now: now)
+            freeRoute(ri)
+        }
     }
 
     func flowControlViolation(_ ri: Int32, _ link: Link) {
@@ -472,15 +528,8 @@ public final class Broker {
         let i = Int(ri)
         let fromOpener = routes[i].opener.link == link.id
         if fromOpener {
-            // The opener lets the acceptor send more.
-            routes[i].acceptor.windowBytes += Int64(bytes)
-            routes[i].acceptor.windowFrames += Int64(frames)
-            if routes[i].acceptor.windowBytes > Int64(Int32.max) || routes[i].acceptor.windowFrames > Int64(Int32.max) {
-                return flowControlViolation(ri, link)
-            }
-            let dst = links[Int(routes[i].acceptor.link)].unsafelyUnwrapped
-            FrameWriter.credit(dst.out, stream: routes[i].acceptor.stream, bytes: bytes, frames: frames)
-            queued(on: dst, from: link, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+            // The opener lets the acceptor send more: the key's quota paces the reply direction here.
+            grantAcceptor(ri, bytes: bytes, frames: frames, from: link, now: now)
         } else {
             // The acceptor lets the opener send more: this is where a key's quota paces the opener.
             grantOpener(ri, bytes: bytes, frames: frames, from: link, now: now)
@@ -508,9 +557,9 @@ public final class Broker {
                 pacedRoutes.append(ri)
             }
         }
-        // PACED on the CREDIT tells the opener its key is being paced; the first CREDIT without it, that pacing
-        // ended. A zero CREDIT carries the news when nothing can be granted yet.
-        let paced = routes[i].deferredBytes > 0 || routes[i].deferredFrames > 0
+        // PACED on the CREDIT tells the opener its key is being paced (in either direction); the first CREDIT
+        // without it, that pacing ended. A zero CREDIT carries the news when nothing can be granted yet.
+        let paced = routes[i].pacedNow
         let news = paced != routes[i].pacedNotified
         guard gb > 0 || gf > 0 || news else { return }
         routes[i].pacedNotified = paced
@@ -522,6 +571,68 @@ public final class Broker {
         let dst = links[Int(routes[i].opener.link)].unsafelyUnwrapped
         FrameWriter.credit(dst.out, stream: routes[i].opener.stream, bytes: gb, frames: gf, paced: paced)
         queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+    }
+
+    /// Passes credit to the acceptor (the reply direction), holding back what the key's buckets cannot cover
+    /// yet; the opener hears of pacing through a PACED CREDIT.
+    func grantAcceptor(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
+        let i = Int(ri)
+        var gb = bytes, gf = frames
+        let key = routes[i].keyID
+        if key != 0, let state = keyStates[key] {
+            state.bytes.refill(now: now)
+            state.frames.refill(now: now)
+            let wantB = bytes + routes[i].deferredReplyBytes, wantF = frames + routes[i].deferredReplyFrames
+            gb = state.bytes.take(upTo: wantB)
+            gf = state.frames.take(upTo: wantF)
+            let holdB = wantB - gb, holdF = wantF - gf
+            if holdB > routes[i].deferredReplyBytes { metrics.quotaPacedBytes += UInt64(holdB - routes[i].deferredReplyBytes) }
+            if holdF > routes[i].deferredReplyFrames { metrics.quotaPacedFrames += UInt64(holdF - routes[i].deferredReplyFrames) }
+            routes[i].deferredReplyBytes = holdB
+            routes[i].deferredReplyFrames = holdF
+            if (holdB > 0 || holdF > 0) && !routes[i].pacing {
+                routes[i].pacing = true
+                pacedRoutes.append(ri)
+            }
+        }
+        if gb > 0 || gf > 0 {
+            routes[i].acceptor.windowBytes += Int64(gb)
+            routes[i].acceptor.windowFrames += Int64(gf)
+            if routes[i].acceptor.windowBytes > Int64(Int32.max) || routes[i].acceptor.windowFrames > Int64(Int32.max) {
+                return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
+            }
+            let dst = links[Int(routes[i].acceptor.link)].unsafelyUnwrapped
+            FrameWriter.credit(dst.out, stream: routes[i].acceptor.stream, bytes: gb, frames: gf)
+            queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
+        }
+        // The opener learns that pacing started or stopped from a zero CREDIT with (or without) PACED.
+        if routes[i].pacedNow != routes[i].pacedNotified { grantOpener(ri, bytes: 0, frames: 0, from: source, now: now) }
+    }
+
+    /// Outlier detection: a stream to an instance ended. The opener giving up with `timeout`, or the instance
+    /// ending it with an error, is a failure; a clean end is a success. Enough failures in a row take the
+    /// instance out of rotation (see `BrokerLimits.outlierConsecutiveFailures`).
+    func judge(_ ri: Int32, endedByOpener: Bool, code: ErrorCode, now: UInt64) {
+        guard limits.outlierConsecutiveFailures > 0, let inst = liveLink(routes[Int(ri)].acceptor.link),
+              inst.kind == .instance, inst.state == .active else { return }
+        let failed = endedByOpener ? code == .timeout : (code != .none && code != .cancelled)
+        guard failed else {
+            if code == .none {
+                inst.consecutiveFailures = 0
+                if inst.ejectedUntil == 0 { inst.ejections = 0 }
+            }
+            return
+        }
+        inst.consecutiveFailures += 1
+        guard inst.consecutiveFailures >= limits.outlierConsecutiveFailures, inst.ejectedUntil <= now,
+              let pool = pools[inst.world] else { return }
+        let ejected = pool.links.reduce(0) { n, id in n + ((liveLink(id)?.ejectedUntil ?? 0) > now ? 1 : 0) }
+        guard (ejected + 1) * 100 <= pool.links.count * Int(limits.outlierMaxEjectionPercent) else { return }
+        let backoff = UInt64(limits.outlierEjectionMilliseconds) * 1_000_000 << UInt64(min(inst.ejections, 5))
+        inst.ejections += 1
+        inst.ejectedUntil = now &+ backoff
+        inst.consecutiveFailures = 0
+        metrics.outlierEjections += 1
     }
 
     /// Ends a route: tells the chosen ends (CLOSE for a clean end, else ERROR) and frees it.
@@ -550,6 +661,8 @@ public final class Broker {
         routes[i].pacing = false
         routes[i].deferredBytes = 0
         routes[i].deferredFrames = 0
+        routes[i].deferredReplyBytes = 0
+        routes[i].deferredReplyFrames = 0
         routes[i].pacedNotified = false
         if let a = liveLink(r.opener.link) { a.streams.removeValue(forKey: r.opener.stream) }
         if let b = liveLink(r.acceptor.link) {
@@ -587,7 +700,7 @@ public final class Broker {
 
     func overHigh(_ dst: Link, from source: Link?, queued q: Int, now: UInt64) {
         if dst.congestedSince == nil {
-            dst.congestedSince = now
+            dst.congestedSince = loopTime
             if dst.state == .active && dst.kind != .gateway { metrics.congestionAlerts[Int(dst.kind.rawValue)] += 1 }
         }
         if dst.kind == .gateway && dst.state == .active && q > limits.linkQueueBytesHard {
@@ -720,9 +833,10 @@ public final class Broker {
     /// quota pacing runs on every call; the walk over all links (heartbeats, deadlines) at most every
     /// `linkScanIntervalNanos`, so a loop with many idle links does not spend its ticks walking them.
     public func tick(now: UInt64) {
+        observe(now)
         if now &- lastLinkScan >= linkScanIntervalNanos {
             lastLinkScan = now
-            scanLinks(now: now)
+            scanLinks(now: loopTime)
         }
         releasePacedCredit(now: now)
         checkShutdown(now: now)
@@ -741,7 +855,11 @@ public final class Broker {
                     fail(link, .handshakeTimeout, "no HELLO within \(limits.handshakeTimeoutMilliseconds) ms")
                 }
             case .active:
-                if now &- link.lastHeard > limits.heartbeatTimeoutNanos {
+                if !link.pause.isEmpty {
+                    // The broker is not reading this link (backpressure): its silence is the broker's doing, not
+                    // a missed heartbeat. The interval starts again when reading does.
+                    link.lastHeard = now
+                } else if now &- link.lastHeard > limits.heartbeatTimeoutNanos {
                     fail(link, .heartbeatTimeout,
                          "nothing heard for \(limits.heartbeatMissesAllowed) heartbeat intervals of \(limits.heartbeatIntervalMilliseconds) ms")
                     continue
@@ -772,7 +890,8 @@ public final class Broker {
             let ri = pacedRoutes[i]
             if routes[Int(ri)].live && routes[Int(ri)].pacing {
                 grantOpener(ri, bytes: 0, frames: 0, from: nil, now: now)
-                if routes[Int(ri)].deferredBytes > 0 || routes[Int(ri)].deferredFrames > 0 {
+                if routes[Int(ri)].live { grantAcceptor(ri, bytes: 0, frames: 0, from: nil, now: now) }
+                if routes[Int(ri)].live && routes[Int(ri)].pacedNow {
                     i += 1
                     continue
                 }

@@ -35,6 +35,14 @@ public struct BrokerLimits: Sendable, Equatable {
     public var affinitySessionsPerWorld: Int = 65_536
     /// On shutdown, streams get this long to finish before links are closed.
     public var shutdownDrainMilliseconds: UInt32 = 5_000
+    /// Passive outlier detection: an instance whose streams fail this many times in a row (the opener gave up
+    /// with `timeout`, or the instance ended them with an error) leaves rotation for a while. 0: off.
+    public var outlierConsecutiveFailures: UInt32 = 5
+    /// How long the first ejection lasts; each further ejection of the same instance doubles it (up to 32×).
+    public var outlierEjectionMilliseconds: UInt32 = 10_000
+    /// At most this share of a world's instances is out of rotation at once (a world with one instance
+    /// never loses it: answering slowly beats not answering).
+    public var outlierMaxEjectionPercent: UInt32 = 50
 
     public init() {}
 
@@ -80,6 +88,12 @@ public struct BrokerLimits: Sendable, Equatable {
                   "affinity_sessions_per_world", "must be between 1 and 100000000, got \(affinitySessionsPerWorld)")
         try check(shutdownDrainMilliseconds <= 3_600_000,
                   "shutdown_drain_milliseconds", "must be at most 3600000, got \(shutdownDrainMilliseconds)")
+        try check(outlierConsecutiveFailures <= 1_000,
+                  "outlier_consecutive_failures", "must be between 0 (off) and 1000, got \(outlierConsecutiveFailures)")
+        try check((100...3_600_000).contains(outlierEjectionMilliseconds),
+                  "outlier_ejection_milliseconds", "must be between 100 and 3600000, got \(outlierEjectionMilliseconds)")
+        try check(outlierMaxEjectionPercent <= 100,
+                  "outlier_max_ejection_percent", "must be between 0 and 100, got \(outlierMaxEjectionPercent)")
     }
 
     var heartbeatIntervalNanos: UInt64 { UInt64(heartbeatIntervalMilliseconds) * 1_000_000 }

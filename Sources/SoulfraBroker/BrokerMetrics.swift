@@ -19,6 +19,8 @@ struct BrokerCounters {
     var roomFramesDropped: UInt64 = 0
     var affinityHits: UInt64 = 0
     var affinityRepins: UInt64 = 0
+    var oversizeFrames: UInt64 = 0
+    var outlierEjections: UInt64 = 0
 }
 
 /// A point-in-time copy of the broker's counters and gauges, for `/metrics` and the load-test report.
@@ -54,6 +56,11 @@ public struct BrokerSnapshot: Sendable, Equatable {
     public var roomFramesDropped: UInt64
     public var affinityHits: UInt64
     public var affinityRepins: UInt64
+    /// DATA frames over the link's maximum, dropped (each ended its stream with `frame_too_large`).
+    public var oversizeFrames: UInt64 = 0
+    /// Times an instance was taken out of rotation by outlier detection, and instances out of rotation now.
+    public var outlierEjections: UInt64 = 0
+    public var ejectedInstances: Int = 0
 
     /// Link closes for one reason.
     public func closes(_ code: ErrorCode) -> UInt64 { linkCloses[Int(code.rawValue)] }
@@ -68,8 +75,9 @@ extension Broker {
         var linksByKind = [Int](repeating: 0, count: 5)
         var queue = [Int](repeating: 0, count: 5)
         var credit = [Int64](repeating: 0, count: 5)
-        var paused = 0, congested = 0, subs = 0
+        var paused = 0, congested = 0, subs = 0, ejected = 0
         for case let link? in links where link.state != .closing {
+            if link.ejectedUntil > lastObserved { ejected += 1 }
             let k = link.state == .handshake ? 0 : Int(link.kind.rawValue)
             linksByKind[k] += 1
             queue[k] += link.queuedBytes
@@ -82,7 +90,7 @@ extension Broker {
             if let b = links[Int(r.acceptor.link)] { credit[Int(b.kind.rawValue)] += max(0, r.acceptor.windowBytes) }
         }
         let c = metrics
-        return BrokerSnapshot(
+        var snap = BrokerSnapshot(
             linksByKind: linksByKind, streamsOpen: liveRoutes, subscriptions: subs, rooms: rooms.count,
             queueBytesByKind: queue, creditBytesOutstandingByKind: credit, pausedLinks: paused,
             congestedLinks: congested, framesIn: c.framesIn, bytesIn: c.bytesIn, framesOut: c.framesOut,
@@ -91,6 +99,10 @@ extension Broker {
             quotaPacedBytes: c.quotaPacedBytes, quotaPacedFrames: c.quotaPacedFrames,
             roomFramesPublished: c.roomFramesPublished, roomFramesDelivered: c.roomFramesDelivered,
             roomFramesDropped: c.roomFramesDropped, affinityHits: c.affinityHits, affinityRepins: c.affinityRepins)
+        snap.oversizeFrames = c.oversizeFrames
+        snap.outlierEjections = c.outlierEjections
+        snap.ejectedInstances = ejected
+        return snap
     }
 }
 
@@ -122,6 +134,8 @@ extension BrokerSnapshot {
         sample("paused_links", "", pausedLinks)
         family("congested_links", "gauge", "Links above their high watermark.")
         sample("congested_links", "", congestedLinks)
+        family("ejected_instances", "gauge", "Instances out of rotation after consecutive failures (outlier detection).")
+        sample("ejected_instances", "", ejectedInstances)
         for (name, values, help) in [
             ("frames_received_total", framesIn, "Frames received, by peer kind."),
             ("bytes_received_total", bytesIn, "Bytes received, by peer kind."),
@@ -149,6 +163,8 @@ extension BrokerSnapshot {
             ("room_frames_dropped_total", roomFramesDropped, "Room frames dropped for drop-oldest subscribers."),
             ("affinity_hits_total", affinityHits, "Streams routed by session affinity."),
             ("affinity_repins_total", affinityRepins, "Session pins removed because their instance left."),
+            ("oversize_frames_total", oversizeFrames, "DATA frames over the link's maximum frame size, dropped; each ended its stream with frame_too_large."),
+            ("outlier_ejections_total", outlierEjections, "Times an instance was taken out of rotation after consecutive failed streams."),
         ] {
             family(name, "counter", help)
             sample(name, "", value)
@@ -163,7 +179,7 @@ extension BrokerSnapshot {
     /// The sum of two loops' snapshots (counters and gauges both add up across loops).
     public func merging(_ o: BrokerSnapshot) -> BrokerSnapshot {
         func add<T: AdditiveArithmetic>(_ a: [T], _ b: [T]) -> [T] { zip(a, b).map { $0 + $1 } }
-        return BrokerSnapshot(
+        var m = BrokerSnapshot(
             linksByKind: add(linksByKind, o.linksByKind), streamsOpen: streamsOpen + o.streamsOpen,
             subscriptions: subscriptions + o.subscriptions, rooms: rooms + o.rooms,
             queueBytesByKind: add(queueBytesByKind, o.queueBytesByKind),
@@ -179,5 +195,9 @@ extension BrokerSnapshot {
             roomFramesDelivered: roomFramesDelivered + o.roomFramesDelivered,
             roomFramesDropped: roomFramesDropped + o.roomFramesDropped, affinityHits: affinityHits + o.affinityHits,
             affinityRepins: affinityRepins + o.affinityRepins)
+        m.oversizeFrames = oversizeFrames + o.oversizeFrames
+        m.outlierEjections = outlierEjections + o.outlierEjections
+        m.ejectedInstances = ejectedInstances + o.ejectedInstances
+        return m
     }
 }

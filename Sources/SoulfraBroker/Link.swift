@@ -64,6 +64,11 @@ final class Link {
     var congestedSince: UInt64?
     /// Streams routed to this link as acceptor and still open (the balancer's load figure).
     var outstanding = 0
+    /// Outlier detection (instances): streams that failed in a row, how often the instance was ejected, and
+    /// until when it is out of rotation (0: in rotation).
+    var consecutiveFailures: UInt32 = 0
+    var ejections: UInt32 = 0
+    var ejectedUntil: UInt64 = 0
 
     init(id: UInt32, now: UInt64) {
         self.id = id
@@ -108,9 +113,15 @@ struct Route {
     /// Credit for the opener held back by the key's quota, released as tokens refill.
     var deferredBytes: UInt32 = 0
     var deferredFrames: UInt32 = 0
+    /// The same for the acceptor (the reply direction): a key's frames/s and bytes/s cover both directions.
+    var deferredReplyBytes: UInt32 = 0
+    var deferredReplyFrames: UInt32 = 0
     var pacing = false
     /// The opener has been told (CREDIT with PACED) that its key's quota is holding credit back.
     var pacedNotified = false
+
+    /// Whether the key's quota holds credit back in either direction now.
+    var pacedNow: Bool { deferredBytes > 0 || deferredFrames > 0 || deferredReplyBytes > 0 || deferredReplyFrames > 0 }
 }
 
 /// A subscriber in a room.

@@ -52,9 +52,9 @@ final class BrokerPort: PeerSessionDelegate {
         for w in ready where !w.ex.retired && !w.ex.responseEnded { w.run(w.ex) }
     }
 
-    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard let ex = exchanges[stream] else { return }
-        gateway.brokerData(ex, payload, end: end)
+        gateway.brokerData(ex, payload, end: flags.contains(.endStream))
     }
 
     func sessionWritable(_ session: PeerSession, stream: UInt32) {

@@ -13,7 +13,8 @@ public protocol LoopDelegate: AnyObject {
     /// A send finished: `count` bytes were written (0 on failure; the connection is then closing).
     func loopSent(conn: UInt32, count: Int, now: UInt64)
     /// The connection is closed and its slot will be reused; nothing about it is in flight any more.
-    func loopClosed(conn: UInt32, now: UInt64)
+    /// `reason` is what ended it first (the delegate's own `close`, the peer, an error).
+    func loopClosed(conn: UInt32, reason: LoopCloseReason, now: UInt64)
     /// The periodic timer fired.
     func loopTick(now: UInt64)
     /// Another thread posted to the mailbox.
@@ -42,6 +43,35 @@ public struct LoopLimits: Sendable, Equatable {
     public init() {}
 }
 
+/// What ended a connection, as the loop saw it. Every errno the loop can meet is classified in
+/// `EventLoop.classify`: operating errors become one of these (counted in `LoopCounters.closes`);
+/// programmer errors — a bad descriptor, a bad address or argument on the loop's own operations — crash.
+public enum LoopCloseReason: Int, CaseIterable, Sendable, CustomStringConvertible {
+    /// The delegate closed it (`EventLoop.close`).
+    case local = 0
+    /// The peer closed its side (EOF).
+    case peerClosed
+    /// The peer reset the connection (ECONNRESET, EPIPE).
+    case reset
+    /// The network gave up on it (ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ENETDOWN, ENOTCONN).
+    case unreachable
+    /// The kernel ran out of something (ENOMEM, ENOBUFS on a send) or another operating error.
+    case ioError
+    /// Refused on arrival: the slot table was full, or the delegate declined it.
+    case refused
+
+    public var description: String {
+        switch self {
+        case .local: "local"
+        case .peerClosed: "peer_closed"
+        case .reset: "reset"
+        case .unreachable: "unreachable"
+        case .ioError: "io_error"
+        case .refused: "refused"
+        }
+    }
+}
+
 /// Counters of the loop itself.
 public struct LoopCounters: Sendable, Equatable {
     public var accepted: UInt64 = 0
@@ -56,6 +86,10 @@ public struct LoopCounters: Sendable, Equatable {
     public var ioErrors: UInt64 = 0
     public var submits: UInt64 = 0
     public var completions: UInt64 = 0
+    /// Operations that found the submission queue full and waited in the loop's backlog.
+    public var sqFull: UInt64 = 0
+    /// Connections closed, by `LoopCloseReason`.
+    public var closes: [UInt64] = Array(repeating: 0, count: LoopCloseReason.allCases.count)
 
     public init() {}
 }
@@ -74,13 +108,27 @@ public final class EventLoop {
         var fd: Int32 = -1
         var generation: UInt32 = 0
         var inUse = false
-        var recvArmed = false
-        var readPaused = false
+        var recv = RecvState()
         var sendInFlight = false
+        /// The send in flight (kept here so a send waiting in the backlog is one small entry).
+        var sendBase: UnsafeRawPointer?
+        var sendCount = 0
         var closing = false
         var shut = false
         var handingOff = false
         var closeDeadline: UInt64 = 0
+        var closeReason = LoopCloseReason.local
+    }
+
+    /// An operation to prepare. Waits in `backlog` while the submission queue is full.
+    enum Pending {
+        case recv(UInt32, UInt32)
+        case send(UInt32, UInt32)
+        case cancelRecv(UInt32, UInt32)
+        case accept(Int)
+        case cancelAccept(Int)
+        case timer
+        case mailbox
     }
 
     public let limits: LoopLimits
@@ -97,7 +145,10 @@ public final class EventLoop {
     private var acceptRearmOnTick = false
     private var cqes: UnsafeMutablePointer<sf_cqe>
     private let cqeBatch = 512
+    /// Slots whose recv is queued for submission at the end of the batch.
     private var rearm: [UInt32] = []
+    /// Operations that did not fit in the submission queue, in order; prepared as soon as there is room.
+    private var backlog: [Pending] = []
     private var closingSlots: [UInt32] = []
     private var handoffSlots: [UInt32] = []
     private var stopped = false
@@ -150,7 +201,7 @@ public final class EventLoop {
         guard accepting else { return }
         accepting = false
         for (i, l) in listeners.enumerated() {
-            if acceptArmed[i] { _ = sf_prep_cancel(ring, ud(UInt32(i), 0, .accept), ud(0, 0, .cancel)) }
+            if acceptArmed[i] { submit(.cancelAccept(i)) }
             shutdown(l.fd, Int32(SHUT_RDWR))
         }
     }
@@ -166,34 +217,44 @@ public final class EventLoop {
         let i = Int(conn)
         precondition(slots[i].inUse && !slots[i].sendInFlight, "send on a busy or free slot")
         slots[i].sendInFlight = true
+        slots[i].sendBase = bytes.baseAddress
+        slots[i].sendCount = bytes.count
         counters.sendCalls &+= 1
-        _ = sf_prep_send(ring, slots[i].fd, bytes.baseAddress, bytes.count, ud(conn, slots[i].generation, .send))
+        submit(.send(conn, slots[i].generation))
     }
 
     /// Stops reading (cancels the multishot recv); data already received is still delivered.
     public func pauseRead(conn: UInt32) {
         let i = Int(conn)
-        guard slots[i].inUse, !slots[i].readPaused else { return }
-        slots[i].readPaused = true
-        if slots[i].recvArmed {
-            _ = sf_prep_cancel(ring, ud(conn, slots[i].generation, .recv), ud(conn, slots[i].generation, .cancel))
-        }
+        guard slots[i].inUse, !slots[i].recv.paused else { return }
+        if slots[i].recv.pause() == .cancel { submit(.cancelRecv(conn, slots[i].generation)) }
     }
 
     /// Reads again.
     public func resumeRead(conn: UInt32) {
         let i = Int(conn)
-        guard slots[i].inUse, slots[i].readPaused else { return }
-        slots[i].readPaused = false
-        if !slots[i].recvArmed && !slots[i].closing { rearm.append(conn) }
+        guard slots[i].inUse, slots[i].recv.paused, !slots[i].closing, !slots[i].handingOff else { return }
+        if slots[i].recv.resume() == .queue { rearm.append(conn) }
+    }
+
+    /// Whether the loop reads this connection now (for tests and metrics).
+    public func isReading(conn: UInt32) -> Bool {
+        let i = Int(conn)
+        return i < slots.count && slots[i].inUse && !slots[i].recv.paused
     }
 
     /// Closes the connection. With `flush`, output the delegate still hands over is sent first (up to the
     /// close deadline); `loopClosed` follows once nothing is in flight.
     public func close(conn: UInt32, flush: Bool, now: UInt64) {
+        close(conn, flush: flush, reason: .local, now: now)
+    }
+
+    private func close(_ conn: UInt32, flush: Bool, reason: LoopCloseReason, now: UInt64) {
         let i = Int(conn)
         guard slots[i].inUse, !slots[i].closing else { return }
         slots[i].closing = true
+        slots[i].closeReason = reason
+        slots[i].recv.finish()
         slots[i].closeDeadline = now &+ UInt64(limits.closeFlushMilliseconds) * 1_000_000
         closingSlots.append(conn)
         if !flush { shut(conn) }
@@ -219,14 +280,14 @@ public final class EventLoop {
             return nil
         }
         counters.accepted &+= 1
-        armRecv(conn)
+        startReading(conn)
         return conn
     }
 
     /// Whether the delegate may hand the connection more output.
     @inline(__always) public func canSend(conn: UInt32) -> Bool {
-        let s = slots[Int(conn)]
-        return s.inUse && !s.sendInFlight && !s.shut
+        let i = Int(conn)
+        return slots[i].inUse && !slots[i].sendInFlight && !slots[i].shut
     }
 
     private func shut(_ conn: UInt32) {
@@ -246,6 +307,7 @@ public final class EventLoop {
         armTimer()
         armMailbox()
         while !stopped {
+            submitQueued()
             let rc = sf_submit_and_wait(ring, 1)
             counters.submits &+= 1
             if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME {
@@ -265,15 +327,76 @@ public final class EventLoop {
 
     private func afterBatch(now: UInt64) {
         delegate?.loopFlush(now: now)
-        if !rearm.isEmpty {
-            for conn in rearm {
-                let i = Int(conn)
-                if slots[i].inUse && !slots[i].recvArmed && !slots[i].readPaused && !slots[i].closing { armRecv(conn) }
-            }
-            rearm.removeAll(keepingCapacity: true)
-        }
+        submitQueued()
         if !closingSlots.isEmpty { progressClosing(now: now) }
         if !handoffSlots.isEmpty { progressHandoffs(now: now) }
+    }
+
+    /// Prepares what waited: the backlog first (order matters: a cancel must follow its recv), then the recv
+    /// requests queued in this batch.
+    private func submitQueued() {
+        if !backlog.isEmpty { drainBacklog() }
+        guard !rearm.isEmpty else { return }
+        for conn in rearm {
+            let i = Int(conn)
+            if slots[i].inUse && slots[i].recv.submitting() { submit(.recv(conn, slots[i].generation)) }
+        }
+        rearm.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - Submission
+
+    /// Prepares `op`, or keeps it in the backlog while the submission queue is full (in order: once anything
+    /// waits, everything after it waits too). Every operation goes through here; none is ever dropped because
+    /// the queue was full. The backlog is prepared at the end of the batch, submitting as often as it takes.
+    @inline(__always)
+    private func submit(_ op: Pending) {
+        if backlog.isEmpty && prepare(op) { return }
+        counters.sqFull &+= 1
+        backlog.append(op)
+    }
+
+    /// Prepares as much of the backlog as fits, submitting to make room; what the kernel will not take yet
+    /// waits for the next batch (its completions free room).
+    private func drainBacklog() {
+        var k = 0
+        while k < backlog.count {
+            if prepare(backlog[k]) {
+                k += 1
+                continue
+            }
+            guard sf_submit(ring) > 0 else { break }
+            counters.submits &+= 1
+        }
+        backlog.removeFirst(k)
+    }
+
+    /// Prepares one SQE; false only when the submission queue is full. Operations on a slot that was
+    /// released meanwhile (generation changed) are dropped: they have nothing to act on.
+    @inline(__always)
+    private func prepare(_ op: Pending) -> Bool {
+        let rc: Int32
+        switch op {
+        case .recv(let conn, let gen):
+            let i = Int(conn)
+            guard slots[i].inUse, slots[i].generation == gen else { return true }
+            rc = sf_prep_recv_multishot(ring, slots[i].fd, bufferGroup, ud(conn, gen, .recv))
+        case .send(let conn, let gen):
+            let i = Int(conn)
+            guard slots[i].inUse, slots[i].generation == gen else { return true }
+            rc = sf_prep_send(ring, slots[i].fd, slots[i].sendBase, slots[i].sendCount, ud(conn, gen, .send))
+        case .cancelRecv(let conn, let gen):
+            rc = sf_prep_cancel(ring, ud(conn, gen, .recv), ud(conn, gen, .cancel))
+        case .accept(let l):
+            rc = sf_prep_multishot_accept(ring, listeners[l].fd, ud(UInt32(l), 0, .accept))
+        case .cancelAccept(let l):
+            rc = sf_prep_cancel(ring, ud(UInt32(l), 0, .accept), ud(0, 0, .cancel))
+        case .timer:
+            rc = sf_prep_timeout(ring, UInt64(limits.tickMilliseconds) * 1_000_000, ud(0, 0, .timer))
+        case .mailbox:
+            rc = sf_prep_read(ring, mailbox.fd, mailboxValue, 8, ud(0, 0, .mailbox))
+        }
+        return rc != -EBUSY
     }
 
     private func progressHandoffs(now: UInt64) {
@@ -287,7 +410,7 @@ public final class EventLoop {
                 handoffSlots.removeLast()
                 continue
             }
-            if !slots[i].recvArmed && !slots[i].sendInFlight {
+            if !slots[i].recv.inFlight && !slots[i].sendInFlight {
                 let fd = slots[i].fd
                 slots[i].fd = -1
                 slots[i].inUse = false
@@ -309,7 +432,7 @@ public final class EventLoop {
             let i = Int(conn)
             // The delegate had its flush turn just before this: no send in flight means nothing left to send.
             if !slots[i].shut && (!slots[i].sendInFlight || now >= slots[i].closeDeadline) { shut(conn) }
-            if slots[i].shut && !slots[i].recvArmed && !slots[i].sendInFlight {
+            if slots[i].shut && !slots[i].recv.inFlight && !slots[i].sendInFlight {
                 release(conn, now: now)
                 closingSlots.swapAt(k, closingSlots.count - 1)
                 closingSlots.removeLast()
@@ -326,28 +449,24 @@ public final class EventLoop {
         slots[i].inUse = false
         slots[i].generation = (slots[i].generation &+ 1) & 0xFF_FFFF
         freeSlots.append(conn)
-        delegate?.loopClosed(conn: conn, now: now)
+        counters.closes[slots[i].closeReason.rawValue] &+= 1
+        delegate?.loopClosed(conn: conn, reason: slots[i].closeReason, now: now)
     }
 
     private func armAccept(_ i: Int) {
         guard accepting else { return }
         acceptArmed[i] = true
-        _ = sf_prep_multishot_accept(ring, listeners[i].fd, ud(UInt32(i), 0, .accept))
+        submit(.accept(i))
     }
 
-    private func armRecv(_ conn: UInt32) {
-        let i = Int(conn)
-        slots[i].recvArmed = true
-        _ = sf_prep_recv_multishot(ring, slots[i].fd, bufferGroup, ud(conn, slots[i].generation, .recv))
+    /// A new slot starts reading at the end of the batch.
+    private func startReading(_ conn: UInt32) {
+        if slots[Int(conn)].recv.resume() == .queue { rearm.append(conn) }
     }
 
-    private func armTimer() {
-        _ = sf_prep_timeout(ring, UInt64(limits.tickMilliseconds) * 1_000_000, ud(0, 0, .timer))
-    }
+    private func armTimer() { submit(.timer) }
 
-    private func armMailbox() {
-        _ = sf_prep_read(ring, mailbox.fd, mailboxValue, 8, ud(0, 0, .mailbox))
-    }
+    private func armMailbox() { submit(.mailbox) }
 
     @inline(__always)
     private func dispatch(_ cqe: sf_cqe, now: UInt64) {
@@ -393,30 +512,40 @@ public final class EventLoop {
             sf_buf_ring_recycle(bufRing, bid)
         }
         guard current else { return }
-        if !more { slots[i].recvArmed = false }
+        var closeFor: LoopCloseReason?
         if cqe.res == 0 {
-            // EOF: the peer closed.
-            if !slots[i].closing { close(conn: conn, flush: false, now: now) }
-            return
-        }
-        if cqe.res < 0 {
+            closeFor = .peerClosed
+        } else if cqe.res < 0 {
             switch -cqe.res {
             case ENOBUFS:
                 // Every provided buffer is in use: inbound backpressure. Buffers were recycled above; re-arm.
                 counters.recvNoBuffers &+= 1
-                rearm.append(conn)
             case ECANCELED:
-                break  // pauseRead
-            case ECONNRESET, EPIPE, ETIMEDOUT, ENOTCONN, EHOSTUNREACH:
-                counters.ioErrors &+= 1
-                if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+                break  // pauseRead (or a hand-off) cancelled it
             default:
-                counters.ioErrors &+= 1
-                if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+                closeFor = classify(errno: -cqe.res, operation: "recv", conn: conn)
             }
-            return
         }
-        if !more && !slots[i].readPaused && !slots[i].closing { rearm.append(conn) }
+        if slots[i].recv.completed(more: more, again: closeFor == nil) == .queue { rearm.append(conn) }
+        if let reason = closeFor, !slots[i].closing { close(conn, flush: false, reason: reason, now: now) }
+    }
+
+    /// Sorts an errno from one of the loop's own socket operations. Operating errors name a close reason;
+    /// programmer errors (the loop passed a bad descriptor, address or argument) crash here, loudly, with the
+    /// operation: carrying on would only hide the bug.
+    private func classify(errno code: Int32, operation: String, conn: UInt32) -> LoopCloseReason {
+        switch code {
+        case ECONNRESET, EPIPE, ECONNABORTED:
+            return .reset
+        case ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ENETDOWN, ENOTCONN:
+            counters.ioErrors &+= 1
+            return .unreachable
+        case EBADF, EFAULT, EINVAL, ENOTSOCK, EOPNOTSUPP, EDESTADDRREQ, EISCONN:
+            fatalError("io_uring \(operation) on slot \(conn) failed with \(describe(errno: code)): the loop misused its own descriptor")
+        default:
+            counters.ioErrors &+= 1
+            return .ioError
+        }
     }
 
     @inline(__always)
@@ -424,13 +553,15 @@ public final class EventLoop {
         let i = Int(conn)
         guard i < slots.count, slots[i].inUse, slots[i].generation == gen else { return }
         slots[i].sendInFlight = false
+        slots[i].sendBase = nil
         if cqe.res >= 0 {
             counters.sendBytes &+= UInt64(cqe.res)
             delegate?.loopSent(conn: conn, count: Int(cqe.res), now: now)
         } else {
-            counters.ioErrors &+= 1
+            // A send failing after our own shutdown(2) is how a closing slot's last send ends: not an error.
+            let reason = slots[i].shut ? slots[i].closeReason : classify(errno: -cqe.res, operation: "send", conn: conn)
             delegate?.loopSent(conn: conn, count: 0, now: now)
-            if !slots[i].closing { close(conn: conn, flush: false, now: now) }
+            if !slots[i].closing { close(conn, flush: false, reason: reason, now: now) }
             shut(conn)
         }
     }
@@ -462,10 +593,11 @@ public final class EventLoop {
         guard delegate?.loopAccepted(conn: conn, listener: listener, now: now) == true else {
             counters.refused &+= 1
             slots[Int(conn)].shut = true
+            slots[Int(conn)].closeReason = .refused
             release(conn, now: now)
             return
         }
-        armRecv(conn)
+        startReading(conn)
     }
 
     private func allocateSlot(fd: Int32) -> UInt32? {

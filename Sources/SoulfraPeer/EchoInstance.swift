@@ -1,26 +1,49 @@
 import SoulfraWire
 
 /// A world instance for tests and benchmarks, answering the gateway's streams the way a world does (the
-/// OPEN detail says how, see docs/protocol.md "Gateway streams"):
+/// OPEN detail says how, see docs/protocol.md "Gateway streams").
 ///
+/// In `.json` mode (the default):
 /// - `message`: reads the request to END, answers one JSON object and END.
 /// - `message.stream`: reads the request to END, answers `tokens` frames `{"token":"…","index":i}`, then END.
-/// - `stream`, `websocket`: echoes every frame as `{"echo":<frame>,"instance":"…"}` (full duplex) and ends
+/// - `stream`, `websocket`: echoes every message as `{"echo":<message>,"instance":"…"}` (full duplex) and ends
 ///   when the client does.
+///
+/// In `.exact` mode every message comes back byte for byte, binary as binary: the unary reply and the
+/// single streamed event are the request body, and each stream or WebSocket message is returned as it came
+/// (for checking WebSocket behaviour end to end with any standard client).
+///
+/// Messages of any size travel: what arrives split (MORE) is put back together, up to 1 MiB; replies larger
+/// than the window go out in pieces as credit arrives.
 public final class EchoInstance: PeerSessionDelegate {
+    public enum Mode: String, Sendable, CaseIterable {
+        case json
+        case exact
+    }
+
+    struct Reply {
+        var bytes: [UInt8]
+        var binary: Bool
+        /// Bytes of it already sent.
+        var sent = 0
+    }
+
     struct StreamState {
         var detail: String
         var session: String
         var requestBytes = 0
-        /// Frames waiting for credit, and whether END follows them.
-        var pending: [[UInt8]] = []
+        var request: [UInt8] = []
+        /// Messages waiting for credit, oldest first, and whether END follows them.
+        var pending: [Reply] = []
         var endAfter = false
     }
 
     public let name: String
+    public let mode: Mode
     /// Frames in a streamed (`message.stream`) reply.
     public var tokens: Int
     var streams: [UInt32: StreamState] = [:]
+    var assembler = MessageAssembler()
     /// Requests answered (unary and streamed).
     public private(set) var answered: UInt64 = 0
     /// Streams accepted, in total.
@@ -29,9 +52,10 @@ public final class EchoInstance: PeerSessionDelegate {
     public private(set) var sessions: Set<String> = []
     let unaryReplyPrefix: [UInt8]
 
-    public init(name: String, tokens: Int = 8) {
+    public init(name: String, tokens: Int = 8, mode: Mode = .json) {
         self.name = name
         self.tokens = tokens
+        self.mode = mode
         unaryReplyPrefix = Array(#"{"agent":"echo","instance":"\#(name)","reply":"hello!","bytes":"#.utf8)
     }
 
@@ -43,52 +67,96 @@ public final class EchoInstance: PeerSessionDelegate {
         streams[stream] = StreamState(detail: open.detail, session: open.session)
     }
 
-    public func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    public func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+        guard streams[stream] != nil else { return }
+        let whole = assembler.feed(stream: stream, payload: payload, flags: flags) { message, last in
+            self.message(s, stream, message, last)
+        }
+        if !whole {
+            // Over the instance's own message limit: refuse this stream, not the link.
+            s.closeStream(stream, code: .frameTooLarge, reason: "message over \(assembler.maxMessageBytes) bytes")
+            streams[stream] = nil
+            return
+        }
+        drain(s, stream)
+    }
+
+    /// One whole message from the gateway.
+    func message(_ s: PeerSession, _ stream: UInt32, _ payload: UnsafeRawBufferPointer, _ flags: FrameFlags) {
         guard var st = streams[stream] else { return }
+        let end = flags.contains(.endStream)
         st.requestBytes += payload.count
         switch st.detail {
         case "stream", "websocket":
-            var frame = Array(#"{"instance":"\#(name)","echo":"#.utf8)
-            if payload.first == UInt8(ascii: "{") || payload.first == UInt8(ascii: "[") {
-                frame.append(contentsOf: payload)
-            } else {
-                frame.append(UInt8(ascii: "\""))
-                for b in payload where b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\") && b >= 0x20 { frame.append(b) }
-                frame.append(UInt8(ascii: "\""))
+            // An empty DATA with END closes the client's side; it is not a message.
+            if !(end && payload.count == 0) {
+                if mode == .exact {
+                    st.pending.append(Reply(bytes: Array(payload), binary: flags.contains(.binary)))
+                } else {
+                    st.pending.append(Reply(bytes: jsonEcho(payload), binary: false))
+                }
             }
-            frame.append(UInt8(ascii: "}"))
-            if payload.count > 0 { st.pending.append(frame) }
             if end { st.endAfter = true }
         case "message.stream":
+            if mode == .exact { st.request.append(contentsOf: payload) }
             guard end else { break }
-            for i in 0..<tokens {
-                st.pending.append(Array(#"{"token":"t\#(i) ","index":\#(i),"instance":"\#(name)"}"#.utf8))
+            if mode == .exact {
+                st.pending.append(Reply(bytes: st.request, binary: false))
+            } else {
+                for i in 0..<tokens {
+                    st.pending.append(Reply(bytes: Array(#"{"token":"t\#(i) ","index":\#(i),"instance":"\#(name)"}"#.utf8), binary: false))
+                }
             }
             st.endAfter = true
         default:
+            if mode == .exact { st.request.append(contentsOf: payload) }
             guard end else { break }
-            st.pending.append(unaryReplyPrefix + Array("\(st.requestBytes)}".utf8))
+            let reply = mode == .exact ? st.request : unaryReplyPrefix + Array("\(st.requestBytes)}".utf8)
+            st.pending.append(Reply(bytes: reply, binary: false))
             st.endAfter = true
         }
         streams[stream] = st
-        drain(s, stream)
+    }
+
+    func jsonEcho(_ payload: UnsafeRawBufferPointer) -> [UInt8] {
+        var frame = Array(#"{"instance":"\#(name)","echo":"#.utf8)
+        if payload.first == UInt8(ascii: "{") || payload.first == UInt8(ascii: "[") {
+            frame.append(contentsOf: payload)
+        } else {
+            frame.append(UInt8(ascii: "\""))
+            for b in payload where b != UInt8(ascii: "\"") && b != UInt8(ascii: "\\") && b >= 0x20 { frame.append(b) }
+            frame.append(UInt8(ascii: "\""))
+        }
+        frame.append(UInt8(ascii: "}"))
+        return frame
     }
 
     public func sessionWritable(_ s: PeerSession, stream: UInt32) { drain(s, stream) }
 
     func drain(_ s: PeerSession, _ stream: UInt32) {
         guard var st = streams[stream] else { return }
-        var sent = 0
-        for (i, frame) in st.pending.enumerated() {
-            let last = st.endAfter && i == st.pending.count - 1
-            guard frame.withUnsafeBytes({ s.send(stream: stream, payload: $0, end: last) }) else { break }
-            sent += 1
+        var done = 0
+        while done < st.pending.count {
+            let last = st.endAfter && done == st.pending.count - 1
+            let r = st.pending[done]
+            let took = r.bytes.withUnsafeBytes { b in
+                s.sendPartial(stream: stream, payload: UnsafeRawBufferPointer(rebasing: b[r.sent...]), end: last, binary: r.binary)
+            }
+            guard let took else { break }
+            st.pending[done].sent += took
+            guard st.pending[done].sent == r.bytes.count else { break }  // the rest waits for credit
+            done += 1
         }
-        st.pending.removeFirst(sent)
+        st.pending.removeFirst(done)
         if st.pending.isEmpty && st.endAfter {
-            if sent == 0 { _ = s.send(stream: stream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) }
+            // Nothing carried END yet: an empty DATA does (when a frame of window is left; else on the next CREDIT).
+            if done == 0 && !s.send(stream: stream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
+                streams[stream] = st
+                return
+            }
             if st.detail != "stream" && st.detail != "websocket" { answered &+= 1 }
             streams[stream] = nil
+            assembler.drop(stream: stream)
             return
         }
         streams[stream] = st
@@ -96,5 +164,6 @@ public final class EchoInstance: PeerSessionDelegate {
 
     public func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
         streams[stream] = nil
+        assembler.drop(stream: stream)
     }
 }

@@ -6,8 +6,9 @@ public protocol PeerSessionDelegate: AnyObject {
     func sessionReady(_ session: PeerSession, welcome: Welcome)
     /// The broker offered a stream (this peer is the acceptor).
     func sessionAccepted(_ session: PeerSession, stream: UInt32, open: Open)
-    /// DATA on a stream or a room subscription.
-    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool)
+    /// DATA on a stream or a room subscription. `flags`: END_STREAM (the other side sends no more), MORE (the
+    /// message continues in the next DATA; see `MessageAssembler`), BINARY (a binary message).
+    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags)
     /// The stream can send again after CREDIT.
     func sessionWritable(_ session: PeerSession, stream: UInt32)
     /// The stream ended: `code` is `.none` for a clean CLOSE or both sides' END.
@@ -25,7 +26,7 @@ public protocol PeerSessionDelegate: AnyObject {
 extension PeerSessionDelegate {
     public func sessionReady(_ session: PeerSession, welcome: Welcome) {}
     public func sessionAccepted(_ session: PeerSession, stream: UInt32, open: Open) {}
-    public func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {}
+    public func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {}
     public func sessionWritable(_ session: PeerSession, stream: UInt32) {}
     public func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {}
     public func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) {}
@@ -59,8 +60,10 @@ public struct PeerIdentity: Sendable, Equatable {
 
 /// The peer side of one broker link, sans-IO: bytes in through `receive`, bytes out in `output`.
 ///
-/// It tracks each stream's send window (DATA is refused past it) and, with `autoCredit`, grants credit back
-/// as the owner consumes DATA, in batches of half the initial window (like HTTP/2 WINDOW_UPDATE).
+/// It tracks each stream's send window (DATA is refused past it) and receive window (what it granted and has
+/// not yet received) and, with `autoCredit`, grants credit back as the owner consumes DATA, in batches of half
+/// the initial window (like HTTP/2 WINDOW_UPDATE). Messages larger than the frame size or the window go out
+/// as several DATA frames flagged MORE (`sendPartial`).
 public final class PeerSession {
     public enum State: Equatable {
         case idle
@@ -70,8 +73,13 @@ public final class PeerSession {
     }
 
     struct StreamState {
+        /// What this side may still send.
         var windowBytes: Int64
         var windowFrames: Int64
+        /// What the other side may still send (its window as this side granted it), and the initial grant.
+        var receiveBytes: Int64
+        var receiveFrames: Int64
+        var initialReceive: Window
         var unackedBytes: UInt32 = 0
         var unackedFrames: UInt32 = 0
         var sentEnd = false
@@ -158,16 +166,20 @@ public final class PeerSession {
         case .data:
             try Frame.requireStream(h)
             guard var st = streams[h.stream] else { return }  // ended locally; late DATA
-            let end = h.flags.contains(.endStream)
+            let flags = h.flags.intersection(FrameFlags.dataFlags)
+            let end = flags.contains(.endStream)
+            if end && flags.contains(.more) { throw .invalidValue(field: "data.flags (MORE with END_STREAM)") }
             if !st.isSubscription {
                 st.receivedEnd = end || st.receivedEnd
+                st.receiveBytes -= Int64(payload.count)
+                st.receiveFrames -= 1
                 if autoCredit {
                     st.unackedBytes += UInt32(payload.count)
                     st.unackedFrames += 1
                 }
             }
             streams[h.stream] = st
-            delegate?.sessionData(self, stream: h.stream, payload: payload, end: end)
+            delegate?.sessionData(self, stream: h.stream, payload: payload, flags: flags)
             if autoCredit && !st.isSubscription { maybeGrant(h.stream) }
             if st.receivedEnd && st.sentEnd { finish(h.stream) }
         case .credit:
@@ -198,7 +210,9 @@ public final class PeerSession {
             delegate?.sessionReady(self, welcome: w)
         case .open(let stream, let open):
             guard let w = welcome else { throw .invalidValue(field: "OPEN before WELCOME") }
-            streams[stream] = StreamState(windowBytes: Int64(w.streamCreditBytes), windowFrames: Int64(w.streamCreditFrames))
+            // The opener's grant (OPEN's window) is what this side may send; it grants the default back.
+            let send = open.window ?? Window(bytes: w.streamCreditBytes, frames: w.streamCreditFrames)
+            streams[stream] = StreamState(send: send, receive: Window(bytes: w.streamCreditBytes, frames: w.streamCreditFrames))
             delegate?.sessionAccepted(self, stream: stream, open: open)
         case .close(let stream, let code, let reason):
             guard streams.removeValue(forKey: stream) != nil else { return }
@@ -225,9 +239,11 @@ public final class PeerSession {
     }
 
     func maybeGrant(_ stream: UInt32) {
-        guard let w = welcome, var st = streams[stream] else { return }
-        if st.unackedBytes >= w.streamCreditBytes / 2 || st.unackedFrames >= max(1, w.streamCreditFrames / 2) {
+        guard var st = streams[stream] else { return }
+        if st.unackedBytes >= st.initialReceive.bytes / 2 || st.unackedFrames >= max(1, st.initialReceive.frames / 2) {
             FrameWriter.credit(output, stream: stream, bytes: st.unackedBytes, frames: st.unackedFrames)
+            st.receiveBytes += Int64(st.unackedBytes)
+            st.receiveFrames += Int64(st.unackedFrames)
             st.unackedBytes = 0
             st.unackedFrames = 0
             streams[stream] = st
@@ -241,17 +257,27 @@ public final class PeerSession {
 
     // MARK: - Output
 
-    /// Opens a stream; returns its id. The initial send window comes from WELCOME.
+    /// Opens a stream; returns its id. The initial send window comes from WELCOME; what the acceptor may send
+    /// first is `open.window` when set (else WELCOME's credit too).
     @discardableResult
     public func open(_ open: Open) -> UInt32 {
         precondition(isReady, "open() before the link is ready")
         let id = nextStreamID
         nextStreamID += 2
         let w = welcome!
-        streams[id] = StreamState(windowBytes: Int64(w.streamCreditBytes), windowFrames: Int64(w.streamCreditFrames))
+        let credit = Window(bytes: w.streamCreditBytes, frames: w.streamCreditFrames)
+        streams[id] = StreamState(send: credit, receive: open.window ?? credit)
         FrameWriter.write(.open(stream: id, open), to: output)
         return id
     }
+
+    /// What the other side may still send on `stream` before this side grants more (nil: no such stream).
+    public func receiveWindow(_ stream: UInt32) -> (bytes: Int64, frames: Int64)? {
+        streams[stream].map { ($0.receiveBytes, $0.receiveFrames) }
+    }
+
+    /// The largest DATA payload this link carries (negotiated in WELCOME).
+    public var maxFrameBytes: Int { Int(welcome?.maxFrameBytes ?? Wire.handshakeFrameBytes) }
 
     /// Whether the broker is pacing this stream for its key's quota (from CREDIT's PACED flag).
     public func isPaced(_ stream: UInt32) -> Bool { streams[stream]?.paced ?? false }
@@ -261,24 +287,52 @@ public final class PeerSession {
         streams[stream].map { ($0.windowBytes, $0.windowFrames) }
     }
 
-    /// Queues DATA if the window allows; false means wait for `sessionWritable` (or the stream is gone).
+    /// Queues one whole message if the window allows it all (split into frames of at most `maxFrameBytes`,
+    /// flagged MORE but the last); false means wait for `sessionWritable` (or the stream is gone). Messages
+    /// that may be larger than the window go through `sendPartial`.
     @inline(__always)
-    public func send(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false) -> Bool {
-        guard var st = streams[stream], !st.sentEnd, st.windowBytes >= Int64(payload.count), st.windowFrames >= 1 else {
-            return false
-        }
-        st.windowBytes -= Int64(payload.count)
-        st.windowFrames -= 1
-        st.sentEnd = end
+    public func send(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false) -> Bool {
+        guard let st = streams[stream], !st.sentEnd else { return false }
+        let frames = payload.count <= maxFrameBytes ? 1 : (payload.count + maxFrameBytes - 1) / maxFrameBytes
+        guard st.windowBytes >= Int64(payload.count), st.windowFrames >= Int64(frames) else { return false }
+        return sendPartial(stream: stream, payload: payload, end: end, binary: binary) == payload.count
+    }
+
+    /// Queues as much of one message as the window allows, in frames of at most `maxFrameBytes`; every frame
+    /// but the message's last is flagged MORE (END_STREAM, with `end`, only on the last). Returns the bytes
+    /// taken — call again with the rest after `sessionWritable` — or nil when nothing could be sent (no window,
+    /// or the stream is gone or ended). An empty message takes one frame and returns 0.
+    public func sendPartial(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false) -> Int? {
+        guard var st = streams[stream], !st.sentEnd, st.windowFrames >= 1 else { return nil }
+        guard payload.count == 0 || st.windowBytes >= 1 else { return nil }
+        var sent = 0
+        let base: FrameFlags = binary ? .binary : []
+        repeat {
+            let n = min(payload.count - sent, maxFrameBytes, Int(max(0, st.windowBytes)))
+            let last = sent + n == payload.count
+            var flags = base
+            if !last { flags.insert(.more) } else if end { flags.insert(.endStream) }
+            FrameWriter.data(output, stream: stream, payload: n == 0 ? UnsafeRawBufferPointer(start: nil, count: 0)
+                                                      : UnsafeRawBufferPointer(rebasing: payload[sent..<(sent + n)]), flags: flags)
+            sent += n
+            st.windowBytes -= Int64(n)
+            st.windowFrames -= 1
+            if last {
+                st.sentEnd = end
+                break
+            }
+        } while st.windowFrames >= 1 && st.windowBytes >= 1
         streams[stream] = st
-        FrameWriter.data(output, stream: stream, payload: payload, end: end)
         if st.sentEnd && st.receivedEnd { finish(stream) }
-        return true
+        return sent
     }
 
     /// Grants the other side more window (when `autoCredit` is off).
     public func grant(stream: UInt32, bytes: UInt32, frames: UInt32) {
-        guard streams[stream] != nil else { return }
+        guard var st = streams[stream] else { return }
+        st.receiveBytes += Int64(bytes)
+        st.receiveFrames += Int64(frames)
+        streams[stream] = st
         FrameWriter.credit(output, stream: stream, bytes: bytes, frames: frames)
     }
 
@@ -294,7 +348,9 @@ public final class PeerSession {
         precondition(isReady, "subscribe() before the link is ready")
         let id = nextStreamID
         nextStreamID += 2
-        streams[id] = StreamState(windowBytes: 0, windowFrames: 0, isSubscription: true)
+        var st = StreamState(send: Window(bytes: 0, frames: 0), receive: Window(bytes: 0, frames: 0))
+        st.isSubscription = true
+        streams[id] = st
         FrameWriter.write(.subscribe(stream: id, Subscribe(mode: mode, world: world, room: room)), to: output)
         return id
     }
@@ -319,4 +375,47 @@ public final class PeerSession {
     public func ping(_ value: UInt64) {
         FrameWriter.write(.ping(value), to: output)
     }
+}
+
+extension PeerSession.StreamState {
+    init(send: Window, receive: Window) {
+        self.init(windowBytes: Int64(send.bytes), windowFrames: Int64(send.frames),
+                  receiveBytes: Int64(receive.bytes), receiveFrames: Int64(receive.frames), initialReceive: receive)
+    }
+}
+
+/// Puts messages back together from DATA frames flagged MORE, per stream, up to a size limit. A message that
+/// arrives in one frame is handed on in place, without a copy.
+public struct MessageAssembler {
+    public let maxMessageBytes: Int
+    var partial: [UInt32: [UInt8]] = [:]
+
+    public init(maxMessageBytes: Int = 1 << 20) { self.maxMessageBytes = maxMessageBytes }
+
+    /// Feeds one DATA frame. `body` gets each complete message with the flags of its last frame (END_STREAM,
+    /// BINARY). Returns false when the message grew past `maxMessageBytes` (what was gathered is dropped).
+    public mutating func feed(stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags,
+                              _ body: (UnsafeRawBufferPointer, FrameFlags) -> Void) -> Bool {
+        let more = flags.contains(.more)
+        if partial[stream] == nil && !more {
+            guard payload.count <= maxMessageBytes else { return false }
+            body(payload, flags)
+            return true
+        }
+        var gathered = partial.removeValue(forKey: stream) ?? []
+        guard gathered.count + payload.count <= maxMessageBytes else { return false }
+        gathered.append(contentsOf: payload)
+        if more {
+            partial[stream] = gathered
+        } else {
+            gathered.withUnsafeBytes { body($0, flags) }
+        }
+        return true
+    }
+
+    /// Forgets a stream's partial message (the stream ended).
+    public mutating func drop(stream: UInt32) { partial.removeValue(forKey: stream) }
+
+    /// Bytes held for partial messages.
+    public var bufferedBytes: Int { partial.values.reduce(0) { $0 + $1.count } }
 }

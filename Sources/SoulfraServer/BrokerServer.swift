@@ -286,11 +286,17 @@ extension LoopCounters {
             ("io_errors_total", "Socket errors that closed a connection.", \.ioErrors),
             ("submits_total", "io_uring_enter calls.", \.submits),
             ("completions_total", "Completions reaped.", \.completions),
+            ("sq_full_total", "Operations that found the submission queue full and waited for room (none is dropped).", \.sqFull),
         ]
         var out = ""
         for (name, help, path) in families {
             out += "# HELP soulfra_loop_\(name) \(help)\n# TYPE soulfra_loop_\(name) counter\n"
             for (i, c) in loops { out += "soulfra_loop_\(name){loop=\"\(i)\"} \(c[keyPath: path])\n" }
+        }
+        out += "# HELP soulfra_loop_closes_total Connections closed, by what ended them first (local: Soulfra closed it).\n"
+        out += "# TYPE soulfra_loop_closes_total counter\n"
+        for (i, c) in loops {
+            for r in LoopCloseReason.allCases { out += "soulfra_loop_closes_total{loop=\"\(i)\",reason=\"\(r)\"} \(c.closes[r.rawValue])\n" }
         }
         return out
     }

@@ -298,7 +298,7 @@ final class Wiring: LoopDelegate {
         }
     }
 
-    func loopClosed(conn: UInt32, now: UInt64) {
+    func loopClosed(conn: UInt32, reason: LoopCloseReason, now: UInt64) {
         moving.removeValue(forKey: conn)
         let r = role(conn)
         setRole(conn, .broker)
@@ -325,10 +325,14 @@ final class Wiring: LoopDelegate {
             }
         }
         if !sorting.isEmpty {
-            // A connection that does not finish HELLO in time is closed here, before any broker saw it.
+            // A connection that does not finish HELLO in time goes to this loop's broker, which closes it with
+            // ERROR handshake_timeout and counts it like any other link.
             let limit = UInt64(broker.limits.handshakeTimeoutMilliseconds) * 1_000_000
             for (conn, s) in sorting where s.target == nil && now &- s.since > limit {
-                loop.close(conn: conn, flush: false, now: now)
+                sorting.removeValue(forKey: conn)
+                setRole(conn, .broker)
+                broker.attach(link: conn, now: now)
+                broker.failHandshake(link: conn)
             }
         }
         // A snapshot walks every link and stream: once a second is plenty for a scrape; `snapshotNow` asks

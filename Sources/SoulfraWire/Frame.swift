@@ -67,6 +67,16 @@ public struct Welcome: Sendable, Equatable {
     }
 }
 
+/// A send window: bytes and frames.
+public struct Window: Sendable, Equatable, Hashable {
+    public var bytes: UInt32
+    public var frames: UInt32
+    public init(bytes: UInt32, frames: UInt32) {
+        self.bytes = bytes
+        self.frames = frames
+    }
+}
+
 /// OPEN: starts a stream. From a peer, asks the broker to route it; from the broker, offers it to the acceptor.
 public struct Open: Sendable, Equatable {
     public var target: OpenTarget
@@ -77,13 +87,19 @@ public struct Open: Sendable, Equatable {
     public var session: String
     /// Free-form routing detail for the acceptor: the agent name, the vault stream name.
     public var detail: String
+    /// The window the opener grants the acceptor: what the acceptor may send before the first CREDIT. Nil:
+    /// WELCOME's `stream_credit_*`. An opener that bounds what it holds per client (the gateway) starts
+    /// streams smaller and grows them with CREDIT.
+    public var window: Window?
 
-    public init(target: OpenTarget, keyID: UInt64 = 0, world: String, session: String = "", detail: String = "") {
+    public init(target: OpenTarget, keyID: UInt64 = 0, world: String, session: String = "", detail: String = "",
+                window: Window? = nil) {
         self.target = target
         self.keyID = keyID
         self.world = world
         self.session = session
         self.detail = detail
+        self.window = window
     }
 }
 
@@ -106,7 +122,8 @@ public enum Frame: Sendable, Equatable {
     case hello(Hello)
     case welcome(Welcome)
     case open(stream: UInt32, Open)
-    case data(stream: UInt32, payload: [UInt8], end: Bool)
+    /// `flags`: MORE and BINARY (END_STREAM is `end`).
+    case data(stream: UInt32, payload: [UInt8], end: Bool, flags: FrameFlags = [])
     case credit(stream: UInt32, bytes: UInt32, frames: UInt32, paced: Bool = false)
     case close(stream: UInt32, code: ErrorCode, reason: String)
     case error(stream: UInt32, code: ErrorCode, reason: String)
@@ -215,13 +232,20 @@ extension Frame {
             _ = try r.u8("open.reserved")
             _ = try r.u16("open.reserved")
             let key = try r.u64("open.key_id")
-            let open = Open(target: target, keyID: key, world: try r.string("open.world"),
+            var open = Open(target: target, keyID: key, world: try r.string("open.world"),
                             session: try r.string("open.session"), detail: try r.string("open.detail"))
+            // The window is optional: an OPEN without it gets WELCOME's stream credit.
+            if r.remaining > 0 {
+                open.window = Window(bytes: try r.u32("open.window_bytes"), frames: try r.u32("open.window_frames"))
+            }
             try r.expectEnd(.open)
             return .open(stream: s, open)
         case .data:
             try requireStream(header)
-            return .data(stream: s, payload: Array(payload), end: header.flags.contains(.endStream))
+            let flags = header.flags.intersection(FrameFlags.dataFlags)
+            if flags.contains(.endStream) && flags.contains(.more) { throw .invalidValue(field: "data.flags (MORE with END_STREAM)") }
+            return .data(stream: s, payload: Array(payload), end: flags.contains(.endStream),
+                         flags: flags.subtracting(.endStream))
         case .credit:
             try requireStream(header)
             let bytes = try r.u32("credit.bytes")
@@ -300,8 +324,14 @@ public enum FrameWriter {
     /// DATA with a copy of `payload`.
     @inline(__always)
     public static func data(_ q: ByteQueue, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false) {
+        data(q, stream: stream, payload: payload, flags: end ? .endStream : [])
+    }
+
+    /// DATA with a copy of `payload` and the given flags (END_STREAM, MORE, BINARY).
+    @inline(__always)
+    public static func data(_ q: ByteQueue, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         let p = q.reserve(Wire.headerBytes + payload.count)
-        header(p, length: payload.count, type: .data, flags: end ? .endStream : [], stream: stream)
+        header(p, length: payload.count, type: .data, flags: flags, stream: stream)
         if payload.count > 0 {
             (p + Wire.headerBytes).copyMemory(from: payload.baseAddress.unsafelyUnwrapped, byteCount: payload.count)
         }
@@ -321,8 +351,8 @@ public enum FrameWriter {
     /// Any frame. Control frames go through here; they are rare enough that building the enum is fine.
     public static func write(_ frame: Frame, to q: ByteQueue) {
         switch frame {
-        case .data(let s, let payload, let end):
-            payload.withUnsafeBytes { data(q, stream: s, payload: $0, end: end) }
+        case .data(let s, let payload, let end, let flags):
+            payload.withUnsafeBytes { data(q, stream: s, payload: $0, flags: end ? flags.union(.endStream) : flags) }
             return
         case .credit(let s, let b, let f, let paced):
             credit(q, stream: s, bytes: b, frames: f, paced: paced)
@@ -346,6 +376,7 @@ public enum FrameWriter {
         case .open(let s, let o):
             w.u8(o.target.rawValue); w.u8(0); w.u16(0); w.u64(o.keyID)
             w.string(o.world); w.string(o.session); w.string(o.detail)
+            if let window = o.window { w.u32(window.bytes); w.u32(window.frames) }
             w.flush(.open, [], s)
         case .close(let s, let code, let reason):
             w.u16(code.rawValue); w.string(reason)

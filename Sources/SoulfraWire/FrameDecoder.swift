@@ -38,10 +38,17 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
 /// Frames entirely inside one input chunk are handed out in place (no copy); only a frame that straddles
 /// chunks is assembled in an internal buffer, which is freed again once empty. The payload limit can be
 /// changed between frames (after HELLO negotiates it).
+///
+/// A frame over the limit ends the link (`frameTooLarge`) unless the caller passes `oversize` and it accepts
+/// the header: then the payload is read and dropped as it arrives, never buffered, and decoding goes on with
+/// the next frame. The broker does this for DATA on a stream, so one oversize frame ends one stream, not
+/// every stream on the link.
 public final class FrameDecoder {
     /// The largest payload accepted; larger frames fail with `frameTooLarge`.
     public var maxPayload: UInt32
     private let partial = ByteQueue()
+    /// Payload bytes of an oversize frame still to be dropped.
+    private var skipping = 0
 
     public init(maxPayload: UInt32 = Wire.handshakeFrameBytes) {
         self.maxPayload = maxPayload
@@ -51,19 +58,34 @@ public final class FrameDecoder {
     public var bufferedBytes: Int { partial.count }
 
     /// Feeds `bytes`; calls `body` for every complete frame, in order. `body` returns false to stop
-    /// (the link is closing); the rest of the input is then discarded.
+    /// (the link is closing); the rest of the input is then discarded. `oversize` (see the type's notes)
+    /// returns true to drop a frame over the limit instead of failing.
     @inline(__always)
     public func feed(
         _ bytes: UnsafeRawBufferPointer,
+        oversize: ((FrameHeader) -> Bool)? = nil,
         _ body: (FrameHeader, UnsafeRawBufferPointer) throws(WireError) -> Bool
     ) throws(WireError) {
         var input = bytes
+        if skipping > 0 {
+            let n = min(skipping, input.count)
+            skipping -= n
+            input = UnsafeRawBufferPointer(rebasing: input[n...])
+            if skipping > 0 { return }
+        }
         if !partial.isEmpty {
-            guard let rest = try completePartial(input, body) else { return }
+            guard let rest = try completePartial(input, oversize, body) else { return }
             input = rest
         }
         while input.count >= Wire.headerBytes {
-            let header = try Self.parseHeader(input, limit: maxPayload)
+            let header = try Self.parseHeader(input, limit: .max)
+            if header.length > maxPayload {
+                try refuse(header, oversize)
+                let n = min(Int(header.length), input.count - Wire.headerBytes)
+                skipping = Int(header.length) - n
+                input = UnsafeRawBufferPointer(rebasing: input[(Wire.headerBytes + n)...])
+                continue
+            }
             let total = Wire.headerBytes + Int(header.length)
             guard input.count >= total else { break }
             let payload = UnsafeRawBufferPointer(rebasing: input[Wire.headerBytes..<total])
@@ -72,21 +94,28 @@ public final class FrameDecoder {
         }
         if input.count > 0 {
             // Validate what we can of a straddling header now, so garbage fails at once, not after more input.
-            if input.count >= Wire.headerBytes { _ = try Self.parseHeader(input, limit: maxPayload) }
+            if input.count >= Wire.headerBytes { _ = try Self.parseHeader(input, limit: .max) }
             partial.append(input)
         }
+    }
+
+    /// An oversize header: dropped if the caller accepts it, else the link fails.
+    private func refuse(_ header: FrameHeader, _ oversize: ((FrameHeader) -> Bool)?) throws(WireError) {
+        guard let oversize, oversize(header) else { throw .frameTooLarge(length: header.length, limit: maxPayload) }
     }
 
     /// Drops any partial frame and frees its buffer.
     public func reset() {
         partial.removeAll()
         partial.shrinkIfEmpty()
+        skipping = 0
     }
 
     /// Completes the straddling frame from `input`; returns the unused rest, or nil when input ran out or
     /// the body asked to stop.
     private func completePartial(
         _ input: UnsafeRawBufferPointer,
+        _ oversize: ((FrameHeader) -> Bool)?,
         _ body: (FrameHeader, UnsafeRawBufferPointer) throws(WireError) -> Bool
     ) throws(WireError) -> UnsafeRawBufferPointer? {
         var input = input
@@ -96,7 +125,16 @@ public final class FrameDecoder {
             input = UnsafeRawBufferPointer(rebasing: input[take...])
             if partial.count < Wire.headerBytes { return nil }
         }
-        let header = try Self.parseHeader(partial.readable, limit: maxPayload)
+        let header = try Self.parseHeader(partial.readable, limit: .max)
+        if header.length > maxPayload {
+            try refuse(header, oversize)
+            // Payload bytes already held count against it; drop them and skip the rest.
+            let held = partial.count - Wire.headerBytes
+            partial.removeAll()
+            let n = min(Int(header.length) - held, input.count)
+            skipping = Int(header.length) - held - n
+            return skipping > 0 ? nil : UnsafeRawBufferPointer(rebasing: input[n...])
+        }
         let total = Wire.headerBytes + Int(header.length)
         let take = min(total - partial.count, input.count)
         if take > 0 {

@@ -58,8 +58,17 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
 public struct FrameFlags: OptionSet, Sendable, Hashable {
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
-    /// DATA: the sender will send no more DATA on this stream (half close).
+    /// DATA: the sender will send no more DATA on this stream (half close). It also ends the message.
     public static let endStream = FrameFlags(rawValue: 0x01)
+    /// DATA: the message continues in the next DATA frame on this stream. A message larger than the frame
+    /// size, or than the window the sender holds, travels as several frames; the first DATA without it ends
+    /// the message. Not allowed together with END_STREAM.
+    public static let more = FrameFlags(rawValue: 0x02)
+    /// DATA: the message is binary (a WebSocket binary message); without it, text. Set on every frame of the
+    /// message.
+    public static let binary = FrameFlags(rawValue: 0x04)
+    /// The DATA flags this version knows; the broker forwards exactly these.
+    public static let dataFlags: FrameFlags = [.endStream, .more, .binary]
     /// CREDIT from the broker to a stream's opener: part of the credit the consumer granted is being held
     /// back by the key's quota (pacing). A CREDIT without it means pacing has ended. The gateway turns this
     /// into its `rate_limits` event.
@@ -124,6 +133,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case cancelled = 15
     case handshakeTimeout = 16
     case wrongLoop = 17
+    case timeout = 18
 
     /// The stable snake_case name used in logs and metrics.
     public var description: String {
@@ -146,6 +156,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertible {
         case .cancelled: "cancelled"
         case .handshakeTimeout: "handshake_timeout"
         case .wrongLoop: "wrong_loop"
+        case .timeout: "timeout"
         }
     }
 

@@ -329,12 +329,14 @@ struct QuotaTests {
         let h = Harness()
         let inst = h.connect(.instance, world: "playground")
         let gw = h.connect(.gateway)
-        gw.send(.open(stream: 1, Open(target: .instance, keyID: 4, world: "playground")))  // 100 kB/s
+        // 100 kB/s; the gateway lets the instance send 4 KiB before its first CREDIT.
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 4, world: "playground", window: Window(bytes: 4_096, frames: 4))))
         let s = inst.opened()[0].0
-        // The initial 64 KiB window is charged up front; 100 kB of burst covers it, leaving ~34 kB.
+        // Both initial windows (64 KiB to the gateway, 4 KiB to the instance) are charged up front; 100 kB of
+        // burst covers them, leaving 30,368 bytes.
         inst.send(.credit(stream: s, bytes: 60_000, frames: 60))
         var granted = gw.inbox.reduce(0) { if case .credit(1, let b, _, _) = $1 { $0 + Int(b) } else { $0 } }
-        #expect(granted > 30_000 && granted < 40_000, "granted \(granted)")
+        #expect(granted == 30_368, "granted \(granted)")
         #expect(h.broker.snapshot().quotaPacedBytes > 0)
         // Over the next second the rest is released, paced by the tick.
         for _ in 0..<10 { h.advance(milliseconds: 100) }
@@ -353,15 +355,15 @@ struct QuotaTests {
         let h = Harness(access: tokens)
         let inst = h.connect(.instance, world: "playground")
         let gw = h.connect(.gateway)
-        gw.send(.open(stream: 1, Open(target: .instance, keyID: 5, world: "playground")))
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 5, world: "playground", window: Window(bytes: 4_096, frames: 4))))
         let s = inst.opened()[0].0
-        // 64 initial frames charged against a 100-frame burst: 36 of the 60 granted pass now.
+        // 64 + 4 initial frames charged against a 100-frame burst: 32 of the 60 granted pass now.
         inst.send(.credit(stream: s, bytes: 1 << 20, frames: 60))
         func frames() -> Int { gw.inbox.reduce(0) { if case .credit(1, _, let f, _) = $1 { $0 + Int(f) } else { $0 } } }
-        #expect(frames() == 36)
-        #expect(h.broker.snapshot().quotaPacedFrames == 24)
+        #expect(frames() == 32)
+        #expect(h.broker.snapshot().quotaPacedFrames == 28)
         h.advance(milliseconds: 100)  // +10 frames of tokens
-        #expect(frames() == 46)
+        #expect(frames() == 42)
         for _ in 0..<3 { h.advance(milliseconds: 100) }
         #expect(frames() == 60, "all of it, paced over a quarter second")
     }
@@ -457,7 +459,7 @@ struct LifecycleTests {
         let inst = h.connect(.instance, world: "playground")
         let gw = h.connect(.gateway)
         gw.send(.open(stream: 1, Open(target: .instance, keyID: 1, world: "playground")))
-        h.advance(milliseconds: 1_000)
+        h.advance(milliseconds: 1_100)
         #expect(inst.inbox.contains { if case .ping = $0 { true } else { false } })
         // The gateway keeps answering; the instance goes silent.
         for _ in 0..<4 {
@@ -484,7 +486,7 @@ struct LifecycleTests {
         #expect(inst.data(on: inst.opened()[0].0) == [[42]])
     }
 
-    @Test("an oversize frame is refused with frame_too_large")
+    @Test("an oversize control frame is refused with frame_too_large and ends the link; oversize DATA only its stream")
     func oversize() {
         let h = Harness()
         let gw = h.connect(.gateway)
@@ -493,6 +495,11 @@ struct LifecycleTests {
         header[4] = FrameType.data.rawValue
         header[11] = 1
         gw.sendRaw(header)
+        #expect(gw.linkError == nil)
+        #expect(gw.errors().contains { $0 == (1, .frameTooLarge) })
+        header[4] = FrameType.open.rawValue
+        header[11] = 3
+        gw.sendRaw([UInt8](repeating: 0, count: 1 << 20) + header)
         #expect(gw.linkError?.0 == .frameTooLarge)
     }
 
@@ -593,5 +600,190 @@ struct LoopPartitionTests {
         #expect(gw.errors().last?.1 == .wrongLoop)
         let inst = h2.connect(.instance, world: "bench", token: "tok-bench-000000001")
         #expect(inst.linkError?.0 == .wrongLoop)
+    }
+}
+
+@Suite("Broker: what an attack broke (hardening)")
+struct HardeningTests {
+    @Test("a link the broker stopped reading is never closed for heartbeat_timeout; its interval restarts on resume")
+    func pausedLinkIsNotSilent() {
+        var limits = Harness.smallLimits
+        limits.slowConsumerDeadlineMilliseconds = 60_000  // the gateway that does not read is not dropped here
+        let h = Harness(limits: limits)
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 1, world: "playground")))
+        let s = inst.opened()[0].0
+        // The gateway stops reading; the instance fills its queue past the high watermark and is paused.
+        gw.reading = false
+        var sent = 0
+        while !h.paused.contains(inst.id) && sent < 200 {
+            inst.send(.data(stream: s, payload: [UInt8](repeating: 7, count: 8 << 10), end: false))
+            inst.send(.credit(stream: s, bytes: 0, frames: 0))
+            gw.send(.credit(stream: 1, bytes: 8 << 10, frames: 1))
+            sent += 1
+        }
+        #expect(h.paused.contains(inst.id), "the instance was never paused")
+        // Ten heartbeat intervals pass with the instance paused (its PONGs unread, by the broker's choice); the
+        // gateway, which writes but does not read, keeps answering.
+        for _ in 0..<10 {
+            gw.send(.pong(0))
+            h.advance(milliseconds: 1_000)
+        }
+        #expect(!h.closed.contains(inst.id), "a paused instance was closed: \(String(describing: inst.linkError))")
+        #expect(h.broker.snapshot().closes(.heartbeatTimeout) == 0)
+        // Reading resumes: the instance answers within the interval and stays.
+        gw.resume()
+        #expect(!h.paused.contains(inst.id))
+        inst.send(.pong(0))
+        h.advance(milliseconds: 2_000)
+        #expect(!h.closed.contains(inst.id))
+        // And a silent instance is still found out.
+        h.advance(milliseconds: 3_500)
+        #expect(inst.linkError?.0 == .heartbeatTimeout)
+    }
+
+    @Test("a loop stalled for seconds does not blame its peers: heartbeats count the loop's own progress")
+    func stalledLoopDoesNotBlamePeers() {
+        let h = Harness()
+        let inst = h.connect(.instance, world: "playground")
+        h.advance(milliseconds: 500)
+        h.stall(milliseconds: 6_000)  // the loop was busy; the instance's PONGs wait in the socket
+        #expect(!h.closed.contains(inst.id))
+        inst.send(.pong(0))  // read once the loop runs again
+        h.advance(milliseconds: 2_000)
+        #expect(!h.closed.contains(inst.id))
+        h.advance(milliseconds: 2_000)  // now really silent for over three intervals of loop time
+        #expect(inst.linkError?.0 == .heartbeatTimeout)
+    }
+
+    @Test("an oversize DATA frame ends its stream, not the link: the other streams on the link keep flowing")
+    func oversizeDataEndsOneStream() {
+        let h = Harness()
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 1, world: "playground")))
+        gw.send(.open(stream: 3, Open(target: .instance, keyID: 1, world: "playground")))
+        let ids = inst.opened().map(\.0)
+        // 20 KiB on a link that negotiated 16 KiB frames, delivered in three pieces.
+        let big = FrameWriter.encode(.data(stream: ids[0], payload: [UInt8](repeating: 1, count: 20 << 10), end: false))
+        inst.sendRaw(Array(big[0..<5]))
+        inst.sendRaw(Array(big[5..<9_000]))
+        inst.sendRaw(Array(big[9_000...]) + FrameWriter.encode(.data(stream: ids[1], payload: Array("fine".utf8), end: false)))
+        #expect(!h.closed.contains(inst.id))
+        #expect(gw.errors().contains { $0 == (1, .frameTooLarge) })
+        #expect(gw.data(on: 3) == [Array("fine".utf8)])
+        #expect(h.broker.snapshot().oversizeFrames == 1)
+        // A control frame over the limit still ends the link.
+        inst.sendRaw(FrameWriter.encode(.publish(world: "playground", room: "r", payload: [UInt8](repeating: 0, count: 20 << 10))))
+        #expect(inst.linkError?.0 == .frameTooLarge)
+    }
+
+    @Test("MORE is passed through with the frame; MORE with END_STREAM ends the stream as a protocol error")
+    func moreFlag() {
+        let h = Harness()
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 1, world: "playground")))
+        let s = inst.opened()[0].0
+        inst.send(.data(stream: s, payload: [1, 2], end: false, flags: [.more, .binary]))
+        inst.send(.data(stream: s, payload: [3], end: false, flags: [.binary]))
+        let got = gw.inbox.compactMap { if case .data(1, let p, _, let f) = $0 { (p, f) } else { nil } }
+        #expect(got.map(\.0) == [[1, 2], [3]])
+        #expect(got.map(\.1) == [[.more, .binary], [.binary]])
+        var bad = FrameWriter.encode(.data(stream: s, payload: [4], end: true))
+        bad[5] = FrameFlags([.endStream, .more]).rawValue
+        inst.sendRaw(bad)
+        #expect(gw.errors().contains { $0 == (1, .protocolError) })
+        #expect(!h.closed.contains(inst.id))
+    }
+
+    @Test("OPEN's window is what the acceptor may send first; beyond it is flow_control")
+    func openWindow() {
+        let h = Harness()
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 1, world: "playground", window: Window(bytes: 100, frames: 2))))
+        let (s, open) = inst.opened()[0]
+        #expect(open.window == Window(bytes: 100, frames: 2))
+        inst.send(.data(stream: s, payload: [UInt8](repeating: 0, count: 60), end: false))
+        inst.send(.data(stream: s, payload: [UInt8](repeating: 0, count: 50), end: false))
+        #expect(gw.errors().contains { $0 == (1, .flowControl) })
+    }
+
+    @Test("a key's frames/s covers the reply direction too: the opener's CREDIT is paced and the opener is told")
+    func replyPacing() {
+        let tokens = AccessTable(keys: [KeyQuota(keyID: 5, world: "playground", framesPerSecond: 100)],
+                                 instanceTokens: Harness.tokenText.instances, gatewayToken: Harness.tokenText.gateway)
+        let h = Harness(access: tokens)
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        // 64 (gateway's window) + 4 (instance's) initial frames charged: 32 tokens left of the 100-frame burst.
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 5, world: "playground", window: Window(bytes: 1 << 20, frames: 4))))
+        let s = inst.opened()[0].0
+        gw.send(.credit(stream: 1, bytes: 1 << 20, frames: 60))
+        func frames() -> Int { inst.inbox.reduce(0) { if case .credit(s, _, let f, _) = $1 { $0 + Int(f) } else { $0 } } }
+        #expect(frames() == 32)
+        #expect(h.broker.snapshot().quotaPacedFrames == 28)
+        // The gateway hears that its key is being paced (a zero CREDIT with PACED), and when it ends.
+        let paced = { gw.inbox.compactMap { if case .credit(1, 0, 0, let p) = $0 { p } else { nil } } }
+        #expect(paced() == [true])
+        for _ in 0..<4 { h.advance(milliseconds: 100) }
+        #expect(frames() == 60)
+        #expect(paced() == [true, false])
+    }
+
+    @Test("outlier detection: an instance whose streams time out leaves rotation for a while, then comes back")
+    func outlierEjection() {
+        var limits = Harness.smallLimits
+        limits.outlierConsecutiveFailures = 3
+        limits.outlierEjectionMilliseconds = 1_000
+        let h = Harness(limits: limits)
+        let slow = h.connect(.instance, world: "playground", instance: "slow")
+        let good = h.connect(.instance, world: "playground", instance: "good")
+        var next: UInt32 = 1
+        func open() -> UInt32 {
+            let id = next
+            next += 2
+            return id
+        }
+        let gw = h.connect(.gateway)
+        // Three requests to the slow one time out at the gateway.
+        var timedOut = 0
+        while timedOut < 3 {
+            let id = open()
+            gw.send(.open(stream: id, Open(target: .instance, keyID: 1, world: "playground")))
+            if slow.opened().count > timedOut {
+                gw.send(.close(stream: id, code: .timeout, reason: "no answer in time"))
+                timedOut += 1
+            } else {
+                gw.send(.close(stream: id, code: .cancelled, reason: ""))
+            }
+        }
+        #expect(h.broker.snapshot().outlierEjections == 1)
+        #expect(h.broker.snapshot().ejectedInstances == 1)
+        let before = slow.opened().count
+        for _ in 0..<6 { gw.send(.open(stream: open(), Open(target: .instance, keyID: 1, world: "playground"))) }
+        #expect(slow.opened().count == before, "an ejected instance got new streams")
+        #expect(good.opened().count >= 6)
+        h.advance(milliseconds: 1_100)
+        for _ in 0..<4 { gw.send(.open(stream: open(), Open(target: .instance, keyID: 1, world: "playground"))) }
+        #expect(slow.opened().count > before, "the instance did not come back after its ejection")
+    }
+
+    @Test("outlier detection never takes a world's only instance out of rotation")
+    func soleInstanceStays() {
+        var limits = Harness.smallLimits
+        limits.outlierConsecutiveFailures = 2
+        let h = Harness(limits: limits)
+        let only = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        for k in 0..<5 {
+            let id = UInt32(2 * k + 1)
+            gw.send(.open(stream: id, Open(target: .instance, keyID: 1, world: "playground")))
+            gw.send(.close(stream: id, code: .timeout, reason: ""))
+        }
+        #expect(h.broker.snapshot().outlierEjections == 0)
+        #expect(only.opened().count == 5)
     }
 }

@@ -45,7 +45,20 @@ final class Harness {
         return l
     }
 
+    /// Time passes on a healthy loop: it ticks every 10 ms.
     func advance(milliseconds: UInt64) {
+        var left = milliseconds
+        while left > 0 {
+            let step = min(left, 10)
+            left -= step
+            now += step * 1_000_000
+            broker.tick(now: now)
+            pump()
+        }
+    }
+
+    /// The loop was busy for `milliseconds` (no tick, no input), then ticks once.
+    func stall(milliseconds: UInt64) {
         now += milliseconds * 1_000_000
         broker.tick(now: now)
         pump()
@@ -181,7 +194,7 @@ final class TestPeer {
     }
 
     func data(on stream: UInt32) -> [[UInt8]] {
-        inbox.compactMap { if case .data(stream, let p, _) = $0 { p } else { nil } }
+        inbox.compactMap { if case .data(stream, let p, _, _) = $0 { p } else { nil } }
     }
 
     func errors() -> [(UInt32, ErrorCode)] {

@@ -433,8 +433,8 @@ struct GatewayTests {
 /// Sends "first" at once and "second" only when released.
 final class Stepper: PeerSessionDelegate, @unchecked Sendable {
     var waiting: [UInt32] = []
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
-        guard end else { return }
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+        guard flags.contains(.endStream) else { return }
         _ = s.send(stream: stream, payload: bytes("first"))
         waiting.append(stream)
     }
@@ -451,8 +451,8 @@ final class HoldingInstance: PeerSessionDelegate, @unchecked Sendable {
     var held: [UInt32] = []
     let heldCount = Atomic<Int>(0)
     init(name: String) { self.name = name }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
-        if end { held.append(stream); heldCount.store(held.count, ordering: .releasing) }
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+        if flags.contains(.endStream) { held.append(stream); heldCount.store(held.count, ordering: .releasing) }
     }
     func turn(_ s: PeerSession, hold: Bool) {
         guard !hold else { return }

@@ -79,7 +79,7 @@ final class Recorder: PeerSessionDelegate {
     var pacedEvents: [(UInt32, Bool)] = []
 
     func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) { accepted.append((stream, open)) }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool) {
+    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         dataBytes += payload.count
         if keepData { data.append((stream, Array(payload))) }
     }

@@ -47,7 +47,8 @@ int sf_op_read(void);
 int sf_op_async_cancel(void);
 int sf_op_provide_buffers(void);
 
-// SQE preparation. Each returns 0, or -EBUSY when the SQ is full even after flushing it to the kernel.
+// SQE preparation. Each returns 0, or -EBUSY when the submission queue is full (nothing is prepared then;
+// submit with sf_submit and try again).
 int sf_prep_multishot_accept(sf_ring *ring, int fd, uint64_t user_data);
 int sf_prep_recv_multishot(sf_ring *ring, int fd, uint16_t buf_group, uint64_t user_data);
 int sf_prep_send(sf_ring *ring, int fd, const void *buf, size_t len, uint64_t user_data);
@@ -59,6 +60,10 @@ int sf_prep_cancel(sf_ring *ring, uint64_t target, uint64_t user_data);
 /// Closes `fd` through the ring, so the close is ordered after work already queued for it.
 int sf_prep_close(sf_ring *ring, int fd, uint64_t user_data);
 
+/// Submits queued SQEs without waiting (to make room in a full submission queue). Returns the count or -errno.
+int sf_submit(sf_ring *ring);
+/// Free entries in the submission queue.
+unsigned sf_sq_space(sf_ring *ring);
 /// Submits queued SQEs and waits for at least `wait_nr` completions. Returns submitted count or -errno.
 int sf_submit_and_wait(sf_ring *ring, unsigned wait_nr);
 /// Copies up to `max` completions into `out` and marks them seen. Returns how many.
