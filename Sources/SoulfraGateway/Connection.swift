@@ -4,6 +4,17 @@ import SoulfraKeys
 import SoulfraTLS
 import SoulfraWire
 
+/// Why a client connection is not being read. Reading resumes when the set is empty.
+struct ReadPauses: OptionSet {
+    let rawValue: UInt8
+    /// Request input waits for broker credit (an HTTP/1.1 stream body, WebSocket messages).
+    static let requestBacklog = ReadPauses(rawValue: 1 << 0)
+    /// Pipelined HTTP/1.1 requests wait behind the one being answered.
+    static let pipelineBacklog = ReadPauses(rawValue: 1 << 1)
+    /// The gateway's own replies to this client (pongs, errors) passed its budget: the client is not reading them.
+    static let outputFull = ReadPauses(rawValue: 1 << 2)
+}
+
 /// One client connection: TLS (optional), then HTTP/1.1, HTTP/2 or (after an upgrade) WebSocket. Sans-IO:
 /// bytes in through `receive`, bytes out in `out`, which the gateway hands to the loop.
 final class Connection {
@@ -36,8 +47,21 @@ final class Connection {
     var sendInFlight = false
     var closeAfterFlush = false
     var closed = false
-    var readPaused = false
+    var readPauses: ReadPauses = []
     var inDirtyList = false
+    /// The client's address (for per-address budgets) and the HTTP/2 resets already charged to it.
+    var address: ClientAddress?
+    var resetsCharged: UInt64 = 0
+    var headerFloodsCounted: UInt64 = 0
+    /// The credit this connection's streams hold (client bytes), the part of it above their floors, and what
+    /// the connection held at its last flush (its share of `Gateway.heldTotal`). See `Credit.swift`.
+    var creditCost = 0
+    var growthCost = 0
+    var lastHeld = 0
+    /// When pending output last moved (or there was none): the send timeout runs from here.
+    var lastSendProgress: UInt64
+    /// A WebSocket close frame was sent: nothing more goes out after it.
+    var webSocketCloseSent = false
     /// The loop that owns the world this connection's requests go to (set per admitted request).
     var worldLoop = -1
     /// Moving to another loop: input is held in `heldInput` until the new loop adopts the connection.
@@ -52,6 +76,7 @@ final class Connection {
         self.gateway = gateway
         self.tls = tls
         self.lastActive = now
+        self.lastSendProgress = now
         var limits = HTTP1Limits()
         limits.maxBodyBytes = gateway.limits.maxBodyBytes
         limits.maxHeadBytes = Int(gateway.limits.maxHeaderListBytes)
@@ -60,6 +85,9 @@ final class Connection {
     }
 
     var outputBytes: Int { out.count + sending.count }
+
+    /// Everything held for the client and not yet taken: send queues, TLS plaintext, HTTP/2 stream queues.
+    var queuedBytes: Int { out.count + sending.count + plainOut.count + (h2?.queuedBytesTotal ?? 0) }
 
     // MARK: - Input
 
@@ -143,16 +171,44 @@ final class Connection {
         do {
             try h2.receive(bytes, now: now)
         } catch {
-            if error == .rapidReset { gateway.counters.rapidResetGoaways += 1 } else { gateway.counters.protocolErrors += 1 }
+            switch error {
+            case .rapidReset: gateway.counters.rapidResetGoaways += 1
+            case .streamIDRegression: gateway.counters.streamIDGoaways += 1; gateway.counters.protocolErrors += 1
+            default: gateway.counters.protocolErrors += 1
+            }
+            _ = h2.takeViolation()
             handleH2Events(h2, now: now)
             closeAfterFlush = true
             return
         }
+        countViolation(h2)
+        if h2.headerFloods > headerFloodsCounted {
+            gateway.counters.headerFloodResets += h2.headerFloods - headerFloodsCounted
+            headerFloodsCounted = h2.headerFloods
+        }
+        // Resets count against the client's address too: reconnecting does not buy a fresh budget.
+        if let address, h2.resetsReceived > resetsCharged {
+            let n = h2.resetsReceived - resetsCharged
+            resetsCharged = h2.resetsReceived
+            if !gateway.addresses.chargeResets(address, n, gateway.limits, now: now) {
+                gateway.counters.addressResetGoaways += 1
+                h2.calmDown()
+                closeAfterFlush = true
+            }
+        }
         handleH2Events(h2, now: now)
     }
 
+    /// A protocol error nghttp2 found and answered with GOAWAY on its own: counted like the ones found here.
+    func countViolation(_ h2: H2Session) {
+        if case .detected? = h2.takeViolation() {
+            gateway.counters.protocolErrors += 1
+            closeAfterFlush = true
+        }
+    }
+
     func handleH2Events(_ h2: H2Session, now: UInt64) {
-        for e in h2.takeEvents() {
+        h2.drainEvents { e in
             switch e {
             case .headers(let stream, let headers):
                 headDeadline = nil
@@ -170,7 +226,7 @@ final class Connection {
                 gateway.begin(self, id: stream, head: head, now: now)
             case .data(let stream, let bytes):
                 if let ex = exchanges[stream] {
-                    bytes.withUnsafeBytes { gateway.requestBody(ex, $0, now: now) }
+                    gateway.requestBody(ex, bytes, now: now)
                 } else {
                     h2.consume(stream: stream, bytes: bytes.count)
                 }
@@ -198,7 +254,7 @@ final class Connection {
         if h1Current != nil && !h1ReadingBody || !h1Stash.isEmpty {
             // Answering a request: later pipelined requests wait (bounded: reading pauses past the limit).
             h1Stash.append(contentsOf: bytes)
-            if h1Stash.count > gateway.limits.maxBodyBytes + Int(gateway.limits.maxHeaderListBytes) { pauseReading() }
+            if h1Stash.count > gateway.limits.maxBodyBytes + Int(gateway.limits.maxHeaderListBytes) { pauseReading(.pipelineBacklog) }
             return
         }
         let consumed = parseH1(bytes, now: now)
@@ -280,7 +336,7 @@ final class Connection {
         h1Stash.removeAll(keepingCapacity: true)
         let consumed = stash.withUnsafeBytes { parseH1($0, now: now) }
         if consumed < stash.count { h1Stash.insert(contentsOf: stash[consumed...], at: 0) }
-        if readPaused && h1Stash.count < gateway.limits.maxBodyBytes { resumeReading() }
+        if h1Stash.count < gateway.limits.maxBodyBytes { resumeReading(.pipelineBacklog) }
     }
 
     /// An error answer in the JSON shape (design §5), on either protocol, counted by code. `id` is the
@@ -310,14 +366,17 @@ final class Connection {
         guard let ex = h1Current else { return }
         let failure = ws.feed(bytes) { event in
             switch event {
-            case .text(let m), .binary(let m):
-                m.withUnsafeBytes { gateway.webSocketMessage(ex, $0, now: now) }
+            case .data(let binary, let part, _, let last):
+                gateway.webSocketData(ex, part, binary: binary, last: last, now: now)
             case .ping(let p):
-                emitFrame(.pong, payload: p)
+                // Pongs count against this client's output budget like everything else (see `Gateway.flush`).
+                emitWebSocketFrame(.pong, Array(p))
             case .pong:
                 break
             case .close(let code, _):
-                emitFrame(.close, payload: code.map { [UInt8($0 >> 8), UInt8($0 & 0xFF)] } ?? [])
+                // Echo the peer's code (RFC 6455 §5.5.1); a close without one is answered without one — 1005 is
+                // never sent on the wire.
+                emitWebSocketFrame(.close, code.map { [UInt8($0 >> 8), UInt8($0 & 0xFF)] } ?? [])
                 gateway.cancel(ex, reason: "client closed the WebSocket")
                 h1Current = nil
                 closeAfterFlush = true
@@ -325,11 +384,54 @@ final class Connection {
         }
         if let failure {
             gateway.counters.protocolErrors += 1
-            emitFrame(.close, payload: WebSocket.closePayload(failure, "protocol error"))
+            let why: String
+            switch failure {
+            case .invalidPayload: why = "text that is not UTF-8"
+            case .messageTooBig: why = "message over \(ws.maxMessageBytes) bytes"
+            default: why = "protocol error"
+            }
+            closeWebSocket(failure, why)
             if h1Current != nil { gateway.cancel(ex, reason: "WebSocket protocol error") }
             h1Current = nil
-            closeAfterFlush = true
         }
+    }
+
+    /// One server frame (unless a close was sent already: nothing follows a close).
+    func emitWebSocketFrame(_ opcode: WebSocket.Opcode, _ payload: [UInt8]) {
+        guard !webSocketCloseSent else { return }
+        if opcode == .close { webSocketCloseSent = true }
+        emitFrame(opcode, payload: payload)
+    }
+
+    /// Sends a close frame with `code` and `reason` and closes once it is written.
+    func closeWebSocket(_ code: WebSocket.CloseCode, _ reason: String) {
+        emitWebSocketFrame(.close, WebSocket.closePayload(code, reason))
+        closeAfterFlush = true
+    }
+
+    /// A message, or part of one, to the client: the first part carries the text/binary opcode, later parts
+    /// are continuations; `fin` ends the message.
+    func sendWebSocket(_ payload: UnsafeRawBufferPointer, binary: Bool, first: Bool, fin: Bool) {
+        guard proto == .webSocket, !webSocketCloseSent else { return }
+        let opcode: WebSocket.Opcode = first ? (binary ? .binary : .text) : .continuation
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 10) { h in
+            h[0] = (fin ? 0x80 : 0) | opcode.rawValue
+            var n = 2
+            switch payload.count {
+            case ..<126: h[1] = UInt8(payload.count)
+            case ..<65_536:
+                h[1] = 126
+                h[2] = UInt8(payload.count >> 8)
+                h[3] = UInt8(payload.count & 0xFF)
+                n = 4
+            default:
+                h[1] = 127
+                for i in 0..<8 { h[2 + i] = UInt8((UInt64(payload.count) >> UInt64(56 - 8 * i)) & 0xFF) }
+                n = 10
+            }
+            emit(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: h[0..<n])))
+        }
+        emit(payload)
     }
 
     // MARK: - Responses
@@ -368,11 +470,8 @@ final class Connection {
             if bytes.count > 0 { emitChunk(bytes) }
             if end { emit(Array("0\r\n\r\n".utf8)) }
         case .webSocket:
-            if bytes.count > 0 { emitWebSocketText(bytes) }
-            if end {
-                emitFrame(.close, payload: WebSocket.closePayload(.normal, ""))
-                closeAfterFlush = true
-            }
+            // Messages go out through `sendWebSocket`; the end of the reply is the end of the WebSocket.
+            if end { closeWebSocket(.normal, "") }
         }
     }
 
@@ -395,28 +494,6 @@ final class Connection {
     }
 
     static let crlf: [UInt8] = [0x0D, 0x0A]
-
-    /// One unmasked server text frame: the header (2–10 bytes) built on the stack, then the payload.
-    func emitWebSocketText(_ payload: UnsafeRawBufferPointer) {
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 10) { h in
-            h[0] = 0x80 | WebSocket.Opcode.text.rawValue
-            var n = 2
-            switch payload.count {
-            case ..<126: h[1] = UInt8(payload.count)
-            case ..<65_536:
-                h[1] = 126
-                h[2] = UInt8(payload.count >> 8)
-                h[3] = UInt8(payload.count & 0xFF)
-                n = 4
-            default:
-                h[1] = 127
-                for i in 0..<8 { h[2 + i] = UInt8((UInt64(payload.count) >> UInt64(56 - 8 * i)) & 0xFF) }
-                n = 10
-            }
-            emit(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: h[0..<n])))
-        }
-        emit(payload)
-    }
 
     /// Bytes for the client (through TLS when there is TLS).
     func emit(_ bytes: [UInt8]) { bytes.withUnsafeBytes { emit($0) } }
@@ -445,28 +522,36 @@ final class Connection {
                 gateway.counters.protocolErrors += 1
                 closeAfterFlush = true
             }
+            countViolation(h2)
             // Streams close as their last frame is sent: see to them now, not on the next read.
-            if h2.hasEvents { handleH2Events(h2, now: lastActive) }
+            if h2.hasEvents { handleH2Events(h2, now: gateway.now) }
             if !h2.isActive { closeAfterFlush = true }
         }
         drainTLS()
     }
 
-    func pauseReading() {
-        guard !readPaused else { return }
-        readPaused = true
-        gateway.transport?.pauseRead(id)
+    func pauseReading(_ reason: ReadPauses) {
+        guard !readPauses.contains(reason) else { return }
+        if readPauses.isEmpty { gateway.transport?.pauseRead(id) }
+        readPauses.insert(reason)
     }
 
-    func resumeReading() {
-        guard readPaused else { return }
-        readPaused = false
-        gateway.transport?.resumeRead(id)
+    func resumeReading(_ reason: ReadPauses) {
+        guard readPauses.contains(reason) else { return }
+        readPauses.remove(reason)
+        if readPauses.isEmpty { gateway.transport?.resumeRead(id) }
     }
 
     /// Ends the connection after what is queued has been written.
     func finish() {
         closeAfterFlush = true
+    }
+
+    /// Ends the connection now, dropping what is queued (its client stopped taking it).
+    func abort() {
+        guard !closed else { return }
+        closed = true
+        gateway.transport?.abort(id)
     }
 
     /// Nothing in flight, nothing half-parsed, nothing unsent: the connection can change loops.

@@ -1,3 +1,4 @@
+import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraWire
 
@@ -31,6 +32,9 @@ public enum ExchangeKind: String, CaseIterable, Sendable {
 
     /// Whether the reply goes out as it is produced (headers first, then events).
     var streamsReply: Bool { self != .message && self != .roomPublish }
+
+    /// Whether the reply rides on a broker stream under credit the gateway grants (rooms have none).
+    var usesCredit: Bool { self == .message || self == .messageStream || self == .stream || self == .webSocket }
 }
 
 /// The parts of a request head the gateway acts on, from HTTP/1.1 or HTTP/2.
@@ -45,6 +49,17 @@ struct RequestHead {
     var keepAlive = true
     /// HTTP/1.1 `Expect: 100-continue` with a body to come: answered `100 Continue` once admitted.
     var expectContinue = false
+}
+
+/// A message (or part of one) waiting for broker credit, with the client bytes it stands for (its HTTP/2
+/// window cost, handed back once the broker took it).
+struct OutboundMessage {
+    var bytes: [UInt8]
+    var sent = 0
+    var cost: Int
+    /// The message goes on after these bytes (a WebSocket message still arriving).
+    var continues: Bool
+    var binary: Bool
 }
 
 /// One request in flight: an HTTP/2 stream, an HTTP/1.1 request, or a WebSocket; and the broker stream it
@@ -71,15 +86,17 @@ final class Exchange {
     var sendsBody = false
     var bodySent = 0
     var requestEnded = false
-    /// Frames waiting for broker credit, each with the client bytes it stands for (its HTTP/2 window cost),
-    /// and whether END follows the last one.
-    var outbound: [(bytes: [UInt8], cost: Int)] = []
+    /// Messages waiting for broker credit (NDJSON lines, WebSocket message parts), oldest first; their bytes
+    /// in total; and whether END follows the last one.
+    var outbound: [OutboundMessage] = []
     var outboundHead = 0
+    var outboundBytes = 0
     var outboundEnds = false
     var sentEnd = false
     /// Bytes of a partial NDJSON line.
     var partialLine: [UInt8] = []
-    var reply: [UInt8] = []
+    /// Reply bytes received (unary: bounded by `maxReplyBytes`).
+    var replyBytes = 0
     /// Response headers are out; the body may still be streaming.
     var responded = false
     var responseEnded = false
@@ -87,15 +104,31 @@ final class Exchange {
     /// proper status instead of an error event).
     var headersDue: UInt64 = 0
     var retried = false
-    /// Broker credit owed for DATA delivered to the client, granted once the client keeps up.
-    var owedBytes: UInt32 = 0
-    var owedFrames: UInt32 = 0
-    var holdingCredit = false
     var retired = false
     /// When request body bytes last arrived (monotonic ns), for the body timeout.
     var lastBodyAt: UInt64 = 0
     /// Request bytes read and dropped after the exchange was answered.
     var discarded = 0
+    /// The instance must answer by then (0: no deadline running): unary, the whole reply; streams, the first
+    /// reply frame after the request (or the first client message) went out.
+    var deadline: UInt64 = 0
+
+    /// The instance's send window on the broker stream as granted here (what it may still send), its cost in
+    /// client bytes, and the cost this stream is allowed to grow to (see `Gateway.topUp`).
+    var windowBytes: Int64 = 0
+    var windowFrames: Int64 = 0
+    var windowCost = 0
+    var targetCost = 0
+    /// The stream wanted credit its connection or the loop could not give yet (counted once per wait).
+    var waitingCredit = false
+
+    /// Framing state of the reply message in progress (messages may arrive in parts, flagged MORE).
+    var replyMidMessage = false
+    var replyLastByte: UInt8 = 0
+    var replyBinary = false
+    var replyUTF8 = UTF8Validator()
+    /// In-band events (`rate_limits`, `dropped`) that arrived mid-message; sent when it ends.
+    var heldEvents: [(event: String, json: String)] = []
 
     init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
          requestID: String, startedAt: UInt64, session: String, ndjson: Bool) {
@@ -124,13 +157,14 @@ final class Exchange {
         return h
     }
 
-    /// Queues a complete frame for the broker.
-    func queueFrame(_ bytes: [UInt8], cost: Int) {
+    /// Queues a message (or a part of one) for the broker.
+    func queue(_ bytes: [UInt8], cost: Int, continues: Bool = false, binary: Bool = false) {
         if outboundHead > 64 && outboundHead * 2 > outbound.count {
             outbound.removeFirst(outboundHead)
             outboundHead = 0
         }
-        outbound.append((bytes, cost))
+        outbound.append(OutboundMessage(bytes: bytes, cost: cost, continues: continues, binary: binary))
+        outboundBytes += bytes.count
     }
 
     /// Splits NDJSON request bytes into frames, one per non-empty line. False if a line is over `maxLine`.
@@ -144,7 +178,7 @@ final class Exchange {
             if partialLine.count > maxLine { return false }
             // Blank lines carry no frame; their bytes are charged to the next one.
             if !partialLine.isEmpty {
-                queueFrame(partialLine, cost: lineCost)
+                queue(partialLine, cost: lineCost)
                 lineCost = 0
             }
             partialLine.removeAll(keepingCapacity: true)

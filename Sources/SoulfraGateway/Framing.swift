@@ -21,6 +21,31 @@ enum Framing {
         if payload.last != 0x0A { out.append(0x0A) }
     }
 
+    /// Part of one SSE event as a message arrives in parts: `data: ` opens it, every newline in the payload
+    /// starts another `data:` line, and the blank line closes it with the message's last part. The same bytes
+    /// as `sse` for a message in one part.
+    static func ssePart(_ payload: UnsafeRawBufferPointer, first: Bool, last: Bool, into out: inout [UInt8]) {
+        if first { out.append(contentsOf: "data: ".utf8) }
+        var start = 0
+        for i in 0..<payload.count where payload[i] == 0x0A {
+            out.append(contentsOf: payload[start..<i])
+            out.append(contentsOf: "\ndata: ".utf8)
+            start = i + 1
+        }
+        out.append(contentsOf: payload[start...])
+        if last { out.append(contentsOf: [0x0A, 0x0A]) }
+    }
+
+    /// Part of one NDJSON line; the newline follows the message's last part unless it ended with one.
+    static func ndjsonPart(_ payload: UnsafeRawBufferPointer, lastByte: inout UInt8, last: Bool, into out: inout [UInt8]) {
+        out.append(contentsOf: payload)
+        if let b = payload.last { lastByte = b }
+        if last {
+            if lastByte != 0x0A { out.append(0x0A) }
+            lastByte = 0
+        }
+    }
+
     /// A control event's JSON: `{"event":"rate_limits",…}`.
     static func rateLimits(paced: Bool, framesPerSecond: UInt32, bytesPerSecond: UInt32) -> String {
         #"{"event":"rate_limits","paced":\#(paced),"frames_per_second":\#(framesPerSecond),"bytes_per_second":\#(bytesPerSecond)}"#

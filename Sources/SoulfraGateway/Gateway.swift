@@ -19,6 +19,8 @@ public protocol GatewayTransport: AnyObject {
     /// `bytes` stay valid until `Gateway.sent` for this connection.
     func send(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer)
     func close(_ conn: UInt32)
+    /// Closes at once, dropping queued output.
+    func abort(_ conn: UInt32)
     func pauseRead(_ conn: UInt32)
     func resumeRead(_ conn: UInt32)
 }
@@ -54,11 +56,11 @@ final class BrokerPort: PeerSessionDelegate {
 
     func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard let ex = exchanges[stream] else { return }
-        gateway.brokerData(ex, payload, end: flags.contains(.endStream))
+        gateway.brokerData(ex, payload, flags: flags)
     }
 
     func sessionWritable(_ session: PeerSession, stream: UInt32) {
-        if let ex = exchanges[stream] { gateway.pumpOutbound(ex) }
+        if let ex = exchanges[stream] { gateway.pumpOutbound(ex, now: gateway.now) }
     }
 
     func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
@@ -70,6 +72,7 @@ final class BrokerPort: PeerSessionDelegate {
     func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) {
         guard let ex = exchanges[stream] else { return }
         gateway.controlEvent(ex, event: "dropped", json: #"{"event":"dropped","count":\#(count)}"#)
+        gateway.markDirty(ex.conn)
     }
 
     func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool) {
@@ -77,6 +80,7 @@ final class BrokerPort: PeerSessionDelegate {
         gateway.counters.pacedEvents += 1
         gateway.controlEvent(ex, event: "rate_limits", json: Framing.rateLimits(
             paced: paced, framesPerSecond: ex.key.framesPerSecond, bytesPerSecond: ex.key.bytesPerSecond))
+        gateway.markDirty(ex.conn)
     }
 
     func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) {
@@ -120,8 +124,18 @@ public final class Gateway {
     var readyToMove: [(conn: UInt32, loop: Int)] = []
     /// Where a streamed reply's frame is framed (SSE/NDJSON) before it is handed on.
     var frameScratch: [UInt8] = []
+    /// The time of the batch being handled (monotonic nanoseconds): the owner sets it before driving the
+    /// gateway (the entry points that take `now` set it too); the gateway itself never reads the clock.
+    public var now: UInt64 = 0
     /// Streamed replies whose headers are held back for a moment (see `Exchange.headersDue`).
     var pendingHeaders: [Exchange] = []
+    /// What this loop's connections hold for their clients plus the credit their streams hold (updated as
+    /// connections are flushed), against `outputBudget` (this loop's share of `limits.outputBudgetBytes`).
+    var heldTotal = 0
+    let outputBudget: Int
+    /// Connections with a stream that waited for the gateway-wide budget: looked at again once it frees.
+    var creditWaiters: [Connection] = []
+    var addresses = AddressBudgets()
 
     lazy var requestIDPrefix: [UInt8] = Array("req_\(loopIndex)_".utf8)
 
@@ -132,6 +146,7 @@ public final class Gateway {
         self.loopIndex = loopIndex
         self.gatekeeper = Gatekeeper(table: keys)
         self.tlsContext = tls
+        self.outputBudget = max(limits.connectionOutputHighBytes, limits.outputBudgetBytes / max(1, loopCount))
         ports = (0..<loopCount).map { BrokerPort(index: $0, gateway: self, identity: identity($0)) }
     }
 
@@ -162,23 +177,31 @@ public final class Gateway {
 
     // MARK: - Connections
 
-    /// A client connected; `tls` for the TLS listener.
-    public func accepted(conn: UInt32, tls: Bool, now: UInt64) {
+    /// A client connected; `tls` for the TLS listener, `address` its address when known. False: refused (its
+    /// address opened connections too fast); close it at once.
+    public func accepted(conn: UInt32, tls: Bool, address: ClientAddress?, now: UInt64) -> Bool {
+        if let address, !addresses.admitConnection(address, limits, now: now) {
+            counters.addressRefusals += 1
+            return false
+        }
         var t: TLSConnection?
         if tls, let ctx = tlsContext {
             t = try? TLSConnection(context: ctx)
             counters.connections[2] += 1
         }
         let c = Connection(id: conn, gateway: self, tls: t, now: now)
+        c.address = address
         if tls && t == nil { c.finish() }
         conns[conn] = c
         counters.openConnections = conns.count
         if shuttingDown { c.goaway() }
         markDirty(c)
+        return true
     }
 
     @inline(__always)
     public func received(conn: UInt32, bytes: UnsafeRawBufferPointer, now: UInt64) {
+        self.now = now
         guard let c = conns[conn] else { return }
         c.receive(bytes, now: now)
         markDirty(c)
@@ -188,6 +211,7 @@ public final class Gateway {
         guard let c = conns[conn] else { return }
         c.sendInFlight = false
         c.sending.consume(min(count, c.sending.count))
+        if count > 0 { c.lastSendProgress = now }
         markDirty(c)
     }
 
@@ -198,6 +222,8 @@ public final class Gateway {
         c.exchanges.removeAll()
         if let ex = c.h1Current { cancel(ex, reason: "client connection closed") }
         c.h1Current = nil
+        heldTotal -= c.lastHeld
+        c.lastHeld = 0
         counters.openConnections = conns.count
     }
 
@@ -237,6 +263,8 @@ public final class Gateway {
     /// meanwhile, for the target loop to `adopt`.
     public func release(conn: UInt32) -> MovingConnection? {
         guard let c = conns.removeValue(forKey: conn) else { return nil }
+        heldTotal -= c.lastHeld
+        c.lastHeld = 0
         counters.openConnections = conns.count
         counters.moves += 1
         if c.inDirtyList { dirtyConns.removeAll { $0 === c } }
@@ -250,7 +278,7 @@ public final class Gateway {
         c.id = conn
         c.gateway = self
         c.admissionCache = AdmissionCache()  // key generations are per loop
-        c.readPaused = false
+        c.readPauses = []
         c.moving = false
         conns[conn] = c
         counters.openConnections = conns.count
@@ -263,9 +291,8 @@ public final class Gateway {
     /// Bytes held for clients now: send queues, TLS plaintext, HTTP/2 stream queues (walks every connection:
     /// for the once-a-second publish, not the data path).
     public func measureClientQueues() {
-        counters.clientQueueBytes = conns.values.reduce(0) {
-            $0 + $1.outputBytes + $1.plainOut.count + ($1.h2?.queuedBytesTotal ?? 0)
-        }
+        counters.clientQueueBytes = conns.values.reduce(0) { $0 + $1.queuedBytes }
+        counters.heldBytes = heldTotal
     }
 
     func markDirty(_ c: Connection) {
@@ -332,6 +359,9 @@ public final class Gateway {
         case .admit(let r, let k, let s):
             (route, key, rate) = (r, k, s)
         }
+        guard head.session.isEmpty || Route.validName(head.session) else {
+            return reject(c, id: id, invalidSession, requestID: requestID)
+        }
         let wantsSSE = containsASCII(head.accept, "text/event-stream")
         let wantsNDJSON = containsASCII(head.accept, "application/x-ndjson")
         let kind: ExchangeKind
@@ -340,10 +370,12 @@ public final class Gateway {
         case .streams: kind = .stream
         case .webSocket:
             guard c.proto == .http1, head.webSocketAccept != nil else {
+                // HTTP/2 forbids connection-specific fields such as Upgrade (RFC 9113 §8.2.2): there the 426
+                // says what to do in its body only.
                 return reject(c, id: id, GatewayError(
                     status: 426, code: "upgrade_required",
                     message: "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
-                    headers: [("upgrade", "websocket")]), requestID: requestID)
+                    headers: c.proto == .http2 ? [] : [("upgrade", "websocket")]), requestID: requestID)
             }
             kind = .webSocket
         case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
@@ -416,8 +448,9 @@ public final class Gateway {
                 return fail(ex, GatewayError(status: 413, code: "payload_too_large",
                                              message: "an NDJSON line is over \(limits.maxLineBytes) bytes"))
             }
-            pumpOutbound(ex)
-            if c.proto == .http1 && ex.pendingFrames > 64 { c.pauseReading() }
+            pumpOutbound(ex, now: now)
+            // HTTP/2 input is held back by its flow-control window; HTTP/1.1 input by not reading the socket.
+            if c.proto == .http1 && ex.outboundBytes > limits.streamQueueHighBytes { c.pauseReading(.requestBacklog) }
         case .webSocket, .roomSubscribe:
             c.h2?.consume(stream: ex.id, bytes: bytes.count)
         }
@@ -431,7 +464,10 @@ public final class Gateway {
                 return fail(ex, GatewayError(status: 400, code: "invalid_request", message: "the body must be a JSON object"))
             }
             if fields.stream { ex.kind = .messageStream }
-            if ex.session.isEmpty { ex.session = fields.session }
+            if ex.session.isEmpty {
+                guard fields.session.isEmpty || Route.validName(fields.session) else { return fail(ex, invalidSession) }
+                ex.session = fields.session
+            }
             if ex.kind == .messageStream { ex.ndjson = false }
             openBroker(ex, now: now)
         case .roomPublish:
@@ -444,27 +480,34 @@ public final class Gateway {
                 guard case .room(let world, let room, _) = ex.route else { return }
                 let session = ports[Wire.loop(forWorld: world, count: ports.count)].session
                 ex.body.withUnsafeBytes { session.publish(world: world, room: room, payload: $0) }
-                finishUnary(ex, status: 202, body: Array(#"{"published":true}"#.utf8), now: monotonicNanoseconds())
+                finishUnary(ex, status: 202, body: Array(#"{"published":true}"#.utf8), now: self.now)
             }
             if !queued { fail(ex, unavailable(ex, "the broker loop for this world is not available")) }
         case .stream:
             if !ex.partialLine.isEmpty {
-                ex.queueFrame(ex.partialLine, cost: ex.lineCost)
+                ex.queue(ex.partialLine, cost: ex.lineCost)
                 ex.partialLine = []
                 ex.lineCost = 0
             }
             ex.outboundEnds = true
-            pumpOutbound(ex)
+            pumpOutbound(ex, now: now)
         case .webSocket, .roomSubscribe:
             break
         }
     }
 
-    /// One WebSocket message from the client: one frame to the world.
-    func webSocketMessage(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
-        ex.queueFrame(Array(bytes), cost: 0)
-        pumpOutbound(ex)
-        if ex.pendingFrames > 64 { ex.conn.pauseReading() }
+    /// Part of a WebSocket message from the client, as it arrives: it goes to the world as DATA flagged MORE
+    /// until the message's last part (so a message of any size up to the limit travels under credit).
+    func webSocketData(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, binary: Bool, last: Bool, now: UInt64) {
+        if bytes.count == 0 && !last { return }
+        ex.queue(Array(bytes), cost: 0, continues: !last, binary: binary)
+        pumpOutbound(ex, now: now)
+        if ex.outboundBytes > limits.streamQueueHighBytes { ex.conn.pauseReading(.requestBacklog) }
+    }
+
+    var invalidSession: GatewayError {
+        GatewayError(status: 400, code: "invalid_request",
+                     message: "a session id is 1-64 characters of a-z, 0-9, - and _")
     }
 
     func unavailable(_ ex: Exchange, _ message: String) -> GatewayError {
@@ -476,15 +519,19 @@ public final class Gateway {
     func openBroker(_ ex: Exchange, now: UInt64) {
         let port = ports[Wire.loop(forWorld: ex.route.world, count: ports.count)]
         guard port.usable else {
-            if !port.whenUsable(ex, now: now, { [unowned self] ex in openBroker(ex, now: monotonicNanoseconds()) }) {
+            if !port.whenUsable(ex, now: now, { [unowned self] ex in openBroker(ex, now: self.now) }) {
                 fail(ex, unavailable(ex, "the broker loop for this world is not available"))
             }
             return
         }
         ex.port = port.index
+        // The instance may send what this connection can take now (see `topUp`); the rest follows as CREDIT.
+        let window = initialWindow(ex)
         ex.brokerStream = port.session.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
-                                                 session: ex.session, detail: ex.kind.detail))
+                                                 session: ex.session, detail: ex.kind.detail, window: window))
         port.exchanges[ex.brokerStream] = ex
+        setWindow(ex, bytes: Int64(window.bytes), frames: Int64(window.frames))
+        if ex.kind == .message || ex.kind == .messageStream { startDeadline(ex, now: now) }
         if ex.kind == .message || ex.kind == .messageStream {
             // The body goes out from `body` itself (frames of at most 16 KiB, END on the last); it stays whole
             // for a retry.
@@ -496,14 +543,14 @@ public final class Gateway {
             ex.headersDue = now &+ 2_000_000
             pendingHeaders.append(ex)
         }
-        pumpOutbound(ex)
+        pumpOutbound(ex, now: now)
     }
 
     func subscribe(_ ex: Exchange, now: UInt64) {
         guard case .room(let world, let room, _) = ex.route else { return }
         let port = ports[Wire.loop(forWorld: world, count: ports.count)]
         guard port.usable else {
-            if !port.whenUsable(ex, now: now, { [unowned self] ex in subscribe(ex, now: monotonicNanoseconds()) }) {
+            if !port.whenUsable(ex, now: now, { [unowned self] ex in subscribe(ex, now: self.now) }) {
                 fail(ex, unavailable(ex, "the broker loop for this world is not available"))
             }
             return
@@ -514,33 +561,38 @@ public final class Gateway {
         startStreamedReply(ex)
     }
 
-    /// Sends queued frames while the broker's credit allows; hands the client's HTTP/2 window back for
-    /// what the broker took.
-    func pumpOutbound(_ ex: Exchange) {
+    /// Sends queued messages while the broker's credit allows (in parts, flagged MORE, when a message is
+    /// larger than what is left); hands the client's HTTP/2 window back for what the broker took.
+    func pumpOutbound(_ ex: Exchange, now: UInt64) {
         guard ex.brokerStream != 0, ex.port >= 0 else { return }
         let session = ports[ex.port].session
         if ex.sendsBody {
-            ex.body.withUnsafeBytes { body in
-                while !ex.sentEnd {
-                    let n = min(16 << 10, body.count - ex.bodySent)
-                    let last = ex.bodySent + n == body.count
-                    let chunk = n > 0 ? UnsafeRawBufferPointer(rebasing: body[ex.bodySent..<(ex.bodySent + n)])
-                                      : UnsafeRawBufferPointer(start: nil, count: 0)
-                    guard session.send(stream: ex.brokerStream, payload: chunk, end: last) else { return }
-                    ex.bodySent += n
-                    if last { ex.sentEnd = true }
-                }
+            guard !ex.sentEnd else { return }
+            let took = ex.body.withUnsafeBytes { body in
+                session.sendPartial(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(rebasing: body[ex.bodySent...]), end: true)
+            }
+            if let took {
+                ex.bodySent += took
+                if ex.bodySent == ex.body.count { ex.sentEnd = true }
             }
             return
         }
         var consumed = 0
+        var sentAny = false
         while ex.outboundHead < ex.outbound.count {
-            let frame = ex.outbound[ex.outboundHead]
+            let m = ex.outbound[ex.outboundHead]
             let last = ex.outboundEnds && ex.outboundHead == ex.outbound.count - 1
-            let ok = frame.bytes.withUnsafeBytes { session.send(stream: ex.brokerStream, payload: $0, end: last) }
-            guard ok else { break }
-            consumed += frame.cost
-            ex.outbound[ex.outboundHead] = ([], 0)
+            let took = m.bytes.withUnsafeBytes { b in
+                session.sendPartial(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(rebasing: b[m.sent...]), end: last,
+                                    binary: m.binary, continues: m.continues)
+            }
+            guard let took else { break }
+            sentAny = true
+            ex.outbound[ex.outboundHead].sent += took
+            ex.outboundBytes -= took
+            guard m.sent + took == m.bytes.count else { break }  // the rest waits for credit
+            consumed += m.cost
+            ex.outbound[ex.outboundHead] = OutboundMessage(bytes: [], cost: 0, continues: false, binary: false)
             ex.outboundHead += 1
             if last { ex.sentEnd = true }
         }
@@ -552,8 +604,10 @@ public final class Gateway {
                     ex.sentEnd = true
                 }
             }
-            if ex.conn.readPaused && ex.conn.proto != .http2 { ex.conn.resumeReading() }
         }
+        // A stream's deadline runs from its first message to the world until the world's first answer.
+        if sentAny && ex.deadline == 0 && ex.replyBytes == 0 && !ex.responseEnded { startDeadline(ex, now: now) }
+        if ex.outboundBytes <= limits.streamQueueHighBytes / 2 { ex.conn.resumeReading(.requestBacklog) }
         if consumed > 0, let h2 = ex.conn.h2 {
             h2.consume(stream: ex.id, bytes: consumed)
             markDirty(ex.conn)
@@ -573,25 +627,35 @@ public final class Gateway {
         markDirty(ex.conn)
     }
 
-    /// DATA from the instance.
-    func brokerData(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, end: Bool) {
+    /// DATA from the instance: part or all of a message (MORE says more of it follows).
+    func brokerData(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         let c = ex.conn
+        let end = flags.contains(.endStream), more = flags.contains(.more)
+        if ex.kind.usesCredit {
+            // The instance used window: credit the connection held becomes bytes queued for its client.
+            setWindow(ex, bytes: ex.windowBytes - Int64(payload.count), frames: ex.windowFrames - 1)
+        }
+        if ex.kind != .message || end { ex.deadline = 0 }
         switch ex.kind {
         case .message:
-            guard ex.reply.count + payload.count <= limits.maxReplyBytes else {
-                return fail(ex, GatewayError(status: 502, code: "reply_too_large",
-                                             message: "the instance's reply is over \(limits.maxReplyBytes) bytes"))
-            }
-            if end && ex.reply.isEmpty {
-                // The usual reply: one frame, answered from the broker's buffer without a copy here.
-                finishUnary(ex, status: 200, body: payload, now: monotonicNanoseconds())
+            guard ex.replyBytes + payload.count <= limits.maxReplyBytes else { return replyTooLarge(ex) }
+            ex.replyBytes += payload.count
+            if end && !ex.responded {
+                // The usual reply: one frame, answered from the broker's buffer with its length.
+                finishUnary(ex, status: 200, body: payload, now: now)
                 return
             }
-            ex.reply.append(contentsOf: payload)
+            // A reply in several frames streams to the client as it comes (nothing is held whole here).
+            if !ex.responded {
+                ex.responded = true
+                c.respond(ex.id, status: 200, headers: ex.replyHeaders(contentType: "application/json", contentLength: nil),
+                          body: UnsafeRawBufferPointer(start: nil, count: 0), end: false)
+                counted(status: 200, code: nil)
+            }
+            if payload.count > 0 || end { c.sendBody(ex.id, payload, end: end) }
             if end {
-                finishUnary(ex, status: 200, body: ex.reply, now: monotonicNanoseconds())
-            } else {
-                ports[ex.port].session.grant(stream: ex.brokerStream, bytes: UInt32(payload.count), frames: 1)
+                counters.observe(micros: (now &- ex.startedAt) / 1_000)
+                replyEnded(ex)
             }
         case .roomSubscribe:
             if c.outputBytes > limits.roomSubscriberOutputBytes {
@@ -599,46 +663,116 @@ public final class Gateway {
                 return fail(ex, GatewayError(status: 503, code: "slow_consumer",
                                              message: "this subscriber fell too far behind the room"), retryable: true)
             }
-            deliver(ex, payload, end: false)
+            deliver(ex, payload, more: false, binary: false, end: false)
         case .messageStream, .stream, .webSocket:
-            deliver(ex, payload, end: end)
-            ex.owedBytes &+= UInt32(payload.count)
-            ex.owedFrames &+= 1
+            ex.replyBytes += payload.count
+            deliver(ex, payload, more: more, binary: flags.contains(.binary), end: end)
         case .roomPublish:
             break
         }
-    }
-
-    /// Writes one reply frame to the client in the exchange's framing.
-    func deliver(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, end: Bool) {
-        startStreamedReply(ex)
-        let c = ex.conn
-        if ex.kind == .webSocket {
-            c.sendBody(ex.id, payload, end: end)
-        } else if payload.count > 0 {
-            // One scratch buffer for every frame: `sendBody` copies what it is given.
-            frameScratch.removeAll(keepingCapacity: true)
-            if ex.ndjson { Framing.ndjson(payload, into: &frameScratch) } else { Framing.sse(payload, into: &frameScratch) }
-            frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: end) }
-        } else if end {
-            c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
-        }
-        if end { replyEnded(ex) }
         markDirty(c)
     }
 
-    /// A control event inside a streamed reply (`rate_limits`, `dropped`, `error`).
+    /// A unary reply over `max_reply_bytes`: 502 if nothing went out yet, else the response is cut off (HTTP/2
+    /// RST_STREAM, HTTP/1.1 close) — a truncated body must not pass for a whole one.
+    func replyTooLarge(_ ex: Exchange) {
+        let e = GatewayError(status: 502, code: "reply_too_large", message: "the instance's reply is over \(limits.maxReplyBytes) bytes")
+        guard ex.responded else { return fail(ex, e) }
+        counters.errors[e.code, default: 0] += 1
+        let c = ex.conn
+        if ex.brokerStream != 0 {
+            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
+            ports[ex.port].session.closeStream(ex.brokerStream, code: .cancelled, reason: e.code)
+            ex.brokerStream = 0
+        }
+        if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish() }  // INTERNAL_ERROR
+        ex.responseEnded = true
+        retire(ex)
+        markDirty(c)
+    }
+
+    /// Writes one message, or a part of one, to the client in the exchange's framing. `more`: the message goes
+    /// on in the next DATA; `end`: the reply is over.
+    func deliver(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, more: Bool, binary: Bool, end: Bool) {
+        startStreamedReply(ex)
+        let c = ex.conn
+        let first = !ex.replyMidMessage
+        if ex.kind == .webSocket {
+            if first { ex.replyBinary = binary; ex.replyUTF8 = UTF8Validator() }
+            // A text frame the gateway sends is always valid UTF-8 (checked as parts arrive, across them).
+            if !ex.replyBinary && (!ex.replyUTF8.feed(payload) || (!more && !ex.replyUTF8.isComplete)) {
+                counters.errors["invalid_utf8", default: 0] += 1
+                c.closeWebSocket(.internalError, "the world sent text that is not UTF-8")
+                cancel(ex, reason: "instance sent invalid UTF-8")
+                return
+            }
+            // An empty part of a message carries nothing; an empty message is still a message.
+            if !(payload.count == 0 && more) && !(payload.count == 0 && end && first) {
+                c.sendWebSocket(payload, binary: ex.replyBinary, first: first, fin: !more)
+                ex.replyMidMessage = more
+            }
+        } else if payload.count > 0 || (!first && !more) {
+            // SSE and NDJSON carry no empty messages (an empty DATA is only an END marker).
+            frameScratch.removeAll(keepingCapacity: true)
+            if ex.ndjson {
+                Framing.ndjsonPart(payload, lastByte: &ex.replyLastByte, last: !more, into: &frameScratch)
+            } else {
+                Framing.ssePart(payload, first: first, last: !more, into: &frameScratch)
+            }
+            frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: false) }
+            ex.replyMidMessage = more
+        }
+        if !ex.replyMidMessage && !ex.heldEvents.isEmpty {
+            let held = ex.heldEvents
+            ex.heldEvents.removeAll()
+            for e in held { controlEvent(ex, event: e.event, json: e.json) }
+        }
+        if end {
+            if ex.replyMidMessage { endPartialMessage(ex) }
+            c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+            replyEnded(ex)
+        }
+        markDirty(c)
+    }
+
+    /// Closes a message cut short (the stream ended or failed in its middle) so the framing stays whole.
+    func endPartialMessage(_ ex: Exchange) {
+        guard ex.replyMidMessage else { return }
+        ex.replyMidMessage = false
+        let c = ex.conn
+        if ex.kind == .webSocket {
+            c.sendWebSocket(UnsafeRawBufferPointer(start: nil, count: 0), binary: ex.replyBinary, first: false, fin: true)
+            return
+        }
+        frameScratch.removeAll(keepingCapacity: true)
+        if ex.ndjson {
+            Framing.ndjsonPart(UnsafeRawBufferPointer(start: nil, count: 0), lastByte: &ex.replyLastByte, last: true, into: &frameScratch)
+        } else {
+            Framing.ssePart(UnsafeRawBufferPointer(start: nil, count: 0), first: false, last: true, into: &frameScratch)
+        }
+        frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: false) }
+    }
+
+    /// A control event inside a streamed reply (`rate_limits`, `dropped`, `error`). One that arrives in the
+    /// middle of a message waits for its end.
     func controlEvent(_ ex: Exchange, event: String, json: String) {
         guard !ex.responseEnded else { return }
+        if ex.replyMidMessage {
+            if ex.heldEvents.count < 16 { ex.heldEvents.append((event, json)) }
+            return
+        }
         startStreamedReply(ex)
         var framed: [UInt8] = []
         let bytes = Array(json.utf8)
         bytes.withUnsafeBytes { b in
             if ex.kind == .webSocket || ex.ndjson { Framing.ndjson(b, into: &framed) } else { Framing.sse(b, event: event, into: &framed) }
         }
-        if ex.kind == .webSocket { framed.removeLast() }
-        framed.withUnsafeBytes { ex.conn.sendBody(ex.id, $0, end: false) }
-        markDirty(ex.conn)
+        if ex.kind == .webSocket {
+            framed.removeLast()
+            framed.withUnsafeBytes { ex.conn.sendWebSocket($0, binary: false, first: true, fin: true) }
+        } else {
+            framed.withUnsafeBytes { ex.conn.sendBody(ex.id, $0, end: false) }
+        }
     }
 
     func finishUnary(_ ex: Exchange, status: Int, body: [UInt8], now: UInt64) {
@@ -648,6 +782,7 @@ public final class Gateway {
     func finishUnary(_ ex: Exchange, status: Int, body: UnsafeRawBufferPointer, now: UInt64) {
         guard !ex.responded else { return }
         ex.responded = true
+        ex.deadline = 0
         ex.conn.respond(ex.id, status: status, headers: ex.replyHeaders(contentType: "application/json", contentLength: body.count),
                         body: body, end: true)
         counted(status: status, code: nil)
@@ -659,6 +794,7 @@ public final class Gateway {
     /// The reply is complete: the exchange is done once the broker stream is too.
     func replyEnded(_ ex: Exchange) {
         ex.responseEnded = true
+        ex.deadline = 0
         if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
             // Unary: the instance ended its side. With both ENDs the stream is over and nothing needs saying;
             // otherwise the rest of the request is not wanted.
@@ -677,20 +813,24 @@ public final class Gateway {
         }
         if code == .none {
             // The instance finished without END on its last DATA.
-            if ex.kind == .message {
-                finishUnary(ex, status: 200, body: ex.reply, now: monotonicNanoseconds())
+            if ex.kind == .message && !ex.responded {
+                finishUnary(ex, status: 200, body: UnsafeRawBufferPointer(start: nil, count: 0), now: now)
+            } else if ex.kind == .message {
+                ex.conn.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+                replyEnded(ex)
             } else {
-                deliver(ex, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+                deliver(ex, UnsafeRawBufferPointer(start: nil, count: 0), more: false, binary: false, end: true)
             }
             retire(ex)
+            markDirty(ex.conn)
             return
         }
-        if (code == .peerGone || code == .heartbeatTimeout) && ex.kind == .message && !ex.retried && ex.reply.isEmpty
-            && !ex.conn.closed {
+        if (code == .peerGone || code == .heartbeatTimeout) && ex.kind == .message && !ex.retried && ex.replyBytes == 0
+            && !ex.responded && !ex.conn.closed {
             // Not answered: try once more on another instance (the broker re-pins the session).
             ex.retried = true
             counters.retries += 1
-            openBroker(ex, now: monotonicNanoseconds())
+            openBroker(ex, now: now)
             if ex.brokerStream != 0 { return }
         }
         let e: GatewayError
@@ -716,6 +856,9 @@ public final class Gateway {
         case .slowConsumer:
             e = GatewayError(status: 503, code: "slow_consumer", message: reason)
             retryable = true
+        case .frameTooLarge:
+            e = GatewayError(status: 502, code: "message_too_large", message: "a message on this stream was too large: \(reason)")
+            retryable = false
         default:
             e = GatewayError(status: 502, code: "bad_gateway", message: "the stream failed inside: \(code): \(reason)")
             retryable = false
@@ -741,8 +884,17 @@ public final class Gateway {
             c.respondError(ex.id, e, requestID: ex.requestID)
         } else if !ex.responseEnded {
             counters.errors[e.code, default: 0] += 1
-            controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
-            c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+            if ex.kind == .message {
+                // A unary reply already streaming: cut it off rather than append an error to its body.
+                if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish() }
+            } else if ex.kind == .webSocket && ex.replyMidMessage {
+                c.closeWebSocket(.internalError, e.code)
+            } else {
+                endPartialMessage(ex)
+                ex.heldEvents.removeAll()
+                controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
+                c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+            }
         }
         ex.responseEnded = true
         retire(ex)
@@ -767,12 +919,14 @@ public final class Gateway {
     func retire(_ ex: Exchange) {
         guard !ex.retired else { return }
         ex.retired = true
+        ex.deadline = 0
+        setWindow(ex, bytes: 0, frames: 0)  // the credit it held goes back to its connection
         counters.openExchanges -= 1
         let c = ex.conn
         if c.proto == .http2 {
             // The stream itself is forgotten when nghttp2 reports it closed.
         } else if c.h1Current === ex {
-            c.h1Done(now: monotonicNanoseconds())
+            c.h1Done(now: now)
             markDirty(c)
         }
     }
@@ -781,6 +935,7 @@ public final class Gateway {
 
     /// Moves output to the loop and grants the broker credit where clients keep up. Call after every batch.
     public func flush(now: UInt64) {
+        self.now = now
         if !pendingHeaders.isEmpty {
             var keep: [Exchange] = []
             for ex in pendingHeaders where !ex.responded && !ex.retired {
@@ -792,39 +947,42 @@ public final class Gateway {
         guard !dirtyConns.isEmpty else { return }
         let list = dirtyConns
         dirtyConns.removeAll(keepingCapacity: true)
+        let heldBefore = heldTotal
         for c in list {
             c.inDirtyList = false
             guard !c.closed, !c.moving else { continue }
-            grantCredit(c)
             c.produce()
+            grantCredit(c, now: now)
+            c.produce()
+            if c.queuedBytes == 0 { c.lastSendProgress = now }
             if !c.sendInFlight && c.sending.isEmpty && !c.out.isEmpty, transport?.canSend(c.id) ?? false {
                 swap(&c.sending, &c.out)
                 c.sendInFlight = true
                 transport?.send(c.id, c.sending.readable)
             }
+            // Output past the connection's budget can only be the gateway's own (pongs, errors, control
+            // frames): stop reading what causes it until the client takes some.
+            let queued = c.queuedBytes
+            if queued > limits.connectionOutputHighBytes {
+                if !c.readPauses.contains(.outputFull) { counters.outputPauses += 1 }
+                c.pauseReading(.outputFull)
+            } else if queued <= limits.connectionOutputHighBytes / 2 {
+                c.resumeReading(.outputFull)
+            }
+            let held = c.creditCost + queued
+            heldTotal += held - c.lastHeld
+            c.lastHeld = held
             if c.closeAfterFlush && !c.sendInFlight && c.out.isEmpty && c.sending.isEmpty {
                 c.closed = true
                 transport?.close(c.id)
             }
         }
-    }
-
-    func grantCredit(_ c: Connection) {
-        func grant(_ ex: Exchange) {
-            guard ex.owedFrames > 0, ex.brokerStream != 0 else { return }
-            let queued = c.h2?.queuedBytes(stream: ex.id) ?? 0
-            if c.outputBytes < limits.connectionOutputHighBytes && queued < limits.streamQueueHighBytes {
-                ports[ex.port].session.grant(stream: ex.brokerStream, bytes: ex.owedBytes, frames: ex.owedFrames)
-                ex.owedBytes = 0
-                ex.owedFrames = 0
-                ex.holdingCredit = false
-            } else if !ex.holdingCredit {
-                ex.holdingCredit = true
-                counters.creditHeld += 1
-            }
+        // Streams that waited for the gateway-wide budget get another look once some of it is free again.
+        if !creditWaiters.isEmpty && heldTotal < heldBefore && heldTotal + outputBudget / 16 < outputBudget {
+            let waiters = creditWaiters
+            creditWaiters.removeAll()
+            for c in waiters where !c.closed { markDirty(c) }
         }
-        if let ex = c.h1Current { grant(ex) }
-        for ex in c.exchanges.values { grant(ex) }
     }
 
     // MARK: - Time and shutdown
@@ -834,6 +992,7 @@ public final class Gateway {
 
     /// Header, body and idle timeouts (scanned every 100 ms); requests that waited too long for a link.
     public func tick(now: UInt64) {
+        self.now = now
         guard now &- lastScan >= 100_000_000 else { return }
         lastScan = now
         for port in ports where !port.waiting.isEmpty {
@@ -845,7 +1004,18 @@ public final class Gateway {
         }
         let idle = UInt64(limits.idleTimeoutMilliseconds) * 1_000_000
         let bodyLimit = UInt64(limits.bodyTimeoutMilliseconds) * 1_000_000
-        for c in conns.values where !c.closed && !c.closeAfterFlush && !c.moving {
+        let sendLimit = UInt64(limits.sendTimeoutMilliseconds) * 1_000_000
+        for c in conns.values where !c.closed && !c.moving {
+            // A client that takes none of its pending output for this long gives its budget back.
+            if c.queuedBytes > 0 && now &- c.lastSendProgress > sendLimit {
+                counters.sendTimeouts += 1
+                c.abort()
+                markDirty(c)
+                continue
+            }
+            guard !c.closeAfterFlush else { continue }
+            for ex in c.exchanges.values where ex.deadline != 0 && now > ex.deadline { timedOut(ex) }
+            if let ex = c.h1Current, ex.deadline != 0, now > ex.deadline { timedOut(ex) }
             for ex in c.exchanges.values where stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
             if let ex = c.h1Current, stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
             if let d = c.headDeadline, now > d, c.h1Current == nil, c.exchanges.isEmpty {
@@ -866,6 +1036,28 @@ public final class Gateway {
                 markDirty(c)
             }
         }
+    }
+
+    /// Starts the request deadline (see `GatewayLimits.requestTimeoutMilliseconds`).
+    func startDeadline(_ ex: Exchange, now: UInt64) {
+        let t = limits.requestTimeoutNanos(world: ex.route.world)
+        ex.deadline = t == 0 ? 0 : now &+ t
+    }
+
+    /// The instance did not answer in time: the broker hears `timeout` (the instance's outlier score), the
+    /// client 504 `instance_timeout` (or an error event when the reply was already streaming).
+    func timedOut(_ ex: Exchange) {
+        ex.deadline = 0
+        counters.requestTimeouts += 1
+        if ex.brokerStream != 0 {
+            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
+            ports[ex.port].session.closeStream(ex.brokerStream, code: .timeout, reason: "no answer within the request deadline")
+            ex.brokerStream = 0
+        }
+        let ms = limits.requestTimeoutByWorld[ex.route.world] ?? limits.requestTimeoutMilliseconds
+        fail(ex, GatewayError(status: 504, code: "instance_timeout",
+                              message: "the instance did not answer within \(ms) ms", headers: [("retry-after", "\(limits.retryAfterSeconds)")]),
+             retryable: true)
     }
 
     func stalledBody(_ ex: Exchange, now: UInt64, limit: UInt64) -> Bool {

@@ -22,11 +22,33 @@ public struct GatewayLimits: Sendable, Equatable {
     /// HTTP/2 stream resets allowed per second (sustained, burst) before GOAWAY ENHANCE_YOUR_CALM.
     public var resetsPerSecond: UInt32 = 100
     public var resetBurst: UInt32 = 200
-    /// Bytes written to a connection and not yet taken by the client, above which the gateway stops
-    /// granting the broker credit for that connection's streams (the instance is then paused).
+    /// What one client connection may hold for its client: output not yet taken by the client plus the
+    /// credit its streams hold at the broker (what their instances may still send), in client bytes. The
+    /// credit a connection's streams hold in total fits in it, as HTTP/2's connection window bounds its
+    /// streams; a client that stops reading stops its instances once this much is held. Output past it (only
+    /// the gateway's own replies: pongs, errors) pauses reading the client.
     public var connectionOutputHighBytes = 256 << 10
-    /// Bytes queued on one HTTP/2 stream (waiting for the client's window) above which the same happens.
+    /// The most credit one stream may hold (its window grows to this while its client keeps up).
     public var streamQueueHighBytes = 64 << 10
+    /// What all client connections together may hold (per daemon; each loop gets its share). Past it, streams
+    /// wait for credit until connections drain.
+    public var outputBudgetBytes = 256 << 20
+    /// A connection whose pending output has not moved for this long is closed (`send_timeout`): a client
+    /// that stopped reading gives its budget back.
+    public var sendTimeoutMilliseconds: UInt32 = 30_000
+    /// A request's instance must answer in this time, else 504 `instance_timeout` (unary: the whole reply;
+    /// streams: the first reply frame after the request, or the client's first message, went out). 0: off.
+    public var requestTimeoutMilliseconds: UInt32 = 30_000
+    /// Per-world overrides of `requestTimeoutMilliseconds`.
+    public var requestTimeoutByWorld: [String: UInt32] = [:]
+    /// New connections one client address may open per second (sustained, burst), per loop; past it they are
+    /// closed at once (`address_rate_limited`).
+    public var connectionsPerSecondPerAddress: UInt32 = 500
+    public var connectionBurstPerAddress: UInt32 = 1_000
+    /// HTTP/2 stream resets one client address may send per second (sustained, burst) across its connections,
+    /// per loop; past it the connection that reset gets GOAWAY ENHANCE_YOUR_CALM.
+    public var resetsPerSecondPerAddress: UInt32 = 200
+    public var resetBurstPerAddress: UInt32 = 400
     /// Room subscribers whose connection holds this many unsent bytes are dropped (`slow_consumer`): a slow
     /// viewer never slows the room.
     public var roomSubscriberOutputBytes = 1 << 20
@@ -34,6 +56,11 @@ public struct GatewayLimits: Sendable, Equatable {
     public var retryAfterSeconds: UInt32 = 1
 
     public init() {}
+
+    /// The request deadline for `world`, in nanoseconds (0: none).
+    func requestTimeoutNanos(world: String) -> UInt64 {
+        UInt64(requestTimeoutByWorld[world] ?? requestTimeoutMilliseconds) * 1_000_000
+    }
 }
 
 /// What the gateway counts, per loop; summed over loops for `/metrics`. Labels are bounded: route kinds,
@@ -56,6 +83,16 @@ public struct GatewayCounters: Sendable, Equatable {
     public var creditHeld: UInt64 = 0
     /// Connections moved to the loop of their world.
     public var moves: UInt64 = 0
+    public var sendTimeouts: UInt64 = 0
+    public var requestTimeouts: UInt64 = 0
+    public var headerFloodResets: UInt64 = 0
+    public var streamIDGoaways: UInt64 = 0
+    public var outputPauses: UInt64 = 0
+    public var addressRefusals: UInt64 = 0
+    public var addressResetGoaways: UInt64 = 0
+    /// Bytes held for clients plus credit their streams hold (what the output budget bounds), as of the last
+    /// publish.
+    public var heldBytes: Int = 0
     /// Unary request latency (head received → reply sent), fixed buckets in microseconds.
     public static let bucketsMicros: [UInt64] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
                                                   250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000]
@@ -93,6 +130,14 @@ public struct GatewayCounters: Sendable, Equatable {
         m.slowSubscribers += o.slowSubscribers
         m.creditHeld += o.creditHeld
         m.moves += o.moves
+        m.sendTimeouts += o.sendTimeouts
+        m.requestTimeouts += o.requestTimeouts
+        m.headerFloodResets += o.headerFloodResets
+        m.streamIDGoaways += o.streamIDGoaways
+        m.outputPauses += o.outputPauses
+        m.addressRefusals += o.addressRefusals
+        m.addressResetGoaways += o.addressResetGoaways
+        m.heldBytes += o.heldBytes
         m.latencySumMicros += o.latencySumMicros
         m.openConnections += o.openConnections
         m.clientQueueBytes += o.clientQueueBytes
@@ -110,8 +155,10 @@ public struct GatewayCounters: Sendable, Equatable {
         for (i, p) in ["http1", "h2", "tls"].enumerated() { o += "soulfra_gateway_connections_total{protocol=\"\(p)\"} \(connections[i])\n" }
         family("open_connections", "gauge", "Client connections open now.")
         o += "soulfra_gateway_open_connections \(openConnections)\n"
-        family("client_queue_bytes", "gauge", "Bytes held for clients not reading fast enough (bounded by credit and gateway.*_high_bytes).")
+        family("client_queue_bytes", "gauge", "Bytes queued for clients, not yet taken (bounded by credit and gateway.*_bytes).")
         o += "soulfra_gateway_client_queue_bytes \(clientQueueBytes)\n"
+        family("held_bytes", "gauge", "Bytes queued for clients plus the credit their streams hold: what gateway.output_budget_bytes bounds.")
+        o += "soulfra_gateway_held_bytes \(heldBytes)\n"
         family("open_requests", "gauge", "Requests and streams in flight now.")
         o += "soulfra_gateway_open_requests \(openExchanges)\n"
         family("requests_total", "counter", "Requests admitted, by route kind.")
@@ -130,8 +177,15 @@ public struct GatewayCounters: Sendable, Equatable {
             ("protocol_errors_total", "Connections ended for malformed HTTP/1.1, HTTP/2 or WebSocket input.", protocolErrors),
             ("paced_events_total", "rate_limits events sent to streaming clients.", pacedEvents),
             ("slow_subscribers_total", "Room subscribers dropped because their connection stopped reading.", slowSubscribers),
-            ("credit_held_total", "Times broker credit was held back because a client was not reading.", creditHeld),
+            ("credit_held_total", "Times a stream waited for credit because its connection or the gateway held its whole budget.", creditHeld),
             ("connection_moves_total", "Client connections moved to the loop that owns their world.", moves),
+            ("send_timeouts_total", "Connections closed because their pending output did not move for gateway.send_timeout_milliseconds.", sendTimeouts),
+            ("request_timeouts_total", "Requests whose instance did not answer within the request deadline (504 instance_timeout).", requestTimeouts),
+            ("header_flood_resets_total", "HTTP/2 streams reset because their header block decoded past four times the limit (HPACK bomb); decoding stopped there.", headerFloodResets),
+            ("stream_id_goaways_total", "HTTP/2 connections ended with PROTOCOL_ERROR for HEADERS on a skipped, lower stream id.", streamIDGoaways),
+            ("output_pauses_total", "Times a client's reading was paused because the gateway's own replies to it (pongs, errors) passed its budget.", outputPauses),
+            ("address_refusals_total", "Connections closed on arrival because their client address opened too many too fast.", addressRefusals),
+            ("address_reset_goaways_total", "HTTP/2 connections ended with ENHANCE_YOUR_CALM because their client address reset too many streams.", addressResetGoaways),
         ]
         for (n, h, v) in singles {
             family(n, "counter", h)

@@ -378,9 +378,13 @@ public struct HTTP1Parser {
                 break
             }
         }
-        if minor == 1 && !headers.contains(where: { $0.name.lowercased() == "host" }) {
+        let hosts = headers.reduce(0) { $0 + ($1.name.lowercased() == "host" ? 1 : 0) }
+        if minor == 1 && hosts == 0 {
             throw HTTP1Error(status: 400, reason: "HTTP/1.1 request without Host")
         }
+        // RFC 9112 §3.2: a request with more than one Host field is refused (two hosts are an ambiguity a proxy
+        // and its backend may resolve differently).
+        if hosts > 1 { throw HTTP1Error(status: 400, reason: "more than one Host header field") }
         let body: HTTPRequestHead.Body
         if let te = transferEncoding {
             guard contentLength == nil else {

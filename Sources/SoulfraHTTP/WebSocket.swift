@@ -65,25 +65,44 @@ public enum WebSocket {
     }
 }
 
-/// What a WebSocket peer sent, after reassembly of fragmented messages.
-public enum WebSocketEvent: Equatable, Sendable {
-    case text([UInt8])
-    case binary([UInt8])
-    case ping([UInt8])
-    case pong([UInt8])
-    case close(code: UInt16?, reason: [UInt8])
+/// What a WebSocket peer sent. Data messages are handed on in parts as their bytes arrive (never buffered
+/// whole): `first` and `last` mark a message's ends, and an empty message is one part with both set. Byte
+/// buffers are valid only during the callback.
+public enum WebSocketEvent {
+    case data(binary: Bool, UnsafeRawBufferPointer, first: Bool, last: Bool)
+    case ping(UnsafeRawBufferPointer)
+    case pong(UnsafeRawBufferPointer)
+    /// A valid close: its code (nil when the frame had none) and UTF-8 reason. Nothing is decoded after it.
+    case close(code: UInt16?, reason: UnsafeRawBufferPointer)
 }
 
-/// Decodes client-to-server frames incrementally (any chunking): unmasks, reassembles fragments up to
-/// `maxMessageBytes`, enforces the RFC's rules. A violation yields the close code to send.
+/// Decodes client-to-server frames incrementally (any chunking), enforcing RFC 6455: masking, reserved
+/// bits and opcodes, control-frame rules, fragmentation order, UTF-8 in text messages (checked as the bytes
+/// arrive, across fragments), close codes and reasons (§7.4), and a message-size limit. A violation yields
+/// the close code to send and stops decoding; so does a close frame. Memory held is one frame header, one
+/// control frame and the unmasked bytes of one input chunk.
 public struct WebSocketDecoder {
     public let maxMessageBytes: Int
     /// Client frames must be masked (RFC 6455 §5.1); the gateway's own tests of the client side turn this off.
     public let requireMask: Bool
-    var buffer: [UInt8] = []
-    var message: [UInt8] = []
-    var messageOpcode: WebSocket.Opcode?
     public private(set) var failed: WebSocket.CloseCode?
+    /// A close frame was received: nothing more is decoded.
+    public private(set) var closeReceived = false
+
+    var header: [UInt8] = []
+    var inFrame = false
+    var opcode = WebSocket.Opcode.continuation
+    var fin = false
+    var mask: (UInt8, UInt8, UInt8, UInt8)?
+    var remaining = 0
+    var frameOffset = 0
+    /// The data message in progress (text or binary), its size so far, and whether its first part was handed on.
+    var messageOpcode: WebSocket.Opcode?
+    var messageBytes = 0
+    var messageStarted = false
+    var utf8 = UTF8Validator()
+    var control: [UInt8] = []
+    var scratch: [UInt8] = []
 
     public init(maxMessageBytes: Int = 1 << 20, requireMask: Bool = true) {
         self.maxMessageBytes = maxMessageBytes
@@ -93,86 +112,244 @@ public struct WebSocketDecoder {
     /// Feeds bytes; calls `body` for each event. After a violation, returns the close code and ignores input.
     @discardableResult
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, _ body: (WebSocketEvent) -> Void) -> WebSocket.CloseCode? {
-        guard failed == nil else { return failed }
-        buffer.append(contentsOf: bytes)
-        var offset = 0
-        defer { buffer.removeFirst(offset) }
-        while true {
-            let avail = buffer.count - offset
-            guard avail >= 2 else { return nil }
-            let b0 = buffer[offset], b1 = buffer[offset + 1]
-            let fin = b0 & 0x80 != 0
-            guard b0 & 0x70 == 0 else { return fail(.protocolError) }  // no extensions negotiated
-            guard let op = WebSocket.Opcode(rawValue: b0 & 0x0F) else { return fail(.protocolError) }
-            let masked = b1 & 0x80 != 0
-            if requireMask && !masked { return fail(.protocolError) }
-            var length = Int(b1 & 0x7F)
-            var header = 2
-            if length == 126 {
-                guard avail >= 4 else { return nil }
-                length = Int(buffer[offset + 2]) << 8 | Int(buffer[offset + 3])
-                header = 4
-            } else if length == 127 {
-                guard avail >= 10 else { return nil }
-                var l: UInt64 = 0
-                for k in 0..<8 { l = l << 8 | UInt64(buffer[offset + 2 + k]) }
-                guard l >> 63 == 0 else { return fail(.protocolError) }
-                guard l <= UInt64(maxMessageBytes) else { return fail(.messageTooBig) }
-                length = Int(l)
-                header = 10
-            }
-            if op.isControl && (length > 125 || !fin) { return fail(.protocolError) }
-            if !op.isControl && message.count + length > maxMessageBytes { return fail(.messageTooBig) }
-            let maskBytes = masked ? 4 : 0
-            guard avail >= header + maskBytes + length else { return nil }
-            var payload = Array(buffer[(offset + header + maskBytes)..<(offset + header + maskBytes + length)])
-            if masked {
-                let k = offset + header
-                for i in payload.indices { payload[i] ^= buffer[k + (i & 3)] }
-            }
-            offset += header + maskBytes + length
-            switch op {
-            case .ping: body(.ping(payload))
-            case .pong: body(.pong(payload))
-            case .close:
-                guard payload.count != 1 else { return fail(.protocolError) }
-                let code = payload.count >= 2 ? UInt16(payload[0]) << 8 | UInt16(payload[1]) : nil
-                body(.close(code: code, reason: Array(payload.dropFirst(2))))
-            case .text, .binary:
-                guard messageOpcode == nil else { return fail(.protocolError) }  // a new message inside a fragmented one
-                if fin { deliver(op, payload, body) } else {
-                    messageOpcode = op
-                    message = payload
+        var i = 0
+        while failed == nil && !closeReceived {
+            if !inFrame {
+                guard i < bytes.count || headerComplete else { return nil }
+                while !headerComplete && i < bytes.count {
+                    header.append(bytes[i])
+                    i += 1
                 }
-            case .continuation:
-                guard let first = messageOpcode else { return fail(.protocolError) }
-                message.append(contentsOf: payload)
-                if fin {
-                    let whole = message
-                    message.removeAll()
-                    messageOpcode = nil
-                    deliver(first, whole, body)
+                // A length that can never be accepted fails as soon as it is read, without waiting for the mask.
+                if header.count >= 10 && header[1] & 0x7F == 127 {
+                    var l: UInt64 = 0
+                    for k in 0..<8 { l = l << 8 | UInt64(header[2 + k]) }
+                    if l >> 63 != 0 { return fail(.protocolError) }
+                    if l > UInt64(maxMessageBytes) { return fail(.messageTooBig) }
                 }
+                guard headerComplete else { return nil }
+                if let f = startFrame() { return fail(f) }
+                if remaining == 0, let f = endFrame(body) { return fail(f) }
+                continue
             }
-            if let f = failed { return f }
+            guard i < bytes.count else { return nil }
+            let n = min(remaining, bytes.count - i)
+            let chunk = UnsafeRawBufferPointer(rebasing: bytes[i..<(i + n)])
+            i += n
+            remaining -= n
+            if opcode.isControl {
+                for (k, b) in chunk.enumerated() { control.append(Self.unmask(b, mask, at: frameOffset + k)) }
+                frameOffset += n
+                if remaining == 0, let f = endFrame(body) { return fail(f) }
+                continue
+            }
+            // Unmask into the scratch buffer (taken out of `self` while it is written, then put back).
+            var buf = scratch
+            scratch = []
+            if buf.count < n { buf = [UInt8](repeating: 0, count: max(n, 4_096)) }
+            let last = fin && remaining == 0
+            let key = mask, offset = frameOffset, isText = messageOpcode == .text, first = !messageStarted
+            var check = utf8
+            var bad = false
+            buf.withUnsafeMutableBytes { out in
+                for k in 0..<n { out[k] = Self.unmask(chunk[k], key, at: offset + k) }
+                let part = UnsafeRawBufferPointer(rebasing: out[0..<n])
+                if isText && (!check.feed(part) || (last && !check.isComplete)) {
+                    bad = true
+                    return
+                }
+                body(.data(binary: !isText, part, first: first, last: last))
+            }
+            utf8 = check
+            scratch = buf
+            if bad { return fail(.invalidPayload) }
+            frameOffset += n
+            messageStarted = true
+            if remaining == 0, let f = endFrame(body) { return fail(f) }
+        }
+        return failed
+    }
+
+    @inline(__always) static func unmask(_ b: UInt8, _ mask: (UInt8, UInt8, UInt8, UInt8)?, at offset: Int) -> UInt8 {
+        guard let m = mask else { return b }
+        switch offset & 3 {
+        case 0: return b ^ m.0
+        case 1: return b ^ m.1
+        case 2: return b ^ m.2
+        default: return b ^ m.3
         }
     }
 
-    mutating func deliver(_ op: WebSocket.Opcode, _ payload: [UInt8], _ body: (WebSocketEvent) -> Void) {
-        if op == .text {
-            guard String(validating: payload, as: UTF8.self) != nil else {
-                failed = .invalidPayload
-                return
-            }
-            body(.text(payload))
-        } else {
-            body(.binary(payload))
+    /// Whether `header` holds a whole frame header (2–14 bytes, known from its first two).
+    var headerComplete: Bool {
+        guard header.count >= 2 else { return false }
+        let len = header[1] & 0x7F
+        let need = 2 + (len == 126 ? 2 : len == 127 ? 8 : 0) + (header[1] & 0x80 != 0 ? 4 : 0)
+        return header.count >= need
+    }
+
+    /// Validates the header just read and starts its frame.
+    mutating func startFrame() -> WebSocket.CloseCode? {
+        let b0 = header[0], b1 = header[1]
+        defer { header.removeAll(keepingCapacity: true) }
+        guard b0 & 0x70 == 0 else { return .protocolError }  // no extensions negotiated
+        guard let op = WebSocket.Opcode(rawValue: b0 & 0x0F) else { return .protocolError }
+        let masked = b1 & 0x80 != 0
+        if requireMask && !masked { return .protocolError }
+        var length = UInt64(b1 & 0x7F)
+        var at = 2
+        if length == 126 {
+            length = UInt64(header[2]) << 8 | UInt64(header[3])
+            at = 4
+        } else if length == 127 {
+            length = 0
+            for k in 0..<8 { length = length << 8 | UInt64(header[2 + k]) }
+            guard length >> 63 == 0 else { return .protocolError }
+            at = 10
         }
+        fin = b0 & 0x80 != 0
+        if op.isControl {
+            guard length <= 125 && fin else { return .protocolError }
+        } else {
+            switch op {
+            case .continuation: guard messageOpcode != nil else { return .protocolError }
+            default:
+                guard messageOpcode == nil else { return .protocolError }  // a new message inside a fragmented one
+                messageOpcode = op
+                messageBytes = 0
+                messageStarted = false
+                utf8 = UTF8Validator()
+            }
+            guard length <= UInt64(maxMessageBytes - messageBytes) else { return .messageTooBig }
+            messageBytes += Int(length)
+        }
+        mask = masked ? (header[at], header[at + 1], header[at + 2], header[at + 3]) : nil
+        opcode = op
+        remaining = Int(length)
+        frameOffset = 0
+        inFrame = true
+        control.removeAll(keepingCapacity: true)
+        return nil
+    }
+
+    /// The frame is complete: control frames are handed on whole; an empty data frame still marks its message.
+    mutating func endFrame(_ body: (WebSocketEvent) -> Void) -> WebSocket.CloseCode? {
+        inFrame = false
+        switch opcode {
+        case .ping: control.withUnsafeBytes { body(.ping($0)) }
+        case .pong: control.withUnsafeBytes { body(.pong($0)) }
+        case .close:
+            if control.count == 1 { return .protocolError }
+            var code: UInt16?
+            if control.count >= 2 {
+                let c = UInt16(control[0]) << 8 | UInt16(control[1])
+                guard WebSocket.isValidReceivedCloseCode(c) else { return .protocolError }
+                var v = UTF8Validator()
+                guard control.withUnsafeBytes({ v.feed(UnsafeRawBufferPointer(rebasing: $0[2...])) }) && v.isComplete else {
+                    return .protocolError
+                }
+                code = c
+            }
+            closeReceived = true
+            control.withUnsafeBytes { body(.close(code: code, reason: UnsafeRawBufferPointer(rebasing: $0[min(2, $0.count)...]))) }
+        case .text, .binary, .continuation:
+            if fin {
+                if frameOffset == 0 {
+                    // An empty final frame still ends the message (and an empty message is a message).
+                    if messageOpcode == .text && !utf8.isComplete { return .invalidPayload }
+                    body(.data(binary: messageOpcode == .binary, UnsafeRawBufferPointer(start: nil, count: 0),
+                               first: !messageStarted, last: true))
+                }
+                messageOpcode = nil
+                messageStarted = false
+            }
+        }
+        return nil
     }
 
     mutating func fail(_ code: WebSocket.CloseCode) -> WebSocket.CloseCode {
         failed = code
         return code
+    }
+}
+
+/// Checks UTF-8 incrementally, across any split of the bytes (Björn Höhrmann's DFA): text messages and close
+/// reasons both ways, so a text frame is only ever valid UTF-8.
+public struct UTF8Validator: Sendable, Equatable {
+    var state: UInt8 = 0
+    public init() {}
+
+    /// Feeds bytes; false once the sequence cannot be valid UTF-8.
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var s = state
+        for b in bytes {
+            s = Self.transitions[Int(s) * 16 + Int(Self.classes[Int(b)])]
+            if s == 1 { state = 1; return false }
+        }
+        state = s
+        return true
+    }
+
+    /// Whether the bytes so far end on a character boundary.
+    public var isComplete: Bool { state == 0 }
+
+    // Byte classes and the state machine (states are multiples of one: 0 accept, 1 reject).
+    static let classes: [UInt8] = {
+        var c = [UInt8](repeating: 0, count: 256)
+        for b in 0x80...0x8F { c[b] = 1 }
+        for b in 0x90...0x9F { c[b] = 9 }
+        for b in 0xA0...0xBF { c[b] = 7 }
+        c[0xC0] = 8; c[0xC1] = 8
+        for b in 0xC2...0xDF { c[b] = 2 }
+        c[0xE0] = 10
+        for b in 0xE1...0xEC { c[b] = 3 }
+        c[0xED] = 4
+        c[0xEE] = 3; c[0xEF] = 3
+        c[0xF0] = 11
+        for b in 0xF1...0xF3 { c[b] = 6 }
+        c[0xF4] = 5
+        for b in 0xF5...0xFF { c[b] = 8 }
+        return c
+    }()
+
+    /// next = transitions[state * 16 + class]; state 0 accepts, 1 rejects, 2…8 wait for continuation bytes.
+    static let transitions: [UInt8] = {
+        // Rows: states 0–8; columns: classes 0–11 (12–15 unused → reject).
+        let rows: [[UInt8]] = [
+            // 0 accept
+            [0, 1, 2, 3, 5, 8, 7, 1, 1, 1, 4, 6],
+            // 1 reject
+            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+            // 2: one continuation byte left
+            [1, 0, 1, 1, 1, 1, 1, 0, 1, 0, 1, 1],
+            // 3: two left
+            [1, 2, 1, 1, 1, 1, 1, 2, 1, 2, 1, 1],
+            // 4: after E0 (needs A0–BF)
+            [1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1],
+            // 5: after ED (needs 80–9F: no surrogates)
+            [1, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1],
+            // 6: after F0 (needs 90–BF)
+            [1, 1, 1, 1, 1, 1, 1, 3, 1, 3, 1, 1],
+            // 7: after F1–F3 (needs 80–BF)
+            [1, 3, 1, 1, 1, 1, 1, 3, 1, 3, 1, 1],
+            // 8: after F4 (needs 80–8F)
+            [1, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        ]
+        var t = [UInt8](repeating: 1, count: rows.count * 16)
+        for (s, row) in rows.enumerated() { for (c, next) in row.enumerated() { t[s * 16 + c] = next } }
+        return t
+    }()
+}
+
+extension WebSocket {
+    /// Whether a peer may send `code` in a close frame (RFC 6455 §7.4: 1000–1003 and 1007–1011, the
+    /// registered 1012–1014, and 3000–4999 for libraries and applications; 1005, 1006 and 1015 are never sent
+    /// on the wire, and everything else is reserved).
+    public static func isValidReceivedCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: true
+        default: false
+        }
     }
 }
 

@@ -31,6 +31,26 @@ public enum H2Event: Sendable, Equatable {
     case headersTooLarge(stream: Int32)
 }
 
+/// An event as `H2Session.drainEvents` reports it: DATA by reference into the session's buffer (valid during
+/// the call), so receiving a body allocates nothing per frame.
+public enum H2EventRef {
+    case headers(stream: Int32, [H2Header])
+    case data(stream: Int32, UnsafeRawBufferPointer)
+    case endStream(stream: Int32)
+    case closed(stream: Int32, code: UInt32)
+    case goaway(lastStream: Int32, code: UInt32)
+    case headersTooLarge(stream: Int32)
+}
+
+/// Why a session ended the connection on its own (the owner counts these).
+public enum H2Violation: Sendable, Equatable {
+    /// HEADERS on a stream id the client skipped (lower than one it already opened: RFC 9113 §5.1.1);
+    /// GOAWAY PROTOCOL_ERROR.
+    case streamIDRegression
+    /// nghttp2 found the peer broke the protocol and sent GOAWAY with this error code.
+    case detected(code: UInt32)
+}
+
 /// Settings a session announces.
 public struct H2Settings: Sendable, Equatable {
     public var maxConcurrentStreams: UInt32 = 256
@@ -66,6 +86,8 @@ public struct H2Error: Error, Sendable, Equatable, CustomStringConvertible {
     /// The peer reset streams faster than `H2Settings.resetsPerSecond` allows (CVE-2023-44487, "rapid
     /// reset"): the session sent GOAWAY ENHANCE_YOUR_CALM; drain output and close.
     public static let rapidReset = H2Error(code: -100_001, message: "peer reset streams too fast (rapid reset); GOAWAY ENHANCE_YOUR_CALM sent")
+    /// HEADERS on a skipped, lower stream id: GOAWAY PROTOCOL_ERROR sent.
+    public static let streamIDRegression = H2Error(code: -100_003, message: "HEADERS on a stream id lower than one already opened; GOAWAY PROTOCOL_ERROR sent")
 
     public var description: String { "\(message) (\(code))" }
 }
@@ -78,6 +100,12 @@ public struct H2Error: Error, Sendable, Equatable, CustomStringConvertible {
 public final class H2Session {
     public enum Role { case server, client }
 
+    /// An event kept until `drainEvents`/`takeEvents`; DATA is a range of `dataBuffer`.
+    enum Stored {
+        case event(H2Event)
+        case data(stream: Int32, start: Int, count: Int)
+    }
+
     /// A stream's body waiting for nghttp2 to pull it (a class: mutated in place through the dictionary).
     final class Outbound {
         var bytes: [UInt8] = []
@@ -88,7 +116,24 @@ public final class H2Session {
 
     let session: OpaquePointer
     public let role: Role
-    var events: [H2Event] = []
+    var events: [Stored] = []
+    var eventsSpare: [Stored] = []
+    /// DATA received since the last drain, back to back (given back when it grew large: idle sessions keep
+    /// no buffer).
+    var dataBuffer: [UInt8] = []
+    var dataSpare: [UInt8] = []
+    /// Bytes queued on every stream and not yet framed (kept as a running total).
+    public internal(set) var queuedBytesTotal = 0
+    /// Header fields handed to the session in total, and header blocks whose decoding it cut short (the work
+    /// an HPACK bomb can cost is bounded: see `onHeader`).
+    public internal(set) var headerFieldsDecoded: UInt64 = 0
+    public internal(set) var headerFloods: UInt64 = 0
+    /// Client-initiated stream ids: the highest seen, and ranges the client skipped (bounded; oldest dropped).
+    var highestPeerStream: Int32 = 0
+    var skippedStreams: [ClosedRange<Int32>] = []
+    /// Why the session ended the connection, if it did (taken once by the owner).
+    var violation: H2Violation?
+    var ownGoaway = false
     /// The header block being received. HTTP/2 never interleaves header blocks (CONTINUATION must follow its
     /// HEADERS at once), so one is enough.
     var block: [H2Header] = []
@@ -110,6 +155,7 @@ public final class H2Session {
     }
 
     func recycle(_ o: Outbound) {
+        queuedBytesTotal -= o.available
         guard spareOutbound.count < 64, o.bytes.capacity <= 64 << 10 else { return }
         o.bytes.removeAll(keepingCapacity: true)
         spareOutbound.append(o)
@@ -139,6 +185,8 @@ public final class H2Session {
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameRecv)
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
+        nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, onBeginFrame)
+        nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSend)
         var s: OpaquePointer?
         // No callback runs during creation; user_data is set once `self` is complete. It is unretained: the
         // session never outlives this object (deinit deletes it).
@@ -161,14 +209,51 @@ public final class H2Session {
     /// Feeds bytes from the peer; `now` is monotonic nanoseconds (for the reset budget). A thrown error means
     /// the connection is over: drain output (nghttp2 has queued GOAWAY when it can) and close.
     public func receive(_ bytes: UnsafeRawBufferPointer, now: UInt64) throws(H2Error) {
-        guard bytes.count > 0, !calm else { return }
+        guard bytes.count > 0, !calm, violation == nil else { return }
         self.now = now
         let n = sf_h2_mem_recv(session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
         if calm {
-            nghttp2_session_terminate_session(session, UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
+            terminate(NGHTTP2_ENHANCE_YOUR_CALM)
             throw H2Error.rapidReset
         }
+        switch violation {
+        case .streamIDRegression?:
+            terminate(NGHTTP2_PROTOCOL_ERROR)
+            throw H2Error.streamIDRegression
+        case .detected?, nil:
+            break
+        }
         if n < 0 { throw H2Error(code: Int32(n)) }
+    }
+
+    /// GOAWAY with `code`, sent by this side's decision (not counted as a protocol error nghttp2 detected).
+    func terminate(_ code: nghttp2_error_code) {
+        ownGoaway = true
+        nghttp2_session_terminate_session(session, code.rawValue)
+    }
+
+    /// Why the session ended the connection on its own since the last call (a violation it found, or one
+    /// nghttp2 found and answered with GOAWAY): for the owner's counters.
+    public func takeViolation() -> H2Violation? {
+        defer { violation = nil }
+        return violation
+    }
+
+
+    /// Records a client stream id: true if it is acceptable for new HEADERS (RFC 9113 §5.1.1: a new stream's
+    /// id is above every id the client used; a skipped id is closed for good).
+    func acceptHeaders(stream id: Int32) -> Bool {
+        if id > highestPeerStream {
+            if highestPeerStream > 0 && id > highestPeerStream + 2 || highestPeerStream == 0 && id > 1 {
+                let from = highestPeerStream == 0 ? 1 : highestPeerStream + 2
+                skippedStreams.append(from...(id - 2))
+                if skippedStreams.count > 32 { skippedStreams.removeFirst() }
+            }
+            highestPeerStream = id
+            return true
+        }
+        // Lower than the highest: an open or closed stream (nghttp2 decides), or one the client skipped.
+        return !skippedStreams.contains { $0.contains(id) }
     }
 
     /// Charges one peer reset against the budget; false once it is spent.
@@ -186,10 +271,50 @@ public final class H2Session {
     /// Whether events are waiting (streams also close while output is drained).
     public var hasEvents: Bool { !events.isEmpty }
 
-    /// Events since the last call.
+    /// Events since the last call, DATA copied out (clients, tests).
     public func takeEvents() -> [H2Event] {
-        defer { events.removeAll(keepingCapacity: true) }
-        return events
+        var out: [H2Event] = []
+        drainEvents { e in
+            switch e {
+            case .headers(let s, let h): out.append(.headers(stream: s, h))
+            case .data(let s, let b): out.append(.data(stream: s, Array(b)))
+            case .endStream(let s): out.append(.endStream(stream: s))
+            case .closed(let s, let c): out.append(.closed(stream: s, code: c))
+            case .goaway(let l, let c): out.append(.goaway(lastStream: l, code: c))
+            case .headersTooLarge(let s): out.append(.headersTooLarge(stream: s))
+            }
+        }
+        return out
+    }
+
+    /// Hands each event since the last call to `body`, DATA by reference (no copy). Events that arise while
+    /// `body` runs (it may call back into the session) wait for the next call.
+    public func drainEvents(_ body: (H2EventRef) -> Void) {
+        guard !events.isEmpty else { return }
+        swap(&events, &eventsSpare)
+        swap(&dataBuffer, &dataSpare)
+        defer {
+            eventsSpare.removeAll(keepingCapacity: true)
+            // A large buffer (a big upload arrived) is given back rather than kept by an idle connection.
+            dataSpare.removeAll(keepingCapacity: dataSpare.capacity <= 4_096)
+        }
+        dataSpare.withUnsafeBytes { buf in
+            for e in eventsSpare {
+                switch e {
+                case .data(let s, let start, let count):
+                    body(.data(stream: s, UnsafeRawBufferPointer(rebasing: buf[start..<(start + count)])))
+                case .event(let ev):
+                    switch ev {
+                    case .headers(let s, let h): body(.headers(stream: s, h))
+                    case .data: break
+                    case .endStream(let s): body(.endStream(stream: s))
+                    case .closed(let s, let c): body(.closed(stream: s, code: c))
+                    case .goaway(let l, let c): body(.goaway(lastStream: l, code: c))
+                    case .headersTooLarge(let s): body(.headersTooLarge(stream: s))
+                    }
+                }
+            }
+        }
     }
 
     /// Hands every byte nghttp2 wants to send to `body`, in order (each buffer is valid only during the call).
@@ -223,6 +348,7 @@ public final class H2Session {
     public func send(stream: Int32, _ bytes: UnsafeRawBufferPointer, end: Bool = false) {
         guard let out = outbound[stream] else { return }
         out.bytes.append(contentsOf: bytes)
+        queuedBytesTotal += bytes.count
         if end { out.ended = true }
         nghttp2_session_resume_data(session, stream)
     }
@@ -230,8 +356,8 @@ public final class H2Session {
     /// Bytes queued for a stream and not yet framed by nghttp2 (the gateway bounds this).
     public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.available ?? 0 }
 
-    /// Bytes queued on every stream, not yet framed.
-    public var queuedBytesTotal: Int { outbound.values.reduce(0) { $0 + $1.available } }
+    /// Whether `stream` is open in nghttp2 (for tests).
+    public func isOpen(stream: Int32) -> Bool { nghttp2_session_find_stream(session, stream) != nil }
 
     /// Reopens `bytes` of flow-control window for `stream` (and the connection) after its DATA was handed on.
     public func consume(stream: Int32, bytes: Int) {
@@ -246,7 +372,16 @@ public final class H2Session {
 
     /// Graceful GOAWAY: no new streams; open ones finish.
     public func goaway(code: UInt32 = 0) {
+        ownGoaway = true
         nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session), code, nil, 0)
+    }
+
+    /// Ends the connection at once with GOAWAY ENHANCE_YOUR_CALM (the owner's budgets, e.g. resets per
+    /// client address): drain output and close.
+    public func calmDown() {
+        guard !calm else { return }
+        calm = true
+        terminate(NGHTTP2_ENHANCE_YOUR_CALM)
     }
 
     /// Whether nghttp2 has frames to send.
@@ -322,12 +457,45 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
     return 0
 }
 
+/// Sees every frame header before nghttp2 acts on it: the one place to catch HEADERS on a skipped stream id,
+/// which nghttp2 1.52 would silently ignore.
+private let onBeginFrame: nghttp2_on_begin_frame_callback = { _, hd, userData in
+    let s = H2Session.from(userData)
+    let h = hd!.pointee
+    if s.role == .server && UInt32(h.type) == NGHTTP2_HEADERS.rawValue && h.stream_id & 1 == 1 && !s.acceptHeaders(stream: h.stream_id) {
+        s.violation = .streamIDRegression
+        return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
+    }
+    return 0
+}
+
+/// Notes a GOAWAY with an error code that nghttp2 sent on its own (it found the peer broke the protocol).
+private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, userData in
+    let s = H2Session.from(userData)
+    let f = frame!.pointee
+    if UInt32(f.hd.type) == NGHTTP2_GOAWAY.rawValue && f.goaway.error_code != 0 && !s.ownGoaway && s.violation == nil {
+        s.violation = .detected(code: f.goaway.error_code)
+    }
+    return 0
+}
+
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, value, valuelen, _, userData in
     let s = H2Session.from(userData)
     s.blockBytes += namelen + valuelen + 32
+    s.headerFieldsDecoded &+= 1
     if s.blockBytes > Int(s.settings.maxHeaderListBytes) {
         s.blockOversized = true
         s.block.removeAll()
+        // A list somewhat over the limit gets its 431. Past four times the limit it is not a big request but a
+        // decompression bomb (a few bytes on the wire naming a large table entry again and again): nghttp2 is
+        // told to stop — it resets the stream and runs through the rest of the block without handing out or
+        // checking any field, so the work left is proportional to the bytes on the wire, not to what they
+        // would decode to.
+        if s.blockBytes > 4 * Int(s.settings.maxHeaderListBytes) {
+            s.headerFloods &+= 1
+            s.blockStream = 0
+            return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
         return 0
     }
     guard !s.blockOversized else { return 0 }
@@ -358,15 +526,15 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
     switch UInt32(hd.type) {
     case NGHTTP2_HEADERS.rawValue:
         if s.blockStream == hd.stream_id {
-            s.events.append(s.blockOversized ? .headersTooLarge(stream: hd.stream_id) : .headers(stream: hd.stream_id, s.block))
+            s.events.append(.event(s.blockOversized ? .headersTooLarge(stream: hd.stream_id) : .headers(stream: hd.stream_id, s.block)))
             s.block = []
             s.blockStream = 0
         }
-        if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
+        if endStream { s.events.append(.event(.endStream(stream: hd.stream_id))) }
     case NGHTTP2_DATA.rawValue:
-        if endStream { s.events.append(.endStream(stream: hd.stream_id)) }
+        if endStream { s.events.append(.event(.endStream(stream: hd.stream_id))) }
     case NGHTTP2_GOAWAY.rawValue:
-        s.events.append(.goaway(lastStream: frame!.pointee.goaway.last_stream_id, code: frame!.pointee.goaway.error_code))
+        s.events.append(.event(.goaway(lastStream: frame!.pointee.goaway.last_stream_id, code: frame!.pointee.goaway.error_code)))
     case NGHTTP2_RST_STREAM.rawValue:
         if !s.chargeReset() {
             // Stop processing this input at once; `receive` terminates the session after mem_recv returns.
@@ -381,7 +549,9 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, len, userData in
     let s = H2Session.from(userData)
-    s.events.append(.data(stream: streamID, Array(UnsafeBufferPointer(start: data, count: len))))
+    let start = s.dataBuffer.count
+    s.dataBuffer.append(contentsOf: UnsafeBufferPointer(start: data, count: len))
+    s.events.append(.data(stream: streamID, start: start, count: len))
     return 0
 }
 
@@ -392,7 +562,7 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, cod
         s.block = []
         s.blockStream = 0
     }
-    s.events.append(.closed(stream: streamID, code: code))
+    s.events.append(.event(.closed(stream: streamID, code: code)))
     return 0
 }
 
@@ -406,6 +576,7 @@ private let readBody: sf_h2_read_fn = { _, streamID, buf, length, flags, userDat
             UnsafeMutableRawPointer(buf!).copyMemory(from: src.baseAddress! + out.head, byteCount: n)
         }
         out.head += n
+        s.queuedBytesTotal -= n
         if out.head == out.bytes.count { out.bytes.removeAll(keepingCapacity: true); out.head = 0 }
     }
     if out.available == 0 && out.ended {

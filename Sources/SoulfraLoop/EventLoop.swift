@@ -237,6 +237,37 @@ public final class EventLoop {
         if slots[i].recv.resume() == .queue { rearm.append(conn) }
     }
 
+    /// The peer's address as 16 bytes (IPv4 as an IPv4-mapped IPv6 address), high and low halves, big-endian;
+    /// nil for unix sockets or when the socket has no peer any more. One getpeername(2).
+    public func peerAddress(conn: UInt32) -> (high: UInt64, low: UInt64)? {
+        let i = Int(conn)
+        guard i < slots.count, slots[i].inUse else { return nil }
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(slots[i].fd, $0, &len) }
+        }
+        guard rc == 0 else { return nil }
+        func load(_ p: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
+            var h: UInt64 = 0, l: UInt64 = 0
+            for k in 0..<8 { h = h << 8 | UInt64(p[k]) }
+            for k in 8..<16 { l = l << 8 | UInt64(p[k]) }
+            return (h, l)
+        }
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            return withUnsafeBytes(of: &storage) { raw in
+                let v4 = raw.load(fromByteOffset: 4, as: UInt32.self)  // sin_addr, network order
+                let b = withUnsafeBytes(of: v4) { Array($0) }
+                return (0, 0x0000_FFFF_0000_0000 | UInt64(b[0]) << 24 | UInt64(b[1]) << 16 | UInt64(b[2]) << 8 | UInt64(b[3]))
+            }
+        case AF_INET6:
+            return withUnsafeBytes(of: &storage) { raw in load(UnsafeRawBufferPointer(rebasing: raw[8..<24])) }
+        default:
+            return nil
+        }
+    }
+
     /// Whether the loop reads this connection now (for tests and metrics).
     public func isReading(conn: UInt32) -> Bool {
         let i = Int(conn)

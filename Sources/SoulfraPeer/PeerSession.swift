@@ -299,10 +299,12 @@ public final class PeerSession {
     }
 
     /// Queues as much of one message as the window allows, in frames of at most `maxFrameBytes`; every frame
-    /// but the message's last is flagged MORE (END_STREAM, with `end`, only on the last). Returns the bytes
-    /// taken — call again with the rest after `sessionWritable` — or nil when nothing could be sent (no window,
-    /// or the stream is gone or ended). An empty message takes one frame and returns 0.
-    public func sendPartial(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false) -> Int? {
+    /// but the message's last is flagged MORE (END_STREAM, with `end`, only on the last). With `continues`
+    /// the message goes on after `payload` (its bytes are still arriving), so even the last frame carries MORE.
+    /// Returns the bytes taken — call again with the rest after `sessionWritable` — or nil when nothing could be
+    /// sent (no window, or the stream is gone or ended). An empty payload takes one frame and returns 0.
+    public func sendPartial(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false,
+                            continues: Bool = false) -> Int? {
         guard var st = streams[stream], !st.sentEnd, st.windowFrames >= 1 else { return nil }
         guard payload.count == 0 || st.windowBytes >= 1 else { return nil }
         var sent = 0
@@ -311,14 +313,14 @@ public final class PeerSession {
             let n = min(payload.count - sent, maxFrameBytes, Int(max(0, st.windowBytes)))
             let last = sent + n == payload.count
             var flags = base
-            if !last { flags.insert(.more) } else if end { flags.insert(.endStream) }
+            if !last || continues { flags.insert(.more) } else if end { flags.insert(.endStream) }
             FrameWriter.data(output, stream: stream, payload: n == 0 ? UnsafeRawBufferPointer(start: nil, count: 0)
                                                       : UnsafeRawBufferPointer(rebasing: payload[sent..<(sent + n)]), flags: flags)
             sent += n
             st.windowBytes -= Int64(n)
             st.windowFrames -= 1
             if last {
-                st.sentEnd = end
+                st.sentEnd = end && !continues
                 break
             }
         } while st.windowFrames >= 1 && st.windowBytes >= 1

@@ -161,6 +161,21 @@ public struct ServerConfig: Sendable, Equatable {
         try check(g.streamQueueHighBytes >= 4 << 10, "gateway.stream_queue_high_bytes", "must be at least 4096, got \(g.streamQueueHighBytes)")
         try check(g.roomSubscriberOutputBytes >= 16 << 10, "gateway.room_subscriber_output_bytes", "must be at least 16384, got \(g.roomSubscriberOutputBytes)")
         try check((1...3_600).contains(g.retryAfterSeconds), "gateway.retry_after_seconds", "must be between 1 and 3600, got \(g.retryAfterSeconds)")
+        try check(g.streamQueueHighBytes <= g.connectionOutputHighBytes / 2, "gateway.stream_queue_high_bytes",
+                  "must be at most half of gateway.connection_output_high_bytes (\(g.connectionOutputHighBytes)), got \(g.streamQueueHighBytes)")
+        try check(g.outputBudgetBytes >= g.connectionOutputHighBytes && g.outputBudgetBytes <= 1 << 40, "gateway.output_budget_bytes",
+                  "must be at least gateway.connection_output_high_bytes (\(g.connectionOutputHighBytes)), got \(g.outputBudgetBytes)")
+        try check((1_000...3_600_000).contains(g.sendTimeoutMilliseconds), "gateway.send_timeout_milliseconds",
+                  "must be between 1000 and 3600000, got \(g.sendTimeoutMilliseconds)")
+        for (world, ms) in [("", g.requestTimeoutMilliseconds)] + g.requestTimeoutByWorld.sorted(by: { $0.key < $1.key }).map({ ($0.key, $0.value) }) {
+            try check(ms == 0 || (100...3_600_000).contains(ms),
+                      world.isEmpty ? "gateway.request_timeout_milliseconds" : "gateway.request_timeout_by_world.\(world)",
+                      "must be 0 (off) or between 100 and 3600000, got \(ms)")
+        }
+        try check(g.connectionsPerSecondPerAddress >= 1 && g.connectionBurstPerAddress >= 1, "gateway.connections_per_second_per_address",
+                  "connections_per_second_per_address and connection_burst_per_address must be at least 1")
+        try check(g.resetsPerSecondPerAddress >= 1 && g.resetBurstPerAddress >= 1, "gateway.resets_per_second_per_address",
+                  "resets_per_second_per_address and reset_burst_per_address must be at least 1")
         var digests = Set<SecretDigest>()
         for k in gatewayKeys {
             try check(digests.insert(k.digest).inserted, "keys[id \(k.id)]", "the same key secret appears twice")
@@ -221,6 +236,17 @@ extension ServerConfig {
             gateway.streamQueueHighBytes = try g.int("stream_queue_high_bytes") ?? gateway.streamQueueHighBytes
             gateway.roomSubscriberOutputBytes = try g.int("room_subscriber_output_bytes") ?? gateway.roomSubscriberOutputBytes
             gateway.retryAfterSeconds = try g.uint32("retry_after_seconds") ?? gateway.retryAfterSeconds
+            gateway.outputBudgetBytes = try g.int("output_budget_bytes") ?? gateway.outputBudgetBytes
+            gateway.sendTimeoutMilliseconds = try g.uint32("send_timeout_milliseconds") ?? gateway.sendTimeoutMilliseconds
+            gateway.requestTimeoutMilliseconds = try g.uint32("request_timeout_milliseconds") ?? gateway.requestTimeoutMilliseconds
+            if var byWorld = try g.object("request_timeout_by_world") {
+                for world in byWorld.remainingKeys { gateway.requestTimeoutByWorld[world] = try byWorld.uint32(world) }
+                try byWorld.finish()
+            }
+            gateway.connectionsPerSecondPerAddress = try g.uint32("connections_per_second_per_address") ?? gateway.connectionsPerSecondPerAddress
+            gateway.connectionBurstPerAddress = try g.uint32("connection_burst_per_address") ?? gateway.connectionBurstPerAddress
+            gateway.resetsPerSecondPerAddress = try g.uint32("resets_per_second_per_address") ?? gateway.resetsPerSecondPerAddress
+            gateway.resetBurstPerAddress = try g.uint32("reset_burst_per_address") ?? gateway.resetBurstPerAddress
             try g.finish()
         }
         keysFile = try r.string("keys_file") ?? keysFile
@@ -251,6 +277,9 @@ extension ServerConfig {
             broker.roomSubscriberQueueFrames = try b.int("room_subscriber_queue_frames") ?? broker.roomSubscriberQueueFrames
             broker.affinitySessionsPerWorld = try b.int("affinity_sessions_per_world") ?? broker.affinitySessionsPerWorld
             broker.shutdownDrainMilliseconds = try b.uint32("shutdown_drain_milliseconds") ?? broker.shutdownDrainMilliseconds
+            broker.outlierConsecutiveFailures = try b.uint32("outlier_consecutive_failures") ?? broker.outlierConsecutiveFailures
+            broker.outlierEjectionMilliseconds = try b.uint32("outlier_ejection_milliseconds") ?? broker.outlierEjectionMilliseconds
+            broker.outlierMaxEjectionPercent = try b.uint32("outlier_max_ejection_percent") ?? broker.outlierMaxEjectionPercent
             if let name = try b.string("balancer") {
                 guard let p = BalancerPolicy(rawValue: name) else {
                     throw Invalid(key: "broker.balancer", message: "must be one of \(BalancerPolicy.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(name)\"")

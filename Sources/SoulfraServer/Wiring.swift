@@ -198,8 +198,9 @@ final class Wiring: LoopDelegate {
             return true
         case .gateway, .gatewayTLS:
             guard let g = gateway else { return false }
+            let address = loop.peerAddress(conn: conn).map { ClientAddress(high: $0.high, low: $0.low) }
+            guard g.accepted(conn: conn, tls: lr == .gatewayTLS, address: address, now: now) else { return false }
             setRole(conn, .http)
-            g.accepted(conn: conn, tls: lr == .gatewayTLS, now: now)
             return true
         case .broker:
             guard broker.canAttach else { return false }
@@ -316,6 +317,7 @@ final class Wiring: LoopDelegate {
     }
 
     func loopTick(now: UInt64) {
+        gateway?.now = now
         broker.tick(now: now)
         if let g = gateway {
             g.tick(now: now)
@@ -364,6 +366,7 @@ final class Wiring: LoopDelegate {
     }
 
     func loopMailbox(now: UInt64) {
+        gateway?.now = now
         for a in shard.takeArrivals() {
             guard let g = gateway, shutdownStarted == nil, let conn = loop.adopt(fd: a.fd) else {
                 if gateway == nil || shutdownStarted != nil { Glibc.close(a.fd) }
@@ -426,6 +429,7 @@ final class Wiring: LoopDelegate {
     @inline(__always)
     func loopFlush(now: UInt64) {
         if let g = gateway {
+            g.now = now
             pumpInProcess(g, now: now)
             g.flush(now: now)
             for (conn, target) in g.takeMoves() {
@@ -452,6 +456,7 @@ extension Wiring: GatewayTransport {
     func canSend(_ conn: UInt32) -> Bool { loop.canSend(conn: conn) }
     func send(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer) { loop.send(conn: conn, bytes: bytes) }
     func close(_ conn: UInt32) { loop.close(conn: conn, flush: true, now: monotonicNanoseconds()) }
+    func abort(_ conn: UInt32) { loop.close(conn: conn, flush: false, now: monotonicNanoseconds()) }
     func pauseRead(_ conn: UInt32) { loop.pauseRead(conn: conn) }
     func resumeRead(_ conn: UInt32) { loop.resumeRead(conn: conn) }
 }

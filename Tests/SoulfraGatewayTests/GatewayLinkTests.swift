@@ -13,9 +13,12 @@ final class RecordingTransport: GatewayTransport {
         sent[conn, default: []] += bytes
         gateway?.sent(conn: conn, count: bytes.count, now: 0)
     }
+    var aborted: Set<UInt32> = []
+    var paused: Set<UInt32> = []
     func close(_ conn: UInt32) { closed.insert(conn) }
-    func pauseRead(_ conn: UInt32) {}
-    func resumeRead(_ conn: UInt32) {}
+    func abort(_ conn: UInt32) { aborted.insert(conn) }
+    func pauseRead(_ conn: UInt32) { paused.insert(conn) }
+    func resumeRead(_ conn: UInt32) { paused.remove(conn) }
     func text(_ conn: UInt32) -> String { String(decoding: sent[conn] ?? [], as: UTF8.self) }
 }
 
@@ -41,7 +44,7 @@ struct GatewayLinkTests {
     /// `setUp`, then client 7 sends a request for the world on loop 1 and the gateway flushes.
     func requestWaiting() -> (Gateway, RecordingTransport) {
         let (g, t, world, key) = setUp()
-        g.accepted(conn: 7, tls: false, now: 1)
+        _ = g.accepted(conn: 7, tls: false, address: nil, now: 1)
         let request = "POST /v1/worlds/\(world)/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \(key)\r\n"
             + "Content-Length: 2\r\n\r\n{}"
         Array(request.utf8).withUnsafeBytes { g.received(conn: 7, bytes: $0, now: 2) }

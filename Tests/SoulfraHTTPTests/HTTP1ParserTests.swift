@@ -107,6 +107,8 @@ struct HTTP1ParserTests {
 
     @Test("rejections carry the right status", arguments: [
         ("GET / HTTP/1.1\r\n\r\n", 400),                                            // no Host
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),                      // two Hosts (RFC 9112 §3.2)
+        ("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),                      // even the same one twice
         ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         ("GET / FTP/1.1\r\nHost: a\r\n\r\n", 400),
         ("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),

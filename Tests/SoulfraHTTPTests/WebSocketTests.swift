@@ -2,12 +2,32 @@ import Testing
 @testable import SoulfraHTTP
 import SoulfraKeys
 
-func decode(_ chunks: [[UInt8]], max: Int = 1 << 20) -> (events: [WebSocketEvent], failure: WebSocket.CloseCode?) {
+/// What the decoder reported, with message parts put back together (parts are checked separately).
+enum Decoded: Equatable {
+    case text([UInt8]), binary([UInt8]), ping([UInt8]), pong([UInt8])
+    case close(code: UInt16?, reason: [UInt8])
+}
+
+func decode(_ chunks: [[UInt8]], max: Int = 1 << 20) -> (events: [Decoded], failure: WebSocket.CloseCode?) {
     var d = WebSocketDecoder(maxMessageBytes: max)
-    var events: [WebSocketEvent] = []
+    var events: [Decoded] = []
     var failure: WebSocket.CloseCode?
+    var message: [UInt8] = []
     for c in chunks {
-        c.withUnsafeBytes { if let f = d.feed($0, { events.append($0) }) { failure = f } }
+        c.withUnsafeBytes {
+            let f = d.feed($0) { e in
+                switch e {
+                case .data(let binary, let part, let first, let last):
+                    if first { message = [] }
+                    message += part
+                    if last { events.append(binary ? .binary(message) : .text(message)) }
+                case .ping(let p): events.append(.ping(Array(p)))
+                case .pong(let p): events.append(.pong(Array(p)))
+                case .close(let code, let reason): events.append(.close(code: code, reason: Array(reason)))
+                }
+            }
+            if let f { failure = f }
+        }
     }
     return (events, failure)
 }
@@ -50,7 +70,7 @@ struct WebSocketTests {
         let big = [UInt8](repeating: 0x62, count: 70_000)
         let stream = clientFrame(.text, Array(#"{"text":"hi"}"#.utf8)) + clientFrame(.binary, [UInt8](repeating: 7, count: 300))
             + clientFrame(.binary, big) + clientFrame(.close, WebSocket.closePayload(.normal, "bye"))
-        let expected: [WebSocketEvent] = [.text(Array(#"{"text":"hi"}"#.utf8)), .binary([UInt8](repeating: 7, count: 300)),
+        let expected: [Decoded] = [.text(Array(#"{"text":"hi"}"#.utf8)), .binary([UInt8](repeating: 7, count: 300)),
                                           .binary(big), .close(code: 1000, reason: Array("bye".utf8))]
         #expect(decode([stream]).events == expected)
         for cut in stride(from: 0, through: stream.count, by: 97) {
@@ -88,5 +108,68 @@ struct WebSocketTests {
         #expect(Base64.encode(Array("foobar".utf8)) == "Zm9vYmFy")
         #expect(Base64.decode("Zm9vYg==") == Array("foob".utf8))
         #expect(Base64.decode("Zm9v!mFy") == nil && Base64.decode("Zm9") == nil && Base64.decode("Z===") == nil)
+    }
+
+    @Test("a message's bytes are handed on as they arrive, before its frame is complete")
+    func streamsParts() {
+        let frame = clientFrame(.binary, [UInt8](repeating: 9, count: 10_000))
+        var d = WebSocketDecoder()
+        var parts: [(Int, Bool, Bool)] = []
+        frame.withUnsafeBytes { b in
+            _ = d.feed(UnsafeRawBufferPointer(rebasing: b[0..<4_000])) { e in
+                if case .data(_, let p, let first, let last) = e { parts.append((p.count, first, last)) }
+            }
+            _ = d.feed(UnsafeRawBufferPointer(rebasing: b[4_000...])) { e in
+                if case .data(_, let p, let first, let last) = e { parts.append((p.count, first, last)) }
+            }
+        }
+        #expect(parts.count == 2)
+        #expect(parts.map(\.0).reduce(0, +) == 10_000)
+        #expect(parts.first?.1 == true && parts.first?.2 == false && parts.last?.2 == true)
+    }
+
+    @Test("empty messages are messages: an empty text, an empty binary, and one ended by an empty continuation")
+    func emptyMessages() {
+        let bytes = clientFrame(.text, []) + clientFrame(.binary, []) + clientFrame(.text, Array("ab".utf8), fin: false)
+            + clientFrame(.continuation, [])
+        #expect(decode([bytes]).events == [.text([]), .binary([]), .text(Array("ab".utf8))])
+    }
+
+    @Test("close codes a peer may send are accepted; the rest are a protocol error (RFC 6455 §7.4)", arguments: [
+        (UInt16(1000), true), (1001, true), (1003, true), (1007, true), (1011, true), (1012, true), (1014, true),
+        (3000, true), (4999, true),
+        (0, false), (999, false), (1004, false), (1005, false), (1006, false), (1015, false), (1016, false),
+        (1100, false), (2000, false), (2999, false), (5000, false),
+    ])
+    func closeCodes(_ code: UInt16, _ valid: Bool) {
+        let r = decode([clientFrame(.close, [UInt8(code >> 8), UInt8(code & 0xFF)])])
+        if valid {
+            #expect(r.failure == nil && r.events == [.close(code: code, reason: [])])
+        } else {
+            #expect(r.failure == .protocolError && r.events.isEmpty)
+        }
+    }
+
+    @Test("a close with a 1-byte body or a reason that is not UTF-8 is a protocol error; nothing after a close is decoded")
+    func closeRules() {
+        #expect(decode([clientFrame(.close, [0x03])]).failure == .protocolError)
+        #expect(decode([clientFrame(.close, [0x03, 0xE8, 0xC3, 0x28])]).failure == .protocolError)
+        let afterClose = clientFrame(.close, []) + clientFrame(.ping, Array("late".utf8)) + clientFrame(.text, Array("x".utf8))
+        let r = decode([afterClose])
+        #expect(r.failure == nil && r.events == [.close(code: nil, reason: [])], "no pong owed for a ping after close")
+    }
+
+    @Test("UTF-8 is checked across fragments and at any split: a character cut between frames is fine, a truncated one is not")
+    func utf8AcrossFragments() {
+        let euro: [UInt8] = [0xE2, 0x82, 0xAC]
+        let split = clientFrame(.text, [euro[0]], fin: false) + clientFrame(.continuation, Array(euro[1...]))
+        #expect(decode([split]).events == [.text(euro)])
+        let truncated = clientFrame(.text, [euro[0], euro[1]])
+        #expect(decode([truncated]).failure == .invalidPayload)
+        let surrogate = clientFrame(.text, [0xED, 0xA0, 0x80])
+        #expect(decode([surrogate]).failure == .invalidPayload)
+        var v = UTF8Validator()
+        for b in Array("héllo wörld 🎉".utf8) { #expect([b].withUnsafeBytes { v.feed($0) }) }
+        #expect(v.isComplete)
     }
 }

@@ -193,3 +193,36 @@ extension BrokerServer {
         throw ClientError("the loops did not publish their counters")
     }
 }
+
+/// One WebSocket frame as the gateway sent it.
+struct ServerFrame: Equatable {
+    var fin: Bool
+    var opcode: WebSocket.Opcode
+    var payload: [UInt8]
+}
+
+/// Splits unmasked server frames out of `bytes` (a trailing partial frame is left out).
+func serverFrames(_ bytes: [UInt8]) -> [ServerFrame] {
+    var out: [ServerFrame] = []
+    var i = 0
+    while i + 2 <= bytes.count {
+        let fin = bytes[i] & 0x80 != 0
+        guard let op = WebSocket.Opcode(rawValue: bytes[i] & 0x0F) else { return out }
+        var len = Int(bytes[i + 1] & 0x7F)
+        var at = i + 2
+        if len == 126 {
+            guard at + 2 <= bytes.count else { return out }
+            len = Int(bytes[at]) << 8 | Int(bytes[at + 1])
+            at += 2
+        } else if len == 127 {
+            guard at + 8 <= bytes.count else { return out }
+            len = 0
+            for k in 0..<8 { len = len << 8 | Int(bytes[at + k]) }
+            at += 8
+        }
+        guard at + len <= bytes.count else { return out }
+        out.append(ServerFrame(fin: fin, opcode: op, payload: Array(bytes[at..<(at + len)])))
+        i = at + len
+    }
+    return out
+}

@@ -1,0 +1,79 @@
+/// A client's address for per-address budgets: 16 bytes (IPv4 as an IPv4-mapped IPv6 address), no port.
+public struct ClientAddress: Hashable, Sendable {
+    public let high: UInt64
+    public let low: UInt64
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+}
+
+/// A token bucket in whole tokens per second with a burst, refilled from `now` (monotonic nanoseconds).
+struct RateBucket {
+    var tokens: Double
+    var refilledAt: UInt64
+    init(burst: UInt32, now: UInt64) {
+        tokens = Double(burst)
+        refilledAt = now
+    }
+
+    /// Takes `n` tokens if they are there.
+    mutating func take(_ n: Double, rate: UInt32, burst: UInt32, now: UInt64) -> Bool {
+        if now > refilledAt {
+            tokens = min(Double(burst), tokens + Double(rate) * Double(now - refilledAt) / 1e9)
+            refilledAt = now
+        }
+        guard tokens >= n else { return false }
+        tokens -= n
+        return true
+    }
+}
+
+/// Budgets per client address, across that address's connections on one loop: new connections per second
+/// (a client that reconnects is not a new client) and HTTP/2 stream resets per second (a client that resets
+/// streams and reconnects to get a fresh per-connection budget still runs out). Bounded: past `capacity`
+/// addresses the oldest entry is forgotten.
+struct AddressBudgets {
+    struct Entry {
+        var connections: RateBucket
+        var resets: RateBucket
+    }
+
+    let capacity: Int
+    var entries: [ClientAddress: Entry] = [:]
+    var order: [ClientAddress] = []
+    var orderHead = 0
+
+    init(capacity: Int = 65_536) { self.capacity = capacity }
+
+    private mutating func entry(_ a: ClientAddress, _ limits: GatewayLimits, now: UInt64) -> Entry {
+        if let e = entries[a] { return e }
+        if entries.count >= capacity {
+            entries.removeValue(forKey: order[orderHead])
+            orderHead += 1
+            if orderHead > 1_024 && orderHead * 2 > order.count {
+                order.removeFirst(orderHead)
+                orderHead = 0
+            }
+        }
+        order.append(a)
+        return Entry(connections: RateBucket(burst: limits.connectionBurstPerAddress, now: now),
+                     resets: RateBucket(burst: limits.resetBurstPerAddress, now: now))
+    }
+
+    /// Charges one new connection; false when the address is over its budget.
+    mutating func admitConnection(_ a: ClientAddress, _ limits: GatewayLimits, now: UInt64) -> Bool {
+        var e = entry(a, limits, now: now)
+        let ok = e.connections.take(1, rate: limits.connectionsPerSecondPerAddress, burst: limits.connectionBurstPerAddress, now: now)
+        entries[a] = e
+        return ok
+    }
+
+    /// Charges `n` stream resets; false when the address is over its budget.
+    mutating func chargeResets(_ a: ClientAddress, _ n: UInt64, _ limits: GatewayLimits, now: UInt64) -> Bool {
+        var e = entry(a, limits, now: now)
+        let ok = e.resets.take(Double(n), rate: limits.resetsPerSecondPerAddress, burst: limits.resetBurstPerAddress, now: now)
+        entries[a] = e
+        return ok
+    }
+}
