@@ -75,6 +75,7 @@ let package = Package(
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop"]),
+        .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraWire"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeer", "SoulfraWire"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),

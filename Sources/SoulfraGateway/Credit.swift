@@ -46,6 +46,12 @@ extension Gateway {
         ex.windowCost = new
         c.creditCost += new - old
         c.growthCost += max(0, new - floor) - max(0, old - floor)
+        // The loop's total follows credit at once (many streams may open in one batch); bytes queued for
+        // clients are brought in when each connection is flushed.
+        if !c.closed && !c.moving {
+            c.lastHeld += new - old
+            heldTotal += new - old
+        }
     }
 
     /// The window a new stream opens with: what it may send before the first CREDIT (possibly nothing, when
@@ -66,8 +72,9 @@ extension Gateway {
     func allowance(_ ex: Exchange, want: Int) -> Int {
         let c = ex.conn
         let budget = limits.connectionOutputHighBytes
-        var room = budget - (c.creditCost + c.queuedBytes)
-        let loopRoom = outputBudget - heldTotal
+        let held = c.creditCost + c.queuedBytes
+        var room = budget - held
+        let loopRoom = outputBudget - (heldTotal - c.lastHeld + held)
         if loopRoom < room {
             room = loopRoom
             if room <= 0 && !creditWaiters.contains(where: { $0 === c }) { creditWaiters.append(c) }
@@ -76,6 +83,15 @@ extension Gateway {
         let floorPart = max(0, floorCost(c) - ex.windowCost)
         let growthRoom = max(0, budget / 2 - c.growthCost)
         return min(want, room, floorPart + growthRoom)
+    }
+
+    /// Brings `c`'s share of the loop's total up to date (bytes queued for its client change as replies are
+    /// delivered and as the client reads).
+    @inline(__always) func reconcile(_ c: Connection) {
+        guard !c.closed && !c.moving else { return }
+        let held = c.creditCost + c.queuedBytes
+        heldTotal += held - c.lastHeld
+        c.lastHeld = held
     }
 
     /// Grants every stream of `c` that used half its window whatever the budgets allow.

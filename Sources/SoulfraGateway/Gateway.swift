@@ -670,6 +670,7 @@ public final class Gateway {
         case .roomPublish:
             break
         }
+        reconcile(c)
         markDirty(c)
     }
 
@@ -969,9 +970,7 @@ public final class Gateway {
             } else if queued <= limits.connectionOutputHighBytes / 2 {
                 c.resumeReading(.outputFull)
             }
-            let held = c.creditCost + queued
-            heldTotal += held - c.lastHeld
-            c.lastHeld = held
+            reconcile(c)
             if c.closeAfterFlush && !c.sendInFlight && c.out.isEmpty && c.sending.isEmpty {
                 c.closed = true
                 transport?.close(c.id)
