@@ -40,10 +40,10 @@ final class Connection {
     var exchanges: [Int32: Exchange] = [:]
     var admissionCache = AdmissionCache()
     /// Output: `sending` is what the loop is writing now (unmoved until `sent`), `out` what comes next.
-    var out = ByteQueue()
-    var sending = ByteQueue()
+    var out = ByteQueue(tight: true)
+    var sending = ByteQueue(tight: true)
     /// Plaintext waiting to be encrypted: gathered over a flush so TLS writes few, full records.
-    let plainOut = ByteQueue()
+    let plainOut = ByteQueue(tight: true)
     var sendInFlight = false
     var closeAfterFlush = false
     var closed = false
@@ -98,6 +98,7 @@ final class Connection {
             return
         }
         lastActive = now
+        trimmed = false
         guard let tls else {
             feedPlain(bytes, now: now)
             return
@@ -513,11 +514,15 @@ final class Connection {
         tls.drainOutput { out.append($0) }
     }
 
-    /// Moves HTTP/2 frames (and TLS records) into `out`.
+    /// Output the gateway serializes ahead of what the client has taken: frames beyond it stay unserialized
+    /// in nghttp2 (their bytes in the streams' queues) until the client reads.
+    static let outputAhead = 8 << 10
+
+    /// Moves HTTP/2 frames (and TLS records) into `out`, up to `outputAhead` bytes waiting.
     func produce() {
         if let h2 {
             do {
-                try h2.drainOutput { emit($0) }
+                try h2.drainOutput(limit: Self.outputAhead - out.count - plainOut.count) { emit($0) }
             } catch {
                 gateway.counters.protocolErrors += 1
                 closeAfterFlush = true
@@ -545,6 +550,20 @@ final class Connection {
     /// Ends the connection after what is queued has been written.
     func finish() {
         closeAfterFlush = true
+    }
+
+    /// Buffers were given back after a quiet second (an idle connection keeps none); cleared by new input.
+    var trimmed = false
+
+    /// Gives back what a connection keeps for reuse once it has been quiet: its send buffers (when empty) and
+    /// the HTTP/2 session's spare chunks.
+    func trim() {
+        trimmed = true
+        h2?.trim()
+        if !sendInFlight { sending.shrinkIfEmpty() }
+        out.shrinkIfEmpty()
+        plainOut.shrinkIfEmpty()
+        plain = []
     }
 
     /// Ends the connection now, dropping what is queued (its client stopped taking it).

@@ -1033,6 +1033,8 @@ public final class Gateway {
                 c.h2?.goaway()
                 c.finish()
                 markDirty(c)
+            } else if !c.trimmed && c.h1Current == nil && c.exchanges.isEmpty && now &- c.lastActive > 1_000_000_000 {
+                c.trim()
             }
         }
     }

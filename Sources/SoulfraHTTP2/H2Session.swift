@@ -106,12 +106,67 @@ public final class H2Session {
         case data(stream: Int32, start: Int, count: Int)
     }
 
-    /// A stream's body waiting for nghttp2 to pull it (a class: mutated in place through the dictionary).
+    /// A stream's body waiting for nghttp2 to pull it (a class: mutated in place through the dictionary), in
+    /// chunks of at most `chunkBytes`: what a queue holds is what waits, give or take one chunk — a queue that
+    /// grew never keeps twice its bytes, and bytes already pulled are not kept at all.
     final class Outbound {
-        var bytes: [UInt8] = []
+        var chunks: [[UInt8]] = []
+        /// Read offset in `chunks[0]`.
         var head = 0
+        var available = 0
         var ended = false
-        var available: Int { bytes.count - head }
+    }
+
+    static let chunkBytes = 4_096
+    /// Emptied chunks, reused by the next appends (trimmed by `trim` when the session is idle).
+    var spareChunks: [[UInt8]] = []
+
+    func append(_ o: Outbound, _ bytes: UnsafeRawBufferPointer) {
+        var at = 0
+        while at < bytes.count {
+            if o.chunks.isEmpty || o.chunks[o.chunks.count - 1].count >= Self.chunkBytes {
+                var c = spareChunks.popLast() ?? []
+                if c.capacity < Self.chunkBytes { c.reserveCapacity(Self.chunkBytes) }
+                o.chunks.append(c)
+            }
+            let last = o.chunks.count - 1
+            let n = min(Self.chunkBytes - o.chunks[last].count, bytes.count - at)
+            o.chunks[last].append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
+            at += n
+        }
+        o.available += bytes.count
+        queuedBytesTotal += bytes.count
+    }
+
+    /// Copies up to `length` queued bytes of `o` to `buf`; returns how many.
+    func read(_ o: Outbound, into buf: UnsafeMutableRawPointer, _ length: Int) -> Int {
+        var copied = 0
+        while copied < length && !o.chunks.isEmpty {
+            let n = min(length - copied, o.chunks[0].count - o.head)
+            o.chunks[0].withUnsafeBytes { src in (buf + copied).copyMemory(from: src.baseAddress! + o.head, byteCount: n) }
+            copied += n
+            o.head += n
+            if o.head == o.chunks[0].count {
+                var done = o.chunks.removeFirst()
+                o.head = 0
+                if spareChunks.count < 4 {
+                    done.removeAll(keepingCapacity: true)
+                    spareChunks.append(done)
+                }
+            }
+        }
+        o.available -= copied
+        queuedBytesTotal -= copied
+        return copied
+    }
+
+    /// Gives back buffers kept for reuse (call when the connection has been idle a while).
+    public func trim() {
+        spareChunks = []
+        spareOutbound = []
+        dataSpare = []
+        dataBuffer = []
+        eventsSpare = []
     }
 
     let session: OpaquePointer
@@ -150,14 +205,19 @@ public final class H2Session {
     func makeOutbound() -> Outbound {
         guard let o = spareOutbound.popLast() else { return Outbound() }
         o.head = 0
+        o.available = 0
         o.ended = false
         return o
     }
 
     func recycle(_ o: Outbound) {
         queuedBytesTotal -= o.available
-        guard spareOutbound.count < 64, o.bytes.capacity <= 64 << 10 else { return }
-        o.bytes.removeAll(keepingCapacity: true)
+        for var c in o.chunks where spareChunks.count < 4 {
+            c.removeAll(keepingCapacity: true)
+            spareChunks.append(c)
+        }
+        o.chunks.removeAll(keepingCapacity: true)
+        guard spareOutbound.count < 64 else { return }
         spareOutbound.append(o)
     }
     let settings: H2Settings
@@ -317,14 +377,18 @@ public final class H2Session {
         }
     }
 
-    /// Hands every byte nghttp2 wants to send to `body`, in order (each buffer is valid only during the call).
-    public func drainOutput(_ body: (UnsafeRawBufferPointer) -> Void) throws(H2Error) {
-        while true {
+    /// Hands every byte nghttp2 wants to send to `body`, in order (each buffer is valid only during the call),
+    /// or stops once `limit` bytes were handed over (the rest stays queued in the session, unserialized: a
+    /// client that is not reading is not given more than its owner will hold).
+    public func drainOutput(limit: Int = .max, _ body: (UnsafeRawBufferPointer) -> Void) throws(H2Error) {
+        var handed = 0
+        while handed < limit {
             var data: UnsafePointer<UInt8>?
             let n = sf_h2_mem_send(session, &data)
             if n < 0 { throw H2Error(code: Int32(n)) }
             if n == 0 { return }
             body(UnsafeRawBufferPointer(start: data, count: Int(n)))
+            handed += Int(n)
         }
     }
 
@@ -347,8 +411,7 @@ public final class H2Session {
     /// Queues body bytes for a stream opened by `respond` or `request` (and resumes it if it was waiting).
     public func send(stream: Int32, _ bytes: UnsafeRawBufferPointer, end: Bool = false) {
         guard let out = outbound[stream] else { return }
-        out.bytes.append(contentsOf: bytes)
-        queuedBytesTotal += bytes.count
+        append(out, bytes)
         if end { out.ended = true }
         nghttp2_session_resume_data(session, stream)
     }
@@ -570,15 +633,7 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, cod
 private let readBody: sf_h2_read_fn = { _, streamID, buf, length, flags, userData in
     let s = H2Session.from(userData)
     guard let out = s.outbound[streamID] else { return Int64(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-    let n = min(length, out.available)
-    if n > 0 {
-        out.bytes.withUnsafeBytes { src in
-            UnsafeMutableRawPointer(buf!).copyMemory(from: src.baseAddress! + out.head, byteCount: n)
-        }
-        out.head += n
-        s.queuedBytesTotal -= n
-        if out.head == out.bytes.count { out.bytes.removeAll(keepingCapacity: true); out.head = 0 }
-    }
+    let n = s.read(out, into: UnsafeMutableRawPointer(buf!), length)
     if out.available == 0 && out.ended {
         flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
     } else if n == 0 {

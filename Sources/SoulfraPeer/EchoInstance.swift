@@ -36,6 +36,9 @@ public final class EchoInstance: PeerSessionDelegate {
         /// Messages waiting for credit, oldest first, and whether END follows them.
         var pending: [Reply] = []
         var endAfter = false
+        /// Streamed tokens still to make (made one at a time as credit allows, not all up front).
+        var tokensLeft = 0
+        var nextToken = 0
     }
 
     public let name: String
@@ -103,9 +106,7 @@ public final class EchoInstance: PeerSessionDelegate {
             if mode == .exact {
                 st.pending.append(Reply(bytes: st.request, binary: false))
             } else {
-                for i in 0..<tokens {
-                    st.pending.append(Reply(bytes: Array(#"{"token":"t\#(i) ","index":\#(i),"instance":"\#(name)"}"#.utf8), binary: false))
-                }
+                st.tokensLeft = tokens
             }
             st.endAfter = true
         default:
@@ -136,8 +137,15 @@ public final class EchoInstance: PeerSessionDelegate {
     func drain(_ s: PeerSession, _ stream: UInt32) {
         guard var st = streams[stream] else { return }
         var done = 0
-        while done < st.pending.count {
-            let last = st.endAfter && done == st.pending.count - 1
+        while true {
+            if done == st.pending.count && st.tokensLeft > 0 {
+                let i = st.nextToken
+                st.pending.append(Reply(bytes: Array(#"{"token":"t\#(i) ","index":\#(i),"instance":"\#(name)"}"#.utf8), binary: false))
+                st.nextToken += 1
+                st.tokensLeft -= 1
+            }
+            guard done < st.pending.count else { break }
+            let last = st.endAfter && done == st.pending.count - 1 && st.tokensLeft == 0
             let r = st.pending[done]
             let took = r.bytes.withUnsafeBytes { b in
                 s.sendPartial(stream: stream, payload: UnsafeRawBufferPointer(rebasing: b[r.sent...]), end: last, binary: r.binary)
@@ -148,7 +156,7 @@ public final class EchoInstance: PeerSessionDelegate {
             done += 1
         }
         st.pending.removeFirst(done)
-        if st.pending.isEmpty && st.endAfter {
+        if st.pending.isEmpty && st.endAfter && st.tokensLeft == 0 {
             // Nothing carried END yet: an empty DATA does (when a frame of window is left; else on the next CREDIT).
             if done == 0 && !s.send(stream: stream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
                 streams[stream] = st

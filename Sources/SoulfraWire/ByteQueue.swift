@@ -10,7 +10,12 @@ public final class ByteQueue {
     private var head = 0
     private var tail = 0
 
-    public init() {}
+    /// Growth: geometric (doubling) by default; `tight` grows to what is needed, rounded up to 4 KiB — for
+    /// queues whose high-water mark is held for a long time (a client that stopped reading), where doubling
+    /// would keep up to twice what waits.
+    let tight: Bool
+
+    public init(tight: Bool = false) { self.tight = tight }
 
     deinit { base?.deallocate() }
 
@@ -74,7 +79,11 @@ public final class ByteQueue {
             return
         }
         var newCapacity = max(capacity, 1024)
-        while newCapacity < live + n { newCapacity *= 2 }
+        if tight {
+            newCapacity = max(1024, (live + n + 4_095) & ~4_095)
+        } else {
+            while newCapacity < live + n { newCapacity *= 2 }
+        }
         let fresh = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
         if let base, live > 0 { fresh.copyMemory(from: base + head, byteCount: live) }
         base?.deallocate()
