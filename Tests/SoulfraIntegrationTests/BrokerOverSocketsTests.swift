@@ -99,19 +99,19 @@ struct BrokerOverSocketsTests {
         let gw = try server.connect(.gateway, recorder: rg)
         let s = gw.session.open(Open(target: .instance, keyID: 7, world: "playground"))  // 200 kB/s
         let chunk = UnsafeRawBufferPointer(UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 10, alignment: 8))
+        // 400 kB: more than the 64 KiB window and the one-second burst of 200 kB, so the key must be paced to
+        // get it all through. How fast is the broker tests' business (manual clock, exact); here it is that
+        // pacing happens over real sockets and nothing is lost. The loop is bounded in time, never asserted on it.
+        let target = 400_000
         var sent = 0
-        let start = monotonicMilliseconds()
-        while monotonicMilliseconds() - start < 1_500 {
-            while gw.session.send(stream: s, payload: chunk) { sent += chunk.count }
+        let deadline = monotonicMilliseconds() + 10_000
+        while sent < target && monotonicMilliseconds() < deadline {
+            while sent < target && gw.session.send(stream: s, payload: chunk) { sent += chunk.count }
             gw.pump(timeoutMilliseconds: 1)
             inst.pump(timeoutMilliseconds: 0)
         }
-        let elapsed = Double(monotonicMilliseconds() - start) / 1_000
+        #expect(sent >= target, "credit kept flowing until everything was sent")
         #expect(pumpUntil([inst, gw]) { ri.dataBytes == sent }, "everything sent is delivered")
-        // Window (64 KiB) + one second of burst + the rate over the run, with half a second of slack.
-        let bound = Double(64 << 10) + 200_000 + 200_000 * (elapsed + 0.5)
-        #expect(Double(sent) <= bound, "sent \(sent) bytes in \(elapsed) s under a 200 kB/s quota")
-        #expect(sent > 64 << 10, "credit kept flowing")
         #expect(try #require(server.snapshotNow()).quotaPacedBytes > 0)
         #expect(rg.pacedEvents.first.map { $0 == (s, true) } == true, "the producer was told it is being paced")
     }

@@ -84,6 +84,8 @@ struct GatewayAbuseTests {
             #expect(closed, "\(what): connection closed")
         }
         #expect(try call(server.h2c + "/v1/worlds/playground/nothing", ["--http2-prior-knowledge"]).0 == 404)
+        // Each of these was found by nghttp2 itself, which answered with GOAWAY: every one is counted.
+        #expect(try server.freshGatewayCounters().protocolErrors >= UInt64(cases.count))
     }
 
     @Test("a flood of HEADERS + RST_STREAM (rapid reset) ends in GOAWAY ENHANCE_YOUR_CALM")
@@ -321,9 +323,25 @@ struct GatewayKeysFileTests {
         let url = "http://127.0.0.1:\(port)/v1/worlds/playground/messages"
         // No instance is attached: an admitted request is a 503, a refused one a 401.
         #expect(try call(url, ["-d", "{}"]).0 == 503)
-        // A broken file is reported and ignored.
+        // A broken file is reported and ignored: wait until the daemon says it read it (so this fails if the
+        // watcher never ran), then the old keys must still work.
+        let logFD = err.fileHandleForReading.fileDescriptor
+        _ = fcntl(logFD, F_SETFL, fcntl(logFD, F_GETFL) | O_NONBLOCK)
+        var log = ""
+        func readLog() {
+            var buf = [UInt8](repeating: 0, count: 4_096)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(logFD, $0.baseAddress, $0.count) }
+                guard n > 0 else { return }
+                log += String(decoding: buf[..<n], as: UTF8.self)
+            }
+        }
         try "{ not json".write(toFile: keys, atomically: true, encoding: .utf8)
-        usleep(600_000)
+        for _ in 0..<100 where !log.contains("kept the current keys") {
+            usleep(50_000)
+            readLog()
+        }
+        #expect(log.contains("kept the current keys"), "the watcher never reported the broken file: \(log)")
         #expect(try call(url, ["-d", "{}"]).0 == 503, "the old keys stay")
         try writeKeys(disabled: true)
         var status = 0

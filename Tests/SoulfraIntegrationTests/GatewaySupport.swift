@@ -65,11 +65,11 @@ final class InstanceRunner: @unchecked Sendable {
     let echo: EchoInstance
     private let answeredCount = Atomic<Int>(0)
 
-    init(server: BrokerServer, world: String = "playground", name: String, tokens: Int = 8,
+    init(server: BrokerServer, world: String = "playground", name: String, tokens: Int = 8, mode: EchoInstance.Mode = .json,
          delegate: (any PeerSessionDelegate & Sendable)? = nil, tick: (@Sendable (PeerSession) -> Void)? = nil) throws {
         self.name = name
         self.tick = tick
-        self.echo = EchoInstance(name: name, tokens: tokens)
+        self.echo = EchoInstance(name: name, tokens: tokens, mode: mode)
         let conn = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .instance, world: world, instance: name,
                                                                                 token: testTokens.instance))
         if let delegate { conn.session.delegate = delegate } else { conn.session.delegate = echo }
