@@ -58,80 +58,134 @@ enum Framing {
 
 /// The top-level `"session"` (a string) and `"stream"` (a boolean) of a JSON object, read without building
 /// the object. Nil when the body is not a JSON object.
+///
+/// It runs over every message body, so it is one pass over raw bytes with no allocation but the session
+/// string: string contents are skipped a word at a time (most of a large body is one long string).
 struct MessageFields: Equatable {
     var session = ""
     var stream = false
 
-    static func scan(_ b: [UInt8]) -> MessageFields? {
-        var i = 0
-        let n = b.count
-        func ws() { while i < n && (b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09) { i += 1 } }
-        /// Reads a string starting at `"`; returns its raw bytes (escapes kept, which is fine for matching
-        /// names and for session ids, which are [a-z0-9-_]).
-        func string() -> ArraySlice<UInt8>? {
-            guard i < n, b[i] == 0x22 else { return nil }
+    static func scan(_ body: [UInt8]) -> MessageFields? {
+        body.withUnsafeBytes { raw in
+            var s = JSONScanner(raw)
+            return s.topLevelFields()
+        }
+    }
+}
+
+/// A cursor over JSON bytes that checks structure and skips values (MessageFields).
+struct JSONScanner {
+    let b: UnsafeRawBufferPointer
+    var i = 0
+    init(_ b: UnsafeRawBufferPointer) { self.b = b }
+
+    @inline(__always) mutating func ws() {
+        while i < b.count {
+            let c = b[i]
+            guard c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 else { return }
             i += 1
-            let start = i
-            while i < n {
-                if b[i] == 0x5C { i += 2; continue }
-                if b[i] == 0x22 { i += 1; return b[start..<(i - 1)] }
+        }
+    }
+
+    /// A string starting at `"`; returns its raw byte range (escapes kept, which is fine for matching names
+    /// and for session ids, which are [a-z0-9-_]).
+    mutating func string() -> Range<Int>? {
+        guard i < b.count, b[i] == 0x22 else { return nil }
+        i += 1
+        let start = i
+        let n = b.count
+        let base = b.baseAddress!
+        while i < n {
+            // Eight bytes at a time while none of them is a quote or a backslash.
+            while i + 8 <= n {
+                let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                if Self.hasByte(w, 0x22) || Self.hasByte(w, 0x5C) { break }
+                i += 8
+            }
+            guard i < n else { break }
+            let c = b[i]
+            if c == 0x5C { i += 2; continue }
+            if c == 0x22 { i += 1; return start..<(i - 1) }
+            i += 1
+        }
+        return nil
+    }
+
+    /// Whether any byte of `w` equals `v` (the classic SWAR test).
+    @inline(__always) static func hasByte(_ w: UInt64, _ v: UInt8) -> Bool {
+        let x = w ^ (0x0101_0101_0101_0101 &* UInt64(v))
+        return (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080 != 0
+    }
+
+    /// Skips any value; false on malformed input.
+    mutating func skipValue() -> Bool {
+        guard i < b.count else { return false }
+        switch b[i] {
+        case 0x22: return string() != nil
+        case 0x7B, 0x5B:
+            var depth = 0
+            while i < b.count {
+                switch b[i] {
+                case 0x22:
+                    if string() == nil { return false }
+                    continue
+                case 0x7B, 0x5B: depth += 1
+                case 0x7D, 0x5D:
+                    depth -= 1
+                    if depth == 0 { i += 1; return true }
+                default: break
+                }
                 i += 1
             }
-            return nil
-        }
-        /// Skips any value; false on malformed input.
-        func skipValue() -> Bool {
-            guard i < n else { return false }
-            switch b[i] {
-            case 0x22: return string() != nil
-            case 0x7B, 0x5B:
-                var depth = 0
-                while i < n {
-                    switch b[i] {
-                    case 0x22: if string() == nil { return false }; continue
-                    case 0x7B, 0x5B: depth += 1
-                    case 0x7D, 0x5D:
-                        depth -= 1
-                        if depth == 0 { i += 1; return true }
-                    default: break
-                    }
-                    i += 1
-                }
-                return false
-            default:
-                let start = i
-                while i < n, b[i] != 0x2C, b[i] != 0x7D, b[i] != 0x5D, b[i] != 0x20, b[i] != 0x0A, b[i] != 0x0D, b[i] != 0x09 { i += 1 }
-                return i > start
+            return false
+        default:
+            let start = i
+            while i < b.count {
+                let c = b[i]
+                if c == 0x2C || c == 0x7D || c == 0x5D || c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 { break }
+                i += 1
             }
+            return i > start
         }
+    }
+
+    func equals(_ r: Range<Int>, _ s: StaticString) -> Bool {
+        guard r.count == s.utf8CodeUnitCount else { return false }
+        let p = s.utf8Start
+        for k in 0..<r.count where b[r.lowerBound + k] != p[k] { return false }
+        return true
+    }
+
+    /// Reads the top-level object's `session` and `stream`; nil unless the whole input is one JSON object.
+    mutating func topLevelFields() -> MessageFields? {
         var f = MessageFields()
         ws()
-        guard i < n, b[i] == 0x7B else { return nil }
+        guard i < b.count, b[i] == 0x7B else { return nil }
         i += 1
         ws()
-        if i < n && b[i] == 0x7D { i += 1; ws(); return i == n ? f : nil }
+        if i < b.count && b[i] == 0x7D { i += 1; ws(); return i == b.count ? f : nil }
         while true {
             ws()
             guard let name = string() else { return nil }
             ws()
-            guard i < n, b[i] == 0x3A else { return nil }
+            guard i < b.count, b[i] == 0x3A else { return nil }
             i += 1
             ws()
             let valueStart = i
-            if name.elementsEqual("session".utf8), i < n, b[i] == 0x22 {
-                guard let s = string() else { return nil }
-                f.session = String(decoding: s, as: UTF8.self)
+            if equals(name, "session"), i < b.count, b[i] == 0x22 {
+                guard let r = string() else { return nil }
+                f.session = String(decoding: UnsafeRawBufferPointer(rebasing: b[r]), as: UTF8.self)
             } else {
                 guard skipValue() else { return nil }
-                if name.elementsEqual("stream".utf8) { f.stream = b[valueStart..<i].elementsEqual("true".utf8) }
+                if equals(name, "stream") { f.stream = equals(valueStart..<i, "true") }
             }
             ws()
-            guard i < n else { return nil }
+            guard i < b.count else { return nil }
             if b[i] == 0x2C { i += 1; continue }
             guard b[i] == 0x7D else { return nil }
             i += 1
             ws()
-            return i == n ? f : nil
+            return i == b.count ? f : nil
         }
     }
 }
