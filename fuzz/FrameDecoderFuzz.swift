@@ -6,19 +6,26 @@
 
 struct Outcome: Equatable {
     var frames: [Frame] = []
+    /// Oversize DATA headers the decoder was told to drop (the broker's per-stream refusal).
+    var skipped: [FrameHeader] = []
     var error: WireError?
 }
 
-func decode(_ bytes: UnsafeRawBufferPointer, chunks: [Int], maxPayload: UInt32) -> Outcome {
+func decode(_ bytes: UnsafeRawBufferPointer, chunks: [Int], maxPayload: UInt32, skipOversizeData: Bool = false) -> Outcome {
     let d = FrameDecoder(maxPayload: maxPayload)
     var out = Outcome()
     var offset = 0
     var i = 0
+    let oversize: ((FrameHeader) -> Bool)? = skipOversizeData ? { h in
+        guard h.type == .data && h.stream != 0 else { return false }
+        out.skipped.append(h)
+        return true
+    } : nil
     do {
         while offset < bytes.count {
             let n = chunks.isEmpty ? bytes.count : max(1, min(chunks[i % chunks.count], bytes.count - offset))
             i += 1
-            try d.feed(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n])) { h, p throws(WireError) in
+            try d.feed(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n]), oversize: oversize) { h, p throws(WireError) in
                 out.frames.append(try Frame.parse(h, p))
                 return true
             }
@@ -42,6 +49,11 @@ public func fuzzFrameDecoder(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
     let whole = decode(bytes, chunks: [], maxPayload: maxPayload)
     let split = decode(bytes, chunks: chunks, maxPayload: maxPayload)
     precondition(whole == split, "whole and split decoding disagree")
+    // The same with oversize DATA dropped per stream instead of failing: still the same whatever the chunking.
+    let wholeSkip = decode(bytes, chunks: [], maxPayload: maxPayload, skipOversizeData: true)
+    let splitSkip = decode(bytes, chunks: chunks, maxPayload: maxPayload, skipOversizeData: true)
+    precondition(wholeSkip == splitSkip, "whole and split decoding disagree when oversize DATA is dropped")
+    precondition(wholeSkip.skipped.allSatisfy { $0.length > maxPayload }, "dropped a frame within the limit")
     for f in whole.frames {
         let again = FrameWriter.encode(f)
         let back = again.withUnsafeBytes { decode($0, chunks: [], maxPayload: UInt32.max) }

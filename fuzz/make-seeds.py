@@ -20,6 +20,10 @@ frames = {
     "open": frame(OPEN, 1, struct.pack(">BBHQ", 1, 0, 0, 42) + s("playground") + s("session-1") + s("cal")),
     "data": frame(DATA, 1, b"hello, world"),
     "data-end": frame(DATA, 3, b"", flags=1),
+    "data-more": frame(DATA, 5, b"part one of a message", flags=2) + frame(DATA, 5, b" and its end", flags=0),
+    "data-binary": frame(DATA, 7, bytes(range(32)), flags=4 | 2) + frame(DATA, 7, b"\x00\xff", flags=4 | 1),
+    "open-window": frame(OPEN, 11, struct.pack(">BBHQ", 1, 0, 0, 42) + s("playground") + s("s") + s("message") + struct.pack(">II", 8192, 85)),
+    "close-timeout": frame(CLOSE, 11, struct.pack(">H", 18) + s("no answer within the request deadline")),
     "credit": frame(CREDIT, 1, struct.pack(">II", 65536, 64)),
     "close": frame(CLOSE, 1, struct.pack(">H", 0) + s("done")),
     "error": frame(ERROR, 5, struct.pack(">H", 6) + s("no instance of world \"playground\" is attached")),
@@ -39,4 +43,6 @@ for name, f in frames.items():
 open(os.path.join(out, "all-bytewise"), "wb").write(b"\x03\x00" + b"".join(frames.values()))
 open(os.path.join(out, "all-chunked"), "wb").write(b"\x03\x07" + b"".join(frames.values()))
 open(os.path.join(out, "oversize"), "wb").write(b"\x00\x00" + frame(DATA, 1, b"x" * 40))
+open(os.path.join(out, "data-more-end"), "wb").write(b"\x03\x00" + frame(DATA, 9, b"x", flags=3))  # invalid: MORE with END
+open(os.path.join(out, "oversize-then-more"), "wb").write(b"\x00\x03" + frame(DATA, 1, b"x" * 40) + frame(PING, 0, struct.pack(">Q", 5)) + frame(DATA, 3, b"ok"))
 print(f"wrote {len(frames) + 3} seeds to {out}")

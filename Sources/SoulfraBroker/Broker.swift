@@ -539,6 +539,12 @@ public final class Broker {
     /// Passes credit to the opener, holding back what the key's buckets cannot cover yet.
     func grantOpener(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
         let i = Int(ri)
+        // What the opener would be owed in all — its window, credit held back, and this — stays within 2^31-1;
+        // beyond it the peer is broken or hostile (and the sums below could not hold it).
+        guard routes[i].opener.windowBytes + Int64(routes[i].deferredBytes) + Int64(bytes) <= Int64(Int32.max),
+              routes[i].opener.windowFrames + Int64(routes[i].deferredFrames) + Int64(frames) <= Int64(Int32.max) else {
+            return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
+        }
         var gb = bytes, gf = frames
         let key = routes[i].keyID
         if key != 0, let state = keyStates[key] {
@@ -577,6 +583,10 @@ public final class Broker {
     /// yet; the opener hears of pacing through a PACED CREDIT.
     func grantAcceptor(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
         let i = Int(ri)
+        guard routes[i].acceptor.windowBytes + Int64(routes[i].deferredReplyBytes) + Int64(bytes) <= Int64(Int32.max),
+              routes[i].acceptor.windowFrames + Int64(routes[i].deferredReplyFrames) + Int64(frames) <= Int64(Int32.max) else {
+            return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
+        }
         var gb = bytes, gf = frames
         let key = routes[i].keyID
         if key != 0, let state = keyStates[key] {
@@ -615,11 +625,17 @@ public final class Broker {
     func judge(_ ri: Int32, endedByOpener: Bool, code: ErrorCode, now: UInt64) {
         guard limits.outlierConsecutiveFailures > 0, let inst = liveLink(routes[Int(ri)].acceptor.link),
               inst.kind == .instance, inst.state == .active else { return }
-        let failed = endedByOpener ? code == .timeout : (code != .none && code != .cancelled)
+        // Failures are the instance's own: the opener's deadline passed, or the instance reported an internal
+        // error. A stream the client broke (too large, malformed) or gave up on says nothing about the instance.
+        let failed = endedByOpener ? code == .timeout : code == .internalError
         guard failed else {
             if code == .none {
                 inst.consecutiveFailures = 0
-                if inst.ejectedUntil == 0 { inst.ejections = 0 }
+                // A clean stream after an ejection ran out: the instance starts again from the shortest backoff.
+                if inst.ejectedUntil <= now {
+                    inst.ejectedUntil = 0
+                    inst.ejections = 0
+                }
             }
             return
         }

@@ -81,6 +81,7 @@ final class Connection {
         limits.maxBodyBytes = gateway.limits.maxBodyBytes
         limits.maxHeadBytes = Int(gateway.limits.maxHeaderListBytes)
         self.h1 = HTTP1Parser(limits: limits)
+        self.ws = WebSocketDecoder(maxMessageBytes: gateway.limits.maxBodyBytes)
         self.headDeadline = now &+ UInt64(gateway.limits.headerTimeoutMilliseconds) * 1_000_000
     }
 
@@ -160,6 +161,10 @@ final class Connection {
         var s = H2Settings()
         s.maxConcurrentStreams = gateway.limits.maxConcurrentStreams
         s.maxHeaderListBytes = gateway.limits.maxHeaderListBytes
+        // A whole NDJSON line must fit a stream's window (its bytes are taken from the client only once the
+        // line is complete and forwarded), and a few such lines the connection's.
+        s.initialWindowBytes = UInt32(max(65_535, gateway.limits.maxLineBytes + 16))
+        s.connectionWindowBytes = 4 * s.initialWindowBytes
         s.resetsPerSecond = gateway.limits.resetsPerSecond
         s.resetBurst = gateway.limits.resetBurst
         s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session"]

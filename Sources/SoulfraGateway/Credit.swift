@@ -51,6 +51,7 @@ extension Gateway {
         if !c.closed && !c.moving {
             c.lastHeld += new - old
             heldTotal += new - old
+            if new < old { budgetFreed = true }
         }
     }
 
@@ -134,5 +135,6 @@ extension Gateway {
         ex.waitingCredit = false
         ports[ex.port].session.grant(stream: ex.brokerStream, bytes: UInt32(db), frames: UInt32(df))
         setWindow(ex, bytes: ex.windowBytes + db, frames: ex.windowFrames + df)
+        armDeadline(ex, now: now)
     }
 }

@@ -110,8 +110,11 @@ final class Exchange {
     /// Request bytes read and dropped after the exchange was answered.
     var discarded = 0
     /// The instance must answer by then (0: no deadline running): unary, the whole reply; streams, the first
-    /// reply frame after the request (or the first client message) went out.
+    /// reply frame after the request (or the first client message) went out. It runs only while the instance
+    /// has a window to answer in (`Gateway.armDeadline`).
     var deadline: UInt64 = 0
+    /// The instance was asked and has not answered yet.
+    var awaitingAnswer = false
 
     /// The instance's send window on the broker stream as granted here (what it may still send), its cost in
     /// client bytes, and the cost this stream is allowed to grow to (see `Gateway.topUp`).

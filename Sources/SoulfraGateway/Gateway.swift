@@ -135,6 +135,8 @@ public final class Gateway {
     let outputBudget: Int
     /// Connections with a stream that waited for the gateway-wide budget: looked at again once it frees.
     var creditWaiters: [Connection] = []
+    /// Some of the loop's budget was given back since the waiters were last woken.
+    var budgetFreed = false
     var addresses = AddressBudgets()
 
     lazy var requestIDPrefix: [UInt8] = Array("req_\(loopIndex)_".utf8)
@@ -222,9 +224,18 @@ public final class Gateway {
         c.exchanges.removeAll()
         if let ex = c.h1Current { cancel(ex, reason: "client connection closed") }
         c.h1Current = nil
+        forget(c)
+        counters.openConnections = conns.count
+    }
+
+    /// Takes a connection that is leaving this gateway (closed, or moving to another loop) out of its budget.
+    func forget(_ c: Connection) {
+        if c.lastHeld > 0 { budgetFreed = true }
         heldTotal -= c.lastHeld
         c.lastHeld = 0
-        counters.openConnections = conns.count
+        creditWaiters.removeAll { $0 === c }
+        if c.inDirtyList { dirtyConns.removeAll { $0 === c } }
+        c.inDirtyList = false
     }
 
     // MARK: - Moving connections to their world's loop
@@ -263,12 +274,9 @@ public final class Gateway {
     /// meanwhile, for the target loop to `adopt`.
     public func release(conn: UInt32) -> MovingConnection? {
         guard let c = conns.removeValue(forKey: conn) else { return nil }
-        heldTotal -= c.lastHeld
-        c.lastHeld = 0
+        forget(c)
         counters.openConnections = conns.count
         counters.moves += 1
-        if c.inDirtyList { dirtyConns.removeAll { $0 === c } }
-        c.inDirtyList = false
         return MovingConnection(c)
     }
 
@@ -500,7 +508,16 @@ public final class Gateway {
     /// until the message's last part (so a message of any size up to the limit travels under credit).
     func webSocketData(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, binary: Bool, last: Bool, now: UInt64) {
         if bytes.count == 0 && !last { return }
-        ex.queue(Array(bytes), cost: 0, continues: !last, binary: binary)
+        // Parts of one message that wait join the last waiting part (many tiny frames cost one entry, not one
+        // each); a new message starts a new entry.
+        let tail = ex.outbound.count - 1
+        if tail >= ex.outboundHead, ex.outbound[tail].continues, ex.outbound[tail].sent == 0, ex.outbound[tail].binary == binary {
+            ex.outbound[tail].bytes.append(contentsOf: bytes)
+            ex.outbound[tail].continues = !last
+            ex.outboundBytes += bytes.count
+        } else {
+            ex.queue(Array(bytes), cost: 0, continues: !last, binary: binary)
+        }
         pumpOutbound(ex, now: now)
         if ex.outboundBytes > limits.streamQueueHighBytes { ex.conn.pauseReading(.requestBacklog) }
     }
@@ -531,7 +548,8 @@ public final class Gateway {
                                                  session: ex.session, detail: ex.kind.detail, window: window))
         port.exchanges[ex.brokerStream] = ex
         setWindow(ex, bytes: Int64(window.bytes), frames: Int64(window.frames))
-        if ex.kind == .message || ex.kind == .messageStream { startDeadline(ex, now: now) }
+        if ex.kind == .message || ex.kind == .messageStream { ex.awaitingAnswer = true }
+        armDeadline(ex, now: now)
         if ex.kind == .message || ex.kind == .messageStream {
             // The body goes out from `body` itself (frames of at most 16 KiB, END on the last); it stays whole
             // for a retry.
@@ -606,7 +624,10 @@ public final class Gateway {
             }
         }
         // A stream's deadline runs from its first message to the world until the world's first answer.
-        if sentAny && ex.deadline == 0 && ex.replyBytes == 0 && !ex.responseEnded { startDeadline(ex, now: now) }
+        if sentAny && ex.replyBytes == 0 && !ex.responseEnded {
+            ex.awaitingAnswer = true
+            armDeadline(ex, now: now)
+        }
         if ex.outboundBytes <= limits.streamQueueHighBytes / 2 { ex.conn.resumeReading(.requestBacklog) }
         if consumed > 0, let h2 = ex.conn.h2 {
             h2.consume(stream: ex.id, bytes: consumed)
@@ -635,7 +656,10 @@ public final class Gateway {
             // The instance used window: credit the connection held becomes bytes queued for its client.
             setWindow(ex, bytes: ex.windowBytes - Int64(payload.count), frames: ex.windowFrames - 1)
         }
-        if ex.kind != .message || end { ex.deadline = 0 }
+        if ex.kind != .message || end {
+            ex.deadline = 0
+            ex.awaitingAnswer = false
+        }
         switch ex.kind {
         case .message:
             guard ex.replyBytes + payload.count <= limits.maxReplyBytes else { return replyTooLarge(ex) }
@@ -658,7 +682,7 @@ public final class Gateway {
                 replyEnded(ex)
             }
         case .roomSubscribe:
-            if c.outputBytes > limits.roomSubscriberOutputBytes {
+            if c.queuedBytes > limits.roomSubscriberOutputBytes {
                 counters.slowSubscribers += 1
                 return fail(ex, GatewayError(status: 503, code: "slow_consumer",
                                              message: "this subscriber fell too far behind the room"), retryable: true)
@@ -921,7 +945,10 @@ public final class Gateway {
         guard !ex.retired else { return }
         ex.retired = true
         ex.deadline = 0
-        setWindow(ex, bytes: 0, frames: 0)  // the credit it held goes back to its connection
+        if ex.windowCost > 0 {
+            setWindow(ex, bytes: 0, frames: 0)  // the credit it held goes back to its connection
+            markDirty(ex.conn)
+        }
         counters.openExchanges -= 1
         let c = ex.conn
         if c.proto == .http2 {
@@ -937,6 +964,7 @@ public final class Gateway {
     /// Moves output to the loop and grants the broker credit where clients keep up. Call after every batch.
     public func flush(now: UInt64) {
         self.now = now
+        defer { wakeCreditWaiters() }
         if !pendingHeaders.isEmpty {
             var keep: [Exchange] = []
             for ex in pendingHeaders where !ex.responded && !ex.retired {
@@ -956,8 +984,9 @@ public final class Gateway {
             grantCredit(c, now: now)
             c.produce()
             if c.queuedBytes == 0 { c.lastSendProgress = now }
-            if !c.sendInFlight && c.sending.isEmpty && !c.out.isEmpty, transport?.canSend(c.id) ?? false {
-                swap(&c.sending, &c.out)
+            if !c.sendInFlight && (!c.sending.isEmpty || !c.out.isEmpty), transport?.canSend(c.id) ?? false {
+                // A short send leaves the rest in `sending`: it goes first, before anything newer.
+                if c.sending.isEmpty { swap(&c.sending, &c.out) }
                 c.sendInFlight = true
                 transport?.send(c.id, c.sending.readable)
             }
@@ -976,12 +1005,17 @@ public final class Gateway {
                 transport?.close(c.id)
             }
         }
-        // Streams that waited for the gateway-wide budget get another look once some of it is free again.
-        if !creditWaiters.isEmpty && heldTotal < heldBefore && heldTotal + outputBudget / 16 < outputBudget {
-            let waiters = creditWaiters
-            creditWaiters.removeAll()
-            for c in waiters where !c.closed { markDirty(c) }
-        }
+        if heldTotal < heldBefore { budgetFreed = true }
+    }
+
+    /// Streams that waited for the loop's budget get another look once some of it is free again (checked after
+    /// every flush, whatever freed it: a connection that drained, closed or moved, a stream that ended).
+    func wakeCreditWaiters() {
+        guard budgetFreed, !creditWaiters.isEmpty, heldTotal + outputBudget / 16 < outputBudget else { return }
+        budgetFreed = false
+        let waiters = creditWaiters
+        creditWaiters.removeAll()
+        for c in waiters where !c.closed && !c.moving && conns[c.id] === c { markDirty(c) }
     }
 
     // MARK: - Time and shutdown
@@ -1039,8 +1073,11 @@ public final class Gateway {
         }
     }
 
-    /// Starts the request deadline (see `GatewayLimits.requestTimeoutMilliseconds`).
-    func startDeadline(_ ex: Exchange, now: UInt64) {
+    /// Starts the request deadline (see `GatewayLimits.requestTimeoutMilliseconds`) when the instance has been
+    /// asked and may answer: a stream the gateway holds at no window (its client is not reading) is the
+    /// gateway's own stall, not the instance's, and must not count against it.
+    func armDeadline(_ ex: Exchange, now: UInt64) {
+        guard ex.awaitingAnswer, ex.deadline == 0, ex.windowFrames > 0, ex.windowBytes > 0, !ex.responseEnded else { return }
         let t = limits.requestTimeoutNanos(world: ex.route.world)
         ex.deadline = t == 0 ? 0 : now &+ t
     }

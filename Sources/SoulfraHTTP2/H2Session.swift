@@ -55,6 +55,8 @@ public enum H2Violation: Sendable, Equatable {
 public struct H2Settings: Sendable, Equatable {
     public var maxConcurrentStreams: UInt32 = 256
     public var initialWindowBytes: UInt32 = 65_535
+    /// The connection's receive window (what the peer may send in all before WINDOW_UPDATE); at least 65,535.
+    public var connectionWindowBytes: UInt32 = 65_535
     public var maxHeaderListBytes: UInt32 = 16 << 10
     public var maxFrameBytes: UInt32 = 16 << 10
     /// Stream resets (RST_STREAM from the peer) allowed per second, sustained, and as a burst. Past it the
@@ -262,6 +264,10 @@ public final class H2Session {
         ]
         let src = nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &iv, iv.count)
         guard src == 0 else { throw H2Error(code: src) }
+        if settings.connectionWindowBytes > 65_535 {
+            let wrc = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(clamping: settings.connectionWindowBytes))
+            guard wrc == 0 else { throw H2Error(code: wrc) }
+        }
     }
 
     deinit { nghttp2_session_del(session) }
@@ -395,9 +401,15 @@ public final class H2Session {
     /// Server: answers `stream` with `status` and `headers`; with `endStream` the response has no body,
     /// otherwise its body is what `send` queues, until `send(…, end: true)`.
     public func respond(stream: Int32, status: Int, headers: [H2Header] = [], endStream: Bool = false) throws(H2Error) {
+        // A stream that closed in the same read as its request (RST_STREAM right behind the HEADERS) takes no
+        // response: nothing may be queued for it, or its bytes would stay counted for ever.
+        guard nghttp2_session_find_stream(session, stream) != nil else { return }
         if !endStream { outbound[stream] = makeOutbound() }
         let rc = withNV(headers, status: status) { nva, n in sf_h2_submit_response(session, stream, nva, n, endStream ? nil : readBody) }
-        guard rc == 0 else { throw H2Error(code: rc) }
+        guard rc == 0 else {
+            if let o = outbound.removeValue(forKey: stream) { recycle(o) }
+            throw H2Error(code: rc)
+        }
     }
 
     /// Client: starts a request; its body (unless `endStream`) is what `send` queues. Returns the stream id.

@@ -93,7 +93,8 @@ public final class EchoInstance: PeerSessionDelegate {
         case "stream", "websocket":
             // An empty DATA with END closes the client's side; it is not a message.
             if !(end && payload.count == 0) {
-                if mode == .exact {
+                if mode == .exact || flags.contains(.binary) {
+                    // Binary messages come back as they are (a JSON wrapper would make them text).
                     st.pending.append(Reply(bytes: Array(payload), binary: flags.contains(.binary)))
                 } else {
                     st.pending.append(Reply(bytes: jsonEcho(payload), binary: false))

@@ -786,4 +786,25 @@ struct HardeningTests {
         #expect(h.broker.snapshot().outlierEjections == 0)
         #expect(only.opened().count == 5)
     }
+
+    @Test("CREDIT that would take a paced window past 2^31-1 ends the stream with flow_control; the broker does not trap")
+    func creditOverflow() {
+        let tokens = AccessTable(keys: [KeyQuota(keyID: 5, world: "playground", framesPerSecond: 10, bytesPerSecond: 1_000)],
+                                 instanceTokens: Harness.tokenText.instances, gatewayToken: Harness.tokenText.gateway)
+        let h = Harness(access: tokens)
+        let inst = h.connect(.instance, world: "playground")
+        let gw = h.connect(.gateway)
+        gw.send(.open(stream: 1, Open(target: .instance, keyID: 5, world: "playground")))
+        let s = inst.opened()[0].0
+        // Both directions: the instance's CREDIT to the gateway, the gateway's to the instance.
+        inst.send(.credit(stream: s, bytes: .max, frames: .max))
+        inst.send(.credit(stream: s, bytes: .max, frames: .max))
+        #expect(gw.errors().contains { $0 == (1, .flowControl) })
+        gw.send(.open(stream: 3, Open(target: .instance, keyID: 5, world: "playground")))
+        let s2 = inst.opened()[1].0
+        gw.send(.credit(stream: 3, bytes: .max, frames: .max))
+        gw.send(.credit(stream: 3, bytes: .max, frames: .max))
+        #expect(inst.errors().contains { $0 == (s2, .flowControl) })
+        #expect(!h.closed.contains(inst.id) && !h.closed.contains(gw.id))
+    }
 }

@@ -127,6 +127,96 @@ struct GatewayBudgetTests {
     }
 }
 
+@Suite("Gateway: what a review found (sans-IO)")
+struct GatewayReviewTests {
+    @Test("short sends: the rest of a partly written send goes out before anything newer")
+    func shortSends() throws {
+        let h = GatewayHarness()
+        h.transport.shortSends = 100
+        let c = try h.connect(1)
+        let id = try h.post(1, ssePath, body: sseBody)
+        h.world = eventWorld(events: 50, size: 500)
+        for _ in 0..<2_000 where h.turn() {}
+        let ended = c.events.contains(.endStream(stream: id))
+        #expect(ended)
+        #expect(c.body(id).count == 50 * 508)
+    }
+
+    @Test("a request refused in the same read that reset it leaves nothing queued (no phantom bytes)")
+    func refusedAndReset() throws {
+        let h = GatewayHarness()
+        let c = try h.connect(1)
+        h.settle()
+        let id = try c.h2.request(headers: [H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
+                                            H2Header(":path", ssePath), H2Header("authorization", "Bearer sk-slfr_kids_wrong")])
+        c.h2.reset(stream: id, code: 8)
+        h.clientSends(1)  // HEADERS and RST_STREAM in one read
+        h.settle()
+        #expect(h.connection(1)?.queuedBytes == 0)
+        #expect(h.connection(1)?.h2?.queuedBytesTotal == 0)
+    }
+
+    @Test("when a connection holding the loop's budget is closed (send timeout), streams that waited for it go on")
+    func waitersWakeWhenBudgetFrees() throws {
+        var limits = GatewayLimits()
+        limits.outputBudgetBytes = 256 << 10  // the loop's budget is one connection's
+        limits.sendTimeoutMilliseconds = 2_000
+        let h = GatewayHarness(limits: limits)
+        _ = try h.connect(1, reads: false)
+        for _ in 0..<16 { try h.post(1, ssePath, body: sseBody) }
+        h.world = eventWorld(events: 400, size: 1_000)
+        h.settle()
+        // A reading client arrives while the budget is held by the one that does not read.
+        let b = try h.connect(2)
+        let id = try h.post(2, ssePath, body: sseBody)
+        h.settle()
+        let endedEarly = b.events.contains(.endStream(stream: id))
+        #expect(!endedEarly, "the loop's budget was free after all")
+        h.now += 3_000_000_000
+        h.gateway.tick(now: h.now)
+        #expect(h.transport.aborted.contains(1))
+        for _ in 0..<5_000 where h.turn() {}
+        let ended = b.events.contains(.endStream(stream: id))
+        #expect(ended, "the waiting stream never got the freed budget")
+    }
+
+    @Test("a request the gateway holds at no window (its client does not read) starts no deadline: the instance is not blamed")
+    func noDeadlineWithoutWindow() throws {
+        var limits = GatewayLimits()
+        limits.requestTimeoutMilliseconds = 200
+        limits.outputBudgetBytes = 256 << 10
+        let h = GatewayHarness(limits: limits)
+        _ = try h.connect(1, reads: false)
+        for _ in 0..<16 { try h.post(1, ssePath, body: sseBody) }
+        h.world = eventWorld(events: 1_000, size: 1_000)
+        h.settle()
+        _ = try h.connect(2, reads: false)
+        try h.post(2, ssePath, body: #"{"text":"unary"}"#)
+        h.settle()
+        for _ in 0..<10 {
+            h.now += 100_000_000
+            h.gateway.tick(now: h.now)
+            h.settle()
+        }
+        #expect(h.gateway.counters.requestTimeouts == 0)
+        #expect(!h.streams.values.contains { $0.closeCode == .timeout })
+    }
+
+    @Test("an NDJSON line of 65,536 bytes over HTTP/2 is forwarded (it fits the stream's window)")
+    func longLine() throws {
+        let h = GatewayHarness()
+        let c = try h.connect(1)
+        h.worldGrantsBack = true
+        h.settle()
+        let id = try c.h2.request(headers: [H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
+                                            H2Header(":path", "/v1/worlds/playground/streams"), H2Header("authorization", "Bearer \(h.key)")])
+        let line = #"{"t":""# + String(repeating: "l", count: 65_536 - 8) + #""}"#
+        Array((line + "\n").utf8).withUnsafeBytes { c.h2.send(stream: id, $0, end: true) }
+        h.settle()
+        #expect(h.streams.values.first?.request.count == 65_536)
+    }
+}
+
 @Suite("Gateway: WebSocket (sans-IO)")
 struct GatewayWebSocketTests {
     /// The frames the gateway sent on a raw connection, after the 101 head.
@@ -194,6 +284,19 @@ struct GatewayWebSocketTests {
         let flags = st?.requestFrames.map(\.1) ?? []
         #expect(flags.dropLast().allSatisfy { $0 == [.more, .binary] } && flags.last == [.binary])
         #expect((st?.requestFrames ?? []).allSatisfy { $0.0 <= 65_536 })
+    }
+
+    @Test("a message in thousands of one-byte frames waits as one entry, not thousands")
+    func tinyFrames() {
+        let h = GatewayHarness()
+        let ws = webSocket(h)
+        // The world grants nothing back: the message waits for credit once the window is used.
+        var bytes: [UInt8] = GatewayHarness.clientFrame(.binary, [UInt8](repeating: 1, count: 300_000), fin: false)
+        for _ in 0..<5_000 { bytes += GatewayHarness.clientFrame(.continuation, [2], fin: false) }
+        h.rawSend(ws, bytes)
+        h.settle()
+        let ex = h.connection(ws)?.h1Current
+        #expect((ex?.pendingFrames ?? 0) <= 2, "\(ex?.pendingFrames ?? -1) entries wait")
     }
 
     @Test("binary stays binary, text stays text, empty messages are messages, both ways")

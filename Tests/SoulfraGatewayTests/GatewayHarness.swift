@@ -19,6 +19,8 @@ final class ClientsTransport: GatewayTransport {
     var received: [UInt32: [UInt8]] = [:]
     /// The send a client that does not read left in flight.
     var stalled: [UInt32: [UInt8]] = [:]
+    /// Sends complete with at most this many bytes written (short sends, as a full socket buffer gives).
+    var shortSends: Int?
     init(_ h: GatewayHarness) { harness = h }
     func canSend(_ conn: UInt32) -> Bool { !inFlight.contains(conn) && !closed.contains(conn) && !aborted.contains(conn) }
     func send(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer) {
@@ -30,10 +32,12 @@ final class ClientsTransport: GatewayTransport {
         deliver(conn, bytes)
     }
     func deliver(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer) {
-        received[conn, default: []] += bytes
-        harness.clients[conn]?.take(bytes)
+        let n = min(bytes.count, shortSends ?? bytes.count)
+        let taken = UnsafeRawBufferPointer(rebasing: bytes[..<n])
+        received[conn, default: []] += taken
+        harness.clients[conn]?.take(taken)
         inFlight.remove(conn)
-        harness.gateway.sent(conn: conn, count: bytes.count, now: harness.now)
+        harness.gateway.sent(conn: conn, count: n, now: harness.now)
     }
     /// The client starts reading: the send that waited completes.
     func resume(_ conn: UInt32) {
@@ -41,7 +45,10 @@ final class ClientsTransport: GatewayTransport {
         if let bytes = stalled.removeValue(forKey: conn) { bytes.withUnsafeBytes { deliver(conn, $0) } }
     }
     func close(_ conn: UInt32) { closed.insert(conn) }
-    func abort(_ conn: UInt32) { aborted.insert(conn) }
+    func abort(_ conn: UInt32) {
+        aborted.insert(conn)
+        harness.gateway.closed(conn: conn, now: harness.now)  // the loop closes it at once
+    }
     func pauseRead(_ conn: UInt32) { paused.insert(conn) }
     func resumeRead(_ conn: UInt32) { paused.remove(conn) }
 }

@@ -174,7 +174,16 @@ struct SeedCorpusTests {
             Array(try Data(contentsOf: dir.appendingPathComponent(name)).dropFirst(2))
         }
         let all = try decodeAll([try seed("all-bytewise")], maxPayload: 65_536)
-        #expect(all.count == 18)
+        #expect(all.count == 24)
+        #expect(try decodeAll([try seed("open-window")]) == [.open(stream: 11, Open(target: .instance, keyID: 42, world: "playground",
+                                                                                     session: "s", detail: "message",
+                                                                                     window: Window(bytes: 8_192, frames: 85)))])
+        #expect(try decodeAll([try seed("data-more")]) == [.data(stream: 5, payload: Array("part one of a message".utf8), end: false, flags: .more),
+                                                           .data(stream: 5, payload: Array(" and its end".utf8), end: false)])
+        #expect(try decodeAll([try seed("data-binary")]).map { if case .data(_, _, let e, let f) = $0 { "\(e) \(f.rawValue)" } else { "" } }
+                == ["false 6", "true 4"])
+        #expect(try decodeAll([try seed("close-timeout")]) == [.close(stream: 11, code: .timeout, reason: "no answer within the request deadline")])
+        #expect(throws: WireError.self) { try decodeAll([try seed("data-more-end")]) }
         if case .hello(let h) = try decodeAll([try seed("hello-loop")]).first {
             #expect(h.kind == .runtime && h.loop == 1 && h.instance == "rt-1")
         } else {
