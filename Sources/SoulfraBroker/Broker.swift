@@ -539,30 +539,10 @@ public final class Broker {
     /// Passes credit to the opener, holding back what the key's buckets cannot cover yet.
     func grantOpener(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
         let i = Int(ri)
-        // What the opener would be owed in all — its window, credit held back, and this — stays within 2^31-1;
-        // beyond it the peer is broken or hostile (and the sums below could not hold it).
-        guard routes[i].opener.windowBytes + Int64(routes[i].deferredBytes) + Int64(bytes) <= Int64(Int32.max),
-              routes[i].opener.windowFrames + Int64(routes[i].deferredFrames) + Int64(frames) <= Int64(Int32.max) else {
-            return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
-        }
-        var gb = bytes, gf = frames
-        let key = routes[i].keyID
-        if key != 0, let state = keyStates[key] {
-            state.bytes.refill(now: now)
-            state.frames.refill(now: now)
-            let wantB = bytes + routes[i].deferredBytes, wantF = frames + routes[i].deferredFrames
-            gb = state.bytes.take(upTo: wantB)
-            gf = state.frames.take(upTo: wantF)
-            let holdB = wantB - gb, holdF = wantF - gf
-            if holdB > routes[i].deferredBytes { metrics.quotaPacedBytes += UInt64(holdB - routes[i].deferredBytes) }
-            if holdF > routes[i].deferredFrames { metrics.quotaPacedFrames += UInt64(holdF - routes[i].deferredFrames) }
-            routes[i].deferredBytes = holdB
-            routes[i].deferredFrames = holdF
-            if (holdB > 0 || holdF > 0) && !routes[i].pacing {
-                routes[i].pacing = true
-                pacedRoutes.append(ri)
-            }
-        }
+        guard let (gb, gf, hb, hf) = pace(ri, bytes: bytes, frames: frames, window: routes[i].opener,
+                                          held: (routes[i].deferredBytes, routes[i].deferredFrames), source: source, now: now) else { return }
+        routes[i].deferredBytes = hb
+        routes[i].deferredFrames = hf
         // PACED on the CREDIT tells the opener its key is being paced (in either direction); the first CREDIT
         // without it, that pacing ended. A zero CREDIT carries the news when nothing can be granted yet.
         let paced = routes[i].pacedNow
@@ -571,9 +551,6 @@ public final class Broker {
         routes[i].pacedNotified = paced
         routes[i].opener.windowBytes += Int64(gb)
         routes[i].opener.windowFrames += Int64(gf)
-        if routes[i].opener.windowBytes > Int64(Int32.max) || routes[i].opener.windowFrames > Int64(Int32.max) {
-            return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
-        }
         let dst = links[Int(routes[i].opener.link)].unsafelyUnwrapped
         FrameWriter.credit(dst.out, stream: routes[i].opener.stream, bytes: gb, frames: gf, paced: paced)
         queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
@@ -583,40 +560,49 @@ public final class Broker {
     /// yet; the opener hears of pacing through a PACED CREDIT.
     func grantAcceptor(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
         let i = Int(ri)
-        guard routes[i].acceptor.windowBytes + Int64(routes[i].deferredReplyBytes) + Int64(bytes) <= Int64(Int32.max),
-              routes[i].acceptor.windowFrames + Int64(routes[i].deferredReplyFrames) + Int64(frames) <= Int64(Int32.max) else {
-            return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
-        }
-        var gb = bytes, gf = frames
-        let key = routes[i].keyID
-        if key != 0, let state = keyStates[key] {
-            state.bytes.refill(now: now)
-            state.frames.refill(now: now)
-            let wantB = bytes + routes[i].deferredReplyBytes, wantF = frames + routes[i].deferredReplyFrames
-            gb = state.bytes.take(upTo: wantB)
-            gf = state.frames.take(upTo: wantF)
-            let holdB = wantB - gb, holdF = wantF - gf
-            if holdB > routes[i].deferredReplyBytes { metrics.quotaPacedBytes += UInt64(holdB - routes[i].deferredReplyBytes) }
-            if holdF > routes[i].deferredReplyFrames { metrics.quotaPacedFrames += UInt64(holdF - routes[i].deferredReplyFrames) }
-            routes[i].deferredReplyBytes = holdB
-            routes[i].deferredReplyFrames = holdF
-            if (holdB > 0 || holdF > 0) && !routes[i].pacing {
-                routes[i].pacing = true
-                pacedRoutes.append(ri)
-            }
-        }
+        guard let (gb, gf, hb, hf) = pace(ri, bytes: bytes, frames: frames, window: routes[i].acceptor,
+                                          held: (routes[i].deferredReplyBytes, routes[i].deferredReplyFrames), source: source, now: now) else { return }
+        routes[i].deferredReplyBytes = hb
+        routes[i].deferredReplyFrames = hf
         if gb > 0 || gf > 0 {
             routes[i].acceptor.windowBytes += Int64(gb)
             routes[i].acceptor.windowFrames += Int64(gf)
-            if routes[i].acceptor.windowBytes > Int64(Int32.max) || routes[i].acceptor.windowFrames > Int64(Int32.max) {
-                return flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
-            }
             let dst = links[Int(routes[i].acceptor.link)].unsafelyUnwrapped
             FrameWriter.credit(dst.out, stream: routes[i].acceptor.stream, bytes: gb, frames: gf)
             queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
         }
         // The opener learns that pacing started or stopped from a zero CREDIT with (or without) PACED.
         if routes[i].pacedNow != routes[i].pacedNotified { grantOpener(ri, bytes: 0, frames: 0, from: source, now: now) }
+    }
+
+    /// Credit for one end of a route through the key's buckets: what may be granted now, and what stays held
+    /// (released by the tick as the buckets refill), given what was held before. Nil when the stream was ended
+    /// instead: what the end would be owed in all — its window, credit held back, and this — must stay within
+    /// 2^31-1; beyond that the peer is broken or hostile.
+    @inline(__always)
+    func pace(_ ri: Int32, bytes: UInt32, frames: UInt32, window: RouteEnd, held: (UInt32, UInt32),
+              source: Link?, now: UInt64) -> (UInt32, UInt32, UInt32, UInt32)? {
+        let i = Int(ri)
+        let (heldBytes, heldFrames) = held
+        guard window.windowBytes + Int64(heldBytes) + Int64(bytes) <= Int64(Int32.max),
+              window.windowFrames + Int64(heldFrames) + Int64(frames) <= Int64(Int32.max) else {
+            flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
+            return nil
+        }
+        let key = routes[i].keyID
+        guard key != 0, let state = keyStates[key] else { return (bytes, frames, heldBytes, heldFrames) }
+        state.bytes.refill(now: now)
+        state.frames.refill(now: now)
+        let wantB = bytes + heldBytes, wantF = frames + heldFrames
+        let gb = state.bytes.take(upTo: wantB), gf = state.frames.take(upTo: wantF)
+        let holdB = wantB - gb, holdF = wantF - gf
+        if holdB > heldBytes { metrics.quotaPacedBytes += UInt64(holdB - heldBytes) }
+        if holdF > heldFrames { metrics.quotaPacedFrames += UInt64(holdF - heldFrames) }
+        if (holdB > 0 || holdF > 0) && !routes[i].pacing {
+            routes[i].pacing = true
+            pacedRoutes.append(ri)
+        }
+        return (gb, gf, holdB, holdF)
     }
 
     /// Outlier detection: a stream to an instance ended. The opener giving up with `timeout`, or the instance
