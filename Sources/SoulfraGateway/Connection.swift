@@ -58,6 +58,8 @@ final class Connection {
     var creditCost = 0
     var growthCost = 0
     var lastHeld = 0
+    /// Streams whose window moved since the last flush, or that wait for credit (see `Gateway.grantCredit`).
+    var creditWanted: [Exchange] = []
     /// When pending output last moved (or there was none): the send timeout runs from here.
     var lastSendProgress: UInt64
     /// A WebSocket close frame was sent: nothing more goes out after it.

@@ -64,9 +64,9 @@ extension Gateway {
         if grant <= 0 {
             ex.waitingCredit = true
             counters.creditHeld += 1
-            return Window(bytes: 0, frames: 0)
         }
-        return Self.window(forCost: grant)
+        if grant < ex.targetCost { wantCredit(ex) }
+        return grant <= 0 ? Window(bytes: 0, frames: 0) : Self.window(forCost: grant)
     }
 
     /// How much of `want` the stream may be granted now.
@@ -95,19 +95,39 @@ extension Gateway {
         c.lastHeld = held
     }
 
-    /// Grants every stream of `c` that used half its window whatever the budgets allow.
-    func grantCredit(_ c: Connection, now: UInt64) {
-        if let ex = c.h1Current { topUp(ex) }
-        for ex in c.exchanges.values { topUp(ex) }
+    /// Puts `ex` on its connection's list of streams that may want credit (looked at by the next flush: only
+    /// streams whose window moved are, not every stream of the connection).
+    @inline(__always) func wantCredit(_ ex: Exchange) {
+        guard !ex.inCreditList else { return }
+        ex.inCreditList = true
+        ex.conn.creditWanted.append(ex)
     }
 
-    /// Tops `ex`'s window up towards its target.
-    func topUp(_ ex: Exchange) {
-        guard ex.kind.usesCredit, ex.brokerStream != 0, !ex.responseEnded else { return }
+    /// Grants the streams of `c` that used half their window whatever the budgets allow; those that still
+    /// want credit stay listed.
+    func grantCredit(_ c: Connection, now: UInt64) {
+        guard !c.creditWanted.isEmpty else { return }
+        var keep = 0
+        for k in c.creditWanted.indices {
+            let ex = c.creditWanted[k]
+            if topUp(ex) {
+                c.creditWanted[keep] = ex
+                keep += 1
+            } else {
+                ex.inCreditList = false
+            }
+        }
+        c.creditWanted.removeLast(c.creditWanted.count - keep)
+    }
+
+    /// Tops `ex`'s window up towards its target. Returns whether it still wants credit it could not get.
+    @discardableResult
+    func topUp(_ ex: Exchange) -> Bool {
+        guard ex.kind.usesCredit, ex.brokerStream != 0, !ex.responseEnded, !ex.retired else { return false }
         let target = Self.window(forCost: ex.targetCost)
         let usedBytes = Int64(target.bytes) - ex.windowBytes, usedFrames = Int64(target.frames) - ex.windowFrames
         // In batches: once half of either side of the window is used (or none is left).
-        guard usedBytes * 2 >= Int64(target.bytes) || usedFrames * 2 >= Int64(target.frames) || ex.windowFrames <= 0 else { return }
+        guard usedBytes * 2 >= Int64(target.bytes) || usedFrames * 2 >= Int64(target.frames) || ex.windowFrames <= 0 else { return false }
         // A stream that used most of its window gets a bigger one, up to the cap: it is busy and its client keeps up.
         if (usedBytes * 4 >= Int64(target.bytes) * 3 || usedFrames * 4 >= Int64(target.frames) * 3)
             && ex.targetCost < limits.streamQueueHighBytes {
@@ -116,14 +136,14 @@ extension Gateway {
         let goal = Self.window(forCost: ex.targetCost)
         var db = max(0, Int64(goal.bytes) - ex.windowBytes), df = max(0, Int64(goal.frames) - ex.windowFrames)
         let want = Self.cost(bytes: db, frames: df)
-        guard want > 0 else { return }
+        guard want > 0 else { return false }
         let grant = allowance(ex, want: want)
         guard grant > 0 else {
             if !ex.waitingCredit {
                 ex.waitingCredit = true
                 counters.creditHeld += 1
             }
-            return
+            return true
         }
         if grant < want {
             // Scale both sides down to what fits; keep at least one frame when frames are what is missing.
@@ -131,10 +151,11 @@ extension Gateway {
             df = max(df > 0 ? 1 : 0, df * Int64(grant) / Int64(want))
             if Self.cost(bytes: db, frames: df) > grant { db = max(0, Int64(grant) - Int64(Self.frameOverhead) * df) }
         }
-        guard db > 0 || df > 0 else { return }
+        guard db > 0 || df > 0 else { return true }
         ex.waitingCredit = false
         ports[ex.port].session.grant(stream: ex.brokerStream, bytes: UInt32(db), frames: UInt32(df))
         setWindow(ex, bytes: ex.windowBytes + db, frames: ex.windowFrames + df)
         armDeadline(ex, now: now)
+        return grant < want
     }
 }

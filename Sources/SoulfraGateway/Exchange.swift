@@ -124,6 +124,8 @@ final class Exchange {
     var targetCost = 0
     /// The stream wanted credit its connection or the loop could not give yet (counted once per wait).
     var waitingCredit = false
+    /// On its connection's `creditWanted` list.
+    var inCreditList = false
 
     /// Framing state of the reply message in progress (messages may arrive in parts, flagged MORE).
     var replyMidMessage = false

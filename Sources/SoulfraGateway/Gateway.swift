@@ -234,6 +234,8 @@ public final class Gateway {
         heldTotal -= c.lastHeld
         c.lastHeld = 0
         creditWaiters.removeAll { $0 === c }
+        for ex in c.creditWanted { ex.inCreditList = false }
+        c.creditWanted.removeAll()
         if c.inDirtyList { dirtyConns.removeAll { $0 === c } }
         c.inDirtyList = false
     }
@@ -655,6 +657,7 @@ public final class Gateway {
         if ex.kind.usesCredit {
             // The instance used window: credit the connection held becomes bytes queued for its client.
             setWindow(ex, bytes: ex.windowBytes - Int64(payload.count), frames: ex.windowFrames - 1)
+            wantCredit(ex)
         }
         if ex.kind != .message || end {
             ex.deadline = 0
