@@ -10,9 +10,10 @@ public final class ByteQueue {
     private var head = 0
     private var tail = 0
 
-    /// Growth: geometric (doubling) by default; `tight` grows to what is needed, rounded up to 4 KiB — for
-    /// queues whose high-water mark is held for a long time (a client that stopped reading), where doubling
-    /// would keep up to twice what waits.
+    /// Growth: geometric (doubling) from 1 KiB by default; past 4 KiB, `tight` grows to what is needed,
+    /// rounded up to 4 KiB — for queues whose high-water mark is held for a long time (a client that stopped
+    /// reading), where doubling would keep up to twice what waits. (Below 4 KiB both double: most queues never
+    /// hold more than a handshake's or a reply's bytes, and 1 KiB is what an idle connection keeps.)
     let tight: Bool
 
     public init(tight: Bool = false) { self.tight = tight }
@@ -79,8 +80,8 @@ public final class ByteQueue {
             return
         }
         var newCapacity = max(capacity, 1024)
-        if tight {
-            newCapacity = max(1024, (live + n + 4_095) & ~4_095)
+        if tight && live + n > 4_096 {
+            newCapacity = (live + n + 4_095) & ~4_095
         } else {
             while newCapacity < live + n { newCapacity *= 2 }
         }
