@@ -71,6 +71,9 @@ let package = Package(
         ),
         // Shared by the test targets only: the seeded generator.
         .target(name: "SoulfraTestSupport", dependencies: ["SoulfraPeer"], path: "Tests/Support"),
+        // Test binary only: counts the calling thread's heap allocations, for tests that a hot path allocates
+        // nothing per message.
+        .target(name: "CAllocCounter", path: "Tests/AllocCounter"),
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
@@ -78,7 +81,7 @@ let package = Package(
         .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraWire"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeer", "SoulfraWire"]),
-        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys"]),
+        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(
             name: "SoulfraIntegrationTests",

@@ -16,11 +16,11 @@ func decode(_ bytes: UnsafeRawBufferPointer, chunks: [Int], maxPayload: UInt32, 
     var out = Outcome()
     var offset = 0
     var i = 0
-    let oversize: ((FrameHeader) -> Bool)? = skipOversizeData ? { h in
-        guard h.type == .data && h.stream != 0 else { return false }
+    let oversize: (FrameHeader) -> Bool = { h in
+        guard skipOversizeData, h.type == .data && h.stream != 0 else { return false }
         out.skipped.append(h)
         return true
-    } : nil
+    }
     do {
         while offset < bytes.count {
             let n = chunks.isEmpty ? bytes.count : max(1, min(chunks[i % chunks.count], bytes.count - offset))

@@ -769,7 +769,8 @@ public final class Broker {
         // Swap with a spare list rather than copy: copying and then clearing would allocate once per batch.
         swap(&dirtyLinks, &dirtySpare)
         defer { dirtySpare.removeAll(keepingCapacity: true) }
-        for id in dirtySpare {
+        for i in dirtySpare.indices {  // indexed: see `onPublish`
+            let id = dirtySpare[i]
             guard let l = liveLink(id), l.dirty else { continue }
             // Cleared before the hand-off: if the I/O layer cannot take output now, `sent` re-queues the link.
             l.dirty = false

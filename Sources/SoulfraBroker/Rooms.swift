@@ -54,7 +54,10 @@ extension Broker {
         guard let subs = rooms[key] else { return }
         var slow: [Link] = []
         let frameBytes = Wire.headerBytes + payload.count
-        for sub in subs {
+        // Indexed, not `for sub in subs`: an unspecialized iterator (debug builds, which the allocation tests
+        // run) allocates on every step.
+        for i in subs.indices {
+            let sub = subs[i]
             guard let dst = liveLink(sub.link), dst.state == .active else { continue }
             if payload.count > Int(dst.maxFrameBytes) {
                 metrics.roomFramesDropped &+= 1

@@ -63,7 +63,7 @@ public final class FrameDecoder {
     @inline(__always)
     public func feed(
         _ bytes: UnsafeRawBufferPointer,
-        oversize: ((FrameHeader) -> Bool)? = nil,
+        oversize: (FrameHeader) -> Bool = { _ in false },
         _ body: (FrameHeader, UnsafeRawBufferPointer) throws(WireError) -> Bool
     ) throws(WireError) {
         var input = bytes
@@ -100,8 +100,8 @@ public final class FrameDecoder {
     }
 
     /// An oversize header: dropped if the caller accepts it, else the link fails.
-    private func refuse(_ header: FrameHeader, _ oversize: ((FrameHeader) -> Bool)?) throws(WireError) {
-        guard let oversize, oversize(header) else { throw .frameTooLarge(length: header.length, limit: maxPayload) }
+    private func refuse(_ header: FrameHeader, _ oversize: (FrameHeader) -> Bool) throws(WireError) {
+        guard oversize(header) else { throw .frameTooLarge(length: header.length, limit: maxPayload) }
     }
 
     /// Drops any partial frame and frees its buffer.
@@ -115,7 +115,7 @@ public final class FrameDecoder {
     /// the body asked to stop.
     private func completePartial(
         _ input: UnsafeRawBufferPointer,
-        _ oversize: ((FrameHeader) -> Bool)?,
+        _ oversize: (FrameHeader) -> Bool,
         _ body: (FrameHeader, UnsafeRawBufferPointer) throws(WireError) -> Bool
     ) throws(WireError) -> UnsafeRawBufferPointer? {
         var input = input
