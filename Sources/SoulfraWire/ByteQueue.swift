@@ -10,9 +10,9 @@ public final class ByteQueue {
     private var head = 0
     private var tail = 0
 
-    /// Growth: geometric (doubling) from 1 KiB by default; past 4 KiB, `tight` grows to what is needed,
-    /// rounded up to 4 KiB — for queues whose high-water mark is held for a long time (a client that stopped
-    /// reading), where doubling would keep up to twice what waits. (Below 4 KiB both double: most queues never
+    /// Growth: geometric (doubling) from 1 KiB by default; past 4 KiB, `tight` grows by a quarter (or to what
+    /// is needed, if more), rounded up to 4 KiB — for queues whose high-water mark is held for a long time (a
+    /// client that stopped reading), where doubling would keep up to twice what waits. (Below 4 KiB both double: most queues never
     /// hold more than a handshake's or a reply's bytes, and 1 KiB is what an idle connection keeps.)
     let tight: Bool
 
@@ -81,7 +81,9 @@ public final class ByteQueue {
         }
         var newCapacity = max(capacity, 1024)
         if tight && live + n > 4_096 {
-            newCapacity = (live + n + 4_095) & ~4_095
+            // A quarter more each time (not just what is needed): a queue filled by many small appends is
+            // copied a bounded number of times per byte, not once per 4 KiB appended.
+            newCapacity = (max(live + n, capacity + capacity / 4) + 4_095) & ~4_095
         } else {
             while newCapacity < live + n { newCapacity *= 2 }
         }
