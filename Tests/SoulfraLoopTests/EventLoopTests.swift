@@ -163,6 +163,44 @@ struct EventLoopTests {
         #expect(counters.closes[LoopCloseReason.reset.rawValue] == 1)
         #expect(counters.closes[LoopCloseReason.local.rawValue] == 1)
     }
+
+    @Test("an operation that fails with EBADF on the loop's own descriptor stops the process loudly; it is not a close")
+    func programmerErrorCrashes() async {
+        let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
+            sendOnDescriptorClosedBehindTheLoop()
+        }
+        if let result {
+            let stderr = String(decoding: result.standardErrorContent, as: UTF8.self)
+            #expect(stderr.contains("misused its own descriptor"), "stderr: \(stderr.suffix(400))")
+        }
+    }
+}
+
+/// Runs in a child process: a loop's socket is closed behind its back, then the loop sends on it. The send
+/// fails with EBADF, which only a bug in Soulfra can cause: the loop must crash with a message, not treat it
+/// as a peer going away. Returns (and so exits 0, failing the test) only if the loop carried on.
+func sendOnDescriptorClosedBehindTheLoop() {
+    guard let loop = try? EventLoop() else { return }
+    let pair = socketPair()
+    let nearCopy = dup(pair.loopEnd)  // keeps the socket itself alive: only the loop's descriptor goes
+    guard let conn = loop.adopt(fd: pair.loopEnd) else { return }
+    let d = ScriptedDelegate(loop: loop)
+    loop.delegate = d
+    var batches = 0
+    d.step = { d, _ in
+        batches += 1
+        if batches == 1 {
+            close(pair.loopEnd)
+            [UInt8](repeating: 1, count: 16).withUnsafeBytes { d.loop.send(conn: conn, bytes: $0) }
+        } else if batches > 200 {
+            d.stopRequested.store(true, ordering: .releasing)
+            return true
+        }
+        return false
+    }
+    loop.run()
+    close(nearCopy)
+    close(pair.far)
 }
 
 struct LoopTestError: Error, CustomStringConvertible {
