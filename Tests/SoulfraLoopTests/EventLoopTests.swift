@@ -63,7 +63,7 @@ struct EventLoopTests {
     /// A loop with a 4-entry submission queue runs a script on its own thread (a ring with SINGLE_ISSUER
     /// belongs to the thread that made it); the test thread plays the far ends.
     func withTinyRing(_ script: @escaping (ScriptedDelegate, UInt64) -> Bool, pairs: Int,
-                      farSide: ([Int32]) -> Void) throws -> (ScriptedDelegate, LoopCounters) {
+                      farSide: (inout [Int32]) -> Void) throws -> (ScriptedDelegate, LoopCounters) {
         var far: [Int32] = []
         var near: [Int32] = []
         for _ in 0..<pairs {
@@ -101,13 +101,15 @@ struct EventLoopTests {
         thread.start()
         ready.wait()
         guard let d = made.withLock({ $0.0 }) else { throw LoopTestError(made.withLock { $0.1 } ?? "loop not made") }
-        farSide(far)
+        farSide(&far)
         _ = d.done.wait(timeout: .now() + 10)
         d.stopRequested.store(true, ordering: .releasing)
         d.loop.mailbox.wake()
         // The loop stops after the batch the wake-up causes.
         for _ in 0..<500 where !thread.isFinished { usleep(2_000) }
-        for f in far { close(f) }
+        // Only what the far side left open: closing a descriptor twice could close another test's socket
+        // that was given the same number in between.
+        for f in far where f >= 0 { close(f) }
         return (d, counters.withLock { $0 })
     }
 
@@ -155,6 +157,8 @@ struct EventLoopTests {
             usleep(50_000)
             close(far[0])  // EOF
             close(far[1])  // with 100 unread bytes: reset
+            far[0] = -1
+            far[1] = -1
         }
         #expect(d.closed[d.conns[0]] == .peerClosed)
         #expect(d.closed[d.conns[1]] == .reset)
