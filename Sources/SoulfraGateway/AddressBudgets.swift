@@ -8,27 +8,6 @@ public struct ClientAddress: Hashable, Sendable {
     }
 }
 
-/// A token bucket in whole tokens per second with a burst, refilled from `now` (monotonic nanoseconds).
-struct RateBucket {
-    var tokens: Double
-    var refilledAt: UInt64
-    init(burst: UInt32, now: UInt64) {
-        tokens = Double(burst)
-        refilledAt = now
-    }
-
-    /// Takes `n` tokens if they are there.
-    mutating func take(_ n: Double, rate: UInt32, burst: UInt32, now: UInt64) -> Bool {
-        if now > refilledAt {
-            tokens = min(Double(burst), tokens + Double(rate) * Double(now - refilledAt) / 1e9)
-            refilledAt = now
-        }
-        guard tokens >= n else { return false }
-        tokens -= n
-        return true
-    }
-}
-
 /// Budgets per client address, across that address's connections on one loop: new connections per second
 /// (a client that reconnects is not a new client) and HTTP/2 stream resets per second (a client that resets
 /// streams and reconnects to get a fresh per-connection budget still runs out). Bounded: past `capacity`
@@ -57,14 +36,15 @@ struct AddressBudgets {
             }
         }
         order.append(a)
-        return Entry(connections: RateBucket(burst: limits.connectionBurstPerAddress, now: now),
-                     resets: RateBucket(burst: limits.resetBurstPerAddress, now: now))
+        return Entry(connections: RateBucket(tokens: Double(limits.connectionBurstPerAddress), refilledAt: now),
+                     resets: RateBucket(tokens: Double(limits.resetBurstPerAddress), refilledAt: now))
     }
 
     /// Charges one new connection; false when the address is over its budget.
     mutating func admitConnection(_ a: ClientAddress, _ limits: GatewayLimits, now: UInt64) -> Bool {
         var e = entry(a, limits, now: now)
-        let ok = e.connections.take(1, rate: limits.connectionsPerSecondPerAddress, burst: limits.connectionBurstPerAddress, now: now)
+        e.connections.refill(rate: Double(limits.connectionsPerSecondPerAddress), capacity: Double(limits.connectionBurstPerAddress), now: now)
+        let ok = e.connections.take(1)
         entries[a] = e
         return ok
     }
@@ -72,7 +52,8 @@ struct AddressBudgets {
     /// Charges `n` stream resets; false when the address is over its budget.
     mutating func chargeResets(_ a: ClientAddress, _ n: UInt64, _ limits: GatewayLimits, now: UInt64) -> Bool {
         var e = entry(a, limits, now: now)
-        let ok = e.resets.take(Double(n), rate: limits.resetsPerSecondPerAddress, burst: limits.resetBurstPerAddress, now: now)
+        e.resets.refill(rate: Double(limits.resetsPerSecondPerAddress), capacity: Double(limits.resetBurstPerAddress), now: now)
+        let ok = e.resets.take(Double(n))
         entries[a] = e
         return ok
     }

@@ -150,17 +150,33 @@ public struct RateLimitState: Sendable, Equatable {
     return at + digits
 }
 
+/// A token bucket: `rate` tokens a second up to `capacity`, refilled from `now` (monotonic nanoseconds). Used
+/// for per-key request rates and per-address budgets.
+struct RateBucket {
+    var tokens: Double
+    var refilledAt: UInt64
+
+    mutating func refill(rate: Double, capacity: Double, now: UInt64) {
+        guard now > refilledAt else { return }
+        tokens = min(capacity, tokens + rate * Double(now - refilledAt) / 1e9)
+        refilledAt = now
+    }
+
+    /// Takes `n` tokens if they are there.
+    mutating func take(_ n: Double) -> Bool {
+        guard tokens >= n else { return false }
+        tokens -= n
+        return true
+    }
+}
+
 /// Authenticates and rate-limits requests. Sans-IO: takes the request's method, path, credentials and `now`;
 /// keeps per-key buckets of its own (one gateway loop, one `Gatekeeper`; no locks).
 public final class Gatekeeper {
     public private(set) var table: KeyTable
     /// Bumped on every `install`, so per-connection caches of looked-up keys know they are stale.
     public private(set) var generation: UInt64 = 0
-    struct Bucket {
-        var tokens: Double
-        var refilledAt: UInt64
-    }
-    var buckets: [UInt64: Bucket] = [:]
+    var buckets: [UInt64: RateBucket] = [:]
 
     public init(table: KeyTable) { self.table = table }
 
@@ -260,14 +276,10 @@ public final class Gatekeeper {
         }
         let rate = Double(k.requestsPerSecond)
         let capacity = Double(max(k.burst, 1))
-        var b = buckets[k.id] ?? Bucket(tokens: capacity, refilledAt: now)
-        if now > b.refilledAt {
-            b.tokens = min(capacity, b.tokens + rate * Double(now - b.refilledAt) / 1e9)
-            b.refilledAt = now
-        }
+        var b = buckets[k.id] ?? RateBucket(tokens: capacity, refilledAt: now)
+        b.refill(rate: rate, capacity: capacity, now: now)
         let limit = UInt32(capacity)
-        if b.tokens >= 1 {
-            b.tokens -= 1
+        if b.take(1) {
             buckets[k.id] = b
             let reset = UInt32(((capacity - b.tokens) / rate).rounded(.up))
             var state = RateLimitState(limit: limit, remaining: UInt32(b.tokens.rounded(.down)), resetSeconds: reset)

@@ -87,8 +87,6 @@ final class Connection {
         self.headDeadline = now &+ UInt64(gateway.limits.headerTimeoutMilliseconds) * 1_000_000
     }
 
-    var outputBytes: Int { out.count + sending.count }
-
     /// Everything held for the client and not yet taken: send queues, TLS plaintext, HTTP/2 stream queues.
     var queuedBytes: Int { out.count + sending.count + plainOut.count + (h2?.queuedBytesTotal ?? 0) }
 
@@ -378,13 +376,17 @@ final class Connection {
                 gateway.webSocketData(ex, part, binary: binary, last: last, now: now)
             case .ping(let p):
                 // Pongs count against this client's output budget like everything else (see `Gateway.flush`).
-                emitWebSocketFrame(.pong, Array(p))
+                emitWebSocketFrame(.pong, p)
             case .pong:
                 break
             case .close(let code, _):
                 // Echo the peer's code (RFC 6455 §5.5.1); a close without one is answered without one — 1005 is
                 // never sent on the wire.
-                emitWebSocketFrame(.close, code.map { [UInt8($0 >> 8), UInt8($0 & 0xFF)] } ?? [])
+                if let code {
+                    withUnsafeBytes(of: code.bigEndian) { emitWebSocketFrame(.close, $0) }
+                } else {
+                    emitWebSocketFrame(.close, UnsafeRawBufferPointer(start: nil, count: 0))
+                }
                 gateway.cancel(ex, reason: "client closed the WebSocket")
                 h1Current = nil
                 closeAfterFlush = true
@@ -404,24 +406,11 @@ final class Connection {
         }
     }
 
-    /// One server frame (unless a close was sent already: nothing follows a close).
-    func emitWebSocketFrame(_ opcode: WebSocket.Opcode, _ payload: [UInt8]) {
+    /// One unmasked server frame: the header (2–10 bytes) built on the stack, then the payload. Nothing goes out
+    /// after a close.
+    func emitWebSocketFrame(_ opcode: WebSocket.Opcode, _ payload: UnsafeRawBufferPointer, fin: Bool = true) {
         guard !webSocketCloseSent else { return }
         if opcode == .close { webSocketCloseSent = true }
-        emitFrame(opcode, payload: payload)
-    }
-
-    /// Sends a close frame with `code` and `reason` and closes once it is written.
-    func closeWebSocket(_ code: WebSocket.CloseCode, _ reason: String) {
-        emitWebSocketFrame(.close, WebSocket.closePayload(code, reason))
-        closeAfterFlush = true
-    }
-
-    /// A message, or part of one, to the client: the first part carries the text/binary opcode, later parts
-    /// are continuations; `fin` ends the message.
-    func sendWebSocket(_ payload: UnsafeRawBufferPointer, binary: Bool, first: Bool, fin: Bool) {
-        guard proto == .webSocket, !webSocketCloseSent else { return }
-        let opcode: WebSocket.Opcode = first ? (binary ? .binary : .text) : .continuation
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 10) { h in
             h[0] = (fin ? 0x80 : 0) | opcode.rawValue
             var n = 2
@@ -440,6 +429,19 @@ final class Connection {
             emit(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: h[0..<n])))
         }
         emit(payload)
+    }
+
+    /// Sends a close frame with `code` and `reason` and closes once it is written.
+    func closeWebSocket(_ code: WebSocket.CloseCode, _ reason: String) {
+        WebSocket.closePayload(code, reason).withUnsafeBytes { emitWebSocketFrame(.close, $0) }
+        closeAfterFlush = true
+    }
+
+    /// A message, or part of one, to the client: the first part carries the text/binary opcode, later parts
+    /// are continuations; `fin` ends the message.
+    func sendWebSocket(_ payload: UnsafeRawBufferPointer, binary: Bool, first: Bool, fin: Bool) {
+        guard proto == .webSocket else { return }
+        emitWebSocketFrame(first ? (binary ? .binary : .text) : .continuation, payload, fin: fin)
     }
 
     // MARK: - Responses
@@ -594,15 +596,5 @@ final class Connection {
     /// Graceful shutdown: HTTP/2 GOAWAY; HTTP/1.1 closes after the current exchange.
     func goaway() {
         if let h2 { h2.goaway() } else if h1Current == nil { closeAfterFlush = true } else { h1KeepAlive = false }
-    }
-}
-
-extension Connection {
-    /// One server WebSocket frame.
-    func emitFrame(_ opcode: WebSocket.Opcode, payload: [UInt8]) {
-        var frame: [UInt8] = []
-        frame.reserveCapacity(payload.count + 10)
-        WebSocket.encodeFrame(opcode, payload: payload, into: &frame)
-        emit(frame)
     }
 }

@@ -665,7 +665,12 @@ public final class Gateway {
         }
         switch ex.kind {
         case .message:
-            guard ex.replyBytes + payload.count <= limits.maxReplyBytes else { return replyTooLarge(ex) }
+            guard ex.replyBytes + payload.count <= limits.maxReplyBytes else {
+                // 502 if nothing went out yet, else the response is cut off (see `fail`): a truncated body must
+                // not pass for a whole one.
+                return fail(ex, GatewayError(status: 502, code: "reply_too_large",
+                                             message: "the instance's reply is over \(limits.maxReplyBytes) bytes"))
+            }
             ex.replyBytes += payload.count
             if end && !ex.responded {
                 // The usual reply: one frame, answered from the broker's buffer with its length.
@@ -698,24 +703,6 @@ public final class Gateway {
             break
         }
         reconcile(c)
-        markDirty(c)
-    }
-
-    /// A unary reply over `max_reply_bytes`: 502 if nothing went out yet, else the response is cut off (HTTP/2
-    /// RST_STREAM, HTTP/1.1 close) — a truncated body must not pass for a whole one.
-    func replyTooLarge(_ ex: Exchange) {
-        let e = GatewayError(status: 502, code: "reply_too_large", message: "the instance's reply is over \(limits.maxReplyBytes) bytes")
-        guard ex.responded else { return fail(ex, e) }
-        counters.errors[e.code, default: 0] += 1
-        let c = ex.conn
-        if ex.brokerStream != 0 {
-            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
-            ports[ex.port].session.closeStream(ex.brokerStream, code: .cancelled, reason: e.code)
-            ex.brokerStream = 0
-        }
-        if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish() }  // INTERNAL_ERROR
-        ex.responseEnded = true
-        retire(ex)
         markDirty(c)
     }
 
@@ -897,15 +884,7 @@ public final class Gateway {
     /// Ends an exchange with an error: a status if nothing was sent yet, else an error event and the end.
     func fail(_ ex: Exchange, _ e: GatewayError, retryable: Bool = false) {
         let c = ex.conn
-        if ex.brokerStream != 0 {
-            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
-            if ex.kind == .roomSubscribe {
-                ports[ex.port].session.unsubscribe(ex.brokerStream)
-            } else {
-                ports[ex.port].session.closeStream(ex.brokerStream, code: .cancelled, reason: e.code)
-            }
-            ex.brokerStream = 0
-        }
+        detachBroker(ex, reason: e.code)
         if !ex.responded {
             ex.responded = true
             if c.proto != .http2 && !ex.requestEnded { c.h1KeepAlive = false }
@@ -931,16 +910,20 @@ public final class Gateway {
 
     /// The client went away from this exchange (stream reset, connection closed).
     func cancel(_ ex: Exchange, reason: String) {
-        if ex.brokerStream != 0 {
-            let port = ports[ex.port]
-            port.exchanges.removeValue(forKey: ex.brokerStream)
-            if ex.kind == .roomSubscribe { port.session.unsubscribe(ex.brokerStream) } else {
-                port.session.closeStream(ex.brokerStream, code: .cancelled, reason: reason)
-            }
-            ex.brokerStream = 0
-        }
+        detachBroker(ex, reason: reason)
         ex.responseEnded = true
         retire(ex)
+    }
+
+    /// Ends the exchange's broker stream (CLOSE with `code`; a room subscription is unsubscribed) and forgets it.
+    func detachBroker(_ ex: Exchange, code: ErrorCode = .cancelled, reason: String) {
+        guard ex.brokerStream != 0 else { return }
+        let port = ports[ex.port]
+        port.exchanges.removeValue(forKey: ex.brokerStream)
+        if ex.kind == .roomSubscribe { port.session.unsubscribe(ex.brokerStream) } else {
+            port.session.closeStream(ex.brokerStream, code: code, reason: reason)
+        }
+        ex.brokerStream = 0
     }
 
     /// Forgets a finished exchange.
@@ -983,9 +966,10 @@ public final class Gateway {
         for c in list {
             c.inDirtyList = false
             guard !c.closed, !c.moving else { continue }
+            // Output first: streams that closed while it was produced give their credit back before any is granted
+            // (granting writes to the broker only, nothing for this client).
             c.produce()
             grantCredit(c, now: now)
-            c.produce()
             if c.queuedBytes == 0 { c.lastSendProgress = now }
             if !c.sendInFlight && (!c.sending.isEmpty || !c.out.isEmpty), transport?.canSend(c.id) ?? false {
                 // A short send leaves the rest in `sending`: it goes first, before anything newer.
@@ -1090,11 +1074,7 @@ public final class Gateway {
     func timedOut(_ ex: Exchange) {
         ex.deadline = 0
         counters.requestTimeouts += 1
-        if ex.brokerStream != 0 {
-            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
-            ports[ex.port].session.closeStream(ex.brokerStream, code: .timeout, reason: "no answer within the request deadline")
-            ex.brokerStream = 0
-        }
+        detachBroker(ex, code: .timeout, reason: "no answer within the request deadline")
         let ms = limits.requestTimeoutByWorld[ex.route.world] ?? limits.requestTimeoutMilliseconds
         fail(ex, GatewayError(status: 504, code: "instance_timeout",
                               message: "the instance did not answer within \(ms) ms", headers: [("retry-after", "\(limits.retryAfterSeconds)")]),
