@@ -305,7 +305,6 @@ public final class H2Session {
         return violation
     }
 
-
     /// Records a client stream id: true if it is acceptable for new HEADERS (RFC 9113 §5.1.1: a new stream's
     /// id is above every id the client used; a skipped id is closed for good).
     func acceptHeaders(stream id: Int32) -> Bool {

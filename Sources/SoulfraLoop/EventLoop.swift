@@ -248,23 +248,19 @@ public final class EventLoop {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(slots[i].fd, $0, &len) }
         }
         guard rc == 0 else { return nil }
-        func load(_ p: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
-            var h: UInt64 = 0, l: UInt64 = 0
-            for k in 0..<8 { h = h << 8 | UInt64(p[k]) }
-            for k in 8..<16 { l = l << 8 | UInt64(p[k]) }
-            return (h, l)
+        /// `count` bytes at `offset` of the address, big-endian.
+        func be(_ raw: UnsafeRawBufferPointer, _ offset: Int, _ count: Int) -> UInt64 {
+            var v: UInt64 = 0
+            for k in offset..<(offset + count) { v = v << 8 | UInt64(raw[k]) }
+            return v
         }
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            return withUnsafeBytes(of: &storage) { raw in
-                let v4 = raw.load(fromByteOffset: 4, as: UInt32.self)  // sin_addr, network order
-                let b = withUnsafeBytes(of: v4) { Array($0) }
-                return (0, 0x0000_FFFF_0000_0000 | UInt64(b[0]) << 24 | UInt64(b[1]) << 16 | UInt64(b[2]) << 8 | UInt64(b[3]))
+        let family = Int32(storage.ss_family)
+        return withUnsafeBytes(of: &storage) { raw in
+            switch family {
+            case AF_INET: (0, 0x0000_FFFF_0000_0000 | be(raw, 4, 4))  // sin_addr, as ::ffff:a.b.c.d
+            case AF_INET6: (be(raw, 8, 8), be(raw, 16, 8))           // sin6_addr
+            default: nil
             }
-        case AF_INET6:
-            return withUnsafeBytes(of: &storage) { raw in load(UnsafeRawBufferPointer(rebasing: raw[8..<24])) }
-        default:
-            return nil
         }
     }
 

@@ -12,8 +12,9 @@ public final class ByteQueue {
 
     /// Growth: geometric (doubling) from 1 KiB by default; past 4 KiB, `tight` grows by a quarter (or to what
     /// is needed, if more), rounded up to 4 KiB — for queues whose high-water mark is held for a long time (a
-    /// client that stopped reading), where doubling would keep up to twice what waits. (Below 4 KiB both double: most queues never
-    /// hold more than a handshake's or a reply's bytes, and 1 KiB is what an idle connection keeps.)
+    /// client that stopped reading), where doubling would keep up to twice what waits. Below 4 KiB both
+    /// double: most queues never hold more than a handshake's or a reply's bytes, and 1 KiB is what an idle
+    /// connection keeps.
     let tight: Bool
 
     public init(tight: Bool = false) { self.tight = tight }
