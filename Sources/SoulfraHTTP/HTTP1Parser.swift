@@ -345,6 +345,7 @@ public struct HTTP1Parser {
         var contentLength: Int?
         var transferEncoding: String?
         var connection = ""
+        var hosts = 0
         for line in fieldLines {
             guard let first = line.first, first != 0x20 && first != 0x09 else {
                 throw HTTP1Error(status: 400, reason: "obsolete line folding is not accepted")
@@ -374,11 +375,12 @@ public struct HTTP1Parser {
                 transferEncoding = (transferEncoding.map { $0 + "," } ?? "") + value
             case "connection":
                 connection += "," + value.lowercased()
+            case "host":
+                hosts += 1
             default:
                 break
             }
         }
-        let hosts = headers.reduce(0) { $0 + ($1.name.lowercased() == "host" ? 1 : 0) }
         if minor == 1 && hosts == 0 {
             throw HTTP1Error(status: 400, reason: "HTTP/1.1 request without Host")
         }

@@ -152,7 +152,7 @@ public struct WebSocketDecoder {
             var check = utf8
             var bad = false
             buf.withUnsafeMutableBytes { out in
-                for k in 0..<n { out[k] = Self.unmask(chunk[k], key, at: offset + k) }
+                Self.unmask(chunk, into: out.baseAddress!, key, at: offset)
                 let part = UnsafeRawBufferPointer(rebasing: out[0..<n])
                 if isText && (!check.feed(part) || (last && !check.isComplete)) {
                     bad = true
@@ -172,11 +172,38 @@ public struct WebSocketDecoder {
 
     @inline(__always) static func unmask(_ b: UInt8, _ mask: (UInt8, UInt8, UInt8, UInt8)?, at offset: Int) -> UInt8 {
         guard let m = mask else { return b }
+        return b ^ maskByte(m, offset)
+    }
+
+    @inline(__always) static func maskByte(_ m: (UInt8, UInt8, UInt8, UInt8), _ offset: Int) -> UInt8 {
         switch offset & 3 {
-        case 0: return b ^ m.0
-        case 1: return b ^ m.1
-        case 2: return b ^ m.2
-        default: return b ^ m.3
+        case 0: m.0
+        case 1: m.1
+        case 2: m.2
+        default: m.3
+        }
+    }
+
+    /// Unmasks `src` (at `offset` in its frame's payload) into `dst`, eight bytes at a time.
+    static func unmask(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawPointer, _ mask: (UInt8, UInt8, UInt8, UInt8)?,
+                       at offset: Int) {
+        guard src.count > 0 else { return }
+        guard let m = mask else {
+            dst.copyMemory(from: src.baseAddress!, byteCount: src.count)
+            return
+        }
+        // The key as a word whose byte j masks byte j of each eight (rotated to where `offset` falls).
+        var k: UInt64 = 0
+        for j in 0..<8 { k |= UInt64(maskByte(m, offset + j)) << UInt64(8 * j) }
+        var i = 0
+        while i + 8 <= src.count {
+            let w = UInt64(littleEndian: src.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            dst.storeBytes(of: (w ^ k).littleEndian, toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < src.count {
+            dst.storeBytes(of: src[i] ^ maskByte(m, offset + i), toByteOffset: i, as: UInt8.self)
+            i += 1
         }
     }
 
@@ -281,13 +308,27 @@ public struct UTF8Validator: Sendable, Equatable {
 
     /// Feeds bytes; false once the sequence cannot be valid UTF-8.
     public mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return state != 1 }
         var s = state
-        for b in bytes {
-            s = Self.transitions[Int(s) * 16 + Int(Self.classes[Int(b)])]
-            if s == 1 { state = 1; return false }
+        let n = bytes.count
+        var i = 0
+        let ok = Self.transitions.withUnsafeBufferPointer { t in
+            Self.classes.withUnsafeBufferPointer { c in
+                while i < n {
+                    // Between characters, ASCII goes eight bytes at a time.
+                    if s == 0 && i + 8 <= n && base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
+                        i += 8
+                        continue
+                    }
+                    s = t[Int(s) * 16 + Int(c[Int(base.load(fromByteOffset: i, as: UInt8.self))])]
+                    if s == 1 { return false }
+                    i += 1
+                }
+                return true
+            }
         }
-        state = s
-        return true
+        state = ok ? s : 1
+        return ok
     }
 
     /// Whether the bytes so far end on a character boundary.

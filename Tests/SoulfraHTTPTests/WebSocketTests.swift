@@ -1,6 +1,7 @@
 import Testing
 @testable import SoulfraHTTP
 import SoulfraKeys
+import SoulfraTestSupport
 
 /// What the decoder reported, with message parts put back together (parts are checked separately).
 enum Decoded: Equatable {
@@ -171,5 +172,53 @@ struct WebSocketTests {
         var v = UTF8Validator()
         for b in Array("héllo wörld 🎉".utf8) { #expect([b].withUnsafeBytes { v.feed($0) }) }
         #expect(v.isComplete)
+    }
+
+    @Test("unmasking eight bytes at a time equals unmasking byte by byte, at every offset and length")
+    func unmaskWords() {
+        let key: (UInt8, UInt8, UInt8, UInt8) = (0x37, 0xFA, 0x21, 0x3D)
+        let src = (0..<64).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        for offset in 0..<8 {
+            for length in 0...src.count {
+                let expected = (0..<length).map { WebSocketDecoder.unmask(src[$0], key, at: offset + $0) }
+                var got = [UInt8](repeating: 0, count: length)
+                src[0..<length].withUnsafeBytes { s in
+                    got.withUnsafeMutableBytes { d in
+                        if let base = d.baseAddress { WebSocketDecoder.unmask(s, into: base, key, at: offset) }
+                    }
+                }
+                #expect(got == expected, "offset \(offset) length \(length)")
+            }
+        }
+    }
+
+    @Test("the UTF-8 validator agrees with the standard library on random bytes fed in random pieces", arguments: [1, 2, 3, 4])
+    func utf8Random(seed: UInt64) {
+        var rng = SeededRandom(seed: seed)
+        for round in 0..<2_000 {
+            // Mostly ASCII runs (the fast path) with multi-byte characters, stray continuation bytes and
+            // overlong or surrogate forms mixed in.
+            var bytes: [UInt8] = []
+            let pieces = Int.random(in: 1...12, using: &rng)
+            for _ in 0..<pieces {
+                switch Int.random(in: 0..<6, using: &rng) {
+                case 0, 1: bytes += (0..<Int.random(in: 1...24, using: &rng)).map { _ in UInt8.random(in: 0x20...0x7E, using: &rng) }
+                case 2: bytes += Array(["é", "€", "🎉", "ж", "𝄞"].randomElement(using: &rng)!.utf8)
+                case 3: bytes.append(UInt8.random(in: 0x80...0xFF, using: &rng))
+                case 4: bytes += [[0xC0, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x82]].randomElement(using: &rng)!
+                default: bytes += (0..<Int.random(in: 1...8, using: &rng)).map { _ in UInt8.random(in: 0...0xFF, using: &rng) }
+                }
+            }
+            let valid = String(validating: bytes, as: UTF8.self) != nil
+            var v = UTF8Validator()
+            var ok = true
+            var at = 0
+            while at < bytes.count && ok {
+                let n = Int.random(in: 1...max(1, bytes.count - at), using: &rng)
+                ok = bytes[at..<(at + n)].withUnsafeBytes { v.feed($0) }
+                at += n
+            }
+            #expect((ok && v.isComplete) == valid, "seed \(seed) round \(round): \(bytes)")
+        }
     }
 }
