@@ -127,8 +127,10 @@ public final class H2Session {
         var at = 0
         while at < bytes.count {
             if o.chunks.isEmpty || o.chunks[o.chunks.count - 1].count >= Self.chunkBytes {
+                // A fresh chunk is sized to what is appended (it grows to `chunkBytes` as more comes): many
+                // streams with one small event queued each do not hold 4 KiB apiece.
                 var c = spareChunks.popLast() ?? []
-                if c.capacity < Self.chunkBytes { c.reserveCapacity(Self.chunkBytes) }
+                c.reserveCapacity(min(Self.chunkBytes, bytes.count - at))
                 o.chunks.append(c)
             }
             let last = o.chunks.count - 1
@@ -402,7 +404,7 @@ public final class H2Session {
     public func respond(stream: Int32, status: Int, headers: [H2Header] = [], endStream: Bool = false) throws(H2Error) {
         // A stream that closed in the same read as its request (RST_STREAM right behind the HEADERS) takes no
         // response: nothing may be queued for it, or its bytes would stay counted for ever.
-        guard nghttp2_session_find_stream(session, stream) != nil else { return }
+        guard isOpen(stream: stream) else { return }
         if !endStream { outbound[stream] = makeOutbound() }
         let rc = withNV(headers, status: status) { nva, n in sf_h2_submit_response(session, stream, nva, n, endStream ? nil : readBody) }
         guard rc == 0 else {
@@ -430,8 +432,11 @@ public final class H2Session {
     /// Bytes queued for a stream and not yet framed by nghttp2 (the gateway bounds this).
     public func queuedBytes(stream: Int32) -> Int { outbound[stream]?.available ?? 0 }
 
-    /// Whether `stream` is open in nghttp2 (for tests).
-    public func isOpen(stream: Int32) -> Bool { nghttp2_session_find_stream(session, stream) != nil }
+    /// Whether `stream` is open in nghttp2 (nghttp2 keeps closed streams a while for priorities: those are not).
+    public func isOpen(stream: Int32) -> Bool {
+        guard let st = nghttp2_session_find_stream(session, stream) else { return false }
+        return nghttp2_stream_get_state(st) != NGHTTP2_STREAM_STATE_CLOSED
+    }
 
     /// Reopens `bytes` of flow-control window for `stream` (and the connection) after its DATA was handed on.
     public func consume(stream: Int32, bytes: Int) {
