@@ -6,6 +6,10 @@ public struct ClientAddress: Hashable, Sendable {
         self.high = high
         self.low = low
     }
+
+    /// What budgets are kept under: an IPv4 address whole, an IPv6 address by its /64 (what one subscriber
+    /// is given: a client with a /64 must not get 2^64 fresh budgets, nor push everyone else's out).
+    var budgetKey: ClientAddress { high == 0 && low >> 32 == 0xFFFF ? self : ClientAddress(high: high, low: 0) }
 }
 
 /// Budgets per client address, across that address's connections on one loop: new connections per second
@@ -41,7 +45,8 @@ struct AddressBudgets {
     }
 
     /// Charges one new connection; false when the address is over its budget.
-    mutating func admitConnection(_ a: ClientAddress, _ limits: GatewayLimits, now: UInt64) -> Bool {
+    mutating func admitConnection(_ address: ClientAddress, _ limits: GatewayLimits, now: UInt64) -> Bool {
+        let a = address.budgetKey
         var e = entry(a, limits, now: now)
         e.connections.refill(rate: Double(limits.connectionsPerSecondPerAddress), capacity: Double(limits.connectionBurstPerAddress), now: now)
         let ok = e.connections.take(1)
@@ -50,7 +55,8 @@ struct AddressBudgets {
     }
 
     /// Charges `n` stream resets; false when the address is over its budget.
-    mutating func chargeResets(_ a: ClientAddress, _ n: UInt64, _ limits: GatewayLimits, now: UInt64) -> Bool {
+    mutating func chargeResets(_ address: ClientAddress, _ n: UInt64, _ limits: GatewayLimits, now: UInt64) -> Bool {
+        let a = address.budgetKey
         var e = entry(a, limits, now: now)
         e.resets.refill(rate: Double(limits.resetsPerSecondPerAddress), capacity: Double(limits.resetBurstPerAddress), now: now)
         let ok = e.resets.take(Double(n))

@@ -60,6 +60,8 @@ final class Connection {
     var lastHeld = 0
     /// Streams whose window moved since the last flush, or that wait for credit (see `Gateway.grantCredit`).
     var creditWanted: [Exchange] = []
+    /// On the gateway's `creditWaiters` list.
+    var inCreditWaiters = false
     /// When pending output last moved (or there was none): the send timeout runs from here.
     var lastSendProgress: UInt64
     /// A WebSocket close frame was sent: nothing more goes out after it.

@@ -22,23 +22,29 @@ extension Gateway {
         Int(max(0, bytes)) + frameOverhead * Int(max(0, frames))
     }
 
-    /// The window worth `cost` client bytes: one frame per 64 payload bytes, at least one.
-    static func window(forCost cost: Int) -> Window {
-        let frames = max(1, cost / (64 + frameOverhead))
+    /// The window worth `cost` client bytes for `ex`, split between bytes and frames as the stream's own frames
+    /// have been so far (before any: one frame per 64 bytes for streamed replies, whose events are small, one
+    /// per KiB for unary replies) — a window of frames too small for its messages, or of frames it never uses,
+    /// would hold budget to no purpose.
+    static func window(forCost cost: Int, _ ex: Exchange) -> Window {
+        let perFrame = ex.replyFrames > 0 ? min(16 << 10, max(64, ex.replyBytes / ex.replyFrames))
+                                          : ex.kind == .message ? 1_024 : 64
+        let frames = max(1, cost / (perFrame + frameOverhead))
         let bytes = max(0, cost - frameOverhead * frames)
         return Window(bytes: UInt32(min(bytes, Int(Int32.max))), frames: UInt32(frames))
     }
 
-    /// The credit every stream of `c` may hold whatever the others hold.
-    func floorCost(_ c: Connection) -> Int {
-        let streams = c.proto == .http2 ? Int(limits.maxConcurrentStreams) : 1
-        return min(limits.streamQueueHighBytes, max(256, limits.connectionOutputHighBytes / (2 * streams)))
+    /// The credit every stream may hold whatever the others of its connection hold: the budget's half shared
+    /// by as many streams as a connection may open (HTTP/1.1 and WebSocket too, so an idle stream of any kind
+    /// holds little of the loop's budget).
+    var floorCost: Int {
+        min(limits.streamQueueHighBytes, max(256, limits.connectionOutputHighBytes / (2 * Int(limits.maxConcurrentStreams))))
     }
 
     /// Records the instance's window on `ex`'s broker stream and what it costs its connection.
     func setWindow(_ ex: Exchange, bytes: Int64, frames: Int64) {
         let c = ex.conn
-        let floor = floorCost(c)
+        let floor = floorCost
         let old = ex.windowCost
         let new = Self.cost(bytes: bytes, frames: frames)
         ex.windowBytes = bytes
@@ -58,15 +64,14 @@ extension Gateway {
     /// The window a new stream opens with: what it may send before the first CREDIT (possibly nothing, when
     /// the connection or the loop holds its whole budget; it is topped up as they drain).
     func initialWindow(_ ex: Exchange) -> Window {
-        let floor = floorCost(ex.conn)
-        ex.targetCost = max(floor, min(limits.streamQueueHighBytes, 8 << 10))
+        ex.targetCost = max(floorCost, min(limits.streamQueueHighBytes, 8 << 10))
         let grant = allowance(ex, want: ex.targetCost)
         if grant <= 0 {
             ex.waitingCredit = true
             counters.creditHeld += 1
         }
         if grant < ex.targetCost { wantCredit(ex) }
-        return grant <= 0 ? Window(bytes: 0, frames: 0) : Self.window(forCost: grant)
+        return grant <= 0 ? Window(bytes: 0, frames: 0) : Self.window(forCost: grant, ex)
     }
 
     /// How much of `want` the stream may be granted now.
@@ -76,12 +81,17 @@ extension Gateway {
         let held = c.creditCost + c.queuedBytes
         var room = budget - held
         let loopRoom = outputBudget - (heldTotal - c.lastHeld + held)
+        // Starved by the loop (not by its own client): the request deadline runs meanwhile (`armDeadline`).
+        ex.starvedByLoop = loopRoom <= 0 && loopRoom < room
         if loopRoom < room {
             room = loopRoom
-            if room <= 0 && !creditWaiters.contains(where: { $0 === c }) { creditWaiters.append(c) }
+            if room <= 0 && !c.inCreditWaiters {
+                c.inCreditWaiters = true
+                creditWaiters.append(c)
+            }
         }
         guard room > 0 else { return 0 }
-        let floorPart = max(0, floorCost(c) - ex.windowCost)
+        let floorPart = max(0, floorCost - ex.windowCost)
         let growthRoom = max(0, budget / 2 - c.growthCost)
         return min(want, room, floorPart + growthRoom)
     }
@@ -124,16 +134,28 @@ extension Gateway {
     @discardableResult
     func topUp(_ ex: Exchange) -> Bool {
         guard ex.kind.usesCredit, ex.brokerStream != 0, !ex.responseEnded, !ex.retired else { return false }
-        let target = Self.window(forCost: ex.targetCost)
+        // What this stream's client has not taken yet counts as held by the stream: a stream whose client stopped
+        // taking it (HTTP/2 flow control) gets nothing more, so it cannot crowd out its siblings.
+        let unread = ex.conn.h2?.queuedBytes(stream: ex.id) ?? ex.conn.queuedBytes
+        if unread >= ex.targetCost {
+            if !ex.waitingCredit {
+                ex.waitingCredit = true
+                counters.creditHeld += 1
+            }
+            return true
+        }
+        let target = Self.window(forCost: ex.targetCost, ex)
         let usedBytes = Int64(target.bytes) - ex.windowBytes, usedFrames = Int64(target.frames) - ex.windowFrames
         // In batches: once half of either side of the window is used (or none is left).
         guard usedBytes * 2 >= Int64(target.bytes) || usedFrames * 2 >= Int64(target.frames) || ex.windowFrames <= 0 else { return false }
-        // A stream that used most of its window gets a bigger one, up to the cap: it is busy and its client keeps up.
+        // A stream that used most of its window gets a bigger one, up to the cap: it is busy and its client keeps
+        // up. The bigger target holds only if credit is granted now (a starved stream does not keep doubling).
+        var targetCost = ex.targetCost
         if (usedBytes * 4 >= Int64(target.bytes) * 3 || usedFrames * 4 >= Int64(target.frames) * 3)
-            && ex.targetCost < limits.streamQueueHighBytes {
-            ex.targetCost = min(limits.streamQueueHighBytes, ex.targetCost * 2)
+            && targetCost < limits.streamQueueHighBytes {
+            targetCost = min(limits.streamQueueHighBytes, targetCost * 2)
         }
-        let goal = Self.window(forCost: ex.targetCost)
+        let goal = Self.window(forCost: targetCost, ex)
         var db = max(0, Int64(goal.bytes) - ex.windowBytes), df = max(0, Int64(goal.frames) - ex.windowFrames)
         let want = Self.cost(bytes: db, frames: df)
         guard want > 0 else { return false }
@@ -152,6 +174,7 @@ extension Gateway {
             if Self.cost(bytes: db, frames: df) > grant { db = max(0, Int64(grant) - Int64(Self.frameOverhead) * df) }
         }
         guard db > 0 || df > 0 else { return true }
+        ex.targetCost = targetCost
         ex.waitingCredit = false
         ports[ex.port].session.grant(stream: ex.brokerStream, bytes: UInt32(db), frames: UInt32(df))
         setWindow(ex, bytes: ex.windowBytes + db, frames: ex.windowFrames + df)

@@ -86,17 +86,20 @@ final class Exchange {
     var sendsBody = false
     var bodySent = 0
     var requestEnded = false
-    /// Messages waiting for broker credit (NDJSON lines, WebSocket message parts), oldest first; their bytes
-    /// in total; and whether END follows the last one.
+    /// Messages waiting for broker credit (NDJSON lines, WebSocket message parts), oldest first; what they
+    /// hold in memory (their bytes plus `entryOverhead` each, so a flood of empty messages counts too); and
+    /// whether END follows the last one.
     var outbound: [OutboundMessage] = []
     var outboundHead = 0
     var outboundBytes = 0
+    static let entryOverhead = 64
     var outboundEnds = false
     var sentEnd = false
     /// Bytes of a partial NDJSON line.
     var partialLine: [UInt8] = []
-    /// Reply bytes received (unary: bounded by `maxReplyBytes`).
+    /// Reply bytes and DATA frames received (unary: bytes bounded by `maxReplyBytes`).
     var replyBytes = 0
+    var replyFrames = 0
     /// Response headers are out; the body may still be streaming.
     var responded = false
     var responseEnded = false
@@ -126,6 +129,11 @@ final class Exchange {
     var waitingCredit = false
     /// On its connection's `creditWanted` list.
     var inCreditList = false
+    /// Its last request for credit found the loop's budget spent (not its own connection's).
+    var starvedByLoop = false
+    /// HTTP/2 request bytes received and not yet handed back to the client's window (NDJSON lines waiting for
+    /// the world's credit).
+    var inputHeld = 0
 
     /// Framing state of the reply message in progress (messages may arrive in parts, flagged MORE).
     var replyMidMessage = false
@@ -169,7 +177,7 @@ final class Exchange {
             outboundHead = 0
         }
         outbound.append(OutboundMessage(bytes: bytes, cost: cost, continues: continues, binary: binary))
-        outboundBytes += bytes.count
+        outboundBytes += bytes.count + Self.entryOverhead
     }
 
     /// Splits NDJSON request bytes into frames, one per non-empty line. False if a line is over `maxLine`.

@@ -3,16 +3,8 @@ enum Framing {
     /// One Server-Sent Event: `event:` (optional) and one `data:` line per line of the payload.
     static func sse(_ payload: UnsafeRawBufferPointer, event: String? = nil, into out: inout [UInt8]) {
         if let event { out.append(contentsOf: "event: \(event)\n".utf8) }
-        var start = 0
-        for i in 0..<payload.count where payload[i] == 0x0A {
-            out.append(contentsOf: "data: ".utf8)
-            out.append(contentsOf: payload[start..<i])
-            out.append(0x0A)
-            start = i + 1
-        }
-        out.append(contentsOf: "data: ".utf8)
-        out.append(contentsOf: payload[start...])
-        out.append(contentsOf: [0x0A, 0x0A])
+        var lastByte: UInt8 = 0
+        ssePart(payload, first: true, last: true, lastByte: &lastByte, into: &out)
     }
 
     /// One NDJSON line (the payload's own trailing newline is kept, one is added otherwise).
@@ -21,19 +13,32 @@ enum Framing {
         if payload.last != 0x0A { out.append(0x0A) }
     }
 
-    /// Part of one SSE event as a message arrives in parts: `data: ` opens it, every newline in the payload
-    /// starts another `data:` line, and the blank line closes it with the message's last part. The same bytes
-    /// as `sse` for a message in one part.
-    static func ssePart(_ payload: UnsafeRawBufferPointer, first: Bool, last: Bool, into out: inout [UInt8]) {
+    /// Part of one SSE event as a message arrives in parts: `data: ` opens it, every line break in the payload
+    /// starts another `data:` line, and the blank line closes it with the message's last part. LF, CR and CRLF
+    /// all end an SSE line (WHATWG HTML §9.2.6), so all three are breaks here: a payload cannot inject a field
+    /// (`event:`, `id:`, `retry:`). `lastByte` carries a CR over to the next part, so a CRLF split between
+    /// parts is one break.
+    static func ssePart(_ payload: UnsafeRawBufferPointer, first: Bool, last: Bool, lastByte: inout UInt8,
+                        into out: inout [UInt8]) {
         if first { out.append(contentsOf: "data: ".utf8) }
-        var start = 0
-        for i in 0..<payload.count where payload[i] == 0x0A {
-            out.append(contentsOf: payload[start..<i])
-            out.append(contentsOf: "\ndata: ".utf8)
-            start = i + 1
+        var i = lastByte == 0x0D && payload.first == 0x0A ? 1 : 0
+        var start = i
+        while i < payload.count {
+            let b = payload[i]
+            if b == 0x0A || b == 0x0D {
+                out.append(contentsOf: payload[start..<i])
+                out.append(contentsOf: "\ndata: ".utf8)
+                if b == 0x0D && i + 1 < payload.count && payload[i + 1] == 0x0A { i += 1 }
+                start = i + 1
+            }
+            i += 1
         }
         out.append(contentsOf: payload[start...])
-        if last { out.append(contentsOf: [0x0A, 0x0A]) }
+        if let b = payload.last { lastByte = b }
+        if last {
+            out.append(contentsOf: [0x0A, 0x0A])
+            lastByte = 0
+        }
     }
 
     /// Part of one NDJSON line; the newline follows the message's last part unless it ended with one.

@@ -233,7 +233,8 @@ public final class Gateway {
         if c.lastHeld > 0 { budgetFreed = true }
         heldTotal -= c.lastHeld
         c.lastHeld = 0
-        creditWaiters.removeAll { $0 === c }
+        if c.inCreditWaiters { creditWaiters.removeAll { $0 === c } }
+        c.inCreditWaiters = false
         for ex in c.creditWanted { ex.inCreditList = false }
         c.creditWanted.removeAll()
         if c.inDirtyList { dirtyConns.removeAll { $0 === c } }
@@ -454,6 +455,8 @@ public final class Gateway {
             }
             ex.body.append(contentsOf: bytes)
         case .stream:
+            // Handed back to the client's HTTP/2 window as the lines go to the world (or when the stream ends).
+            if c.proto == .http2 { ex.inputHeld += bytes.count }
             guard ex.splitLines(bytes, maxLine: limits.maxLineBytes) else {
                 return fail(ex, GatewayError(status: 413, code: "payload_too_large",
                                              message: "an NDJSON line is over \(limits.maxLineBytes) bytes"))
@@ -612,6 +615,7 @@ public final class Gateway {
             ex.outboundBytes -= took
             guard m.sent + took == m.bytes.count else { break }  // the rest waits for credit
             consumed += m.cost
+            ex.outboundBytes -= Exchange.entryOverhead
             ex.outbound[ex.outboundHead] = OutboundMessage(bytes: [], cost: 0, continues: false, binary: false)
             ex.outboundHead += 1
             if last { ex.sentEnd = true }
@@ -633,6 +637,7 @@ public final class Gateway {
         if ex.outboundBytes <= limits.streamQueueHighBytes / 2 { ex.conn.resumeReading(.requestBacklog) }
         if consumed > 0, let h2 = ex.conn.h2 {
             h2.consume(stream: ex.id, bytes: consumed)
+            ex.inputHeld -= consumed
             markDirty(ex.conn)
         }
     }
@@ -657,6 +662,7 @@ public final class Gateway {
         if ex.kind.usesCredit {
             // The instance used window: credit the connection held becomes bytes queued for its client.
             setWindow(ex, bytes: ex.windowBytes - Int64(payload.count), frames: ex.windowFrames - 1)
+            ex.replyFrames += 1
             wantCredit(ex)
         }
         if ex.kind != .message || end {
@@ -732,7 +738,7 @@ public final class Gateway {
             if ex.ndjson {
                 Framing.ndjsonPart(payload, lastByte: &ex.replyLastByte, last: !more, into: &frameScratch)
             } else {
-                Framing.ssePart(payload, first: first, last: !more, into: &frameScratch)
+                Framing.ssePart(payload, first: first, last: !more, lastByte: &ex.replyLastByte, into: &frameScratch)
             }
             frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: false) }
             ex.replyMidMessage = more
@@ -743,29 +749,17 @@ public final class Gateway {
             for e in held { controlEvent(ex, event: e.event, json: e.json) }
         }
         if end {
-            if ex.replyMidMessage { endPartialMessage(ex) }
             c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
             replyEnded(ex)
         }
         markDirty(c)
     }
 
-    /// Closes a message cut short (the stream ended or failed in its middle) so the framing stays whole.
+    /// Closes a message cut short (the stream failed in its middle) so the framing stays whole: an empty last
+    /// part.
     func endPartialMessage(_ ex: Exchange) {
         guard ex.replyMidMessage else { return }
-        ex.replyMidMessage = false
-        let c = ex.conn
-        if ex.kind == .webSocket {
-            c.sendWebSocket(UnsafeRawBufferPointer(start: nil, count: 0), binary: ex.replyBinary, first: false, fin: true)
-            return
-        }
-        frameScratch.removeAll(keepingCapacity: true)
-        if ex.ndjson {
-            Framing.ndjsonPart(UnsafeRawBufferPointer(start: nil, count: 0), lastByte: &ex.replyLastByte, last: true, into: &frameScratch)
-        } else {
-            Framing.ssePart(UnsafeRawBufferPointer(start: nil, count: 0), first: false, last: true, into: &frameScratch)
-        }
-        frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: false) }
+        deliver(ex, UnsafeRawBufferPointer(start: nil, count: 0), more: false, binary: ex.replyBinary, end: false)
     }
 
     /// A control event inside a streamed reply (`rate_limits`, `dropped`, `error`). One that arrives in the
@@ -845,6 +839,7 @@ public final class Gateway {
             // Not answered: try once more on another instance (the broker re-pins the session).
             ex.retried = true
             counters.retries += 1
+            ex.deadline = 0  // the next instance gets the whole deadline, not what the first one left
             openBroker(ex, now: now)
             if ex.brokerStream != 0 { return }
         }
@@ -894,13 +889,19 @@ public final class Gateway {
             if ex.kind == .message {
                 // A unary reply already streaming: cut it off rather than append an error to its body.
                 if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish() }
-            } else if ex.kind == .webSocket && ex.replyMidMessage {
-                c.closeWebSocket(.internalError, e.code)
             } else {
+                // The message in progress is closed first (a WebSocket one only if its bytes so far are
+                // whole UTF-8), then the error event; a WebSocket then closes with 1011, not a normal close.
                 endPartialMessage(ex)
                 ex.heldEvents.removeAll()
-                controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
-                c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+                if !ex.responseEnded {
+                    controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
+                }
+                if ex.kind == .webSocket {
+                    c.closeWebSocket(.internalError, e.code)
+                } else {
+                    c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+                }
             }
         }
         ex.responseEnded = true
@@ -931,12 +932,26 @@ public final class Gateway {
         guard !ex.retired else { return }
         ex.retired = true
         ex.deadline = 0
+        let c = ex.conn
         if ex.windowCost > 0 {
             setWindow(ex, bytes: 0, frames: 0)  // the credit it held goes back to its connection
-            markDirty(ex.conn)
+            markDirty(c)
         }
+        // Request input that will never reach the world: its HTTP/2 window goes back to the connection (else
+        // every failed upload would shrink the connection's window for good), reading resumes if it waited for
+        // it, and its buffers go now rather than when the client has read the reply.
+        if ex.inputHeld > 0 {
+            c.h2?.consume(stream: ex.id, bytes: ex.inputHeld)
+            ex.inputHeld = 0
+            markDirty(c)
+        }
+        ex.outbound = []
+        ex.outboundHead = 0
+        ex.outboundBytes = 0
+        ex.partialLine = []
+        ex.body = []
+        c.resumeReading(.requestBacklog)
         counters.openExchanges -= 1
-        let c = ex.conn
         if c.proto == .http2 {
             // The stream itself is forgotten when nghttp2 reports it closed.
         } else if c.h1Current === ex {
@@ -977,9 +992,11 @@ public final class Gateway {
                 c.sendInFlight = true
                 transport?.send(c.id, c.sending.readable)
             }
-            // Output past the connection's budget can only be the gateway's own (pongs, errors, control
-            // frames): stop reading what causes it until the client takes some.
-            let queued = c.queuedBytes
+            // Output waiting for the socket past the connection's budget can only be the gateway's own (pongs,
+            // errors, control frames): stop reading what causes it until the client takes some. HTTP/2 stream
+            // queues do not count here: they drain only as the client's WINDOW_UPDATEs are read, and credit
+            // bounds them already.
+            let queued = c.out.count + c.sending.count + c.plainOut.count
             if queued > limits.connectionOutputHighBytes {
                 if !c.readPauses.contains(.outputFull) { counters.outputPauses += 1 }
                 c.pauseReading(.outputFull)
@@ -1002,7 +1019,10 @@ public final class Gateway {
         budgetFreed = false
         let waiters = creditWaiters
         creditWaiters.removeAll()
-        for c in waiters where !c.closed && !c.moving && conns[c.id] === c { markDirty(c) }
+        for c in waiters {
+            c.inCreditWaiters = false
+            if !c.closed && !c.moving && conns[c.id] === c { markDirty(c) }
+        }
     }
 
     // MARK: - Time and shutdown
@@ -1034,10 +1054,8 @@ public final class Gateway {
                 continue
             }
             guard !c.closeAfterFlush else { continue }
-            for ex in c.exchanges.values where ex.deadline != 0 && now > ex.deadline { timedOut(ex) }
-            if let ex = c.h1Current, ex.deadline != 0, now > ex.deadline { timedOut(ex) }
-            for ex in c.exchanges.values where stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
-            if let ex = c.h1Current, stalledBody(ex, now: now, limit: bodyLimit) { bodyTimedOut(ex) }
+            for ex in c.exchanges.values { checkTimers(ex, now: now, bodyLimit: bodyLimit) }
+            if let ex = c.h1Current { checkTimers(ex, now: now, bodyLimit: bodyLimit) }
             if let d = c.headDeadline, now > d, c.h1Current == nil, c.exchanges.isEmpty {
                 counters.headerTimeouts += 1
                 if c.proto == .http1 && !c.h1.isIdle {
@@ -1061,24 +1079,42 @@ public final class Gateway {
     }
 
     /// Starts the request deadline (see `GatewayLimits.requestTimeoutMilliseconds`) when the instance has been
-    /// asked and may answer: a stream the gateway holds at no window (its client is not reading) is the
-    /// gateway's own stall, not the instance's, and must not count against it.
+    /// asked and may answer, or when the stream waits for the loop's budget (it must not wait for ever). A
+    /// stream held at no window because its own client is not reading is that client's stall, bounded by the
+    /// send timeout: no deadline runs for it.
     func armDeadline(_ ex: Exchange, now: UInt64) {
-        guard ex.awaitingAnswer, ex.deadline == 0, ex.windowFrames > 0, ex.windowBytes > 0, !ex.responseEnded else { return }
+        guard ex.awaitingAnswer, ex.deadline == 0, !ex.responseEnded,
+              ex.windowFrames > 0 && ex.windowBytes > 0 || ex.starvedByLoop else { return }
         let t = limits.requestTimeoutNanos(world: ex.route.world)
         ex.deadline = t == 0 ? 0 : now &+ t
     }
 
-    /// The instance did not answer in time: the broker hears `timeout` (the instance's outlier score), the
-    /// client 504 `instance_timeout` (or an error event when the reply was already streaming).
+    func checkTimers(_ ex: Exchange, now: UInt64, bodyLimit: UInt64) {
+        if ex.deadline != 0 && now > ex.deadline {
+            timedOut(ex)
+        } else if stalledBody(ex, now: now, limit: bodyLimit) {
+            bodyTimedOut(ex)
+        }
+    }
+
+    /// The deadline passed. If the instance had a window to answer in, it did not: the broker hears `timeout`
+    /// (the instance's outlier score) and the client 504 `instance_timeout`. If the gateway held the stream at
+    /// no window (the loop's output budget spent), the gateway is the one that could not serve: 503
+    /// `overloaded`, and the instance is not blamed. (An error event or a reset when the reply was streaming.)
     func timedOut(_ ex: Exchange) {
         ex.deadline = 0
-        counters.requestTimeouts += 1
-        detachBroker(ex, code: .timeout, reason: "no answer within the request deadline")
-        let ms = limits.requestTimeoutByWorld[ex.route.world] ?? limits.requestTimeoutMilliseconds
-        fail(ex, GatewayError(status: 504, code: "instance_timeout",
-                              message: "the instance did not answer within \(ms) ms", headers: [("retry-after", "\(limits.retryAfterSeconds)")]),
-             retryable: true)
+        let ms = limits.requestTimeoutNanos(world: ex.route.world) / 1_000_000
+        let retry = [("retry-after", "\(limits.retryAfterSeconds)")]
+        if ex.windowFrames > 0 && ex.windowBytes > 0 {
+            counters.requestTimeouts += 1
+            detachBroker(ex, code: .timeout, reason: "no answer within the request deadline")
+            fail(ex, GatewayError(status: 504, code: "instance_timeout",
+                                  message: "the instance did not answer within \(ms) ms", headers: retry), retryable: true)
+        } else {
+            counters.overloadTimeouts += 1
+            fail(ex, GatewayError(status: 503, code: "overloaded",
+                                  message: "the gateway had no room for the reply within \(ms) ms", headers: retry), retryable: true)
+        }
     }
 
     func stalledBody(_ ex: Exchange, now: UInt64, limit: UInt64) -> Bool {

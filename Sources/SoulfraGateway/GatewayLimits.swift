@@ -85,6 +85,7 @@ public struct GatewayCounters: Sendable, Equatable {
     public var moves: UInt64 = 0
     public var sendTimeouts: UInt64 = 0
     public var requestTimeouts: UInt64 = 0
+    public var overloadTimeouts: UInt64 = 0
     public var headerFloodResets: UInt64 = 0
     public var streamIDGoaways: UInt64 = 0
     public var outputPauses: UInt64 = 0
@@ -132,6 +133,7 @@ public struct GatewayCounters: Sendable, Equatable {
         m.moves += o.moves
         m.sendTimeouts += o.sendTimeouts
         m.requestTimeouts += o.requestTimeouts
+        m.overloadTimeouts += o.overloadTimeouts
         m.headerFloodResets += o.headerFloodResets
         m.streamIDGoaways += o.streamIDGoaways
         m.outputPauses += o.outputPauses
@@ -181,6 +183,7 @@ public struct GatewayCounters: Sendable, Equatable {
             ("connection_moves_total", "Client connections moved to the loop that owns their world.", moves),
             ("send_timeouts_total", "Connections closed because their pending output did not move for gateway.send_timeout_milliseconds.", sendTimeouts),
             ("request_timeouts_total", "Requests whose instance did not answer within the request deadline (504 instance_timeout).", requestTimeouts),
+            ("overload_timeouts_total", "Requests that waited for the gateway's output budget past their deadline (503 overloaded).", overloadTimeouts),
             ("header_flood_resets_total", "HTTP/2 streams reset because their header block decoded past four times the limit (HPACK bomb); decoding stopped there.", headerFloodResets),
             ("stream_id_goaways_total", "HTTP/2 connections ended with PROTOCOL_ERROR for HEADERS on a skipped, lower stream id.", streamIDGoaways),
             ("output_pauses_total", "Times a client's reading was paused because the gateway's own replies to it (pongs, errors) passed its budget.", outputPauses),

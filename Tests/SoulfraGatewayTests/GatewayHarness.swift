@@ -100,12 +100,15 @@ final class GatewayHarness {
     var clients: [UInt32: H2TestClient] = [:]
     var reading: [UInt32: Bool] = [:]
     var streams: [UInt32: ScriptedStream] = [:]
+    /// Room subscriptions the gateway made (their stream ids), in order.
+    var subscriptions: [UInt32] = []
     let key: String
     let decoder = FrameDecoder(maxPayload: 1 << 24)
     /// How the world answers: called for every stream whenever it may send (window or news).
     var world: (GatewayHarness, UInt32) -> Void = { _, _ in }
 
-    init(limits: GatewayLimits = GatewayLimits()) {
+    /// `streamCreditBytes`: the window the broker's WELCOME gives each stream the gateway opens (for requests).
+    init(limits: GatewayLimits = GatewayLimits(), streamCreditBytes: UInt32 = 262_144) {
         var r = SeededRandom(seed: 7)
         let k = APIKey.generate(type: "kids", using: &r)!
         key = k.plaintext
@@ -121,7 +124,7 @@ final class GatewayHarness {
         session.start()
         session.output.removeAll()
         let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 65_536, heartbeatMilliseconds: 1_000,
-                                                          streamCreditBytes: 262_144, streamCreditFrames: 1_024, linkID: 1,
+                                                          streamCreditBytes: streamCreditBytes, streamCreditFrames: 1_024, linkID: 1,
                                                           server: "test")))
         welcome.withUnsafeBytes { session.receive($0) }
     }
@@ -165,12 +168,31 @@ final class GatewayHarness {
         return c
     }
 
-    /// Sends what client `conn` has queued to the gateway.
+    /// What clients wrote that the gateway has not read (it paused reading their connection).
+    var unread: [UInt32: [UInt8]] = [:]
+
+    /// Sends what client `conn` has queued to the gateway, as the loop would: not while the gateway has
+    /// paused reading the connection (the bytes wait in the socket).
     func clientSends(_ conn: UInt32) {
         guard let c = clients[conn] else { return }
-        var bytes: [UInt8] = []
+        var bytes = unread.removeValue(forKey: conn) ?? []
         try? c.h2.drainOutput { bytes += $0 }
-        if !bytes.isEmpty { bytes.withUnsafeBytes { gateway.received(conn: conn, bytes: $0, now: now) } }
+        guard !bytes.isEmpty else { return }
+        if transport.paused.contains(conn) {
+            unread[conn] = bytes
+            return
+        }
+        bytes.withUnsafeBytes { gateway.received(conn: conn, bytes: $0, now: now) }
+    }
+
+    /// GETs `path` on client `conn`; returns the HTTP/2 stream id.
+    @discardableResult
+    func get(_ conn: UInt32, _ path: String) throws -> Int32 {
+        let c = clients[conn]!
+        let id = try c.h2.request(headers: [H2Header(":method", "GET"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
+                                            H2Header(":path", path), H2Header("authorization", "Bearer \(key)")],
+                                  endStream: true)
+        return id
     }
 
     /// POSTs `body` to `path` on client `conn`; returns the HTTP/2 stream id.
@@ -207,6 +229,8 @@ final class GatewayHarness {
                     streams[id]?.requestFrames.append((payload.count, flags))
                     if end { streams[id]?.requestEnded = true }
                     if worldGrantsBack { FrameWriter.credit(worldOut, stream: id, bytes: UInt32(payload.count), frames: 1) }
+                case .subscribe(let id, _):
+                    subscriptions.append(id)
                 case .credit(let id, let b, let f, _):
                     streams[id]?.windowBytes += Int64(b)
                     streams[id]?.windowFrames += Int64(f)

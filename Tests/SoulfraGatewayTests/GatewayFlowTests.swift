@@ -1,0 +1,90 @@
+import Testing
+import SoulfraHTTP2
+import SoulfraWire
+@testable import SoulfraGateway
+
+/// Flow between clients, the gateway and the world that the budgets must not break: no deadlock, no lost
+/// window, no stream that waits for ever.
+@Suite("Gateway: flow under budgets (sans-IO)")
+struct GatewayFlowTests {
+    @Test("a request starved by the loop's budget (others hold it) gets 503 overloaded at its deadline; the instance is not blamed")
+    func starvedByLoop() throws {
+        var limits = GatewayLimits()
+        limits.requestTimeoutMilliseconds = 200
+        limits.outputBudgetBytes = 256 << 10  // the loop's budget is one connection's
+        let h = GatewayHarness(limits: limits)
+        _ = try h.connect(1, reads: false)
+        for _ in 0..<16 { try h.post(1, ssePath, body: sseBody) }
+        h.world = eventWorld(events: 1_000, size: 1_000)
+        h.settle()
+        // A client that reads asks while the one that does not holds the loop's whole budget.
+        let b = try h.connect(2)
+        let id = try h.post(2, ssePath, body: #"{"text":"unary"}"#)
+        h.settle()
+        let waiting = h.streams.keys.max()!
+        #expect(h.streams[waiting]?.windowBytes == 0, "the stream had a window after all")
+        for _ in 0..<3 {
+            h.now += 100_000_000
+            h.gateway.tick(now: h.now)
+            h.settle()
+        }
+        #expect(b.status(id) == "503")
+        #expect(String(decoding: b.body(id), as: UTF8.self).contains("\"overloaded\""))
+        #expect(h.gateway.counters.overloadTimeouts == 1)
+        #expect(h.gateway.counters.requestTimeouts == 0)
+        #expect(h.streams[waiting]?.closeCode != .timeout, "the instance was blamed for the gateway's stall")
+    }
+
+    @Test("an HTTP/2 room subscriber whose stream queue passes the connection's budget still reads the client's WINDOW_UPDATEs")
+    func roomSubscriberKeepsReading() throws {
+        var limits = GatewayLimits()
+        limits.connectionOutputHighBytes = 16 << 10
+        let h = GatewayHarness(limits: limits)
+        let c = try h.connect(1)
+        let id = try h.get(1, "/v1/worlds/playground/rooms/lobby")
+        h.settle()
+        let sid = try #require(h.subscriptions.first)
+        // The broker fans 100 KiB of room events out at once (rooms are not under credit: slow subscribers are
+        // cut at `roomSubscriberOutputBytes`): more than the client's 64 KiB stream window and the budget.
+        let event = [UInt8](repeating: 0x61, count: 1_024)
+        for _ in 0..<100 { event.withUnsafeBytes { FrameWriter.data(h.worldOut, stream: sid, payload: $0) } }
+        for _ in 0..<200 where h.turn() {}
+        #expect(c.status(id) == "200")
+        let body = c.body(id)
+        let events = zip(body, body.dropFirst()).filter { $0 == (0x0A, 0x0A) }.count
+        #expect(events == 100, "\(events) of 100 room events reached the client")
+        #expect(h.unread[1] == nil, "the gateway stopped reading its client")
+    }
+
+    @Test("request bytes of a stream that fails go back to the HTTP/2 connection's window")
+    func failedUploadReturnsWindow() throws {
+        let h = GatewayHarness(streamCreditBytes: 4_096)  // the world takes 4 KiB of each upload, then stops
+        let c = try h.connect(1)
+        h.settle()
+        let path = "/v1/worlds/playground/streams"
+        func open() throws -> Int32 {
+            try c.h2.request(headers: [H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
+                                       H2Header(":path", path), H2Header("authorization", "Bearer \(h.key)")])
+        }
+        // Six uploads of 60 KiB each (360 KiB: more than the connection's window, four lines' worth) wait in
+        // the gateway for the rest of their line; the world fails each stream meanwhile.
+        let partial = [UInt8](repeating: 0x61, count: 60 << 10)
+        for round in 0..<6 {
+            let id = try open()
+            partial.withUnsafeBytes { c.h2.send(stream: id, $0) }
+            h.settle()
+            let sid = try #require(h.streams.keys.max())
+            FrameWriter.encode(.error(stream: sid, code: .internalError, reason: "instance failed")).withUnsafeBytes { h.worldOut.append($0) }
+            h.settle()
+            #expect(c.events.contains(.endStream(stream: id)) || c.status(id) != nil, "round \(round): the stream never ended")
+        }
+        // A seventh upload still gets through whole.
+        h.worldGrantsBack = true
+        let id = try open()
+        let line = Array((#"{"t":""# + String(repeating: "l", count: 40 << 10) + "\"}\n").utf8)
+        line.withUnsafeBytes { c.h2.send(stream: id, $0, end: true) }
+        h.settle()
+        let sid = try #require(h.streams.keys.max())
+        #expect(h.streams[sid]?.request.count == line.count - 1, "the connection's window was not given back")
+    }
+}
