@@ -1,6 +1,8 @@
 import Foundation
 import Synchronization
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 // MARK: - chain: app → instance → runtime → vault and back

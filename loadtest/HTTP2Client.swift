@@ -3,6 +3,8 @@ import Foundation
 import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 
 // MARK: - gateway: an HTTP/2 client for what h2load cannot drive (SSE, full-duplex streams, idle streams)
 

@@ -1,5 +1,7 @@
 import Foundation
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 struct IdleOptions: Sendable {

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 /// `soulfra-loadtest instance`: echo instances of one world, attached to the broker, answering what the

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SoulfraPeer
+import SoulfraPeerSession
 
 /// Common options of every scenario.
 struct TargetOptions: ParsableArguments {

@@ -1,6 +1,8 @@
 import Foundation
 import Synchronization
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 
 /// The same pipe pattern through nats-server, driven by the same kind of client code as the Soulfra pipe, so
 /// a difference in client speed does not pass for a broker difference. NATS has no flow control, so the

@@ -1,6 +1,8 @@
 import Foundation
 import Histogram
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 
 /// Reads a server process's RSS and CPU from /proc, to report memory and CPU per frame.
 struct ProcessStats: Sendable {

@@ -1,6 +1,8 @@
 import Foundation
 import Synchronization
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 /// Credentials and addressing shared by every scenario (defaults match config/soulfra.json).

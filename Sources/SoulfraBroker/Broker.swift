@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import SoulfraWire
 
 /// What the broker asks of the I/O layer after an event.
@@ -235,7 +232,7 @@ public final class Broker {
         let end = worldEnd + 2 + Int(payload.loadBE(UInt16.self, at: worldEnd))
         guard payload.count >= end else { throw .truncated(field: "publish.room") }
         let same = link.publishTopic.count == end && link.publishTopic.withUnsafeBytes { cached in
-            memcmp(cached.baseAddress!, payload.baseAddress!, end) == 0
+            cached.elementsEqual(UnsafeRawBufferPointer(rebasing: payload[..<end]))
         }
         if !same {
             var r = PayloadReader(payload)

@@ -1,8 +1,7 @@
-import Glibc
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
-import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraTLS
 import SoulfraWire
 
@@ -127,6 +126,8 @@ public final class Gateway {
     /// The time of the batch being handled (monotonic nanoseconds): the owner sets it before driving the
     /// gateway (the entry points that take `now` set it too); the gateway itself never reads the clock.
     public var now: UInt64 = 0
+    /// The wall clock (seconds since the epoch), for key expiry: the owner sets it as it ticks the gateway.
+    public var unixSeconds: UInt64 = 0
     /// Streamed replies whose headers are held back for a moment (see `Exchange.headersDue`).
     var pendingHeaders: [Exchange] = []
     /// What this loop's connections hold for their clients plus the credit their streams hold (updated as
@@ -362,7 +363,7 @@ public final class Gateway {
             path = String(path[..<q])
         }
         let admission = gatekeeper.admit(method: head.method, path: path, authorization: head.authorization,
-                                         queryToken: queryToken, now: now, unixSeconds: UInt64(time(nil)), cache: &c.admissionCache)
+                                         queryToken: queryToken, now: now, unixSeconds: unixSeconds, cache: &c.admissionCache)
         let route: Route, key: KeyRecord, rate: RateLimitState
         switch admission {
         case .reject(let e):

@@ -1,5 +1,4 @@
 import CNGHTTP2
-import Glibc
 
 /// One header field.
 public struct H2Header: Sendable, Equatable {
@@ -581,10 +580,10 @@ private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, va
     let v = UnsafeBufferPointer(start: value, count: valuelen)
     if let kept = s.kept {
         guard let k = kept.firstIndex(where: { k in
-            k.count == namelen && k.withUnsafeBufferPointer { memcmp($0.baseAddress!, name!, namelen) == 0 }
+            k.count == namelen && k.withUnsafeBufferPointer { sf_bytes_equal($0.baseAddress!, name!, namelen) != 0 }
         }) else { return 0 }
         let cached = s.keptValues[k]
-        if cached.bytes.count == valuelen && (valuelen == 0 || cached.bytes.withUnsafeBufferPointer { memcmp($0.baseAddress!, value!, valuelen) == 0 }) {
+        if cached.bytes.count == valuelen && (valuelen == 0 || cached.bytes.withUnsafeBufferPointer { sf_bytes_equal($0.baseAddress!, value!, valuelen) != 0 }) {
             s.block.append(H2Header(s.settings.keptHeaders![k], cached.string))
         } else {
             let str = String(decoding: v, as: UTF8.self)

@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-@_exported import SoulfraNet
+import SoulfraNet
+import SoulfraPeerSession
 import SoulfraWire
 
 /// Where the broker listens.
@@ -23,41 +24,20 @@ public struct PeerError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Exponential backoff with full jitter. The random source is injected so tests are repeatable.
-public struct Backoff: Sendable {
-    public var initialMilliseconds: UInt32
-    public var maxMilliseconds: UInt32
-    public private(set) var attempt: UInt32 = 0
-
-    public init(initialMilliseconds: UInt32 = 50, maxMilliseconds: UInt32 = 5_000) {
-        self.initialMilliseconds = initialMilliseconds
-        self.maxMilliseconds = maxMilliseconds
-    }
-
-    /// The next delay: uniformly random in [0, min(max, initial·2^attempt)].
-    public mutating func next(using rng: inout some RandomNumberGenerator) -> UInt32 {
-        let ceiling = UInt64(initialMilliseconds) << UInt64(min(attempt, 20))
-        attempt += 1
-        let cap = UInt32(min(UInt64(maxMilliseconds), ceiling))
-        return UInt32.random(in: 0...cap, using: &rng)
-    }
-
-    public mutating func reset() { attempt = 0 }
-}
-
 /// One link to the broker over a plain non-blocking socket (no io_uring: world instances run under seccomp
 /// profiles that may block it). Drive it with `pump` or register it with a `PeerReactor`.
 public final class PeerConnection {
+    // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     public let address: PeerAddress
     public let identity: PeerIdentity
-    public private(set) var session: PeerSession
-    public private(set) var fd: Int32 = -1
+    @exclusivity(unchecked) public private(set) var session: PeerSession
+    @exclusivity(unchecked) public private(set) var fd: Int32 = -1
     /// While true the connection is not read (to test slow consumers); writes continue.
-    public var readingPaused = false
+    @exclusivity(unchecked) public var readingPaused = false
     private let readBuffer: UnsafeMutableRawBufferPointer
     /// Bytes read in total.
-    public private(set) var bytesRead: UInt64 = 0
-    public private(set) var bytesWritten: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var bytesRead: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var bytesWritten: UInt64 = 0
 
     public init(address: PeerAddress, identity: PeerIdentity, readBufferBytes: Int = 256 << 10) {
         self.address = address
@@ -150,7 +130,7 @@ public final class PeerConnection {
             let n = Glibc.recv(fd, readBuffer.baseAddress, readBuffer.count, 0)
             if n > 0 {
                 bytesRead &+= UInt64(n)
-                session.receive(UnsafeRawBufferPointer(rebasing: readBuffer[..<n]))
+                session.receive(UnsafeRawBufferPointer(rebasing: readBuffer[..<n]), nowMilliseconds: monotonicMilliseconds())
                 if session.isClosed { return false }
                 if n < readBuffer.count { return true }
                 continue
@@ -255,11 +235,11 @@ public final class PeerReactor {
         var nextAttempt: UInt64 = 0
     }
 
-    private var entries: [Entry] = []
-    private var fds: [pollfd] = []
-    private var rng: SplitMix64
+    @exclusivity(unchecked) private var entries: [Entry] = []
+    @exclusivity(unchecked) private var fds: [pollfd] = []
+    @exclusivity(unchecked) private var rng: SplitMix64
     /// Successful reconnects so far.
-    public private(set) var reconnects = 0
+    @exclusivity(unchecked) public private(set) var reconnects = 0
 
     /// `seed` drives the reconnect jitter (fixed in tests, random by default).
     public init(seed: UInt64 = UInt64.random(in: 0...UInt64.max)) {
@@ -320,17 +300,3 @@ public final class PeerReactor {
         }
     }
 }
-
-/// SplitMix64: a small seeded generator for reconnect jitter (repeatable in tests).
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-

@@ -1,3 +1,4 @@
+import SoulfraPeerSession
 import SoulfraWire
 
 /// One link to each broker loop. The broker partitions worlds across its loops, so peers that serve every

@@ -5,6 +5,8 @@ import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraTLS
 import SoulfraWire
 

@@ -4,6 +4,8 @@ import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 /// Joins one loop's broker, gateway and admin endpoints to its ring: loop events in, output and actions
@@ -101,6 +103,7 @@ final class Wiring: LoopDelegate {
     func attachGateway(_ g: Gateway, links: [Int32], now: UInt64) {
         gateway = g
         g.transport = self
+        g.unixSeconds = UInt64(time(nil))
         broker.attach(link: inProcessLink, now: now)
         g.portSession(shard.index).start()
         for (y, fd) in links.enumerated() where fd >= 0 {
@@ -157,7 +160,7 @@ final class Wiring: LoopDelegate {
                 if l == inProcessLink {
                     let bytes = broker.takeOutput(link: l)
                     if bytes.count > 0 {
-                        session.receive(bytes)
+                        session.receive(bytes, nowMilliseconds: now / 1_000_000)
                         moved = true
                     }
                     broker.sent(link: l, count: bytes.count, now: now)
@@ -220,7 +223,7 @@ final class Wiring: LoopDelegate {
         switch role(conn) {
         case .broker: broker.receive(link: conn, bytes: bytes, now: now)
         case .http: gateway?.received(conn: conn, bytes: bytes, now: now)
-        case .gatewayLink: remotePorts[conn]?.session.receive(bytes)
+        case .gatewayLink: remotePorts[conn]?.session.receive(bytes, nowMilliseconds: now / 1_000_000)
         case .admin: admin[conn]?.receive(bytes)
         case .sorting: sort(conn, bytes, now: now)
         }
@@ -320,6 +323,7 @@ final class Wiring: LoopDelegate {
         gateway?.now = now
         broker.tick(now: now)
         if let g = gateway {
+            g.unixSeconds = UInt64(time(nil))
             g.tick(now: now)
             if now &- lastSnapshot >= 1_000_000_000 { renewGatewayLinks(now: now) }
             if let started = shutdownStarted, g.idle || now &- started > UInt64(broker.limits.shutdownDrainMilliseconds) * 1_000_000 {

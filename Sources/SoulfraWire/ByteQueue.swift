@@ -4,11 +4,13 @@
 /// Memory is allocated on first use and can be given back with `shrinkIfEmpty()`, so an idle link costs
 /// nothing here. The caller bounds its size (watermarks); this type only grows when asked to.
 public final class ByteQueue {
-    private var base: UnsafeMutableRawPointer?
+    // Stored properties are `@exclusivity(unchecked)`: an instance belongs to one thread, and this module ships
+    // in the peer library product, where the unsafe flag that turns the checks off module-wide is not allowed.
+    @exclusivity(unchecked) private var base: UnsafeMutableRawPointer?
     /// Bytes allocated.
-    public private(set) var capacity: Int = 0
-    private var head = 0
-    private var tail = 0
+    @exclusivity(unchecked) public private(set) var capacity: Int = 0
+    @exclusivity(unchecked) private var head = 0
+    @exclusivity(unchecked) private var tail = 0
 
     /// Growth: geometric (doubling) from 1 KiB by default; past 4 KiB, `tight` grows by a quarter (or to what
     /// is needed, if more), rounded up to 4 KiB — for queues whose high-water mark is held for a long time (a

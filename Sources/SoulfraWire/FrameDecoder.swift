@@ -44,11 +44,12 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
 /// the next frame. The broker does this for DATA on a stream, so one oversize frame ends one stream, not
 /// every stream on the link.
 public final class FrameDecoder {
+    // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     /// The largest payload accepted; larger frames fail with `frameTooLarge`.
-    public var maxPayload: UInt32
+    @exclusivity(unchecked) public var maxPayload: UInt32
     private let partial = ByteQueue()
     /// Payload bytes of an oversize frame still to be dropped.
-    private var skipping = 0
+    @exclusivity(unchecked) private var skipping = 0
 
     public init(maxPayload: UInt32 = Wire.handshakeFrameBytes) {
         self.maxPayload = maxPayload

@@ -2,7 +2,7 @@ import Testing
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
-import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraTestSupport
 import SoulfraWire
 @testable import SoulfraGateway
@@ -126,7 +126,7 @@ final class GatewayHarness {
         let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 65_536, heartbeatMilliseconds: 1_000,
                                                           streamCreditBytes: streamCreditBytes, streamCreditFrames: 1_024, linkID: 1,
                                                           server: "test")))
-        welcome.withUnsafeBytes { session.receive($0) }
+        welcome.withUnsafeBytes { session.receive($0, nowMilliseconds: 0) }
     }
 
     var session: PeerSession { gateway.portSession(0) }
@@ -248,7 +248,7 @@ final class GatewayHarness {
         worldOut.removeAll()
         if !reply.isEmpty {
             moved = true
-            reply.withUnsafeBytes { session.receive($0) }
+            reply.withUnsafeBytes { session.receive($0, nowMilliseconds: 0) }
             gateway.flush(now: now)
         }
         return moved

@@ -1,5 +1,5 @@
 import Testing
-import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraWire
 @testable import SoulfraGateway
 
@@ -61,7 +61,7 @@ struct GatewayLinkTests {
         let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 65_536, heartbeatMilliseconds: 1_000,
                                                           streamCreditBytes: 262_144, streamCreditFrames: 1_024,
                                                           linkID: 1, server: "test", loopIndex: 1, loopCount: 2)))
-        welcome.withUnsafeBytes { session.receive($0) }
+        welcome.withUnsafeBytes { session.receive($0, nowMilliseconds: 0) }
         // The OPEN and the body went out on the link once it was up.
         var frames: [FrameType] = []
         let decoder = FrameDecoder()
@@ -73,7 +73,7 @@ struct GatewayLinkTests {
         // The instance answers through the broker: the client gets 200.
         session.output.removeAll()
         let reply = FrameWriter.encode(.data(stream: 1, payload: Array(#"{"ok":true}"#.utf8), end: true))
-        reply.withUnsafeBytes { session.receive($0) }
+        reply.withUnsafeBytes { session.receive($0, nowMilliseconds: 0) }
         g.flush(now: 4)
         #expect(t.text(7).hasPrefix("HTTP/1.1 200 OK"), "\(t.text(7))")
         #expect(t.text(7).hasSuffix(#"{"ok":true}"#))

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraServer
 import SoulfraWire
 

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import SoulfraLoop
 import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraWire
 
 /// The built `soulfra` binary, next to the test bundle.

@@ -3,6 +3,8 @@ import Testing
 import SoulfraBroker
 import SoulfraLoop
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraServer
 import SoulfraWire
 

@@ -3,6 +3,7 @@ import Testing
 import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraServer
 import SoulfraWire
 

@@ -8,6 +8,8 @@ import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraServer
 import SoulfraWire
 

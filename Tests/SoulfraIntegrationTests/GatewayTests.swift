@@ -8,6 +8,7 @@ import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
 import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraServer
 import SoulfraWire
 

@@ -5,6 +5,8 @@ import SoulfraClient
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraServer
 import SoulfraWire
 

@@ -4,6 +4,8 @@ import Testing
 import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 /// A `soulfra serve` child process on ephemeral loopback ports, with a config derived from the shipped one.

@@ -3,6 +3,7 @@ import Testing
 import SoulfraBroker
 import SoulfraLoop
 import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraServer
 import SoulfraWire
 

@@ -2,6 +2,8 @@ import Foundation
 import Testing
 import SoulfraLoop
 import SoulfraPeer
+import SoulfraPeerSession
+import SoulfraNet
 import SoulfraWire
 
 /// A broker stand-in on a real socket: it accepts one peer, answers WELCOME (heartbeat `heartbeatMilliseconds`)
@@ -68,7 +70,7 @@ struct PeerLibraryTests {
             // Half the rounds start with a valid WELCOME so the garbage reaches the ready-state handlers.
             if round % 2 == 0 {
                 FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 1 << 16, heartbeatMilliseconds: 1_000, streamCreditBytes: 1 << 16,
-                                                    streamCreditFrames: 64, linkID: 1, server: "x"))).withUnsafeBytes { s.receive($0) }
+                                                    streamCreditFrames: 64, linkID: 1, server: "x"))).withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
                 _ = s.open(Open(target: .instance, keyID: 1, world: "w"))
             }
             let n = Int(rng.next() % 300)
@@ -77,7 +79,7 @@ struct PeerLibraryTests {
                 bytes[0] = 0; bytes[1] = 0; bytes[2] = UInt8((n - 12) >> 8); bytes[3] = UInt8((n - 12) & 0xFF)
                 bytes[4] = UInt8(1 + rng.next() % 14); bytes[6] = 0; bytes[7] = 0
             }
-            bytes.withUnsafeBytes { s.receive($0) }
+            bytes.withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
             if case .closed(let code, _) = s.state {
                 #expect(code != .none, "seed 0x5EED0002 round \(round)")
                 #expect(rec.linkClosed != nil)

@@ -1,5 +1,6 @@
 import Testing
 import SoulfraPeer
+import SoulfraPeerSession
 import SoulfraWire
 
 /// Collects what a session reports.
@@ -21,7 +22,7 @@ func readySession(_ delegate: Collector? = nil) -> PeerSession {
     s.start()
     let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 1_024, heartbeatMilliseconds: 1_000, streamCreditBytes: 4_096,
                                                       streamCreditFrames: 8, linkID: 1, server: "test")))
-    welcome.withUnsafeBytes { s.receive($0) }
+    welcome.withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
     s.output.removeAll()
     return s
 }
@@ -70,7 +71,7 @@ struct PeerSessionTests {
             let took = message.withUnsafeBytes { s.sendPartial(stream: id, payload: UnsafeRawBufferPointer(rebasing: $0[offset...])) }
             offset += took ?? 0
             // The other side grants what was used.
-            FrameWriter.encode(.credit(stream: id, bytes: 4_096, frames: 8)).withUnsafeBytes { s.receive($0) }
+            FrameWriter.encode(.credit(stream: id, bytes: 4_096, frames: 8)).withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
             rounds += 1
         }
         #expect(offset == message.count)
@@ -96,7 +97,7 @@ struct PeerSessionTests {
         let c = Collector()
         let s = readySession(c)
         let open = FrameWriter.encode(.open(stream: 2, Open(target: .instance, world: "w", window: Window(bytes: 100, frames: 1))))
-        open.withUnsafeBytes { s.receive($0) }
+        open.withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
         #expect(c.accepted.first?.1.window == Window(bytes: 100, frames: 1))
         #expect(!bytesOf(101).withUnsafeBytes { s.send(stream: 2, payload: $0) })
         #expect(bytesOf(100).withUnsafeBytes { s.send(stream: 2, payload: $0) })
@@ -105,7 +106,7 @@ struct PeerSessionTests {
         s.autoCredit = false
         let id = s.open(Open(target: .instance, world: "w", window: Window(bytes: 300, frames: 3)))
         #expect(s.receiveWindow(id)! == (300, 3))
-        FrameWriter.encode(.data(stream: id, payload: bytesOf(120), end: false)).withUnsafeBytes { s.receive($0) }
+        FrameWriter.encode(.data(stream: id, payload: bytesOf(120), end: false)).withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
         #expect(s.receiveWindow(id)! == (180, 2))
         s.grant(stream: id, bytes: 120, frames: 1)
         #expect(s.receiveWindow(id)! == (300, 3))
@@ -134,7 +135,7 @@ struct PeerSessionTests {
         let id = s.open(Open(target: .instance, world: "w"))
         var bad = FrameWriter.encode(.data(stream: id, payload: [1], end: true))
         bad[5] = FrameFlags([.endStream, .more]).rawValue
-        bad.withUnsafeBytes { s.receive($0) }
+        bad.withUnsafeBytes { s.receive($0, nowMilliseconds: 0) }
         #expect(s.isClosed)
     }
 }

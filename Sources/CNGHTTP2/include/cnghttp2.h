@@ -9,6 +9,7 @@
 
 #include <nghttp2/nghttp2.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,6 +39,10 @@ int sf_h2_submit_response(nghttp2_session *session, int32_t stream_id, const ngh
 /// Submits a request (client sessions, tests and the load driver) whose body is pulled through `read`
 /// (NULL: no body). Returns the stream id or a negative nghttp2 error code.
 int32_t sf_h2_submit_request(nghttp2_session *session, const nghttp2_nv *nva, size_t nvlen, sf_h2_read_fn read);
+
+/// Whether n bytes at a and b are equal (memcmp). Here so that the sans-IO session in Swift compares header
+/// names and values in nghttp2's callbacks without importing the C library wholesale.
+static inline int sf_bytes_equal(const void *a, const void *b, size_t n) { return memcmp(a, b, n) == 0; }
 
 #ifdef __cplusplus
 }

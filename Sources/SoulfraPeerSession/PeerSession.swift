@@ -65,6 +65,7 @@ public struct PeerIdentity: Sendable, Equatable {
 /// the initial window (like HTTP/2 WINDOW_UPDATE). Messages larger than the frame size or the window go out
 /// as several DATA frames flagged MORE (`sendPartial`).
 public final class PeerSession {
+    // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     public enum State: Equatable {
         case idle
         case helloSent
@@ -91,15 +92,15 @@ public final class PeerSession {
     public let identity: PeerIdentity
     public weak var delegate: (any PeerSessionDelegate)?
     /// Grant credit automatically after each DATA is delivered (off: call `grant` yourself).
-    public var autoCredit = true
-    public private(set) var state: State = .idle
-    public private(set) var welcome: Welcome?
+    @exclusivity(unchecked) public var autoCredit = true
+    @exclusivity(unchecked) public private(set) var state: State = .idle
+    @exclusivity(unchecked) public private(set) var welcome: Welcome?
     /// Frames to write to the socket.
     public let output = ByteQueue()
     let decoder = FrameDecoder()
-    var streams: [UInt32: StreamState] = [:]
-    var nextStreamID: UInt32 = 1
-    public private(set) var goawayReceived = false
+    @exclusivity(unchecked) var streams: [UInt32: StreamState] = [:]
+    @exclusivity(unchecked) var nextStreamID: UInt32 = 1
+    @exclusivity(unchecked) public private(set) var goawayReceived = false
 
     public init(identity: PeerIdentity) {
         self.identity = identity
@@ -121,8 +122,8 @@ public final class PeerSession {
 
     // MARK: - Input
 
-    /// When bytes last arrived (monotonic milliseconds; set by `receive`).
-    public private(set) var lastHeardMilliseconds: UInt64 = 0
+    /// When bytes last arrived (monotonic milliseconds; the `now` of the last `receive`).
+    @exclusivity(unchecked) public private(set) var lastHeardMilliseconds: UInt64 = 0
 
     /// Whether the broker has been silent for longer than three of its heartbeat intervals (it PINGs every
     /// interval, so a live broker is never that quiet): the link is dead even if TCP has not noticed.
@@ -131,10 +132,10 @@ public final class PeerSession {
         return now &- lastHeardMilliseconds > 3 * UInt64(w.heartbeatMilliseconds)
     }
 
-    /// Feeds bytes read from the socket.
-    public func receive(_ bytes: UnsafeRawBufferPointer) {
+    /// Feeds bytes read from the socket; `nowMilliseconds` is the monotonic clock's reading for their batch.
+    public func receive(_ bytes: UnsafeRawBufferPointer, nowMilliseconds: UInt64) {
         guard !isClosed else { return }
-        lastHeardMilliseconds = monotonicMilliseconds()
+        lastHeardMilliseconds = nowMilliseconds
         do {
             try decoder.feed(bytes) { header, payload throws(WireError) in
                 try self.handle(header, payload)

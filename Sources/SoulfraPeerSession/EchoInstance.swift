@@ -16,6 +16,7 @@ import SoulfraWire
 /// Messages of any size travel: what arrives split (MORE) is put back together, up to 1 MiB; replies larger
 /// than the window go out in pieces as credit arrives.
 public final class EchoInstance: PeerSessionDelegate {
+    // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     public enum Mode: String, Sendable, CaseIterable {
         case json
         case exact
@@ -44,15 +45,15 @@ public final class EchoInstance: PeerSessionDelegate {
     public let name: String
     public let mode: Mode
     /// Frames in a streamed (`message.stream`) reply.
-    public var tokens: Int
-    var streams: [UInt32: StreamState] = [:]
-    var assembler = MessageAssembler()
+    @exclusivity(unchecked) public var tokens: Int
+    @exclusivity(unchecked) var streams: [UInt32: StreamState] = [:]
+    @exclusivity(unchecked) var assembler = MessageAssembler()
     /// Requests answered (unary and streamed).
-    public private(set) var answered: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var answered: UInt64 = 0
     /// Streams accepted, in total.
-    public private(set) var accepted: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var accepted: UInt64 = 0
     /// Sessions seen (for affinity checks).
-    public private(set) var sessions: Set<String> = []
+    @exclusivity(unchecked) public private(set) var sessions: Set<String> = []
     let unaryReplyPrefix: [UInt8]
 
     public init(name: String, tokens: Int = 8, mode: Mode = .json) {
