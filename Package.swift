@@ -101,9 +101,11 @@ let package = Package(
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerSession", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
+        // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
+        .testTarget(name: "SoulfraTidyTests"),
         .testTarget(
             name: "SoulfraIntegrationTests",
-            dependencies: ["SoulfraServer", "SoulfraPeer", "SoulfraPeerSession", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
+            dependencies: ["SoulfraServer", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerSession", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
                            "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys"]
         ),
     ],

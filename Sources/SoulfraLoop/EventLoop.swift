@@ -1,4 +1,5 @@
 import CURing
+import SoulfraNet
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -38,6 +38,9 @@ public struct BoundListener: Sendable {
     /// The port actually bound (TCP), useful with port 0.
     public let port: UInt16
 
+    /// Closes the socket of a listener that was never handed to a loop (a loop closes those it was given).
+    public func close() { _ = Glibc.close(fd) }
+
     /// Creates, binds and listens.
     /// With `reusePort`, several sockets (one per loop) may bind the same TCP port and the kernel spreads
     /// connections across them (SO_REUSEPORT).
@@ -62,12 +65,12 @@ public struct BoundListener: Sendable {
         }
         guard sa.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
             let e = errno
-            close(fd)
+            Glibc.close(fd)
             throw failure("bind", e)
         }
         guard listen(fd, backlog) == 0 else {
             let e = errno
-            close(fd)
+            Glibc.close(fd)
             throw failure("listen", e)
         }
         if case .tcp = address { return BoundListener(fd: fd, address: address, port: localPort(fd)) }

@@ -1,5 +1,5 @@
 import CURing
-@_exported import SoulfraNet
+import SoulfraNet
 #if canImport(Glibc)
 import Glibc
 #endif

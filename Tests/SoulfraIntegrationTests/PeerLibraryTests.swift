@@ -18,7 +18,7 @@ final class SilentBroker: @unchecked Sendable {
 
     deinit {
         if conn >= 0 { close(conn) }
-        close(listener.fd)
+        listener.close()
     }
 
     /// Accepts the peer and sends WELCOME once its HELLO has arrived (bounded wait).
