@@ -237,19 +237,19 @@ public final class Gatekeeper {
             }
         }
         if record.disabled {
-            return reject(GatewayError(status: 401, code: "key_disabled", message: "key \(record.prefix) has been revoked"))
+            return reject(GatewayError(.keyDisabled, "key \(record.prefix) has been revoked"))
         }
         if let exp = record.expiresAt, unixSeconds >= exp {
-            return reject(GatewayError(status: 401, code: "key_expired", message: "key \(record.prefix) has expired"))
+            return reject(GatewayError(.keyExpired, "key \(record.prefix) has expired"))
         }
         guard record.world == route.world else {
-            return reject(GatewayError(status: 403, code: "wrong_world",
-                                       message: "key \(record.prefix) belongs to another world than \"\(route.world)\""))
+            return reject(GatewayError(.wrongWorld,
+                                       "key \(record.prefix) belongs to another world than \"\(route.world)\""))
         }
         guard record.permissions.contains(route.permission) else {
             let need = route.permission.names.first ?? "?"
-            return reject(GatewayError(status: 403, code: "insufficient_permissions",
-                                       message: "key \(record.prefix) lacks the \(need) permission"))
+            return reject(GatewayError(.insufficientPermissions,
+                                       "key \(record.prefix) lacks the \(need) permission"))
         }
         switch charge(record, now: now) {
         case .success(var state):
@@ -292,7 +292,7 @@ public final class Gatekeeper {
         let wait = max(1, UInt32(((1 - b.tokens) / rate).rounded(.up)))
         let state = RateLimitState(limit: limit, remaining: 0, resetSeconds: wait)
         return .failure(GatewayError(
-            status: 429, code: "rate_limited", message: "key \(k.prefix) is over \(k.requestsPerSecond) requests/s",
+            .rateLimited, "key \(k.prefix) is over \(k.requestsPerSecond) requests/s",
             headers: [("retry-after", "\(wait)")] + state.headers))
     }
 }

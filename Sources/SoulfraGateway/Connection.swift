@@ -45,7 +45,9 @@ final class Connection {
     /// Plaintext waiting to be encrypted: gathered over a flush so TLS writes few, full records.
     let plainOut = ByteQueue(tight: true)
     var sendInFlight = false
-    var closeAfterFlush = false
+    private(set) var closeAfterFlush = false
+    /// Why it is closing (set with `closeAfterFlush`, or by `abort`).
+    private(set) var closeReason: CloseReason?
     var closed = false
     var readPauses: ReadPauses = []
     var inDirtyList = false
@@ -117,12 +119,12 @@ final class Connection {
             plain.removeAll(keepingCapacity: true)
             let r = try tls.read(into: &plain)
             if !plain.isEmpty { plain.withUnsafeBytes { feedPlain($0, now: now) } }
-            if r == .closed { finish() }
+            if r == .closed { finish(.clientClosed) }
             drainTLS()
         } catch {
             if !tls.handshakeComplete { gateway.counters.tlsHandshakeFailures += 1 } else { gateway.counters.protocolErrors += 1 }
             drainTLS()
-            finish()
+            finish(.tlsError)
         }
     }
 
@@ -135,13 +137,13 @@ final class Connection {
             case .tls:
                 // TLS on the cleartext port: there is no certificate here to answer with.
                 gateway.counters.protocolErrors += 1
-                finish()
+                finish(.protocolError)
             case .http2:
-                gateway.counters.connections[1] += 1
+                gateway.counters.count(.h2)
                 startH2()
                 seen.withUnsafeBytes { feedH2($0, now: now) }
             case .http1:
-                gateway.counters.connections[0] += 1
+                gateway.counters.count(.http1)
                 proto = .http1
                 seen.withUnsafeBytes { feedH1($0, now: now) }
             }
@@ -171,7 +173,7 @@ final class Connection {
         s.resetBurst = gateway.limits.resetBurst
         s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session"]
         h2 = try? H2Session(role: .server, settings: s)
-        if h2 == nil { finish() }
+        if h2 == nil { finish(.sessionFailed) }
     }
 
     func feedH2(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
@@ -186,7 +188,7 @@ final class Connection {
             }
             _ = h2.takeViolation()
             handleH2Events(h2, now: now)
-            closeAfterFlush = true
+            finish(error == .rapidReset ? .resetFlood : .protocolError)
             return
         }
         countViolation(h2)
@@ -201,7 +203,7 @@ final class Connection {
             if !gateway.addresses.chargeResets(address, n, gateway.limits, now: now) {
                 gateway.counters.addressResetGoaways += 1
                 h2.calmDown()
-                closeAfterFlush = true
+                finish(.resetFlood)
             }
         }
         handleH2Events(h2, now: now)
@@ -211,7 +213,7 @@ final class Connection {
     func countViolation(_ h2: H2Session) {
         if case .detected? = h2.takeViolation() {
             gateway.counters.protocolErrors += 1
-            closeAfterFlush = true
+            finish(.protocolError)
         }
     }
 
@@ -246,8 +248,8 @@ final class Connection {
             case .headersTooLarge(let stream):
                 headDeadline = nil
                 gateway.counters.protocolErrors += 1
-                respondError(stream, GatewayError(status: 431, code: "headers_too_large",
-                                                  message: "request headers are limited to \(gateway.limits.maxHeaderListBytes) bytes"),
+                respondError(stream, GatewayError(.headersTooLarge,
+                                                  "request headers are limited to \(gateway.limits.maxHeaderListBytes) bytes"),
                              requestID: gateway.nextRequestID())
             case .goaway:
                 break
@@ -290,7 +292,7 @@ final class Connection {
                     switch WebSocket.accept(head, sha1: SoulfraKeys.sha1) {
                     case .success(let accept): r.webSocketAccept = accept
                     case .failure(let e):
-                        respondError(0, GatewayError(status: e.status, code: "bad_request", message: e.reason), requestID: gateway.nextRequestID())
+                        respondError(0, GatewayError(.badRequest, e.reason, status: e.status), requestID: gateway.nextRequestID())
                         h1Discarding = true
                         return true
                     }
@@ -311,17 +313,17 @@ final class Connection {
             return true
         }, onError: { e in
             gateway.counters.protocolErrors += 1
-            let code = e.status == 413 ? "payload_too_large" : e.status == 431 ? "headers_too_large" : "bad_request"
+            let code: GatewayError.Code = e.status == 413 ? .payloadTooLarge : e.status == 431 ? .headersTooLarge : .badRequest
             if let ex = h1Current, ex.responded {
-                closeAfterFlush = true
+                finish(.protocolError)
             } else {
                 if let ex = h1Current { gateway.cancel(ex, reason: "malformed request") ; h1Current = nil }
                 h1KeepAlive = false
-                respondError(0, GatewayError(status: e.status, code: code, message: e.reason), requestID: gateway.nextRequestID())
+                respondError(0, GatewayError(code, e.reason, status: e.status), requestID: gateway.nextRequestID())
             }
-            closeAfterFlush = true
+            finish(.protocolError)
         })
-        if !h1KeepAlive && h1Current == nil && !h1ReadingBody && h1.isClosed { closeAfterFlush = true }
+        if !h1KeepAlive && h1Current == nil && !h1ReadingBody && h1.isClosed { finish(.finished) }
         return n
     }
 
@@ -330,7 +332,7 @@ final class Connection {
         h1Current = nil
         guard !closed else { return }
         if !h1KeepAlive {
-            closeAfterFlush = true
+            finish(.finished)
             return
         }
         if h1ReadingBody { return }  // the rest of its body is still arriving
@@ -391,7 +393,7 @@ final class Connection {
                 }
                 gateway.cancel(ex, reason: "client closed the WebSocket")
                 h1Current = nil
-                closeAfterFlush = true
+                finish(.finished)
             }
         }
         if let failure {
@@ -402,7 +404,7 @@ final class Connection {
             case .messageTooBig: why = "message over \(ws.maxMessageBytes) bytes"
             default: why = "protocol error"
             }
-            closeWebSocket(failure, why)
+            closeWebSocket(failure, why, because: .protocolError)
             if h1Current != nil { gateway.cancel(ex, reason: "WebSocket protocol error") }
             h1Current = nil
         }
@@ -434,9 +436,9 @@ final class Connection {
     }
 
     /// Sends a close frame with `code` and `reason` and closes once it is written.
-    func closeWebSocket(_ code: WebSocket.CloseCode, _ reason: String) {
+    func closeWebSocket(_ code: WebSocket.CloseCode, _ reason: String, because why: CloseReason) {
         WebSocket.closePayload(code, reason).withUnsafeBytes { emitWebSocketFrame(.close, $0) }
-        closeAfterFlush = true
+        finish(why)
     }
 
     /// A message, or part of one, to the client: the first part carries the text/binary opcode, later parts
@@ -483,7 +485,7 @@ final class Connection {
             if end { emit(Array("0\r\n\r\n".utf8)) }
         case .webSocket:
             // Messages go out through `sendWebSocket`; the end of the reply is the end of the WebSocket.
-            if end { closeWebSocket(.normal, "") }
+            if end { closeWebSocket(.normal, "", because: .finished) }
         }
     }
 
@@ -519,7 +521,7 @@ final class Connection {
     func drainTLS() {
         guard let tls else { return }
         if !plainOut.isEmpty && tls.handshakeComplete {
-            do { try tls.write(plainOut.readable) } catch { closeAfterFlush = true }
+            do { try tls.write(plainOut.readable) } catch { finish(.tlsError) }
             plainOut.removeAll()
         }
         tls.drainOutput { out.append($0) }
@@ -536,12 +538,12 @@ final class Connection {
                 try h2.drainOutput(limit: Self.outputAhead - out.count - plainOut.count) { emit($0) }
             } catch {
                 gateway.counters.protocolErrors += 1
-                closeAfterFlush = true
+                finish(.protocolError)
             }
             countViolation(h2)
             // Streams close as their last frame is sent: see to them now, not on the next read.
             if h2.hasEvents { handleH2Events(h2, now: gateway.now) }
-            if !h2.isActive { closeAfterFlush = true }
+            if !h2.isActive { finish(.finished) }
         }
         drainTLS()
     }
@@ -559,7 +561,9 @@ final class Connection {
     }
 
     /// Ends the connection after what is queued has been written.
-    func finish() {
+    /// Closes the connection once its queued output is written; the first reason given is the one counted.
+    func finish(_ reason: CloseReason) {
+        if closeReason == nil { closeReason = reason }
         closeAfterFlush = true
     }
 
@@ -578,8 +582,10 @@ final class Connection {
     }
 
     /// Ends the connection now, dropping what is queued (its client stopped taking it).
-    func abort() {
+    func abort(_ reason: CloseReason) {
         guard !closed else { return }
+        if closeReason == nil { closeReason = reason }
+        gateway.counters.count(closeReason ?? reason)
         closed = true
         gateway.transport?.abort(id)
     }
@@ -597,6 +603,6 @@ final class Connection {
 
     /// Graceful shutdown: HTTP/2 GOAWAY; HTTP/1.1 closes after the current exchange.
     func goaway() {
-        if let h2 { h2.goaway() } else if h1Current == nil { closeAfterFlush = true } else { h1KeepAlive = false }
+        if let h2 { h2.goaway() } else if h1Current == nil { finish(.shutdown) } else { h1KeepAlive = false }
     }
 }

@@ -57,7 +57,7 @@ enum Framing {
     }
 
     static func errorEvent(_ e: GatewayError, retryable: Bool, requestID: String) -> String {
-        #"{"event":"error","error":{"code":"\#(e.code)","message":"\#(GatewayError.escape(e.message))","retryable":\#(retryable),"request_id":"\#(requestID)"}}"#
+        #"{"event":"error","error":{"code":"\#(e.code.name)","message":"\#(GatewayError.escape(e.message))","retryable":\#(retryable),"request_id":"\#(requestID)"}}"#
     }
 }
 

@@ -190,11 +190,11 @@ public final class Gateway {
         var t: TLSConnection?
         if tls, let ctx = tlsContext {
             t = try? TLSConnection(context: ctx)
-            counters.connections[2] += 1
+            counters.count(.tls)
         }
         let c = Connection(id: conn, gateway: self, tls: t, now: now)
         c.address = address
-        if tls && t == nil { c.finish() }
+        if tls && t == nil { c.finish(.tlsError) }
         conns[conn] = c
         counters.openConnections = conns.count
         if shuttingDown { c.goaway() }
@@ -220,6 +220,7 @@ public final class Gateway {
 
     public func closed(conn: UInt32, now: UInt64) {
         guard let c = conns.removeValue(forKey: conn) else { return }
+        if !c.closed { counters.count(.clientClosed) }  // the loop saw it end before the gateway closed it
         c.closed = true
         for ex in c.exchanges.values { cancel(ex, reason: "client connection closed") }
         c.exchanges.removeAll()
@@ -337,9 +338,9 @@ public final class Gateway {
         }
     }
 
-    func counted(status: Int, code: String?) {
+    func counted(status: Int, code: GatewayError.Code?) {
         if status >= 100 && status < 600 { counters.responses[status] &+= 1 }
-        if let code { counters.errors[code, default: 0] += 1 }
+        if let code { counters.count(code) }
     }
 
     // MARK: - Requests
@@ -351,7 +352,7 @@ public final class Gateway {
         // answering rather than wait for it.
         if head.expectContinue { c.h1KeepAlive = false }
         if shuttingDown {
-            return reject(c, id: id, GatewayError(status: 503, code: "shutting_down", message: "the gateway is shutting down",
+            return reject(c, id: id, GatewayError(.shuttingDown, "the gateway is shutting down",
                                                   headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
         }
         var path = head.path
@@ -385,16 +386,16 @@ public final class Gateway {
                 // HTTP/2 forbids connection-specific fields such as Upgrade (RFC 9113 §8.2.2): there the 426
                 // says what to do in its body only.
                 return reject(c, id: id, GatewayError(
-                    status: 426, code: "upgrade_required",
-                    message: "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
+                    .upgradeRequired,
+                    "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
                     headers: c.proto == .http2 ? [] : [("upgrade", "websocket")]), requestID: requestID)
             }
             kind = .webSocket
         case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
         case .session, .analytics, .users:
             return reject(c, id: id, GatewayError(
-                status: 501, code: "not_implemented",
-                message: "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
+                .notImplemented,
+                "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
         }
         if head.expectContinue {
             c.h1KeepAlive = head.keepAlive
@@ -430,7 +431,7 @@ public final class Gateway {
         // for a body the client may never send.
         if c.proto != .http2 { c.h1Discarding = true }
         c.respondError(id, e, requestID: requestID)
-        if c.proto != .http2 && !c.h1KeepAlive { c.finish() }
+        if c.proto != .http2 && !c.h1KeepAlive { c.finish(.finished) }
         markDirty(c)
     }
 
@@ -451,16 +452,16 @@ public final class Gateway {
         case .message, .messageStream, .roomPublish:
             c.h2?.consume(stream: ex.id, bytes: bytes.count)
             guard ex.body.count + bytes.count <= limits.maxBodyBytes else {
-                return fail(ex, GatewayError(status: 413, code: "payload_too_large",
-                                             message: "request bodies are limited to \(limits.maxBodyBytes) bytes"))
+                return fail(ex, GatewayError(.payloadTooLarge,
+                                             "request bodies are limited to \(limits.maxBodyBytes) bytes"))
             }
             ex.body.append(contentsOf: bytes)
         case .stream:
             // Handed back to the client's HTTP/2 window as the lines go to the world (or when the stream ends).
             if c.proto == .http2 { ex.inputHeld += bytes.count }
             guard ex.splitLines(bytes, maxLine: limits.maxLineBytes) else {
-                return fail(ex, GatewayError(status: 413, code: "payload_too_large",
-                                             message: "an NDJSON line is over \(limits.maxLineBytes) bytes"))
+                return fail(ex, GatewayError(.payloadTooLarge,
+                                             "an NDJSON line is over \(limits.maxLineBytes) bytes"))
             }
             pumpOutbound(ex, now: now)
             // HTTP/2 input is held back by its flow-control window; HTTP/1.1 input by not reading the socket.
@@ -475,7 +476,7 @@ public final class Gateway {
         switch ex.kind {
         case .message, .messageStream:
             guard let fields = MessageFields.scan(ex.body) else {
-                return fail(ex, GatewayError(status: 400, code: "invalid_request", message: "the body must be a JSON object"))
+                return fail(ex, GatewayError(.invalidRequest, "the body must be a JSON object"))
             }
             if fields.stream { ex.kind = .messageStream }
             if ex.session.isEmpty {
@@ -486,7 +487,7 @@ public final class Gateway {
             openBroker(ex, now: now)
         case .roomPublish:
             guard !ex.body.isEmpty else {
-                return fail(ex, GatewayError(status: 400, code: "invalid_request", message: "a publish needs a body"))
+                return fail(ex, GatewayError(.invalidRequest, "a publish needs a body"))
             }
             guard case .room(let world, _, _) = ex.route else { return }
             let port = ports[Wire.loop(forWorld: world, count: ports.count)]
@@ -529,12 +530,12 @@ public final class Gateway {
     }
 
     var invalidSession: GatewayError {
-        GatewayError(status: 400, code: "invalid_request",
-                     message: "a session id is 1-64 characters of a-z, 0-9, - and _")
+        GatewayError(.invalidRequest,
+                     "a session id is 1-64 characters of a-z, 0-9, - and _")
     }
 
     func unavailable(_ ex: Exchange, _ message: String) -> GatewayError {
-        GatewayError(status: 503, code: "no_healthy_instance", message: message,
+        GatewayError(.noHealthyInstance, message,
                      headers: [("retry-after", "\(limits.retryAfterSeconds)")])
     }
 
@@ -675,8 +676,8 @@ public final class Gateway {
             guard ex.replyBytes + payload.count <= limits.maxReplyBytes else {
                 // 502 if nothing went out yet, else the response is cut off (see `fail`): a truncated body must
                 // not pass for a whole one.
-                return fail(ex, GatewayError(status: 502, code: "reply_too_large",
-                                             message: "the instance's reply is over \(limits.maxReplyBytes) bytes"))
+                return fail(ex, GatewayError(.replyTooLarge,
+                                             "the instance's reply is over \(limits.maxReplyBytes) bytes"))
             }
             ex.replyBytes += payload.count
             if end && !ex.responded {
@@ -699,8 +700,8 @@ public final class Gateway {
         case .roomSubscribe:
             if c.queuedBytes > limits.roomSubscriberOutputBytes {
                 counters.slowSubscribers += 1
-                return fail(ex, GatewayError(status: 503, code: "slow_consumer",
-                                             message: "this subscriber fell too far behind the room"), retryable: true)
+                return fail(ex, GatewayError(.slowConsumer,
+                                             "this subscriber fell too far behind the room"), retryable: true)
             }
             deliver(ex, payload, more: false, binary: false, end: false)
         case .messageStream, .stream, .webSocket:
@@ -723,8 +724,8 @@ public final class Gateway {
             if first { ex.replyBinary = binary; ex.replyUTF8 = UTF8Validator() }
             // A text frame the gateway sends is always valid UTF-8 (checked as parts arrive, across them).
             if !ex.replyBinary && (!ex.replyUTF8.feed(payload) || (!more && !ex.replyUTF8.isComplete)) {
-                counters.errors["invalid_utf8", default: 0] += 1
-                c.closeWebSocket(.internalError, "the world sent text that is not UTF-8")
+                counters.count(.invalidUTF8)
+                c.closeWebSocket(.internalError, "the world sent text that is not UTF-8", because: .streamFailed)
                 cancel(ex, reason: "instance sent invalid UTF-8")
                 return
             }
@@ -851,27 +852,27 @@ public final class Gateway {
             e = code == .noRoute || !ex.responded
                 ? unavailable(ex, code == .noRoute ? "no healthy instance of \"\(ex.route.world)\" is attached"
                                                   : "the instance serving this request went away")
-                : GatewayError(status: 502, code: "instance_gone", message: "the instance serving this stream went away")
+                : GatewayError(.instanceGone, "the instance serving this stream went away")
             retryable = true
         case .streamLimit:
-            e = GatewayError(status: 429, code: "too_many_streams", message: reason,
+            e = GatewayError(.tooManyStreams, reason,
                              headers: [("retry-after", "\(limits.retryAfterSeconds)")])
             retryable = true
         case .notPermitted:
-            e = GatewayError(status: 401, code: "key_disabled", message: "the key was revoked: \(reason)")
+            e = GatewayError(.keyDisabled, "the key was revoked: \(reason)")
             retryable = false
         case .shutdown:
-            e = GatewayError(status: 503, code: "shutting_down", message: "the broker is shutting down",
+            e = GatewayError(.shuttingDown, "the broker is shutting down",
                              headers: [("retry-after", "\(limits.retryAfterSeconds)")])
             retryable = true
         case .slowConsumer:
-            e = GatewayError(status: 503, code: "slow_consumer", message: reason)
+            e = GatewayError(.slowConsumer, reason)
             retryable = true
         case .frameTooLarge:
-            e = GatewayError(status: 502, code: "message_too_large", message: "a message on this stream was too large: \(reason)")
+            e = GatewayError(.messageTooLarge, "a message on this stream was too large: \(reason)")
             retryable = false
         default:
-            e = GatewayError(status: 502, code: "bad_gateway", message: "the stream failed inside: \(code): \(reason)")
+            e = GatewayError(.badGateway, "the stream failed inside: \(code): \(reason)")
             retryable = false
         }
         fail(ex, e, retryable: retryable)
@@ -880,16 +881,16 @@ public final class Gateway {
     /// Ends an exchange with an error: a status if nothing was sent yet, else an error event and the end.
     func fail(_ ex: Exchange, _ e: GatewayError, retryable: Bool = false) {
         let c = ex.conn
-        detachBroker(ex, reason: e.code)
+        detachBroker(ex, reason: e.code.name)
         if !ex.responded {
             ex.responded = true
             if c.proto != .http2 && !ex.requestEnded { c.h1KeepAlive = false }
             c.respondError(ex.id, e, requestID: ex.requestID)
         } else if !ex.responseEnded {
-            counters.errors[e.code, default: 0] += 1
+            counters.count(e.code)
             if ex.kind == .message {
                 // A unary reply already streaming: cut it off rather than append an error to its body.
-                if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish() }
+                if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish(.replyCutOff) }
             } else {
                 // The message in progress is closed first (a WebSocket one only if its bytes so far are
                 // whole UTF-8), then the error event; a WebSocket then closes with 1011, not a normal close.
@@ -899,7 +900,7 @@ public final class Gateway {
                     controlEvent(ex, event: "error", json: Framing.errorEvent(e, retryable: retryable, requestID: ex.requestID))
                 }
                 if ex.kind == .webSocket {
-                    c.closeWebSocket(.internalError, e.code)
+                    c.closeWebSocket(.internalError, e.code.name, because: .streamFailed)
                 } else {
                     c.sendBody(ex.id, UnsafeRawBufferPointer(start: nil, count: 0), end: true)
                 }
@@ -1007,6 +1008,7 @@ public final class Gateway {
             reconcile(c)
             if c.closeAfterFlush && !c.sendInFlight && c.out.isEmpty && c.sending.isEmpty {
                 c.closed = true
+                counters.count(c.closeReason ?? .finished)
                 transport?.close(c.id)
             }
         }
@@ -1050,7 +1052,7 @@ public final class Gateway {
             // A client that takes none of its pending output for this long gives its budget back.
             if c.queuedBytes > 0 && now &- c.lastSendProgress > sendLimit {
                 counters.sendTimeouts += 1
-                c.abort()
+                c.abort(.sendTimeout)
                 markDirty(c)
                 continue
             }
@@ -1061,17 +1063,17 @@ public final class Gateway {
                 counters.headerTimeouts += 1
                 if c.proto == .http1 && !c.h1.isIdle {
                     c.h1KeepAlive = false
-                    c.respondError(0, GatewayError(status: 408, code: "request_timeout",
-                                                  message: "the request head did not arrive in time"), requestID: nextRequestID())
+                    c.respondError(0, GatewayError(.requestTimeout,
+                                                  "the request head did not arrive in time"), requestID: nextRequestID())
                 } else if let h2 = c.h2 {
                     h2.goaway()
                 }
-                c.finish()
+                c.finish(.headerTimeout)
                 markDirty(c)
             } else if c.h1Current == nil && c.exchanges.isEmpty && now &- c.lastActive > idle {
                 counters.idleTimeouts += 1
                 c.h2?.goaway()
-                c.finish()
+                c.finish(.idleTimeout)
                 markDirty(c)
             } else if !c.trimmed && c.h1Current == nil && c.exchanges.isEmpty && now &- c.lastActive > 1_000_000_000 {
                 c.trim()
@@ -1109,12 +1111,12 @@ public final class Gateway {
         if ex.windowFrames > 0 && ex.windowBytes > 0 {
             counters.requestTimeouts += 1
             detachBroker(ex, code: .timeout, reason: "no answer within the request deadline")
-            fail(ex, GatewayError(status: 504, code: "instance_timeout",
-                                  message: "the instance did not answer within \(ms) ms", headers: retry), retryable: true)
+            fail(ex, GatewayError(.instanceTimeout,
+                                  "the instance did not answer within \(ms) ms", headers: retry), retryable: true)
         } else {
             counters.overloadTimeouts += 1
-            fail(ex, GatewayError(status: 503, code: "overloaded",
-                                  message: "the gateway had no room for the reply within \(ms) ms", headers: retry), retryable: true)
+            fail(ex, GatewayError(.overloaded,
+                                  "the gateway had no room for the reply within \(ms) ms", headers: retry), retryable: true)
         }
     }
 
@@ -1125,9 +1127,9 @@ public final class Gateway {
 
     func bodyTimedOut(_ ex: Exchange) {
         counters.bodyTimeouts += 1
-        fail(ex, GatewayError(status: 408, code: "request_timeout",
-                              message: "the request body stopped arriving for \(limits.bodyTimeoutMilliseconds) ms"))
-        if ex.conn.proto != .http2 { ex.conn.finish() }
+        fail(ex, GatewayError(.requestTimeout,
+                              "the request body stopped arriving for \(limits.bodyTimeoutMilliseconds) ms"))
+        if ex.conn.proto != .http2 { ex.conn.finish(.bodyTimeout) }
     }
 
     /// Stops taking requests: HTTP/2 clients get GOAWAY, HTTP/1.1 connections close after their exchange.
@@ -1142,7 +1144,7 @@ public final class Gateway {
     /// Closes every client connection once its queued output is written (the end of a shutdown).
     public func closeAll() {
         for c in conns.values where !c.closeAfterFlush && !c.moving {
-            c.finish()
+            c.finish(.shutdown)
             markDirty(c)
         }
     }

@@ -1,8 +1,30 @@
 /// An error answered to an app: status, stable code, message, and any headers it needs (design §5).
 public struct GatewayError: Error, Sendable, Equatable {
+    /// The documented error codes: the table in docs/api.md "Errors", each with the status it is sent with.
+    public enum Code: Int, CaseIterable, Sendable {
+        case unauthorized, keyDisabled, keyExpired, wrongWorld, insufficientPermissions, notFound, methodNotAllowed
+        case invalidRequest, badRequest, requestTimeout, payloadTooLarge, upgradeRequired, rateLimited, tooManyStreams
+        case headersTooLarge, notImplemented, replyTooLarge, instanceGone, messageTooLarge, badGateway, invalidUTF8
+        case noHealthyInstance, shuttingDown, slowConsumer, overloaded, instanceTimeout
+
+        /// The code as apps see it (`rate_limited`).
+        public var name: String { Self.table[rawValue].name }
+        /// The HTTP status it is sent with (an HTTP/1.1 parse error keeps the parser's own: 414, 505, …).
+        public var status: Int { Self.table[rawValue].status }
+
+        static let table: [(name: String, status: Int)] = [
+            ("unauthorized", 401), ("key_disabled", 401), ("key_expired", 401), ("wrong_world", 403),
+            ("insufficient_permissions", 403), ("not_found", 404), ("method_not_allowed", 405),
+            ("invalid_request", 400), ("bad_request", 400), ("request_timeout", 408), ("payload_too_large", 413),
+            ("upgrade_required", 426), ("rate_limited", 429), ("too_many_streams", 429), ("headers_too_large", 431),
+            ("not_implemented", 501), ("reply_too_large", 502), ("instance_gone", 502), ("message_too_large", 502),
+            ("bad_gateway", 502), ("invalid_utf8", 502), ("no_healthy_instance", 503), ("shutting_down", 503),
+            ("slow_consumer", 503), ("overloaded", 503), ("instance_timeout", 504),
+        ]
+    }
+
     public let status: Int
-    /// One of the documented codes (`unauthorized`, `rate_limited`, …).
-    public let code: String
+    public let code: Code
     public let message: String
     public var headers: [(String, String)] = []
 
@@ -11,8 +33,9 @@ public struct GatewayError: Error, Sendable, Equatable {
             && l.headers.map(\.0) == r.headers.map(\.0) && l.headers.map(\.1) == r.headers.map(\.1)
     }
 
-    public init(status: Int, code: String, message: String, headers: [(String, String)] = []) {
-        self.status = status
+    /// An error with its code's status, or `status` where the HTTP/1.1 parser chose a more precise one.
+    public init(_ code: Code, _ message: String, status: Int? = nil, headers: [(String, String)] = []) {
+        self.status = status ?? code.status
         self.code = code
         self.message = message
         self.headers = headers
@@ -20,7 +43,7 @@ public struct GatewayError: Error, Sendable, Equatable {
 
     /// `{"error":{"code":"…","message":"…","request_id":"…"}}`
     public func json(requestID: String) -> String {
-        #"{"error":{"code":"\#(code)","message":"\#(Self.escape(message))","request_id":"\#(Self.escape(requestID))"}}"#
+        #"{"error":{"code":"\#(code.name)","message":"\#(Self.escape(message))","request_id":"\#(Self.escape(requestID))"}}"#
     }
 
     static func escape(_ s: String) -> String {
@@ -43,13 +66,13 @@ public struct GatewayError: Error, Sendable, Equatable {
     }
 
     static func notFound(_ path: String) -> GatewayError {
-        GatewayError(status: 404, code: "not_found", message: "no route for \(path)")
+        GatewayError(.notFound, "no route for \(path)")
     }
     static func methodNotAllowed(_ method: String, allowed: [String]) -> GatewayError {
-        GatewayError(status: 405, code: "method_not_allowed", message: "\(method) is not allowed here",
+        GatewayError(.methodNotAllowed, "\(method) is not allowed here",
                      headers: [("allow", allowed.joined(separator: ", "))])
     }
     static let unauthorized = GatewayError(
-        status: 401, code: "unauthorized", message: "a valid API key is required (Authorization: Bearer sk-slfr_…)",
+        .unauthorized, "a valid API key is required (Authorization: Bearer sk-slfr_…)",
         headers: [("www-authenticate", #"Bearer realm="soulfra""#)])
 }

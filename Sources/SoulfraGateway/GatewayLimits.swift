@@ -66,12 +66,15 @@ public struct GatewayLimits: Sendable, Equatable {
 /// What the gateway counts, per loop; summed over loops for `/metrics`. Labels are bounded: route kinds,
 /// status codes and the documented error codes, never keys or worlds.
 public struct GatewayCounters: Sendable, Equatable {
-    public var connections: [UInt64] = [0, 0, 0]  // h1, h2, tls
+    public var connections: [UInt64] = Array(repeating: 0, count: ClientProtocol.allCases.count)
+    /// Connections ended, by `CloseReason`.
+    public var closes: [UInt64] = Array(repeating: 0, count: CloseReason.allCases.count)
     public var tlsHandshakeFailures: UInt64 = 0
     public var requests: [UInt64] = Array(repeating: 0, count: ExchangeKind.allCases.count)
     /// Responses by status (index: the status code).
     public var responses: [UInt64] = Array(repeating: 0, count: 600)
-    public var errors: [String: UInt64] = [:]
+    /// Refusals and failures, by `GatewayError.Code`.
+    public var errors: [UInt64] = Array(repeating: 0, count: GatewayError.Code.allCases.count)
     public var retries: UInt64 = 0
     public var headerTimeouts: UInt64 = 0
     public var bodyTimeouts: UInt64 = 0
@@ -106,6 +109,15 @@ public struct GatewayCounters: Sendable, Equatable {
 
     public init() {}
 
+    mutating func count(_ p: ClientProtocol) { connections[p.rawValue] += 1 }
+
+    mutating func count(_ r: CloseReason) { closes[r.rawValue] += 1 }
+
+    mutating func count(_ e: GatewayError.Code) { errors[e.rawValue] += 1 }
+
+    /// Refusals and failures with code `e` so far.
+    public func errors(_ e: GatewayError.Code) -> UInt64 { errors[e.rawValue] }
+
     mutating func observe(micros: UInt64) {
         var i = 0
         while i < Self.bucketsMicros.count && micros > Self.bucketsMicros[i] { i += 1 }
@@ -116,10 +128,11 @@ public struct GatewayCounters: Sendable, Equatable {
     public func merging(_ o: GatewayCounters) -> GatewayCounters {
         var m = self
         for i in m.connections.indices { m.connections[i] += o.connections[i] }
+        for i in m.closes.indices { m.closes[i] += o.closes[i] }
         for i in m.requests.indices { m.requests[i] += o.requests[i] }
         for i in m.latencyBuckets.indices { m.latencyBuckets[i] += o.latencyBuckets[i] }
         for i in m.responses.indices { m.responses[i] += o.responses[i] }
-        m.errors.merge(o.errors, uniquingKeysWith: +)
+        for i in m.errors.indices { m.errors[i] += o.errors[i] }
         m.tlsHandshakeFailures += o.tlsHandshakeFailures
         m.retries += o.retries
         m.headerTimeouts += o.headerTimeouts
@@ -154,7 +167,9 @@ public struct GatewayCounters: Sendable, Equatable {
             o += "# HELP soulfra_gateway_\(name) \(help)\n# TYPE soulfra_gateway_\(name) \(type)\n"
         }
         family("connections_total", "counter", "Client connections accepted, by protocol.")
-        for (i, p) in ["http1", "h2", "tls"].enumerated() { o += "soulfra_gateway_connections_total{protocol=\"\(p)\"} \(connections[i])\n" }
+        for p in ClientProtocol.allCases { o += "soulfra_gateway_connections_total{protocol=\"\(p.name)\"} \(connections[p.rawValue])\n" }
+        family("closes_total", "counter", "Client connections ended, by the first reason they were given.")
+        for r in CloseReason.allCases { o += "soulfra_gateway_closes_total{reason=\"\(r.name)\"} \(closes[r.rawValue])\n" }
         family("open_connections", "gauge", "Client connections open now.")
         o += "soulfra_gateway_open_connections \(openConnections)\n"
         family("client_queue_bytes", "gauge", "Bytes queued for clients, not yet taken (bounded by credit and gateway.*_bytes).")
@@ -168,7 +183,7 @@ public struct GatewayCounters: Sendable, Equatable {
         family("responses_total", "counter", "Responses by HTTP status.")
         for (s, n) in responses.enumerated() where n > 0 { o += "soulfra_gateway_responses_total{status=\"\(s)\"} \(n)\n" }
         family("errors_total", "counter", "Requests refused or ended with an error, by stable error code.")
-        for (c, n) in errors.sorted(by: { $0.key < $1.key }) { o += "soulfra_gateway_errors_total{code=\"\(c)\"} \(n)\n" }
+        for c in GatewayError.Code.allCases { o += "soulfra_gateway_errors_total{code=\"\(c.name)\"} \(errors[c.rawValue])\n" }
         let singles: [(String, String, UInt64)] = [
             ("tls_handshake_failures_total", "TLS handshakes that failed.", tlsHandshakeFailures),
             ("retries_total", "Unary requests retried on another instance after theirs went away.", retries),

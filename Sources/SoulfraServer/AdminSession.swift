@@ -44,7 +44,7 @@ final class AdminSession {
             return !closeAfterOutput
         }, onError: { e in
             closeAfterOutput = true
-            write(status: e.status, contentType: "application/json", body: errorJSON("bad_request", e.reason))
+            write(status: e.status, contentType: "application/json", body: errorJSON(.badRequest, e.reason))
         })
     }
 
@@ -52,7 +52,7 @@ final class AdminSession {
         let path = h.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? h.target
         if !h.keepAlive { closeAfterOutput = true }
         guard h.method == "GET" || h.method == "HEAD" else {
-            write(status: 405, contentType: "application/json", body: errorJSON("method_not_allowed", "\(h.method) is not allowed here"),
+            write(status: 405, contentType: "application/json", body: errorJSON(.methodNotAllowed, "\(h.method) is not allowed here"),
                   extra: [("Allow", "GET, HEAD")], headOnly: false)
             return
         }
@@ -69,13 +69,13 @@ final class AdminSession {
         case "/metrics":
             guard authorized(h) else {
                 write(status: 401, contentType: "application/json",
-                      body: errorJSON("unauthorized", "the admin token is required (Authorization: Bearer …)"),
+                      body: errorJSON(.unauthorized, "the admin token is required (Authorization: Bearer …)"),
                       extra: [("WWW-Authenticate", #"Bearer realm="soulfra-admin""#)], headOnly: headOnly)
                 return
             }
             write(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics(), headOnly: headOnly)
         default:
-            write(status: 404, contentType: "application/json", body: errorJSON("not_found", "no route for \(path)"),
+            write(status: 404, contentType: "application/json", body: errorJSON(.notFound, "no route for \(path)"),
                   headOnly: headOnly)
         }
     }
@@ -116,6 +116,6 @@ final class AdminSession {
 }
 
 /// The JSON error shape shared with the gateway (design §5).
-func errorJSON(_ code: String, _ message: String) -> String {
-    GatewayError(status: 0, code: code, message: message).json(requestID: "admin") + "\n"
+func errorJSON(_ code: GatewayError.Code, _ message: String) -> String {
+    GatewayError(code, message).json(requestID: "admin") + "\n"
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import SoulfraTestSupport
 @testable import SoulfraGateway
@@ -73,7 +74,7 @@ struct GatekeeperTests {
         let g = Gatekeeper(table: f.table)
         func code(_ auth: String?, _ query: String? = nil) -> String? {
             rejected(g.admit(method: "POST", path: "/v1/worlds/playground/messages", authorization: auth, queryToken: query,
-                             now: 0, unixSeconds: 2_000)).map { "\($0.status) \($0.code)" }
+                             now: 0, unixSeconds: 2_000)).map { "\($0.status) \($0.code.name)" }
         }
         #expect(code(nil) == "401 unauthorized")
         #expect(code("Basic dXNlcjpwYXNz") == "401 unauthorized")
@@ -93,14 +94,14 @@ struct GatekeeperTests {
         let g = Gatekeeper(table: f.table)
         let wrongWorld = rejected(g.admit(method: "POST", path: "/v1/worlds/corporate-daycare/messages", authorization: bearer(f.kids),
                                           queryToken: nil, now: 0, unixSeconds: 0))
-        #expect(wrongWorld?.status == 403 && wrongWorld?.code == "wrong_world")
+        #expect(wrongWorld?.status == 403 && wrongWorld?.code.name == "wrong_world")
         let noPerm = rejected(g.admit(method: "POST", path: "/v1/worlds/playground/messages", authorization: bearer(f.readOnly),
                                       queryToken: nil, now: 0, unixSeconds: 0))
-        #expect(noPerm?.status == 403 && noPerm?.code == "insufficient_permissions")
+        #expect(noPerm?.status == 403 && noPerm?.code.name == "insufficient_permissions")
         #expect(noPerm?.message.contains("agent_interaction") == true)
         let users = rejected(g.admit(method: "POST", path: "/v1/worlds/playground/users", authorization: bearer(f.kids),
                                      queryToken: nil, now: 0, unixSeconds: 0))
-        #expect(users?.code == "insufficient_permissions", "user_management is for executive keys")
+        #expect(users?.code.name == "insufficient_permissions", "user_management is for executive keys")
         if case .reject(let e) = g.admit(method: "POST", path: "/v1/worlds/corporate-daycare/users", authorization: bearer(f.exec),
                                          queryToken: nil, now: 0, unixSeconds: 0) {
             Issue.record("an executive key with user_management was refused: \(e)")
@@ -136,7 +137,7 @@ struct GatekeeperTests {
         }
         #expect(remaining == [2, 1, 0])
         guard let e = rejected(go()) else { Issue.record("not throttled"); return }
-        #expect(e.status == 429 && e.code == "rate_limited")
+        #expect(e.status == 429 && e.code.name == "rate_limited")
         let h = Dictionary(uniqueKeysWithValues: e.headers.map { ($0.0, $0.1) })
         #expect(h["retry-after"] == "1", "0.1 s rounds up to a whole second")
         #expect(h["ratelimit"] == "\"burst\";r=0;t=1")
@@ -150,12 +151,32 @@ struct GatekeeperTests {
         let g = Gatekeeper(table: f.table)
         g.install(KeyTable([]))
         #expect(rejected(g.admit(method: "POST", path: "/v1/worlds/playground/messages", authorization: bearer(f.kids),
-                                 queryToken: nil, now: 0, unixSeconds: 0))?.code == "unauthorized")
+                                 queryToken: nil, now: 0, unixSeconds: 0))?.code.name == "unauthorized")
     }
 
     @Test("error bodies are the documented JSON shape, escaped")
     func json() {
-        let e = GatewayError(status: 429, code: "rate_limited", message: "too \"fast\"\n", headers: [])
+        let e = GatewayError(.rateLimited, "too \"fast\"\n")
         #expect(e.json(requestID: "req-1") == #"{"error":{"code":"rate_limited","message":"too \"fast\"\n","request_id":"req-1"}}"#)
+    }
+}
+
+@Suite("Gateway: error codes")
+struct ErrorCodeTests {
+    @Test("the error codes and their statuses are exactly the table in docs/api.md")
+    func mirrorsDocs() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let doc = try String(contentsOf: root.appendingPathComponent("docs/api.md"), encoding: .utf8)
+        var documented: [String: Int] = [:]
+        for line in doc.split(separator: "\n") where line.hasPrefix("| ") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count >= 3, let status = Int(cells[0]), (400..<600).contains(status) else { continue }
+            for name in cells[1].split(separator: ",") {
+                let n = name.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+                if !n.isEmpty { documented[n] = status }
+            }
+        }
+        let coded = Dictionary(uniqueKeysWithValues: GatewayError.Code.allCases.map { ($0.name, $0.status) })
+        #expect(documented == coded)
     }
 }

@@ -88,3 +88,40 @@ struct GatewayFlowTests {
         #expect(h.streams[sid]?.request.count == line.count - 1, "the connection's window was not given back")
     }
 }
+
+@Suite("Gateway: why connections end (sans-IO)")
+struct GatewayCloseTests {
+    @Test("every connection that ends is counted once, by the first reason it was given")
+    func closeReasons() throws {
+        var limits = GatewayLimits()
+        limits.idleTimeoutMilliseconds = 1_000
+        limits.headerTimeoutMilliseconds = 500
+        let h = GatewayHarness(limits: limits)
+        h.connectRaw(1)
+        h.rawSend(1, Array("GARBAGE\r\n\r\n".utf8))
+        h.connectRaw(2)
+        h.rawSend(2, Array("GET /v1/worlds/playground/messages HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8))
+        _ = try h.connect(3)
+        h.connectRaw(4)
+        h.rawSend(4, Array("GET / HTT".utf8))
+        h.connectRaw(5)
+        h.settle()
+        h.gateway.closed(conn: 5, now: h.now)  // the loop saw the client go
+        for _ in 0..<20 {
+            h.now += 100_000_000
+            h.gateway.tick(now: h.now)
+            h.settle()
+        }
+        let closes = h.gateway.counters.closes
+        func count(_ r: CloseReason) -> UInt64 { closes[r.rawValue] }
+        #expect(count(.protocolError) == 1)
+        #expect(count(.finished) == 1)
+        #expect(count(.headerTimeout) == 1)
+        #expect(count(.idleTimeout) == 1)
+        #expect(count(.clientClosed) == 1)
+        #expect(closes.reduce(0, +) == 5, "\(closes)")
+        #expect(h.transport.closed == [1, 2, 3, 4])
+        let text = h.gateway.counters.prometheusText()
+        #expect(text.contains(#"soulfra_gateway_closes_total{reason="idle_timeout"} 1"#))
+    }
+}

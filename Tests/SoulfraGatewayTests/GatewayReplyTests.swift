@@ -23,7 +23,7 @@ struct GatewayReplyTests {
         h.settle()
         #expect(c.status(id) == "502")
         #expect(body(c, id).contains("reply_too_large"))
-        #expect(h.gateway.counters.errors["reply_too_large"] == 1)
+        #expect(h.gateway.counters.errors(.replyTooLarge) == 1)
         #expect(h.streams.values.first?.closeCode == .cancelled)
     }
 
@@ -48,7 +48,7 @@ struct GatewayReplyTests {
         #expect(c.body(id).count == 600)
         #expect(c.events.contains(.closed(stream: id, code: 2)), "reset with INTERNAL_ERROR: \(c.events)")
         #expect(!c.events.contains(.endStream(stream: id)), "a cut-off body must not end cleanly")
-        #expect(h.gateway.counters.errors["reply_too_large"] == 1)
+        #expect(h.gateway.counters.errors(.replyTooLarge) == 1)
         #expect(h.streams.values.first?.closeCode == .cancelled)
     }
 

@@ -209,10 +209,11 @@ struct GatewayTests {
         #expect(limited.contains(#"ratelimit-policy: "burst";q=2;w=1"#) && limited.contains(#"ratelimit: "burst";r=0;t=1"#))
         #expect(limited.contains("ratelimit-limit: 2") && limited.contains("ratelimit-remaining: 0") && limited.contains(#""code":"rate_limited""#))
         // Every refusal is counted once, by its code.
-        let errors = try server.freshGatewayCounters().errors
-        #expect(errors["unauthorized"] == 2 && errors["wrong_world"] == 1 && errors["insufficient_permissions"] == 1
-                && errors["not_found"] == 1 && errors["method_not_allowed"] == 1 && errors["payload_too_large"] == 2
-                && errors["invalid_request"] == 1 && errors["rate_limited"] == 1, "\(errors)")
+        let counters = try server.freshGatewayCounters()
+        func errors(_ c: GatewayError.Code) -> UInt64 { counters.errors(c) }
+        #expect(errors(.unauthorized) == 2 && errors(.wrongWorld) == 1 && errors(.insufficientPermissions) == 1
+                && errors(.notFound) == 1 && errors(.methodNotAllowed) == 1 && errors(.payloadTooLarge) == 2
+                && errors(.invalidRequest) == 1 && errors(.rateLimited) == 1, "\(counters.errors)")
     }
 
     @Test("no instance: 503 with Retry-After; a request whose instance dies is retried once on another")

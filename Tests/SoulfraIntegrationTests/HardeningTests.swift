@@ -153,7 +153,7 @@ struct HardeningTests {
         #expect(statuses.filter { $0 == 504 }.count == 2, "\(statuses)")
         #expect(statuses.suffix(8).allSatisfy { $0 == 200 }, "\(statuses)")
         let c = try server.freshGatewayCounters()
-        #expect(c.requestTimeouts == 2 && c.errors["instance_timeout"] == 2)
+        #expect(c.requestTimeouts == 2 && c.errors(.instanceTimeout) == 2)
         let snap = try #require(server.snapshotNow())
         #expect(snap.outlierEjections == 1 && snap.ejectedInstances == 1)
     }
