@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
-        .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop"]),
+        .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop", "SoulfraNet"]),
         .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraPeerSession", "SoulfraWire"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerSession", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),

@@ -71,6 +71,8 @@ int sf_op_recv(void) { return IORING_OP_RECV; }
 int sf_op_send(void) { return IORING_OP_SEND; }
 int sf_op_timeout(void) { return IORING_OP_TIMEOUT; }
 int sf_op_read(void) { return IORING_OP_READ; }
+int sf_op_write(void) { return IORING_OP_WRITE; }
+int sf_op_fsync(void) { return IORING_OP_FSYNC; }
 int sf_op_async_cancel(void) { return IORING_OP_ASYNC_CANCEL; }
 int sf_op_provide_buffers(void) { return IORING_OP_PROVIDE_BUFFERS; }
 
@@ -112,6 +114,36 @@ int sf_prep_read(sf_ring *ring, int fd, void *buf, unsigned len, uint64_t user_d
     if (!sqe) return -EBUSY;
     io_uring_prep_read(sqe, fd, buf, len, 0);
     io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int sf_prep_write(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_write(sqe, fd, buf, len, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int sf_prep_fsync(sf_ring *ring, int fd, int datasync, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int sf_prep_write_fsync(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, int datasync,
+                        uint64_t write_data, uint64_t sync_data) {
+    // Both or neither: a linked SQE whose partner is missing would link to whatever comes next.
+    if (io_uring_sq_space_left(&ring->ring) < 2) return -EBUSY;
+    struct io_uring_sqe *w = sqe_for(ring);
+    io_uring_prep_write(w, fd, buf, len, offset);
+    io_uring_sqe_set_data64(w, write_data);
+    w->flags |= IOSQE_IO_LINK;
+    struct io_uring_sqe *f = sqe_for(ring);
+    io_uring_prep_fsync(f, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    io_uring_sqe_set_data64(f, sync_data);
     return 0;
 }
 

@@ -25,6 +25,15 @@ public protocol LoopDelegate: AnyObject {
     /// A connection given up with `handOff` is out of this loop: nothing is in flight on it and its slot is
     /// free. The socket `fd` is still open and now belongs to the delegate (to pass to another loop).
     func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64)
+    /// A file operation finished (`EventLoop.write(file:…)`, `sync(file:…)`): `result` is the bytes written
+    /// (a write may be short), 0 for a sync, or a negative errno — `-ENOSPC`, `-EIO`, and `-ECANCELED` for a
+    /// sync linked behind a write that failed or was short. The bytes of a write may be reused from here on.
+    func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64)
+}
+
+extension LoopDelegate {
+    /// Delegates that open no files need not answer for them.
+    public func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {}
 }
 
 /// Limits of one loop, validated at start-up.
@@ -89,6 +98,11 @@ public struct LoopCounters: Sendable, Equatable {
     public var completions: UInt64 = 0
     /// Operations that found the submission queue full and waited in the loop's backlog.
     public var sqFull: UInt64 = 0
+    /// File writes and syncs completed, bytes written, and file operations that failed (ENOSPC, EIO, …).
+    public var fileWrites: UInt64 = 0
+    public var fileWriteBytes: UInt64 = 0
+    public var fileSyncs: UInt64 = 0
+    public var fileErrors: UInt64 = 0
     /// Connections closed, by `LoopCloseReason`.
     public var closes: [UInt64] = Array(repeating: 0, count: LoopCloseReason.allCases.count)
 
@@ -102,7 +116,7 @@ public struct LoopCounters: Sendable, Equatable {
 /// Nothing here locks; the only cross-thread entry is the mailbox's eventfd.
 public final class EventLoop {
     enum Op: UInt64 {
-        case accept = 1, recv, send, timer, mailbox, cancel
+        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync
     }
 
     struct Slot {
@@ -119,6 +133,15 @@ public final class EventLoop {
         var handingOff = false
         var closeDeadline: UInt64 = 0
         var closeReason = LoopCloseReason.local
+        /// A file (`adoptFile`): written and synced through the ring, never read, closed without shutdown(2).
+        var isFile = false
+        var writeInFlight = false
+        var syncInFlight = false
+        /// Where the write in flight goes (its bytes are `sendBase`/`sendCount`), and whether an fdatasync is
+        /// linked behind it.
+        var writeOffset: UInt64 = 0
+        var syncLinked = false
+        var syncDataOnly = true
     }
 
     /// An operation to prepare. Waits in `backlog` while the submission queue is full.
@@ -130,16 +153,18 @@ public final class EventLoop {
         case cancelAccept(Int)
         case timer
         case mailbox
+        case write(UInt32, UInt32)
+        case sync(UInt32, UInt32)
     }
 
     public let limits: LoopLimits
-    public private(set) var counters = LoopCounters()
+    public internal(set) var counters = LoopCounters()
     public weak var delegate: (any LoopDelegate)?
     private let ring: OpaquePointer
     private let bufRing: OpaquePointer
     private let bufferGroup: UInt16 = 1
-    private var slots: [Slot]
-    private var freeSlots: [UInt32]
+    var slots: [Slot]
+    var freeSlots: [UInt32]
     private var listeners: [BoundListener] = []
     private var acceptArmed: [Bool] = []
     private var accepting = true
@@ -150,7 +175,7 @@ public final class EventLoop {
     private var rearm: [UInt32] = []
     /// Operations that did not fit in the submission queue, in order; prepared as soon as there is room.
     private var backlog: [Pending] = []
-    private var closingSlots: [UInt32] = []
+    var closingSlots: [UInt32] = []
     private var handoffSlots: [UInt32] = []
     private var stopped = false
     public let mailbox: LoopMailbox
@@ -187,7 +212,7 @@ public final class EventLoop {
         mailboxValue.deallocate()
     }
 
-    @inline(__always) private func ud(_ slot: UInt32, _ gen: UInt32, _ op: Op) -> UInt64 {
+    @inline(__always) func ud(_ slot: UInt32, _ gen: UInt32, _ op: Op) -> UInt64 {
         UInt64(slot) << 32 | UInt64(gen & 0xFF_FFFF) << 8 | op.rawValue
     }
 
@@ -378,7 +403,7 @@ public final class EventLoop {
     /// waits, everything after it waits too). Every operation goes through here; none is ever dropped because
     /// the queue was full. The backlog is prepared at the end of the batch, submitting as often as it takes.
     @inline(__always)
-    private func submit(_ op: Pending) {
+    func submit(_ op: Pending) {
         if backlog.isEmpty && prepare(op) { return }
         counters.sqFull &+= 1
         backlog.append(op)
@@ -423,6 +448,18 @@ public final class EventLoop {
             rc = sf_prep_timeout(ring, UInt64(limits.tickMilliseconds) * 1_000_000, ud(0, 0, .timer))
         case .mailbox:
             rc = sf_prep_read(ring, mailbox.fd, mailboxValue, 8, ud(0, 0, .mailbox))
+        case .write(let file, let gen):
+            let i = Int(file)
+            guard slots[i].inUse, slots[i].generation == gen else { return true }
+            let s = slots[i]
+            rc = s.syncLinked
+                ? sf_prep_write_fsync(ring, s.fd, s.sendBase, UInt32(s.sendCount), s.writeOffset, s.syncDataOnly ? 1 : 0,
+                                      ud(file, gen, .write), ud(file, gen, .fsync))
+                : sf_prep_write(ring, s.fd, s.sendBase, UInt32(s.sendCount), s.writeOffset, ud(file, gen, .write))
+        case .sync(let file, let gen):
+            let i = Int(file)
+            guard slots[i].inUse, slots[i].generation == gen else { return true }
+            rc = sf_prep_fsync(ring, slots[i].fd, slots[i].syncDataOnly ? 1 : 0, ud(file, gen, .fsync))
         }
         return rc != -EBUSY
     }
@@ -458,6 +495,16 @@ public final class EventLoop {
         while k < closingSlots.count {
             let conn = closingSlots[k]
             let i = Int(conn)
+            if slots[i].isFile {
+                if !slots[i].writeInFlight && !slots[i].syncInFlight {
+                    releaseFile(conn)
+                    closingSlots.swapAt(k, closingSlots.count - 1)
+                    closingSlots.removeLast()
+                    continue
+                }
+                k += 1
+                continue
+            }
             // The delegate had its flush turn just before this: no send in flight means nothing left to send.
             if !slots[i].shut && (!slots[i].sendInFlight || now >= slots[i].closeDeadline) { shut(conn) }
             if slots[i].shut && !slots[i].recv.inFlight && !slots[i].sendInFlight {
@@ -520,6 +567,10 @@ public final class EventLoop {
             if !stopped { armMailbox() }
         case .cancel:
             break
+        case .write:
+            onFileWrite(slot, gen, cqe, now: now)
+        case .fsync:
+            onFileSync(slot, gen, cqe, now: now)
         }
     }
 
@@ -628,7 +679,7 @@ public final class EventLoop {
         startReading(conn)
     }
 
-    private func allocateSlot(fd: Int32) -> UInt32? {
+    func allocateSlot(fd: Int32) -> UInt32? {
         let conn: UInt32
         if let free = freeSlots.popLast() {
             conn = free

@@ -35,6 +35,7 @@ public enum UringProbe {
         let needed: [(Int32, String)] = [
             (sf_op_accept(), "ACCEPT"), (sf_op_recv(), "RECV"), (sf_op_send(), "SEND"),
             (sf_op_timeout(), "TIMEOUT"), (sf_op_read(), "READ"), (sf_op_async_cancel(), "ASYNC_CANCEL"),
+            (sf_op_write(), "WRITE"), (sf_op_fsync(), "FSYNC"),
         ]
         for (op, name) in needed where sf_ring_probe_opcode(ring, op) != 1 {
             throw UringUnavailable(description:

@@ -289,6 +289,10 @@ extension LoopCounters {
             ("submits_total", "io_uring_enter calls.", \.submits),
             ("completions_total", "Completions reaped.", \.completions),
             ("sq_full_total", "Operations that found the submission queue full and waited for room (none is dropped).", \.sqFull),
+            ("file_writes_total", "File writes completed through the ring.", \.fileWrites),
+            ("file_write_bytes_total", "Bytes written to files through the ring.", \.fileWriteBytes),
+            ("file_syncs_total", "fdatasync/fsync operations completed through the ring.", \.fileSyncs),
+            ("file_errors_total", "File writes and syncs that failed (ENOSPC, EIO, ...).", \.fileErrors),
         ]
         var out = ""
         for (name, help, path) in families {

@@ -44,6 +44,8 @@ int sf_op_recv(void);
 int sf_op_send(void);
 int sf_op_timeout(void);
 int sf_op_read(void);
+int sf_op_write(void);
+int sf_op_fsync(void);
 int sf_op_async_cancel(void);
 int sf_op_provide_buffers(void);
 
@@ -53,6 +55,14 @@ int sf_prep_multishot_accept(sf_ring *ring, int fd, uint64_t user_data);
 int sf_prep_recv_multishot(sf_ring *ring, int fd, uint16_t buf_group, uint64_t user_data);
 int sf_prep_send(sf_ring *ring, int fd, const void *buf, size_t len, uint64_t user_data);
 int sf_prep_read(sf_ring *ring, int fd, void *buf, unsigned len, uint64_t user_data);
+/// Writes `len` bytes of `buf` at `offset` in the file (IORING_OP_WRITE; pwrite semantics, short writes possible).
+int sf_prep_write(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, uint64_t user_data);
+/// fsync(2), or fdatasync(2) with `datasync` (IORING_OP_FSYNC with IORING_FSYNC_DATASYNC).
+int sf_prep_fsync(sf_ring *ring, int fd, int datasync, uint64_t user_data);
+/// A write and an fsync linked behind it (IOSQE_IO_LINK): the fsync starts only once the write completed in
+/// full, and completes with -ECANCELED if the write failed or was short. Both SQEs or neither (-EBUSY).
+int sf_prep_write_fsync(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, int datasync,
+                        uint64_t write_data, uint64_t sync_data);
 /// A relative timeout of `nanoseconds` that completes with -ETIME.
 int sf_prep_timeout(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 /// Cancels every request whose user_data equals `target`.

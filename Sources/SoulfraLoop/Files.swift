@@ -1,0 +1,118 @@
+import CURing
+import SoulfraNet
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A file operation of the loop, as `LoopDelegate.loopFileDone` reports it.
+public enum FileOperation: Sendable, Equatable {
+    case write
+    case sync
+}
+
+/// Files on the ring: writes and `fdatasync`/`fsync` as io_uring operations (`IORING_OP_WRITE`,
+/// `IORING_OP_FSYNC`), so a loop thread never blocks on the disk. A file is owned by a slot like a socket: its
+/// operations carry the slot's generation, at most one write and one sync are in flight, and it is closed only
+/// once neither is. The caller opens the file (with the flags it needs) and hands the descriptor over.
+extension EventLoop {
+    /// Takes `fd` into a slot for ring writes and syncs; it now belongs to the loop (`closeFile` closes it).
+    /// Nil when the slot table is full (the descriptor is then closed).
+    public func adoptFile(fd: Int32) -> UInt32? {
+        guard let file = allocateSlot(fd: fd) else {
+            Glibc.close(fd)
+            return nil
+        }
+        slots[Int(file)].isFile = true
+        return file
+    }
+
+    /// Whether `file` can take a write now (none in flight, not closing).
+    public func canWrite(file: UInt32) -> Bool {
+        let s = slots[Int(file)]
+        return s.inUse && s.isFile && !s.writeInFlight && !s.closing && !(s.syncInFlight && s.syncLinked)
+    }
+
+    /// Writes `bytes` at `offset` (pwrite semantics; the bytes must stay valid until `loopFileDone`). With
+    /// `sync`, an fdatasync is linked behind it (IOSQE_IO_LINK): it runs only once the whole write is done, so
+    /// its success means these bytes are durable; it completes with `-ECANCELED` after a failed or short write.
+    public func write(file: UInt32, bytes: UnsafeRawBufferPointer, offset: UInt64, sync: Bool) {
+        let i = Int(file)
+        precondition(canWrite(file: file) && (!sync || !slots[i].syncInFlight), "write on a busy, closing or non-file slot")
+        precondition(bytes.count <= Int(UInt32.max), "one write is at most 4 GiB")
+        slots[i].writeInFlight = true
+        slots[i].sendBase = bytes.baseAddress
+        slots[i].sendCount = bytes.count
+        slots[i].writeOffset = offset
+        slots[i].syncLinked = sync
+        slots[i].syncDataOnly = true
+        if sync { slots[i].syncInFlight = true }
+        submit(.write(file, slots[i].generation))
+    }
+
+    /// Makes what was written to `file` durable: fdatasync, or fsync with `dataOnly: false` (metadata too, as
+    /// after the file grew into a new segment). One at a time; writes may go on meanwhile.
+    public func sync(file: UInt32, dataOnly: Bool = true) {
+        let i = Int(file)
+        precondition(slots[i].inUse && slots[i].isFile && !slots[i].syncInFlight && !slots[i].closing,
+                     "sync on a busy, closing or non-file slot")
+        slots[i].syncInFlight = true
+        slots[i].syncDataOnly = dataOnly
+        submit(.sync(file, slots[i].generation))
+    }
+
+    /// Closes `file` once its write and sync in flight completed (their `loopFileDone` still arrives).
+    public func closeFile(_ file: UInt32) {
+        let i = Int(file)
+        guard slots[i].inUse, slots[i].isFile, !slots[i].closing else { return }
+        slots[i].closing = true
+        closingSlots.append(file)
+    }
+
+    func onFileWrite(_ file: UInt32, _ gen: UInt32, _ cqe: sf_cqe, now: UInt64) {
+        let i = Int(file)
+        guard i < slots.count, slots[i].inUse, slots[i].generation == gen, slots[i].isFile else { return }
+        precondition(slots[i].writeInFlight, "a write completed on file slot \(file) with none in flight")
+        slots[i].writeInFlight = false
+        slots[i].sendBase = nil
+        if cqe.res >= 0 {
+            counters.fileWrites &+= 1
+            counters.fileWriteBytes &+= UInt64(cqe.res)
+        } else {
+            classifyFile(errno: -cqe.res, operation: "write", file: file)
+        }
+        delegate?.loopFileDone(file: file, operation: .write, result: cqe.res, now: now)
+    }
+
+    func onFileSync(_ file: UInt32, _ gen: UInt32, _ cqe: sf_cqe, now: UInt64) {
+        let i = Int(file)
+        guard i < slots.count, slots[i].inUse, slots[i].generation == gen, slots[i].isFile else { return }
+        precondition(slots[i].syncInFlight, "a sync completed on file slot \(file) with none in flight")
+        slots[i].syncInFlight = false
+        slots[i].syncLinked = false
+        if cqe.res >= 0 {
+            counters.fileSyncs &+= 1
+        } else if cqe.res != -ECANCELED {
+            classifyFile(errno: -cqe.res, operation: "fsync", file: file)
+        }
+        delegate?.loopFileDone(file: file, operation: .sync, result: cqe.res, now: now)
+    }
+
+    /// A file operation's errno: the disk's own failures (ENOSPC, EDQUOT, EIO, EFBIG, …) are the owner's to
+    /// handle and are counted; a bad descriptor or buffer is the loop's own bug and crashes here.
+    func classifyFile(errno code: Int32, operation: String, file: UInt32) {
+        switch code {
+        case EBADF, EFAULT:
+            fatalError("io_uring \(operation) on file slot \(file) failed with \(describe(errno: code)): the loop misused its own descriptor")
+        default:
+            counters.fileErrors &+= 1
+        }
+    }
+
+    func releaseFile(_ file: UInt32) {
+        let i = Int(file)
+        precondition(!slots[i].writeInFlight && !slots[i].syncInFlight, "file slot \(file) released with an operation in flight")
+        Glibc.close(slots[i].fd)
+        slots[i] = Slot(generation: (slots[i].generation &+ 1) & 0xFF_FFFF)
+        freeSlots.append(file)
+    }
+}
