@@ -9,21 +9,21 @@
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
 //   SoulfraHTTP2*         ← CNGHTTP2                  HTTP/2 sessions
 //   SoulfraBroker*        ← Wire, Keys                routing, credit, quotas, rooms
-//   SoulfraPeerSession*   ← Wire                      a peer's side of a broker link
-//   SoulfraGateway*       ← PeerSession, HTTP, HTTP2, TLS, Keys, Wire
+//   SoulfraPeerLink*   ← Wire                      a peer's side of a broker link
+//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Wire
 //   SoulfraNet            ← —                         socket addresses, the monotonic clock
 //   SoulfraLoop           ← CURing, Net               the io_uring event loop
-//   SoulfraPeer           ← PeerSession, Wire, Net    the peer library: plain sockets + poll(2)
+//   SoulfraPeer           ← PeerLink, Wire, Net    the peer library: plain sockets + poll(2)
 //   SoulfraClient         ← HTTP, HTTP2, Net          an h2c client (load driver, tests)
-//   SoulfraServer         ← Broker, Gateway, Loop, Peer, PeerSession, TLS, Keys, HTTP, Wire, Net
+//   SoulfraServer         ← Broker, Gateway, Loop, Peer, PeerLink, TLS, Keys, HTTP, Wire, Net
 //   soulfra               ← Server, Loop              the daemon and CLI
-//   soulfra-loadtest      ← Peer, PeerSession, Client, HTTP2, Wire, Net
+//   soulfra-loadtest      ← Peer, PeerLink, Client, HTTP2, Wire, Net
 import PackageDescription
 
 /// Data-plane modules skip dynamic exclusivity checks in release builds: they are loop-confined (one thread
 /// per loop, no shared mutable state) and the checks cost several percent of the request path. Debug builds,
 /// which the tests run, keep them. Unsafe flags make a product unusable by other packages, so the modules of
-/// the `SoulfraPeer` product (SoulfraWire, SoulfraPeerSession, SoulfraPeer, SoulfraNet) carry none: their
+/// the `SoulfraPeer` product (SoulfraWire, SoulfraPeerLink, SoulfraPeer, SoulfraNet) carry none: their
 /// hot stored properties are marked `@exclusivity(unchecked)` instead.
 let dataPlane: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 
@@ -33,7 +33,7 @@ let package = Package(
     products: [
         .executable(name: "soulfra", targets: ["soulfra"]),
         .executable(name: "soulfra-loadtest", targets: ["soulfra-loadtest"]),
-        .library(name: "SoulfraPeer", targets: ["SoulfraPeer", "SoulfraPeerSession"]),
+        .library(name: "SoulfraPeer", targets: ["SoulfraPeer", "SoulfraPeerLink"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -54,7 +54,7 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerSession", "SoulfraWire"], swiftSettings: dataPlane),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraWire"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
@@ -67,13 +67,13 @@ let package = Package(
         .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"], swiftSettings: dataPlane),
         // A peer's side of a broker link, sans-IO: handshake, streams, credit, message parts (the gateway's link
         // and the peer library share it); a scripted echo instance on top.
-        .target(name: "SoulfraPeerSession", dependencies: ["SoulfraWire"]),
-        // The peer library: PeerSession over a plain non-blocking socket and poll(2) (works where io_uring is
+        .target(name: "SoulfraPeerLink", dependencies: ["SoulfraWire"]),
+        // The peer library: PeerLink over a plain non-blocking socket and poll(2) (works where io_uring is
         // blocked).
-        .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerSession", "SoulfraWire", "SoulfraNet"]),
+        .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerLink", "SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerSession"], swiftSettings: dataPlane),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", "SoulfraLoop", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -81,14 +81,14 @@ let package = Package(
         .executableTarget(
             name: "soulfra-loadtest",
             dependencies: [
-                "SoulfraPeer", "SoulfraPeerSession", "SoulfraNet", "SoulfraWire", "SoulfraHTTP2", "SoulfraClient",
+                "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraHTTP2", "SoulfraClient",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "loadtest"
         ),
         // Shared by the test targets only: the seeded generator.
-        .target(name: "SoulfraTestSupport", dependencies: ["SoulfraPeerSession"], path: "Tests/Support"),
+        .target(name: "SoulfraTestSupport", dependencies: ["SoulfraPeerLink"], path: "Tests/Support"),
         // Test binary only: counts the calling thread's heap allocations, for tests that a hot path allocates
         // nothing per message.
         .target(name: "CAllocCounter", path: "Tests/AllocCounter"),
@@ -96,16 +96,16 @@ let package = Package(
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
         .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop", "SoulfraNet"]),
-        .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraPeerSession", "SoulfraWire"]),
+        .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraPeerLink", "SoulfraWire"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
-        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerSession", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
+        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerLink", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),
         .testTarget(
             name: "SoulfraIntegrationTests",
-            dependencies: ["SoulfraServer", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerSession", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
+            dependencies: ["SoulfraServer", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
                            "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys"]
         ),
     ],

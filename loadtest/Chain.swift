@@ -1,64 +1,64 @@
 import Foundation
 import Synchronization
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
 // MARK: - chain: app → instance → runtime → vault and back
 
 /// A simulated world instance: each app stream gets a runtime stream; requests go to the runtime, replies back.
-final class ChainInstance: PeerSessionDelegate {
+final class ChainInstance: PeerLinkDelegate {
     var appToRuntime: [UInt32: UInt32] = [:]
     var runtimeToApp: [UInt32: UInt32] = [:]
     let world: String
     init(world: String) { self.world = world }
 
-    func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) {
+    func linkAccepted(_ s: PeerLink, stream: UInt32, open: Open) {
         let r = s.open(Open(target: .runtime, keyID: 0, world: world, session: open.session, detail: "cal"))
         appToRuntime[stream] = r
         runtimeToApp[r] = stream
     }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         if let r = appToRuntime[stream] { _ = s.send(stream: r, payload: payload) }
         else if let a = runtimeToApp[stream] { _ = s.send(stream: a, payload: payload) }
     }
-    func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
+    func linkStreamClosed(_ s: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
         if let r = appToRuntime.removeValue(forKey: stream) { runtimeToApp[r] = nil; s.closeStream(r) }
     }
 }
 
 /// A simulated runtime worker: each instance stream gets a vault stream; the event is appended, then answered.
-final class ChainRuntime: PeerSessionDelegate {
+final class ChainRuntime: PeerLinkDelegate {
     var fromInstance: [UInt32: UInt32] = [:]
     var fromVault: [UInt32: UInt32] = [:]
-    func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) {
+    func linkAccepted(_ s: PeerLink, stream: UInt32, open: Open) {
         let v = s.open(Open(target: .vault, keyID: 0, world: open.world, session: open.session, detail: "events"))
         fromInstance[stream] = v
         fromVault[v] = stream
     }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         if let v = fromInstance[stream] { _ = s.send(stream: v, payload: payload) }  // append to the vault
         else if let i = fromVault[stream] { _ = s.send(stream: i, payload: payload) }  // acked: reply
     }
-    func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
+    func linkStreamClosed(_ s: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
         if let v = fromInstance.removeValue(forKey: stream) { fromVault[v] = nil; s.closeStream(v) }
     }
 }
 
 /// A simulated vault: acknowledges each appended event by echoing it.
-final class ChainVault: PeerSessionDelegate {
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+final class ChainVault: PeerLinkDelegate {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         _ = s.send(stream: stream, payload: payload)
     }
 }
 
 /// The app side: `concurrency` streams, each with one request outstanding (closed loop).
-final class ChainApp: PeerSessionDelegate {
+final class ChainApp: PeerLinkDelegate {
     var latency = Latency()
     var completed: UInt64 = 0
     var ready: [UInt32] = []
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         latency.record(monotonicNanoseconds() &- readStamp(payload))
         completed &+= 1
         ready.append(stream)
@@ -80,9 +80,9 @@ func runChain(_ t: Target, _ o: ChainOptions) throws -> Report {
             let inst = t.connection(.instance, name: "chain-instance"), rt = t.connection(.runtime, name: "chain-runtime")
             let vault = t.connection(.vault, name: "chain-vault")
             let di = ChainInstance(world: t.world), dr = ChainRuntime(), dv = ChainVault()
-            inst.session.delegate = di
-            rt.session.delegate = dr
-            vault.session.delegate = dv
+            inst.link.delegate = di
+            rt.link.delegate = dr
+            vault.link.delegate = dv
             do {
                 for c in [inst, rt, vault] { try c.handshake(); reactor.add(c) }
             } catch {
@@ -100,14 +100,14 @@ func runChain(_ t: Target, _ o: ChainOptions) throws -> Report {
             if shared.stop.load(ordering: .relaxed) { return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0) }
             let app = t.connection(.gateway, name: "chain-app")
             let d = ChainApp()
-            app.session.delegate = d
+            app.link.delegate = d
             do { try app.handshake() } catch {
                 return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "app: \(error)")
             }
             let reactor = PeerReactor()
             reactor.add(app)
             for i in 0..<o.concurrency {
-                d.ready.append(app.session.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "user-\(i)", detail: "cal")))
+                d.ready.append(app.link.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "user-\(i)", detail: "cal")))
             }
             let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: max(8, o.size), alignment: 8)
             payload.initializeMemory(as: UInt8.self, repeating: 0x61)
@@ -120,10 +120,10 @@ func runChain(_ t: Target, _ o: ChainOptions) throws -> Report {
                 d.ready.removeAll(keepingCapacity: true)
                 for s in streams {
                     stamp(payload, monotonicNanoseconds())
-                    if !app.session.send(stream: s, payload: UnsafeRawBufferPointer(payload)) { d.ready.append(s) }
+                    if !app.link.send(stream: s, payload: UnsafeRawBufferPointer(payload)) { d.ready.append(s) }
                 }
                 reactor.poll(timeoutMilliseconds: 1)
-                if app.session.isClosed { return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "app link closed: \(app.session.state)") }
+                if app.link.isClosed { return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "app link closed: \(app.link.state)") }
             }
             let elapsed = monotonicNanoseconds() - start
             shared.lastReceiveNanos.store(elapsed, ordering: .relaxed)
@@ -162,9 +162,9 @@ func runRooms(_ t: Target, _ o: RoomsOptions) throws -> Report {
             do {
                 for i in 0..<o.subscribers {
                     let c = t.connection(.gateway, name: "viewer-\(i)")
-                    c.session.delegate = sink
+                    c.link.delegate = sink
                     try c.handshake()
-                    c.session.subscribe(world: t.world, room: "bench-room", mode: o.dropOldest ? .dropOldest : .reliable)
+                    c.link.subscribe(world: t.world, room: "bench-room", mode: o.dropOldest ? .dropOldest : .reliable)
                     c.flush()
                     reactor.add(c)
                     conns.append(c)
@@ -188,7 +188,7 @@ func runRooms(_ t: Target, _ o: RoomsOptions) throws -> Report {
                     if shared.received.load(ordering: .relaxed) + sink.dropped >= expected() || now &- lastProgress > 1_000_000_000 { break }
                 }
             }
-            let closed = conns.filter { $0.session.isClosed }.count
+            let closed = conns.filter { $0.link.isClosed }.count
             for c in conns { c.close() }
             return ConsumerResult(frames: UInt64(closed), bytes: 0, latency: sink.latency, dropped: sink.dropped)
         },
@@ -206,7 +206,7 @@ func runRooms(_ t: Target, _ o: RoomsOptions) throws -> Report {
             cpuStart.withLock { $0 = server?.cpuMicroseconds }
             let sent = publishPaced(rate: o.rate, seconds: o.seconds, shared: shared, publish: {
                 stamp(payload, monotonicNanoseconds())
-                pub.session.publish(world: t.world, room: "bench-room", payload: UnsafeRawBufferPointer(payload))
+                pub.link.publish(world: t.world, room: "bench-room", payload: UnsafeRawBufferPointer(payload))
             }, service: { _ = pub.pump(timeoutMilliseconds: o.rate > 0 ? 1 : 0) })
             pub.close()
             return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)

@@ -3,7 +3,7 @@ import Foundation
 import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 
 // MARK: - gateway: an HTTP/2 client for what h2load cannot drive (SSE, full-duplex streams, idle streams)
@@ -48,7 +48,7 @@ struct GatewayClient: ParsableCommand {
     }
 
     /// Polls the connections for `seconds`, handing every event to `body`; counts non-200 statuses.
-    func timedRun(_ conns: [H2ClientConnection], _ body: (H2ClientConnection, H2Event) -> Void)
+    func timedRun(_ conns: [H2Client], _ body: (H2Client, H2Event) -> Void)
         -> (seconds: Double, cpuMicros: UInt64, errors: UInt64) {
         var errors: UInt64 = 0
         let cpu0 = serverCPU()
@@ -68,12 +68,12 @@ struct GatewayClient: ParsableCommand {
     func serverRSS() -> Int { serverPIDs.reduce(0) { $0 + processTreeRSSKiB($1) } }
 
     func runSSE(_ host: String, _ port: UInt16, _ authority: String, _ auth: [(String, String)]) throws {
-        let conns = try (0..<connections).map { _ in try H2ClientConnection(host: host, port: port) }
+        let conns = try (0..<connections).map { _ in try H2Client(host: host, port: port) }
         let path = "/v1/worlds/\(world)/messages"
         let body = Array(#"{"text":"tell me a story","stream":true}"#.utf8)
         var lastNewline: [ObjectIdentifier: [Int32: Bool]] = [:]
         var events: UInt64 = 0, replies: UInt64 = 0, errors: UInt64 = 0, bytes: UInt64 = 0
-        func start(_ c: H2ClientConnection) {
+        func start(_ c: H2Client) {
             guard let id = c.request(method: "POST", authority: authority, path: path,
                                      headers: auth + [("accept", "text/event-stream"), ("content-type", "application/json")],
                                      endStream: false) else { return }
@@ -112,7 +112,7 @@ struct GatewayClient: ParsableCommand {
     }
 
     func runStreams(_ host: String, _ port: UInt16, _ authority: String, _ auth: [(String, String)]) throws {
-        let conns = try (0..<connections).map { _ in try H2ClientConnection(host: host, port: port) }
+        let conns = try (0..<connections).map { _ in try H2Client(host: host, port: port) }
         let path = "/v1/worlds/\(world)/streams"
         var partial: [ObjectIdentifier: [Int32: [UInt8]]] = [:]
         var latency = Latency()
@@ -157,12 +157,12 @@ struct GatewayClient: ParsableCommand {
     }
 
     func runIdle(_ host: String, _ port: UInt16, _ authority: String, _ auth: [(String, String)]) throws {
-        func settle(_ conns: [H2ClientConnection]) {
+        func settle(_ conns: [H2Client]) {
             let until = monotonicNanoseconds() + UInt64(settleSeconds * 1e9)
             while monotonicNanoseconds() < until { pollConnections(conns, timeoutMilliseconds: 20) { _, _ in } }
         }
         let rss0 = serverRSS()
-        let conns = try (0..<connections).map { _ in try H2ClientConnection(host: host, port: port) }
+        let conns = try (0..<connections).map { _ in try H2Client(host: host, port: port) }
         for c in conns { c.flush() }
         settle(conns)
         let rss1 = serverRSS()

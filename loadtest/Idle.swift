@@ -1,6 +1,6 @@
 import Foundation
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -23,7 +23,7 @@ func runIdle(_ t: Target, _ o: IdleOptions) throws -> Report {
     // One instance accepts every stream (instances are few; apps are many).
     let inst = t.connection(.instance, name: "idle-instance")
     let sink = Sink(sampleEvery: 1 << 30, shared: Shared())
-    inst.session.delegate = sink
+    inst.link.delegate = sink
     try inst.handshake()
     reactor.add(inst)
     settle()
@@ -39,7 +39,7 @@ func runIdle(_ t: Target, _ o: IdleOptions) throws -> Report {
     let withLinks = server.rssKiB ?? 0
     for i in 0..<o.streams {
         let c = links[i % links.count]
-        c.session.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "", detail: "idle"))
+        c.link.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "", detail: "idle"))
         if i % 256 == 255 { reactor.poll(timeoutMilliseconds: 0) }
     }
     settle()

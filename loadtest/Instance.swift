@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -38,7 +38,7 @@ struct Instance: ParsableCommand {
             let c = t.connection(.instance, name: name)
             try c.handshake()
             let e = EchoInstance(name: name, tokens: tokens, mode: mode)
-            c.session.delegate = e
+            c.link.delegate = e
             echoes.append(e)
             reactor.add(c, reconnect: Backoff())
         }

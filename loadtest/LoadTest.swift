@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 
 /// Common options of every scenario.
 struct TargetOptions: ParsableArguments {

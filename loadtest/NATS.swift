@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 
 /// The same pipe pattern through nats-server, driven by the same kind of client code as the Soulfra pipe, so

@@ -1,7 +1,7 @@
 import Foundation
 import Histogram
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 
 /// Reads a server process's RSS and CPU from /proc, to report memory and CPU per frame.

@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -24,7 +24,7 @@ struct Target: Sendable {
         let probe = connection(.gateway, name: "probe")
         try probe.handshake()
         var t = self
-        t.loopCount = Int(probe.session.welcome?.loopCount ?? 1)
+        t.loopCount = Int(probe.link.welcome?.loopCount ?? 1)
         probe.close()
         return t
     }
@@ -54,7 +54,7 @@ final class Shared: Sendable {
 }
 
 /// Counts and samples DATA. Latency comes from the send time stamped in the first 8 payload bytes.
-final class Sink: PeerSessionDelegate {
+final class Sink: PeerLinkDelegate {
     var frames: UInt64 = 0
     var bytes: UInt64 = 0
     var latency = Latency()
@@ -69,7 +69,7 @@ final class Sink: PeerSessionDelegate {
     }
 
     @inline(__always)
-    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         frames &+= 1
         bytes &+= UInt64(payload.count)
         if frames % sampleEvery == 0 {
@@ -78,8 +78,8 @@ final class Sink: PeerSessionDelegate {
         }
     }
 
-    func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) { dropped += UInt64(count) }
-    func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) { closes.append(code) }
+    func linkDropped(_ link: PeerLink, stream: UInt32, count: UInt32) { dropped += UInt64(count) }
+    func linkClosed(_ link: PeerLink, code: ErrorCode, reason: String) { closes.append(code) }
 
     func publish() {
         shared.received.wrappingAdd(frames, ordering: .relaxed)
@@ -165,7 +165,7 @@ func runPipe(_ t: Target, _ o: PipeOptions) throws -> Report {
             do {
                 for i in 0..<o.pairs {
                     let c = t.connection(.instance, name: "consumer-\(i)")
-                    c.session.delegate = sink
+                    c.link.delegate = sink
                     try c.handshake()
                     reactor.add(c)
                     conns.append(c)
@@ -209,7 +209,7 @@ func runPipe(_ t: Target, _ o: PipeOptions) throws -> Report {
                     try c.handshake()
                     var ids: [UInt32] = []
                     for _ in 0..<o.streamsPerPair {
-                        ids.append(c.session.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "", detail: "pipe")))
+                        ids.append(c.link.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "", detail: "pipe")))
                     }
                     streams.append(ids)
                     reactor.add(c)
@@ -237,14 +237,14 @@ func runPipe(_ t: Target, _ o: PipeOptions) throws -> Report {
                         var burst = 0
                         while due > 0 && burst < 128 {
                             stamp(payload, monotonicNanoseconds())
-                            guard c.session.send(stream: s, payload: UnsafeRawBufferPointer(payload)) else { break }
+                            guard c.link.send(stream: s, payload: UnsafeRawBufferPointer(payload)) else { break }
                             due -= 1
                             burst += 1
                             sent += 1
                         }
                         if burst > 0 { progressed = true }
                     }
-                    if c.session.output.count >= 64 << 10 { c.flush() }
+                    if c.link.output.count >= 64 << 10 { c.flush() }
                 }
                 pacer.sent = sent
                 shared.sent.store(sent, ordering: .relaxed)

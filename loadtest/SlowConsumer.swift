@@ -1,6 +1,6 @@
 import Foundation
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -18,13 +18,13 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
     let server = t.serverPID.map { ProcessStats(pid: $0) }
     let consumer = t.connection(.instance, name: "slow-consumer")
     let sink = Sink(sampleEvery: 1 << 30, shared: Shared())
-    consumer.session.delegate = sink
+    consumer.link.delegate = sink
     try consumer.handshake()
     let producer = t.connection(.gateway, name: "eager-producer")
     try producer.handshake()
     var streams: [UInt32] = []
     for _ in 0..<o.streams {
-        streams.append(producer.session.open(Open(target: .instance, keyID: t.keyID, world: t.world, detail: "slow")))
+        streams.append(producer.link.open(Open(target: .instance, keyID: t.keyID, world: t.world, detail: "slow")))
     }
     let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: o.size, alignment: 8)
     payload.initializeMemory(as: UInt8.self, repeating: 0x63)
@@ -54,12 +54,12 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
         var progressed = false
         for s in streams {
             var burst = 0
-            while burst < 8 && producer.session.send(stream: s, payload: UnsafeRawBufferPointer(payload)) {
+            while burst < 8 && producer.link.send(stream: s, payload: UnsafeRawBufferPointer(payload)) {
                 sentBytes += UInt64(o.size)
                 burst += 1
             }
             if burst > 0 { progressed = true }
-            if producer.session.output.count > 1 << 20 { break }
+            if producer.link.output.count > 1 << 20 { break }
         }
         _ = producer.pump(timeoutMilliseconds: 0)
         // Progress means DATA accepted within credit (PONGs keep flowing while paused and do not count).
@@ -72,7 +72,7 @@ func runSlowConsumer(_ t: Target, _ o: SlowOptions) throws -> Report {
             if consumer.readingPaused { maxRSSAfterStall = max(maxRSSAfterStall, rss) }
             samples.append((Double(now - start) / 1e9, producer.bytesWritten, rss))
         }
-        if producer.session.isClosed || consumer.session.isClosed { break }
+        if producer.link.isClosed || consumer.link.isClosed { break }
     }
     let stalledFor = Double(monotonicNanoseconds() - lastSendProgress) / 1e9
     let afterStall = producer.bytesWritten - sentAtStall

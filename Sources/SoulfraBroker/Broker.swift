@@ -44,16 +44,16 @@ public final class Broker {
     var attachedLinks = 0
     /// When `tick` last walked every link (heartbeats and deadlines need no finer grain than this).
     var lastLinkScan: UInt64 = 0
-    var routes: [Route] = []
-    var freeRoutes: [Int32] = []
-    var liveRoutes = 0
+    var pairs: [StreamPair] = []
+    var freePairs: [Int32] = []
+    var livePairs = 0
     var pools: [String: WorldPool] = [:]
     let runtimes = WorldPool()
     let vaults = WorldPool()
     /// Subscribers by "world\0room".
     var rooms: [String: [Subscription]] = [:]
     var keyStates: [UInt64: KeyState] = [:]
-    var pacedRoutes: [Int32] = []
+    var pacedPairs: [Int32] = []
     var metrics = BrokerCounters()
     var dirtyLinks: [UInt32] = []
     var dirtySpare: [UInt32] = []
@@ -134,8 +134,8 @@ public final class Broker {
     public func install(access: AccessTable, now: UInt64) {
         self.access = access
         keyStates = keyStates.filter { access.keys[$0.key] != nil }
-        for ri in routes.indices where routes[ri].live && routes[ri].keyID != 0 && access.keys[routes[ri].keyID] == nil {
-            endRoute(Int32(ri), code: .notPermitted, reason: "key revoked", notifyOpener: true, notifyAcceptor: true)
+        for ri in pairs.indices where pairs[ri].live && pairs[ri].keyID != 0 && access.keys[pairs[ri].keyID] == nil {
+            endPair(Int32(ri), code: .notPermitted, reason: "key revoked", notifyOpener: true, notifyAcceptor: true)
         }
     }
 
@@ -187,7 +187,7 @@ public final class Broker {
         let reason = "\(h.length)-byte DATA exceeds the link's maximum frame \(link.maxFrameBytes); split messages with MORE"
         if let ri = link.streams[h.stream] {
             metrics.streamErrors[Int(ErrorCode.frameTooLarge.rawValue)] += 1
-            endRoute(ri, code: .frameTooLarge, reason: reason, notifyOpener: true, notifyAcceptor: true)
+            endPair(ri, code: .frameTooLarge, reason: reason, notifyOpener: true, notifyAcceptor: true)
         } else {
             refuse(link, h.stream, .frameTooLarge, reason, now: now)
         }
@@ -252,9 +252,9 @@ public final class Broker {
             onOpen(link, stream: stream, open, now: now)
         case .close(let stream, let code, let reason):
             guard let ri = link.streams[stream] else { return }  // already gone: nothing to do
-            let fromOpener = routes[Int(ri)].opener.link == link.id
+            let fromOpener = pairs[Int(ri)].opener.link == link.id
             judge(ri, endedByOpener: fromOpener, code: code, now: now)
-            endRoute(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener, asClose: true)
+            endPair(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener, asClose: true)
         case .error(let stream, let code, let reason):
             if stream == 0 {
                 // The peer reports a fatal problem with the link: close it without answering.
@@ -267,9 +267,9 @@ public final class Broker {
             }
             guard let ri = link.streams[stream] else { return }
             metrics.streamErrors[Int(code.rawValue)] += 1
-            let fromOpener = routes[Int(ri)].opener.link == link.id
+            let fromOpener = pairs[Int(ri)].opener.link == link.id
             judge(ri, endedByOpener: fromOpener, code: code, now: now)
-            endRoute(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener)
+            endPair(ri, code: code, reason: reason, notifyOpener: !fromOpener, notifyAcceptor: fromOpener)
         case .ping(let v):
             FrameWriter.write(.pong(v), to: link.out)
             queued(on: link, from: link, frames: 1, bytes: Wire.headerBytes + 8, now: now)
@@ -360,7 +360,7 @@ public final class Broker {
         if link.streams.count + link.subscriptions.count >= limits.maxStreamsPerLink {
             return refuse(link, stream, .streamLimit, "link holds max_streams_per_link (\(limits.maxStreamsPerLink)) streams", now: now)
         }
-        if liveRoutes >= limits.maxStreams {
+        if livePairs >= limits.maxStreams {
             return refuse(link, stream, .streamLimit, "broker holds max_streams (\(limits.maxStreams)) streams", now: now)
         }
         let allowed: Bool
@@ -418,20 +418,20 @@ public final class Broker {
         guard replyWindow <= Int64(Int32.max), replyFrames <= Int64(Int32.max) else {
             return refuse(link, stream, .flowControl, "OPEN's window is above 2^31-1", now: now)
         }
-        var route = Route(
+        var pair = StreamPair(
             live: true,
-            opener: RouteEnd(link: link.id, stream: stream, windowBytes: window, windowFrames: frames),
-            acceptor: RouteEnd(link: acceptor.id, stream: acceptorStream, windowBytes: replyWindow, windowFrames: replyFrames))
-        route.keyID = open.keyID
+            opener: StreamEnd(link: link.id, stream: stream, windowBytes: window, windowFrames: frames),
+            acceptor: StreamEnd(link: acceptor.id, stream: acceptorStream, windowBytes: replyWindow, windowFrames: replyFrames))
+        pair.keyID = open.keyID
         let ri: Int32
-        if let free = freeRoutes.popLast() {
+        if let free = freePairs.popLast() {
             ri = free
-            routes[Int(ri)] = route
+            pairs[Int(ri)] = pair
         } else {
-            ri = Int32(routes.count)
-            routes.append(route)
+            ri = Int32(pairs.count)
+            pairs.append(pair)
         }
-        liveRoutes += 1
+        livePairs += 1
         metrics.streamsOpened += 1
         link.streams[stream] = ri
         acceptor.streams[acceptorStream] = ri
@@ -478,52 +478,52 @@ public final class Broker {
             return
         }
         let i = Int(ri)
-        let fromOpener = routes[i].opener.link == link.id
+        let fromOpener = pairs[i].opener.link == link.id
         let flags = h.flags.intersection(FrameFlags.dataFlags)
         let end = flags.contains(.endStream)
         if end && flags.contains(.more) { return protocolOnStream(ri, link, "DATA with both MORE and END_STREAM") }
         let n = Int64(payload.count)
         let charged = fromOpener
-            ? routes[i].opener.charge(bytes: n, end: end)
-            : routes[i].acceptor.charge(bytes: n, end: end)
+            ? pairs[i].opener.charge(bytes: n, end: end)
+            : pairs[i].acceptor.charge(bytes: n, end: end)
         switch charged {
         case .afterEnd: return protocolOnStream(ri, link, "DATA after END")
         case .overWindow: return flowControlViolation(ri, link)
         case .ok: break
         }
-        let other = fromOpener ? routes[i].acceptor : routes[i].opener
+        let other = fromOpener ? pairs[i].acceptor : pairs[i].opener
         let dstLink = other.link, dstStream = other.stream
         let dst = links[Int(dstLink)].unsafelyUnwrapped
         if payload.count > Int(dst.maxFrameBytes) {
             metrics.streamErrors[Int(ErrorCode.frameTooLarge.rawValue)] += 1
-            endRoute(ri, code: .frameTooLarge,
+            endPair(ri, code: .frameTooLarge,
                      reason: "\(payload.count)-byte frame exceeds the other end's maximum \(dst.maxFrameBytes)",
                      notifyOpener: true, notifyAcceptor: true)
             return
         }
         FrameWriter.data(dst.out, stream: dstStream, payload: payload, flags: flags)
         queued(on: dst, from: link, frames: 1, bytes: Wire.headerBytes + payload.count, now: now)
-        if routes[i].opener.ended && routes[i].acceptor.ended {
+        if pairs[i].opener.ended && pairs[i].acceptor.ended {
             judge(ri, endedByOpener: false, code: .none, now: now)
-            freeRoute(ri)
+            freePair(ri)
         }
     }
 
     func flowControlViolation(_ ri: Int32, _ link: Link) {
         metrics.streamErrors[Int(ErrorCode.flowControl.rawValue)] += 1
-        endRoute(ri, code: .flowControl, reason: "DATA beyond the granted credit", notifyOpener: true, notifyAcceptor: true)
+        endPair(ri, code: .flowControl, reason: "DATA beyond the granted credit", notifyOpener: true, notifyAcceptor: true)
     }
 
     func protocolOnStream(_ ri: Int32, _ link: Link, _ why: String) {
         metrics.streamErrors[Int(ErrorCode.protocolError.rawValue)] += 1
-        endRoute(ri, code: .protocolError, reason: why, notifyOpener: true, notifyAcceptor: true)
+        endPair(ri, code: .protocolError, reason: why, notifyOpener: true, notifyAcceptor: true)
     }
 
     @inline(__always)
     func onCredit(_ link: Link, stream: UInt32, bytes: UInt32, frames: UInt32, now: UInt64) {
         guard let ri = link.streams[stream] else { return }  // the stream ended while the credit was in flight
         let i = Int(ri)
-        let fromOpener = routes[i].opener.link == link.id
+        let fromOpener = pairs[i].opener.link == link.id
         if fromOpener {
             // The opener lets the acceptor send more: the key's quota paces the reply direction here.
             grantAcceptor(ri, bytes: bytes, frames: frames, from: link, now: now)
@@ -536,20 +536,20 @@ public final class Broker {
     /// Passes credit to the opener, holding back what the key's buckets cannot cover yet.
     func grantOpener(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
         let i = Int(ri)
-        guard let (gb, gf, hb, hf) = pace(ri, bytes: bytes, frames: frames, window: routes[i].opener,
-                                          held: (routes[i].deferredBytes, routes[i].deferredFrames), source: source, now: now) else { return }
-        routes[i].deferredBytes = hb
-        routes[i].deferredFrames = hf
+        guard let p = pace(ri, bytes: bytes, frames: frames, window: pairs[i].opener,
+                           held: (pairs[i].deferredBytes, pairs[i].deferredFrames), source: source, now: now) else { return }
+        pairs[i].deferredBytes = p.heldBytes
+        pairs[i].deferredFrames = p.heldFrames
         // PACED on the CREDIT tells the opener its key is being paced (in either direction); the first CREDIT
         // without it, that pacing ended. A zero CREDIT carries the news when nothing can be granted yet.
-        let paced = routes[i].pacedNow
-        let news = paced != routes[i].pacedNotified
-        guard gb > 0 || gf > 0 || news else { return }
-        routes[i].pacedNotified = paced
-        routes[i].opener.windowBytes += Int64(gb)
-        routes[i].opener.windowFrames += Int64(gf)
-        let dst = links[Int(routes[i].opener.link)].unsafelyUnwrapped
-        FrameWriter.credit(dst.out, stream: routes[i].opener.stream, bytes: gb, frames: gf, paced: paced)
+        let paced = pairs[i].pacedNow
+        let news = paced != pairs[i].pacedNotified
+        guard p.bytes > 0 || p.frames > 0 || news else { return }
+        pairs[i].pacedNotified = paced
+        pairs[i].opener.windowBytes += Int64(p.bytes)
+        pairs[i].opener.windowFrames += Int64(p.frames)
+        let dst = links[Int(pairs[i].opener.link)].unsafelyUnwrapped
+        FrameWriter.credit(dst.out, stream: pairs[i].opener.stream, bytes: p.bytes, frames: p.frames, paced: paced)
         queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
     }
 
@@ -557,56 +557,59 @@ public final class Broker {
     /// yet; the opener hears of pacing through a PACED CREDIT.
     func grantAcceptor(_ ri: Int32, bytes: UInt32, frames: UInt32, from source: Link?, now: UInt64) {
         let i = Int(ri)
-        guard let (gb, gf, hb, hf) = pace(ri, bytes: bytes, frames: frames, window: routes[i].acceptor,
-                                          held: (routes[i].deferredReplyBytes, routes[i].deferredReplyFrames), source: source, now: now) else { return }
-        routes[i].deferredReplyBytes = hb
-        routes[i].deferredReplyFrames = hf
-        if gb > 0 || gf > 0 {
-            routes[i].acceptor.windowBytes += Int64(gb)
-            routes[i].acceptor.windowFrames += Int64(gf)
-            let dst = links[Int(routes[i].acceptor.link)].unsafelyUnwrapped
-            FrameWriter.credit(dst.out, stream: routes[i].acceptor.stream, bytes: gb, frames: gf)
+        guard let p = pace(ri, bytes: bytes, frames: frames, window: pairs[i].acceptor,
+                           held: (pairs[i].deferredReplyBytes, pairs[i].deferredReplyFrames), source: source, now: now) else { return }
+        pairs[i].deferredReplyBytes = p.heldBytes
+        pairs[i].deferredReplyFrames = p.heldFrames
+        if p.bytes > 0 || p.frames > 0 {
+            pairs[i].acceptor.windowBytes += Int64(p.bytes)
+            pairs[i].acceptor.windowFrames += Int64(p.frames)
+            let dst = links[Int(pairs[i].acceptor.link)].unsafelyUnwrapped
+            FrameWriter.credit(dst.out, stream: pairs[i].acceptor.stream, bytes: p.bytes, frames: p.frames)
             queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
         }
         // The opener learns that pacing started or stopped from a zero CREDIT with (or without) PACED.
-        if routes[i].pacedNow != routes[i].pacedNotified { grantOpener(ri, bytes: 0, frames: 0, from: source, now: now) }
+        if pairs[i].pacedNow != pairs[i].pacedNotified { grantOpener(ri, bytes: 0, frames: 0, from: source, now: now) }
     }
 
-    /// Credit for one end of a route through the key's buckets: what may be granted now, and what stays held
+    /// Credit for one end of a pair through the key's buckets: what may be granted now, and what stays held
     /// (released by the tick as the buckets refill), given what was held before. Nil when the stream was ended
     /// instead: what the end would be owed in all — its window, credit held back, and this — must stay within
     /// 2^31-1; beyond that the peer is broken or hostile.
     @inline(__always)
-    func pace(_ ri: Int32, bytes: UInt32, frames: UInt32, window: RouteEnd, held: (UInt32, UInt32),
-              source: Link?, now: UInt64) -> (UInt32, UInt32, UInt32, UInt32)? {
+    func pace(_ ri: Int32, bytes: UInt32, frames: UInt32, window: StreamEnd, held: (UInt32, UInt32),
+              source: Link?, now: UInt64) -> PacedCredit? {
         let i = Int(ri)
         let (heldBytes, heldFrames) = held
         guard window.windowBytes + Int64(heldBytes) + Int64(bytes) <= Int64(Int32.max),
               window.windowFrames + Int64(heldFrames) + Int64(frames) <= Int64(Int32.max) else {
-            flowControlViolation(ri, source ?? links[Int(routes[i].opener.link)]!)
+            flowControlViolation(ri, source ?? links[Int(pairs[i].opener.link)]!)
             return nil
         }
-        let key = routes[i].keyID
-        guard key != 0, let state = keyStates[key] else { return (bytes, frames, heldBytes, heldFrames) }
+        let key = pairs[i].keyID
+        guard key != 0, let state = keyStates[key] else {
+            return PacedCredit(bytes: bytes, frames: frames, heldBytes: heldBytes, heldFrames: heldFrames)
+        }
         state.bytes.refill(now: now)
         state.frames.refill(now: now)
-        let wantB = bytes + heldBytes, wantF = frames + heldFrames
-        let gb = state.bytes.take(upTo: wantB), gf = state.frames.take(upTo: wantF)
-        let holdB = wantB - gb, holdF = wantF - gf
-        if holdB > heldBytes { metrics.quotaPacedBytes += UInt64(holdB - heldBytes) }
-        if holdF > heldFrames { metrics.quotaPacedFrames += UInt64(holdF - heldFrames) }
-        if (holdB > 0 || holdF > 0) && !routes[i].pacing {
-            routes[i].pacing = true
-            pacedRoutes.append(ri)
+        let wantedBytes = bytes + heldBytes, wantedFrames = frames + heldFrames
+        let grantedBytes = state.bytes.take(upTo: wantedBytes), grantedFrames = state.frames.take(upTo: wantedFrames)
+        let p = PacedCredit(bytes: grantedBytes, frames: grantedFrames,
+                            heldBytes: wantedBytes - grantedBytes, heldFrames: wantedFrames - grantedFrames)
+        if p.heldBytes > heldBytes { metrics.quotaPacedBytes += UInt64(p.heldBytes - heldBytes) }
+        if p.heldFrames > heldFrames { metrics.quotaPacedFrames += UInt64(p.heldFrames - heldFrames) }
+        if (p.heldBytes > 0 || p.heldFrames > 0) && !pairs[i].pacing {
+            pairs[i].pacing = true
+            pacedPairs.append(ri)
         }
-        return (gb, gf, holdB, holdF)
+        return p
     }
 
     /// Outlier detection: a stream to an instance ended. The opener giving up with `timeout`, or the instance
     /// ending it with an error, is a failure; a clean end is a success. Enough failures in a row take the
     /// instance out of rotation (see `BrokerLimits.outlierConsecutiveFailures`).
     func judge(_ ri: Int32, endedByOpener: Bool, code: ErrorCode, now: UInt64) {
-        guard limits.outlierConsecutiveFailures > 0, let inst = liveLink(routes[Int(ri)].acceptor.link),
+        guard limits.outlierConsecutiveFailures > 0, let inst = liveLink(pairs[Int(ri)].acceptor.link),
               inst.kind == .instance, inst.state == .active else { return }
         // Failures are the instance's own: the opener's deadline passed, or the instance reported an internal
         // error. A stream the client broke (too large, malformed) or gave up on says nothing about the instance.
@@ -634,11 +637,11 @@ public final class Broker {
         metrics.outlierEjections += 1
     }
 
-    /// Ends a route: tells the chosen ends (CLOSE for a clean end, else ERROR) and frees it.
-    func endRoute(
+    /// Ends a pair: tells the chosen ends (CLOSE for a clean end, else ERROR) and frees it.
+    func endPair(
         _ ri: Int32, code: ErrorCode, reason: String, notifyOpener: Bool, notifyAcceptor: Bool, asClose: Bool = false
     ) {
-        let r = routes[Int(ri)]
+        let r = pairs[Int(ri)]
         guard r.live else { return }
         for (end, notify) in [(r.opener, notifyOpener), (r.acceptor, notifyAcceptor)] where notify {
             guard let l = liveLink(end.link), l.state != .closing else { continue }
@@ -649,28 +652,28 @@ public final class Broker {
             FrameWriter.write(frame, to: l.out)
             queued(on: l, from: nil, frames: 1, bytes: l.out.count - before, now: l.lastHeard)
         }
-        freeRoute(ri)
+        freePair(ri)
     }
 
-    func freeRoute(_ ri: Int32) {
+    func freePair(_ ri: Int32) {
         let i = Int(ri)
-        guard routes[i].live else { return }
-        let r = routes[i]
-        routes[i].live = false
-        routes[i].pacing = false
-        routes[i].deferredBytes = 0
-        routes[i].deferredFrames = 0
-        routes[i].deferredReplyBytes = 0
-        routes[i].deferredReplyFrames = 0
-        routes[i].pacedNotified = false
+        guard pairs[i].live else { return }
+        let r = pairs[i]
+        pairs[i].live = false
+        pairs[i].pacing = false
+        pairs[i].deferredBytes = 0
+        pairs[i].deferredFrames = 0
+        pairs[i].deferredReplyBytes = 0
+        pairs[i].deferredReplyFrames = 0
+        pairs[i].pacedNotified = false
         if let a = liveLink(r.opener.link) { a.streams.removeValue(forKey: r.opener.stream) }
         if let b = liveLink(r.acceptor.link) {
             b.streams.removeValue(forKey: r.acceptor.stream)
             b.outstanding -= 1
         }
         if r.keyID != 0, let state = keyStates[r.keyID] { state.streams -= 1 }
-        liveRoutes -= 1
-        freeRoutes.append(ri)
+        livePairs -= 1
+        freePairs.append(ri)
     }
 
     // MARK: - Output and backpressure
@@ -719,7 +722,7 @@ public final class Broker {
         guard !link.pause.contains(reason) else { return }
         if link.pause.isEmpty { pendingActions.append(.pauseRead(link.id)) }
         link.pause.insert(reason)
-        metrics.pauses[reason == .peerCongested ? 0 : 1] += 1
+        metrics.pauses[reason.index] += 1
     }
 
     func resumeRead(_ link: Link, _ reason: PauseReasons) {
@@ -803,9 +806,9 @@ public final class Broker {
     func teardown(_ link: Link, _ code: ErrorCode) {
         let streamCode: ErrorCode = code == .heartbeatTimeout ? .heartbeatTimeout : .peerGone
         for ri in Array(link.streams.values) {
-            let fromOpener = routes[Int(ri)].opener.link == link.id
+            let fromOpener = pairs[Int(ri)].opener.link == link.id
             metrics.streamErrors[Int(streamCode.rawValue)] += 1
-            endRoute(ri, code: streamCode, reason: "the \(link.kind) on the other side is gone (\(code))",
+            endPair(ri, code: streamCode, reason: "the \(link.kind) on the other side is gone (\(code))",
                      notifyOpener: !fromOpener, notifyAcceptor: fromOpener)
         }
         for sub in Array(link.subscriptions.values) { removeSubscription(sub, from: link) }
@@ -886,19 +889,19 @@ public final class Broker {
 
     func releasePacedCredit(now: UInt64) {
         var i = 0
-        while i < pacedRoutes.count {
-            let ri = pacedRoutes[i]
-            if routes[Int(ri)].live && routes[Int(ri)].pacing {
+        while i < pacedPairs.count {
+            let ri = pacedPairs[i]
+            if pairs[Int(ri)].live && pairs[Int(ri)].pacing {
                 grantOpener(ri, bytes: 0, frames: 0, from: nil, now: now)
-                if routes[Int(ri)].live { grantAcceptor(ri, bytes: 0, frames: 0, from: nil, now: now) }
-                if routes[Int(ri)].live && routes[Int(ri)].pacedNow {
+                if pairs[Int(ri)].live { grantAcceptor(ri, bytes: 0, frames: 0, from: nil, now: now) }
+                if pairs[Int(ri)].live && pairs[Int(ri)].pacedNow {
                     i += 1
                     continue
                 }
-                routes[Int(ri)].pacing = false
+                pairs[Int(ri)].pacing = false
             }
-            pacedRoutes.swapAt(i, pacedRoutes.count - 1)
-            pacedRoutes.removeLast()
+            pacedPairs.swapAt(i, pacedPairs.count - 1)
+            pacedPairs.removeLast()
         }
     }
 
@@ -917,10 +920,10 @@ public final class Broker {
 
     func checkShutdown(now: UInt64) {
         guard let deadline = shutdownDeadline, !shutdownComplete else { return }
-        guard liveRoutes == 0 || now >= deadline else { return }
+        guard livePairs == 0 || now >= deadline else { return }
         shutdownComplete = true
         for case let link? in links where link.state != .closing {
-            fail(link, .shutdown, liveRoutes == 0 ? "broker shut down" : "broker shut down; drain deadline passed")
+            fail(link, .shutdown, livePairs == 0 ? "broker shut down" : "broker shut down; drain deadline passed")
         }
         pendingActions.append(.shutdownComplete)
     }

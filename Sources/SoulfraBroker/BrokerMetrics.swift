@@ -8,7 +8,7 @@ struct BrokerCounters {
     var bytesOut = [UInt64](repeating: 0, count: 5)
     var linkCloses = [UInt64](repeating: 0, count: ErrorCode.allCases.count)
     var streamErrors = [UInt64](repeating: 0, count: ErrorCode.allCases.count)
-    var pauses = [UInt64](repeating: 0, count: 2)
+    var pauses = [UInt64](repeating: 0, count: PauseReasons.labelled.count)
     var congestionAlerts = [UInt64](repeating: 0, count: 5)
     var streamsOpened: UInt64 = 0
     var quotaRejections: UInt64 = 0
@@ -70,7 +70,7 @@ public struct BrokerSnapshot: Sendable, Equatable {
 }
 
 extension Broker {
-    /// Copies counters and walks links and routes for gauges. O(links + routes); call it at scrape rate.
+    /// Copies counters and walks links and pairs for gauges. O(links + pairs); call it at scrape rate.
     public func snapshot() -> BrokerSnapshot {
         var linksByKind = [Int](repeating: 0, count: 5)
         var queue = [Int](repeating: 0, count: 5)
@@ -85,13 +85,13 @@ extension Broker {
             if link.congestedSince != nil { congested += 1 }
             subs += link.subscriptions.count
         }
-        for r in routes where r.live {
+        for r in pairs where r.live {
             if let a = links[Int(r.opener.link)] { credit[Int(a.kind.rawValue)] += max(0, r.opener.windowBytes) }
             if let b = links[Int(r.acceptor.link)] { credit[Int(b.kind.rawValue)] += max(0, r.acceptor.windowBytes) }
         }
         let c = metrics
         var snap = BrokerSnapshot(
-            linksByKind: linksByKind, streamsOpen: liveRoutes, subscriptions: subs, rooms: rooms.count,
+            linksByKind: linksByKind, streamsOpen: livePairs, subscriptions: subs, rooms: rooms.count,
             queueBytesByKind: queue, creditBytesOutstandingByKind: credit, pausedLinks: paused,
             congestedLinks: congested, framesIn: c.framesIn, bytesIn: c.bytesIn, framesOut: c.framesOut,
             bytesOut: c.bytesOut, linkCloses: c.linkCloses, streamErrors: c.streamErrors, pauses: c.pauses,
@@ -151,8 +151,7 @@ extension BrokerSnapshot {
         family("stream_errors_total", "counter", "Streams ended by an error, by reason.")
         for code in ErrorCode.allCases { sample("stream_errors_total", "reason=\"\(code)\"", streamErrors[Int(code.rawValue)]) }
         family("pauses_total", "counter", "Times a link's reading was paused, by reason.")
-        sample("pauses_total", "reason=\"peer_congested\"", pauses[0])
-        sample("pauses_total", "reason=\"own_queue_full\"", pauses[1])
+        for (reason, label) in PauseReasons.labelled { sample("pauses_total", "reason=\"\(label)\"", pauses[reason.index]) }
         for (name, value, help) in [
             ("streams_opened_total", streamsOpened, "Streams routed."),
             ("quota_rejections_total", quotaRejections, "Streams refused by a key's concurrent-stream quota."),

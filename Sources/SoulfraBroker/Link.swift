@@ -8,6 +8,12 @@ public struct PauseReasons: OptionSet, Sendable, Hashable {
     public static let peerCongested = PauseReasons(rawValue: 1 << 0)
     /// This link's own send queue is above its high watermark (it is not reading what we send).
     public static let ownQueueFull = PauseReasons(rawValue: 1 << 1)
+
+    /// Every reason, in the order of their bits, with its metric label.
+    static let labelled: [(PauseReasons, String)] = [(.peerCongested, "peer_congested"), (.ownQueueFull, "own_queue_full")]
+
+    /// The index of a single reason in per-reason counters (its bit's position).
+    var index: Int { rawValue.trailingZeroBitCount }
 }
 
 /// Where a link is in its life.
@@ -39,7 +45,7 @@ final class Link {
     /// In the broker's list of links with output to send.
     var dirty = false
     var maxFrameBytes: UInt32 = Wire.handshakeFrameBytes
-    /// Link-local stream id (and subscription id) → route index.
+    /// Link-local stream id (and subscription id) → pair index.
     var streams: [UInt32: Int32] = [:]
     /// Subscriptions by link-local id.
     var subscriptions: [UInt32: Subscription] = [:]
@@ -81,8 +87,16 @@ final class Link {
     @inline(__always) var queuedBytes: Int { out.count + sending.count }
 }
 
-/// One end of a route: a link and the stream id on that link.
-struct RouteEnd {
+/// Credit through a key's buckets (`Broker.pace`): what is granted now and what stays held back.
+struct PacedCredit {
+    var bytes: UInt32
+    var frames: UInt32
+    var heldBytes: UInt32
+    var heldFrames: UInt32
+}
+
+/// One end of a pair: a link and the stream id on that link.
+struct StreamEnd {
     var link: UInt32
     var stream: UInt32
     /// What this end may still send before it needs CREDIT (the broker checks, the peer should never exceed).
@@ -104,11 +118,11 @@ struct RouteEnd {
     }
 }
 
-/// A stream across the broker: opener ↔ acceptor, with both ends' windows.
-struct Route {
+/// A stream across the broker: the opener's stream paired with the acceptor's, with both ends' windows.
+struct StreamPair {
     var live = false
-    var opener: RouteEnd
-    var acceptor: RouteEnd
+    var opener: StreamEnd
+    var acceptor: StreamEnd
     var keyID: UInt64 = 0
     /// Credit for the opener held back by the key's quota, released as tokens refill.
     var deferredBytes: UInt32 = 0

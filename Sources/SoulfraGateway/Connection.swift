@@ -27,7 +27,7 @@ final class Connection {
     var sniffer = ProtocolSniffer()
     var tls: TLSConnection?
     var plain: [UInt8] = []
-    var h2: H2Session?
+    var h2: H2Connection?
     var h1: HTTP1Parser
     /// HTTP/1.1 bytes received while a request is being answered (pipelining), parsed after it.
     var h1Stash: [UInt8] = []
@@ -172,7 +172,7 @@ final class Connection {
         s.resetsPerSecond = gateway.limits.resetsPerSecond
         s.resetBurst = gateway.limits.resetBurst
         s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session"]
-        h2 = try? H2Session(role: .server, settings: s)
+        h2 = try? H2Connection(role: .server, settings: s)
         if h2 == nil { finish(.sessionFailed) }
     }
 
@@ -210,14 +210,14 @@ final class Connection {
     }
 
     /// A protocol error nghttp2 found and answered with GOAWAY on its own: counted like the ones found here.
-    func countViolation(_ h2: H2Session) {
+    func countViolation(_ h2: H2Connection) {
         if case .detected? = h2.takeViolation() {
             gateway.counters.protocolErrors += 1
             finish(.protocolError)
         }
     }
 
-    func handleH2Events(_ h2: H2Session, now: UInt64) {
+    func handleH2Events(_ h2: H2Connection, now: UInt64) {
         h2.drainEvents { e in
             switch e {
             case .headers(let stream, let headers):

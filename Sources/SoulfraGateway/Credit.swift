@@ -176,7 +176,7 @@ extension Gateway {
         guard db > 0 || df > 0 else { return true }
         ex.targetCost = targetCost
         ex.waitingCredit = false
-        ports[ex.port].session.grant(stream: ex.brokerStream, bytes: UInt32(db), frames: UInt32(df))
+        links[ex.link].peer.grant(stream: ex.brokerStream, bytes: UInt32(db), frames: UInt32(df))
         setWindow(ex, bytes: ex.windowBytes + db, frames: ex.windowFrames + df)
         armDeadline(ex, now: now)
         return grant < want

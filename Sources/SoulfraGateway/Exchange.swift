@@ -77,8 +77,8 @@ final class Exchange {
     /// SSE or NDJSON framing for streamed replies.
     var ndjson: Bool
 
-    /// The broker loop (port) and the stream on it; 0 while none is open.
-    var port = -1
+    /// The broker link (by loop index; -1: none yet) and the stream on it (0 while none is open).
+    var link = -1
     var brokerStream: UInt32 = 0
     /// Unary and publish bodies, held whole (bounded by `maxBodyBytes`) so a request can be retried.
     var body: [UInt8] = []

@@ -1,7 +1,7 @@
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraTLS
 import SoulfraWire
 
@@ -24,57 +24,57 @@ public protocol GatewayTransport: AnyObject {
     func resumeRead(_ conn: UInt32)
 }
 
-/// The gateway's link to one broker loop: a broker session (the gateway is a `gateway` peer) and the
-/// requests riding on it, by broker stream id.
-final class BrokerPort: PeerSessionDelegate {
+/// The gateway's link to one broker loop and the requests riding on it, by broker stream id.
+final class BrokerLink: PeerLinkDelegate {
     let index: Int
     unowned let gateway: Gateway
-    var session: PeerSession
+    /// The gateway's side of the link (the gateway is a `gateway` peer).
+    var peer: PeerLink
     var exchanges: [UInt32: Exchange] = [:]
 
     init(index: Int, gateway: Gateway, identity: PeerIdentity) {
         self.index = index
         self.gateway = gateway
-        self.session = PeerSession(identity: identity)
-        session.autoCredit = false
-        session.delegate = self
+        self.peer = PeerLink(identity: identity)
+        peer.autoCredit = false
+        peer.delegate = self
     }
 
-    var usable: Bool { session.isReady && !session.goawayReceived }
+    var usable: Bool { peer.isReady && !peer.goawayReceived }
     /// Coming up (HELLO sent), or down and about to be remade on the next tick: requests wait for it rather
     /// than fail. A link whose broker said GOAWAY is not coming back.
-    var connecting: Bool { !session.isReady && !gateway.shuttingDown }
+    var connecting: Bool { !peer.isReady && !gateway.shuttingDown }
     /// Requests waiting for the link, with their deadline; re-run when WELCOME arrives.
     var waiting: [(ex: Exchange, deadline: UInt64, run: (Exchange) -> Void)] = []
 
-    func sessionReady(_ session: PeerSession, welcome: Welcome) {
+    func linkReady(_ link: PeerLink, welcome: Welcome) {
         let ready = waiting
         waiting.removeAll()
         for w in ready where !w.ex.retired && !w.ex.responseEnded { w.run(w.ex) }
     }
 
-    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard let ex = exchanges[stream] else { return }
         gateway.brokerData(ex, payload, flags: flags)
     }
 
-    func sessionWritable(_ session: PeerSession, stream: UInt32) {
+    func linkWritable(_ link: PeerLink, stream: UInt32) {
         if let ex = exchanges[stream] { gateway.pumpOutbound(ex, now: gateway.now) }
     }
 
-    func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
+    func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
         guard let ex = exchanges.removeValue(forKey: stream) else { return }
         ex.brokerStream = 0
         gateway.brokerClosed(ex, code: code, reason: reason)
     }
 
-    func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) {
+    func linkDropped(_ link: PeerLink, stream: UInt32, count: UInt32) {
         guard let ex = exchanges[stream] else { return }
         gateway.controlEvent(ex, event: "dropped", json: #"{"event":"dropped","count":\#(count)}"#)
         gateway.markDirty(ex.conn)
     }
 
-    func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool) {
+    func linkPaced(_ link: PeerLink, stream: UInt32, paced: Bool) {
         guard let ex = exchanges[stream], ex.kind.streamsReply else { return }
         gateway.counters.pacedEvents += 1
         gateway.controlEvent(ex, event: "rate_limits", json: Framing.rateLimits(
@@ -82,8 +82,8 @@ final class BrokerPort: PeerSessionDelegate {
         gateway.markDirty(ex.conn)
     }
 
-    func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) {
-        gateway.portDown(self, reason: reason)
+    func linkClosed(_ link: PeerLink, code: ErrorCode, reason: String) {
+        gateway.linkDown(self, reason: reason)
     }
 
     /// Runs `action` now if the link is up, later (within `waitNanoseconds`) if it is coming up; false if the
@@ -102,15 +102,15 @@ final class BrokerPort: PeerSessionDelegate {
 /// The public HTTP front door of one loop: client connections (HTTP/1.1, h2c, TLS), API-key admission,
 /// and the broker streams requests ride on. Sans-IO apart from `GatewayTransport`; loop thread only.
 ///
-/// Each loop runs its own gateway with its own key buckets and one broker link per loop (`ports`): a
-/// request for a world goes out on the port of the loop that owns the world. The owner wires the ports'
+/// Each loop runs its own gateway with its own key buckets and one broker link per loop (`links`): a
+/// request for a world goes out on the link of the loop that owns the world. The owner wires the links'
 /// bytes to the broker (in process for the own loop, a socket pair for the others).
 public final class Gateway {
     public let limits: GatewayLimits
     public let loopIndex: Int
     let gatekeeper: Gatekeeper
     let tlsContext: TLSContext?
-    var ports: [BrokerPort] = []
+    var links: [BrokerLink] = []
     var conns: [UInt32: Connection] = [:]
     var dirtyConns: [Connection] = []
     public var counters = GatewayCounters()
@@ -150,28 +150,29 @@ public final class Gateway {
         self.gatekeeper = Gatekeeper(table: keys)
         self.tlsContext = tls
         self.outputBudget = max(limits.connectionOutputHighBytes, limits.outputBudgetBytes / max(1, loopCount))
-        ports = (0..<loopCount).map { BrokerPort(index: $0, gateway: self, identity: identity($0)) }
+        links = (0..<loopCount).map { BrokerLink(index: $0, gateway: self, identity: identity($0)) }
     }
 
-    // MARK: - Broker ports (wired by the owner)
+    // MARK: - Broker links (wired by the owner)
 
-    /// The broker session for loop `i`: start it, move `output` to the broker, feed its bytes to `receive`.
-    public func portSession(_ i: Int) -> PeerSession { ports[i].session }
+    /// The gateway's side of its link to loop `i`: the owner starts it, moves its `output` to the broker and
+    /// feeds it the broker's bytes.
+    public func peerLink(_ i: Int) -> PeerLink { links[i].peer }
 
-    /// Replaces a dead port's session (the owner then connects it again).
-    public func renewPort(_ i: Int) -> PeerSession {
-        let old = ports[i]
-        ports[i] = BrokerPort(index: i, gateway: self, identity: old.session.identity)
-        ports[i].waiting = old.waiting  // requests that waited for the dead link wait for this one
-        return ports[i].session
+    /// Replaces a dead link (the owner then connects it again).
+    public func renewLink(_ i: Int) -> PeerLink {
+        let old = links[i]
+        links[i] = BrokerLink(index: i, gateway: self, identity: old.peer.identity)
+        links[i].waiting = old.waiting  // requests that waited for the dead link wait for this one
+        return links[i].peer
     }
 
-    /// Ports whose session closed and need a new link.
-    public var deadPorts: [Int] { ports.indices.filter { ports[$0].session.isClosed } }
+    /// Links that closed and need to be made again.
+    public var deadLinks: [Int] { links.indices.filter { links[$0].peer.isClosed } }
 
-    func portDown(_ port: BrokerPort, reason: String) {
-        let open = port.exchanges
-        port.exchanges.removeAll()
+    func linkDown(_ link: BrokerLink, reason: String) {
+        let open = link.exchanges
+        link.exchanges.removeAll()
         for ex in open.values {
             ex.brokerStream = 0
             brokerClosed(ex, code: .peerGone, reason: "broker link lost: \(reason)")
@@ -249,7 +250,7 @@ public final class Gateway {
     /// then reach their broker in process instead of over a socket pair. (Keys belong to one world, so a
     /// connection's requests normally all go to one loop.)
     func considerMove(_ c: Connection) {
-        guard ports.count > 1, !shuttingDown, c.worldLoop >= 0, c.worldLoop != loopIndex, !c.moving else { return }
+        guard links.count > 1, !shuttingDown, c.worldLoop >= 0, c.worldLoop != loopIndex, !c.moving else { return }
         guard !moveWhenDrained.contains(where: { $0 === c }) else { return }
         moveWhenDrained.append(c)
         markDirty(c)
@@ -405,7 +406,7 @@ public final class Gateway {
                           startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         counters.requests[kind.index] += 1
         if c.proto == .http2 { c.exchanges[id] = ex } else { c.h1Current = ex }
-        c.worldLoop = Wire.loop(forWorld: route.world, count: ports.count)
+        c.worldLoop = Wire.loop(forWorld: route.world, count: links.count)
         ex.lastBodyAt = now
         counters.openExchanges += 1
         switch kind {
@@ -490,11 +491,11 @@ public final class Gateway {
                 return fail(ex, GatewayError(.invalidRequest, "a publish needs a body"))
             }
             guard case .room(let world, _, _) = ex.route else { return }
-            let port = ports[Wire.loop(forWorld: world, count: ports.count)]
-            let queued = port.whenUsable(ex, now: now) { [unowned self] ex in
+            let link = links[Wire.loop(forWorld: world, count: links.count)]
+            let queued = link.whenUsable(ex, now: now) { [unowned self] ex in
                 guard case .room(let world, let room, _) = ex.route else { return }
-                let session = ports[Wire.loop(forWorld: world, count: ports.count)].session
-                ex.body.withUnsafeBytes { session.publish(world: world, room: room, payload: $0) }
+                let peer = links[Wire.loop(forWorld: world, count: links.count)].peer
+                ex.body.withUnsafeBytes { peer.publish(world: world, room: room, payload: $0) }
                 finishUnary(ex, status: 202, body: Array(#"{"published":true}"#.utf8), now: self.now)
             }
             if !queued { fail(ex, unavailable(ex, "the broker loop for this world is not available")) }
@@ -541,19 +542,19 @@ public final class Gateway {
 
     /// Opens the broker stream to one of the world's instances (the broker balances and pins sessions).
     func openBroker(_ ex: Exchange, now: UInt64) {
-        let port = ports[Wire.loop(forWorld: ex.route.world, count: ports.count)]
-        guard port.usable else {
-            if !port.whenUsable(ex, now: now, { [unowned self] ex in openBroker(ex, now: self.now) }) {
+        let link = links[Wire.loop(forWorld: ex.route.world, count: links.count)]
+        guard link.usable else {
+            if !link.whenUsable(ex, now: now, { [unowned self] ex in openBroker(ex, now: self.now) }) {
                 fail(ex, unavailable(ex, "the broker loop for this world is not available"))
             }
             return
         }
-        ex.port = port.index
+        ex.link = link.index
         // The instance may send what this connection can take now (see `topUp`); the rest follows as CREDIT.
         let window = initialWindow(ex)
-        ex.brokerStream = port.session.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
+        ex.brokerStream = link.peer.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
                                                  session: ex.session, detail: ex.kind.detail, window: window))
-        port.exchanges[ex.brokerStream] = ex
+        link.exchanges[ex.brokerStream] = ex
         setWindow(ex, bytes: Int64(window.bytes), frames: Int64(window.frames))
         if ex.kind == .message || ex.kind == .messageStream { ex.awaitingAnswer = true }
         armDeadline(ex, now: now)
@@ -573,28 +574,28 @@ public final class Gateway {
 
     func subscribe(_ ex: Exchange, now: UInt64) {
         guard case .room(let world, let room, _) = ex.route else { return }
-        let port = ports[Wire.loop(forWorld: world, count: ports.count)]
-        guard port.usable else {
-            if !port.whenUsable(ex, now: now, { [unowned self] ex in subscribe(ex, now: self.now) }) {
+        let link = links[Wire.loop(forWorld: world, count: links.count)]
+        guard link.usable else {
+            if !link.whenUsable(ex, now: now, { [unowned self] ex in subscribe(ex, now: self.now) }) {
                 fail(ex, unavailable(ex, "the broker loop for this world is not available"))
             }
             return
         }
-        ex.port = port.index
-        ex.brokerStream = port.session.subscribe(world: world, room: room, mode: .reliable)
-        port.exchanges[ex.brokerStream] = ex
+        ex.link = link.index
+        ex.brokerStream = link.peer.subscribe(world: world, room: room, mode: .reliable)
+        link.exchanges[ex.brokerStream] = ex
         startStreamedReply(ex)
     }
 
     /// Sends queued messages while the broker's credit allows (in parts, flagged MORE, when a message is
     /// larger than what is left); hands the client's HTTP/2 window back for what the broker took.
     func pumpOutbound(_ ex: Exchange, now: UInt64) {
-        guard ex.brokerStream != 0, ex.port >= 0 else { return }
-        let session = ports[ex.port].session
+        guard ex.brokerStream != 0, ex.link >= 0 else { return }
+        let peer = links[ex.link].peer
         if ex.sendsBody {
             guard !ex.sentEnd else { return }
             let took = ex.body.withUnsafeBytes { body in
-                session.sendPartial(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(rebasing: body[ex.bodySent...]), end: true)
+                peer.sendPartial(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(rebasing: body[ex.bodySent...]), end: true)
             }
             if let took {
                 ex.bodySent += took
@@ -608,7 +609,7 @@ public final class Gateway {
             let m = ex.outbound[ex.outboundHead]
             let last = ex.outboundEnds && ex.outboundHead == ex.outbound.count - 1
             let took = m.bytes.withUnsafeBytes { b in
-                session.sendPartial(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(rebasing: b[m.sent...]), end: last,
+                peer.sendPartial(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(rebasing: b[m.sent...]), end: last,
                                     binary: m.binary, continues: m.continues)
             }
             guard let took else { break }
@@ -626,7 +627,7 @@ public final class Gateway {
             ex.outbound.removeAll(keepingCapacity: true)
             ex.outboundHead = 0
             if ex.outboundEnds && !ex.sentEnd {
-                if session.send(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
+                if peer.send(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
                     ex.sentEnd = true
                 }
             }
@@ -809,8 +810,8 @@ public final class Gateway {
         if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
             // Unary: the instance ended its side. With both ENDs the stream is over and nothing needs saying;
             // otherwise the rest of the request is not wanted.
-            ports[ex.port].exchanges.removeValue(forKey: ex.brokerStream)
-            if !ex.sentEnd { ports[ex.port].session.closeStream(ex.brokerStream) }
+            links[ex.link].exchanges.removeValue(forKey: ex.brokerStream)
+            if !ex.sentEnd { links[ex.link].peer.closeStream(ex.brokerStream) }
             ex.brokerStream = 0
         }
         if ex.brokerStream == 0 { retire(ex) }
@@ -921,10 +922,10 @@ public final class Gateway {
     /// Ends the exchange's broker stream (CLOSE with `code`; a room subscription is unsubscribed) and forgets it.
     func detachBroker(_ ex: Exchange, code: ErrorCode = .cancelled, reason: String) {
         guard ex.brokerStream != 0 else { return }
-        let port = ports[ex.port]
-        port.exchanges.removeValue(forKey: ex.brokerStream)
-        if ex.kind == .roomSubscribe { port.session.unsubscribe(ex.brokerStream) } else {
-            port.session.closeStream(ex.brokerStream, code: code, reason: reason)
+        let link = links[ex.link]
+        link.exchanges.removeValue(forKey: ex.brokerStream)
+        if ex.kind == .roomSubscribe { link.peer.unsubscribe(ex.brokerStream) } else {
+            link.peer.closeStream(ex.brokerStream, code: code, reason: reason)
         }
         ex.brokerStream = 0
     }
@@ -1038,9 +1039,9 @@ public final class Gateway {
         self.now = now
         guard now &- lastScan >= 100_000_000 else { return }
         lastScan = now
-        for port in ports where !port.waiting.isEmpty {
-            let expired = port.waiting.filter { now > $0.deadline || !port.connecting }
-            port.waiting.removeAll { now > $0.deadline || !port.connecting }
+        for link in links where !link.waiting.isEmpty {
+            let expired = link.waiting.filter { now > $0.deadline || !link.connecting }
+            link.waiting.removeAll { now > $0.deadline || !link.connecting }
             for w in expired where !w.ex.retired {
                 fail(w.ex, unavailable(w.ex, "the broker loop for this world did not come up in time"))
             }

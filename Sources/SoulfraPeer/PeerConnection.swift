@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import SoulfraNet
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraWire
 
 /// Where the broker listens.
@@ -30,7 +30,7 @@ public final class PeerConnection {
     // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     public let address: PeerAddress
     public let identity: PeerIdentity
-    @exclusivity(unchecked) public private(set) var session: PeerSession
+    @exclusivity(unchecked) public private(set) var link: PeerLink
     @exclusivity(unchecked) public private(set) var fd: Int32 = -1
     /// While true the connection is not read (to test slow consumers); writes continue.
     @exclusivity(unchecked) public var readingPaused = false
@@ -42,7 +42,7 @@ public final class PeerConnection {
     public init(address: PeerAddress, identity: PeerIdentity, readBufferBytes: Int = 256 << 10) {
         self.address = address
         self.identity = identity
-        self.session = PeerSession(identity: identity)
+        self.link = PeerLink(identity: identity)
         self.readBuffer = .allocate(byteCount: readBufferBytes, alignment: 16)
     }
 
@@ -51,16 +51,16 @@ public final class PeerConnection {
         readBuffer.deallocate()
     }
 
-    /// Connects and queues HELLO. A fresh session replaces the old one (streams do not survive a reconnect).
+    /// Connects and queues HELLO. A fresh `PeerLink` replaces the old one (streams do not survive a reconnect).
     public func connect(timeoutMilliseconds: Int32 = 2_000) throws(PeerError) {
         if fd >= 0 { Glibc.close(fd); fd = -1 }
-        let delegate = session.delegate
-        let autoCredit = session.autoCredit
-        session = PeerSession(identity: identity)
-        session.delegate = delegate
-        session.autoCredit = autoCredit
+        let delegate = link.delegate
+        let autoCredit = link.autoCredit
+        link = PeerLink(identity: identity)
+        link.delegate = delegate
+        link.autoCredit = autoCredit
         fd = try Self.dial(address, timeoutMilliseconds: timeoutMilliseconds)
-        session.start()
+        link.start()
     }
 
     /// Connects, retrying with backoff until `attempts` are used up.
@@ -84,8 +84,8 @@ public final class PeerConnection {
     public func handshake(timeoutMilliseconds: Int32 = 2_000) throws(PeerError) {
         try connect(timeoutMilliseconds: timeoutMilliseconds)
         let deadline = monotonicMilliseconds() + UInt64(timeoutMilliseconds)
-        while !session.isReady {
-            if case .closed(let code, let reason) = session.state {
+        while !link.isReady {
+            if case .closed(let code, let reason) = link.state {
                 throw PeerError(message: "broker refused the link: \(code): \(reason)")
             }
             let now = monotonicMilliseconds()
@@ -99,13 +99,13 @@ public final class PeerConnection {
             Glibc.close(fd)
             fd = -1
         }
-        session.transportClosed(reason: "closed locally")
+        link.transportClosed(reason: "closed locally")
     }
 
     /// Writes as much queued output as the socket takes. Returns false if the socket failed.
     @discardableResult
     public func flush() -> Bool {
-        let out = session.output
+        let out = link.output
         while !out.isEmpty {
             let r = out.readable
             let n = Glibc.send(fd, r.baseAddress, r.count, Int32(MSG_NOSIGNAL))
@@ -122,7 +122,7 @@ public final class PeerConnection {
         return true
     }
 
-    /// Reads what is available (bounded) and feeds the session. Returns false once the link is closed.
+    /// Reads what is available (bounded) and feeds the link. Returns false once the link is closed.
     @discardableResult
     public func readAvailable(maxReads: Int = 16) -> Bool {
         guard fd >= 0 else { return false }
@@ -130,8 +130,8 @@ public final class PeerConnection {
             let n = Glibc.recv(fd, readBuffer.baseAddress, readBuffer.count, 0)
             if n > 0 {
                 bytesRead &+= UInt64(n)
-                session.receive(UnsafeRawBufferPointer(rebasing: readBuffer[..<n]), nowMilliseconds: monotonicMilliseconds())
-                if session.isClosed { return false }
+                link.receive(UnsafeRawBufferPointer(rebasing: readBuffer[..<n]), nowMilliseconds: monotonicMilliseconds())
+                if link.isClosed { return false }
                 if n < readBuffer.count { return true }
                 continue
             }
@@ -147,11 +147,11 @@ public final class PeerConnection {
         return true
     }
 
-    /// Closes the link if the broker has gone silent (see `PeerSession.brokerSilent`). Returns false if it did.
+    /// Closes the link if the broker has gone silent (see `PeerLink.brokerSilent`). Returns false if it did.
     @discardableResult
     public func checkBrokerAlive(now: UInt64 = monotonicMilliseconds()) -> Bool {
-        guard fd >= 0, session.brokerSilent(now: now), !readingPaused else { return true }
-        failTransport("no frame from the broker for three heartbeat intervals (\(session.welcome!.heartbeatMilliseconds) ms each)")
+        guard fd >= 0, link.brokerSilent(now: now), !readingPaused else { return true }
+        failTransport("no frame from the broker for three heartbeat intervals (\(link.welcome!.heartbeatMilliseconds) ms each)")
         return false
     }
 
@@ -162,7 +162,7 @@ public final class PeerConnection {
         guard fd >= 0, checkBrokerAlive() else { return false }
         guard flush() else { return false }
         var p = pollfd(fd: fd, events: Int16(readingPaused ? 0 : POLLIN), revents: 0)
-        if !session.output.isEmpty { p.events |= Int16(POLLOUT) }
+        if !link.output.isEmpty { p.events |= Int16(POLLOUT) }
         let r = poll(&p, 1, timeoutMilliseconds)
         if r > 0 {
             if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 && !readingPaused {
@@ -174,7 +174,7 @@ public final class PeerConnection {
                 return false
             }
         }
-        return flush() && !session.isClosed
+        return flush() && !link.isClosed
     }
 
     func failTransport(_ reason: String) {
@@ -182,7 +182,7 @@ public final class PeerConnection {
             Glibc.close(fd)
             fd = -1
         }
-        session.transportClosed(reason: reason)
+        link.transportClosed(reason: reason)
     }
 
     static func dial(_ address: PeerAddress, timeoutMilliseconds: Int32) throws(PeerError) -> Int32 {
@@ -226,7 +226,7 @@ public final class PeerConnection {
 
 /// Drives many connections on one thread with poll(2) (portable to any seccomp profile; fine for the
 /// hundreds of links a load-test thread or an instance holds). Connections added with a `Backoff` are
-/// reconnected when their link drops: each attempt after a jittered, growing delay; a fresh session (new
+/// reconnected when their link drops: each attempt after a jittered, growing delay; a fresh `PeerLink` (new
 /// HELLO, same delegate) once it succeeds. Streams do not survive a reconnect.
 public final class PeerReactor {
     struct Entry {
@@ -269,10 +269,10 @@ public final class PeerReactor {
         var live: [Int] = []
         for (i, e) in entries.enumerated() where e.conn.fd >= 0 {
             let c = e.conn
-            if !c.session.output.isEmpty { c.flush() }
+            if !c.link.output.isEmpty { c.flush() }
             guard c.fd >= 0 else { continue }
             var ev = Int16(c.readingPaused ? 0 : POLLIN)
-            if !c.session.output.isEmpty { ev |= Int16(POLLOUT) }
+            if !c.link.output.isEmpty { ev |= Int16(POLLOUT) }
             fds.append(pollfd(fd: c.fd, events: ev, revents: 0))
             live.append(i)
         }
@@ -284,7 +284,7 @@ public final class PeerReactor {
             if p.revents & Int16(POLLOUT) != 0 { c.flush() }
             if !c.readingPaused && p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { c.readAvailable() }
         }
-        for e in entries where e.conn.fd >= 0 && !e.conn.session.output.isEmpty { e.conn.flush() }
+        for e in entries where e.conn.fd >= 0 && !e.conn.link.output.isEmpty { e.conn.flush() }
     }
 
     private func reconnectDue() {

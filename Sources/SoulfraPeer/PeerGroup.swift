@@ -1,4 +1,4 @@
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraWire
 
 /// One link to each broker loop. The broker partitions worlds across its loops, so peers that serve every
@@ -22,7 +22,7 @@ public final class PeerGroup {
         let c0 = PeerConnection(address: address, identity: first)
         configure(c0)
         try c0.handshake(timeoutMilliseconds: timeoutMilliseconds)
-        guard let w = c0.session.welcome else { throw PeerError(message: "no WELCOME") }
+        guard let w = c0.link.welcome else { throw PeerError(message: "no WELCOME") }
         let count = Int(w.loopCount)
         var byLoop = [PeerConnection?](repeating: nil, count: count)
         byLoop[Int(w.loopIndex)] = c0
@@ -32,8 +32,8 @@ public final class PeerGroup {
             let c = PeerConnection(address: address, identity: id)
             configure(c)
             try c.handshake(timeoutMilliseconds: timeoutMilliseconds)
-            guard let got = c.session.welcome?.loopIndex, Int(got) == loop else {
-                throw PeerError(message: "asked for broker loop \(loop), attached to \(c.session.welcome?.loopIndex ?? 0)")
+            guard let got = c.link.welcome?.loopIndex, Int(got) == loop else {
+                throw PeerError(message: "asked for broker loop \(loop), attached to \(c.link.welcome?.loopIndex ?? 0)")
             }
             byLoop[loop] = c
         }

@@ -5,7 +5,7 @@ import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraTLS
 import SoulfraWire
@@ -45,7 +45,7 @@ public final class BrokerServer: Sendable {
     }
 
     /// What other threads share with one loop.
-    final class Shard: Sendable {
+    final class LoopInbox: Sendable {
         let index: Int
         let commands = Mutex<[Command]>([])
         let handoffs = Mutex<[Handoff]>([])
@@ -75,7 +75,7 @@ public final class BrokerServer: Sendable {
     public let gatewayTLSPort: UInt16
     /// Loops (threads, rings) serving the broker.
     public let loopCount: Int
-    let shards: [Shard]
+    let inboxes: [LoopInbox]
     private let done = DispatchGroup()
 
     /// Binds the listeners and starts the loop threads. Throws before any thread starts if io_uring is
@@ -140,22 +140,22 @@ public final class BrokerServer: Sendable {
                     throw SocketError(call: "socketpair", errno: errno, address: "gateway link \(x)→\(y)")
                 }
                 pairs[x][y] = fds[0]
-                server.shards[y].handoffs.withLock { $0.append(Handoff(fd: fds[1], bytes: [])) }
+                server.inboxes[y].handoffs.withLock { $0.append(Handoff(fd: fds[1], bytes: [])) }
             }
         }
-        for shard in server.shards {
+        for inbox in server.inboxes {
             server.done.enter()
-            let own = (shard.index == 0 ? listeners : []) + gatewayListeners[shard.index]
-            let links = pairs[shard.index]
+            let own = (inbox.index == 0 ? listeners : []) + gatewayListeners[inbox.index]
+            let links = pairs[inbox.index]
             let thread = Thread {
-                server.runLoop(shard, config: config, listeners: own, gatewayLinks: links, tls: tlsContext, ready: ready, log: log)
+                server.runLoop(inbox, config: config, listeners: own, gatewayLinks: links, tls: tlsContext, ready: ready, log: log)
                 server.done.leave()
             }
-            thread.name = "soulfra-loop-\(shard.index)"
+            thread.name = "soulfra-loop-\(inbox.index)"
             thread.stackSize = 8 << 20
             thread.start()
         }
-        for _ in server.shards { ready.wait() }
+        for _ in server.inboxes { ready.wait() }
         return server
     }
 
@@ -170,7 +170,7 @@ public final class BrokerServer: Sendable {
         tcpPort = bound.first { if case .tcp = $0.address { true } else { false } }?.port ?? 0
         unixPath = bound.compactMap { if case .unix(let p) = $0.address { p } else { nil } }.first
         loopCount = loops
-        shards = (0..<loops).map(Shard.init(index:))
+        inboxes = (0..<loops).map(LoopInbox.init(index:))
     }
 
     /// Asks for a graceful shutdown: GOAWAY, drain, close. Returns at once; `wait()` for the end.
@@ -185,7 +185,7 @@ public final class BrokerServer: Sendable {
     }
 
     /// The gateway's counters of each loop.
-    public var gatewayCountersByLoop: [GatewayCounters] { shards.map { $0.gatewayLatest.withLock { $0 } } }
+    public var gatewayCountersByLoop: [GatewayCounters] { inboxes.map { $0.gatewayLatest.withLock { $0 } } }
 
     /// Sets one world's balancer.
     public func setBalancer(_ policy: BalancerPolicy, forWorld world: String) { post(.setBalancer(policy, world: world)) }
@@ -194,17 +194,17 @@ public final class BrokerServer: Sendable {
     public func wait() { done.wait() }
 
     /// The broker's counters summed over loops, as published at most a second ago (see `snapshotNow`).
-    public var snapshot: BrokerSnapshot? { merged(shards.compactMap { $0.latest.withLock { $0.snapshot } }) }
+    public var snapshot: BrokerSnapshot? { merged(inboxes.compactMap { $0.latest.withLock { $0.snapshot } }) }
 
     /// The loops' own counters, per loop.
-    public var loopCounters: [LoopCounters] { shards.map { $0.latest.withLock { $0.loop } } }
+    public var loopCounters: [LoopCounters] { inboxes.map { $0.latest.withLock { $0.loop } } }
 
     /// Asks every loop for a fresh snapshot and waits for them (bounded); the sum over loops.
     public func snapshotNow(timeoutMilliseconds: Int = 2_000) -> BrokerSnapshot? {
-        let before = shards.map { $0.latest.withLock { $0.sequence } }
+        let before = inboxes.map { $0.latest.withLock { $0.sequence } }
         post(.publishSnapshot)
         for _ in 0..<timeoutMilliseconds {
-            let fresh = zip(shards, before).allSatisfy { s, b in
+            let fresh = zip(inboxes, before).allSatisfy { s, b in
                 s.latest.withLock { $0.sequence } > b || s.finished.withLock { $0 }
             }
             if fresh { return snapshot }
@@ -220,29 +220,29 @@ public final class BrokerServer: Sendable {
     }
 
     private func post(_ c: Command) {
-        for s in shards {
+        for s in inboxes {
             s.commands.withLock { $0.append(c) }
             s.wake()
         }
     }
 
     private func runLoop(
-        _ shard: Shard, config: ServerConfig, listeners: [(BoundListener, ListenerRole)], gatewayLinks: [Int32],
+        _ inbox: LoopInbox, config: ServerConfig, listeners: [(BoundListener, ListenerRole)], gatewayLinks: [Int32],
         tls: TLSContext?, ready: DispatchSemaphore, log: @escaping @Sendable (String) -> Void
     ) {
         let loop: EventLoop
         do {
             loop = try EventLoop(limits: config.loop)
         } catch {
-            log("soulfra: loop \(shard.index): \(error)")
-            shard.finished.withLock { $0 = true }
+            log("soulfra: loop \(inbox.index): \(error)")
+            inbox.finished.withLock { $0 = true }
             ready.signal()
             return
         }
         let broker = Broker(limits: config.broker, access: config.accessTable, balancer: config.balancer,
-                            loopIndex: shard.index, loopCount: shards.count)
+                            loopIndex: inbox.index, loopCount: inboxes.count)
         for (world, policy) in config.balancerByWorld { broker.setBalancer(policy, forWorld: world) }
-        let wiring = Wiring(broker: broker, loop: loop, shard: shard, shards: shards,
+        let wiring = Wiring(broker: broker, loop: loop, inbox: inbox, inboxes: inboxes,
                             statsInterval: config.statsIntervalMilliseconds, log: log)
         wiring.listenerRoles = listeners.map(\.1)
         wiring.adminToken = config.adminToken.isEmpty ? nil : SecretDigest(of: config.adminToken)
@@ -250,7 +250,7 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners { loop.add(listener: l) }
         if listeners.contains(where: { $0.1 == .gateway || $0.1 == .gatewayTLS }) {
             let token = config.gatewayToken
-            let gateway = Gateway(limits: config.gateway, keys: config.keyTable, loopIndex: shard.index, loopCount: shards.count,
+            let gateway = Gateway(limits: config.gateway, keys: config.keyTable, loopIndex: inbox.index, loopCount: inboxes.count,
                                   tls: tls) { i in
                 PeerIdentity(kind: .gateway, token: token, maxFrameBytes: config.broker.maxFrameBytes, loop: UInt16(i))
             }
@@ -258,7 +258,7 @@ public final class BrokerServer: Sendable {
         } else {
             for fd in gatewayLinks where fd >= 0 { close(fd) }
         }
-        shard.mailbox.withLock { $0 = loop.mailbox }
+        inbox.mailbox.withLock { $0 = loop.mailbox }
         ready.signal()
         // A command posted before the mailbox existed is picked up on the first turn.
         loop.mailbox.wake()
@@ -266,10 +266,10 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        shard.publish(broker.snapshot(), loop.counters)
-        if let g = wiring.gateway { shard.gatewayLatest.withLock { $0 = g.counters } }
-        shard.mailbox.withLock { $0 = nil }
-        shard.finished.withLock { $0 = true }
+        inbox.publish(broker.snapshot(), loop.counters)
+        if let g = wiring.gateway { inbox.gatewayLatest.withLock { $0 = g.counters } }
+        inbox.mailbox.withLock { $0 = nil }
+        inbox.finished.withLock { $0 = true }
     }
 }
 

@@ -4,7 +4,7 @@ import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -36,14 +36,14 @@ final class Wiring: LoopDelegate {
     }
 
     /// The gateway's socket link to another loop's broker.
-    final class RemotePort {
+    final class RemoteLink {
         let loopIndex: Int
         var conn: UInt32
-        var session: PeerSession
+        var session: PeerLink
         /// Bytes handed to the loop and not yet confirmed sent (unmoved meanwhile).
         let sending = ByteQueue()
         var inFlight = false
-        init(loopIndex: Int, conn: UInt32, session: PeerSession) {
+        init(loopIndex: Int, conn: UInt32, session: PeerLink) {
             self.loopIndex = loopIndex
             self.conn = conn
             self.session = session
@@ -52,8 +52,8 @@ final class Wiring: LoopDelegate {
 
     let broker: Broker
     unowned let loop: EventLoop
-    let shard: BrokerServer.Shard
-    let shards: [BrokerServer.Shard]
+    let inbox: BrokerServer.LoopInbox
+    let inboxes: [BrokerServer.LoopInbox]
     let log: @Sendable (String) -> Void
     let statsIntervalNanos: UInt64
     var roles: [Role] = []
@@ -61,13 +61,13 @@ final class Wiring: LoopDelegate {
     var listenerRoles: [ListenerRole] = []
     var adminToken: SecretDigest?
     /// Admin HTTP connections, and the response bytes a send in flight points at (freed on completion).
-    var admin: [UInt32: AdminSession] = [:]
+    var admin: [UInt32: AdminConnection] = [:]
     var adminSending: [UInt32: UnsafeMutableRawBufferPointer] = [:]
     var gateway: Gateway?
     /// The broker link id of the gateway's in-process link (past every slot the loop can hand out).
     let inProcessLink: UInt32
     var inProcessPaused = false
-    var remotePorts: [UInt32: RemotePort] = [:]
+    var remoteLinks: [UInt32: RemoteLink] = [:]
     /// Gateway connections being handed to the loop of their world, by slot.
     var moving: [UInt32: Int] = [:]
     var lastSnapshot: UInt64 = 0
@@ -75,12 +75,12 @@ final class Wiring: LoopDelegate {
     var shutdownStarted: UInt64?
     var shutdownDrained = false
 
-    init(broker: Broker, loop: EventLoop, shard: BrokerServer.Shard, shards: [BrokerServer.Shard], statsInterval: UInt32,
+    init(broker: Broker, loop: EventLoop, inbox: BrokerServer.LoopInbox, inboxes: [BrokerServer.LoopInbox], statsInterval: UInt32,
          log: @escaping @Sendable (String) -> Void) {
         self.broker = broker
         self.loop = loop
-        self.shard = shard
-        self.shards = shards
+        self.inbox = inbox
+        self.inboxes = inboxes
         self.log = log
         self.statsIntervalNanos = UInt64(statsInterval) * 1_000_000
         self.inProcessLink = UInt32(loop.limits.maxConnections)
@@ -105,13 +105,13 @@ final class Wiring: LoopDelegate {
         g.transport = self
         g.unixSeconds = UInt64(time(nil))
         broker.attach(link: inProcessLink, now: now)
-        g.portSession(shard.index).start()
+        g.peerLink(inbox.index).start()
         for (y, fd) in links.enumerated() where fd >= 0 {
             guard let conn = loop.adopt(fd: fd) else { continue }
             setRole(conn, .gatewayLink)
-            let session = g.portSession(y)
+            let session = g.peerLink(y)
             session.start()
-            remotePorts[conn] = RemotePort(loopIndex: y, conn: conn, session: session)
+            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, session: session)
         }
     }
 
@@ -119,35 +119,35 @@ final class Wiring: LoopDelegate {
     /// end goes to the other loop's broker.
     func renewGatewayLinks(now: UInt64) {
         guard let g = gateway, shutdownStarted == nil else { return }
-        for y in g.deadPorts {
-            if y == shard.index {
+        for y in g.deadLinks {
+            if y == inbox.index {
                 broker.detach(link: inProcessLink, now: now)
                 broker.attach(link: inProcessLink, now: now)
                 inProcessPaused = false
-                g.renewPort(y).start()
-                log("gateway: loop \(shard.index) re-attached its in-process broker link")
+                g.renewLink(y).start()
+                log("gateway: loop \(inbox.index) re-attached its in-process broker link")
                 continue
             }
-            guard !remotePorts.values.contains(where: { $0.loopIndex == y }) else { continue }  // old socket still closing
+            guard !remoteLinks.values.contains(where: { $0.loopIndex == y }) else { continue }  // old socket still closing
             var fds: [Int32] = [-1, -1]
             guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0,
                   let conn = loop.adopt(fd: fds[0]) else {
                 continue  // tried again on the next tick
             }
             setRole(conn, .gatewayLink)
-            let session = g.renewPort(y)
+            let session = g.renewLink(y)
             session.start()
-            remotePorts[conn] = RemotePort(loopIndex: y, conn: conn, session: session)
-            shards[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fds[1], bytes: [])) }
-            shards[y].wake()
-            log("gateway: loop \(shard.index) reconnected its link to loop \(y)'s broker")
+            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, session: session)
+            inboxes[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fds[1], bytes: [])) }
+            inboxes[y].wake()
+            log("gateway: loop \(inbox.index) reconnected its link to loop \(y)'s broker")
         }
     }
 
     /// Moves frames between the gateway and this loop's broker until neither has more for the other.
     @inline(__always)
     func pumpInProcess(_ g: Gateway, now: UInt64) {
-        let session = g.portSession(shard.index)
+        let session = g.peerLink(inbox.index)
         for _ in 0..<16 {
             var moved = false
             if !inProcessPaused && !session.output.isEmpty {
@@ -177,7 +177,7 @@ final class Wiring: LoopDelegate {
     }
 
     func flushRemotePorts() {
-        for p in remotePorts.values where !p.inFlight {
+        for p in remoteLinks.values where !p.inFlight {
             if p.sending.isEmpty {
                 guard !p.session.output.isEmpty else { continue }
                 p.sending.append(p.session.output.readable)
@@ -196,7 +196,7 @@ final class Wiring: LoopDelegate {
         switch lr {
         case .admin:
             setRole(conn, .admin)
-            admin[conn] = AdminSession(adminToken: adminToken, metrics: { [unowned self] in renderMetrics() },
+            admin[conn] = AdminConnection(adminToken: adminToken, metrics: { [unowned self] in renderMetrics() },
                                        ready: { [unowned self] in shutdownStarted == nil })
             return true
         case .gateway, .gatewayTLS:
@@ -207,7 +207,7 @@ final class Wiring: LoopDelegate {
             return true
         case .broker:
             guard broker.canAttach else { return false }
-            if shards.count == 1 {
+            if inboxes.count == 1 {
                 setRole(conn, .broker)
                 broker.attach(link: conn, now: now)
             } else {
@@ -223,7 +223,7 @@ final class Wiring: LoopDelegate {
         switch role(conn) {
         case .broker: broker.receive(link: conn, bytes: bytes, now: now)
         case .http: gateway?.received(conn: conn, bytes: bytes, now: now)
-        case .gatewayLink: remotePorts[conn]?.session.receive(bytes, nowMilliseconds: now / 1_000_000)
+        case .gatewayLink: remoteLinks[conn]?.session.receive(bytes, nowMilliseconds: now / 1_000_000)
         case .admin: admin[conn]?.receive(bytes)
         case .sorting: sort(conn, bytes, now: now)
         }
@@ -234,7 +234,7 @@ final class Wiring: LoopDelegate {
         sorting[conn]!.bytes.append(contentsOf: bytes)
         guard sorting[conn]!.target == nil else { return }  // being handed off: keep what arrives
         let buffered = sorting[conn]!.bytes
-        var target = shard.index
+        var target = inbox.index
         let complete: Bool = buffered.withUnsafeBytes { raw in
             guard raw.count >= Wire.headerBytes else { return false }
             // Anything that is not a well-formed HELLO stays here; this loop's broker rejects it properly.
@@ -245,14 +245,14 @@ final class Wiring: LoopDelegate {
                 return true
             }
             if hello.kind == .instance && !hello.world.isEmpty {
-                target = Wire.loop(forWorld: hello.world, count: shards.count)
-            } else if Int(hello.loop) < shards.count {
+                target = Wire.loop(forWorld: hello.world, count: inboxes.count)
+            } else if Int(hello.loop) < inboxes.count {
                 target = Int(hello.loop)
             }
             return true
         }
         guard complete else { return }
-        if target == shard.index {
+        if target == inbox.index {
             sorting.removeValue(forKey: conn)
             setRole(conn, .broker)
             broker.attach(link: conn, now: now)
@@ -270,15 +270,15 @@ final class Wiring: LoopDelegate {
                 Glibc.close(fd)
                 return
             }
-            shards[target].arrivals.withLock { $0.append((fd, m)) }
-            shards[target].wake()
+            inboxes[target].arrivals.withLock { $0.append((fd, m)) }
+            inboxes[target].wake()
             return
         }
         guard let s = sorting.removeValue(forKey: conn), let target = s.target else {
             Glibc.close(fd)
             return
         }
-        let dest = shards[target]
+        let dest = inboxes[target]
         dest.handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fd, bytes: s.bytes)) }
         dest.wake()
     }
@@ -289,7 +289,7 @@ final class Wiring: LoopDelegate {
         case .broker: broker.sent(link: conn, count: count, now: now)
         case .http: gateway?.sent(conn: conn, count: count, now: now)
         case .gatewayLink:
-            guard let p = remotePorts[conn] else { return }
+            guard let p = remoteLinks[conn] else { return }
             p.inFlight = false
             p.sending.consume(min(count, p.sending.count))
         case .admin:
@@ -310,7 +310,7 @@ final class Wiring: LoopDelegate {
         case .broker: broker.detach(link: conn, now: now)
         case .http: gateway?.closed(conn: conn, now: now)
         case .gatewayLink:
-            if let p = remotePorts.removeValue(forKey: conn) { p.session.transportClosed(reason: "socket to loop \(p.loopIndex) closed") }
+            if let p = remoteLinks.removeValue(forKey: conn) { p.session.transportClosed(reason: "socket to loop \(p.loopIndex) closed") }
         case .admin:
             admin.removeValue(forKey: conn)
             adminSending.removeValue(forKey: conn)?.deallocate()
@@ -350,7 +350,7 @@ final class Wiring: LoopDelegate {
         if statsIntervalNanos > 0 && now &- lastStats >= statsIntervalNanos {
             lastStats = now
             let s = broker.snapshot()
-            log("stats loop=\(shard.index) links=\(s.linksByKind.reduce(0, +)) streams=\(s.streamsOpen) "
+            log("stats loop=\(inbox.index) links=\(s.linksByKind.reduce(0, +)) streams=\(s.streamsOpen) "
                 + "frames_in=\(s.framesIn.reduce(0, +)) frames_out=\(s.framesOut.reduce(0, +)) "
                 + "paused=\(s.pausedLinks) congested=\(s.congestedLinks)")
         }
@@ -362,16 +362,16 @@ final class Wiring: LoopDelegate {
     }
 
     func publish() {
-        shard.publish(broker.snapshot(), loop.counters)
+        inbox.publish(broker.snapshot(), loop.counters)
         if let g = gateway {
             g.measureClientQueues()
-            shard.gatewayLatest.withLock { $0 = g.counters }
+            inbox.gatewayLatest.withLock { $0 = g.counters }
         }
     }
 
     func loopMailbox(now: UInt64) {
         gateway?.now = now
-        for a in shard.takeArrivals() {
+        for a in inbox.takeArrivals() {
             guard let g = gateway, shutdownStarted == nil, let conn = loop.adopt(fd: a.fd) else {
                 if gateway == nil || shutdownStarted != nil { Glibc.close(a.fd) }
                 continue
@@ -379,18 +379,18 @@ final class Wiring: LoopDelegate {
             setRole(conn, .http)
             g.adopt(a.connection, conn: conn, now: now)
         }
-        for h in shard.takeHandoffs() {
+        for h in inbox.takeHandoffs() {
             guard let conn = loop.adopt(fd: h.fd) else { continue }
             setRole(conn, .broker)
             broker.attach(link: conn, now: now)
             h.bytes.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
         }
-        for c in shard.takeCommands() {
+        for c in inbox.takeCommands() {
             switch c {
             case .shutdown:
                 guard shutdownStarted == nil else { continue }
                 shutdownStarted = now
-                if shard.index == 0 {
+                if inbox.index == 0 {
                     log("shutting down: GOAWAY sent, draining streams for up to \(broker.limits.shutdownDrainMilliseconds) ms")
                 }
                 loop.stopAccepting()
@@ -421,7 +421,7 @@ final class Wiring: LoopDelegate {
                     // The broker is done with the gateway's link (shutdown, or it gave up on it): its streams
                     // end, and outside shutdown a new link is made on the next tick.
                     broker.detach(link: l, now: now)
-                    gateway?.portSession(shard.index).transportClosed(reason: "the broker closed the in-process link")
+                    gateway?.peerLink(inbox.index).transportClosed(reason: "the broker closed the in-process link")
                 } else {
                     loop.close(conn: l, flush: true, now: now)
                 }
@@ -485,14 +485,14 @@ extension Wiring {
     /// ≤ 1 s old), and every loop's own counters.
     func renderMetrics() -> String {
         var snap = broker.snapshot()
-        var loops: [(Int, LoopCounters)] = [(shard.index, loop.counters)]
-        for s in shards where s.index != shard.index {
+        var loops: [(Int, LoopCounters)] = [(inbox.index, loop.counters)]
+        for s in inboxes where s.index != inbox.index {
             let (other, counters) = s.latest.withLock { ($0.snapshot, $0.loop) }
             if let other { snap = snap.merging(other) }
             loops.append((s.index, counters))
         }
         var gw = gateway?.counters ?? GatewayCounters()
-        for s in shards where s.index != shard.index { gw = gw.merging(s.gatewayLatest.withLock { $0 }) }
+        for s in inboxes where s.index != inbox.index { gw = gw.merging(s.gatewayLatest.withLock { $0 }) }
         return snap.prometheusText() + gw.prometheusText() + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
     }
 }

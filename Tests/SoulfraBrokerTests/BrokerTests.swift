@@ -86,7 +86,7 @@ struct RoutingTests {
         inst.send(.data(stream: s, payload: Array("hello!".utf8), end: true))
         #expect(gw.data(on: 1) == [Array("hello!".utf8)])
         gw.send(.data(stream: 1, payload: [], end: true))
-        #expect(h.broker.snapshot().streamsOpen == 0, "both ENDs free the route")
+        #expect(h.broker.snapshot().streamsOpen == 0, "both ENDs free the pair")
     }
 
     @Test("instance → runtime → vault chain")

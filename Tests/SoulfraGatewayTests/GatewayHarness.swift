@@ -2,7 +2,7 @@ import Testing
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraTestSupport
 import SoulfraWire
 @testable import SoulfraGateway
@@ -55,9 +55,9 @@ final class ClientsTransport: GatewayTransport {
 
 /// An HTTP/2 client of the harness (nghttp2's client role), reading what the gateway sends when allowed.
 final class H2TestClient {
-    let h2: H2Session
+    let h2: H2Connection
     var events: [H2Event] = []
-    init() throws { h2 = try H2Session(role: .client) }
+    init() throws { h2 = try H2Connection(role: .client) }
     func take(_ bytes: UnsafeRawBufferPointer) {
         try? h2.receive(bytes, now: 0)
         for e in h2.takeEvents() {
@@ -120,7 +120,7 @@ final class GatewayHarness {
         transport = ClientsTransport(self)
         gateway.transport = transport
         gateway.now = now
-        let session = gateway.portSession(0)
+        let session = gateway.peerLink(0)
         session.start()
         session.output.removeAll()
         let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 65_536, heartbeatMilliseconds: 1_000,
@@ -129,7 +129,7 @@ final class GatewayHarness {
         welcome.withUnsafeBytes { session.receive($0, nowMilliseconds: 0) }
     }
 
-    var session: PeerSession { gateway.portSession(0) }
+    var session: PeerLink { gateway.peerLink(0) }
 
     /// A new connection `conn` whose bytes the test writes itself (HTTP/1.1, WebSocket).
     func connectRaw(_ conn: UInt32, reads: Bool = true) {

@@ -1,5 +1,5 @@
 import Testing
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraWire
 @testable import SoulfraGateway
 
@@ -37,7 +37,7 @@ struct GatewayLinkTests {
         let t = RecordingTransport()
         t.gateway = g
         g.transport = t
-        g.portSession(1).start()
+        g.peerLink(1).start()
         return (g, t, world, key.plaintext)
     }
 
@@ -56,7 +56,7 @@ struct GatewayLinkTests {
     func waitsForTheLink() {
         let (g, t) = requestWaiting()
         #expect(t.text(7).isEmpty, "no answer while the link is coming up")
-        let session = g.portSession(1)
+        let session = g.peerLink(1)
         session.output.removeAll()
         let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 65_536, heartbeatMilliseconds: 1_000,
                                                           streamCreditBytes: 262_144, streamCreditFrames: 1_024,

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraServer
 import SoulfraWire
@@ -39,8 +39,8 @@ struct AdminTests {
         // Some traffic so the counters are not all zero.
         let inst = try server.connect(.instance, world: "playground")
         let rt = try server.connect(.runtime)
-        let s = inst.session.open(Open(target: .runtime, world: "playground"))
-        #expect(inst.session.send(stream: s, payload: bytes("x")))
+        let s = inst.link.open(Open(target: .runtime, world: "playground"))
+        #expect(inst.link.send(stream: s, payload: bytes("x")))
         #expect(pumpUntil([inst, rt]) { (server.snapshotNow()?.streamsOpened ?? 0) == 1 })
         let (status, text) = try curl(["-H", "Authorization: Bearer test-admin-token-0001", "http://127.0.0.1:\(server.adminPort)/metrics"])
         #expect(status == 200)
@@ -65,8 +65,8 @@ struct AdminTests {
         #expect(both.contains("Re-using existing connection") || both.contains("Reusing existing connection"), "\(both)")
         let c = PeerConnection(address: .tcp(host: "127.0.0.1", port: server.adminPort), identity: PeerIdentity(kind: .gateway, token: "x"))
         try c.connect()
-        c.session.output.removeAll()
-        Array("GET /healthz HTTP/1.1\r\nHost a\r\n\r\n".utf8).withUnsafeBytes { c.session.output.append($0) }
+        c.link.output.removeAll()
+        Array("GET /healthz HTTP/1.1\r\nHost a\r\n\r\n".utf8).withUnsafeBytes { c.link.output.append($0) }
         var reply: [UInt8] = []
         let deadline = monotonicMilliseconds() + 3_000
         c.flush()
@@ -91,14 +91,14 @@ struct AdminTests {
         let ri = Recorder()
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let gw = try server.connect(.gateway)
-        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
-        #expect(gw.session.send(stream: s, payload: bytes("hold the drain open")))
+        let s = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(gw.link.send(stream: s, payload: bytes("hold the drain open")))
         #expect(pumpUntil([inst, gw]) { !ri.data.isEmpty })
 
         let admin = PeerConnection(address: .tcp(host: "127.0.0.1", port: server.adminPort), identity: PeerIdentity(kind: .gateway, token: "x"))
         try admin.connect()
-        admin.session.output.removeAll()
-        Array("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n".utf8).withUnsafeBytes { admin.session.output.append($0) }
+        admin.link.output.removeAll()
+        Array("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n".utf8).withUnsafeBytes { admin.link.output.append($0) }
         admin.flush()
         server.shutdown()
         var eof = false
@@ -110,11 +110,11 @@ struct AdminTests {
             if buf.withUnsafeMutableBytes({ recv(admin.fd, $0.baseAddress, $0.count, 0) }) <= 0 { eof = true }
         }
         #expect(eof, "the admin connection was closed")
-        #expect(!gw.session.isClosed, "while the broker was still draining")
+        #expect(!gw.link.isClosed, "while the broker was still draining")
         // End the stream: the drain completes and the daemon stops.
-        #expect(inst.session.send(stream: ri.accepted[0].0, payload: bytes("bye"), end: true))
-        #expect(gw.session.send(stream: s, payload: bytes(""), end: true))
-        #expect(pumpUntil([inst, gw]) { gw.session.isClosed })
+        #expect(inst.link.send(stream: ri.accepted[0].0, payload: bytes("bye"), end: true))
+        #expect(gw.link.send(stream: s, payload: bytes(""), end: true))
+        #expect(pumpUntil([inst, gw]) { gw.link.isClosed })
         server.wait()
         admin.close()
     }

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraWire
 
 /// The built `soulfra` binary, next to the test bundle.
@@ -81,7 +81,7 @@ struct BinaryTests {
             try c.connect()
             flood.append(c)
         }
-        let served = flood.filter { c in pumpUntil([c], milliseconds: 50) { c.session.isReady } }.count
+        let served = flood.filter { c in pumpUntil([c], milliseconds: 50) { c.link.isReady } }.count
         #expect(served > 0 && served < 80, "some links were served, the rest waited: \(served)")
         for c in flood { c.close() }
         // Descriptors come back; accept is re-armed on the next tick and a new peer is served.
@@ -119,13 +119,13 @@ struct BinaryTests {
         let address = PeerAddress.unix(path: dir + "/b.sock")
         let ri = Recorder(), rg = Recorder()
         let inst = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: "bench", token: "hup-instance-token-01"))
-        inst.session.delegate = ri
+        inst.link.delegate = ri
         try inst.handshake()
         let gw = PeerConnection(address: address, identity: PeerIdentity(kind: .gateway, token: "hup-gateway-token-001"))
-        gw.session.delegate = rg
+        gw.link.delegate = rg
         try gw.handshake()
-        let s1 = gw.session.open(Open(target: .instance, keyID: 1, world: "bench"))
-        let s2 = gw.session.open(Open(target: .instance, keyID: 2, world: "bench"))
+        let s1 = gw.link.open(Open(target: .instance, keyID: 1, world: "bench"))
+        let s2 = gw.link.open(Open(target: .instance, keyID: 2, world: "bench"))
         #expect(pumpUntil([inst, gw]) { rg.closedStreams.contains { $0.0 == s2 } })
         #expect(rg.closedStreams.first { $0.0 == s2 }?.1 == .notPermitted, "key 2 is not known yet")
         // Key 2 in, key 1 out.
@@ -133,14 +133,14 @@ struct BinaryTests {
         kill(p.processIdentifier, SIGHUP)
         #expect(pumpUntil([inst, gw]) { rg.closedStreams.contains { $0.0 == s1 } }, "key 1's stream ends on revoke")
         #expect(rg.closedStreams.first { $0.0 == s1 }?.1 == .notPermitted)
-        let s3 = gw.session.open(Open(target: .instance, keyID: 2, world: "bench"))
-        #expect(gw.session.send(stream: s3, payload: bytes("now allowed")))
+        let s3 = gw.link.open(Open(target: .instance, keyID: 2, world: "bench"))
+        #expect(gw.link.send(stream: s3, payload: bytes("now allowed")))
         #expect(pumpUntil([inst, gw]) { ri.data.contains { $0.1 == Array("now allowed".utf8) } })
         // A broken file keeps the current table.
         try "{ not json".write(toFile: configPath, atomically: true, encoding: .utf8)
         kill(p.processIdentifier, SIGHUP)
-        let s4 = gw.session.open(Open(target: .instance, keyID: 2, world: "bench"))
-        #expect(gw.session.send(stream: s4, payload: bytes("still allowed")))
+        let s4 = gw.link.open(Open(target: .instance, keyID: 2, world: "bench"))
+        #expect(gw.link.send(stream: s4, payload: bytes("still allowed")))
         #expect(pumpUntil([inst, gw]) { ri.data.contains { $0.1 == Array("still allowed".utf8) } })
         inst.close()
         gw.close()

@@ -3,7 +3,7 @@ import Testing
 import SoulfraBroker
 import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraServer
 import SoulfraWire
@@ -21,24 +21,24 @@ struct BrokerOverSocketsTests {
         let gw = try server.connect(.gateway, recorder: rg)
         let all = [inst, rt, vault, gw]
 
-        let g = gw.session.open(Open(target: .instance, keyID: 1, world: "playground", session: "s1", detail: "cal"))
-        #expect(gw.session.send(stream: g, payload: bytes("hello cal")))
+        let g = gw.link.open(Open(target: .instance, keyID: 1, world: "playground", session: "s1", detail: "cal"))
+        #expect(gw.link.send(stream: g, payload: bytes("hello cal")))
         #expect(pumpUntil(all) { !ri.data.isEmpty })
         let (iStream, open) = ri.accepted[0]
         #expect(open.world == "playground" && open.session == "s1" && open.keyID == 1)
         #expect(ri.data[0].1 == Array("hello cal".utf8))
 
-        let r = inst.session.open(Open(target: .runtime, world: "playground", detail: "cal"))
-        #expect(inst.session.send(stream: r, payload: bytes("user said hello")))
+        let r = inst.link.open(Open(target: .runtime, world: "playground", detail: "cal"))
+        #expect(inst.link.send(stream: r, payload: bytes("user said hello")))
         #expect(pumpUntil(all) { !rr.data.isEmpty })
-        let v = rt.session.open(Open(target: .vault, world: "playground", detail: "events"))
-        #expect(rt.session.send(stream: v, payload: bytes("event: hello")))
+        let v = rt.link.open(Open(target: .vault, world: "playground", detail: "events"))
+        #expect(rt.link.send(stream: v, payload: bytes("event: hello")))
         #expect(pumpUntil(all) { !rv.data.isEmpty })
-        #expect(vault.session.send(stream: rv.accepted[0].0, payload: bytes("appended"), end: true))
+        #expect(vault.link.send(stream: rv.accepted[0].0, payload: bytes("appended"), end: true))
         #expect(pumpUntil(all) { rr.data.count == 2 })
-        #expect(rt.session.send(stream: rr.accepted[0].0, payload: bytes("Hi! I'm Cal.")))
+        #expect(rt.link.send(stream: rr.accepted[0].0, payload: bytes("Hi! I'm Cal.")))
         #expect(pumpUntil(all) { ri.data.count == 2 })
-        #expect(inst.session.send(stream: iStream, payload: bytes("Hi! I'm Cal."), end: true))
+        #expect(inst.link.send(stream: iStream, payload: bytes("Hi! I'm Cal."), end: true))
         #expect(pumpUntil(all) { rg.data.count == 1 })
         #expect(rg.data[0] == (g, Array("Hi! I'm Cal.".utf8)))
         for c in all { c.close() }
@@ -67,13 +67,13 @@ struct BrokerOverSocketsTests {
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let gw = try server.connect(.gateway)
         var streams: [UInt32] = []
-        for _ in 0..<32 { streams.append(gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))) }
+        for _ in 0..<32 { streams.append(gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))) }
         inst.readingPaused = true
         let chunk = UnsafeRawBufferPointer(UnsafeMutableRawBufferPointer.allocate(byteCount: 16 << 10, alignment: 8))
         // Offer far more than the credit (32 × 256 KiB = 8 MiB) for a bounded number of rounds.
         var offered = 0
         for _ in 0..<2_000 {
-            for s in streams where gw.session.send(stream: s, payload: chunk) { offered += chunk.count }
+            for s in streams where gw.link.send(stream: s, payload: chunk) { offered += chunk.count }
             gw.pump(timeoutMilliseconds: 1)
             inst.pump(timeoutMilliseconds: 0)
         }
@@ -99,7 +99,7 @@ struct BrokerOverSocketsTests {
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let rg = Recorder()
         let gw = try server.connect(.gateway, recorder: rg)
-        let s = gw.session.open(Open(target: .instance, keyID: 7, world: "playground"))  // 200 kB/s
+        let s = gw.link.open(Open(target: .instance, keyID: 7, world: "playground"))  // 200 kB/s
         let chunk = UnsafeRawBufferPointer(UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 10, alignment: 8))
         // 400 kB: more than the 64 KiB window and the one-second burst of 200 kB, so the key must be paced to
         // get it all through. How fast is the broker tests' business (manual clock, exact); here it is that
@@ -108,7 +108,7 @@ struct BrokerOverSocketsTests {
         var sent = 0
         let deadline = monotonicMilliseconds() + 10_000
         while sent < target && monotonicMilliseconds() < deadline {
-            while sent < target && gw.session.send(stream: s, payload: chunk) { sent += chunk.count }
+            while sent < target && gw.link.send(stream: s, payload: chunk) { sent += chunk.count }
             gw.pump(timeoutMilliseconds: 1)
             inst.pump(timeoutMilliseconds: 0)
         }
@@ -125,12 +125,12 @@ struct BrokerOverSocketsTests {
         let ri = Recorder()
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let gw = try server.connect(.gateway)
-        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
+        let s = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
         let bad = try server.connect(.gateway)
-        [UInt8](repeating: 0xFF, count: 64).withUnsafeBytes { bad.session.output.append($0) }
-        #expect(pumpUntil([bad]) { bad.session.isClosed })
-        if case .closed(let code, _) = bad.session.state { #expect(code == .protocolError || code == .peerGone) }
-        #expect(gw.session.send(stream: s, payload: bytes("still here")))
+        [UInt8](repeating: 0xFF, count: 64).withUnsafeBytes { bad.link.output.append($0) }
+        #expect(pumpUntil([bad]) { bad.link.isClosed })
+        if case .closed(let code, _) = bad.link.state { #expect(code == .protocolError || code == .peerGone) }
+        #expect(gw.link.send(stream: s, payload: bytes("still here")))
         #expect(pumpUntil([inst, gw]) { ri.data.count == 1 })
         #expect(try #require(server.snapshotNow()).closes(.protocolError) == 1)
     }
@@ -142,15 +142,15 @@ struct BrokerOverSocketsTests {
         let ri = Recorder(), rg = Recorder()
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let gw = try server.connect(.gateway, recorder: rg)
-        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
-        #expect(gw.session.send(stream: s, payload: bytes("are you there?")))
+        let s = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(gw.link.send(stream: s, payload: bytes("are you there?")))
         #expect(pumpUntil([inst, gw]) { !ri.data.isEmpty })
         // Kill the instance's socket without a word (as a crashed process would). Through the connection, so
         // the descriptor is closed once: a second close would hit whatever reused the number meanwhile.
         inst.close()
         #expect(pumpUntil([gw]) { !rg.closedStreams.isEmpty })
         #expect(rg.closedStreams.first?.1 == .peerGone)
-        #expect(!gw.session.isClosed, "the gateway link itself stays up")
+        #expect(!gw.link.isClosed, "the gateway link itself stays up")
     }
 
     @Test("a peer that stops answering PING is closed with heartbeat_timeout")
@@ -163,7 +163,7 @@ struct BrokerOverSocketsTests {
         let rg = Recorder()
         let inst = try server.connect(.instance, world: "playground")
         let gw = try server.connect(.gateway, recorder: rg)
-        _ = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
+        _ = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
         inst.readingPaused = true  // no PONGs from here on
         #expect(pumpUntil([gw], milliseconds: 5_000) { !rg.closedStreams.isEmpty })
         #expect(rg.closedStreams.first?.1 == .heartbeatTimeout)
@@ -176,17 +176,17 @@ struct BrokerOverSocketsTests {
         let ri = Recorder(), rg = Recorder()
         let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let gw = try server.connect(.gateway, recorder: rg)
-        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
-        #expect(gw.session.send(stream: s, payload: bytes("last words")))
+        let s = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(gw.link.send(stream: s, payload: bytes("last words")))
         #expect(pumpUntil([inst, gw]) { !ri.data.isEmpty })
         server.shutdown()
         #expect(pumpUntil([inst, gw]) { ri.goaway && rg.goaway })
         // The stream still works during the drain.
-        #expect(inst.session.send(stream: ri.accepted[0].0, payload: bytes("goodbye"), end: true))
+        #expect(inst.link.send(stream: ri.accepted[0].0, payload: bytes("goodbye"), end: true))
         #expect(pumpUntil([inst, gw]) { !rg.data.isEmpty })
-        #expect(gw.session.send(stream: s, payload: bytes(""), end: true))
-        #expect(pumpUntil([inst, gw]) { inst.session.isClosed && gw.session.isClosed })
-        if case .closed(let code, _) = gw.session.state { #expect(code == .shutdown) }
+        #expect(gw.link.send(stream: s, payload: bytes(""), end: true))
+        #expect(pumpUntil([inst, gw]) { inst.link.isClosed && gw.link.isClosed })
+        if case .closed(let code, _) = gw.link.state { #expect(code == .shutdown) }
         server.wait()
     }
 
@@ -201,7 +201,7 @@ struct BrokerOverSocketsTests {
         let server = try BrokerServer.start(config)
         defer { server.stop() }
         try c.connect(retrying: Backoff(initialMilliseconds: 5, maxMilliseconds: 50), attempts: 20, rng: &rng)
-        #expect(pumpUntil([c]) { c.session.isReady })
+        #expect(pumpUntil([c]) { c.link.isReady })
     }
 }
 
@@ -268,17 +268,17 @@ struct ReconnectTests {
         #expect(ri.linkClosed?.0 == .shutdown || ri.linkClosed?.0 == .peerGone, "the link went down: \(String(describing: ri.linkClosed))")
         // A while with nothing to connect to: attempts fail and back off.
         for _ in 0..<20 { reactor.poll(timeoutMilliseconds: 5) }
-        #expect(!inst.session.isReady)
+        #expect(!inst.link.isReady)
         server = try BrokerServer.start(config)
         defer { server.stop() }
         let back = monotonicMilliseconds() + 5_000
-        while !inst.session.isReady && monotonicMilliseconds() < back { reactor.poll(timeoutMilliseconds: 5) }
-        #expect(inst.session.isReady, "reconnected")
+        while !inst.link.isReady && monotonicMilliseconds() < back { reactor.poll(timeoutMilliseconds: 5) }
+        #expect(inst.link.isReady, "reconnected")
         #expect(reactor.reconnects == 1)
         // It is routable again.
         let gw = try server.connect(.gateway, via: server.unix)
-        let s = gw.session.open(Open(target: .instance, keyID: 1, world: "playground"))
-        #expect(gw.session.send(stream: s, payload: bytes("welcome back")))
+        let s = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(gw.link.send(stream: s, payload: bytes("welcome back")))
         let ok = pumpUntil([gw]) {
             reactor.poll(timeoutMilliseconds: 1)
             return ri.data.contains { $0.1 == Array("welcome back".utf8) }

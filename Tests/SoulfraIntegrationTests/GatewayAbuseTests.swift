@@ -3,7 +3,7 @@ import Testing
 import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraServer
 import SoulfraWire
 
@@ -261,7 +261,7 @@ extension GatewayMultiLoopTests {
         let home = Wire.loop(forWorld: "playground", count: 3)
         var ok = 0
         var odd: [String] = []
-        var clients: [H2ClientConnection] = []
+        var clients: [H2Client] = []
         for _ in 0..<12 {
             let c = try server.h2Client()
             clients.append(c)
@@ -369,7 +369,7 @@ struct GatewayMutationTests {
                         + "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").utf8)
             + [0x81, 0x85, 1, 2, 3, 4, 0x69, 0x67, 0x6F, 0x68, 0x6E]
         // An HTTP/2 request made by a real client session.
-        let client = try! H2Session(role: .client)
+        let client = try! H2Connection(role: .client)
         let id = try! client.request(headers: [H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
                                                H2Header(":path", "/v1/worlds/playground/messages"),
                                                H2Header("authorization", "Bearer \(key)")])

@@ -8,7 +8,7 @@ import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraServer
 import SoulfraWire
@@ -63,25 +63,25 @@ final class InstanceRunner: @unchecked Sendable {
     private let stopFlag = Atomic<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
     /// Runs on the instance's thread on every turn (for tests that steer the instance).
-    let tick: (@Sendable (PeerSession) -> Void)?
+    let tick: (@Sendable (PeerLink) -> Void)?
     let echo: EchoInstance
     private let answeredCount = Atomic<Int>(0)
 
     init(server: BrokerServer, world: String = "playground", name: String, tokens: Int = 8, mode: EchoInstance.Mode = .json,
-         delegate: (any PeerSessionDelegate & Sendable)? = nil, tick: (@Sendable (PeerSession) -> Void)? = nil) throws {
+         delegate: (any PeerLinkDelegate & Sendable)? = nil, tick: (@Sendable (PeerLink) -> Void)? = nil) throws {
         self.name = name
         self.tick = tick
         self.echo = EchoInstance(name: name, tokens: tokens, mode: mode)
         let conn = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .instance, world: world, instance: name,
                                                                                 token: testTokens.instance))
-        if let delegate { conn.session.delegate = delegate } else { conn.session.delegate = echo }
+        if let delegate { conn.link.delegate = delegate } else { conn.link.delegate = echo }
         try conn.handshake()
         let box = UncheckedBox(conn)
         Thread { [self] in
             let c = box.value
             while !stopFlag.load(ordering: .acquiring) {
                 c.pump(timeoutMilliseconds: 2)
-                tick?(c.session)
+                tick?(c.link)
                 answeredCount.store(Int(echo.answered), ordering: .releasing)
             }
             c.close()
@@ -119,7 +119,7 @@ func call(_ url: String, key: String? = TestKeys.playground, _ extra: [String] =
 
 /// A blocking HTTP/2 exchange driver for tests: polls until `condition` or the bound passes.
 @discardableResult
-func pumpH2(_ c: H2ClientConnection, milliseconds: UInt64 = 5_000, _ onEvent: (H2Event) -> Void, until condition: () -> Bool) -> Bool {
+func pumpH2(_ c: H2Client, milliseconds: UInt64 = 5_000, _ onEvent: (H2Event) -> Void, until condition: () -> Bool) -> Bool {
     let deadline = monotonicMilliseconds() + milliseconds
     c.flush()
     while !condition() {
@@ -171,10 +171,10 @@ extension Array where Element == UInt8 {
 
 extension BrokerServer {
     /// An h2c client connection to the gateway.
-    func h2Client() throws -> H2ClientConnection { try H2ClientConnection(host: "127.0.0.1", port: gatewayPort) }
+    func h2Client() throws -> H2Client { try H2Client(host: "127.0.0.1", port: gatewayPort) }
 }
 
-extension H2ClientConnection {
+extension H2Client {
     /// Starts `method path` with a key; the body (if any) follows through `send`.
     func post(_ path: String, key: String = TestKeys.playground, method: String = "POST", headers: [(String, String)] = [],
               end: Bool = false) -> Int32? {

@@ -8,7 +8,7 @@ import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraServer
 import SoulfraWire
 
@@ -430,14 +430,14 @@ struct GatewayTests {
 }
 
 /// Sends "first" at once and "second" only when released.
-final class Stepper: PeerSessionDelegate, @unchecked Sendable {
+final class Stepper: PeerLinkDelegate, @unchecked Sendable {
     var waiting: [UInt32] = []
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard flags.contains(.endStream) else { return }
         _ = s.send(stream: stream, payload: bytes("first"))
         waiting.append(stream)
     }
-    func turn(_ s: PeerSession, release: Bool) {
+    func turn(_ s: PeerLink, release: Bool) {
         guard release else { return }
         for st in waiting { _ = s.send(stream: st, payload: bytes("second"), end: true) }
         waiting.removeAll()
@@ -445,15 +445,15 @@ final class Stepper: PeerSessionDelegate, @unchecked Sendable {
 }
 
 /// Holds every request unanswered while `hold` is on.
-final class HoldingInstance: PeerSessionDelegate, @unchecked Sendable {
+final class HoldingInstance: PeerLinkDelegate, @unchecked Sendable {
     let name: String
     var held: [UInt32] = []
     let heldCount = Atomic<Int>(0)
     init(name: String) { self.name = name }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         if flags.contains(.endStream) { held.append(stream); heldCount.store(held.count, ordering: .releasing) }
     }
-    func turn(_ s: PeerSession, hold: Bool) {
+    func turn(_ s: PeerLink, hold: Bool) {
         guard !hold else { return }
         for st in held { _ = s.send(stream: st, payload: bytes(#"{"instance":"\#(name)"}"#), end: true) }
         held.removeAll()

@@ -5,7 +5,7 @@ import SoulfraClient
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraServer
 import SoulfraWire

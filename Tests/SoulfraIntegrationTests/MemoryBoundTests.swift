@@ -4,7 +4,7 @@ import Testing
 import SoulfraClient
 import SoulfraHTTP2
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -79,7 +79,7 @@ final class EchoThread: @unchecked Sendable {
             let c = PeerConnection(address: .tcp(host: "127.0.0.1", port: port),
                                    identity: PeerIdentity(kind: .instance, world: world, instance: "echo-\(i)", token: token))
             let e = EchoInstance(name: "echo-\(i)", tokens: tokens, mode: mode)
-            c.session.delegate = e
+            c.link.delegate = e
             try c.handshake()
             conns.append(c)
             echoes.append(e)
@@ -101,7 +101,7 @@ final class EchoThread: @unchecked Sendable {
 
 /// The bytes of an h2c client that sends its preface and `streams` SSE requests for `world`, then nothing.
 func sseRequestBytes(key: String, streams: Int, world: String = "playground") throws -> [UInt8] {
-    let c = try H2Session(role: .client)
+    let c = try H2Connection(role: .client)
     for _ in 0..<streams {
         let id = try c.request(headers: [
             H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":authority", "t"),

@@ -3,7 +3,7 @@ import Testing
 import SoulfraBroker
 import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraServer
 import SoulfraWire
 
@@ -35,32 +35,32 @@ struct MultiLoopTests {
         #expect(server.loopCount == 3)
         let runtimes = Recorder(), vaults = Recorder(), apps = Recorder()
         let rt = try PeerGroup.connect(address: server.unix, identity: PeerIdentity(kind: .runtime, token: testTokens.runtime)) {
-            $0.session.delegate = runtimes
+            $0.link.delegate = runtimes
         }
         let vault = try PeerGroup.connect(address: server.tcp, identity: PeerIdentity(kind: .vault, token: testTokens.vault)) {
-            $0.session.delegate = vaults
+            $0.link.delegate = vaults
         }
         let gw = try PeerGroup.connect(address: server.tcp, identity: PeerIdentity(kind: .gateway, token: testTokens.gateway)) {
-            $0.session.delegate = apps
+            $0.link.delegate = apps
         }
-        #expect(rt.links.map { Int($0.session.welcome!.loopIndex) } == [0, 1, 2])
+        #expect(rt.links.map { Int($0.link.welcome!.loopIndex) } == [0, 1, 2])
         for (i, world) in Self.worlds.enumerated() {
             let ri = Recorder()
             let inst = try server.connect(.instance, world: world, recorder: ri)
-            #expect(Int(inst.session.welcome!.loopIndex) == i, "\(world) is served by loop \(i)")
+            #expect(Int(inst.link.welcome!.loopIndex) == i, "\(world) is served by loop \(i)")
             let all = [inst] + rt.links + vault.links + gw.links
             let app = gw.link(forWorld: world)
-            let s = app.session.open(Open(target: .instance, keyID: UInt64(i + 1), world: world, session: "u", detail: "cal"))
-            #expect(app.session.send(stream: s, payload: bytes("hi from \(world)")))
+            let s = app.link.open(Open(target: .instance, keyID: UInt64(i + 1), world: world, session: "u", detail: "cal"))
+            #expect(app.link.send(stream: s, payload: bytes("hi from \(world)")))
             #expect(pumpUntil(all) { !ri.data.isEmpty })
-            let r = inst.session.open(Open(target: .runtime, world: world, detail: "cal"))
-            #expect(inst.session.send(stream: r, payload: bytes("ask")))
+            let r = inst.link.open(Open(target: .runtime, world: world, detail: "cal"))
+            #expect(inst.link.send(stream: r, payload: bytes("ask")))
             #expect(pumpUntil(all) { runtimes.data.count == i + 1 })
             let runtimeLink = rt.link(forWorld: world)
-            let v = runtimeLink.session.open(Open(target: .vault, world: world, detail: "events"))
-            #expect(runtimeLink.session.send(stream: v, payload: bytes("event")))
+            let v = runtimeLink.link.open(Open(target: .vault, world: world, detail: "events"))
+            #expect(runtimeLink.link.send(stream: v, payload: bytes("event")))
             #expect(pumpUntil(all) { vaults.data.count == i + 1 })
-            #expect(inst.session.send(stream: ri.accepted[0].0, payload: bytes("reply from \(world)")))
+            #expect(inst.link.send(stream: ri.accepted[0].0, payload: bytes("reply from \(world)")))
             #expect(pumpUntil(all) { apps.data.count == i + 1 })
             #expect(apps.data.last?.1 == Array("reply from \(world)".utf8))
             inst.close()
@@ -82,7 +82,7 @@ struct MultiLoopTests {
         _ = try server.connect(.instance, world: "arena", recorder: ri)
         let rg = Recorder()
         let gw = try server.connect(.gateway, recorder: rg)  // any loop: loop 0
-        let s = gw.session.open(Open(target: .instance, keyID: 2, world: "arena"))
+        let s = gw.link.open(Open(target: .instance, keyID: 2, world: "arena"))
         #expect(pumpUntil([gw]) { !rg.closedStreams.isEmpty })
         #expect(rg.closedStreams.first?.0 == s)
         #expect(rg.closedStreams.first?.1 == .wrongLoop)
@@ -95,10 +95,10 @@ struct MultiLoopTests {
         let c = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .instance, world: "w0", token: testTokens.instance))
         try c.connect()
         // HELLO and a PING leave in one write, before WELCOME: the loop that adopts the socket must see both.
-        c.session.ping(42)
-        #expect(pumpUntil([c]) { c.session.isReady })
-        #expect(c.session.welcome?.loopIndex == 2)
-        #expect(!c.session.isClosed)
+        c.link.ping(42)
+        #expect(pumpUntil([c]) { c.link.isReady })
+        #expect(c.link.welcome?.loopIndex == 2)
+        #expect(!c.link.isClosed)
         #expect(try #require(server.snapshotNow()).closes(.protocolError) == 0)
     }
 
@@ -108,14 +108,14 @@ struct MultiLoopTests {
         defer { server.stop() }
         let bad = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .gateway, token: testTokens.gateway))
         try bad.connect()
-        bad.session.output.removeAll()
-        [UInt8](repeating: 0x41, count: 32).withUnsafeBytes { bad.session.output.append($0) }
-        #expect(pumpUntil([bad]) { bad.session.isClosed })
+        bad.link.output.removeAll()
+        [UInt8](repeating: 0x41, count: 32).withUnsafeBytes { bad.link.output.append($0) }
+        #expect(pumpUntil([bad]) { bad.link.isClosed })
         // A socket that never says anything is closed at the handshake timeout (200 ms here).
         let silent = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .gateway, token: testTokens.gateway))
         try silent.connect()
-        silent.session.output.removeAll()
-        #expect(pumpUntil([silent], milliseconds: 5_000) { silent.session.isClosed })
+        silent.link.output.removeAll()
+        #expect(pumpUntil([silent], milliseconds: 5_000) { silent.link.isClosed })
         #expect(try #require(server.snapshotNow()).closes(.protocolError) == 1)
     }
 }

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraWire
 
@@ -46,11 +46,11 @@ struct PeerLibraryTests {
         let c = PeerConnection(address: .tcp(host: "127.0.0.1", port: broker.listener.port),
                                identity: PeerIdentity(kind: .runtime, token: "any-token-at-all-0001"))
         let rec = Recorder()
-        c.session.delegate = rec
+        c.link.delegate = rec
         try c.connect()
         c.flush()
         #expect(broker.acceptAndWelcome(heartbeatMilliseconds: 30))
-        #expect(pumpUntil([c], milliseconds: 2_000) { c.session.isReady })
+        #expect(pumpUntil([c], milliseconds: 2_000) { c.link.isReady })
         let reactor = PeerReactor(seed: 1)
         reactor.add(c)
         let deadline = monotonicMilliseconds() + 5_000
@@ -63,7 +63,7 @@ struct PeerLibraryTests {
     func garbageFromBroker() {
         var rng = SplitMix64(seed: 0x5EED_0002)
         for round in 0..<500 {
-            let s = PeerSession(identity: PeerIdentity(kind: .gateway, token: "t"))
+            let s = PeerLink(identity: PeerIdentity(kind: .gateway, token: "t"))
             let rec = Recorder()
             s.delegate = rec
             s.start()

@@ -4,7 +4,7 @@ import Testing
 import SoulfraBroker
 import SoulfraLoop
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraNet
 import SoulfraServer
 import SoulfraWire
@@ -57,7 +57,7 @@ extension BrokerServer {
             }
         }()
         let c = PeerConnection(address: via ?? tcp, identity: PeerIdentity(kind: kind, world: world, instance: "\(kind)", token: t))
-        if let recorder { c.session.delegate = recorder }
+        if let recorder { c.link.delegate = recorder }
         try c.handshake()
         return c
     }
@@ -70,7 +70,7 @@ extension BrokerServer {
 }
 
 /// Records what a session reports.
-final class Recorder: PeerSessionDelegate {
+final class Recorder: PeerLinkDelegate {
     var accepted: [(UInt32, Open)] = []
     var data: [(UInt32, [UInt8])] = []
     var dataBytes = 0
@@ -80,15 +80,15 @@ final class Recorder: PeerSessionDelegate {
     var keepData = true
     var pacedEvents: [(UInt32, Bool)] = []
 
-    func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) { accepted.append((stream, open)) }
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkAccepted(_ s: PeerLink, stream: UInt32, open: Open) { accepted.append((stream, open)) }
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         dataBytes += payload.count
         if keepData { data.append((stream, Array(payload))) }
     }
-    func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) { closedStreams.append((stream, code)) }
-    func sessionClosed(_ s: PeerSession, code: ErrorCode, reason: String) { linkClosed = (code, reason) }
-    func sessionGoaway(_ s: PeerSession, code: ErrorCode, reason: String) { goaway = true }
-    func sessionPaced(_ s: PeerSession, stream: UInt32, paced: Bool) { pacedEvents.append((stream, paced)) }
+    func linkStreamClosed(_ s: PeerLink, stream: UInt32, code: ErrorCode, reason: String) { closedStreams.append((stream, code)) }
+    func linkClosed(_ s: PeerLink, code: ErrorCode, reason: String) { linkClosed = (code, reason) }
+    func linkGoaway(_ s: PeerLink, code: ErrorCode, reason: String) { goaway = true }
+    func linkPaced(_ s: PeerLink, stream: UInt32, paced: Bool) { pacedEvents.append((stream, paced)) }
 }
 
 /// Pumps the connections until `condition` holds or `milliseconds` pass (a bound, never an assertion on time).

@@ -15,7 +15,7 @@ import SoulfraWire
 ///
 /// Messages of any size travel: what arrives split (MORE) is put back together, up to 1 MiB; replies larger
 /// than the window go out in pieces as credit arrives.
-public final class EchoInstance: PeerSessionDelegate {
+public final class EchoInstance: PeerLinkDelegate {
     // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     public enum Mode: String, Sendable, CaseIterable {
         case json
@@ -65,13 +65,13 @@ public final class EchoInstance: PeerSessionDelegate {
 
     public var openStreams: Int { streams.count }
 
-    public func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) {
+    public func linkAccepted(_ s: PeerLink, stream: UInt32, open: Open) {
         accepted &+= 1
         if !open.session.isEmpty { sessions.insert(open.session) }
         streams[stream] = StreamState(detail: open.detail, session: open.session)
     }
 
-    public func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    public func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard streams[stream] != nil else { return }
         let whole = assembler.feed(stream: stream, payload: payload, flags: flags) { message, last in
             self.message(s, stream, message, last)
@@ -86,7 +86,7 @@ public final class EchoInstance: PeerSessionDelegate {
     }
 
     /// One whole message from the gateway.
-    func message(_ s: PeerSession, _ stream: UInt32, _ payload: UnsafeRawBufferPointer, _ flags: FrameFlags) {
+    func message(_ s: PeerLink, _ stream: UInt32, _ payload: UnsafeRawBufferPointer, _ flags: FrameFlags) {
         guard var st = streams[stream] else { return }
         let end = flags.contains(.endStream)
         st.requestBytes += payload.count
@@ -134,9 +134,9 @@ public final class EchoInstance: PeerSessionDelegate {
         return frame
     }
 
-    public func sessionWritable(_ s: PeerSession, stream: UInt32) { drain(s, stream) }
+    public func linkWritable(_ s: PeerLink, stream: UInt32) { drain(s, stream) }
 
-    func drain(_ s: PeerSession, _ stream: UInt32) {
+    func drain(_ s: PeerLink, _ stream: UInt32) {
         guard var st = streams[stream] else { return }
         var done = 0
         while true {
@@ -172,7 +172,7 @@ public final class EchoInstance: PeerSessionDelegate {
         streams[stream] = st
     }
 
-    public func sessionStreamClosed(_ s: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {
+    public func linkStreamClosed(_ s: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
         streams[stream] = nil
         assembler.drop(stream: stream)
     }

@@ -6,7 +6,7 @@ import SoulfraWire
 /// One connection to the admin listener: `/healthz`, `/readyz` and `/metrics` over HTTP/1.1. Sans-IO:
 /// request bytes in, response bytes in `output`. `/metrics` needs the admin token (Bearer); the health
 /// endpoints do not, so orchestrators can probe without it.
-final class AdminSession {
+final class AdminConnection {
     private var parser = HTTP1Parser(limits: {
         var l = HTTP1Limits()
         l.maxHeadBytes = 8 << 10

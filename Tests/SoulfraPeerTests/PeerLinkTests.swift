@@ -1,23 +1,23 @@
 import Testing
 import SoulfraPeer
-import SoulfraPeerSession
+import SoulfraPeerLink
 import SoulfraWire
 
 /// Collects what a session reports.
-final class Collector: PeerSessionDelegate {
+final class Collector: PeerLinkDelegate {
     var data: [(UInt32, [UInt8], FrameFlags)] = []
     var accepted: [(UInt32, Open)] = []
     var writable: [UInt32] = []
-    func sessionData(_ s: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+    func linkData(_ s: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         data.append((stream, Array(payload), flags))
     }
-    func sessionAccepted(_ s: PeerSession, stream: UInt32, open: Open) { accepted.append((stream, open)) }
-    func sessionWritable(_ s: PeerSession, stream: UInt32) { writable.append(stream) }
+    func linkAccepted(_ s: PeerLink, stream: UInt32, open: Open) { accepted.append((stream, open)) }
+    func linkWritable(_ s: PeerLink, stream: UInt32) { writable.append(stream) }
 }
 
 /// A session past its handshake, with a 1 KiB frame size and a 4 KiB / 8-frame window per stream.
-func readySession(_ delegate: Collector? = nil) -> PeerSession {
-    let s = PeerSession(identity: PeerIdentity(kind: .gateway, token: "t"))
+func readySession(_ delegate: Collector? = nil) -> PeerLink {
+    let s = PeerLink(identity: PeerIdentity(kind: .gateway, token: "t"))
     s.delegate = delegate
     s.start()
     let welcome = FrameWriter.encode(.welcome(Welcome(maxFrameBytes: 1_024, heartbeatMilliseconds: 1_000, streamCreditBytes: 4_096,
@@ -28,7 +28,7 @@ func readySession(_ delegate: Collector? = nil) -> PeerSession {
 }
 
 /// The frames a session queued, parsed.
-func sent(_ s: PeerSession) -> [Frame] {
+func sent(_ s: PeerLink) -> [Frame] {
     var out: [Frame] = []
     let d = FrameDecoder(maxPayload: 1 << 20)
     try? d.feed(s.output.readable) { h, p throws(WireError) in
@@ -40,7 +40,7 @@ func sent(_ s: PeerSession) -> [Frame] {
 }
 
 @Suite("Peer library: messages of any size")
-struct PeerSessionTests {
+struct PeerLinkTests {
     @Test("a message over the frame size goes out as several DATA flagged MORE, END and BINARY where they belong")
     func splitsByFrameSize() {
         let s = readySession()

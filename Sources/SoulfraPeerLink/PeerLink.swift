@@ -1,38 +1,38 @@
 import SoulfraWire
 
 /// What a session reports to its owner. DATA payloads are only valid during the call.
-public protocol PeerSessionDelegate: AnyObject {
+public protocol PeerLinkDelegate: AnyObject {
     /// WELCOME arrived: the link is ready.
-    func sessionReady(_ session: PeerSession, welcome: Welcome)
+    func linkReady(_ link: PeerLink, welcome: Welcome)
     /// The broker offered a stream (this peer is the acceptor).
-    func sessionAccepted(_ session: PeerSession, stream: UInt32, open: Open)
+    func linkAccepted(_ link: PeerLink, stream: UInt32, open: Open)
     /// DATA on a stream or a room subscription. `flags`: END_STREAM (the other side sends no more), MORE (the
     /// message continues in the next DATA; see `MessageAssembler`), BINARY (a binary message).
-    func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags)
+    func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags)
     /// The stream can send again after CREDIT.
-    func sessionWritable(_ session: PeerSession, stream: UInt32)
+    func linkWritable(_ link: PeerLink, stream: UInt32)
     /// The stream ended: `code` is `.none` for a clean CLOSE or both sides' END.
-    func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String)
+    func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String)
     /// A drop-oldest subscription lost `count` frames.
-    func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32)
+    func linkDropped(_ link: PeerLink, stream: UInt32, count: UInt32)
     /// The broker started (`true`) or stopped (`false`) holding back this stream's credit for its key's quota.
-    func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool)
+    func linkPaced(_ link: PeerLink, stream: UInt32, paced: Bool)
     /// The broker is going away; no new streams will be accepted.
-    func sessionGoaway(_ session: PeerSession, code: ErrorCode, reason: String)
+    func linkGoaway(_ link: PeerLink, code: ErrorCode, reason: String)
     /// The link is finished (ERROR from the broker, a protocol violation, or the socket closed).
-    func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String)
+    func linkClosed(_ link: PeerLink, code: ErrorCode, reason: String)
 }
 
-extension PeerSessionDelegate {
-    public func sessionReady(_ session: PeerSession, welcome: Welcome) {}
-    public func sessionAccepted(_ session: PeerSession, stream: UInt32, open: Open) {}
-    public func sessionData(_ session: PeerSession, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {}
-    public func sessionWritable(_ session: PeerSession, stream: UInt32) {}
-    public func sessionStreamClosed(_ session: PeerSession, stream: UInt32, code: ErrorCode, reason: String) {}
-    public func sessionDropped(_ session: PeerSession, stream: UInt32, count: UInt32) {}
-    public func sessionPaced(_ session: PeerSession, stream: UInt32, paced: Bool) {}
-    public func sessionGoaway(_ session: PeerSession, code: ErrorCode, reason: String) {}
-    public func sessionClosed(_ session: PeerSession, code: ErrorCode, reason: String) {}
+extension PeerLinkDelegate {
+    public func linkReady(_ link: PeerLink, welcome: Welcome) {}
+    public func linkAccepted(_ link: PeerLink, stream: UInt32, open: Open) {}
+    public func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {}
+    public func linkWritable(_ link: PeerLink, stream: UInt32) {}
+    public func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {}
+    public func linkDropped(_ link: PeerLink, stream: UInt32, count: UInt32) {}
+    public func linkPaced(_ link: PeerLink, stream: UInt32, paced: Bool) {}
+    public func linkGoaway(_ link: PeerLink, code: ErrorCode, reason: String) {}
+    public func linkClosed(_ link: PeerLink, code: ErrorCode, reason: String) {}
 }
 
 /// Who this peer is, as told in HELLO.
@@ -64,7 +64,7 @@ public struct PeerIdentity: Sendable, Equatable {
 /// not yet received) and, with `autoCredit`, grants credit back as the owner consumes DATA, in batches of half
 /// the initial window (like HTTP/2 WINDOW_UPDATE). Messages larger than the frame size or the window go out
 /// as several DATA frames flagged MORE (`sendPartial`).
-public final class PeerSession {
+public final class PeerLink {
     // Stored properties are `@exclusivity(unchecked)` for the reason given at `ByteQueue`.
     public enum State: Equatable {
         case idle
@@ -90,7 +90,7 @@ public final class PeerSession {
     }
 
     public let identity: PeerIdentity
-    public weak var delegate: (any PeerSessionDelegate)?
+    public weak var delegate: (any PeerLinkDelegate)?
     /// Grant credit automatically after each DATA is delivered (off: call `grant` yourself).
     @exclusivity(unchecked) public var autoCredit = true
     @exclusivity(unchecked) public private(set) var state: State = .idle
@@ -157,8 +157,8 @@ public final class PeerSession {
         state = .closed(code, reason)
         let open = Array(streams.keys)
         streams.removeAll()
-        for s in open { delegate?.sessionStreamClosed(self, stream: s, code: .peerGone, reason: "link closed: \(reason)") }
-        delegate?.sessionClosed(self, code: code, reason: reason)
+        for s in open { delegate?.linkStreamClosed(self, stream: s, code: .peerGone, reason: "link closed: \(reason)") }
+        delegate?.linkClosed(self, code: code, reason: reason)
     }
 
     @inline(__always)
@@ -180,7 +180,7 @@ public final class PeerSession {
                 }
             }
             streams[h.stream] = st
-            delegate?.sessionData(self, stream: h.stream, payload: payload, flags: flags)
+            delegate?.linkData(self, stream: h.stream, payload: payload, flags: flags)
             if autoCredit && !st.isSubscription { maybeGrant(h.stream) }
             if st.receivedEnd && st.sentEnd { finish(h.stream) }
         case .credit:
@@ -194,8 +194,8 @@ public final class PeerSession {
             let pacingChanged = paced != st.paced
             st.paced = paced
             streams[h.stream] = st
-            if pacingChanged { delegate?.sessionPaced(self, stream: h.stream, paced: paced) }
-            if wasBlocked && st.windowBytes > 0 && st.windowFrames > 0 { delegate?.sessionWritable(self, stream: h.stream) }
+            if pacingChanged { delegate?.linkPaced(self, stream: h.stream, paced: paced) }
+            if wasBlocked && st.windowBytes > 0 && st.windowFrames > 0 { delegate?.linkWritable(self, stream: h.stream) }
         default:
             try control(Frame.parse(h, payload))
         }
@@ -208,32 +208,32 @@ public final class PeerSession {
             welcome = w
             state = .ready
             decoder.maxPayload = w.maxFrameBytes
-            delegate?.sessionReady(self, welcome: w)
+            delegate?.linkReady(self, welcome: w)
         case .open(let stream, let open):
             guard let w = welcome else { throw .invalidValue(field: "OPEN before WELCOME") }
             // The opener's grant (OPEN's window) is what this side may send; it grants the default back.
             let send = open.window ?? Window(bytes: w.streamCreditBytes, frames: w.streamCreditFrames)
             streams[stream] = StreamState(send: send, receive: Window(bytes: w.streamCreditBytes, frames: w.streamCreditFrames))
-            delegate?.sessionAccepted(self, stream: stream, open: open)
+            delegate?.linkAccepted(self, stream: stream, open: open)
         case .close(let stream, let code, let reason):
             guard streams.removeValue(forKey: stream) != nil else { return }
-            delegate?.sessionStreamClosed(self, stream: stream, code: code, reason: reason)
+            delegate?.linkStreamClosed(self, stream: stream, code: code, reason: reason)
         case .error(let stream, let code, let reason):
             if stream == 0 {
                 close(code: code, reason: reason)
                 return
             }
             guard streams.removeValue(forKey: stream) != nil else { return }
-            delegate?.sessionStreamClosed(self, stream: stream, code: code, reason: reason)
+            delegate?.linkStreamClosed(self, stream: stream, code: code, reason: reason)
         case .ping(let v):
             FrameWriter.write(.pong(v), to: output)
         case .pong:
             break
         case .goaway(_, let code, let reason):
             goawayReceived = true
-            delegate?.sessionGoaway(self, code: code, reason: reason)
+            delegate?.linkGoaway(self, code: code, reason: reason)
         case .dropped(let stream, let count):
-            delegate?.sessionDropped(self, stream: stream, count: count)
+            delegate?.linkDropped(self, stream: stream, count: count)
         case .hello, .subscribe, .unsubscribe, .publish, .data, .credit:
             throw .invalidValue(field: "frame type the broker never sends")
         }
@@ -253,7 +253,7 @@ public final class PeerSession {
 
     func finish(_ stream: UInt32) {
         guard streams.removeValue(forKey: stream) != nil else { return }
-        delegate?.sessionStreamClosed(self, stream: stream, code: .none, reason: "ended")
+        delegate?.linkStreamClosed(self, stream: stream, code: .none, reason: "ended")
     }
 
     // MARK: - Output
@@ -289,7 +289,7 @@ public final class PeerSession {
     }
 
     /// Queues one whole message if the window allows it all (split into frames of at most `maxFrameBytes`,
-    /// flagged MORE but the last); false means wait for `sessionWritable` (or the stream is gone). Messages
+    /// flagged MORE but the last); false means wait for `linkWritable` (or the stream is gone). Messages
     /// that may be larger than the window go through `sendPartial`.
     @inline(__always)
     public func send(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false) -> Bool {
@@ -302,7 +302,7 @@ public final class PeerSession {
     /// Queues as much of one message as the window allows, in frames of at most `maxFrameBytes`; every frame
     /// but the message's last is flagged MORE (END_STREAM, with `end`, only on the last). With `continues`
     /// the message goes on after `payload` (its bytes are still arriving), so even the last frame carries MORE.
-    /// Returns the bytes taken — call again with the rest after `sessionWritable` — or nil when nothing could be
+    /// Returns the bytes taken — call again with the rest after `linkWritable` — or nil when nothing could be
     /// sent (no window, or the stream is gone or ended). An empty payload takes one frame and returns 0.
     public func sendPartial(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false,
                             continues: Bool = false) -> Int? {
@@ -380,7 +380,7 @@ public final class PeerSession {
     }
 }
 
-extension PeerSession.StreamState {
+extension PeerLink.StreamState {
     init(send: Window, receive: Window) {
         self.init(windowBytes: Int64(send.bytes), windowFrames: Int64(send.frames),
                   receiveBytes: Int64(receive.bytes), receiveFrames: Int64(receive.frames), initialReceive: receive)

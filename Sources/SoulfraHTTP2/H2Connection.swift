@@ -30,7 +30,7 @@ public enum H2Event: Sendable, Equatable {
     case headersTooLarge(stream: Int32)
 }
 
-/// An event as `H2Session.drainEvents` reports it: DATA by reference into the session's buffer (valid during
+/// An event as `H2Connection.drainEvents` reports it: DATA by reference into the session's buffer (valid during
 /// the call), so receiving a body allocates nothing per frame.
 public enum H2EventRef {
     case headers(stream: Int32, [H2Header])
@@ -98,7 +98,7 @@ public struct H2Error: Error, Sendable, Equatable, CustomStringConvertible {
 /// once it has handed a stream's DATA on, so a slow consumer slows the client through HTTP/2 flow control.
 /// Response and request bodies are pulled from per-stream queues; an empty queue defers the stream until
 /// `send` adds more.
-public final class H2Session {
+public final class H2Connection {
     public enum Role { case server, client }
 
     /// An event kept until `drainEvents`/`takeEvents`; DATA is a range of `dataBuffer`.
@@ -518,15 +518,15 @@ public final class H2Session {
         return UnsafePointer(p)
     }()
 
-    static func from(_ userData: UnsafeMutableRawPointer?) -> H2Session {
-        Unmanaged<H2Session>.fromOpaque(userData!).takeUnretainedValue()
+    static func from(_ userData: UnsafeMutableRawPointer?) -> H2Connection {
+        Unmanaged<H2Connection>.fromOpaque(userData!).takeUnretainedValue()
     }
 }
 
 // MARK: - nghttp2 callbacks (record only; never call back into nghttp2)
 
 private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     s.block = []
     s.block.reserveCapacity(s.kept?.count ?? 8)
     s.blockStream = frame!.pointee.hd.stream_id
@@ -538,7 +538,7 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
 /// Sees every frame header before nghttp2 acts on it: the one place to catch HEADERS on a skipped stream id,
 /// which nghttp2 1.52 would silently ignore.
 private let onBeginFrame: nghttp2_on_begin_frame_callback = { _, hd, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     let h = hd!.pointee
     if s.role == .server && UInt32(h.type) == NGHTTP2_HEADERS.rawValue && h.stream_id & 1 == 1 && !s.acceptHeaders(stream: h.stream_id) {
         s.violation = .streamIDRegression
@@ -549,7 +549,7 @@ private let onBeginFrame: nghttp2_on_begin_frame_callback = { _, hd, userData in
 
 /// Notes a GOAWAY with an error code that nghttp2 sent on its own (it found the peer broke the protocol).
 private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     let f = frame!.pointee
     if UInt32(f.hd.type) == NGHTTP2_GOAWAY.rawValue && f.goaway.error_code != 0 && !s.ownGoaway && s.violation == nil {
         s.violation = .detected(code: f.goaway.error_code)
@@ -558,7 +558,7 @@ private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, userData i
 }
 
 private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, value, valuelen, _, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     s.blockBytes += namelen + valuelen + 32
     s.headerFieldsDecoded &+= 1
     if s.blockBytes > Int(s.settings.maxHeaderListBytes) {
@@ -598,7 +598,7 @@ private let onHeader: nghttp2_on_header_callback = { _, frame, name, namelen, va
 }
 
 private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     let hd = frame!.pointee.hd
     let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
     switch UInt32(hd.type) {
@@ -626,7 +626,7 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData i
 }
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID, data, len, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     let start = s.dataBuffer.count
     s.dataBuffer.append(contentsOf: UnsafeBufferPointer(start: data, count: len))
     s.events.append(.data(stream: streamID, start: start, count: len))
@@ -634,7 +634,7 @@ private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, streamID,
 }
 
 private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, code, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     if let o = s.outbound.removeValue(forKey: streamID) { s.recycle(o) }
     if s.blockStream == streamID {
         s.block = []
@@ -646,7 +646,7 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { _, streamID, cod
 
 /// Pulls a stream's queued body into nghttp2's frame buffer; defers when the queue is empty and not ended.
 private let readBody: sf_h2_read_fn = { _, streamID, buf, length, flags, userData in
-    let s = H2Session.from(userData)
+    let s = H2Connection.from(userData)
     guard let out = s.outbound[streamID] else { return Int64(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
     let n = s.read(out, into: UnsafeMutableRawPointer(buf!), length)
     if out.available == 0 && out.ended {

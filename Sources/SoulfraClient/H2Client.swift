@@ -9,9 +9,9 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
 }
 
 /// One h2c connection driven with poll(2): nghttp2 client session, non-blocking socket.
-public final class H2ClientConnection {
+public final class H2Client {
     public let fd: Int32
-    public let h2: H2Session
+    public let h2: H2Connection
     var pending: [UInt8] = []
     var pendingHead = 0
     public private(set) var failed = false
@@ -36,7 +36,7 @@ public final class H2ClientConnection {
         var s = H2Settings()
         s.initialWindowBytes = 1 << 20
         s.maxConcurrentStreams = 1_000
-        h2 = try H2Session(role: .client, settings: s)
+        h2 = try H2Connection(role: .client, settings: s)
     }
 
     deinit { Glibc.close(fd) }
@@ -84,7 +84,7 @@ public final class H2ClientConnection {
 }
 
 /// Polls a set of connections once; calls `body` with each one's events.
-public func pollConnections(_ conns: [H2ClientConnection], timeoutMilliseconds: Int32, _ body: (H2ClientConnection, [H2Event]) -> Void) {
+public func pollConnections(_ conns: [H2Client], timeoutMilliseconds: Int32, _ body: (H2Client, [H2Event]) -> Void) {
     var fds = conns.map { pollfd(fd: $0.fd, events: Int16(POLLIN) | ($0.wantsWrite ? Int16(POLLOUT) : 0), revents: 0) }
     guard poll(&fds, nfds_t(fds.count), timeoutMilliseconds) > 0 else { return }
     for (i, c) in conns.enumerated() where fds[i].revents != 0 {

@@ -2,7 +2,7 @@ import Testing
 @testable import SoulfraHTTP2
 
 /// Moves bytes between two sessions until neither has anything to send (bounded), at manual time `clock`.
-func exchange(_ a: H2Session, _ b: H2Session, clock: UInt64 = 1_000_000_000) throws {
+func exchange(_ a: H2Connection, _ b: H2Connection, clock: UInt64 = 1_000_000_000) throws {
     for _ in 0..<100 {
         var moved = false
         try a.drainOutput { bytes in moved = true; try? b.receive(bytes, now: clock) }
@@ -25,11 +25,11 @@ let postHeaders = [
 ]
 
 @Suite("HTTP/2 session over nghttp2, in memory")
-struct H2SessionTests {
+struct H2ConnectionTests {
     @Test("a client POST reaches the server as events; the server's streamed response reaches the client")
     func requestResponse() throws {
-        let server = try H2Session(role: .server)
-        let client = try H2Session(role: .client)
+        let server = try H2Connection(role: .server)
+        let client = try H2Connection(role: .client)
         let id = try client.request(headers: postHeaders)
         let payload = Array(#"{"text":"hello"}"#.utf8)
         payload.withUnsafeBytes { client.send(stream: id, $0, end: true) }
@@ -60,8 +60,8 @@ struct H2SessionTests {
 
     @Test("without consume the client is held at the window; consuming reopens it")
     func flowControlBackpressure() throws {
-        let server = try H2Session(role: .server)
-        let client = try H2Session(role: .client)
+        let server = try H2Connection(role: .server)
+        let client = try H2Connection(role: .client)
         let id = try client.request(headers: postHeaders)
         let big = [UInt8](repeating: 0x61, count: 200_000)
         big.withUnsafeBytes { client.send(stream: id, $0, end: true) }
@@ -82,15 +82,15 @@ struct H2SessionTests {
 
     @Test("garbage instead of the client preface is a connection error, never a crash")
     func garbagePreface() throws {
-        let server = try H2Session(role: .server)
+        let server = try H2Connection(role: .server)
         let junk = Array("GET / HTTP/1.1\r\nHost: a\r\n\r\n".utf8)
         #expect(throws: H2Error.self) { try junk.withUnsafeBytes { try server.receive($0, now: 0) } }
     }
 
     @Test("RST_STREAM and GOAWAY reach the other side as events")
     func resetAndGoaway() throws {
-        let server = try H2Session(role: .server)
-        let client = try H2Session(role: .client)
+        let server = try H2Connection(role: .server)
+        let client = try H2Connection(role: .client)
         let id = try client.request(headers: postHeaders)
         try exchange(client, server)
         _ = server.takeEvents()
@@ -107,8 +107,8 @@ struct H2SessionTests {
         var settings = H2Settings()
         settings.resetBurst = 50
         settings.resetsPerSecond = 10
-        let server = try H2Session(role: .server, settings: settings)
-        let client = try H2Session(role: .client)
+        let server = try H2Connection(role: .server, settings: settings)
+        let client = try H2Connection(role: .client)
         try exchange(client, server)
         var refused = false
         // The attack: HEADERS, then RST_STREAM at once, again and again (nghttp2 drops a request reset before
@@ -143,8 +143,8 @@ struct H2SessionTests {
         var settings = H2Settings()
         settings.resetBurst = 5
         settings.resetsPerSecond = 5
-        let server = try H2Session(role: .server, settings: settings)
-        let client = try H2Session(role: .client)
+        let server = try H2Connection(role: .server, settings: settings)
+        let client = try H2Connection(role: .client)
         var clock: UInt64 = 1_000_000_000
         try exchange(client, server, clock: clock)
         for round in 0..<4 {
@@ -199,15 +199,15 @@ enum RawH2 {
 
 @Suite("HTTP/2 session under attack")
 struct H2AttackTests {
-    func server() throws -> H2Session {
+    func server() throws -> H2Connection {
         var s = H2Settings()
         s.maxHeaderListBytes = 16 << 10
-        let h = try H2Session(role: .server, settings: s)
+        let h = try H2Connection(role: .server, settings: s)
         try RawH2.preface.withUnsafeBytes { try h.receive($0, now: 1) }
         return h
     }
 
-    func output(_ h: H2Session) throws -> [UInt8] {
+    func output(_ h: H2Connection) throws -> [UInt8] {
         var out: [UInt8] = []
         try h.drainOutput { out += $0 }
         return out
