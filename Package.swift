@@ -7,10 +7,11 @@
 //   SoulfraKeys*          ← COpenSSL                  API keys, secret digests
 //   SoulfraTLS*           ← COpenSSL                  TLS over memory BIOs
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
-//   SoulfraHTTP2*         ← CNGHTTP2                  HTTP/2 sessions
-//   SoulfraBroker*        ← Wire, Keys                routing, credit, quotas, rooms
+//   SoulfraRate*          ← —                         token buckets
+//   SoulfraHTTP2*         ← CNGHTTP2, Rate            HTTP/2 connections over nghttp2
+//   SoulfraBroker*        ← Wire, Keys, Rate          routing, credit, quotas, rooms
 //   SoulfraPeerLink*   ← Wire                      a peer's side of a broker link
-//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Wire
+//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Wire
 //   SoulfraNet            ← —                         socket addresses, the monotonic clock
 //   SoulfraLoop           ← CURing, Net               the io_uring event loop
 //   SoulfraPeer           ← PeerLink, Wire, Net    the peer library: plain sockets + poll(2)
@@ -47,6 +48,8 @@ let package = Package(
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // Secrets and API keys: SHA-256 digests, the sk-slfr_ key format with its CRC32 checksum.
         .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
+        // Token buckets: the one rate limiter (key rates, address budgets, HTTP/2 resets, broker quotas). Sans-IO.
+        .target(name: "SoulfraRate"),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
         .target(name: "SoulfraNet"),
         // libnghttp2 enters through this shim only (Debian 12 ships nghttp2 1.52: the ssize_t API).
@@ -54,15 +57,15 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraWire"], swiftSettings: dataPlane),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraWire"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
-        .target(name: "SoulfraHTTP2", dependencies: ["CNGHTTP2"], swiftSettings: dataPlane),
+        .target(name: "SoulfraHTTP2", dependencies: ["CNGHTTP2", "SoulfraRate"], swiftSettings: dataPlane),
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys"], swiftSettings: dataPlane),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate"], swiftSettings: dataPlane),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
         .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"], swiftSettings: dataPlane),
         // A peer's side of a broker link, sans-IO: handshake, streams, credit, message parts (the gateway's link
@@ -101,6 +104,7 @@ let package = Package(
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerLink", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
+        .testTarget(name: "SoulfraRateTests", dependencies: ["SoulfraRate"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),
         .testTarget(

@@ -1,3 +1,4 @@
+import SoulfraRate
 import SoulfraWire
 
 /// What the broker asks of the I/O layer after an event.
@@ -442,8 +443,10 @@ public final class Broker {
             if let existing = keyStates[q.keyID] {
                 state = existing
             } else {
-                state = KeyState(bytes: TokenBucket(ratePerSecond: q.bytesPerSecond, now: now),
-                                 frames: TokenBucket(ratePerSecond: q.framesPerSecond, now: now))
+                // One second of burst; a stream's initial window is charged up front and the debt delays later
+                // credit instead of being forgiven, so long-run pacing is exact.
+                state = KeyState(bytes: TokenBucket(ratePerSecond: Double(q.bytesPerSecond), capacity: Double(q.bytesPerSecond), now: now),
+                                 frames: TokenBucket(ratePerSecond: Double(q.framesPerSecond), capacity: Double(q.framesPerSecond), now: now))
                 keyStates[q.keyID] = state
             }
             state.streams += 1
@@ -451,8 +454,8 @@ public final class Broker {
             state.frames.refill(now: now)
             // Both initial windows are charged up front (the bucket may go into debt): a key's frames/s and
             // bytes/s cover what it sends and what it is sent.
-            state.bytes.charge(limits.streamCreditBytes &+ UInt32(replyWindow))
-            state.frames.charge(limits.streamCreditFrames &+ UInt32(replyFrames))
+            state.bytes.charge(Double(limits.streamCreditBytes &+ UInt32(replyWindow)))
+            state.frames.charge(Double(limits.streamCreditFrames &+ UInt32(replyFrames)))
         }
         let before = acceptor.out.count
         FrameWriter.write(.open(stream: acceptorStream, open), to: acceptor.out)

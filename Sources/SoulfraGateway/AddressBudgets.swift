@@ -1,3 +1,5 @@
+import SoulfraRate
+
 /// A client's address for per-address budgets: 16 bytes (IPv4 as an IPv4-mapped IPv6 address), no port.
 public struct ClientAddress: Hashable, Sendable {
     public let high: UInt64
@@ -18,8 +20,8 @@ public struct ClientAddress: Hashable, Sendable {
 /// addresses the oldest entry is forgotten.
 struct AddressBudgets {
     struct Entry {
-        var connections: RateBucket
-        var resets: RateBucket
+        var connections: TokenBucket
+        var resets: TokenBucket
     }
 
     let capacity: Int
@@ -40,15 +42,17 @@ struct AddressBudgets {
             }
         }
         order.append(a)
-        return Entry(connections: RateBucket(tokens: Double(limits.connectionBurstPerAddress), refilledAt: now),
-                     resets: RateBucket(tokens: Double(limits.resetBurstPerAddress), refilledAt: now))
+        return Entry(connections: TokenBucket(ratePerSecond: Double(limits.connectionsPerSecondPerAddress),
+                                              capacity: Double(limits.connectionBurstPerAddress), now: now),
+                     resets: TokenBucket(ratePerSecond: Double(limits.resetsPerSecondPerAddress),
+                                         capacity: Double(limits.resetBurstPerAddress), now: now))
     }
 
     /// Charges one new connection; false when the address is over its budget.
     mutating func admitConnection(_ address: ClientAddress, _ limits: GatewayLimits, now: UInt64) -> Bool {
         let a = address.budgetKey
         var e = entry(a, limits, now: now)
-        e.connections.refill(rate: Double(limits.connectionsPerSecondPerAddress), capacity: Double(limits.connectionBurstPerAddress), now: now)
+        e.connections.refill(now: now)
         let ok = e.connections.take(1)
         entries[a] = e
         return ok
@@ -58,7 +62,7 @@ struct AddressBudgets {
     mutating func chargeResets(_ address: ClientAddress, _ n: UInt64, _ limits: GatewayLimits, now: UInt64) -> Bool {
         let a = address.budgetKey
         var e = entry(a, limits, now: now)
-        e.resets.refill(rate: Double(limits.resetsPerSecondPerAddress), capacity: Double(limits.resetBurstPerAddress), now: now)
+        e.resets.refill(now: now)
         let ok = e.resets.take(Double(n))
         entries[a] = e
         return ok

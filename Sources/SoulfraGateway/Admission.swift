@@ -1,5 +1,6 @@
 import SoulfraHTTP2
 import SoulfraKeys
+import SoulfraRate
 
 /// One API key as the gateway knows it: never the secret, only its digest.
 public struct KeyRecord: Sendable, Equatable {
@@ -150,33 +151,13 @@ public struct RateLimitState: Sendable, Equatable {
     return at + digits
 }
 
-/// A token bucket: `rate` tokens a second up to `capacity`, refilled from `now` (monotonic nanoseconds). Used
-/// for per-key request rates and per-address budgets.
-struct RateBucket {
-    var tokens: Double
-    var refilledAt: UInt64
-
-    mutating func refill(rate: Double, capacity: Double, now: UInt64) {
-        guard now > refilledAt else { return }
-        tokens = min(capacity, tokens + rate * Double(now - refilledAt) / 1e9)
-        refilledAt = now
-    }
-
-    /// Takes `n` tokens if they are there.
-    mutating func take(_ n: Double) -> Bool {
-        guard tokens >= n else { return false }
-        tokens -= n
-        return true
-    }
-}
-
 /// Authenticates and rate-limits requests. Sans-IO: takes the request's method, path, credentials and `now`;
 /// keeps per-key buckets of its own (one gateway loop, one `Gatekeeper`; no locks).
 public final class Gatekeeper {
     public private(set) var table: KeyTable
     /// Bumped on every `install`, so per-connection caches of looked-up keys know they are stale.
     public private(set) var generation: UInt64 = 0
-    var buckets: [UInt64: RateBucket] = [:]
+    var buckets: [UInt64: TokenBucket] = [:]
 
     public init(table: KeyTable) { self.table = table }
 
@@ -276,8 +257,10 @@ public final class Gatekeeper {
         }
         let rate = Double(k.requestsPerSecond)
         let capacity = Double(max(k.burst, 1))
-        var b = buckets[k.id] ?? RateBucket(tokens: capacity, refilledAt: now)
-        b.refill(rate: rate, capacity: capacity, now: now)
+        var b = buckets[k.id] ?? TokenBucket(ratePerSecond: rate, capacity: capacity, now: now)
+        b.ratePerSecond = rate  // the key may have been changed by a reload
+        b.capacity = capacity
+        b.refill(now: now)
         let limit = UInt32(capacity)
         if b.take(1) {
             buckets[k.id] = b
@@ -289,7 +272,7 @@ public final class Gatekeeper {
         }
         buckets[k.id] = b
         // Whole seconds, rounded up, at least 1 (design §5).
-        let wait = max(1, UInt32(((1 - b.tokens) / rate).rounded(.up)))
+        let wait = b.secondsUntil(1)
         let state = RateLimitState(limit: limit, remaining: 0, resetSeconds: wait)
         return .failure(GatewayError(
             .rateLimited, "key \(k.prefix) is over \(k.requestsPerSecond) requests/s",

@@ -1,4 +1,5 @@
 import CNGHTTP2
+import SoulfraRate
 
 /// One header field.
 public struct H2Header: Sendable, Equatable {
@@ -224,11 +225,10 @@ public final class H2Connection {
         spareOutbound.append(o)
     }
     let settings: H2Settings
-    /// Rapid-reset budget: tokens, refilled at `resetsPerSecond`; `now` of the current `receive`.
     /// `settings.keptHeaders` as bytes, for matching in the header callback without making strings.
     let kept: [[UInt8]]?
-    var resetTokens: Double
-    var resetsRefilledAt: UInt64 = 0
+    /// Rapid-reset budget (`resetsPerSecond`, `resetBurst`), charged at the `now` of the current `receive`.
+    var resetBudget: TokenBucket
     var now: UInt64 = 0
     var calm = false
     /// RST_STREAM frames received, in total.
@@ -237,7 +237,7 @@ public final class H2Connection {
     public init(role: Role, settings: H2Settings = H2Settings()) throws(H2Error) {
         self.role = role
         self.settings = settings
-        self.resetTokens = Double(settings.resetBurst)
+        self.resetBudget = TokenBucket(ratePerSecond: Double(settings.resetsPerSecond), capacity: Double(settings.resetBurst), now: 0)
         self.kept = settings.keptHeaders.map { $0.map { Array($0.utf8) } }
         self.keptValues = Array(repeating: ([], ""), count: settings.keptHeaders?.count ?? 0)
         var callbacks: OpaquePointer?
@@ -325,13 +325,8 @@ public final class H2Connection {
     /// Charges one peer reset against the budget; false once it is spent.
     func chargeReset() -> Bool {
         resetsReceived += 1
-        if now > resetsRefilledAt {
-            resetTokens = min(Double(settings.resetBurst), resetTokens + Double(settings.resetsPerSecond) * Double(now - resetsRefilledAt) / 1e9)
-            resetsRefilledAt = now
-        }
-        guard resetTokens >= 1 else { return false }
-        resetTokens -= 1
-        return true
+        resetBudget.refill(now: now)
+        return resetBudget.take(1)
     }
 
     /// Whether events are waiting (streams also close while output is drained).
