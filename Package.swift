@@ -8,10 +8,11 @@
 //   SoulfraTLS*           ← COpenSSL                  TLS over memory BIOs
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
 //   SoulfraRate*          ← —                         token buckets
+//   SoulfraMetrics*       ← —                         the Prometheus text writer
 //   SoulfraHTTP2*         ← CNGHTTP2, Rate            HTTP/2 connections over nghttp2
-//   SoulfraBroker*        ← Wire, Keys, Rate          routing, credit, quotas, rooms
+//   SoulfraBroker*        ← Wire, Keys, Rate, Metrics routing, credit, quotas, rooms
 //   SoulfraPeerLink*   ← Wire                      a peer's side of a broker link
-//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Wire
+//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Wire
 //   SoulfraNet            ← —                         socket addresses, the monotonic clock
 //   SoulfraLoop           ← CURing, Net               the io_uring event loop
 //   SoulfraPeer           ← PeerLink, Wire, Net    the peer library: plain sockets + poll(2)
@@ -48,6 +49,8 @@ let package = Package(
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // Secrets and API keys: SHA-256 digests, the sk-slfr_ key format with its CRC32 checksum.
         .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
+        // The Prometheus text format writer every /metrics section uses. Sans-IO.
+        .target(name: "SoulfraMetrics"),
         // Token buckets: the one rate limiter (key rates, address budgets, HTTP/2 resets, broker quotas). Sans-IO.
         .target(name: "SoulfraRate"),
         // Socket addresses for bind and connect (shared by the loop and the peer library).
@@ -57,7 +60,7 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraWire"], swiftSettings: dataPlane),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraWire"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
@@ -65,7 +68,7 @@ let package = Package(
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate"], swiftSettings: dataPlane),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics"], swiftSettings: dataPlane),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
         .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"], swiftSettings: dataPlane),
         // A peer's side of a broker link, sans-IO: handshake, streams, credit, message parts (the gateway's link
@@ -76,7 +79,7 @@ let package = Package(
         .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerLink", "SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink"], swiftSettings: dataPlane),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", "SoulfraLoop", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -105,6 +108,7 @@ let package = Package(
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraRateTests", dependencies: ["SoulfraRate"]),
+        .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),
         .testTarget(

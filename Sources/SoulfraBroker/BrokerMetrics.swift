@@ -1,3 +1,4 @@
+import SoulfraMetrics
 import SoulfraWire
 
 /// Counters the broker bumps as it works. Plain integers on the loop thread; `snapshot()` copies them out.
@@ -109,33 +110,21 @@ extension Broker {
 extension BrokerSnapshot {
     /// Renders the snapshot in the Prometheus text exposition format (version 0.0.4).
     public func prometheusText(prefix: String = "soulfra_broker") -> String {
-        var out = ""
-        func family(_ name: String, _ type: String, _ help: String) {
-            out += "# HELP \(prefix)_\(name) \(help)\n# TYPE \(prefix)_\(name) \(type)\n"
-        }
-        func sample(_ name: String, _ labels: String, _ value: some BinaryInteger) {
-            out += "\(prefix)_\(name)\(labels.isEmpty ? "" : "{\(labels)}") \(value)\n"
-        }
+        var out = PrometheusText(prefix: prefix)
         let kinds: [(Int, String)] = [(0, "handshake")] + PeerKind.allCases.map { (Int($0.rawValue), $0.description) }
         let peerKinds = PeerKind.allCases.map { (Int($0.rawValue), $0.description) }
-        family("links", "gauge", "Links attached, by peer kind (handshake: HELLO not yet accepted).")
-        for (i, k) in kinds { sample("links", "kind=\"\(k)\"", linksByKind[i]) }
-        family("queue_bytes", "gauge", "Bytes queued towards peers, by peer kind.")
-        for (i, k) in kinds { sample("queue_bytes", "kind=\"\(k)\"", queueBytes(i)) }
-        family("credit_bytes_outstanding", "gauge", "Send window granted to peers and not yet used, by peer kind.")
-        for (i, k) in peerKinds { sample("credit_bytes_outstanding", "kind=\"\(k)\"", creditBytesOutstandingByKind[i]) }
-        family("streams_open", "gauge", "Streams open across the broker.")
-        sample("streams_open", "", streamsOpen)
-        family("subscriptions", "gauge", "Room subscriptions.")
-        sample("subscriptions", "", subscriptions)
-        family("rooms", "gauge", "Rooms with at least one subscriber.")
-        sample("rooms", "", rooms)
-        family("paused_links", "gauge", "Links whose reading is paused by backpressure.")
-        sample("paused_links", "", pausedLinks)
-        family("congested_links", "gauge", "Links above their high watermark.")
-        sample("congested_links", "", congestedLinks)
-        family("ejected_instances", "gauge", "Instances out of rotation after consecutive failures (outlier detection).")
-        sample("ejected_instances", "", ejectedInstances)
+        out.family("links", .gauge, "Links attached, by peer kind (handshake: HELLO not yet accepted).")
+        for (i, k) in kinds { out.sample("links", ["kind": k], linksByKind[i]) }
+        out.family("queue_bytes", .gauge, "Bytes queued towards peers, by peer kind.")
+        for (i, k) in kinds { out.sample("queue_bytes", ["kind": k], queueBytes(i)) }
+        out.family("credit_bytes_outstanding", .gauge, "Send window granted to peers and not yet used, by peer kind.")
+        for (i, k) in peerKinds { out.sample("credit_bytes_outstanding", ["kind": k], creditBytesOutstandingByKind[i]) }
+        out.single("streams_open", .gauge, "Streams open across the broker.", streamsOpen)
+        out.single("subscriptions", .gauge, "Room subscriptions.", subscriptions)
+        out.single("rooms", .gauge, "Rooms with at least one subscriber.", rooms)
+        out.single("paused_links", .gauge, "Links whose reading is paused by backpressure.", pausedLinks)
+        out.single("congested_links", .gauge, "Links above their high watermark.", congestedLinks)
+        out.single("ejected_instances", .gauge, "Instances out of rotation after consecutive failures (outlier detection).", ejectedInstances)
         for (name, values, help) in [
             ("frames_received_total", framesIn, "Frames received, by peer kind."),
             ("bytes_received_total", bytesIn, "Bytes received, by peer kind."),
@@ -143,15 +132,15 @@ extension BrokerSnapshot {
             ("bytes_sent_total", bytesOut, "Bytes queued to peers, by peer kind."),
             ("congestion_alerts_total", congestionAlerts, "Runtime, vault and instance links that crossed their high watermark."),
         ] {
-            family(name, "counter", help)
-            for (i, k) in peerKinds { sample(name, "kind=\"\(k)\"", values[i]) }
+            out.family(name, .counter, help)
+            for (i, k) in peerKinds { out.sample(name, ["kind": k], values[i]) }
         }
-        family("link_closes_total", "counter", "Links closed, by reason.")
-        for code in ErrorCode.allCases { sample("link_closes_total", "reason=\"\(code)\"", linkCloses[Int(code.rawValue)]) }
-        family("stream_errors_total", "counter", "Streams ended by an error, by reason.")
-        for code in ErrorCode.allCases { sample("stream_errors_total", "reason=\"\(code)\"", streamErrors[Int(code.rawValue)]) }
-        family("pauses_total", "counter", "Times a link's reading was paused, by reason.")
-        for (reason, label) in PauseReasons.labelled { sample("pauses_total", "reason=\"\(label)\"", pauses[reason.index]) }
+        out.family("link_closes_total", .counter, "Links closed, by reason.")
+        for code in ErrorCode.allCases { out.sample("link_closes_total", ["reason": "\(code)"], linkCloses[Int(code.rawValue)]) }
+        out.family("stream_errors_total", .counter, "Streams ended by an error, by reason.")
+        for code in ErrorCode.allCases { out.sample("stream_errors_total", ["reason": "\(code)"], streamErrors[Int(code.rawValue)]) }
+        out.family("pauses_total", .counter, "Times a link's reading was paused, by reason.")
+        for (reason, label) in PauseReasons.labelled { out.sample("pauses_total", ["reason": label], pauses[reason.index]) }
         for (name, value, help) in [
             ("streams_opened_total", streamsOpened, "Streams routed."),
             ("quota_rejections_total", quotaRejections, "Streams refused by a key's concurrent-stream quota."),
@@ -165,10 +154,9 @@ extension BrokerSnapshot {
             ("oversize_frames_total", oversizeFrames, "DATA frames over the link's maximum frame size, dropped; each ended its stream with frame_too_large."),
             ("outlier_ejections_total", outlierEjections, "Times an instance was taken out of rotation after consecutive failed streams."),
         ] {
-            family(name, "counter", help)
-            sample(name, "", value)
+            out.single(name, .counter, help, value)
         }
-        return out
+        return out.text
     }
 
     private func queueBytes(_ i: Int) -> Int { queueBytesByKind[i] }

@@ -1,3 +1,5 @@
+import SoulfraMetrics
+
 /// The gateway's own bounds (config section `gateway`). Every bound has a counter and a named reason when
 /// it is hit (see `GatewayCounters`).
 public struct GatewayLimits: Sendable, Equatable {
@@ -162,28 +164,21 @@ public struct GatewayCounters: Sendable, Equatable {
 
     /// Prometheus text format.
     public func prometheusText() -> String {
-        var o = ""
-        func family(_ name: String, _ type: String, _ help: String) {
-            o += "# HELP soulfra_gateway_\(name) \(help)\n# TYPE soulfra_gateway_\(name) \(type)\n"
-        }
-        family("connections_total", "counter", "Client connections accepted, by protocol.")
-        for p in ClientProtocol.allCases { o += "soulfra_gateway_connections_total{protocol=\"\(p.name)\"} \(connections[p.rawValue])\n" }
-        family("closes_total", "counter", "Client connections ended, by the first reason they were given.")
-        for r in CloseReason.allCases { o += "soulfra_gateway_closes_total{reason=\"\(r.name)\"} \(closes[r.rawValue])\n" }
-        family("open_connections", "gauge", "Client connections open now.")
-        o += "soulfra_gateway_open_connections \(openConnections)\n"
-        family("client_queue_bytes", "gauge", "Bytes queued for clients, not yet taken (bounded by credit and gateway.*_bytes).")
-        o += "soulfra_gateway_client_queue_bytes \(clientQueueBytes)\n"
-        family("held_bytes", "gauge", "Bytes queued for clients plus the credit their streams hold: what gateway.output_budget_bytes bounds.")
-        o += "soulfra_gateway_held_bytes \(heldBytes)\n"
-        family("open_requests", "gauge", "Requests and streams in flight now.")
-        o += "soulfra_gateway_open_requests \(openExchanges)\n"
-        family("requests_total", "counter", "Requests admitted, by route kind.")
-        for k in ExchangeKind.allCases { o += "soulfra_gateway_requests_total{kind=\"\(k.rawValue)\"} \(requests[k.index])\n" }
-        family("responses_total", "counter", "Responses by HTTP status.")
-        for (s, n) in responses.enumerated() where n > 0 { o += "soulfra_gateway_responses_total{status=\"\(s)\"} \(n)\n" }
-        family("errors_total", "counter", "Requests refused or ended with an error, by stable error code.")
-        for c in GatewayError.Code.allCases { o += "soulfra_gateway_errors_total{code=\"\(c.name)\"} \(errors[c.rawValue])\n" }
+        var o = PrometheusText(prefix: "soulfra_gateway")
+        o.family("connections_total", .counter, "Client connections accepted, by protocol.")
+        for p in ClientProtocol.allCases { o.sample("connections_total", ["protocol": p.name], connections[p.rawValue]) }
+        o.family("closes_total", .counter, "Client connections ended, by the first reason they were given.")
+        for r in CloseReason.allCases { o.sample("closes_total", ["reason": r.name], closes[r.rawValue]) }
+        o.single("open_connections", .gauge, "Client connections open now.", openConnections)
+        o.single("client_queue_bytes", .gauge, "Bytes queued for clients, not yet taken (bounded by credit and gateway.*_bytes).", clientQueueBytes)
+        o.single("held_bytes", .gauge, "Bytes queued for clients plus the credit their streams hold: what gateway.output_budget_bytes bounds.", heldBytes)
+        o.single("open_requests", .gauge, "Requests and streams in flight now.", openExchanges)
+        o.family("requests_total", .counter, "Requests admitted, by route kind.")
+        for k in ExchangeKind.allCases { o.sample("requests_total", ["kind": k.rawValue], requests[k.index]) }
+        o.family("responses_total", .counter, "Responses by HTTP status.")
+        for (s, n) in responses.enumerated() where n > 0 { o.sample("responses_total", ["status": String(s)], n) }
+        o.family("errors_total", .counter, "Requests refused or ended with an error, by stable error code.")
+        for c in GatewayError.Code.allCases { o.sample("errors_total", ["code": c.name], errors[c.rawValue]) }
         let singles: [(String, String, UInt64)] = [
             ("tls_handshake_failures_total", "TLS handshakes that failed.", tlsHandshakeFailures),
             ("retries_total", "Unary requests retried on another instance after theirs went away.", retries),
@@ -205,20 +200,17 @@ public struct GatewayCounters: Sendable, Equatable {
             ("address_refusals_total", "Connections closed on arrival because their client address opened too many too fast.", addressRefusals),
             ("address_reset_goaways_total", "HTTP/2 connections ended with ENHANCE_YOUR_CALM because their client address reset too many streams.", addressResetGoaways),
         ]
-        for (n, h, v) in singles {
-            family(n, "counter", h)
-            o += "soulfra_gateway_\(n) \(v)\n"
-        }
-        family("request_duration_seconds", "histogram", "Unary request latency at the gateway, head received to reply sent.")
+        for (n, h, v) in singles { o.single(n, .counter, h, v) }
+        o.family("request_duration_seconds", .histogram, "Unary request latency at the gateway, head received to reply sent.")
         var cumulative: UInt64 = 0
         for (i, b) in Self.bucketsMicros.enumerated() {
             cumulative += latencyBuckets[i]
-            o += "soulfra_gateway_request_duration_seconds_bucket{le=\"\(Double(b) / 1e6)\"} \(cumulative)\n"
+            o.sample("request_duration_seconds_bucket", ["le": String(Double(b) / 1e6)], cumulative)
         }
         cumulative += latencyBuckets[Self.bucketsMicros.count]
-        o += "soulfra_gateway_request_duration_seconds_bucket{le=\"+Inf\"} \(cumulative)\n"
-        o += "soulfra_gateway_request_duration_seconds_sum \(Double(latencySumMicros) / 1e6)\n"
-        o += "soulfra_gateway_request_duration_seconds_count \(cumulative)\n"
-        return o
+        o.sample("request_duration_seconds_bucket", ["le": "+Inf"], cumulative)
+        o.sample("request_duration_seconds_sum", Double(latencySumMicros) / 1e6)
+        o.sample("request_duration_seconds_count", cumulative)
+        return o.text
     }
 }

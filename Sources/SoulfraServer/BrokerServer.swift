@@ -4,6 +4,7 @@ import SoulfraBroker
 import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
+import SoulfraMetrics
 import SoulfraPeer
 import SoulfraPeerLink
 import SoulfraNet
@@ -294,17 +295,16 @@ extension LoopCounters {
             ("file_syncs_total", "fdatasync/fsync operations completed through the ring.", \.fileSyncs),
             ("file_errors_total", "File writes and syncs that failed (ENOSPC, EIO, ...).", \.fileErrors),
         ]
-        var out = ""
+        var out = PrometheusText(prefix: "soulfra_loop")
         for (name, help, path) in families {
-            out += "# HELP soulfra_loop_\(name) \(help)\n# TYPE soulfra_loop_\(name) counter\n"
-            for (i, c) in loops { out += "soulfra_loop_\(name){loop=\"\(i)\"} \(c[keyPath: path])\n" }
+            out.family(name, .counter, help)
+            for (i, c) in loops { out.sample(name, ["loop": String(i)], c[keyPath: path]) }
         }
-        out += "# HELP soulfra_loop_closes_total Connections closed, by what ended them first (local: Soulfra closed it).\n"
-        out += "# TYPE soulfra_loop_closes_total counter\n"
+        out.family("closes_total", .counter, "Connections closed, by what ended them first (local: Soulfra closed it).")
         for (i, c) in loops {
-            for r in LoopCloseReason.allCases { out += "soulfra_loop_closes_total{loop=\"\(i)\",reason=\"\(r)\"} \(c.closes[r.rawValue])\n" }
+            for r in LoopCloseReason.allCases { out.sample("closes_total", ["loop": String(i), "reason": r.description], c.closes[r.rawValue]) }
         }
-        return out
+        return out.text
     }
 }
 
