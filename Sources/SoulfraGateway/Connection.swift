@@ -358,16 +358,12 @@ final class Connection {
     }
 
     func writeH1Head(status: Int, headers: [(String, String)], contentLength: Int?, keepAlive: Bool) {
-        writeH1Head(status: status, headers: headers.map { H2Header($0.0, $0.1) }, contentLength: contentLength, keepAlive: keepAlive)
+        if !keepAlive { h1KeepAlive = false }
+        emit(HTTP1Response.head(status: status, fields: headers.map { ($0.0, $0.1) }, contentLength: contentLength, close: !keepAlive))
     }
 
     func writeH1Head(status: Int, headers: [H2Header], contentLength: Int?, keepAlive: Bool) {
-        var s = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
-        for h in headers where h.name != "content-length" { s += "\(h.name): \(h.value)\r\n" }
-        if let contentLength { s += "content-length: \(contentLength)\r\n" } else if status != 101 { s += "transfer-encoding: chunked\r\n" }
-        if !keepAlive { s += "connection: close\r\n"; h1KeepAlive = false }
-        s += "\r\n"
-        emit(Array(s.utf8))
+        writeH1Head(status: status, headers: headers.map { ($0.name, $0.value) }, contentLength: contentLength, keepAlive: keepAlive)
     }
 
     // MARK: - WebSocket (after an HTTP/1.1 upgrade)

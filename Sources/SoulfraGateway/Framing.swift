@@ -198,31 +198,6 @@ struct JSONScanner {
 /// Lowercase hex digits (chunk sizes, request ids).
 let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
-/// HTTP reason phrases for the statuses the gateway sends.
-func reasonPhrase(_ status: Int) -> String {
-    switch status {
-    case 101: "Switching Protocols"
-    case 200: "OK"
-    case 202: "Accepted"
-    case 400: "Bad Request"
-    case 401: "Unauthorized"
-    case 403: "Forbidden"
-    case 404: "Not Found"
-    case 405: "Method Not Allowed"
-    case 408: "Request Timeout"
-    case 413: "Content Too Large"
-    case 414: "URI Too Long"
-    case 426: "Upgrade Required"
-    case 429: "Too Many Requests"
-    case 431: "Request Header Fields Too Large"
-    case 501: "Not Implemented"
-    case 502: "Bad Gateway"
-    case 503: "Service Unavailable"
-    case 505: "HTTP Version Not Supported"
-    default: "Status"
-    }
-}
-
 /// Whether `s` contains the ASCII `needle` (byte-wise; header values are ASCII).
 func containsASCII(_ s: String, _ needle: StaticString) -> Bool {
     let n = needle.utf8CodeUnitCount

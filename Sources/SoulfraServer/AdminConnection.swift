@@ -88,30 +88,9 @@ final class AdminConnection {
 
     private func write(status: Int, contentType: String, body: String, extra: [(String, String)] = [], headOnly: Bool = false) {
         let bytes = Array(body.utf8)
-        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nContent-Length: \(bytes.count)\r\n"
-        head += "Cache-Control: no-store\r\n"
-        for (k, v) in extra { head += "\(k): \(v)\r\n" }
-        if closeAfterOutput { head += "Connection: close\r\n" }
-        head += "\r\n"
-        output.append(contentsOf: head.utf8)
+        let fields = [("content-type", contentType), ("cache-control", "no-store")] + extra.map { ($0.0.lowercased(), $0.1) }
+        output.append(contentsOf: HTTP1Response.head(status: status, fields: fields, contentLength: bytes.count, close: closeAfterOutput))
         if !headOnly { output.append(contentsOf: bytes) }
-    }
-
-    static func reason(_ s: Int) -> String {
-        switch s {
-        case 200: "OK"
-        case 400: "Bad Request"
-        case 401: "Unauthorized"
-        case 404: "Not Found"
-        case 405: "Method Not Allowed"
-        case 413: "Content Too Large"
-        case 414: "URI Too Long"
-        case 431: "Request Header Fields Too Large"
-        case 501: "Not Implemented"
-        case 503: "Service Unavailable"
-        case 505: "HTTP Version Not Supported"
-        default: "Status"
-        }
     }
 }
 

@@ -171,3 +171,19 @@ struct HTTP1ParserTests {
         }
     }
 }
+
+@Suite("HTTP/1.1 response heads")
+struct HTTP1ResponseTests {
+    @Test("a length frames the body; without one the body is chunked (not for 101); close is said when asked")
+    func heads() {
+        func head(_ status: Int, _ fields: [(name: String, value: String)], _ length: Int?, close: Bool = false) -> String {
+            String(decoding: HTTP1Response.head(status: status, fields: fields, contentLength: length, close: close), as: UTF8.self)
+        }
+        #expect(head(200, [("content-type", "application/json"), ("content-length", "999")], 2)
+                == "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n")
+        #expect(head(200, [], nil) == "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        #expect(head(101, [("upgrade", "websocket")], nil) == "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n")
+        #expect(head(431, [], 0, close: true) == "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        #expect(HTTP1Response.reasonPhrase(599) == "Status")
+    }
+}

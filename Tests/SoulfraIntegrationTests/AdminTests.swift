@@ -80,7 +80,7 @@ struct AdminTests {
         }
         let text = String(decoding: reply, as: UTF8.self)
         #expect(text.hasPrefix("HTTP/1.1 400 "), "\(text)")
-        #expect(text.contains("Connection: close"))
+        #expect(text.lowercased().contains("connection: close"))
     }
 
     @Test("shutdown closes idle keep-alive admin connections instead of waiting on them")
