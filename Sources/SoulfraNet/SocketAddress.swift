@@ -57,3 +57,12 @@ public struct SocketAddress: Sendable {
         }
     }
 }
+
+/// A connected pair of non-blocking, close-on-exec unix stream sockets (links between loops in one process,
+/// tests). Nil with `errno` set when the call fails.
+public func unixSocketPair() -> (Int32, Int32)? {
+    var fds: [Int32] = [-1, -1]
+    let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+    guard socketpair(AF_UNIX, type, 0, &fds) == 0 else { return nil }
+    return (fds[0], fds[1])
+}

@@ -136,12 +136,11 @@ public final class BrokerServer: Sendable {
         var pairs: [[Int32]] = Array(repeating: Array(repeating: -1, count: loops), count: loops)
         for x in 0..<loops {
             for y in 0..<loops where x != y {
-                var fds: [Int32] = [-1, -1]
-                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+                guard let (near, far) = unixSocketPair() else {
                     throw SocketError(call: "socketpair", errno: errno, address: "gateway link \(x)→\(y)")
                 }
-                pairs[x][y] = fds[0]
-                server.inboxes[y].handoffs.withLock { $0.append(Handoff(fd: fds[1], bytes: [])) }
+                pairs[x][y] = near
+                server.inboxes[y].handoffs.withLock { $0.append(Handoff(fd: far, bytes: [])) }
             }
         }
         for inbox in server.inboxes {

@@ -129,16 +129,16 @@ final class Wiring: LoopDelegate {
                 continue
             }
             guard !remoteLinks.values.contains(where: { $0.loopIndex == y }) else { continue }  // old socket still closing
-            var fds: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0,
-                  let conn = loop.adopt(fd: fds[0]) else {
-                continue  // tried again on the next tick
+            guard let (near, far) = unixSocketPair() else { continue }  // tried again on the next tick
+            guard let conn = loop.adopt(fd: near) else {
+                Glibc.close(far)
+                continue
             }
             setRole(conn, .gatewayLink)
             let session = g.renewLink(y)
             session.start()
             remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, session: session)
-            inboxes[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fds[1], bytes: [])) }
+            inboxes[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: far, bytes: [])) }
             inboxes[y].wake()
             log("gateway: loop \(inbox.index) reconnected its link to loop \(y)'s broker")
         }

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import SoulfraLoop
+import SoulfraNet
 
 /// io_uring is usable here (the real-ring tests are skipped, not failed, without it).
 let uringUsable: Bool = (try? UringProbe.check()) != nil
@@ -40,10 +41,8 @@ final class ScriptedDelegate: LoopDelegate, @unchecked Sendable {
 
 /// A pair of connected unix stream sockets: `loopEnd` goes to the loop, `far` stays with the test.
 func socketPair() -> (loopEnd: Int32, far: Int32) {
-    var fds: [Int32] = [-1, -1]
-    let rc = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds)
-    precondition(rc == 0, "socketpair failed")
-    return (fds[0], fds[1])
+    guard let (near, far) = unixSocketPair() else { preconditionFailure("socketpair failed") }
+    return (near, far)
 }
 
 /// Reads from a non-blocking socket until `count` bytes arrived or the bound passed; returns the bytes read.
