@@ -739,21 +739,13 @@ public final class Broker {
     public func takeOutput(link id: UInt32) -> UnsafeRawBufferPointer {
         guard let link = liveLink(id), !link.sendInFlight else { return UnsafeRawBufferPointer(start: nil, count: 0) }
         link.dirty = false
-        if link.sending.isEmpty {
-            guard !link.out.isEmpty else { return UnsafeRawBufferPointer(start: nil, count: 0) }
-            let spare = link.sending
-            link.sending = link.out
-            link.out = spare
-        }
-        link.sendInFlight = true
-        return link.sending.readable
+        return link.queue.take() ?? UnsafeRawBufferPointer(start: nil, count: 0)
     }
 
     /// The I/O layer wrote `count` bytes of the last hand-off (0 when the send failed and the link is closing).
     public func sent(link id: UInt32, count: Int, now: UInt64) {
         guard let link = liveLink(id) else { return }
-        link.sendInFlight = false
-        link.sending.consume(min(count, link.sending.count))
+        link.queue.sent(count)
         if link.queuedBytes > 0 { markReady(link) }
         guard link.congestedSince != nil || !link.pause.isEmpty || link.hasHeldRoomFrames else { return }
         if link.queuedBytes < limits.linkQueueBytesLow {
@@ -878,8 +870,7 @@ public final class Broker {
                 // Idle links give their send buffers back (done here, not per send, so a busy link never
                 // allocates per message).
                 if link.queuedBytes == 0 && !link.sendInFlight && now &- link.lastHeard > limits.heartbeatIntervalNanos {
-                    link.out.shrinkIfEmpty()
-                    link.sending.shrinkIfEmpty()
+                    link.queue.shrinkIfIdle()
                 }
                 if link.kind == .gateway, let since = link.congestedSince, now &- since > limits.slowConsumerDeadlineNanos {
                     fail(link, .slowConsumer,

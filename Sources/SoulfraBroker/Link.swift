@@ -36,12 +36,12 @@ final class Link {
     /// The peer sent GOAWAY: no new streams are routed to it.
     var draining = false
     let decoder = FrameDecoder()
-    /// Frames waiting to be handed to the socket.
-    var out = ByteQueue()
-    /// Frames handed to the socket by `takeOutput` and not yet confirmed sent. Kept apart from `out` so that
-    /// appending never moves memory a send in flight points at.
-    var sending = ByteQueue()
-    var sendInFlight = false
+    /// Frames for the socket: appended to `queue.out` (the one copy of a routed frame), handed over by
+    /// `Broker.takeOutput`.
+    let queue = SendQueue()
+    /// Where frames for this peer are written.
+    @inline(__always) var out: ByteQueue { queue.out }
+    @inline(__always) var sendInFlight: Bool { queue.inFlight }
     /// In the broker's list of links with output to send.
     var dirty = false
     var maxFrameBytes: UInt32 = Wire.handshakeFrameBytes
@@ -84,7 +84,7 @@ final class Link {
     }
 
     /// Bytes queued towards this peer, including a send in flight.
-    @inline(__always) var queuedBytes: Int { out.count + sending.count }
+    @inline(__always) var queuedBytes: Int { queue.count }
 }
 
 /// Credit through a key's buckets (`Broker.pace`): what is granted now and what stays held back.

@@ -39,12 +39,12 @@ final class Connection {
     var ws = WebSocketDecoder()
     var exchanges: [Int32: Exchange] = [:]
     var admissionCache = AdmissionCache()
-    /// Output: `sending` is what the loop is writing now (unmoved until `sent`), `out` what comes next.
-    var out = ByteQueue(tight: true)
-    var sending = ByteQueue(tight: true)
+    /// Bytes for the socket: what the loop is writing now and, behind it, what comes next.
+    let output = SendQueue(tight: true)
+    /// Where bytes for the socket are appended.
+    @inline(__always) var out: ByteQueue { output.out }
     /// Plaintext waiting to be encrypted: gathered over a flush so TLS writes few, full records.
     let plainOut = ByteQueue(tight: true)
-    var sendInFlight = false
     private(set) var closeAfterFlush = false
     /// Why it is closing (set with `closeAfterFlush`, or by `abort`).
     private(set) var closeReason: CloseReason?
@@ -92,7 +92,9 @@ final class Connection {
     }
 
     /// Everything held for the client and not yet taken: send queues, TLS plaintext, HTTP/2 stream queues.
-    var queuedBytes: Int { out.count + sending.count + plainOut.count + (h2?.queuedBytesTotal ?? 0) }
+    var queuedBytes: Int { socketBytes + (h2?.queuedBytesTotal ?? 0) }
+    /// Bytes on their way to the socket (not counting HTTP/2 stream queues).
+    @inline(__always) var socketBytes: Int { output.count + plainOut.count }
 
     // MARK: - Input
 
@@ -571,8 +573,7 @@ final class Connection {
     func trim() {
         trimmed = true
         h2?.trim()
-        if !sendInFlight { sending.shrinkIfEmpty() }
-        out.shrinkIfEmpty()
+        output.shrinkIfIdle()
         plainOut.shrinkIfEmpty()
         plain = []
     }
@@ -588,7 +589,7 @@ final class Connection {
 
     /// Nothing in flight, nothing half-parsed, nothing unsent: the connection can change loops.
     var quiescent: Bool {
-        guard !closed, !closeAfterFlush, exchanges.isEmpty, h1Current == nil, out.isEmpty, sending.isEmpty, !sendInFlight,
+        guard !closed, !closeAfterFlush, exchanges.isEmpty, h1Current == nil, output.isEmpty, !output.inFlight,
               plainOut.isEmpty else { return false }
         switch proto {
         case .http1: return h1.isIdle && h1Stash.isEmpty && !h1ReadingBody

@@ -213,8 +213,7 @@ public final class Gateway {
 
     public func sent(conn: UInt32, count: Int, now: UInt64) {
         guard let c = conns[conn] else { return }
-        c.sendInFlight = false
-        c.sending.consume(min(count, c.sending.count))
+        c.output.sent(count)
         if count > 0 { c.lastSendProgress = now }
         markDirty(c)
     }
@@ -989,17 +988,14 @@ public final class Gateway {
             c.produce()
             grantCredit(c, now: now)
             if c.queuedBytes == 0 { c.lastSendProgress = now }
-            if !c.sendInFlight && (!c.sending.isEmpty || !c.out.isEmpty), transport?.canSend(c.id) ?? false {
-                // A short send leaves the rest in `sending`: it goes first, before anything newer.
-                if c.sending.isEmpty { swap(&c.sending, &c.out) }
-                c.sendInFlight = true
-                transport?.send(c.id, c.sending.readable)
+            if let transport, !c.output.inFlight, transport.canSend(c.id), let bytes = c.output.take() {
+                transport.send(c.id, bytes)
             }
             // Output waiting for the socket past the connection's budget can only be the gateway's own (pongs,
             // errors, control frames): stop reading what causes it until the client takes some. HTTP/2 stream
             // queues do not count here: they drain only as the client's WINDOW_UPDATEs are read, and credit
             // bounds them already.
-            let queued = c.out.count + c.sending.count + c.plainOut.count
+            let queued = c.socketBytes
             if queued > limits.connectionOutputHighBytes {
                 if !c.readPauses.contains(.outputFull) { counters.outputPauses += 1 }
                 c.pauseReading(.outputFull)
@@ -1007,7 +1003,7 @@ public final class Gateway {
                 c.resumeReading(.outputFull)
             }
             reconcile(c)
-            if c.closeAfterFlush && !c.sendInFlight && c.out.isEmpty && c.sending.isEmpty {
+            if c.closeAfterFlush && !c.output.inFlight && c.output.isEmpty {
                 c.closed = true
                 counters.count(c.closeReason ?? .finished)
                 transport?.close(c.id)

@@ -14,7 +14,8 @@ final class AdminConnection {
         return l
     }())
     /// Response bytes waiting for the socket.
-    var output: [UInt8] = []
+    /// Response bytes for the socket.
+    let output = SendQueue()
     /// The peer asked to close, or an error ended the exchange: close once `output` is sent.
     private(set) var closeAfterOutput = false
     let adminToken: SecretDigest?
@@ -89,8 +90,10 @@ final class AdminConnection {
     private func write(status: Int, contentType: String, body: String, extra: [(String, String)] = [], headOnly: Bool = false) {
         let bytes = Array(body.utf8)
         let fields = [("content-type", contentType), ("cache-control", "no-store")] + extra.map { ($0.0.lowercased(), $0.1) }
-        output.append(contentsOf: HTTP1Response.head(status: status, fields: fields, contentLength: bytes.count, close: closeAfterOutput))
-        if !headOnly { output.append(contentsOf: bytes) }
+        HTTP1Response.head(status: status, fields: fields, contentLength: bytes.count, close: closeAfterOutput).withUnsafeBytes {
+            output.out.append($0)
+        }
+        if !headOnly { bytes.withUnsafeBytes { output.out.append($0) } }
     }
 }
 

@@ -39,14 +39,13 @@ final class Wiring: LoopDelegate {
     final class RemoteLink {
         let loopIndex: Int
         var conn: UInt32
-        var session: PeerLink
-        /// Bytes handed to the loop and not yet confirmed sent (unmoved meanwhile).
-        let sending = ByteQueue()
-        var inFlight = false
-        init(loopIndex: Int, conn: UInt32, session: PeerLink) {
+        var peer: PeerLink
+        /// The link's frames on their way to the socket.
+        let queue = SendQueue()
+        init(loopIndex: Int, conn: UInt32, peer: PeerLink) {
             self.loopIndex = loopIndex
             self.conn = conn
-            self.session = session
+            self.peer = peer
         }
     }
 
@@ -60,9 +59,8 @@ final class Wiring: LoopDelegate {
     var sorting: [UInt32: Sorting] = [:]
     var listenerRoles: [ListenerRole] = []
     var adminToken: SecretDigest?
-    /// Admin HTTP connections, and the response bytes a send in flight points at (freed on completion).
+    /// Admin HTTP connections.
     var admin: [UInt32: AdminConnection] = [:]
-    var adminSending: [UInt32: UnsafeMutableRawBufferPointer] = [:]
     var gateway: Gateway?
     /// The broker link id of the gateway's in-process link (past every slot the loop can hand out).
     let inProcessLink: UInt32
@@ -109,9 +107,9 @@ final class Wiring: LoopDelegate {
         for (y, fd) in links.enumerated() where fd >= 0 {
             guard let conn = loop.adopt(fd: fd) else { continue }
             setRole(conn, .gatewayLink)
-            let session = g.peerLink(y)
-            session.start()
-            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, session: session)
+            let peer = g.peerLink(y)
+            peer.start()
+            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, peer: peer)
         }
     }
 
@@ -135,9 +133,9 @@ final class Wiring: LoopDelegate {
                 continue
             }
             setRole(conn, .gatewayLink)
-            let session = g.renewLink(y)
-            session.start()
-            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, session: session)
+            let peer = g.renewLink(y)
+            peer.start()
+            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, peer: peer)
             inboxes[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: far, bytes: [])) }
             inboxes[y].wake()
             log("gateway: loop \(inbox.index) reconnected its link to loop \(y)'s broker")
@@ -147,12 +145,12 @@ final class Wiring: LoopDelegate {
     /// Moves frames between the gateway and this loop's broker until neither has more for the other.
     @inline(__always)
     func pumpInProcess(_ g: Gateway, now: UInt64) {
-        let session = g.peerLink(inbox.index)
+        let peer = g.peerLink(inbox.index)
         for _ in 0..<16 {
             var moved = false
-            if !inProcessPaused && !session.output.isEmpty {
-                broker.receive(link: inProcessLink, bytes: session.output.readable, now: now)
-                session.output.removeAll()
+            if !inProcessPaused && !peer.output.isEmpty {
+                broker.receive(link: inProcessLink, bytes: peer.output.readable, now: now)
+                peer.output.removeAll()
                 moved = true
             }
             applyBrokerActions(now: now)
@@ -160,7 +158,7 @@ final class Wiring: LoopDelegate {
                 if l == inProcessLink {
                     let bytes = broker.takeOutput(link: l)
                     if bytes.count > 0 {
-                        session.receive(bytes, nowMilliseconds: now / 1_000_000)
+                        peer.receive(bytes, nowMilliseconds: now / 1_000_000)
                         moved = true
                     }
                     broker.sent(link: l, count: bytes.count, now: now)
@@ -176,16 +174,14 @@ final class Wiring: LoopDelegate {
         loop.mailbox.wake()
     }
 
-    func flushRemotePorts() {
-        for p in remoteLinks.values where !p.inFlight {
-            if p.sending.isEmpty {
-                guard !p.session.output.isEmpty else { continue }
-                p.sending.append(p.session.output.readable)
-                p.session.output.removeAll()
+    func flushRemoteLinks() {
+        for p in remoteLinks.values where !p.queue.inFlight {
+            if !p.peer.output.isEmpty {
+                p.queue.out.append(p.peer.output.readable)
+                p.peer.output.removeAll()
             }
-            guard loop.canSend(conn: p.conn) else { continue }
-            p.inFlight = true
-            loop.send(conn: p.conn, bytes: p.sending.readable)
+            guard loop.canSend(conn: p.conn), let bytes = p.queue.take() else { continue }
+            loop.send(conn: p.conn, bytes: bytes)
         }
     }
 
@@ -223,7 +219,7 @@ final class Wiring: LoopDelegate {
         switch role(conn) {
         case .broker: broker.receive(link: conn, bytes: bytes, now: now)
         case .http: gateway?.received(conn: conn, bytes: bytes, now: now)
-        case .gatewayLink: remoteLinks[conn]?.session.receive(bytes, nowMilliseconds: now / 1_000_000)
+        case .gatewayLink: remoteLinks[conn]?.peer.receive(bytes, nowMilliseconds: now / 1_000_000)
         case .admin: admin[conn]?.receive(bytes)
         case .sorting: sort(conn, bytes, now: now)
         }
@@ -290,13 +286,9 @@ final class Wiring: LoopDelegate {
         case .http: gateway?.sent(conn: conn, count: count, now: now)
         case .gatewayLink:
             guard let p = remoteLinks[conn] else { return }
-            p.inFlight = false
-            p.sending.consume(min(count, p.sending.count))
+            p.queue.sent(count)
         case .admin:
-            guard let buf = adminSending.removeValue(forKey: conn) else { return }
-            // Admin responses are small; a short send re-queues the rest in front.
-            if count < buf.count, count > 0, let a = admin[conn] { a.output.insert(contentsOf: buf[count...], at: 0) }
-            buf.deallocate()
+            admin[conn]?.output.sent(count)
         case .sorting:
             break
         }
@@ -310,10 +302,9 @@ final class Wiring: LoopDelegate {
         case .broker: broker.detach(link: conn, now: now)
         case .http: gateway?.closed(conn: conn, now: now)
         case .gatewayLink:
-            if let p = remoteLinks.removeValue(forKey: conn) { p.session.transportClosed(reason: "socket to loop \(p.loopIndex) closed") }
+            if let p = remoteLinks.removeValue(forKey: conn) { p.peer.transportClosed(reason: "socket to loop \(p.loopIndex) closed") }
         case .admin:
             admin.removeValue(forKey: conn)
-            adminSending.removeValue(forKey: conn)?.deallocate()
         case .sorting:
             sorting.removeValue(forKey: conn)  // never reached the broker
         }
@@ -442,7 +433,7 @@ final class Wiring: LoopDelegate {
             }
             // Flushing may have granted credit or opened streams: carry them across at once.
             pumpInProcess(g, now: now)
-            flushRemotePorts()
+            flushRemoteLinks()
         } else {
             applyBrokerActions(now: now)
             broker.drainReady { l in
@@ -467,17 +458,13 @@ extension Wiring: GatewayTransport {
 
 extension Wiring {
     func flushAdmin(now: UInt64) {
-        for (conn, a) in admin where adminSending[conn] == nil {
+        for (conn, a) in admin where !a.output.inFlight {
             if a.output.isEmpty {
                 if a.closeAfterOutput { loop.close(conn: conn, flush: false, now: now) }
                 continue
             }
-            guard loop.canSend(conn: conn) else { continue }
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: a.output.count, alignment: 1)
-            buf.copyBytes(from: a.output)
-            a.output.removeAll()
-            adminSending[conn] = buf
-            loop.send(conn: conn, bytes: UnsafeRawBufferPointer(buf))
+            guard loop.canSend(conn: conn), let bytes = a.output.take() else { continue }
+            loop.send(conn: conn, bytes: bytes)
         }
     }
 

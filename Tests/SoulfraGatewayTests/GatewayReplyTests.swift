@@ -109,10 +109,10 @@ struct GatewayReplyTests {
         h.settle()
         #expect(c.status(id) == "200")
         let conn = try #require(h.connection(1))
-        #expect(conn.out.capacity + conn.sending.capacity > 0, "buffers in use after the exchange")
+        #expect(conn.output.out.capacity + conn.output.sending.capacity > 0, "buffers in use after the exchange")
         h.now += 1_200_000_000
         h.gateway.tick(now: h.now)
         #expect(conn.trimmed)
-        #expect(conn.out.capacity == 0 && conn.sending.capacity == 0 && conn.plainOut.capacity == 0)
+        #expect(conn.output.out.capacity == 0 && conn.output.sending.capacity == 0 && conn.plainOut.capacity == 0)
     }
 }
