@@ -62,6 +62,32 @@ struct OutboundMessage {
     var binary: Bool
 }
 
+/// Where an exchange's reply is. It only moves forward (`Exchange.advance`).
+enum ReplyState: Int, Comparable {
+    /// Nothing sent to the client yet.
+    case waiting
+    /// Response headers are out; the body may be streaming.
+    case started
+    /// Complete, failed, or cancelled: nothing more goes to the client.
+    case ended
+    /// Forgotten: credit and buffers given back. Only after `ended`.
+    case retired
+
+    static func < (a: ReplyState, b: ReplyState) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Where an exchange's request is. Forward only, except that a retry sends it again (`Exchange.resend`).
+enum RequestState: Int, Comparable {
+    /// The client is still sending it.
+    case receiving
+    /// The client sent all of it.
+    case received
+    /// All of it, END included, went to the broker.
+    case forwarded
+
+    static func < (a: RequestState, b: RequestState) -> Bool { a.rawValue < b.rawValue }
+}
+
 /// One request in flight: an HTTP/2 stream, an HTTP/1.1 request, or a WebSocket; and the broker stream it
 /// rides on.
 final class Exchange {
@@ -85,7 +111,8 @@ final class Exchange {
     /// Messages send `body` itself to the broker: how much of it has gone.
     var sendsBody = false
     var bodySent = 0
-    var requestEnded = false
+    /// Where the request is: arriving from the client, complete, or complete and ended on the broker stream.
+    private(set) var request = RequestState.receiving
     /// Messages waiting for broker credit (NDJSON lines, WebSocket message parts), oldest first; what they
     /// hold in memory (their bytes plus `entryOverhead` each, so a flood of empty messages counts too); and
     /// whether END follows the last one.
@@ -94,20 +121,18 @@ final class Exchange {
     var outboundBytes = 0
     static let entryOverhead = 64
     var outboundEnds = false
-    var sentEnd = false
     /// Bytes of a partial NDJSON line.
     var partialLine: [UInt8] = []
     /// Reply bytes and DATA frames received (unary: bytes bounded by `maxReplyBytes`).
     var replyBytes = 0
     var replyFrames = 0
-    /// Response headers are out; the body may still be streaming.
-    var responded = false
-    var responseEnded = false
+    /// Where the reply is: nothing sent, headers out (the body may be streaming), complete, or forgotten.
+    private(set) var reply = ReplyState.waiting
     /// When a streamed reply's headers go out if nothing else happened first (a refused stream gets a
     /// proper status instead of an error event).
     var headersDue: UInt64 = 0
+    /// The one retry on another instance was used.
     var retried = false
-    var retired = false
     /// When request body bytes last arrived (monotonic ns), for the body timeout.
     var lastBodyAt: UInt64 = 0
     /// Request bytes read and dropped after the exchange was answered.
@@ -158,6 +183,37 @@ final class Exchange {
     }
 
     var pendingFrames: Int { outbound.count - outboundHead }
+
+    // MARK: - Lifecycle
+
+    /// Response headers are out; the body may still be streaming.
+    var responded: Bool { reply >= .started }
+    /// The response is complete (or failed, or the client went away): nothing more is sent for it.
+    var responseEnded: Bool { reply >= .ended }
+    /// Forgotten: its credit and buffers are given back.
+    var retired: Bool { reply == .retired }
+    /// The client sent all of the request.
+    var requestEnded: Bool { request >= .received }
+    /// END went to the broker on the request's stream.
+    var sentEnd: Bool { request == .forwarded }
+
+    /// Moves the reply on. It never moves back: asking for a state it has passed changes nothing.
+    @inline(__always) func advance(reply to: ReplyState) {
+        precondition(to != .retired || reply >= .ended, "an exchange retired before its reply ended")
+        if to > reply { reply = to }
+    }
+
+    /// Moves the request on (only forward).
+    @inline(__always) func advance(request to: RequestState) {
+        if to > request { request = to }
+    }
+
+    /// A retry on another instance sends the request again: END has not gone on the new stream. Only a
+    /// request whose reply has not started is retried.
+    func resend() {
+        precondition(reply == .waiting && request == .forwarded || request < .forwarded, "a retry after the reply started")
+        if request == .forwarded { request = .received }
+    }
 
     /// Response headers every reply carries, plus `content-length` for a complete reply of that size.
     func replyHeaders(contentType: String, contentLength: Int?) -> [H2Header] {

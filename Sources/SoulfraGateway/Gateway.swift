@@ -420,7 +420,7 @@ public final class Gateway {
             c.writeH1Head(status: 101, headers: [("upgrade", "websocket"), ("connection", "Upgrade"),
                                                  ("sec-websocket-accept", head.webSocketAccept!), ("x-request-id", requestID)],
                           contentLength: nil, keepAlive: true)
-            ex.responded = true
+            ex.advance(reply: .started)
             counted(status: 101, code: nil)
             openBroker(ex, now: now)
         }
@@ -472,7 +472,7 @@ public final class Gateway {
     }
 
     func requestEnd(_ ex: Exchange, now: UInt64) {
-        ex.requestEnded = true
+        ex.advance(request: .received)
         switch ex.kind {
         case .message, .messageStream:
             guard let fields = MessageFields.scan(ex.body) else {
@@ -562,7 +562,7 @@ public final class Gateway {
             // for a retry.
             ex.bodySent = 0
             ex.sendsBody = true
-            ex.sentEnd = false
+            ex.resend()
         }
         if ex.kind.streamsReply && !ex.responded {
             ex.headersDue = now &+ 2_000_000
@@ -598,7 +598,7 @@ public final class Gateway {
             }
             if let took {
                 ex.bodySent += took
-                if ex.bodySent == ex.body.count { ex.sentEnd = true }
+                if ex.bodySent == ex.body.count { ex.advance(request: .forwarded) }
             }
             return
         }
@@ -620,14 +620,14 @@ public final class Gateway {
             ex.outboundBytes -= Exchange.entryOverhead
             ex.outbound[ex.outboundHead] = OutboundMessage(bytes: [], cost: 0, continues: false, binary: false)
             ex.outboundHead += 1
-            if last { ex.sentEnd = true }
+            if last { ex.advance(request: .forwarded) }
         }
         if ex.outboundHead == ex.outbound.count {
             ex.outbound.removeAll(keepingCapacity: true)
             ex.outboundHead = 0
             if ex.outboundEnds && !ex.sentEnd {
                 if peer.send(stream: ex.brokerStream, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
-                    ex.sentEnd = true
+                    ex.advance(request: .forwarded)
                 }
             }
         }
@@ -648,7 +648,7 @@ public final class Gateway {
 
     func startStreamedReply(_ ex: Exchange) {
         guard !ex.responded else { return }
-        ex.responded = true
+        ex.advance(reply: .started)
         let type = ex.ndjson ? "application/x-ndjson" : "text/event-stream"
         var headers = ex.replyHeaders(contentType: type, contentLength: nil)
         if !ex.ndjson { headers.append(H2Header("cache-control", "no-cache")) }
@@ -687,7 +687,7 @@ public final class Gateway {
             }
             // A reply in several frames streams to the client as it comes (nothing is held whole here).
             if !ex.responded {
-                ex.responded = true
+                ex.advance(reply: .started)
                 c.respond(ex.id, status: 200, headers: ex.replyHeaders(contentType: "application/json", contentLength: nil),
                           body: UnsafeRawBufferPointer(start: nil, count: 0), end: false)
                 counted(status: 200, code: nil)
@@ -792,7 +792,7 @@ public final class Gateway {
 
     func finishUnary(_ ex: Exchange, status: Int, body: UnsafeRawBufferPointer, now: UInt64) {
         guard !ex.responded else { return }
-        ex.responded = true
+        ex.advance(reply: .started)
         ex.deadline = 0
         ex.conn.respond(ex.id, status: status, headers: ex.replyHeaders(contentType: "application/json", contentLength: body.count),
                         body: body, end: true)
@@ -804,7 +804,7 @@ public final class Gateway {
 
     /// The reply is complete: the exchange is done once the broker stream is too.
     func replyEnded(_ ex: Exchange) {
-        ex.responseEnded = true
+        ex.advance(reply: .ended)
         ex.deadline = 0
         if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
             // Unary: the instance ended its side. With both ENDs the stream is over and nothing needs saying;
@@ -883,7 +883,7 @@ public final class Gateway {
         let c = ex.conn
         detachBroker(ex, reason: e.code.name)
         if !ex.responded {
-            ex.responded = true
+            ex.advance(reply: .started)
             if c.proto != .http2 && !ex.requestEnded { c.h1KeepAlive = false }
             c.respondError(ex.id, e, requestID: ex.requestID)
         } else if !ex.responseEnded {
@@ -906,7 +906,7 @@ public final class Gateway {
                 }
             }
         }
-        ex.responseEnded = true
+        ex.advance(reply: .ended)
         retire(ex)
         markDirty(c)
     }
@@ -914,7 +914,7 @@ public final class Gateway {
     /// The client went away from this exchange (stream reset, connection closed).
     func cancel(_ ex: Exchange, reason: String) {
         detachBroker(ex, reason: reason)
-        ex.responseEnded = true
+        ex.advance(reply: .ended)
         retire(ex)
     }
 
@@ -932,7 +932,7 @@ public final class Gateway {
     /// Forgets a finished exchange.
     func retire(_ ex: Exchange) {
         guard !ex.retired else { return }
-        ex.retired = true
+        ex.advance(reply: .retired)
         ex.deadline = 0
         let c = ex.conn
         if ex.windowCost > 0 {

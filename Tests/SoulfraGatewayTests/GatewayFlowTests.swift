@@ -125,3 +125,51 @@ struct GatewayCloseTests {
         #expect(text.contains(#"soulfra_gateway_closes_total{reason="idle_timeout"} 1"#))
     }
 }
+
+@Suite("Gateway: an exchange's lifecycle")
+struct ExchangeLifecycleTests {
+    static func exchange() -> (GatewayHarness, Exchange) {
+        let h = GatewayHarness()
+        h.connectRaw(1)
+        let key = h.gateway.gatekeeper.table.byDigest.values.first!
+        let ex = Exchange(id: 1, conn: h.connection(1)!, route: .messages(world: "playground"), key: key,
+                          rate: RateLimitState(limit: 0, remaining: 0, resetSeconds: 0), kind: .message, requestID: "r-1",
+                          startedAt: 0, session: "", ndjson: false)
+        return (h, ex)
+    }
+
+    @Test("the reply and the request only move forward; a retry sends the request again")
+    func forwardOnly() {
+        let (_, ex) = Self.exchange()
+        #expect(!ex.responded && !ex.requestEnded)
+        ex.advance(request: .forwarded)
+        ex.advance(request: .received)
+        #expect(ex.sentEnd, "the request moved back")
+        ex.resend()
+        #expect(ex.requestEnded && !ex.sentEnd)
+        ex.advance(reply: .ended)
+        ex.advance(reply: .started)
+        #expect(ex.responded && ex.responseEnded && !ex.retired)
+        ex.advance(reply: .retired)
+        #expect(ex.retired)
+    }
+
+    @Test("retiring an exchange whose reply has not ended stops the process")
+    func retireBeforeEnd() async {
+        await #expect(processExitsWith: .failure) {
+            let (_, ex) = ExchangeLifecycleTests.exchange()
+            ex.advance(reply: .started)
+            ex.advance(reply: .retired)
+        }
+    }
+
+    @Test("a retry after the reply started stops the process")
+    func retryAfterReply() async {
+        await #expect(processExitsWith: .failure) {
+            let (_, ex) = ExchangeLifecycleTests.exchange()
+            ex.advance(request: .forwarded)
+            ex.advance(reply: .started)
+            ex.resend()
+        }
+    }
+}
