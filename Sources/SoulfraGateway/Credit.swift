@@ -52,6 +52,10 @@ extension Gateway {
         ex.windowCost = new
         c.creditCost += new - old
         c.growthCost += max(0, new - floor) - max(0, old - floor)
+        // What a connection's streams hold is the sum of their windows' costs: it cannot go below nothing, and
+        // growth above the floors is part of it.
+        precondition(c.creditCost >= 0 && c.growthCost >= 0 && c.growthCost <= c.creditCost,
+                     "credit accounting broke: cost \(c.creditCost), growth \(c.growthCost)")
         // The loop's total follows credit at once (many streams may open in one batch); bytes queued for
         // clients are brought in when each connection is flushed.
         if !c.closed && !c.moving {
@@ -103,6 +107,7 @@ extension Gateway {
         let held = c.creditCost + c.queuedBytes
         heldTotal += held - c.lastHeld
         c.lastHeld = held
+        precondition(heldTotal >= 0, "the loop holds \(heldTotal) bytes")
     }
 
     /// Puts `ex` on its connection's list of streams that may want credit (looked at by the next flush: only

@@ -640,6 +640,7 @@ public final class Gateway {
         if consumed > 0, let h2 = ex.conn.h2 {
             h2.consume(stream: ex.id, bytes: consumed)
             ex.inputHeld -= consumed
+            precondition(ex.inputHeld >= 0, "more request bytes handed back than were held")
             markDirty(ex.conn)
         }
     }
@@ -954,6 +955,7 @@ public final class Gateway {
         ex.body = []
         c.resumeReading(.requestBacklog)
         counters.openExchanges -= 1
+        precondition(counters.openExchanges >= 0, "an exchange retired twice")
         if c.proto == .http2 {
             // The stream itself is forgotten when nghttp2 reports it closed.
         } else if c.h1Current === ex {

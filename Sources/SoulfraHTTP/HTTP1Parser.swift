@@ -152,6 +152,7 @@ public struct HTTP1Parser {
                 }
             case .fixedBody(let remaining):
                 let take = min(remaining, n - i)
+                precondition(take >= 0 && remaining >= 0, "a body length went negative")
                 state = .fixedBody(remaining: remaining - take)
                 let chunk = UnsafeRawBufferPointer(rebasing: bytes[i..<i + take])
                 i += take

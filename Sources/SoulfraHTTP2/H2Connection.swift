@@ -161,6 +161,7 @@ public final class H2Connection {
         }
         o.available -= copied
         queuedBytesTotal -= copied
+        precondition(o.available >= 0 && queuedBytesTotal >= 0, "a stream's queue gave more than it held")
         return copied
     }
 
@@ -216,6 +217,7 @@ public final class H2Connection {
 
     func recycle(_ o: Outbound) {
         queuedBytesTotal -= o.available
+        precondition(queuedBytesTotal >= 0, "the connection's stream queues gave more than they held")
         for var c in o.chunks where spareChunks.count < 4 {
             c.removeAll(keepingCapacity: true)
             spareChunks.append(c)

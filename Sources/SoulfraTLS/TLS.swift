@@ -125,6 +125,7 @@ public final class TLSConnection {
 
     /// Encrypts plaintext (all of it: memory BIOs never block).
     public func write(_ bytes: UnsafeRawBufferPointer) throws(TLSError) {
+        precondition(handshakeComplete, "TLS application data written before the handshake completed")
         var off = 0
         while off < bytes.count {
             let n = sf_tls_write(t, bytes.baseAddress! + off, Int32(bytes.count - off))
