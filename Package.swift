@@ -9,12 +9,13 @@
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
 //   SoulfraRate*          ← —                         token buckets
 //   SoulfraMetrics*       ← —                         the Prometheus text writer
+//   SoulfraSettings*      ← —                         settings tables: key, place, range
 //   SoulfraHTTP2*         ← CNGHTTP2, Rate            HTTP/2 connections over nghttp2
-//   SoulfraBroker*        ← Wire, Keys, Rate, Metrics routing, credit, quotas, rooms
+//   SoulfraBroker*        ← Wire, Keys, Rate, Metrics, Settings   routing, credit, quotas, rooms
 //   SoulfraPeerLink*   ← Wire                      a peer's side of a broker link
-//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Wire
+//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Settings, Wire
 //   SoulfraNet            ← —                         socket addresses, the monotonic clock
-//   SoulfraLoop           ← CURing, Net               the io_uring event loop
+//   SoulfraLoop           ← CURing, Net, Settings     the io_uring event loop
 //   SoulfraPeer           ← PeerLink, Wire, Net    the peer library: plain sockets + poll(2)
 //   SoulfraClient         ← HTTP, HTTP2, Net          an h2c client (load driver, tests)
 //   SoulfraServer         ← Broker, Gateway, Loop, Peer, PeerLink, TLS, Keys, HTTP, Wire, Net
@@ -49,6 +50,9 @@ let package = Package(
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // Secrets and API keys: SHA-256 digests, the sk-slfr_ key format with its CRC32 checksum.
         .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
+        // Settings tables: each limits struct lists its keys, places and ranges once (the loader and validation
+        // read them). Sans-IO.
+        .target(name: "SoulfraSettings"),
         // The Prometheus text format writer every /metrics section uses. Sans-IO.
         .target(name: "SoulfraMetrics"),
         // Token buckets: the one rate limiter (key rates, address budgets, HTTP/2 resets, broker quotas). Sans-IO.
@@ -60,7 +64,7 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraWire"], swiftSettings: dataPlane),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraSettings", "SoulfraWire"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
@@ -68,9 +72,9 @@ let package = Package(
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics"], swiftSettings: dataPlane),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics", "SoulfraSettings"], swiftSettings: dataPlane),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
-        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet"], swiftSettings: dataPlane),
+        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet", "SoulfraSettings"], swiftSettings: dataPlane),
         // A peer's side of a broker link, sans-IO: handshake, streams, credit, message parts (the gateway's link
         // and the peer library share it); a scripted echo instance on top.
         .target(name: "SoulfraPeerLink", dependencies: ["SoulfraWire"]),
@@ -79,7 +83,7 @@ let package = Package(
         .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerLink", "SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics"], swiftSettings: dataPlane),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraSettings"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", "SoulfraLoop", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -105,7 +109,7 @@ let package = Package(
         .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraPeerLink", "SoulfraWire"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
         .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerLink", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
-        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "CAllocCounter"]),
+        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "SoulfraSettings", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraRateTests", dependencies: ["SoulfraRate"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
@@ -114,7 +118,7 @@ let package = Package(
         .testTarget(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
-                           "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys"]
+                           "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraSettings"]
         ),
     ],
     swiftLanguageModes: [.v6]

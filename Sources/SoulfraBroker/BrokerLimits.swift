@@ -1,8 +1,9 @@
+import SoulfraSettings
 import SoulfraWire
 
 /// Every bound the broker enforces, in one place, each with its unit in its name.
 /// `validate()` runs at start-up and names the offending key and its allowed range.
-public struct BrokerLimits: Sendable, Equatable {
+public struct BrokerLimits: Sendable, Equatable, SettingsTable {
     /// The largest frame payload the broker accepts or sends; peers may negotiate lower.
     public var maxFrameBytes: UInt32 = 64 << 10
     /// The broker PINGs each link at this interval.
@@ -46,54 +47,20 @@ public struct BrokerLimits: Sendable, Equatable {
 
     public init() {}
 
-    /// A start-up configuration error: the key and what it must be.
-    public struct Invalid: Error, CustomStringConvertible, Equatable {
-        public let key: String
-        public let message: String
-        public var description: String { "\(key): \(message)" }
-    }
-
-    /// Checks every value against its allowed range.
-    public func validate() throws(Invalid) {
-        func check(_ ok: Bool, _ key: String, _ message: String) throws(Invalid) {
-            if !ok { throw Invalid(key: key, message: message) }
+    /// Checks every value against its range, then the bounds that depend on each other.
+    public func validate() throws(SettingError) {
+        try checkRanges()
+        func check(_ ok: Bool, _ key: String, _ message: String) throws(SettingError) {
+            if !ok { throw SettingError(key: key, message: message) }
         }
-        try check((Wire.maxFrameBytesFloor...Wire.maxFrameBytesCeiling).contains(maxFrameBytes),
-                  "max_frame_bytes", "must be between \(Wire.maxFrameBytesFloor) and \(Wire.maxFrameBytesCeiling), got \(maxFrameBytes)")
-        try check((10...600_000).contains(heartbeatIntervalMilliseconds),
-                  "heartbeat_interval_milliseconds", "must be between 10 and 600000, got \(heartbeatIntervalMilliseconds)")
-        try check((1...100).contains(heartbeatMissesAllowed),
-                  "heartbeat_misses_allowed", "must be between 1 and 100, got \(heartbeatMissesAllowed)")
-        try check((10...600_000).contains(handshakeTimeoutMilliseconds),
-                  "handshake_timeout_milliseconds", "must be between 10 and 600000, got \(handshakeTimeoutMilliseconds)")
-        try check(streamCreditBytes >= maxFrameBytes && streamCreditBytes <= 1 << 30,
-                  "stream_credit_bytes", "must be at least max_frame_bytes (\(maxFrameBytes)) and at most 1073741824, got \(streamCreditBytes)")
-        try check((1...1 << 20).contains(streamCreditFrames),
-                  "stream_credit_frames", "must be between 1 and 1048576, got \(streamCreditFrames)")
-        try check(linkQueueBytesLow > 0 && linkQueueBytesLow < linkQueueBytesHigh,
-                  "link_queue_bytes_low", "must be positive and below link_queue_bytes_high (\(linkQueueBytesHigh)), got \(linkQueueBytesLow)")
+        try check(streamCreditBytes >= maxFrameBytes,
+                  "stream_credit_bytes", "must be at least max_frame_bytes (\(maxFrameBytes)), got \(streamCreditBytes)")
+        try check(linkQueueBytesLow < linkQueueBytesHigh,
+                  "link_queue_bytes_low", "must be below link_queue_bytes_high (\(linkQueueBytesHigh)), got \(linkQueueBytesLow)")
         try check(linkQueueBytesHigh < linkQueueBytesHard,
                   "link_queue_bytes_high", "must be below link_queue_bytes_hard (\(linkQueueBytesHard)), got \(linkQueueBytesHigh)")
-        try check(linkQueueBytesHard >= Int(maxFrameBytes) * 2 && linkQueueBytesHard <= 1 << 30,
-                  "link_queue_bytes_hard", "must be at least twice max_frame_bytes and at most 1073741824, got \(linkQueueBytesHard)")
-        try check((1...3_600_000).contains(slowConsumerDeadlineMilliseconds),
-                  "slow_consumer_deadline_milliseconds", "must be between 1 and 3600000, got \(slowConsumerDeadlineMilliseconds)")
-        try check((1...1_000_000).contains(maxLinks), "max_links", "must be between 1 and 1000000, got \(maxLinks)")
-        try check((1...1_000_000).contains(maxStreamsPerLink),
-                  "max_streams_per_link", "must be between 1 and 1000000, got \(maxStreamsPerLink)")
-        try check((1...16_000_000).contains(maxStreams), "max_streams", "must be between 1 and 16000000, got \(maxStreams)")
-        try check((1...1_000_000).contains(roomSubscriberQueueFrames),
-                  "room_subscriber_queue_frames", "must be between 1 and 1000000, got \(roomSubscriberQueueFrames)")
-        try check((1...100_000_000).contains(affinitySessionsPerWorld),
-                  "affinity_sessions_per_world", "must be between 1 and 100000000, got \(affinitySessionsPerWorld)")
-        try check(shutdownDrainMilliseconds <= 3_600_000,
-                  "shutdown_drain_milliseconds", "must be at most 3600000, got \(shutdownDrainMilliseconds)")
-        try check(outlierConsecutiveFailures <= 1_000,
-                  "outlier_consecutive_failures", "must be between 0 (off) and 1000, got \(outlierConsecutiveFailures)")
-        try check((100...3_600_000).contains(outlierEjectionMilliseconds),
-                  "outlier_ejection_milliseconds", "must be between 100 and 3600000, got \(outlierEjectionMilliseconds)")
-        try check(outlierMaxEjectionPercent <= 100,
-                  "outlier_max_ejection_percent", "must be between 0 and 100, got \(outlierMaxEjectionPercent)")
+        try check(linkQueueBytesHard >= Int(maxFrameBytes) * 2,
+                  "link_queue_bytes_hard", "must be at least twice max_frame_bytes (\(maxFrameBytes)), got \(linkQueueBytesHard)")
     }
 
     var heartbeatIntervalNanos: UInt64 { UInt64(heartbeatIntervalMilliseconds) * 1_000_000 }
@@ -101,4 +68,29 @@ public struct BrokerLimits: Sendable, Equatable {
     var handshakeTimeoutNanos: UInt64 { UInt64(handshakeTimeoutMilliseconds) * 1_000_000 }
     var slowConsumerDeadlineNanos: UInt64 { UInt64(slowConsumerDeadlineMilliseconds) * 1_000_000 }
     var shutdownDrainNanos: UInt64 { UInt64(shutdownDrainMilliseconds) * 1_000_000 }
+}
+
+extension BrokerLimits {
+    /// The `broker` section's numeric settings.
+    public static let settings: [Setting<BrokerLimits>] = [
+        Setting("max_frame_bytes", \.maxFrameBytes, UInt32(Wire.maxFrameBytesFloor)...UInt32(Wire.maxFrameBytesCeiling)),
+        Setting("heartbeat_interval_milliseconds", \.heartbeatIntervalMilliseconds, 10...600_000),
+        Setting("heartbeat_misses_allowed", \.heartbeatMissesAllowed, 1...100),
+        Setting("handshake_timeout_milliseconds", \.handshakeTimeoutMilliseconds, 10...600_000),
+        Setting("stream_credit_bytes", \.streamCreditBytes, 1_024...(1 << 30)),
+        Setting("stream_credit_frames", \.streamCreditFrames, 1...(1 << 20)),
+        Setting("link_queue_bytes_low", \.linkQueueBytesLow, 1...(1 << 30)),
+        Setting("link_queue_bytes_high", \.linkQueueBytesHigh, 1...(1 << 30)),
+        Setting("link_queue_bytes_hard", \.linkQueueBytesHard, 1...(1 << 30)),
+        Setting("slow_consumer_deadline_milliseconds", \.slowConsumerDeadlineMilliseconds, 1...3_600_000),
+        Setting("max_links", \.maxLinks, 1...1_000_000),
+        Setting("max_streams_per_link", \.maxStreamsPerLink, 1...1_000_000),
+        Setting("max_streams", \.maxStreams, 1...16_000_000),
+        Setting("room_subscriber_queue_frames", \.roomSubscriberQueueFrames, 1...1_000_000),
+        Setting("affinity_sessions_per_world", \.affinitySessionsPerWorld, 1...100_000_000),
+        Setting("shutdown_drain_milliseconds", \.shutdownDrainMilliseconds, 0...3_600_000),
+        Setting("outlier_consecutive_failures", \.outlierConsecutiveFailures, 0...1_000, note: "0: off"),
+        Setting("outlier_ejection_milliseconds", \.outlierEjectionMilliseconds, 100...3_600_000),
+        Setting("outlier_max_ejection_percent", \.outlierMaxEjectionPercent, 0...100),
+    ]
 }

@@ -1,8 +1,9 @@
 import SoulfraMetrics
+import SoulfraSettings
 
 /// The gateway's own bounds (config section `gateway`). Every bound has a counter and a named reason when
 /// it is hit (see `GatewayCounters`).
-public struct GatewayLimits: Sendable, Equatable {
+public struct GatewayLimits: Sendable, Equatable, SettingsTable {
     /// Request bodies larger than this are refused with 413 `payload_too_large` (unary messages and room
     /// publishes are held whole so a request can be retried on another instance).
     public var maxBodyBytes = 1 << 20
@@ -58,6 +59,48 @@ public struct GatewayLimits: Sendable, Equatable {
     public var retryAfterSeconds: UInt32 = 1
 
     public init() {}
+
+    /// The `gateway` section's numeric settings.
+    public static let settings: [Setting<GatewayLimits>] = [
+        Setting("max_body_bytes", \.maxBodyBytes, 1_024...(256 << 20)),
+        Setting("max_reply_bytes", \.maxReplyBytes, 1_024...(256 << 20)),
+        Setting("max_line_bytes", \.maxLineBytes, 256...(16 << 20), note: "at most broker.max_frame_bytes"),
+        Setting("header_timeout_milliseconds", \.headerTimeoutMilliseconds, 100...600_000),
+        Setting("body_timeout_milliseconds", \.bodyTimeoutMilliseconds, 100...3_600_000),
+        Setting("idle_timeout_milliseconds", \.idleTimeoutMilliseconds, 1_000...86_400_000),
+        Setting("max_concurrent_streams", \.maxConcurrentStreams, 1...100_000),
+        Setting("max_header_list_bytes", \.maxHeaderListBytes, 1_024...(1 << 20)),
+        Setting("resets_per_second", \.resetsPerSecond, 1...1_000_000),
+        Setting("reset_burst", \.resetBurst, 1...1_000_000),
+        Setting("connection_output_high_bytes", \.connectionOutputHighBytes, (16 << 10)...(1 << 30)),
+        Setting("stream_queue_high_bytes", \.streamQueueHighBytes, (4 << 10)...(1 << 29)),
+        Setting("output_budget_bytes", \.outputBudgetBytes, (16 << 10)...(1 << 40)),
+        Setting("send_timeout_milliseconds", \.sendTimeoutMilliseconds, 1_000...3_600_000),
+        Setting("request_timeout_milliseconds", \.requestTimeoutMilliseconds, 0...3_600_000, note: "0: off, else at least 100"),
+        Setting("connections_per_second_per_address", \.connectionsPerSecondPerAddress, 1...1_000_000),
+        Setting("connection_burst_per_address", \.connectionBurstPerAddress, 1...1_000_000),
+        Setting("resets_per_second_per_address", \.resetsPerSecondPerAddress, 1...1_000_000),
+        Setting("reset_burst_per_address", \.resetBurstPerAddress, 1...1_000_000),
+        Setting("room_subscriber_output_bytes", \.roomSubscriberOutputBytes, (16 << 10)...(1 << 30)),
+        Setting("retry_after_seconds", \.retryAfterSeconds, 1...3_600),
+    ]
+
+    /// Checks every range, then the bounds that depend on each other.
+    public func validate() throws(SettingError) {
+        try checkRanges()
+        func check(_ ok: Bool, _ key: String, _ message: String) throws(SettingError) {
+            if !ok { throw SettingError(key: key, message: message) }
+        }
+        try check(streamQueueHighBytes <= connectionOutputHighBytes / 2, "stream_queue_high_bytes",
+                  "must be at most half of connection_output_high_bytes (\(connectionOutputHighBytes)), got \(streamQueueHighBytes)")
+        try check(outputBudgetBytes >= connectionOutputHighBytes, "output_budget_bytes",
+                  "must be at least connection_output_high_bytes (\(connectionOutputHighBytes)), got \(outputBudgetBytes)")
+        for (world, ms) in [("", requestTimeoutMilliseconds)] + requestTimeoutByWorld.sorted(by: { $0.key < $1.key }).map({ ($0.key, $0.value) }) {
+            try check(ms == 0 || (100...3_600_000).contains(ms),
+                      world.isEmpty ? "request_timeout_milliseconds" : "request_timeout_by_world.\(world)",
+                      "must be 0 (off) or between 100 and 3600000, got \(ms)")
+        }
+    }
 
     /// The request deadline for `world`, in nanoseconds (0: none).
     func requestTimeoutNanos(world: String) -> UInt64 {

@@ -1,5 +1,6 @@
 import CURing
 import SoulfraNet
+import SoulfraSettings
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -37,7 +38,7 @@ extension LoopDelegate {
 }
 
 /// Limits of one loop, validated at start-up.
-public struct LoopLimits: Sendable, Equatable {
+public struct LoopLimits: Sendable, Equatable, SettingsTable {
     /// Submission queue entries.
     public var ringEntries: UInt32 = 1024
     /// Provided receive buffers (a power of two) and the size of each.
@@ -51,6 +52,24 @@ public struct LoopLimits: Sendable, Equatable {
     public var closeFlushMilliseconds: UInt32 = 1_000
 
     public init() {}
+
+    /// The `loop` section's numeric settings.
+    public static let settings: [Setting<LoopLimits>] = [
+        Setting("ring_entries", \.ringEntries, 8...32_768, note: "a power of two"),
+        Setting("recv_buffer_count", \.recvBufferCount, 16...32_768, note: "a power of two"),
+        Setting("recv_buffer_bytes", \.recvBufferBytes, 1_024...(1 << 20)),
+        Setting("max_connections", \.maxConnections, 1...1_000_000),
+        Setting("tick_milliseconds", \.tickMilliseconds, 1...1_000),
+        Setting("close_flush_milliseconds", \.closeFlushMilliseconds, 1...60_000),
+    ]
+
+    /// Checks every range, and that the ring and the buffer ring are powers of two (the kernel needs them so).
+    public func validate() throws(SettingError) {
+        try checkRanges()
+        for (key, n) in [("ring_entries", ringEntries), ("recv_buffer_count", recvBufferCount)] where n.nonzeroBitCount != 1 {
+            throw SettingError(key: key, message: "must be a power of two, got \(n)")
+        }
+    }
 }
 
 /// What ended a connection, as the loop saw it. Every errno the loop can meet is classified in

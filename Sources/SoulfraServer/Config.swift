@@ -3,6 +3,7 @@ import SoulfraBroker
 import SoulfraGateway
 import SoulfraKeys
 import SoulfraLoop
+import SoulfraSettings
 
 /// The daemon's configuration: defaults, then `config/soulfra.json` (or `--config`), then environment
 /// variables, then flags. Every key carries its unit in its name; `validate()` names the key on error.
@@ -103,27 +104,23 @@ public struct ServerConfig: Sendable, Equatable {
         return .tcp(host: String(host), port: p)
     }
 
-    /// Checks every value; the first problem is thrown.
+    /// Checks every value; the first problem is thrown. Each limits struct checks its own section (ranges from
+    /// its settings table, then what depends on what); what spans sections is checked here.
     public func validate() throws(Invalid) {
-        do { try broker.validate() } catch { throw Invalid(key: "broker.\(error.key)", message: error.message) }
+        func section(_ name: String, _ check: () throws(SettingError) -> Void) throws(Invalid) {
+            do { try check() } catch { throw Invalid(key: "\(name).\(error.key)", message: error.message) }
+        }
+        try section("broker") { () throws(SettingError) in try broker.validate() }
+        try section("loop") { () throws(SettingError) in try loop.validate() }
+        try section("gateway") { () throws(SettingError) in try gateway.validate() }
         func check(_ ok: Bool, _ key: String, _ message: String) throws(Invalid) {
             if !ok { throw Invalid(key: key, message: message) }
         }
-        try check((8...32_768).contains(loop.ringEntries) && loop.ringEntries.nonzeroBitCount == 1,
-                  "loop.ring_entries", "must be a power of two between 8 and 32768, got \(loop.ringEntries)")
-        try check((16...32_768).contains(loop.recvBufferCount) && loop.recvBufferCount.nonzeroBitCount == 1,
-                  "loop.recv_buffer_count", "must be a power of two between 16 and 32768, got \(loop.recvBufferCount)")
-        try check((1_024...1 << 20).contains(loop.recvBufferBytes),
-                  "loop.recv_buffer_bytes", "must be between 1024 and 1048576, got \(loop.recvBufferBytes)")
-        try check((1...1_000_000).contains(loop.maxConnections),
-                  "loop.max_connections", "must be between 1 and 1000000, got \(loop.maxConnections)")
         try check((0...256).contains(loopCount), "loop.count", "must be 0 (one per CPU) to 256, got \(loopCount)")
-        try check((1...1_000).contains(loop.tickMilliseconds),
-                  "loop.tick_milliseconds", "must be between 1 and 1000, got \(loop.tickMilliseconds)")
-        try check((1...60_000).contains(loop.closeFlushMilliseconds),
-                  "loop.close_flush_milliseconds", "must be between 1 and 60000, got \(loop.closeFlushMilliseconds)")
         try check(statsIntervalMilliseconds == 0 || statsIntervalMilliseconds >= 100,
                   "stats_interval_milliseconds", "must be 0 (off) or at least 100, got \(statsIntervalMilliseconds)")
+        try check(gateway.maxLineBytes <= Int(broker.maxFrameBytes), "gateway.max_line_bytes",
+                  "must be at most broker.max_frame_bytes (\(broker.maxFrameBytes)): a line travels as one frame, got \(gateway.maxLineBytes)")
         try check(!brokerUnixPath.isEmpty || !brokerTCP.isEmpty,
                   "listen", "at least one of listen.broker_unix_path and listen.broker_tcp must be set")
         if !brokerUnixPath.isEmpty {
@@ -146,36 +143,6 @@ public struct ServerConfig: Sendable, Equatable {
         if !gatewayTLS.isEmpty { _ = try Self.parseHostPort(gatewayTLS, key: "listen.gateway_tls") }
         try check(tlsCertificatePath.isEmpty == tlsKeyPath.isEmpty, "tls",
                   "set both tls.certificate_path and tls.key_path, or neither (a development certificate is generated)")
-        let g = gateway
-        try check((1_024...(256 << 20)).contains(g.maxBodyBytes), "gateway.max_body_bytes", "must be between 1024 and 268435456, got \(g.maxBodyBytes)")
-        try check((1_024...(256 << 20)).contains(g.maxReplyBytes), "gateway.max_reply_bytes", "must be between 1024 and 268435456, got \(g.maxReplyBytes)")
-        try check((256...Int(broker.maxFrameBytes)).contains(g.maxLineBytes), "gateway.max_line_bytes",
-                  "must be between 256 and broker.max_frame_bytes (\(broker.maxFrameBytes)), got \(g.maxLineBytes)")
-        try check((100...600_000).contains(g.headerTimeoutMilliseconds), "gateway.header_timeout_milliseconds", "must be between 100 and 600000, got \(g.headerTimeoutMilliseconds)")
-        try check((100...3_600_000).contains(g.bodyTimeoutMilliseconds), "gateway.body_timeout_milliseconds", "must be between 100 and 3600000, got \(g.bodyTimeoutMilliseconds)")
-        try check((1_000...86_400_000).contains(g.idleTimeoutMilliseconds), "gateway.idle_timeout_milliseconds", "must be between 1000 and 86400000, got \(g.idleTimeoutMilliseconds)")
-        try check((1...100_000).contains(g.maxConcurrentStreams), "gateway.max_concurrent_streams", "must be between 1 and 100000, got \(g.maxConcurrentStreams)")
-        try check((1_024...(1 << 20)).contains(g.maxHeaderListBytes), "gateway.max_header_list_bytes", "must be between 1024 and 1048576, got \(g.maxHeaderListBytes)")
-        try check(g.resetsPerSecond >= 1 && g.resetBurst >= 1, "gateway.resets_per_second", "resets_per_second and reset_burst must be at least 1")
-        try check(g.connectionOutputHighBytes >= 16 << 10, "gateway.connection_output_high_bytes", "must be at least 16384, got \(g.connectionOutputHighBytes)")
-        try check(g.streamQueueHighBytes >= 4 << 10, "gateway.stream_queue_high_bytes", "must be at least 4096, got \(g.streamQueueHighBytes)")
-        try check(g.roomSubscriberOutputBytes >= 16 << 10, "gateway.room_subscriber_output_bytes", "must be at least 16384, got \(g.roomSubscriberOutputBytes)")
-        try check((1...3_600).contains(g.retryAfterSeconds), "gateway.retry_after_seconds", "must be between 1 and 3600, got \(g.retryAfterSeconds)")
-        try check(g.streamQueueHighBytes <= g.connectionOutputHighBytes / 2, "gateway.stream_queue_high_bytes",
-                  "must be at most half of gateway.connection_output_high_bytes (\(g.connectionOutputHighBytes)), got \(g.streamQueueHighBytes)")
-        try check(g.outputBudgetBytes >= g.connectionOutputHighBytes && g.outputBudgetBytes <= 1 << 40, "gateway.output_budget_bytes",
-                  "must be at least gateway.connection_output_high_bytes (\(g.connectionOutputHighBytes)), got \(g.outputBudgetBytes)")
-        try check((1_000...3_600_000).contains(g.sendTimeoutMilliseconds), "gateway.send_timeout_milliseconds",
-                  "must be between 1000 and 3600000, got \(g.sendTimeoutMilliseconds)")
-        for (world, ms) in [("", g.requestTimeoutMilliseconds)] + g.requestTimeoutByWorld.sorted(by: { $0.key < $1.key }).map({ ($0.key, $0.value) }) {
-            try check(ms == 0 || (100...3_600_000).contains(ms),
-                      world.isEmpty ? "gateway.request_timeout_milliseconds" : "gateway.request_timeout_by_world.\(world)",
-                      "must be 0 (off) or between 100 and 3600000, got \(ms)")
-        }
-        try check(g.connectionsPerSecondPerAddress >= 1 && g.connectionBurstPerAddress >= 1, "gateway.connections_per_second_per_address",
-                  "connections_per_second_per_address and connection_burst_per_address must be at least 1")
-        try check(g.resetsPerSecondPerAddress >= 1 && g.resetBurstPerAddress >= 1, "gateway.resets_per_second_per_address",
-                  "resets_per_second_per_address and reset_burst_per_address must be at least 1")
         var digests = Set<SecretDigest>()
         for k in gatewayKeys {
             try check(digests.insert(k.digest).inserted, "keys[id \(k.id)]", "the same key secret appears twice")
@@ -222,64 +189,21 @@ extension ServerConfig {
             try t.finish()
         }
         if var g = try r.object("gateway") {
-            gateway.maxBodyBytes = try g.int("max_body_bytes") ?? gateway.maxBodyBytes
-            gateway.maxReplyBytes = try g.int("max_reply_bytes") ?? gateway.maxReplyBytes
-            gateway.maxLineBytes = try g.int("max_line_bytes") ?? gateway.maxLineBytes
-            gateway.headerTimeoutMilliseconds = try g.uint32("header_timeout_milliseconds") ?? gateway.headerTimeoutMilliseconds
-            gateway.idleTimeoutMilliseconds = try g.uint32("idle_timeout_milliseconds") ?? gateway.idleTimeoutMilliseconds
-            gateway.bodyTimeoutMilliseconds = try g.uint32("body_timeout_milliseconds") ?? gateway.bodyTimeoutMilliseconds
-            gateway.maxConcurrentStreams = try g.uint32("max_concurrent_streams") ?? gateway.maxConcurrentStreams
-            gateway.maxHeaderListBytes = try g.uint32("max_header_list_bytes") ?? gateway.maxHeaderListBytes
-            gateway.resetsPerSecond = try g.uint32("resets_per_second") ?? gateway.resetsPerSecond
-            gateway.resetBurst = try g.uint32("reset_burst") ?? gateway.resetBurst
-            gateway.connectionOutputHighBytes = try g.int("connection_output_high_bytes") ?? gateway.connectionOutputHighBytes
-            gateway.streamQueueHighBytes = try g.int("stream_queue_high_bytes") ?? gateway.streamQueueHighBytes
-            gateway.roomSubscriberOutputBytes = try g.int("room_subscriber_output_bytes") ?? gateway.roomSubscriberOutputBytes
-            gateway.retryAfterSeconds = try g.uint32("retry_after_seconds") ?? gateway.retryAfterSeconds
-            gateway.outputBudgetBytes = try g.int("output_budget_bytes") ?? gateway.outputBudgetBytes
-            gateway.sendTimeoutMilliseconds = try g.uint32("send_timeout_milliseconds") ?? gateway.sendTimeoutMilliseconds
-            gateway.requestTimeoutMilliseconds = try g.uint32("request_timeout_milliseconds") ?? gateway.requestTimeoutMilliseconds
+            try g.read(&gateway)
             if var byWorld = try g.object("request_timeout_by_world") {
                 for world in byWorld.remainingKeys { gateway.requestTimeoutByWorld[world] = try byWorld.uint32(world) }
                 try byWorld.finish()
             }
-            gateway.connectionsPerSecondPerAddress = try g.uint32("connections_per_second_per_address") ?? gateway.connectionsPerSecondPerAddress
-            gateway.connectionBurstPerAddress = try g.uint32("connection_burst_per_address") ?? gateway.connectionBurstPerAddress
-            gateway.resetsPerSecondPerAddress = try g.uint32("resets_per_second_per_address") ?? gateway.resetsPerSecondPerAddress
-            gateway.resetBurstPerAddress = try g.uint32("reset_burst_per_address") ?? gateway.resetBurstPerAddress
             try g.finish()
         }
         keysFile = try r.string("keys_file") ?? keysFile
         if var l = try r.object("loop") {
-            loop.ringEntries = try l.uint32("ring_entries") ?? loop.ringEntries
-            loop.recvBufferCount = try l.uint32("recv_buffer_count") ?? loop.recvBufferCount
-            loop.recvBufferBytes = try l.uint32("recv_buffer_bytes") ?? loop.recvBufferBytes
-            loop.maxConnections = try l.int("max_connections") ?? loop.maxConnections
-            loop.tickMilliseconds = try l.uint32("tick_milliseconds") ?? loop.tickMilliseconds
-            loop.closeFlushMilliseconds = try l.uint32("close_flush_milliseconds") ?? loop.closeFlushMilliseconds
+            try l.read(&loop)
             loopCount = try l.int("count") ?? loopCount
             try l.finish()
         }
         if var b = try r.object("broker") {
-            broker.maxFrameBytes = try b.uint32("max_frame_bytes") ?? broker.maxFrameBytes
-            broker.heartbeatIntervalMilliseconds = try b.uint32("heartbeat_interval_milliseconds") ?? broker.heartbeatIntervalMilliseconds
-            broker.heartbeatMissesAllowed = try b.uint32("heartbeat_misses_allowed") ?? broker.heartbeatMissesAllowed
-            broker.handshakeTimeoutMilliseconds = try b.uint32("handshake_timeout_milliseconds") ?? broker.handshakeTimeoutMilliseconds
-            broker.streamCreditBytes = try b.uint32("stream_credit_bytes") ?? broker.streamCreditBytes
-            broker.streamCreditFrames = try b.uint32("stream_credit_frames") ?? broker.streamCreditFrames
-            broker.linkQueueBytesLow = try b.int("link_queue_bytes_low") ?? broker.linkQueueBytesLow
-            broker.linkQueueBytesHigh = try b.int("link_queue_bytes_high") ?? broker.linkQueueBytesHigh
-            broker.linkQueueBytesHard = try b.int("link_queue_bytes_hard") ?? broker.linkQueueBytesHard
-            broker.slowConsumerDeadlineMilliseconds = try b.uint32("slow_consumer_deadline_milliseconds") ?? broker.slowConsumerDeadlineMilliseconds
-            broker.maxLinks = try b.int("max_links") ?? broker.maxLinks
-            broker.maxStreamsPerLink = try b.int("max_streams_per_link") ?? broker.maxStreamsPerLink
-            broker.maxStreams = try b.int("max_streams") ?? broker.maxStreams
-            broker.roomSubscriberQueueFrames = try b.int("room_subscriber_queue_frames") ?? broker.roomSubscriberQueueFrames
-            broker.affinitySessionsPerWorld = try b.int("affinity_sessions_per_world") ?? broker.affinitySessionsPerWorld
-            broker.shutdownDrainMilliseconds = try b.uint32("shutdown_drain_milliseconds") ?? broker.shutdownDrainMilliseconds
-            broker.outlierConsecutiveFailures = try b.uint32("outlier_consecutive_failures") ?? broker.outlierConsecutiveFailures
-            broker.outlierEjectionMilliseconds = try b.uint32("outlier_ejection_milliseconds") ?? broker.outlierEjectionMilliseconds
-            broker.outlierMaxEjectionPercent = try b.uint32("outlier_max_ejection_percent") ?? broker.outlierMaxEjectionPercent
+            try b.read(&broker)
             if let name = try b.string("balancer") {
                 guard let p = BalancerPolicy(rawValue: name) else {
                     throw Invalid(key: "broker.balancer", message: "must be one of \(BalancerPolicy.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(name)\"")
@@ -471,5 +395,15 @@ struct JSONReader {
 
     func finish() throws(ServerConfig.Invalid) {
         if let extra = remainingKeys.first { throw .init(key: path + extra, message: "unknown key") }
+    }
+
+    /// Reads every setting `T` lists that this object has (ranges are `validate`'s to check).
+    mutating func read<T: SettingsTable>(_ limits: inout T) throws(ServerConfig.Invalid) {
+        for setting in T.settings {
+            guard let v = try uint64(setting.key) else { continue }
+            guard setting.set(v, in: &limits) else {
+                throw .init(key: path + setting.key, message: "is too large, got \(v)")
+            }
+        }
     }
 }

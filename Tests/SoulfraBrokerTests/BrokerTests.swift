@@ -1,6 +1,7 @@
 import Testing
 @testable import SoulfraBroker
 import SoulfraKeys
+import SoulfraSettings
 import SoulfraWire
 
 @Suite("Broker: handshake and auth")
@@ -543,7 +544,7 @@ struct LimitsTests {
     func validation() {
         var l = BrokerLimits()
         l.linkQueueBytesHigh = l.linkQueueBytesHard + 1
-        #expect(throws: BrokerLimits.Invalid.self) { try l.validate() }
+        #expect(throws: SettingError.self) { try l.validate() }
         do { try l.validate() } catch { #expect(error.key == "link_queue_bytes_high") }
         var m = BrokerLimits()
         m.maxFrameBytes = 10
