@@ -61,6 +61,8 @@ final class Wiring: LoopDelegate {
     var adminToken: SecretDigest?
     /// Admin HTTP connections.
     var admin: [UInt32: AdminConnection] = [:]
+    /// What the admin listener serves (`makeAdminRoutes`).
+    lazy var adminRoutes = makeAdminRoutes()
     var gateway: Gateway?
     /// The broker link id of the gateway's in-process link (past every slot the loop can hand out).
     let inProcessLink: UInt32
@@ -192,8 +194,7 @@ final class Wiring: LoopDelegate {
         switch lr {
         case .admin:
             setRole(conn, .admin)
-            admin[conn] = AdminConnection(adminToken: adminToken, metrics: { [unowned self] in renderMetrics() },
-                                       ready: { [unowned self] in shutdownStarted == nil })
+            admin[conn] = AdminConnection(routes: { [unowned self] in adminRoutes })
             return true
         case .gateway, .gatewayTLS:
             guard let g = gateway else { return false }
@@ -457,6 +458,19 @@ extension Wiring: GatewayTransport {
 }
 
 extension Wiring {
+    /// The admin listener's routes: health and readiness for orchestrators (no token), metrics for scrapers.
+    func makeAdminRoutes() -> AdminRoutes {
+        var r = AdminRoutes(adminToken: adminToken)
+        r.add(AdminRoute("GET", "/healthz", needsToken: false) { _ in .text(200, "ok\n") })
+        r.add(AdminRoute("GET", "/readyz", needsToken: false) { [unowned self] _ in
+            shutdownStarted == nil ? .text(200, "ready\n") : .text(503, "shutting down\n", fields: [("retry-after", "1")])
+        })
+        r.add(AdminRoute("GET", "/metrics", needsToken: true) { [unowned self] _ in
+            AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: renderMetrics())
+        })
+        return r
+    }
+
     func flushAdmin(now: UInt64) {
         for (conn, a) in admin where !a.output.inFlight {
             if a.output.isEmpty {

@@ -138,7 +138,8 @@ struct GatewayAbuseTests {
         let quiet = try RawSocket(port: server.gatewayPort)
         let (_, quietClosed) = quiet.readAll(milliseconds: 3_000)
         #expect(quietClosed, "a connection that never sends a request is closed too")
-        #expect(try server.freshGatewayCounters().headerTimeouts == 2, "the slow head and the silent connection")
+        let afterQuiet = try server.freshGatewayCounters()
+        #expect(afterQuiet.headerTimeouts == 2, "the slow head and the silent connection: \(afterQuiet.headerTimeouts) header timeouts, closes \(afterQuiet.closes)")
         // An HTTP/2 connection past its preface with no request yet (a pre-warmed pool) lasts until the idle
         // timeout (1 s here), not the header timeout (300 ms). Under a loaded test run the client can be
         // descheduled between connecting and sending its preface for longer than 300 ms, which rightly ends

@@ -1,0 +1,99 @@
+import SoulfraGateway
+import SoulfraHTTP
+import SoulfraKeys
+
+/// What an admin route answers.
+struct AdminResponse {
+    var status: Int
+    var contentType: String
+    var body: String
+    var fields: [(String, String)] = []
+
+    static func text(_ status: Int, _ body: String, fields: [(String, String)] = []) -> AdminResponse {
+        AdminResponse(status: status, contentType: "text/plain; charset=utf-8", body: body, fields: fields)
+    }
+
+    static func error(_ code: GatewayError.Code, _ message: String, status: Int? = nil, fields: [(String, String)] = []) -> AdminResponse {
+        AdminResponse(status: status ?? code.status, contentType: "application/json", body: errorJSON(code, message), fields: fields)
+    }
+}
+
+/// A request as a route sees it: the head, and the values of the path's `{name}` segments.
+struct AdminRequest {
+    let head: HTTPRequestHead
+    let path: String
+    let parameters: [String: String]
+}
+
+/// One admin route: a method, a path pattern (`/v1/worlds/{world}`: a `{name}` segment matches one
+/// non-empty segment), whether it needs the admin token, and what answers it. GET routes answer HEAD too.
+struct AdminRoute {
+    let method: String
+    let pattern: [Substring]
+    let needsToken: Bool
+    let handle: (AdminRequest) -> AdminResponse
+
+    init(_ method: String, _ pattern: String, needsToken: Bool, _ handle: @escaping (AdminRequest) -> AdminResponse) {
+        self.method = method
+        self.pattern = pattern.split(separator: "/", omittingEmptySubsequences: false)
+        self.needsToken = needsToken
+        self.handle = handle
+    }
+
+    /// The path's parameters if it matches the pattern.
+    func match(_ segments: [Substring]) -> [String: String]? {
+        guard segments.count == pattern.count else { return nil }
+        var parameters: [String: String] = [:]
+        for (p, s) in zip(pattern, segments) {
+            if p.hasPrefix("{") && p.hasSuffix("}") {
+                guard !s.isEmpty else { return nil }
+                parameters[String(p.dropFirst().dropLast())] = String(s)
+            } else if p != s {
+                return nil
+            }
+        }
+        return parameters
+    }
+}
+
+/// The admin listener's routes, looked up in order: 404 when no pattern matches the path, 405 (with
+/// `Allow`) when some do but not for this method, 401 when the route needs the admin token and the request
+/// lacks it (no token configured: such routes are closed). The control plane adds its routes here.
+struct AdminRoutes {
+    var routes: [AdminRoute] = []
+    let adminToken: SecretDigest?
+
+    init(adminToken: SecretDigest?) { self.adminToken = adminToken }
+
+    mutating func add(_ route: AdminRoute) { routes.append(route) }
+
+    func answer(_ head: HTTPRequestHead) -> AdminResponse {
+        let path = head.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.target
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        let method = head.method == "HEAD" ? "GET" : head.method
+        var allowed: [String] = []
+        for route in routes {
+            guard let parameters = route.match(segments) else { continue }
+            guard route.method == method else {
+                allowed.append(route.method)
+                continue
+            }
+            if route.needsToken && !authorized(head) {
+                return .error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
+                              fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)])
+            }
+            return route.handle(AdminRequest(head: head, path: path, parameters: parameters))
+        }
+        guard allowed.isEmpty else {
+            let allow = (allowed.contains("GET") ? allowed + ["HEAD"] : allowed).joined(separator: ", ")
+            return .error(.methodNotAllowed, "\(head.method) is not allowed here", fields: [("allow", allow)])
+        }
+        return .error(.notFound, "no route for \(path)")
+    }
+
+    private func authorized(_ h: HTTPRequestHead) -> Bool {
+        guard let expected = adminToken else { return false }
+        guard let auth = h.header("authorization"), let token = bearerToken(auth) else { return false }
+        return expected.matches(SecretDigest(of: String(token)))
+    }
+}
