@@ -64,9 +64,10 @@ final class Wiring: LoopDelegate {
     /// What the admin listener serves (`makeAdminRoutes`).
     lazy var adminRoutes = makeAdminRoutes()
     var gateway: Gateway?
-    /// The broker link id of the gateway's in-process link (past every slot the loop can hand out).
-    let inProcessLink: UInt32
-    var inProcessPaused = false
+    /// Peers in this process attached to this loop's broker without a socket (the gateway's link to it),
+    /// under ids from `firstInProcessID` up: `inProcess[id - firstInProcessID]`.
+    var inProcess: [InProcessLink] = []
+    let firstInProcessID: UInt32
     var remoteLinks: [UInt32: RemoteLink] = [:]
     /// Gateway connections being handed to the loop of their world, by slot.
     var moving: [UInt32: Int] = [:]
@@ -83,7 +84,7 @@ final class Wiring: LoopDelegate {
         self.inboxes = inboxes
         self.log = log
         self.statsIntervalNanos = UInt64(statsInterval) * 1_000_000
-        self.inProcessLink = UInt32(loop.limits.maxConnections)
+        self.firstInProcessID = UInt32(loop.limits.maxConnections)
     }
 
     @inline(__always) func role(_ conn: UInt32) -> Role {
@@ -94,97 +95,6 @@ final class Wiring: LoopDelegate {
         let i = Int(conn)
         if i >= roles.count { roles.append(contentsOf: repeatElement(.broker, count: i - roles.count + 1)) }
         roles[i] = r
-    }
-
-    // MARK: - Gateway links
-
-    /// Starts the gateway: the in-process link to this loop's broker, and `links[y]` (a socket-pair end) to
-    /// loop y's broker.
-    func attachGateway(_ g: Gateway, links: [Int32], now: UInt64) {
-        gateway = g
-        g.transport = self
-        g.unixSeconds = UInt64(time(nil))
-        broker.attach(link: inProcessLink, now: now)
-        g.peerLink(inbox.index).start()
-        for (y, fd) in links.enumerated() where fd >= 0 {
-            guard let conn = loop.adopt(fd: fd) else { continue }
-            setRole(conn, .gatewayLink)
-            let peer = g.peerLink(y)
-            peer.start()
-            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, peer: peer)
-        }
-    }
-
-    /// Replaces a dead link: the in-process one re-attaches; a remote one gets a new socket pair, whose far
-    /// end goes to the other loop's broker.
-    func renewGatewayLinks(now: UInt64) {
-        guard let g = gateway, shutdownStarted == nil else { return }
-        for y in g.deadLinks {
-            if y == inbox.index {
-                broker.detach(link: inProcessLink, now: now)
-                broker.attach(link: inProcessLink, now: now)
-                inProcessPaused = false
-                g.renewLink(y).start()
-                log("gateway: loop \(inbox.index) re-attached its in-process broker link")
-                continue
-            }
-            guard !remoteLinks.values.contains(where: { $0.loopIndex == y }) else { continue }  // old socket still closing
-            guard let (near, far) = unixSocketPair() else { continue }  // tried again on the next tick
-            guard let conn = loop.adopt(fd: near) else {
-                Glibc.close(far)
-                continue
-            }
-            setRole(conn, .gatewayLink)
-            let peer = g.renewLink(y)
-            peer.start()
-            remoteLinks[conn] = RemoteLink(loopIndex: y, conn: conn, peer: peer)
-            inboxes[y].handoffs.withLock { $0.append(BrokerServer.Handoff(fd: far, bytes: [])) }
-            inboxes[y].wake()
-            log("gateway: loop \(inbox.index) reconnected its link to loop \(y)'s broker")
-        }
-    }
-
-    /// Moves frames between the gateway and this loop's broker until neither has more for the other.
-    @inline(__always)
-    func pumpInProcess(_ g: Gateway, now: UInt64) {
-        let peer = g.peerLink(inbox.index)
-        for _ in 0..<16 {
-            var moved = false
-            if !inProcessPaused && !peer.output.isEmpty {
-                broker.receive(link: inProcessLink, bytes: peer.output.readable, now: now)
-                peer.output.removeAll()
-                moved = true
-            }
-            applyBrokerActions(now: now)
-            broker.drainReady { l in
-                if l == inProcessLink {
-                    let bytes = broker.takeOutput(link: l)
-                    if bytes.count > 0 {
-                        peer.receive(bytes, nowMilliseconds: now / 1_000_000)
-                        moved = true
-                    }
-                    broker.sent(link: l, count: bytes.count, now: now)
-                } else {
-                    guard loop.canSend(conn: l) else { return }
-                    let bytes = broker.takeOutput(link: l)
-                    if bytes.count > 0 { loop.send(conn: l, bytes: bytes) }
-                }
-            }
-            if !moved { return }
-        }
-        // Still busy: come back on the next turn rather than starve the ring.
-        loop.mailbox.wake()
-    }
-
-    func flushRemoteLinks() {
-        for p in remoteLinks.values where !p.queue.inFlight {
-            if !p.peer.output.isEmpty {
-                p.queue.out.append(p.peer.output.readable)
-                p.peer.output.removeAll()
-            }
-            guard loop.canSend(conn: p.conn), let bytes = p.queue.take() else { continue }
-            loop.send(conn: p.conn, bytes: bytes)
-        }
     }
 
     // MARK: - Loop events
@@ -224,60 +134,6 @@ final class Wiring: LoopDelegate {
         case .admin: admin[conn]?.receive(bytes)
         case .sorting: sort(conn, bytes, now: now)
         }
-    }
-
-    /// Reads the first frame of a new connection to find the loop it belongs to.
-    func sort(_ conn: UInt32, _ bytes: UnsafeRawBufferPointer, now: UInt64) {
-        sorting[conn]!.bytes.append(contentsOf: bytes)
-        guard sorting[conn]!.target == nil else { return }  // being handed off: keep what arrives
-        let buffered = sorting[conn]!.bytes
-        var target = inbox.index
-        let complete: Bool = buffered.withUnsafeBytes { raw in
-            guard raw.count >= Wire.headerBytes else { return false }
-            // Anything that is not a well-formed HELLO stays here; this loop's broker rejects it properly.
-            guard let h = try? FrameDecoder.parseHeader(raw, limit: Wire.handshakeFrameBytes), h.type == .hello else { return true }
-            let total = Wire.headerBytes + Int(h.length)
-            guard raw.count >= total else { return false }
-            guard case .hello(let hello)? = try? Frame.parse(h, UnsafeRawBufferPointer(rebasing: raw[Wire.headerBytes..<total])) else {
-                return true
-            }
-            if hello.kind == .instance && !hello.world.isEmpty {
-                target = Wire.loop(forWorld: hello.world, count: inboxes.count)
-            } else if Int(hello.loop) < inboxes.count {
-                target = Int(hello.loop)
-            }
-            return true
-        }
-        guard complete else { return }
-        if target == inbox.index {
-            sorting.removeValue(forKey: conn)
-            setRole(conn, .broker)
-            broker.attach(link: conn, now: now)
-            buffered.withUnsafeBytes { broker.receive(link: conn, bytes: $0, now: now) }
-        } else {
-            sorting[conn]!.target = target
-            loop.handOff(conn: conn)
-        }
-    }
-
-    func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {
-        if let target = moving.removeValue(forKey: conn) {
-            setRole(conn, .broker)
-            guard let m = gateway?.release(conn: conn) else {
-                Glibc.close(fd)
-                return
-            }
-            inboxes[target].arrivals.withLock { $0.append((fd, m)) }
-            inboxes[target].wake()
-            return
-        }
-        guard let s = sorting.removeValue(forKey: conn), let target = s.target else {
-            Glibc.close(fd)
-            return
-        }
-        let dest = inboxes[target]
-        dest.handoffs.withLock { $0.append(BrokerServer.Handoff(fd: fd, bytes: s.bytes)) }
-        dest.wake()
     }
 
     @inline(__always)
@@ -405,15 +261,14 @@ final class Wiring: LoopDelegate {
         broker.drainActions { action in
             switch action {
             case .pauseRead(let l):
-                if l == inProcessLink { inProcessPaused = true } else { loop.pauseRead(conn: l) }
+                if l >= firstInProcessID { inProcess[Int(l - firstInProcessID)].paused = true } else { loop.pauseRead(conn: l) }
             case .resumeRead(let l):
-                if l == inProcessLink { inProcessPaused = false } else { loop.resumeRead(conn: l) }
+                if l >= firstInProcessID { inProcess[Int(l - firstInProcessID)].paused = false } else { loop.resumeRead(conn: l) }
             case .close(let l):
-                if l == inProcessLink {
-                    // The broker is done with the gateway's link (shutdown, or it gave up on it): its streams
-                    // end, and outside shutdown a new link is made on the next tick.
-                    broker.detach(link: l, now: now)
-                    gateway?.peerLink(inbox.index).transportClosed(reason: "the broker closed the in-process link")
+                if l >= firstInProcessID {
+                    // The broker is done with an in-process link (shutdown, or it gave up on it): its streams
+                    // end, and outside shutdown the gateway's is made again on the next tick.
+                    inProcess[Int(l - firstInProcessID)].brokerClosed(broker, now: now)
                 } else {
                     loop.close(conn: l, flush: true, now: now)
                 }
@@ -426,14 +281,14 @@ final class Wiring: LoopDelegate {
     func loopFlush(now: UInt64) {
         if let g = gateway {
             g.now = now
-            pumpInProcess(g, now: now)
+            pumpInProcess(now: now)
             g.flush(now: now)
             for (conn, target) in g.takeMoves() {
                 moving[conn] = target
                 loop.handOff(conn: conn)
             }
             // Flushing may have granted credit or opened streams: carry them across at once.
-            pumpInProcess(g, now: now)
+            pumpInProcess(now: now)
             flushRemoteLinks()
         } else {
             applyBrokerActions(now: now)
@@ -455,45 +310,4 @@ extension Wiring: GatewayTransport {
     func abort(_ conn: UInt32) { loop.close(conn: conn, flush: false, now: monotonicNanoseconds()) }
     func pauseRead(_ conn: UInt32) { loop.pauseRead(conn: conn) }
     func resumeRead(_ conn: UInt32) { loop.resumeRead(conn: conn) }
-}
-
-extension Wiring {
-    /// The admin listener's routes: health and readiness for orchestrators (no token), metrics for scrapers.
-    func makeAdminRoutes() -> AdminRoutes {
-        var r = AdminRoutes(adminToken: adminToken)
-        r.add(AdminRoute("GET", "/healthz", needsToken: false) { _ in .text(200, "ok\n") })
-        r.add(AdminRoute("GET", "/readyz", needsToken: false) { [unowned self] _ in
-            shutdownStarted == nil ? .text(200, "ready\n") : .text(503, "shutting down\n", fields: [("retry-after", "1")])
-        })
-        r.add(AdminRoute("GET", "/metrics", needsToken: true) { [unowned self] _ in
-            AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: renderMetrics())
-        })
-        return r
-    }
-
-    func flushAdmin(now: UInt64) {
-        for (conn, a) in admin where !a.output.inFlight {
-            if a.output.isEmpty {
-                if a.closeAfterOutput { loop.close(conn: conn, flush: false, now: now) }
-                continue
-            }
-            guard loop.canSend(conn: conn), let bytes = a.output.take() else { continue }
-            loop.send(conn: conn, bytes: bytes)
-        }
-    }
-
-    /// `/metrics`: the broker and gateway summed over loops (this loop fresh, the others as last published,
-    /// ≤ 1 s old), and every loop's own counters.
-    func renderMetrics() -> String {
-        var snap = broker.snapshot()
-        var loops: [(Int, LoopCounters)] = [(inbox.index, loop.counters)]
-        for s in inboxes where s.index != inbox.index {
-            let (other, counters) = s.latest.withLock { ($0.snapshot, $0.loop) }
-            if let other { snap = snap.merging(other) }
-            loops.append((s.index, counters))
-        }
-        var gw = gateway?.counters ?? GatewayCounters()
-        for s in inboxes where s.index != inbox.index { gw = gw.merging(s.gatewayLatest.withLock { $0 }) }
-        return snap.prometheusText() + gw.prometheusText() + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
-    }
 }
