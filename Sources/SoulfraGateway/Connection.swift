@@ -21,9 +21,9 @@ final class Connection {
     enum Proto { case sniffing, http1, http2, webSocket }
 
     /// The loop's slot id and the gateway serving it; both change when the connection moves to another loop.
-    var id: UInt32
-    unowned var gateway: Gateway
-    var proto: Proto = .sniffing
+    private(set) var id: UInt32
+    private(set) unowned var gateway: Gateway
+    private(set) var proto: Proto = .sniffing
     var sniffer = ProtocolSniffer()
     var tls: TLSConnection?
     var plain: [UInt8] = []
@@ -35,7 +35,7 @@ final class Connection {
     var h1Sequence: Int32 = 0
     /// The current HTTP/1.1 request was refused: its body is read and dropped.
     var h1Discarding = false
-    var h1KeepAlive = true
+    private(set) var h1KeepAlive = true
     var ws = WebSocketDecoder()
     var exchanges: [Int32: Exchange] = [:]
     var admissionCache = AdmissionCache()
@@ -48,13 +48,17 @@ final class Connection {
     private(set) var closeAfterFlush = false
     /// Why it is closing (set with `closeAfterFlush`, or by `abort`).
     private(set) var closeReason: CloseReason?
-    var closed = false
-    var readPauses: ReadPauses = []
-    var inDirtyList = false
+    private(set) var closed = false
+    private(set) var readPauses: ReadPauses = []
     /// The client's address (for per-address budgets) and the HTTP/2 resets already charged to it.
-    var address: ClientAddress?
+    let address: ClientAddress?
     var resetsCharged: UInt64 = 0
     var headerFloodsCounted: UInt64 = 0
+    // The gateway's bookkeeping for this connection (only `Gateway` writes these; kept here to avoid lookups).
+    /// On the gateway's list of connections to flush.
+    var inDirtyList = false
+    /// What the transport was last told: reading paused (see `Gateway.applyReading`).
+    var readingPaused = false
     /// The credit this connection's streams hold (client bytes), the part of it above their floors, and what
     /// the connection held at its last flush (its share of `Gateway.heldTotal`). See `Credit.swift`.
     var creditCost = 0
@@ -65,19 +69,20 @@ final class Connection {
     /// On the gateway's `creditWaiters` list.
     var inCreditWaiters = false
     /// When pending output last moved (or there was none): the send timeout runs from here.
-    var lastSendProgress: UInt64
+    private(set) var lastSendProgress: UInt64
     /// A WebSocket close frame was sent: nothing more goes out after it.
     var webSocketCloseSent = false
     /// The loop that owns the world this connection's requests go to (set per admitted request).
     var worldLoop = -1
     /// Moving to another loop: input is held in `heldInput` until the new loop adopts the connection.
-    var moving = false
-    var heldInput: [UInt8] = []
+    private(set) var moving = false
+    private(set) var heldInput: [UInt8] = []
     var lastActive: UInt64
     /// A request head (or the HTTP/2 preface) must be complete by then; nil while none is awaited.
     var headDeadline: UInt64?
 
-    init(id: UInt32, gateway: Gateway, tls: TLSConnection?, now: UInt64) {
+    init(id: UInt32, gateway: Gateway, tls: TLSConnection?, address: ClientAddress?, now: UInt64) {
+        self.address = address
         self.id = id
         self.gateway = gateway
         self.tls = tls
@@ -546,16 +551,18 @@ final class Connection {
         drainTLS()
     }
 
+    /// Stops reading the client for `reason` (reading resumes once no reason is left). The gateway tells the
+    /// transport when it flushes the connection (`Gateway.applyReading`).
     func pauseReading(_ reason: ReadPauses) {
         guard !readPauses.contains(reason) else { return }
-        if readPauses.isEmpty { gateway.transport?.pauseRead(id) }
         readPauses.insert(reason)
+        gateway.markDirty(self)
     }
 
     func resumeReading(_ reason: ReadPauses) {
         guard readPauses.contains(reason) else { return }
         readPauses.remove(reason)
-        if readPauses.isEmpty { gateway.transport?.resumeRead(id) }
+        gateway.markDirty(self)
     }
 
     /// Ends the connection after what is queued has been written.
@@ -578,14 +585,62 @@ final class Connection {
         plain = []
     }
 
-    /// Ends the connection now, dropping what is queued (its client stopped taking it).
-    func abort(_ reason: CloseReason) {
-        guard !closed else { return }
-        if closeReason == nil { closeReason = reason }
-        gateway.counters.count(closeReason ?? reason)
+    /// The connection is over: the gateway closed it (or the loop saw it end). Returns why, the first time.
+    func markClosed(_ reason: CloseReason) -> CloseReason? {
+        guard !closed else { return nil }
         closed = true
-        gateway.transport?.abort(id)
+        if closeReason == nil { closeReason = reason }
+        return closeReason
     }
+
+    /// The connection leaves its gateway for another loop (`Gateway.collectMoves`).
+    func markMoving() {
+        precondition(quiescent, "a connection moved with work in flight")
+        moving = true
+    }
+
+    /// Taken over by the gateway of another loop, in slot `conn` there.
+    func adopted(by g: Gateway, conn: UInt32) -> [UInt8] {
+        id = conn
+        gateway = g
+        admissionCache = AdmissionCache()  // key generations are per loop
+        readPauses = []
+        readingPaused = false
+        moving = false
+        defer { heldInput = [] }
+        return heldInput
+    }
+
+    /// The last send wrote something (for the send timeout).
+    func sendProgressed(now: UInt64) { lastSendProgress = now }
+
+    /// A request admitted on this connection: an HTTP/2 stream, or the HTTP/1.1 request being answered.
+    /// Its world's loop is where the connection belongs.
+    func track(_ ex: Exchange, worldLoop: Int) {
+        if proto == .http2 { exchanges[ex.id] = ex } else { h1Current = ex }
+        self.worldLoop = worldLoop
+    }
+
+    /// Ends tracking every exchange (the connection closed); returns them for cancelling.
+    func untrackAll() -> [Exchange] {
+        var all = Array(exchanges.values)
+        if let ex = h1Current { all.append(ex) }
+        exchanges.removeAll()
+        h1Current = nil
+        return all
+    }
+
+    /// The HTTP/1.1 connection is a WebSocket from here on (after the 101).
+    func upgradeToWebSocket() {
+        precondition(proto == .http1, "a WebSocket upgrade on \(proto)")
+        proto = .webSocket
+    }
+
+    /// HTTP/1.1: whether the connection stays open after the current request.
+    func keepAlive(_ keep: Bool) { h1KeepAlive = keep }
+
+    /// HTTP/1.1: the current request was refused; its body is read and dropped.
+    func discardRequestBody() { h1Discarding = true }
 
     /// Nothing in flight, nothing half-parsed, nothing unsent: the connection can change loops.
     var quiescent: Bool {

@@ -193,8 +193,7 @@ public final class Gateway {
             t = try? TLSConnection(context: ctx)
             counters.count(.tls)
         }
-        let c = Connection(id: conn, gateway: self, tls: t, now: now)
-        c.address = address
+        let c = Connection(id: conn, gateway: self, tls: t, address: address, now: now)
         if tls && t == nil { c.finish(.tlsError) }
         conns[conn] = c
         counters.openConnections = conns.count
@@ -214,18 +213,15 @@ public final class Gateway {
     public func sent(conn: UInt32, count: Int, now: UInt64) {
         guard let c = conns[conn] else { return }
         c.output.sent(count)
-        if count > 0 { c.lastSendProgress = now }
+        if count > 0 { c.sendProgressed(now: now) }
         markDirty(c)
     }
 
     public func closed(conn: UInt32, now: UInt64) {
         guard let c = conns.removeValue(forKey: conn) else { return }
-        if !c.closed { counters.count(.clientClosed) }  // the loop saw it end before the gateway closed it
-        c.closed = true
-        for ex in c.exchanges.values { cancel(ex, reason: "client connection closed") }
-        c.exchanges.removeAll()
-        if let ex = c.h1Current { cancel(ex, reason: "client connection closed") }
-        c.h1Current = nil
+        // The loop saw it end before the gateway closed it: the client did.
+        if let reason = c.markClosed(.clientClosed) { counters.count(reason) }
+        for ex in c.untrackAll() { cancel(ex, reason: "client connection closed") }
         forget(c)
         counters.openConnections = conns.count
     }
@@ -260,7 +256,7 @@ public final class Gateway {
         var keep: [Connection] = []
         for c in moveWhenDrained where !c.closed && !c.closeAfterFlush && conns[c.id] === c {
             if c.quiescent {
-                c.moving = true
+                c.markMoving()
                 readyToMove.append((c.id, c.worldLoop))
             } else if c.exchanges.isEmpty && c.h1Current == nil {
                 keep.append(c)  // output still draining
@@ -288,15 +284,9 @@ public final class Gateway {
     /// Takes over a connection another loop's gateway released; `conn` is its slot here.
     public func adopt(_ m: MovingConnection, conn: UInt32, now: UInt64) {
         let c = m.connection
-        c.id = conn
-        c.gateway = self
-        c.admissionCache = AdmissionCache()  // key generations are per loop
-        c.readPauses = []
-        c.moving = false
+        let held = c.adopted(by: self, conn: conn)
         conns[conn] = c
         counters.openConnections = conns.count
-        let held = c.heldInput
-        c.heldInput = []
         if !held.isEmpty { held.withUnsafeBytes { c.receive($0, now: now) } }
         markDirty(c)
     }
@@ -350,7 +340,7 @@ public final class Gateway {
         let requestID = nextRequestID()
         // A client waiting for 100 Continue may never send the body of a refused request: close after
         // answering rather than wait for it.
-        if head.expectContinue { c.h1KeepAlive = false }
+        if head.expectContinue { c.keepAlive(false) }
         if shuttingDown {
             return reject(c, id: id, GatewayError(.shuttingDown, "the gateway is shutting down",
                                                   headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
@@ -398,14 +388,13 @@ public final class Gateway {
                 "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
         }
         if head.expectContinue {
-            c.h1KeepAlive = head.keepAlive
+            c.keepAlive(head.keepAlive)
             c.emit(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
         }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
                           startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         counters.requests[kind.index] += 1
-        if c.proto == .http2 { c.exchanges[id] = ex } else { c.h1Current = ex }
-        c.worldLoop = Wire.loop(forWorld: route.world, count: links.count)
+        c.track(ex, worldLoop: Wire.loop(forWorld: route.world, count: links.count))
         ex.lastBodyAt = now
         counters.openExchanges += 1
         switch kind {
@@ -416,7 +405,7 @@ public final class Gateway {
         case .roomSubscribe:
             subscribe(ex, now: now)
         case .webSocket:
-            c.proto = .webSocket
+            c.upgradeToWebSocket()
             c.writeH1Head(status: 101, headers: [("upgrade", "websocket"), ("connection", "Upgrade"),
                                                  ("sec-websocket-accept", head.webSocketAccept!), ("x-request-id", requestID)],
                           contentLength: nil, keepAlive: true)
@@ -429,7 +418,7 @@ public final class Gateway {
     func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String) {
         // HTTP/1.1: the refused request's body is read and dropped; a connection that is not kept does not wait
         // for a body the client may never send.
-        if c.proto != .http2 { c.h1Discarding = true }
+        if c.proto != .http2 { c.discardRequestBody() }
         c.respondError(id, e, requestID: requestID)
         if c.proto != .http2 && !c.h1KeepAlive { c.finish(.finished) }
         markDirty(c)
@@ -885,7 +874,7 @@ public final class Gateway {
         detachBroker(ex, reason: e.code.name)
         if !ex.responded {
             ex.advance(reply: .started)
-            if c.proto != .http2 && !ex.requestEnded { c.h1KeepAlive = false }
+            if c.proto != .http2 && !ex.requestEnded { c.keepAlive(false) }
             c.respondError(ex.id, e, requestID: ex.requestID)
         } else if !ex.responseEnded {
             counters.count(e.code)
@@ -989,7 +978,7 @@ public final class Gateway {
             // (granting writes to the broker only, nothing for this client).
             c.produce()
             grantCredit(c, now: now)
-            if c.queuedBytes == 0 { c.lastSendProgress = now }
+            if c.queuedBytes == 0 { c.sendProgressed(now: now) }
             if let transport, !c.output.inFlight, transport.canSend(c.id), let bytes = c.output.take() {
                 transport.send(c.id, bytes)
             }
@@ -1005,13 +994,28 @@ public final class Gateway {
                 c.resumeReading(.outputFull)
             }
             reconcile(c)
-            if c.closeAfterFlush && !c.output.inFlight && c.output.isEmpty {
-                c.closed = true
-                counters.count(c.closeReason ?? .finished)
+            applyReading(c)
+            if c.closeAfterFlush && !c.output.inFlight && c.output.isEmpty, let reason = c.markClosed(.finished) {
+                counters.count(reason)
                 transport?.close(c.id)
             }
         }
         if heldTotal < heldBefore { budgetFreed = true }
+    }
+
+    /// Tells the transport when the connection's reading should stop or start again (its pause reasons
+    /// changed since it was last told).
+    @inline(__always) func applyReading(_ c: Connection) {
+        guard c.readPauses.isEmpty == c.readingPaused, !c.closed else { return }
+        c.readingPaused.toggle()
+        if c.readingPaused { transport?.pauseRead(c.id) } else { transport?.resumeRead(c.id) }
+    }
+
+    /// Ends a connection now, dropping what is queued (its client stopped taking it).
+    func abort(_ c: Connection, _ reason: CloseReason) {
+        guard let counted = c.markClosed(reason) else { return }
+        counters.count(counted)
+        transport?.abort(c.id)
     }
 
     /// Streams that waited for the loop's budget get another look once some of it is free again (checked after
@@ -1051,7 +1055,7 @@ public final class Gateway {
             // A client that takes none of its pending output for this long gives its budget back.
             if c.queuedBytes > 0 && now &- c.lastSendProgress > sendLimit {
                 counters.sendTimeouts += 1
-                c.abort(.sendTimeout)
+                abort(c, .sendTimeout)
                 markDirty(c)
                 continue
             }
@@ -1061,7 +1065,7 @@ public final class Gateway {
             if let d = c.headDeadline, now > d, c.h1Current == nil, c.exchanges.isEmpty {
                 counters.headerTimeouts += 1
                 if c.proto == .http1 && !c.h1.isIdle {
-                    c.h1KeepAlive = false
+                    c.keepAlive(false)
                     c.respondError(0, GatewayError(.requestTimeout,
                                                   "the request head did not arrive in time"), requestID: nextRequestID())
                 } else if let h2 = c.h2 {
