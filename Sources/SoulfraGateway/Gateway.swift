@@ -1130,9 +1130,11 @@ public final class Gateway {
 
     func bodyTimedOut(_ ex: Exchange) {
         counters.bodyTimeouts += 1
+        // HTTP/1.1 cannot skip the rest of a body that may never come: the connection closes after the 408
+        // (said first, so the close is counted as the timeout, not as the end of a non-keep-alive exchange).
+        if ex.conn.proto != .http2 { ex.conn.finish(.bodyTimeout) }
         fail(ex, GatewayError(.requestTimeout,
                               "the request body stopped arriving for \(limits.bodyTimeoutMilliseconds) ms"))
-        if ex.conn.proto != .http2 { ex.conn.finish(.bodyTimeout) }
     }
 
     /// Stops taking requests: HTTP/2 clients get GOAWAY, HTTP/1.1 connections close after their exchange.
