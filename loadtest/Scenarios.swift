@@ -158,113 +158,125 @@ func runPipe(_ t: Target, _ o: PipeOptions) throws -> Report {
     let cpuStart = Mutex<UInt64?>(nil)
     let startNanos = Atomic<UInt64>(0)
     let results = onThreads([
+        { @Sendable () -> ConsumerResult in pipeConsumer(t, o, shared: shared, sampleEvery: sampleEvery) },
         { @Sendable () -> ConsumerResult in
-            let reactor = PeerReactor()
-            let sink = Sink(sampleEvery: sampleEvery, shared: shared)
-            var conns: [PeerConnection] = []
-            do {
-                for i in 0..<o.pairs {
-                    let c = t.connection(.instance, name: "consumer-\(i)")
-                    c.link.delegate = sink
-                    try c.handshake()
-                    reactor.add(c)
-                    conns.append(c)
-                }
-            } catch {
-                shared.stop.store(true, ordering: .relaxed)
-                shared.ready.wrappingAdd(1, ordering: .releasing)
-                return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "consumer: \(error)")
+            pipeProducer(t, o, shared: shared) { start in
+                cpuStart.withLock { $0 = server?.cpuMicroseconds }
+                startNanos.store(start, ordering: .relaxed)
             }
-            shared.ready.wrappingAdd(1, ordering: .releasing)
-            var lastProgress = monotonicNanoseconds()
-            while true {
-                let before = sink.frames
-                reactor.poll(timeoutMilliseconds: 1)
-                let now = monotonicNanoseconds()
-                if sink.frames != before {
-                    lastProgress = now
-                    shared.lastReceiveNanos.store(now, ordering: .relaxed)
-                }
-                sink.publish()
-                if shared.stop.load(ordering: .relaxed) {
-                    let done = shared.received.load(ordering: .relaxed) >= shared.sent.load(ordering: .relaxed)
-                    if done || now &- lastProgress > 2_000_000_000 { break }
-                }
-            }
-            shared.ready.wrappingAdd(1, ordering: .releasing)  // consumer finished
-            for c in conns { c.close() }
-            let closes = sink.closes.filter { $0 != .peerGone }
-            return ConsumerResult(frames: 0, bytes: 0, latency: sink.latency, dropped: 0,
-                                  error: closes.isEmpty ? nil : "consumer links closed: \(closes)")
-        },
-        { @Sendable () -> ConsumerResult in
-            while shared.ready.load(ordering: .acquiring) < 1 { usleep(1_000) }
-            if shared.stop.load(ordering: .relaxed) { return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0) }
-            let reactor = PeerReactor()
-            var conns: [PeerConnection] = []
-            var streams: [[UInt32]] = []
-            do {
-                for i in 0..<o.pairs {
-                    let c = t.connection(.gateway, name: "producer-\(i)")
-                    try c.handshake()
-                    var ids: [UInt32] = []
-                    for _ in 0..<o.streamsPerPair {
-                        ids.append(c.link.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "", detail: "pipe")))
-                    }
-                    streams.append(ids)
-                    reactor.add(c)
-                    conns.append(c)
-                }
-            } catch {
-                shared.stop.store(true, ordering: .relaxed)
-                return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "producer: \(error)")
-            }
-            let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: max(8, o.size), alignment: 8)
-            payload.initializeMemory(as: UInt8.self, repeating: 0x5A)
-            defer { payload.deallocate() }
-            cpuStart.withLock { $0 = server?.cpuMicroseconds }
-            let start = monotonicNanoseconds()
-            startNanos.store(start, ordering: .relaxed)
-            let end = start + UInt64(o.seconds * 1e9)
-            var pacer = Pacer(rate: o.rate, start: start)
-            var sent: UInt64 = 0
-            var now = start
-            while now < end {
-                var due = pacer.due(now: now)
-                var progressed = false
-                for (i, c) in conns.enumerated() where due > 0 {
-                    for s in streams[i] where due > 0 {
-                        var burst = 0
-                        while due > 0 && burst < 128 {
-                            stamp(payload, monotonicNanoseconds())
-                            guard c.link.send(stream: s, payload: UnsafeRawBufferPointer(payload)) else { break }
-                            due -= 1
-                            burst += 1
-                            sent += 1
-                        }
-                        if burst > 0 { progressed = true }
-                    }
-                    if c.link.output.count >= 64 << 10 { c.flush() }
-                }
-                pacer.sent = sent
-                shared.sent.store(sent, ordering: .relaxed)
-                // Blocked on credit (or ahead of the rate): wait briefly for CREDIT; else just collect it.
-                reactor.poll(timeoutMilliseconds: progressed ? 0 : 1)
-                now = monotonicNanoseconds()
-            }
-            for c in conns { c.flush() }
-            shared.sent.store(sent, ordering: .relaxed)
-            shared.stop.store(true, ordering: .relaxed)
-            // Keep answering PINGs and taking CREDIT until the consumer is done.
-            while shared.ready.load(ordering: .acquiring) < 2 && monotonicNanoseconds() < end + 5_000_000_000 {
-                reactor.poll(timeoutMilliseconds: 5)
-            }
-            for c in conns { c.close() }
-            return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
         },
     ])
     return try pipeReport("soulfra", o, shared: shared, start: startNanos.load(ordering: .relaxed), results: results,
                           server: server, cpuStart: cpuStart.withLock { $0 })
+}
+
+/// The pipe's consumers: instance links that take every frame, until the producers stopped and everything
+/// sent arrived (or nothing arrived for 2 s).
+func pipeConsumer(_ t: Target, _ o: PipeOptions, shared: Shared, sampleEvery: UInt64) -> ConsumerResult {
+    let reactor = PeerReactor()
+    let sink = Sink(sampleEvery: sampleEvery, shared: shared)
+    var conns: [PeerConnection] = []
+    do {
+        for i in 0..<o.pairs {
+            let c = t.connection(.instance, name: "consumer-\(i)")
+            c.link.delegate = sink
+            try c.handshake()
+            reactor.add(c)
+            conns.append(c)
+        }
+    } catch {
+        shared.stop.store(true, ordering: .relaxed)
+        shared.ready.wrappingAdd(1, ordering: .releasing)
+        return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "consumer: \(error)")
+    }
+    shared.ready.wrappingAdd(1, ordering: .releasing)
+    var lastProgress = monotonicNanoseconds()
+    while true {
+        let before = sink.frames
+        reactor.poll(timeoutMilliseconds: 1)
+        let now = monotonicNanoseconds()
+        if sink.frames != before {
+            lastProgress = now
+            shared.lastReceiveNanos.store(now, ordering: .relaxed)
+        }
+        sink.publish()
+        if shared.stop.load(ordering: .relaxed) {
+            let done = shared.received.load(ordering: .relaxed) >= shared.sent.load(ordering: .relaxed)
+            if done || now &- lastProgress > 2_000_000_000 { break }
+        }
+    }
+    shared.ready.wrappingAdd(1, ordering: .releasing)  // consumer finished
+    for c in conns { c.close() }
+    let closes = sink.closes.filter { $0 != .peerGone }
+    return ConsumerResult(frames: 0, bytes: 0, latency: sink.latency, dropped: 0,
+                          error: closes.isEmpty ? nil : "consumer links closed: \(closes)")
+}
+
+/// The pipe's producers: gateway links sending as fast as credit (or `o.rate`) allows for `o.seconds`.
+/// `started` is called with the clock at the first send.
+func pipeProducer(_ t: Target, _ o: PipeOptions, shared: Shared, started: (UInt64) -> Void) -> ConsumerResult {
+    while shared.ready.load(ordering: .acquiring) < 1 { usleep(1_000) }
+    if shared.stop.load(ordering: .relaxed) { return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0) }
+    let reactor = PeerReactor()
+    var conns: [PeerConnection] = []
+    var streams: [[UInt32]] = []
+    do {
+        for i in 0..<o.pairs {
+            let c = t.connection(.gateway, name: "producer-\(i)")
+            try c.handshake()
+            var ids: [UInt32] = []
+            for _ in 0..<o.streamsPerPair {
+                ids.append(c.link.open(Open(target: .instance, keyID: t.keyID, world: t.world, session: "", detail: "pipe")))
+            }
+            streams.append(ids)
+            reactor.add(c)
+            conns.append(c)
+        }
+    } catch {
+        shared.stop.store(true, ordering: .relaxed)
+        return ConsumerResult(frames: 0, bytes: 0, latency: Latency(), dropped: 0, error: "producer: \(error)")
+    }
+    let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: max(8, o.size), alignment: 8)
+    payload.initializeMemory(as: UInt8.self, repeating: 0x5A)
+    defer { payload.deallocate() }
+    let start = monotonicNanoseconds()
+    started(start)
+    let end = start + UInt64(o.seconds * 1e9)
+    var pacer = Pacer(rate: o.rate, start: start)
+    var sent: UInt64 = 0
+    var now = start
+    while now < end {
+        var due = pacer.due(now: now)
+        var progressed = false
+        for (i, c) in conns.enumerated() where due > 0 {
+            for s in streams[i] where due > 0 {
+                var burst = 0
+                while due > 0 && burst < 128 {
+                    stamp(payload, monotonicNanoseconds())
+                    guard c.link.send(stream: s, payload: UnsafeRawBufferPointer(payload)) else { break }
+                    due -= 1
+                    burst += 1
+                    sent += 1
+                }
+                if burst > 0 { progressed = true }
+            }
+            if c.link.output.count >= 64 << 10 { c.flush() }
+        }
+        pacer.sent = sent
+        shared.sent.store(sent, ordering: .relaxed)
+        // Blocked on credit (or ahead of the rate): wait briefly for CREDIT; else just collect it.
+        reactor.poll(timeoutMilliseconds: progressed ? 0 : 1)
+        now = monotonicNanoseconds()
+    }
+    for c in conns { c.flush() }
+    shared.sent.store(sent, ordering: .relaxed)
+    shared.stop.store(true, ordering: .relaxed)
+    // Keep answering PINGs and taking CREDIT until the consumer is done.
+    while shared.ready.load(ordering: .acquiring) < 2 && monotonicNanoseconds() < end + 5_000_000_000 {
+        reactor.poll(timeoutMilliseconds: 5)
+    }
+    for c in conns { c.close() }
+    return ConsumerResult(frames: sent, bytes: 0, latency: Latency(), dropped: 0)
 }
 
 /// The report of a pipe run (Soulfra or NATS): throughput over first send to last receipt.

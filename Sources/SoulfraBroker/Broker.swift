@@ -364,36 +364,10 @@ public final class Broker {
         if livePairs >= limits.maxStreams {
             return refuse(link, stream, .streamLimit, "broker holds max_streams (\(limits.maxStreams)) streams", now: now)
         }
-        let allowed: Bool
-        switch open.target {
-        case .instance: allowed = link.kind == .gateway
-        case .runtime: allowed = link.kind == .instance || link.kind == .gateway
-        case .vault: allowed = link.kind != .vault
-        }
-        guard allowed else {
-            return refuse(link, stream, .notPermitted, "\(link.kind) peers may not open \(open.target) streams", now: now)
-        }
-        if open.target == .instance && !serves(open.world) {
-            return refuse(link, stream, .wrongLoop, wrongLoopReason(open.world), now: now)
-        }
-        if link.kind == .instance && open.world != link.world {
-            return refuse(link, stream, .notPermitted, "an instance of \"\(link.world)\" opened a stream for \"\(open.world)\"", now: now)
-        }
-        var quota: KeyQuota?
-        if open.keyID != 0 {
-            guard let q = access.keys[open.keyID] else {
-                return refuse(link, stream, .notPermitted, "unknown or revoked key \(open.keyID)", now: now)
-            }
-            guard q.world == open.world else {
-                return refuse(link, stream, .notPermitted, "key \(open.keyID) does not belong to world \"\(open.world)\"", now: now)
-            }
-            quota = q
-            if q.maxStreams > 0, (keyStates[q.keyID]?.streams ?? 0) >= q.maxStreams {
-                metrics.quotaRejections += 1
-                return refuse(link, stream, .streamLimit, "key \(q.keyID) is at its limit of \(q.maxStreams) concurrent streams", now: now)
-            }
-        } else if link.kind == .gateway {
-            return refuse(link, stream, .notPermitted, "gateway streams must carry a key id", now: now)
+        let quota: KeyQuota?
+        switch admit(open, on: link) {
+        case .success(let q): quota = q
+        case .failure(let refusal): return refuse(link, stream, refusal.code, refusal.reason, now: now)
         }
         let target: Link?
         switch open.target {
@@ -437,29 +411,68 @@ public final class Broker {
         link.streams[stream] = ri
         acceptor.streams[acceptorStream] = ri
         acceptor.outstanding += 1
-        if let q = quota {
-            // The opener's initial window is charged up front (the bucket may go into debt).
-            let state: KeyState
-            if let existing = keyStates[q.keyID] {
-                state = existing
-            } else {
-                // One second of burst; a stream's initial window is charged up front and the debt delays later
-                // credit instead of being forgiven, so long-run pacing is exact.
-                state = KeyState(bytes: TokenBucket(ratePerSecond: Double(q.bytesPerSecond), capacity: Double(q.bytesPerSecond), now: now),
-                                 frames: TokenBucket(ratePerSecond: Double(q.framesPerSecond), capacity: Double(q.framesPerSecond), now: now))
-                keyStates[q.keyID] = state
-            }
-            state.streams += 1
-            state.bytes.refill(now: now)
-            state.frames.refill(now: now)
-            // Both initial windows are charged up front (the bucket may go into debt): a key's frames/s and
-            // bytes/s cover what it sends and what it is sent.
-            state.bytes.charge(Double(limits.streamCreditBytes &+ UInt32(replyWindow)))
-            state.frames.charge(Double(limits.streamCreditFrames &+ UInt32(replyFrames)))
-        }
+        if let q = quota { chargeOpen(q, replyWindow: replyWindow, replyFrames: replyFrames, now: now) }
         let before = acceptor.out.count
         FrameWriter.write(.open(stream: acceptorStream, open), to: acceptor.out)
         queued(on: acceptor, from: link, frames: 1, bytes: acceptor.out.count - before, now: now)
+    }
+
+    /// Why a stream may not be opened: the code and reason its ERROR carries.
+    struct Refusal: Error {
+        let code: ErrorCode
+        let reason: String
+    }
+
+    /// Whether `link` may open `open`: its kind may reach the target, the world is this loop's, and the key
+    /// (if any) is known, belongs to the world and has a stream to spare. The key's quota when there is one.
+    func admit(_ open: Open, on link: Link) -> Result<KeyQuota?, Refusal> {
+        let allowed: Bool
+        switch open.target {
+        case .instance: allowed = link.kind == .gateway
+        case .runtime: allowed = link.kind == .instance || link.kind == .gateway
+        case .vault: allowed = link.kind != .vault
+        }
+        guard allowed else { return .failure(Refusal(code: .notPermitted, reason: "\(link.kind) peers may not open \(open.target) streams")) }
+        if open.target == .instance && !serves(open.world) {
+            return .failure(Refusal(code: .wrongLoop, reason: wrongLoopReason(open.world)))
+        }
+        if link.kind == .instance && open.world != link.world {
+            return .failure(Refusal(code: .notPermitted, reason: "an instance of \"\(link.world)\" opened a stream for \"\(open.world)\""))
+        }
+        guard open.keyID != 0 else {
+            return link.kind == .gateway ? .failure(Refusal(code: .notPermitted, reason: "gateway streams must carry a key id")) : .success(nil)
+        }
+        guard let q = access.keys[open.keyID] else {
+            return .failure(Refusal(code: .notPermitted, reason: "unknown or revoked key \(open.keyID)"))
+        }
+        guard q.world == open.world else {
+            return .failure(Refusal(code: .notPermitted, reason: "key \(open.keyID) does not belong to world \"\(open.world)\""))
+        }
+        if q.maxStreams > 0, (keyStates[q.keyID]?.streams ?? 0) >= q.maxStreams {
+            metrics.quotaRejections += 1
+            return .failure(Refusal(code: .streamLimit, reason: "key \(q.keyID) is at its limit of \(q.maxStreams) concurrent streams"))
+        }
+        return .success(q)
+    }
+
+    /// Counts a new stream against its key and charges both initial windows up front: the buckets may go into
+    /// debt, which delays later credit instead of being forgiven, so long-run pacing is exact (a key's frames/s
+    /// and bytes/s cover what it sends and what it is sent).
+    func chargeOpen(_ q: KeyQuota, replyWindow: Int64, replyFrames: Int64, now: UInt64) {
+        let state: KeyState
+        if let existing = keyStates[q.keyID] {
+            state = existing
+        } else {
+            // One second of burst.
+            state = KeyState(bytes: TokenBucket(ratePerSecond: Double(q.bytesPerSecond), capacity: Double(q.bytesPerSecond), now: now),
+                             frames: TokenBucket(ratePerSecond: Double(q.framesPerSecond), capacity: Double(q.framesPerSecond), now: now))
+            keyStates[q.keyID] = state
+        }
+        state.streams += 1
+        state.bytes.refill(now: now)
+        state.frames.refill(now: now)
+        state.bytes.charge(Double(limits.streamCreditBytes &+ UInt32(replyWindow)))
+        state.frames.charge(Double(limits.streamCreditFrames &+ UInt32(replyFrames)))
     }
 
     /// Refuses a stream the peer asked to open: ERROR on that stream, the link stays.

@@ -316,27 +316,7 @@ public struct HTTP1Parser {
         }
         // The last element is the empty line.
         guard lines.count >= 2, lines.last!.isEmpty else { throw HTTP1Error(status: 400, reason: "malformed request head") }
-        let requestLine = lines[0]
-        guard requestLine.count <= limits.maxRequestLineBytes else {
-            throw HTTP1Error(status: 414, reason: "request line exceeds \(limits.maxRequestLineBytes) bytes")
-        }
-        let parts = requestLine.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty else {
-            throw HTTP1Error(status: 400, reason: "malformed request line")
-        }
-        guard parts[0].allSatisfy(Self.isTokenByte) else { throw HTTP1Error(status: 400, reason: "invalid method") }
-        guard parts[1].allSatisfy({ $0 > 0x20 && $0 != 0x7F }) else { throw HTTP1Error(status: 400, reason: "invalid request target") }
-        let version = Array(parts[2])
-        let minor: Int
-        if version == Array("HTTP/1.1".utf8) {
-            minor = 1
-        } else if version == Array("HTTP/1.0".utf8) {
-            minor = 0
-        } else if version.starts(with: Array("HTTP/".utf8)) {
-            throw HTTP1Error(status: 505, reason: "HTTP version not supported")
-        } else {
-            throw HTTP1Error(status: 400, reason: "malformed HTTP version")
-        }
+        let (method, target, minor) = try parseRequestLine(lines[0])
         let fieldLines = lines[1..<lines.count - 1]
         guard fieldLines.count <= limits.maxHeaderCount else {
             throw HTTP1Error(status: 431, reason: "more than \(limits.maxHeaderCount) header fields")
@@ -388,7 +368,40 @@ public struct HTTP1Parser {
         // RFC 9112 §3.2: a request with more than one Host field is refused (two hosts are an ambiguity a proxy
         // and its backend may resolve differently).
         if hosts > 1 { throw HTTP1Error(status: 400, reason: "more than one Host header field") }
-        let body: HTTPRequestHead.Body
+        let body = try bodyFraming(contentLength: contentLength, transferEncoding: transferEncoding, minor: minor)
+        let tokens = connection.split(separator: ",").map { $0.trimmingSpaces }
+        let keepAlive = minor == 1 ? !tokens.contains("close") : tokens.contains("keep-alive")
+        return HTTPRequestHead(method: method, target: target, minorVersion: minor, headers: headers, body: body, keepAlive: keepAlive)
+    }
+
+    /// Method, target and minor version from the request line (RFC 9112 §3).
+    func parseRequestLine(_ requestLine: ArraySlice<UInt8>) throws(HTTP1Error) -> (String, String, Int) {
+        guard requestLine.count <= limits.maxRequestLineBytes else {
+            throw HTTP1Error(status: 414, reason: "request line exceeds \(limits.maxRequestLineBytes) bytes")
+        }
+        let parts = requestLine.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw HTTP1Error(status: 400, reason: "malformed request line")
+        }
+        guard parts[0].allSatisfy(Self.isTokenByte) else { throw HTTP1Error(status: 400, reason: "invalid method") }
+        guard parts[1].allSatisfy({ $0 > 0x20 && $0 != 0x7F }) else { throw HTTP1Error(status: 400, reason: "invalid request target") }
+        let version = Array(parts[2])
+        let minor: Int
+        if version == Array("HTTP/1.1".utf8) {
+            minor = 1
+        } else if version == Array("HTTP/1.0".utf8) {
+            minor = 0
+        } else if version.starts(with: Array("HTTP/".utf8)) {
+            throw HTTP1Error(status: 505, reason: "HTTP version not supported")
+        } else {
+            throw HTTP1Error(status: 400, reason: "malformed HTTP version")
+        }
+        return (String(decoding: parts[0], as: UTF8.self), String(decoding: parts[1], as: UTF8.self), minor)
+    }
+
+    /// How the body is framed (RFC 9112 §6.3): chunked, a length, or none; conflicting or unsupported framing
+    /// is refused.
+    func bodyFraming(contentLength: Int?, transferEncoding: String?, minor: Int) throws(HTTP1Error) -> HTTPRequestHead.Body {
         if let te = transferEncoding {
             guard contentLength == nil else {
                 throw HTTP1Error(status: 400, reason: "both Content-Length and Transfer-Encoding")
@@ -398,20 +411,14 @@ public struct HTTP1Parser {
                 throw HTTP1Error(status: 501, reason: "only the chunked transfer coding is supported")
             }
             guard minor == 1 else { throw HTTP1Error(status: 400, reason: "Transfer-Encoding in an HTTP/1.0 request") }
-            body = .chunked
+            return .chunked
         } else if let l = contentLength {
             guard l <= limits.maxBodyBytes else {
                 throw HTTP1Error(status: 413, reason: "body of \(l) bytes exceeds \(limits.maxBodyBytes)")
             }
-            body = l == 0 ? .none : .length(l)
-        } else {
-            body = .none
+            return l == 0 ? .none : .length(l)
         }
-        let tokens = connection.split(separator: ",").map { $0.trimmingSpaces }
-        let keepAlive = minor == 1 ? !tokens.contains("close") : tokens.contains("keep-alive")
-        return HTTPRequestHead(
-            method: String(decoding: parts[0], as: UTF8.self), target: String(decoding: parts[1], as: UTF8.self),
-            minorVersion: minor, headers: headers, body: body, keepAlive: keepAlive)
+        return .none
     }
 
     /// tchar (RFC 9110 §5.6.2).

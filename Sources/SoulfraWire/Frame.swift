@@ -196,50 +196,13 @@ extension Frame {
         switch header.type {
         case .hello:
             try requireLink(header)
-            let version = try r.u16("hello.version")
-            let rawKind = try r.u8("hello.kind")
-            guard let kind = PeerKind(rawValue: rawKind) else { throw .invalidValue(field: "hello.kind") }
-            _ = try r.u8("hello.reserved")
-            let maxFrame = try r.u32("hello.max_frame")
-            let heartbeat = try r.u32("hello.heartbeat_ms")
-            let world = try r.string("hello.world")
-            let instance = try r.string("hello.instance")
-            let token = try r.string("hello.token")
-            // Added fields are optional: a shorter HELLO is valid and gets the defaults.
-            let loop = r.remaining >= 2 ? try r.u16("hello.loop") : Wire.anyLoop
-            return .hello(Hello(version: version, kind: kind, maxFrameBytes: maxFrame, heartbeatMilliseconds: heartbeat,
-                                world: world, instance: instance, token: token, loop: loop))
+            return .hello(try parseHello(&r))
         case .welcome:
             try requireLink(header)
-            let version = try r.u16("welcome.version")
-            _ = try r.u16("welcome.reserved")
-            var w = Welcome(
-                version: version, maxFrameBytes: try r.u32("welcome.max_frame"),
-                heartbeatMilliseconds: try r.u32("welcome.heartbeat_ms"),
-                streamCreditBytes: try r.u32("welcome.stream_credit_bytes"),
-                streamCreditFrames: try r.u32("welcome.stream_credit_frames"),
-                linkID: try r.u32("welcome.link_id"), server: try r.string("welcome.server"))
-            if r.remaining >= 4 {
-                w.loopIndex = try r.u16("welcome.loop_index")
-                w.loopCount = try r.u16("welcome.loop_count")
-                guard w.loopCount >= 1, w.loopIndex < w.loopCount else { throw .invalidValue(field: "welcome.loop_count") }
-            }
-            return .welcome(w)
+            return .welcome(try parseWelcome(&r))
         case .open:
             try requireStream(header)
-            let rawTarget = try r.u8("open.target")
-            guard let target = OpenTarget(rawValue: rawTarget) else { throw .invalidValue(field: "open.target") }
-            _ = try r.u8("open.reserved")
-            _ = try r.u16("open.reserved")
-            let key = try r.u64("open.key_id")
-            var open = Open(target: target, keyID: key, world: try r.string("open.world"),
-                            session: try r.string("open.session"), detail: try r.string("open.detail"))
-            // The window is optional: an OPEN without it gets WELCOME's stream credit.
-            if r.remaining > 0 {
-                open.window = Window(bytes: try r.u32("open.window_bytes"), frames: try r.u32("open.window_frames"))
-            }
-            try r.expectEnd(.open)
-            return .open(stream: s, open)
+            return .open(stream: s, try parseOpen(&r))
         case .data:
             try requireStream(header)
             let flags = header.flags.intersection(FrameFlags.dataFlags)
@@ -297,6 +260,55 @@ extension Frame {
             try r.expectEnd(.dropped)
             return .dropped(stream: s, count: n)
         }
+    }
+
+    static func parseHello(_ r: inout PayloadReader) throws(WireError) -> Hello {
+        let version = try r.u16("hello.version")
+        let rawKind = try r.u8("hello.kind")
+        guard let kind = PeerKind(rawValue: rawKind) else { throw .invalidValue(field: "hello.kind") }
+        _ = try r.u8("hello.reserved")
+        let maxFrame = try r.u32("hello.max_frame")
+        let heartbeat = try r.u32("hello.heartbeat_ms")
+        let world = try r.string("hello.world")
+        let instance = try r.string("hello.instance")
+        let token = try r.string("hello.token")
+        // Added fields are optional: a shorter HELLO is valid and gets the defaults.
+        let loop = r.remaining >= 2 ? try r.u16("hello.loop") : Wire.anyLoop
+        return Hello(version: version, kind: kind, maxFrameBytes: maxFrame, heartbeatMilliseconds: heartbeat,
+                     world: world, instance: instance, token: token, loop: loop)
+    }
+
+    static func parseWelcome(_ r: inout PayloadReader) throws(WireError) -> Welcome {
+        let version = try r.u16("welcome.version")
+        _ = try r.u16("welcome.reserved")
+        var w = Welcome(
+            version: version, maxFrameBytes: try r.u32("welcome.max_frame"),
+            heartbeatMilliseconds: try r.u32("welcome.heartbeat_ms"),
+            streamCreditBytes: try r.u32("welcome.stream_credit_bytes"),
+            streamCreditFrames: try r.u32("welcome.stream_credit_frames"),
+            linkID: try r.u32("welcome.link_id"), server: try r.string("welcome.server"))
+        if r.remaining >= 4 {
+            w.loopIndex = try r.u16("welcome.loop_index")
+            w.loopCount = try r.u16("welcome.loop_count")
+            guard w.loopCount >= 1, w.loopIndex < w.loopCount else { throw .invalidValue(field: "welcome.loop_count") }
+        }
+        return w
+    }
+
+    static func parseOpen(_ r: inout PayloadReader) throws(WireError) -> Open {
+        let rawTarget = try r.u8("open.target")
+        guard let target = OpenTarget(rawValue: rawTarget) else { throw .invalidValue(field: "open.target") }
+        _ = try r.u8("open.reserved")
+        _ = try r.u16("open.reserved")
+        let key = try r.u64("open.key_id")
+        var open = Open(target: target, keyID: key, world: try r.string("open.world"),
+                        session: try r.string("open.session"), detail: try r.string("open.detail"))
+        // The window is optional: an OPEN without it gets WELCOME's stream credit.
+        if r.remaining > 0 {
+            open.window = Window(bytes: try r.u32("open.window_bytes"), frames: try r.u32("open.window_frames"))
+        }
+        try r.expectEnd(.open)
+        return open
     }
 
     @inline(__always) public static func requireStream(_ h: FrameHeader) throws(WireError) {

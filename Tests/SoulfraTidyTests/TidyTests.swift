@@ -7,9 +7,9 @@ import Testing
 @Suite("Tidy: the source tree keeps its promises")
 struct TidyTests {
     /// The longest function body allowed, in lines (declaration to closing brace).
-    static let maxFunctionLines = 115
+    static let maxFunctionLines = 100
     /// The longest source file allowed, in lines.
-    static let maxFileLines = 1_160
+    static let maxFileLines = 1_000
 
     /// Modules that take bytes, events and `now` and return bytes and actions (docs/architecture.md).
     static let sansIO: Set<String> = [
