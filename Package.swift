@@ -9,17 +9,19 @@
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
 //   SoulfraRate*          ← —                         token buckets
 //   SoulfraMetrics*       ← —                         the Prometheus text writer
-//   SoulfraSettings*      ← —                         settings tables: key, place, range
+//   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
+//                                                     table; keys and permissions as configured
+//   SoulfraConfig         ← Limits, Keys, Net         the config file, environment and validation (Foundation)
 //   SoulfraHTTP2*         ← CNGHTTP2, Rate            HTTP/2 connections over nghttp2
-//   SoulfraBroker*        ← Wire, Keys, Rate, Metrics, Settings   routing, credit, quotas, rooms
-//   SoulfraPeerLink*   ← Wire                      a peer's side of a broker link
-//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Settings, Wire
+//   SoulfraBroker*        ← Wire, Keys, Rate, Metrics, Limits     routing, credit, quotas, rooms
+//   SoulfraPeerLink*      ← Wire                      a peer's side of a broker link
+//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Limits, Wire
 //   SoulfraNet            ← —                         socket addresses, the monotonic clock
-//   SoulfraLoop           ← CURing, Net, Settings     the io_uring event loop
-//   SoulfraPeer           ← PeerLink, Wire, Net    the peer library: plain sockets + poll(2)
+//   SoulfraLoop           ← CURing, Net, Limits       the io_uring event loop
+//   SoulfraPeer           ← PeerLink, Wire, Net       the peer library: plain sockets + poll(2)
 //   SoulfraClient         ← HTTP, HTTP2, Net          an h2c client (load driver, tests)
-//   SoulfraServer         ← Broker, Gateway, Loop, Peer, PeerLink, TLS, Keys, HTTP, Wire, Net
-//   soulfra               ← Server, Loop              the daemon and CLI
+//   SoulfraServer         ← Config, Broker, Gateway, Loop, Peer, PeerLink, TLS, Keys, HTTP, Wire, Net
+//   soulfra               ← Server, Config, Loop, Net the daemon and CLI
 //   soulfra-loadtest      ← Peer, PeerLink, Client, HTTP2, Wire, Net
 import PackageDescription
 
@@ -50,9 +52,12 @@ let package = Package(
         .target(name: "COpenSSL", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // Secrets and API keys: SHA-256 digests, the sk-slfr_ key format with its CRC32 checksum.
         .target(name: "SoulfraKeys", dependencies: ["COpenSSL"]),
-        // Settings tables: each limits struct lists its keys, places and ranges once (the loader and validation
-        // read them). Sans-IO.
-        .target(name: "SoulfraSettings"),
+        // Every limit the data plane enforces, each struct with its settings table (key, place, range) and its
+        // own validation; API keys and permissions as configured. Sans-IO.
+        .target(name: "SoulfraLimits", dependencies: ["SoulfraKeys", "SoulfraWire"]),
+        // The daemon's configuration: file, environment, validation. What the CLI links to read or check a
+        // config without the data plane.
+        .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The Prometheus text format writer every /metrics section uses. Sans-IO.
         .target(name: "SoulfraMetrics"),
         // Token buckets: the one rate limiter (key rates, address budgets, HTTP/2 resets, broker quotas). Sans-IO.
@@ -64,7 +69,7 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraSettings", "SoulfraWire"], swiftSettings: dataPlane),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits", "SoulfraWire"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).
@@ -72,9 +77,9 @@ let package = Package(
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics", "SoulfraSettings"], swiftSettings: dataPlane),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits"], swiftSettings: dataPlane),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
-        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet", "SoulfraSettings"], swiftSettings: dataPlane),
+        .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet", "SoulfraLimits"], swiftSettings: dataPlane),
         // A peer's side of a broker link, sans-IO: handshake, streams, credit, message parts (the gateway's link
         // and the peer library share it); a scripted echo instance on top.
         .target(name: "SoulfraPeerLink", dependencies: ["SoulfraWire"]),
@@ -83,10 +88,10 @@ let package = Package(
         .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerLink", "SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraSettings"], swiftSettings: dataPlane),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
-            dependencies: ["SoulfraServer", "SoulfraLoop", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "soulfra-loadtest",
@@ -105,11 +110,11 @@ let package = Package(
         .testTarget(name: "SoulfraWireTests", dependencies: ["SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTPTests", dependencies: ["SoulfraHTTP", "SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraHTTP2Tests", dependencies: ["SoulfraHTTP2"]),
-        .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop", "SoulfraNet"]),
+        .testTarget(name: "SoulfraLoopTests", dependencies: ["SoulfraLoop", "SoulfraNet", "SoulfraLimits"]),
         .testTarget(name: "SoulfraPeerTests", dependencies: ["SoulfraPeer", "SoulfraPeerLink", "SoulfraWire"]),
         .testTarget(name: "SoulfraTLSTests", dependencies: ["SoulfraTLS"]),
-        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerLink", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
-        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "SoulfraSettings", "CAllocCounter"]),
+        .testTarget(name: "SoulfraGatewayTests", dependencies: ["SoulfraGateway", "SoulfraLimits", "SoulfraKeys", "SoulfraTestSupport", "SoulfraPeerLink", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraWire"]),
+        .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "SoulfraLimits", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraRateTests", dependencies: ["SoulfraRate"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
@@ -117,8 +122,8 @@ let package = Package(
         .testTarget(name: "SoulfraTidyTests"),
         .testTarget(
             name: "SoulfraIntegrationTests",
-            dependencies: ["SoulfraServer", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
-                           "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraSettings"]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
+                           "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits"]
         ),
     ],
     swiftLanguageModes: [.v6]

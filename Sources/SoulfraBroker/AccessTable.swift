@@ -1,27 +1,7 @@
 import SoulfraKeys
+import SoulfraLimits
 import SoulfraWire
 
-/// The quotas of one API key, as the broker enforces them inside streams.
-public struct KeyQuota: Sendable, Equatable {
-    /// The key's id as carried in OPEN (never the secret).
-    public var keyID: UInt64
-    /// The only world this key can reach.
-    public var world: String
-    /// Streams open at once (0: unlimited).
-    public var maxStreams: Int
-    /// Frames per second the key's streams may send towards the world (0: unlimited).
-    public var framesPerSecond: UInt32
-    /// Bytes per second the key's streams may send towards the world (0: unlimited).
-    public var bytesPerSecond: UInt32
-
-    public init(keyID: UInt64, world: String, maxStreams: Int = 0, framesPerSecond: UInt32 = 0, bytesPerSecond: UInt32 = 0) {
-        self.keyID = keyID
-        self.world = world
-        self.maxStreams = maxStreams
-        self.framesPerSecond = framesPerSecond
-        self.bytesPerSecond = bytesPerSecond
-    }
-}
 
 /// Who may attach and what each key may do: an immutable snapshot, replaced whole (never edited in place)
 /// when keys or tokens change, so a loop reads it without locks. Tokens are held only as SHA-256 digests.

@@ -1,11 +1,5 @@
+import SoulfraLimits
 /// How the broker picks among a world's instances (after session affinity).
-public enum BalancerPolicy: String, Sendable, CaseIterable {
-    /// The instance with the fewest open streams; ties go round-robin.
-    case leastOutstanding = "least_outstanding"
-    /// Each instance in turn.
-    case roundRobin = "round_robin"
-}
-
 extension Broker {
     /// Picks an instance of `world` for a new stream, honouring and recording session affinity. Instances
     /// ejected by outlier detection are skipped (a session pinned to one moves) unless no other can serve.

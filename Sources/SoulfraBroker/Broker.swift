@@ -1,3 +1,4 @@
+import SoulfraLimits
 import SoulfraRate
 import SoulfraWire
 

@@ -1,3 +1,4 @@
+import SoulfraLimits
 import SoulfraRate
 
 /// A client's address for per-address budgets: 16 bytes (IPv4 as an IPv4-mapped IPv6 address), no port.

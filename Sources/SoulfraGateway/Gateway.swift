@@ -1,3 +1,4 @@
+import SoulfraLimits
 import SoulfraHTTP
 import SoulfraHTTP2
 import SoulfraKeys

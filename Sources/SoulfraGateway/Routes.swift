@@ -1,21 +1,4 @@
-/// What a key may do (design §6); defaults come from the world's template.
-public struct Permissions: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
-    public static let worldAccess = Permissions(rawValue: 1 << 0)
-    public static let agentInteraction = Permissions(rawValue: 1 << 1)
-    public static let vaultStorage = Permissions(rawValue: 1 << 2)
-    public static let analyticsRead = Permissions(rawValue: 1 << 3)
-    public static let userManagement = Permissions(rawValue: 1 << 4)
-
-    /// The stable snake_case names used in config, keys and error messages.
-    public static let names: [(String, Permissions)] = [
-        ("world_access", .worldAccess), ("agent_interaction", .agentInteraction), ("vault_storage", .vaultStorage),
-        ("analytics_read", .analyticsRead), ("user_management", .userManagement),
-    ]
-
-    public var names: [String] { Self.names.filter { contains($0.1) }.map(\.0) }
-}
+import SoulfraLimits
 
 /// A public API route (design §5).
 public enum Route: Sendable, Equatable {

@@ -3,21 +3,6 @@ import Glibc
 #endif
 import SoulfraNet
 
-/// Where a listener binds.
-public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
-    /// IPv4 or IPv6 literal and port (0: any free port).
-    case tcp(host: String, port: UInt16)
-    /// A unix stream socket path (an existing socket file there is replaced).
-    case unix(path: String)
-
-    public var description: String {
-        switch self {
-        case .tcp(let h, let p): h.contains(":") ? "[\(h)]:\(p)" : "\(h):\(p)"
-        case .unix(let path): "unix:\(path)"
-        }
-    }
-}
-
 /// A socket error with the call that failed.
 public struct SocketError: Error, CustomStringConvertible, Sendable {
     public let call: String

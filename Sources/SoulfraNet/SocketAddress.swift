@@ -66,3 +66,18 @@ public func unixSocketPair() -> (Int32, Int32)? {
     guard socketpair(AF_UNIX, type, 0, &fds) == 0 else { return nil }
     return (fds[0], fds[1])
 }
+
+/// Where a listener binds.
+public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    /// IPv4 or IPv6 literal and port (0: any free port).
+    case tcp(host: String, port: UInt16)
+    /// A unix stream socket path (an existing socket file there is replaced).
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case .tcp(let h, let p): h.contains(":") ? "[\(h)]:\(p)" : "\(h):\(p)"
+        case .unix(let path): "unix:\(path)"
+        }
+    }
+}

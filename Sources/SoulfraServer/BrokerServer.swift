@@ -1,3 +1,5 @@
+import SoulfraConfig
+import SoulfraLimits
 import Foundation
 import Synchronization
 import SoulfraBroker

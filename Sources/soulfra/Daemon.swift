@@ -1,3 +1,5 @@
+import SoulfraNet
+import SoulfraConfig
 import Foundation
 import SoulfraLoop
 import SoulfraServer

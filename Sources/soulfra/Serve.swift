@@ -1,3 +1,4 @@
+import SoulfraConfig
 import ArgumentParser
 import Foundation
 import SoulfraServer

@@ -1,7 +1,7 @@
 import Testing
 @testable import SoulfraBroker
 import SoulfraKeys
-import SoulfraSettings
+import SoulfraLimits
 import SoulfraWire
 
 @Suite("Broker: handshake and auth")

@@ -1,3 +1,4 @@
+import SoulfraLimits
 import Testing
 @testable import SoulfraBroker
 import SoulfraWire

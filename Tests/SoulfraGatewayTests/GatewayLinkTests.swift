@@ -1,3 +1,4 @@
+import SoulfraLimits
 import Testing
 import SoulfraPeerLink
 import SoulfraWire

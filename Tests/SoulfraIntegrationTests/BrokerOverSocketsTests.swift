@@ -1,3 +1,4 @@
+import SoulfraConfig
 import Foundation
 import Testing
 import SoulfraBroker

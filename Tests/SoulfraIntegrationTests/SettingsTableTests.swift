@@ -1,10 +1,11 @@
+import SoulfraConfig
 import Foundation
 import Testing
 import SoulfraBroker
 import SoulfraGateway
 import SoulfraLoop
 import SoulfraServer
-import SoulfraSettings
+import SoulfraLimits
 
 @Suite("Config: one table per section")
 struct SettingsTableTests {

@@ -1,3 +1,4 @@
+import SoulfraLimits
 import Foundation
 import Synchronization
 import Testing

@@ -58,6 +58,21 @@ struct TidyTests {
         }
     }
 
+    @Test("the config module reaches no part of the data plane (the CLI links it alone)")
+    func configOffTheDataPlane() throws {
+        let targets = try Package.read(Self.root)
+        let byName = Dictionary(uniqueKeysWithValues: targets.map { ($0.name, $0) })
+        var seen: Set<String> = []
+        var next = ["SoulfraConfig"]
+        while let t = next.popLast() {
+            guard seen.insert(t).inserted, let target = byName[t] else { continue }
+            next += target.dependencies
+        }
+        let dataPlane: Set<String> = ["SoulfraLoop", "SoulfraBroker", "SoulfraGateway", "SoulfraServer", "SoulfraHTTP2", "CURing"]
+        #expect(seen.contains("SoulfraLimits"), "the config module's dependencies were not read")
+        #expect(seen.isDisjoint(with: dataPlane), "SoulfraConfig reaches \(seen.intersection(dataPlane).sorted())")
+    }
+
     @Test("no ring preparation's result is thrown away; tests close only descriptors they own")
     func habits() throws {
         for t in try Package.read(Self.root) {

@@ -1,4 +1,3 @@
-import SoulfraSettings
 import SoulfraWire
 
 /// Every bound the broker enforces, in one place, each with its unit in its name.
@@ -63,11 +62,11 @@ public struct BrokerLimits: Sendable, Equatable, SettingsTable {
                   "link_queue_bytes_hard", "must be at least twice max_frame_bytes (\(maxFrameBytes)), got \(linkQueueBytesHard)")
     }
 
-    var heartbeatIntervalNanos: UInt64 { UInt64(heartbeatIntervalMilliseconds) * 1_000_000 }
-    var heartbeatTimeoutNanos: UInt64 { heartbeatIntervalNanos * UInt64(heartbeatMissesAllowed) }
-    var handshakeTimeoutNanos: UInt64 { UInt64(handshakeTimeoutMilliseconds) * 1_000_000 }
-    var slowConsumerDeadlineNanos: UInt64 { UInt64(slowConsumerDeadlineMilliseconds) * 1_000_000 }
-    var shutdownDrainNanos: UInt64 { UInt64(shutdownDrainMilliseconds) * 1_000_000 }
+    public var heartbeatIntervalNanos: UInt64 { UInt64(heartbeatIntervalMilliseconds) * 1_000_000 }
+    public var heartbeatTimeoutNanos: UInt64 { heartbeatIntervalNanos * UInt64(heartbeatMissesAllowed) }
+    public var handshakeTimeoutNanos: UInt64 { UInt64(handshakeTimeoutMilliseconds) * 1_000_000 }
+    public var slowConsumerDeadlineNanos: UInt64 { UInt64(slowConsumerDeadlineMilliseconds) * 1_000_000 }
+    public var shutdownDrainNanos: UInt64 { UInt64(shutdownDrainMilliseconds) * 1_000_000 }
 }
 
 extension BrokerLimits {
@@ -93,4 +92,34 @@ extension BrokerLimits {
         Setting("outlier_ejection_milliseconds", \.outlierEjectionMilliseconds, 100...3_600_000),
         Setting("outlier_max_ejection_percent", \.outlierMaxEjectionPercent, 0...100),
     ]
+}
+
+/// How a world's streams are spread over its instances.
+public enum BalancerPolicy: String, Sendable, CaseIterable {
+    /// The instance with the fewest open streams; ties go round-robin.
+    case leastOutstanding = "least_outstanding"
+    /// Each instance in turn.
+    case roundRobin = "round_robin"
+}
+
+/// The quotas of one API key, as the broker enforces them inside streams.
+public struct KeyQuota: Sendable, Equatable {
+    /// The key's id as carried in OPEN (never the secret).
+    public var keyID: UInt64
+    /// The only world this key can reach.
+    public var world: String
+    /// Streams open at once (0: unlimited).
+    public var maxStreams: Int
+    /// Frames per second the key's streams may send towards the world (0: unlimited).
+    public var framesPerSecond: UInt32
+    /// Bytes per second the key's streams may send towards the world (0: unlimited).
+    public var bytesPerSecond: UInt32
+
+    public init(keyID: UInt64, world: String, maxStreams: Int = 0, framesPerSecond: UInt32 = 0, bytesPerSecond: UInt32 = 0) {
+        self.keyID = keyID
+        self.world = world
+        self.maxStreams = maxStreams
+        self.framesPerSecond = framesPerSecond
+        self.bytesPerSecond = bytesPerSecond
+    }
 }

@@ -59,7 +59,7 @@ public struct SettingError: Error, CustomStringConvertible, Equatable, Sendable 
         self.key = key
         self.message = message
     }
-    public var description: String { "\(key): \(message)" }
+    public var description: String { "config: \(key): \(message)" }
 }
 
 /// A limits struct that lists its settings and checks itself.

@@ -1,9 +1,7 @@
 import Foundation
-import SoulfraBroker
-import SoulfraGateway
 import SoulfraKeys
-import SoulfraLoop
-import SoulfraSettings
+import SoulfraLimits
+import SoulfraNet
 
 /// The daemon's configuration: defaults, then `config/soulfra.json` (or `--config`), then environment
 /// variables, then flags. Every key carries its unit in its name; `validate()` names the key on error.
@@ -48,15 +46,7 @@ public struct ServerConfig: Sendable, Equatable {
     public init() {}
 
     /// A configuration problem: the key (dotted path) and what is wrong.
-    public struct Invalid: Error, CustomStringConvertible, Equatable {
-        public let key: String
-        public let message: String
-        public init(key: String, message: String) {
-            self.key = key
-            self.message = message
-        }
-        public var description: String { "config: \(key): \(message)" }
-    }
+    public typealias Invalid = SettingError
 
     /// These settings with keys and tokens blanked: what a reload cannot change.
     public var withoutAccess: ServerConfig {
@@ -69,12 +59,6 @@ public struct ServerConfig: Sendable, Equatable {
         c.gatewayToken = ""
         c.adminToken = ""
         return c
-    }
-
-    /// The access table these settings describe.
-    public var accessTable: AccessTable {
-        AccessTable(keys: keys, instanceTokens: instanceTokens, runtimeToken: runtimeToken,
-                    vaultToken: vaultToken, gatewayToken: gatewayToken)
     }
 
     /// The listeners to bind.
@@ -309,8 +293,6 @@ extension ServerConfig {
         try applyKeys(list, path: "\(keysFile): keys")
     }
 
-    /// The gateway's key table.
-    public var keyTable: KeyTable { KeyTable(gatewayKeys) }
 
     /// Applies `SOULFRA_*` environment variables.
     public mutating func applyEnvironment(_ env: [String: String]) throws(Invalid) {
