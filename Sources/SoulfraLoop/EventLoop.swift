@@ -552,9 +552,9 @@ public final class EventLoop {
         case .cancel:
             break
         case .write:
-            onFileWrite(slot, gen, cqe, now: now)
+            onFileDone(slot, gen, cqe, .write, now: now)
         case .fsync:
-            onFileSync(slot, gen, cqe, now: now)
+            onFileDone(slot, gen, cqe, .sync, now: now)
         }
     }
 

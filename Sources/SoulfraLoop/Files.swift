@@ -68,33 +68,31 @@ extension EventLoop {
         closingSlots.append(file)
     }
 
-    func onFileWrite(_ file: UInt32, _ gen: UInt32, _ cqe: sf_cqe, now: UInt64) {
+    /// A write or sync on a file slot completed: the slot's state moves on, failures are counted, the owner
+    /// hears the result. A completion for a slot reused since (generation changed) is dropped.
+    func onFileDone(_ file: UInt32, _ gen: UInt32, _ cqe: sf_cqe, _ operation: FileOperation, now: UInt64) {
         let i = Int(file)
         guard i < slots.count, slots[i].inUse, slots[i].generation == gen, slots[i].isFile else { return }
-        precondition(slots[i].writeInFlight, "a write completed on file slot \(file) with none in flight")
-        slots[i].writeInFlight = false
-        slots[i].sendBase = nil
-        if cqe.res >= 0 {
-            counters.fileWrites &+= 1
-            counters.fileWriteBytes &+= UInt64(cqe.res)
-        } else {
-            classifyFile(errno: -cqe.res, operation: "write", file: file)
+        switch operation {
+        case .write:
+            precondition(slots[i].writeInFlight, "a write completed on file slot \(file) with none in flight")
+            slots[i].writeInFlight = false
+            slots[i].sendBase = nil
+            if cqe.res >= 0 {
+                counters.fileWrites &+= 1
+                counters.fileWriteBytes &+= UInt64(cqe.res)
+            }
+        case .sync:
+            precondition(slots[i].syncInFlight, "a sync completed on file slot \(file) with none in flight")
+            slots[i].syncInFlight = false
+            slots[i].syncLinked = false
+            if cqe.res >= 0 { counters.fileSyncs &+= 1 }
         }
-        delegate?.loopFileDone(file: file, operation: .write, result: cqe.res, now: now)
-    }
-
-    func onFileSync(_ file: UInt32, _ gen: UInt32, _ cqe: sf_cqe, now: UInt64) {
-        let i = Int(file)
-        guard i < slots.count, slots[i].inUse, slots[i].generation == gen, slots[i].isFile else { return }
-        precondition(slots[i].syncInFlight, "a sync completed on file slot \(file) with none in flight")
-        slots[i].syncInFlight = false
-        slots[i].syncLinked = false
-        if cqe.res >= 0 {
-            counters.fileSyncs &+= 1
-        } else if cqe.res != -ECANCELED {
-            classifyFile(errno: -cqe.res, operation: "fsync", file: file)
+        // A sync linked behind a failed or short write is cancelled by the kernel: not a failure of its own.
+        if cqe.res < 0 && !(operation == .sync && cqe.res == -ECANCELED) {
+            classifyFile(errno: -cqe.res, operation: operation == .write ? "write" : "fsync", file: file)
         }
-        delegate?.loopFileDone(file: file, operation: .sync, result: cqe.res, now: now)
+        delegate?.loopFileDone(file: file, operation: operation, result: cqe.res, now: now)
     }
 
     /// A file operation's errno: the disk's own failures (ENOSPC, EDQUOT, EIO, EFBIG, …) are the owner's to
