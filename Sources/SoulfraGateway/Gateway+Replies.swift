@@ -1,8 +1,5 @@
 import SoulfraHTTP
 import SoulfraHTTP2
-import SoulfraKeys
-import SoulfraPeerLink
-import SoulfraTLS
 import SoulfraWire
 
 /// Replies: what the broker stream brings back, framed for the client; and how exchanges end.

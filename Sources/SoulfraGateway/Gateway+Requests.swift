@@ -1,9 +1,4 @@
 import SoulfraLimits
-import SoulfraHTTP
-import SoulfraHTTP2
-import SoulfraKeys
-import SoulfraPeerLink
-import SoulfraTLS
 import SoulfraWire
 
 /// Requests: admission, bodies and messages from the client, and the broker streams they ride on.

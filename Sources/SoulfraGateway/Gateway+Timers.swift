@@ -1,10 +1,3 @@
-import SoulfraHTTP
-import SoulfraHTTP2
-import SoulfraKeys
-import SoulfraPeerLink
-import SoulfraTLS
-import SoulfraWire
-
 /// Time and shutdown: deadlines, timeouts, and a graceful end.
 extension Gateway {
     /// How long a request waits for a broker link that is coming up (start-up, reconnect) before 503.

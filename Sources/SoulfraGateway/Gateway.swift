@@ -1,10 +1,6 @@
 import SoulfraLimits
-import SoulfraHTTP
-import SoulfraHTTP2
-import SoulfraKeys
 import SoulfraPeerLink
 import SoulfraTLS
-import SoulfraWire
 
 /// A connection on its way between loops: owned by no gateway until adopted. Only one thread touches it at
 /// a time (the hand-off queue orders them).
