@@ -464,9 +464,8 @@ public final class Broker {
         if let existing = keyStates[q.keyID] {
             state = existing
         } else {
-            // One second of burst.
-            state = KeyState(bytes: TokenBucket(ratePerSecond: Double(q.bytesPerSecond), capacity: Double(q.bytesPerSecond), now: now),
-                             frames: TokenBucket(ratePerSecond: Double(q.framesPerSecond), capacity: Double(q.framesPerSecond), now: now))
+            state = KeyState(bytes: TokenBucket(quotaPerSecond: q.bytesPerSecond, now: now),
+                             frames: TokenBucket(quotaPerSecond: q.framesPerSecond, now: now))
             keyStates[q.keyID] = state
         }
         state.streams += 1
@@ -565,6 +564,9 @@ public final class Broker {
         pairs[i].pacedNotified = paced
         pairs[i].opener.windowBytes += Int64(p.bytes)
         pairs[i].opener.windowFrames += Int64(p.frames)
+        // `pace` refused anything that would take a window past 2^31-1 (what CREDIT can carry and peers count).
+        precondition(pairs[i].opener.windowBytes <= Int64(Int32.max) && pairs[i].opener.windowFrames <= Int64(Int32.max),
+                     "an opener's window passed 2^31-1")
         let dst = links[Int(pairs[i].opener.link)].unsafelyUnwrapped
         FrameWriter.credit(dst.out, stream: pairs[i].opener.stream, bytes: p.bytes, frames: p.frames, paced: paced)
         queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)
@@ -581,6 +583,8 @@ public final class Broker {
         if p.bytes > 0 || p.frames > 0 {
             pairs[i].acceptor.windowBytes += Int64(p.bytes)
             pairs[i].acceptor.windowFrames += Int64(p.frames)
+            precondition(pairs[i].acceptor.windowBytes <= Int64(Int32.max) && pairs[i].acceptor.windowFrames <= Int64(Int32.max),
+                         "an acceptor's window passed 2^31-1")
             let dst = links[Int(pairs[i].acceptor.link)].unsafelyUnwrapped
             FrameWriter.credit(dst.out, stream: pairs[i].acceptor.stream, bytes: p.bytes, frames: p.frames)
             queued(on: dst, from: source, frames: 1, bytes: Wire.headerBytes + 8, now: now)

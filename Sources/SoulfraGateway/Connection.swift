@@ -585,11 +585,13 @@ final class Connection {
         plain = []
     }
 
-    /// The connection is over: the gateway closed it (or the loop saw it end). Returns why, the first time.
-    func markClosed(_ reason: CloseReason) -> CloseReason? {
+    /// The connection is over: the gateway closed it (or the loop saw it end). Returns why, the first time:
+    /// the first reason it was given, unless `overriding` (an abort drops what was queued, whatever the
+    /// connection was closing for).
+    func markClosed(_ reason: CloseReason, overriding: Bool = false) -> CloseReason? {
         guard !closed else { return nil }
         closed = true
-        if closeReason == nil { closeReason = reason }
+        if closeReason == nil || overriding { closeReason = reason }
         return closeReason
     }
 

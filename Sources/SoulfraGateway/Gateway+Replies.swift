@@ -167,9 +167,7 @@ extension Gateway {
         if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
             // Unary: the instance ended its side. With both ENDs the stream is over and nothing needs saying;
             // otherwise the rest of the request is not wanted.
-            links[ex.link].exchanges.removeValue(forKey: ex.brokerStream)
-            if !ex.sentEnd { links[ex.link].peer.closeStream(ex.brokerStream) }
-            ex.brokerStream = 0
+            detachBroker(ex, code: .none, reason: "", tellBroker: !ex.sentEnd)
         }
         if ex.brokerStream == 0 { retire(ex) }
     }
@@ -277,11 +275,16 @@ extension Gateway {
     }
 
     /// Ends the exchange's broker stream (CLOSE with `code`; a room subscription is unsubscribed) and forgets it.
-    func detachBroker(_ ex: Exchange, code: ErrorCode = .cancelled, reason: String) {
+    /// `tellBroker: false` when the stream is already over at the broker (both sides sent END).
+    func detachBroker(_ ex: Exchange, code: ErrorCode = .cancelled, reason: String, tellBroker: Bool = true) {
         guard ex.brokerStream != 0 else { return }
         let link = links[ex.link]
         link.exchanges.removeValue(forKey: ex.brokerStream)
-        if ex.kind == .roomSubscribe { link.peer.unsubscribe(ex.brokerStream) } else {
+        if !tellBroker {
+            // Nothing to say.
+        } else if ex.kind == .roomSubscribe {
+            link.peer.unsubscribe(ex.brokerStream)
+        } else {
             link.peer.closeStream(ex.brokerStream, code: code, reason: reason)
         }
         ex.brokerStream = 0

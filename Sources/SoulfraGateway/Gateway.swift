@@ -313,9 +313,15 @@ public final class Gateway {
         if c.readingPaused { transport?.pauseRead(c.id) } else { transport?.resumeRead(c.id) }
     }
 
+    /// Tells the transport about read pauses changed since the last flush (by work done after it, such as the
+    /// in-process broker link's second pump), without waiting for the next batch.
+    public func applyPendingReading() {
+        for c in dirtyConns { applyReading(c) }
+    }
+
     /// Ends a connection now, dropping what is queued (its client stopped taking it).
     func abort(_ c: Connection, _ reason: CloseReason) {
-        guard let counted = c.markClosed(reason) else { return }
+        guard let counted = c.markClosed(reason, overriding: true) else { return }
         counters.count(counted)
         transport?.abort(c.id)
     }

@@ -122,10 +122,9 @@ public final class EventLoop {
         var writeInFlight = false
         var syncInFlight = false
         /// Where the write in flight goes (its bytes are `sendBase`/`sendCount`), and whether an fdatasync is
-        /// linked behind it.
+        /// linked behind it (the sync's own kind travels with its pending operation).
         var writeOffset: UInt64 = 0
         var syncLinked = false
-        var syncDataOnly = true
     }
 
     /// An operation to prepare. Waits in `backlog` while the submission queue is full.
@@ -138,7 +137,7 @@ public final class EventLoop {
         case timer
         case mailbox
         case write(UInt32, UInt32)
-        case sync(UInt32, UInt32)
+        case sync(UInt32, UInt32, dataOnly: Bool)
     }
 
     public let limits: LoopLimits
@@ -437,13 +436,13 @@ public final class EventLoop {
             guard slots[i].inUse, slots[i].generation == gen else { return true }
             let s = slots[i]
             rc = s.syncLinked
-                ? sf_prep_write_fsync(ring, s.fd, s.sendBase, UInt32(s.sendCount), s.writeOffset, s.syncDataOnly ? 1 : 0,
+                ? sf_prep_write_fsync(ring, s.fd, s.sendBase, UInt32(s.sendCount), s.writeOffset, 1,
                                       ud(file, gen, .write), ud(file, gen, .fsync))
                 : sf_prep_write(ring, s.fd, s.sendBase, UInt32(s.sendCount), s.writeOffset, ud(file, gen, .write))
-        case .sync(let file, let gen):
+        case .sync(let file, let gen, let dataOnly):
             let i = Int(file)
             guard slots[i].inUse, slots[i].generation == gen else { return true }
-            rc = sf_prep_fsync(ring, slots[i].fd, slots[i].syncDataOnly ? 1 : 0, ud(file, gen, .fsync))
+            rc = sf_prep_fsync(ring, slots[i].fd, dataOnly ? 1 : 0, ud(file, gen, .fsync))
         }
         return rc != -EBUSY
     }
@@ -503,6 +502,9 @@ public final class EventLoop {
 
     private func release(_ conn: UInt32, now: UInt64) {
         let i = Int(conn)
+        // The memory a send points at and the buffer a recv fills belong to the kernel until they complete.
+        precondition(slots[i].inUse && !slots[i].recv.inFlight && !slots[i].sendInFlight,
+                     "slot \(conn) released with an operation in flight")
         Glibc.close(slots[i].fd)
         slots[i].fd = -1
         slots[i].inUse = false
@@ -677,8 +679,11 @@ public final class EventLoop {
         return conn
     }
 
-    /// Connections open now.
-    public var openConnections: Int { slots.count - freeSlots.count }
+    /// Files adopted and not yet closed (they hold slots, but are not connections).
+    var openFiles = 0
+
+    /// Connections open now (files excluded).
+    public var openConnections: Int { slots.count - freeSlots.count - openFiles }
 }
 
 /// Wakes a loop from another thread. Messages themselves live wherever the poster keeps them (a

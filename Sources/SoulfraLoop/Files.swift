@@ -23,28 +23,36 @@ extension EventLoop {
             return nil
         }
         slots[Int(file)].isFile = true
+        openFiles += 1
         return file
     }
 
-    /// Whether `file` can take a write now (none in flight, not closing).
-    public func canWrite(file: UInt32) -> Bool {
+    /// Whether `file` can take a write now (none in flight, not closing); with `sync`, a write with a linked
+    /// sync (no sync in flight either).
+    public func canWrite(file: UInt32, sync: Bool = false) -> Bool {
         let s = slots[Int(file)]
-        return s.inUse && s.isFile && !s.writeInFlight && !s.closing && !(s.syncInFlight && s.syncLinked)
+        return s.inUse && s.isFile && !s.writeInFlight && !s.closing && !(s.syncInFlight && (sync || s.syncLinked))
+    }
+
+    /// Whether `file` can take a sync now (none in flight, not closing).
+    public func canSync(file: UInt32) -> Bool {
+        let s = slots[Int(file)]
+        return s.inUse && s.isFile && !s.syncInFlight && !s.closing
     }
 
     /// Writes `bytes` at `offset` (pwrite semantics; the bytes must stay valid until `loopFileDone`). With
     /// `sync`, an fdatasync is linked behind it (IOSQE_IO_LINK): it runs only once the whole write is done, so
     /// its success means these bytes are durable; it completes with `-ECANCELED` after a failed or short write.
+    /// (For metadata too — a file that grew into a new segment — follow with `sync(file:dataOnly: false)`.)
     public func write(file: UInt32, bytes: UnsafeRawBufferPointer, offset: UInt64, sync: Bool) {
         let i = Int(file)
-        precondition(canWrite(file: file) && (!sync || !slots[i].syncInFlight), "write on a busy, closing or non-file slot")
+        precondition(canWrite(file: file, sync: sync), "write on a busy, closing or non-file slot")
         precondition(bytes.count <= Int(UInt32.max), "one write is at most 4 GiB")
         slots[i].writeInFlight = true
         slots[i].sendBase = bytes.baseAddress
         slots[i].sendCount = bytes.count
         slots[i].writeOffset = offset
         slots[i].syncLinked = sync
-        slots[i].syncDataOnly = true
         if sync { slots[i].syncInFlight = true }
         submit(.write(file, slots[i].generation))
     }
@@ -53,11 +61,9 @@ extension EventLoop {
     /// after the file grew into a new segment). One at a time; writes may go on meanwhile.
     public func sync(file: UInt32, dataOnly: Bool = true) {
         let i = Int(file)
-        precondition(slots[i].inUse && slots[i].isFile && !slots[i].syncInFlight && !slots[i].closing,
-                     "sync on a busy, closing or non-file slot")
+        precondition(canSync(file: file), "sync on a busy, closing or non-file slot")
         slots[i].syncInFlight = true
-        slots[i].syncDataOnly = dataOnly
-        submit(.sync(file, slots[i].generation))
+        submit(.sync(file, slots[i].generation, dataOnly: dataOnly))
     }
 
     /// Closes `file` once its write and sync in flight completed (their `loopFileDone` still arrives).
@@ -112,5 +118,6 @@ extension EventLoop {
         Glibc.close(slots[i].fd)
         slots[i] = Slot(generation: (slots[i].generation &+ 1) & 0xFF_FFFF)
         freeSlots.append(file)
+        openFiles -= 1
     }
 }

@@ -3,11 +3,13 @@
 /// rates and per-address budgets at the gateway, HTTP/2 reset budgets, and key quotas in the broker, where a
 /// bucket may go into debt (`charge`) so that long-run pacing is exact.
 public struct TokenBucket: Sendable, Equatable {
-    /// Tokens a second; 0 is unlimited (every `take` succeeds).
+    /// Tokens a second (0: the bucket never refills — its capacity is all there is).
     public var ratePerSecond: Double
     public var capacity: Double
     public private(set) var tokens: Double
     public private(set) var refilledAt: UInt64
+    /// No limit at all: every `take` succeeds (a key quota of 0).
+    public let unlimited: Bool
 
     /// A full bucket.
     public init(ratePerSecond: Double, capacity: Double, now: UInt64) {
@@ -16,9 +18,21 @@ public struct TokenBucket: Sendable, Equatable {
         self.capacity = capacity
         self.tokens = capacity
         self.refilledAt = now
+        self.unlimited = false
     }
 
-    public var unlimited: Bool { ratePerSecond == 0 }
+    /// A key quota of `perSecond` with one second of burst; 0 means the key has no such quota.
+    public init(quotaPerSecond perSecond: UInt32, now: UInt64) {
+        self.init(ratePerSecond: Double(perSecond), capacity: Double(perSecond), now: now, unlimited: perSecond == 0)
+    }
+
+    private init(ratePerSecond: Double, capacity: Double, now: UInt64, unlimited: Bool) {
+        self.ratePerSecond = ratePerSecond
+        self.capacity = capacity
+        self.tokens = capacity
+        self.refilledAt = now
+        self.unlimited = unlimited
+    }
 
     /// Adds what accrued since the last refill, up to `capacity`. A clock that went backwards adds nothing.
     @inline(__always)
@@ -52,9 +66,11 @@ public struct TokenBucket: Sendable, Equatable {
         if !unlimited { tokens -= n }
     }
 
-    /// Seconds until `n` tokens are there (0 if they are now; whole seconds, rounded up, at least 1 otherwise).
+    /// Seconds until `n` tokens are there (0 if they are now; whole seconds, rounded up, at least 1 otherwise;
+    /// `UInt32.max` for a bucket that never refills).
     public func secondsUntil(_ n: Double) -> UInt32 {
-        guard !unlimited, tokens < n, ratePerSecond > 0 else { return 0 }
+        guard !unlimited, tokens < n else { return 0 }
+        guard ratePerSecond > 0 else { return .max }
         return max(1, UInt32(((n - tokens) / ratePerSecond).rounded(.up)))
     }
 }

@@ -287,8 +287,10 @@ final class Wiring: LoopDelegate {
                 moving[conn] = target
                 loop.handOff(conn: conn)
             }
-            // Flushing may have granted credit or opened streams: carry them across at once.
+            // Flushing may have granted credit or opened streams: carry them across at once, and apply the read
+            // pauses that changed meanwhile.
             pumpInProcess(now: now)
+            g.applyPendingReading()
             flushRemoteLinks()
         } else {
             applyBrokerActions(now: now)

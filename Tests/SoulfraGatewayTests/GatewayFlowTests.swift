@@ -125,6 +125,24 @@ struct GatewayCloseTests {
         let text = h.gateway.counters.prometheusText()
         #expect(text.contains(#"soulfra_gateway_closes_total{reason="idle_timeout"} 1"#))
     }
+
+    @Test("a connection closing after its reply whose client never takes it is counted as a send timeout")
+    func abortOverridesReason() {
+        var limits = GatewayLimits()
+        limits.sendTimeoutMilliseconds = 1_000
+        let h = GatewayHarness(limits: limits)
+        h.connectRaw(1, reads: false)
+        h.rawSend(1, Array("GET /v1/worlds/playground/nothing HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8))
+        h.settle()  // the 404 is queued and the connection is to close after it (finished), but nothing is read
+        for _ in 0..<15 {
+            h.now += 100_000_000
+            h.gateway.tick(now: h.now)
+            h.settle()
+        }
+        #expect(h.transport.aborted.contains(1))
+        #expect(h.gateway.counters.closes[CloseReason.sendTimeout.rawValue] == 1)
+        #expect(h.gateway.counters.closes[CloseReason.finished.rawValue] == 0)
+    }
 }
 
 @Suite("Gateway: an exchange's lifecycle")

@@ -107,7 +107,7 @@ struct FileTests {
             }
             guard next < records.count else {
                 d.loop.closeFile(file)
-                return d.loop.openConnections == 0
+                return d.loop.openFiles == 0
             }
             let sync = next % 10 == 0
             records[next].withUnsafeBytes { d.loop.write(file: file, bytes: $0, offset: offset, sync: sync) }
@@ -201,7 +201,7 @@ struct FileTests {
                 d.loop.closeFile(file!)  // in the same batch as the write
                 return false
             }
-            return d.results(f, .sync).count == 1 && d.loop.openConnections == 0
+            return d.results(f, .sync).count == 1 && d.loop.openFiles == 0
         }
         #expect(d.finished)
         #expect(d.results(file!, .write) == [Int32(big.count)])

@@ -41,9 +41,14 @@ struct TokenBucketTests {
         #expect(late == 10)
     }
 
-    @Test("rate 0 is unlimited; secondsUntil rounds up to whole seconds, at least 1")
+    @Test("a quota of 0 is no limit; a rate of 0 is the burst and nothing more; waits round up to whole seconds")
     func unlimitedAndWaits() {
-        var u = TokenBucket(ratePerSecond: 0, capacity: 0, now: 0)
+        var burstOnly = TokenBucket(ratePerSecond: 0, capacity: 2, now: 0)
+        let two = burstOnly.take(2)
+        burstOnly.refill(now: 100 * second)
+        let third = burstOnly.take(1)
+        #expect(two && !third && burstOnly.secondsUntil(1) == .max, "a bucket that never refills gave more than its burst")
+        var u = TokenBucket(quotaPerSecond: 0, now: 0)
         let all = u.take(1_000_000), seven = u.take(upTo: 7)
         #expect(all && seven == 7 && u.secondsUntil(5) == 0)
         var b = TokenBucket(ratePerSecond: 2, capacity: 2, now: 0)
