@@ -644,6 +644,28 @@ final class Connection {
     /// HTTP/1.1: the current request was refused; its body is read and dropped.
     func discardRequestBody() { h1Discarding = true }
 
+    /// HTTP/2: `bytes` of stream `id`'s request were handed on (or dropped); the client may send as much more.
+    /// (HTTP/1.1 has no window: reading is paused instead.)
+    func consumeInput(stream id: Int32, bytes: Int) { h2?.consume(stream: id, bytes: bytes) }
+
+    /// Ends one exchange's response early: HTTP/2 resets its stream with `code`; HTTP/1.1, which cannot say
+    /// that mid-body, closes the connection for `closing`.
+    func resetExchange(_ id: Int32, code: UInt32, closing: CloseReason) {
+        if let h2 { h2.reset(stream: id, code: code) } else { finish(closing) }
+    }
+
+    /// HTTP/2: resets stream `id` (a request whose refused body kept coming). Nothing for HTTP/1.1.
+    func resetStream(_ id: Int32, code: UInt32) { h2?.reset(stream: id, code: code) }
+
+    /// HTTP/2: GOAWAY (no new streams; those open finish). Nothing for HTTP/1.1.
+    func sendGoaway() { h2?.goaway() }
+
+    /// HTTP/1.1 `Expect: 100-continue` granted: the client may send the body.
+    func sendContinue() { emit(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)) }
+
+    /// Bytes queued in the HTTP/2 stream `id` (or, over HTTP/1.1, on the connection) not yet taken by the client.
+    func unreadBytes(stream id: Int32) -> Int { h2?.queuedBytes(stream: id) ?? queuedBytes }
+
     /// Nothing in flight, nothing half-parsed, nothing unsent: the connection can change loops.
     var quiescent: Bool {
         guard !closed, !closeAfterFlush, exchanges.isEmpty, h1Current == nil, output.isEmpty, !output.inFlight,

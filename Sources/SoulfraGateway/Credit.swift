@@ -141,7 +141,7 @@ extension Gateway {
         guard ex.kind.usesCredit, ex.brokerStream != 0, !ex.responseEnded, !ex.retired else { return false }
         // What this stream's client has not taken yet counts as held by the stream: a stream whose client stopped
         // taking it (HTTP/2 flow control) gets nothing more, so it cannot crowd out its siblings.
-        let unread = ex.conn.h2?.queuedBytes(stream: ex.id) ?? ex.conn.queuedBytes
+        let unread = ex.conn.unreadBytes(stream: ex.id)
         if unread >= ex.targetCost {
             if !ex.waitingCredit {
                 ex.waitingCredit = true

@@ -246,7 +246,7 @@ extension Gateway {
             counters.count(e.code)
             if ex.kind == .message {
                 // A unary reply already streaming: cut it off rather than append an error to its body.
-                if let h2 = c.h2 { h2.reset(stream: ex.id, code: 2) } else { c.finish(.replyCutOff) }
+                c.resetExchange(ex.id, code: 2, closing: .replyCutOff)  // INTERNAL_ERROR
             } else {
                 // The message in progress is closed first (a WebSocket one only if its bytes so far are
                 // whole UTF-8), then the error event; a WebSocket then closes with 1011, not a normal close.
@@ -304,7 +304,7 @@ extension Gateway {
         // every failed upload would shrink the connection's window for good), reading resumes if it waited for
         // it, and its buffers go now rather than when the client has read the reply.
         if ex.inputHeld > 0 {
-            c.h2?.consume(stream: ex.id, bytes: ex.inputHeld)
+            c.consumeInput(stream: ex.id, bytes: ex.inputHeld)
             ex.inputHeld = 0
             markDirty(c)
         }

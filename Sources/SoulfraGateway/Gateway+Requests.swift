@@ -57,7 +57,7 @@ extension Gateway {
         }
         if head.expectContinue {
             c.keepAlive(head.keepAlive)
-            c.emit(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+            c.sendContinue()
         }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
                           startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
@@ -99,15 +99,15 @@ extension Gateway {
             // Answered already (413, an error): the rest of the upload is read and dropped, up to a bound; past
             // it the stream is reset. Resetting at once would race the answer and many clients report it as a
             // failure instead of reading the status.
-            c.h2?.consume(stream: ex.id, bytes: bytes.count)
+            c.consumeInput(stream: ex.id, bytes: bytes.count)
             ex.discarded += bytes.count
-            if ex.discarded > limits.maxBodyBytes, let h2 = c.h2 { h2.reset(stream: ex.id, code: 8) }  // CANCEL
+            if ex.discarded > limits.maxBodyBytes { c.resetStream(ex.id, code: 8) }  // CANCEL
             return
         }
         ex.lastBodyAt = now
         switch ex.kind {
         case .message, .messageStream, .roomPublish:
-            c.h2?.consume(stream: ex.id, bytes: bytes.count)
+            c.consumeInput(stream: ex.id, bytes: bytes.count)
             guard ex.body.count + bytes.count <= limits.maxBodyBytes else {
                 return fail(ex, GatewayError(.payloadTooLarge,
                                              "request bodies are limited to \(limits.maxBodyBytes) bytes"))
@@ -124,7 +124,7 @@ extension Gateway {
             // HTTP/2 input is held back by its flow-control window; HTTP/1.1 input by not reading the socket.
             if c.proto == .http1 && ex.outboundBytes > limits.streamQueueHighBytes { c.pauseReading(.requestBacklog) }
         case .webSocket, .roomSubscribe:
-            c.h2?.consume(stream: ex.id, bytes: bytes.count)
+            c.consumeInput(stream: ex.id, bytes: bytes.count)
         }
     }
 
@@ -294,8 +294,8 @@ extension Gateway {
             armDeadline(ex, now: now)
         }
         if ex.outboundBytes <= limits.streamQueueHighBytes / 2 { ex.conn.resumeReading(.requestBacklog) }
-        if consumed > 0, let h2 = ex.conn.h2 {
-            h2.consume(stream: ex.id, bytes: consumed)
+        if consumed > 0, ex.conn.proto == .http2 {
+            ex.conn.consumeInput(stream: ex.id, bytes: consumed)
             ex.inputHeld -= consumed
             precondition(ex.inputHeld >= 0, "more request bytes handed back than were held")
             markDirty(ex.conn)

@@ -35,14 +35,14 @@ extension Gateway {
                     c.keepAlive(false)
                     c.respondError(0, GatewayError(.requestTimeout,
                                                   "the request head did not arrive in time"), requestID: nextRequestID())
-                } else if let h2 = c.h2 {
-                    h2.goaway()
+                } else {
+                    c.sendGoaway()
                 }
                 c.finish(.headerTimeout)
                 markDirty(c)
             } else if c.h1Current == nil && c.exchanges.isEmpty && now &- c.lastActive > idle {
                 counters.idleTimeouts += 1
-                c.h2?.goaway()
+                c.sendGoaway()
                 c.finish(.idleTimeout)
                 markDirty(c)
             } else if !c.trimmed && c.h1Current == nil && c.exchanges.isEmpty && now &- c.lastActive > 1_000_000_000 {
