@@ -14,7 +14,7 @@ struct TidyTests {
     /// Modules that take bytes, events and `now` and return bytes and actions (docs/architecture.md).
     static let sansIO: Set<String> = [
         "SoulfraWire", "SoulfraKeys", "SoulfraTLS", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraBroker",
-        "SoulfraPeerLink", "SoulfraGateway", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits",
+        "SoulfraPeerLink", "SoulfraGateway", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault",
     ]
 
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -1,0 +1,189 @@
+/// The vault's commit policy for one log, sans-IO: it takes appends, completions and `now`, and says what to
+/// write, when to sync, and which appends are durable (acknowledged) or failed.
+///
+/// **Group commit.** One write with an fdatasync linked behind it is in flight at a time; appends that arrive
+/// meanwhile wait and go together in the next one, so under load every fsync carries many appends. An append
+/// is acknowledged only once the fsync after its bytes completed. Sequence numbers (in the log and per
+/// session) are given when a batch is formed, and given back if the batch fails, so the log never has a gap.
+///
+/// **Failures.** A short write continues where it stopped (its linked sync was cancelled by the kernel). A
+/// failed write or sync (a full disk, an I/O error) fails the batch's appends with the errno — none of them is
+/// acknowledged, and the next batch is written over the same region — then waits `retry` before trying the
+/// appends that came meanwhile, doubling up to `maxRetry`: appends resume by themselves once space returns.
+public struct GroupCommit {
+    /// One event to store. `id` is the caller's, to match the outcome to the producer.
+    public struct Append: Sendable {
+        public var id: UInt64
+        public var session: [UInt8]
+        public var kind: UInt8
+        public var flags: UInt8
+        public var unixMilliseconds: UInt64
+        public var payload: [UInt8]
+
+        public init(id: UInt64, session: [UInt8], kind: UInt8 = 0, flags: UInt8 = 0, unixMilliseconds: UInt64, payload: [UInt8]) {
+            self.id = id
+            self.session = session
+            self.kind = kind
+            self.flags = flags
+            self.unixMilliseconds = unixMilliseconds
+            self.payload = payload
+        }
+    }
+
+    /// An append made durable: its place in the log and in its session.
+    public struct Durable: Equatable, Sendable {
+        public let id: UInt64
+        public let sequence: UInt64
+        public let sessionSequence: UInt64
+    }
+
+    public enum Action: Equatable, Sendable {
+        /// Write `count` bytes of `staged` (from `from`) at `offset` in the log, with an fdatasync linked behind.
+        case writeAndSync(offset: UInt64, from: Int, count: Int)
+        /// These appends are on disk and synced, in log order.
+        case acknowledge([Durable])
+        /// These appends are not stored (`errno`: ENOSPC, EIO, …); the producers should be told to retry.
+        case fail([UInt64], errno: Int32)
+    }
+
+    /// Bytes of the log known to be on disk and synced: where the next batch is written.
+    public private(set) var durableBytes: UInt64
+    /// The sequence number of the last durable record.
+    public private(set) var lastSequence: UInt64
+    /// The bytes of the batch in flight (stable until its completion: the write points into them).
+    public private(set) var staged: [UInt8] = []
+    /// How much of `staged` is written so far (a short write leaves the rest to write).
+    private var writtenOfStaged = 0
+    private var batch: [Durable] = []
+    /// Session sequence numbers before the batch in flight took its own (restored if it fails).
+    private var sessionsBefore: [[UInt8]: UInt64] = [:]
+    private var sessionSequences: [[UInt8]: UInt64]
+    private var pending: [Append] = []
+    public private(set) var pendingBytes = 0
+    private var batchStartedAt: UInt64 = 0
+    private var retryAt: UInt64?
+    private var retryDelay: UInt64
+
+    public let maxBatchBytes: Int
+    public let retryNanoseconds: UInt64
+    public let maxRetryNanoseconds: UInt64
+
+    /// What the policy did, for metrics.
+    public private(set) var batches: UInt64 = 0
+    public private(set) var appendsDurable: UInt64 = 0
+    public private(set) var appendsFailed: UInt64 = 0
+    public private(set) var largestBatch = 0
+    /// The time from forming the last durable batch to its sync completing (nanoseconds).
+    public private(set) var lastCommitNanoseconds: UInt64 = 0
+
+    /// A log whose first `durableBytes` are good (a recovery scan's `valid`), ending at `lastSequence`, with the
+    /// last sequence number of each session seen.
+    public init(durableBytes: UInt64 = 0, lastSequence: UInt64 = 0, sessions: [[UInt8]: UInt64] = [:],
+                maxBatchBytes: Int = 1 << 20, retryNanoseconds: UInt64 = 100_000_000, maxRetryNanoseconds: UInt64 = 2_000_000_000) {
+        self.durableBytes = durableBytes
+        self.lastSequence = lastSequence
+        self.sessionSequences = sessions
+        self.maxBatchBytes = maxBatchBytes
+        self.retryNanoseconds = retryNanoseconds
+        self.maxRetryNanoseconds = maxRetryNanoseconds
+        self.retryDelay = retryNanoseconds
+    }
+
+    /// Whether a write is in flight.
+    public var writing: Bool { !batch.isEmpty }
+
+    /// An append arrived.
+    public mutating func append(_ a: Append, now: UInt64) -> [Action] {
+        pending.append(a)
+        pendingBytes += VaultRecord.headerBytes + a.session.count + a.payload.count
+        return startBatch(now: now)
+    }
+
+    /// Time passed: after a failure, try again once the delay is over.
+    public mutating func tick(now: UInt64) -> [Action] {
+        startBatch(now: now)
+    }
+
+    /// The write in flight and the sync linked behind it completed: `written` is the write's result (bytes, or
+    /// a negative errno), `synced` the sync's (0, `-ECANCELED` after a short or failed write, or a negative
+    /// errno).
+    public mutating func completed(written: Int32, synced: Int32, now: UInt64) -> [Action] {
+        precondition(writing, "a completion with no write in flight")
+        let remaining = staged.count - writtenOfStaged
+        if written >= 0 && Int(written) < remaining && synced == -LinuxErrno.canceled {
+            // Short: write the rest (the sync comes with it).
+            writtenOfStaged += Int(written)
+            return [.writeAndSync(offset: durableBytes + UInt64(writtenOfStaged), from: writtenOfStaged, count: staged.count - writtenOfStaged)]
+        }
+        guard written >= 0 && Int(written) == remaining && synced == 0 else {
+            let errno = written < 0 ? -written : (synced < 0 ? -synced : LinuxErrno.io)
+            return failBatch(errno: errno, now: now)
+        }
+        durableBytes += UInt64(staged.count)
+        lastSequence = batch.last!.sequence
+        let done = batch
+        batch = []
+        sessionsBefore = [:]
+        staged.removeAll(keepingCapacity: true)
+        writtenOfStaged = 0
+        batches &+= 1
+        appendsDurable &+= UInt64(done.count)
+        largestBatch = max(largestBatch, done.count)
+        lastCommitNanoseconds = now &- batchStartedAt
+        retryDelay = retryNanoseconds
+        return [.acknowledge(done)] + startBatch(now: now)
+    }
+
+    /// Forms the next batch from what waits, if nothing is in flight and no retry delay runs.
+    private mutating func startBatch(now: UInt64) -> [Action] {
+        guard !writing, !pending.isEmpty else { return [] }
+        if let at = retryAt {
+            guard now >= at else { return [] }
+            retryAt = nil
+        }
+        var taken = 0
+        var bytes = 0
+        var sequence = lastSequence
+        while taken < pending.count {
+            let a = pending[taken]
+            let size = VaultRecord.headerBytes + a.session.count + a.payload.count
+            if taken > 0 && bytes + size > maxBatchBytes { break }
+            sequence += 1
+            if sessionsBefore[a.session] == nil { sessionsBefore[a.session] = sessionSequences[a.session] ?? 0 }
+            let sessionSequence = (sessionSequences[a.session] ?? 0) + 1
+            sessionSequences[a.session] = sessionSequence
+            VaultRecord(sequence: sequence, sessionSequence: sessionSequence, unixMilliseconds: a.unixMilliseconds,
+                        kind: a.kind, flags: a.flags, session: a.session, payload: a.payload).encode(into: &staged)
+            batch.append(Durable(id: a.id, sequence: sequence, sessionSequence: sessionSequence))
+            bytes += size
+            taken += 1
+        }
+        pending.removeFirst(taken)
+        pendingBytes -= bytes
+        batchStartedAt = now
+        return [.writeAndSync(offset: durableBytes, from: 0, count: staged.count)]
+    }
+
+    /// The batch in flight is not stored: its appends fail, its sequence numbers are given back, and the next
+    /// attempt waits.
+    private mutating func failBatch(errno: Int32, now: UInt64) -> [Action] {
+        let ids = batch.map(\.id)
+        for (session, before) in sessionsBefore {
+            if before == 0 { sessionSequences.removeValue(forKey: session) } else { sessionSequences[session] = before }
+        }
+        sessionsBefore = [:]
+        batch = []
+        staged.removeAll(keepingCapacity: true)
+        writtenOfStaged = 0
+        appendsFailed &+= UInt64(ids.count)
+        retryAt = now &+ retryDelay
+        retryDelay = min(maxRetryNanoseconds, retryDelay * 2)
+        return [.fail(ids, errno: errno)]
+    }
+}
+
+/// Linux errno values the policy reasons about (a sans-IO module does not import the C library).
+enum LinuxErrno {
+    static let io: Int32 = 5
+    static let canceled: Int32 = 125
+}

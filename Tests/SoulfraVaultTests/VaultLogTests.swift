@@ -1,0 +1,216 @@
+import Testing
+import SoulfraTestSupport
+@testable import SoulfraVault
+
+/// A disk as the vault's log sees it: writes land in the file's page cache, a sync makes what was written
+/// durable, and a crash keeps what was synced plus any part of what was not — possibly torn, possibly garbage.
+/// Writes can be made short or failing.
+struct SimulatedDisk {
+    var file: [UInt8] = []
+    /// Bytes known on stable storage.
+    var synced = 0
+    /// The next write is cut to this many bytes (a short write).
+    var shortNext: Int?
+    /// Writes and syncs fail with this errno while set.
+    var failing: Int32?
+
+    /// Performs a write-with-linked-sync; returns the two results as the loop would report them.
+    mutating func writeAndSync(_ bytes: ArraySlice<UInt8>, at offset: UInt64) -> (written: Int32, synced: Int32) {
+        if let e = failing { return (-e, -LinuxErrno.canceled) }
+        let n = min(bytes.count, shortNext ?? bytes.count)
+        shortNext = nil
+        let at = Int(offset)
+        if file.count < at + n { file += [UInt8](repeating: 0, count: at + n - file.count) }
+        file.replaceSubrange(at..<(at + n), with: bytes.prefix(n))
+        guard n == bytes.count else { return (Int32(n), -LinuxErrno.canceled) }
+        synced = max(synced, at + n)
+        return (Int32(n), 0)
+    }
+
+    /// The file after a crash: the synced bytes, then `keep` bytes of what was written but not synced, then
+    /// `garbage` random bytes.
+    func afterCrash(keep: Int, garbage: Int, _ rng: inout SeededRandom) -> [UInt8] {
+        let unsynced = max(0, file.count - synced)
+        return Array(file[..<synced]) + Array(file[synced..<(synced + min(keep, unsynced))])
+            + (0..<garbage).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    }
+}
+
+/// Runs the actions a policy returns against a disk, completing every write at once; returns what was
+/// acknowledged and failed.
+func drive(_ g: inout GroupCommit, _ disk: inout SimulatedDisk, _ actions: [GroupCommit.Action], now: UInt64)
+    -> (acked: [GroupCommit.Durable], failed: [UInt64]) {
+    var queue = actions
+    var acked: [GroupCommit.Durable] = []
+    var failed: [UInt64] = []
+    while !queue.isEmpty {
+        let a = queue.removeFirst()
+        switch a {
+        case .writeAndSync(let offset, let from, let count):
+            let r = disk.writeAndSync(g.staged[from..<(from + count)], at: offset)
+            queue += g.completed(written: r.written, synced: r.synced, now: now)
+        case .acknowledge(let d): acked += d
+        case .fail(let ids, _): failed += ids
+        }
+    }
+    return (acked, failed)
+}
+
+func records(_ bytes: [UInt8], after: UInt64 = 0) -> (records: [VaultRecord], valid: Int, tail: SegmentTail) {
+    var out: [VaultRecord] = []
+    let r = bytes.withUnsafeBytes { SegmentScan.scan($0, after: after) { rec, _ in out.append(rec) } }
+    return (out, r.valid, r.tail)
+}
+
+func event(_ id: UInt64, _ session: String = "s", _ text: String) -> GroupCommit.Append {
+    GroupCommit.Append(id: id, session: Array(session.utf8), unixMilliseconds: 1_700_000_000_000 + id, payload: Array(text.utf8))
+}
+
+@Suite("Vault log: records, recovery, group commit (sans-IO)")
+struct VaultLogTests {
+    @Test("CRC-32C matches the standard check value and is the same in pieces as whole")
+    func crc() {
+        #expect(Array("123456789".utf8).withUnsafeBytes { CRC32C.checksum($0) } == 0xE306_9283)
+        let data = (0..<1_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        let whole = data.withUnsafeBytes { CRC32C.checksum($0) }
+        for split in [0, 1, 7, 8, 9, 500, 999, 1_000] {
+            let a = data[..<split].withUnsafeBytes { CRC32C.checksum($0) }
+            let b = data[split...].withUnsafeBytes { CRC32C.checksum($0, continuing: a) }
+            #expect(b == whole, "split at \(split)")
+        }
+    }
+
+    @Test("records round-trip: every field, empty and long payloads, binary sessions")
+    func roundTrip() {
+        let list = [
+            VaultRecord(sequence: 1, sessionSequence: 1, unixMilliseconds: 42, kind: 3, flags: 1, session: Array("u-1".utf8), payload: Array("hello".utf8)),
+            VaultRecord(sequence: 2, sessionSequence: 7, unixMilliseconds: .max, session: [], payload: []),
+            VaultRecord(sequence: 3, sessionSequence: 1, unixMilliseconds: 0, session: [0, 255, 10], payload: [UInt8](repeating: 0xAB, count: 70_000)),
+        ]
+        var bytes: [UInt8] = []
+        for r in list { r.encode(into: &bytes) }
+        #expect(bytes.count == list.reduce(0) { $0 + $1.encodedBytes })
+        let scanned = records(bytes)
+        #expect(scanned.records == list && scanned.valid == bytes.count && scanned.tail == .clean)
+    }
+
+    @Test("a log torn at every byte offset is cut there: every whole record before it is kept, nothing after")
+    func tornEverywhere() {
+        var bytes: [UInt8] = []
+        var ends: [Int] = []
+        for i in 1...6 {
+            VaultRecord(sequence: UInt64(i), sessionSequence: UInt64(i), unixMilliseconds: 1, session: Array("s".utf8),
+                        payload: Array(String(repeating: "x", count: i * 5).utf8)).encode(into: &bytes)
+            ends.append(bytes.count)
+        }
+        for cut in 0...bytes.count {
+            let r = records(Array(bytes[..<cut]))
+            let whole = ends.filter { $0 <= cut }
+            #expect(r.records.count == whole.count, "cut at \(cut)")
+            #expect(r.valid == (whole.last ?? 0), "cut at \(cut)")
+            #expect(r.tail == (r.valid == cut ? .clean : .torn(at: r.valid)), "cut at \(cut)")
+        }
+    }
+
+    @Test("a flipped bit, a stale record and an impossible length are corruption: the scan stops before them")
+    func corruption() {
+        var bytes: [UInt8] = []
+        for i in 1...3 {
+            VaultRecord(sequence: UInt64(i), sessionSequence: 1, unixMilliseconds: 1, session: [], payload: Array("abc".utf8)).encode(into: &bytes)
+        }
+        let second = VaultRecord.headerBytes + 3
+        var flipped = bytes
+        flipped[second + VaultRecord.headerBytes] ^= 0x04
+        if case .corrupt(let at, _) = records(flipped).tail { #expect(at == second) } else { Issue.record("a flipped bit passed") }
+        #expect(records(flipped).records.count == 1)
+        // A record whose checksum is right but whose sequence does not follow (left over from an older write).
+        var stale = Array(bytes[..<second])
+        VaultRecord(sequence: 9, sessionSequence: 1, unixMilliseconds: 1, session: [], payload: []).encode(into: &stale)
+        if case .corrupt(_, let why) = records(stale).tail { #expect(why.contains("sequence")) } else { Issue.record("a stale record passed") }
+        var huge = Array(bytes[..<second])
+        huge += [0xFF, 0xFF, 0xFF, 0x7F] + [UInt8](repeating: 0, count: 40)
+        if case .corrupt(_, let why) = records(huge).tail { #expect(why.contains("length")) } else { Issue.record("an impossible length passed") }
+    }
+
+    @Test("group commit: appends that arrive while a write is in flight share the next sync; acks only after it")
+    func groupCommit() {
+        var g = GroupCommit()
+        var disk = SimulatedDisk()
+        let first = g.append(event(1, "a", "one"), now: 10)
+        #expect(first == [.writeAndSync(offset: 0, from: 0, count: g.staged.count)])
+        // Three more arrive while the first write is in flight: they wait.
+        for id: UInt64 in 2...4 { #expect(g.append(event(id, id == 3 ? "b" : "a", "more"), now: 11).isEmpty) }
+        #expect(g.writing && g.pendingBytes > 0)
+        // The first write completes: 1 is acknowledged, 2…4 go out together.
+        let r = drive(&g, &disk, first, now: 20)
+        #expect(r.acked.map(\.id) == [1, 2, 3, 4])
+        #expect(g.batches == 2 && g.largestBatch == 3)
+        #expect(r.acked.map(\.sequence) == [1, 2, 3, 4])
+        #expect(r.acked.map(\.sessionSequence) == [1, 2, 1, 3], "per-session numbers: a, a, b, a")
+        let scanned = records(disk.file)
+        #expect(scanned.records.map { String(decoding: $0.payload, as: UTF8.self) } == ["one", "more", "more", "more"])
+        #expect(g.durableBytes == UInt64(disk.file.count))
+    }
+
+    @Test("a short write continues where it stopped; the record lands whole")
+    func shortWrite() {
+        var g = GroupCommit()
+        var disk = SimulatedDisk()
+        disk.shortNext = 10
+        let r = drive(&g, &disk, g.append(event(1, "s", String(repeating: "z", count: 100)), now: 1), now: 2)
+        #expect(r.acked.map(\.id) == [1])
+        #expect(records(disk.file).records.count == 1 && records(disk.file).tail == .clean)
+    }
+
+    @Test("a full disk fails the batch with its errno, gives the sequence numbers back, and appends resume after the delay")
+    func fullDisk() {
+        var g = GroupCommit(retryNanoseconds: 100, maxRetryNanoseconds: 400)
+        var disk = SimulatedDisk()
+        _ = drive(&g, &disk, g.append(event(1, "s", "kept"), now: 0), now: 0)
+        disk.failing = 28  // ENOSPC
+        let failedFirst = g.append(event(2, "s", "lost"), now: 10)
+        var r = drive(&g, &disk, failedFirst, now: 10)
+        #expect(r.failed == [2] && r.acked.isEmpty)
+        #expect(g.appendsFailed == 1)
+        // While the delay runs, new appends wait; a tick before it is over does nothing.
+        #expect(g.append(event(3, "s", "later"), now: 20).isEmpty)
+        #expect(g.tick(now: 50).isEmpty)
+        disk.failing = nil  // space is back
+        r = drive(&g, &disk, g.tick(now: 111), now: 111)
+        #expect(r.acked == [GroupCommit.Durable(id: 3, sequence: 2, sessionSequence: 2)], "no gap where the failed append was")
+        let scanned = records(disk.file)
+        #expect(scanned.records.map { String(decoding: $0.payload, as: UTF8.self) } == ["kept", "later"] && scanned.tail == .clean)
+    }
+
+    @Test("a crash at any point keeps every acknowledged event exactly once and in order", arguments: [1, 2, 3])
+    func crashes(seed: UInt64) {
+        var rng = SeededRandom(seed: seed)
+        for round in 0..<300 {
+            var g = GroupCommit(maxBatchBytes: 512)
+            var disk = SimulatedDisk()
+            var acked: [GroupCommit.Durable] = []
+            var id: UInt64 = 0
+            var inFlight: [GroupCommit.Action] = []
+            // Appends arrive and writes complete in a random interleaving; the crash comes at a random step.
+            let steps = Int.random(in: 1...60, using: &rng)
+            for _ in 0..<steps {
+                if Bool.random(using: &rng) || inFlight.isEmpty {
+                    id += 1
+                    inFlight += g.append(event(id, "s\(id % 3)", String(repeating: "e", count: Int.random(in: 0...200, using: &rng))), now: id)
+                } else {
+                    if Int.random(in: 0..<8, using: &rng) == 0 { disk.shortNext = Int.random(in: 0...50, using: &rng) }
+                    let r = drive(&g, &disk, [inFlight.removeFirst()], now: id)
+                    acked += r.acked
+                }
+            }
+            let crashed = disk.afterCrash(keep: Int.random(in: 0...300, using: &rng), garbage: Int.random(in: 0...40, using: &rng), &rng)
+            let recovered = records(crashed)
+            let found = recovered.records.map(\.sequence)
+            #expect(found == (0..<found.count).map { UInt64($0 + 1) }, "seed \(seed) round \(round): out of order")
+            for d in acked {
+                #expect(found.contains(d.sequence), "seed \(seed) round \(round): acknowledged \(d.sequence) lost")
+            }
+            #expect(Set(found).count == found.count, "a record found twice")
+        }
+    }
+}
