@@ -10,6 +10,7 @@
 //   SoulfraRate*          ← —                         token buckets
 //   SoulfraMetrics*       ← —                         the Prometheus text writer
 //   SoulfraVault*         ← —                         the vault's log: records, recovery scan, group commit
+//   SoulfraVaultStore     ← Vault, Loop, Net          vault segments on disk through the ring
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
 //                                                     table; keys and permissions as configured
 //   SoulfraConfig         ← Limits, Keys, Net         the config file, environment and validation (Foundation)
@@ -61,6 +62,8 @@ let package = Package(
         .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The vault's log, sans-IO: the record format with CRC-32C, the recovery scan, the group-commit policy.
         .target(name: "SoulfraVault"),
+        // The vault's log on disk: segments written and synced through the io_uring loop, recovered on open.
+        .target(name: "SoulfraVaultStore", dependencies: ["SoulfraVault", "SoulfraLoop", "SoulfraNet"]),
         // The Prometheus text format writer every /metrics section uses. Sans-IO.
         .target(name: "SoulfraMetrics"),
         // Token buckets: the one rate limiter (key rates, address budgets, HTTP/2 resets, broker quotas). Sans-IO.
@@ -120,7 +123,7 @@ let package = Package(
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "SoulfraLimits", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraRateTests", dependencies: ["SoulfraRate"]),
-        .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraTestSupport"]),
+        .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraVaultStore", "SoulfraLoop", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),

@@ -35,6 +35,12 @@ public struct GroupCommit {
         public let id: UInt64
         public let sequence: UInt64
         public let sessionSequence: UInt64
+
+        public init(id: UInt64, sequence: UInt64, sessionSequence: UInt64) {
+            self.id = id
+            self.sequence = sequence
+            self.sessionSequence = sessionSequence
+        }
     }
 
     public enum Action: Equatable, Sendable {

@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SoulfraLoop
+import SoulfraNet
+import SoulfraVault
+
+/// One vault log segment on one loop: the file written and synced through the ring (`EventLoop.write(file:…)`
+/// with an fdatasync linked behind each write), driven by the group-commit policy. Opening it recovers it: the
+/// file is scanned, a torn or corrupt tail is cut off, and appends go on from the last good record.
+public final class VaultSegment {
+    public let path: String
+    unowned let loop: EventLoop
+    /// The loop's slot for the file (`LoopDelegate.loopFileDone` reports it).
+    public let file: UInt32
+    public private(set) var policy: GroupCommit
+    /// Appends made durable, in log order; appends that failed, with the errno.
+    public var onDurable: ([GroupCommit.Durable]) -> Void = { _ in }
+    public var onFailed: ([UInt64], Int32) -> Void = { _, _ in }
+    /// What recovery found: good records, bytes cut off the end, and why.
+    public let recoveredRecords: Int
+    public let cutBytes: Int
+    public let recoveredTail: SegmentTail
+    /// The bytes of the write in flight: the ring reads them until the write completes, so they live here, out
+    /// of reach of Swift's copy-on-write.
+    private var writeBuffer: UnsafeMutableRawBufferPointer
+    /// The write's result, kept until the sync linked behind it completes.
+    private var writeResult: Int32?
+
+    /// Opens (or creates) the segment at `path` and recovers it, then hands the file to `loop`. Reads the file
+    /// with blocking calls: open a segment before the loop serves its world (at start-up, or off the loop).
+    public init(path: String, loop: EventLoop) throws(SocketError) {
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SocketError(call: "open", errno: errno, address: path) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else {
+                let e = errno
+                Glibc.close(fd)
+                throw SocketError(call: "read", errno: e, address: path)
+            }
+            if n == 0 { break }
+            bytes += chunk[..<n]
+        }
+        var sessions: [[UInt8]: UInt64] = [:]
+        var count = 0
+        let scan = bytes.withUnsafeBytes { raw in
+            SegmentScan.scan(raw) { record, _ in
+                sessions[record.session] = record.sessionSequence
+                count += 1
+            }
+        }
+        if scan.valid < bytes.count {
+            // The tail that did not check out goes: appends continue from the last good record.
+            guard ftruncate(fd, off_t(scan.valid)) == 0, fsync(fd) == 0 else {
+                let e = errno
+                Glibc.close(fd)
+                throw SocketError(call: "ftruncate", errno: e, address: path)
+            }
+        }
+        guard let slot = loop.adoptFile(fd: fd) else { throw SocketError(call: "adopt", errno: EMFILE, address: path) }
+        self.path = path
+        self.loop = loop
+        self.file = slot
+        self.recoveredRecords = count
+        self.cutBytes = bytes.count - scan.valid
+        self.recoveredTail = scan.tail
+        self.policy = GroupCommit(durableBytes: UInt64(scan.valid), lastSequence: scan.last, sessions: sessions)
+        self.writeBuffer = .allocate(byteCount: 4 << 10, alignment: 16)
+    }
+
+    deinit { writeBuffer.deallocate() }
+
+    /// Stores an event: it is acknowledged (`onDurable`) once on disk and synced.
+    public func append(_ a: GroupCommit.Append, now: UInt64) {
+        run(policy.append(a, now: now))
+    }
+
+    /// Retries after a failure once its delay is over; call from the loop's tick.
+    public func tick(now: UInt64) {
+        run(policy.tick(now: now))
+    }
+
+    /// The loop finished a write or sync on this segment's file.
+    public func fileDone(_ operation: FileOperation, result: Int32, now: UInt64) {
+        switch operation {
+        case .write:
+            writeResult = result
+        case .sync:
+            // Every write goes with a linked sync, whose completion comes after the write's.
+            let written = writeResult ?? -LinuxErrnoValue.io
+            writeResult = nil
+            run(policy.completed(written: written, synced: result, now: now))
+        }
+    }
+
+    /// Closes the file once what is in flight completed.
+    public func close() { loop.closeFile(file) }
+
+    private func run(_ actions: [GroupCommit.Action]) {
+        for action in actions {
+            switch action {
+            case .writeAndSync(let offset, let from, let count):
+                if writeBuffer.count < count {
+                    writeBuffer.deallocate()
+                    writeBuffer = .allocate(byteCount: max(count, writeBuffer.count * 2), alignment: 16)
+                }
+                policy.staged.withUnsafeBytes { staged in
+                    writeBuffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: staged[from..<(from + count)]))
+                }
+                loop.write(file: file, bytes: UnsafeRawBufferPointer(rebasing: writeBuffer[..<count]), offset: offset, sync: true)
+            case .acknowledge(let durable):
+                onDurable(durable)
+            case .fail(let ids, let errno):
+                onFailed(ids, errno)
+            }
+        }
+    }
+}
+
+/// The errno the segment reports for a sync without its write's result (cannot happen with linked pairs).
+enum LinuxErrnoValue {
+    static let io: Int32 = 5
+}
