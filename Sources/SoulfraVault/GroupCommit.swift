@@ -60,6 +60,13 @@ public struct GroupCommit {
     public private(set) var staged: [UInt8] = []
     /// How much of `staged` is written so far (a short write leaves the rest to write).
     private var writtenOfStaged = 0
+    /// Of `staged`, the records' bytes (the rest is zeros over what a failed batch left beyond them).
+    private var stagedRecordBytes = 0
+    /// How far writes have reached in the file, failed ones included: bytes past `durableBytes` up to here may
+    /// hold records that were reported failed, and are zeroed by the next batch so that no recovery can read
+    /// them as records (a failed batch's record could otherwise follow on, checksum and all, from a retry of
+    /// the same length).
+    public private(set) var writtenUntil: UInt64
     private var batch: [Durable] = []
     /// Session sequence numbers before the batch in flight took its own (restored if it fails).
     private var sessionsBefore: [[UInt8]: UInt64] = [:]
@@ -87,6 +94,7 @@ public struct GroupCommit {
     public init(durableBytes: UInt64 = 0, lastSequence: UInt64 = 0, sessions: [[UInt8]: UInt64] = [:],
                 maxBatchBytes: Int = 1 << 20, retryNanoseconds: UInt64 = 100_000_000, maxRetryNanoseconds: UInt64 = 2_000_000_000) {
         self.durableBytes = durableBytes
+        self.writtenUntil = durableBytes
         self.lastSequence = lastSequence
         self.sessionSequences = sessions
         self.maxBatchBytes = maxBatchBytes
@@ -116,6 +124,7 @@ public struct GroupCommit {
     public mutating func completed(written: Int32, synced: Int32, now: UInt64) -> [Action] {
         precondition(writing, "a completion with no write in flight")
         let remaining = staged.count - writtenOfStaged
+        if written > 0 { writtenUntil = max(writtenUntil, durableBytes + UInt64(writtenOfStaged) + UInt64(written)) }
         if written >= 0 && Int(written) < remaining && synced == -LinuxErrno.canceled {
             // Short: write the rest (the sync comes with it).
             writtenOfStaged += Int(written)
@@ -125,7 +134,7 @@ public struct GroupCommit {
             let errno = written < 0 ? -written : (synced < 0 ? -synced : LinuxErrno.io)
             return failBatch(errno: errno, now: now)
         }
-        durableBytes += UInt64(staged.count)
+        durableBytes += UInt64(stagedRecordBytes)
         lastSequence = batch.last!.sequence
         let done = batch
         batch = []
@@ -166,6 +175,9 @@ public struct GroupCommit {
         }
         pending.removeFirst(taken)
         pendingBytes -= bytes
+        stagedRecordBytes = staged.count
+        let end = durableBytes + UInt64(staged.count)
+        if writtenUntil > end { staged += repeatElement(0, count: Int(writtenUntil - end)) }
         batchStartedAt = now
         return [.writeAndSync(offset: durableBytes, from: 0, count: staged.count)]
     }

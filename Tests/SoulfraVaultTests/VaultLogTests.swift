@@ -13,6 +13,9 @@ struct SimulatedDisk {
     var shortNext: Int?
     /// Writes and syncs fail with this errno while set.
     var failing: Int32?
+    /// Writes so far, and the one (counted from 1) that lands whole but whose sync fails with EIO.
+    var writes = 0
+    var syncFailsOnWrite: Int?
 
     /// Performs a write-with-linked-sync; returns the two results as the loop would report them.
     mutating func writeAndSync(_ bytes: ArraySlice<UInt8>, at offset: UInt64) -> (written: Int32, synced: Int32) {
@@ -23,6 +26,8 @@ struct SimulatedDisk {
         if file.count < at + n { file += [UInt8](repeating: 0, count: at + n - file.count) }
         file.replaceSubrange(at..<(at + n), with: bytes.prefix(n))
         guard n == bytes.count else { return (Int32(n), -LinuxErrno.canceled) }
+        writes += 1
+        if writes == syncFailsOnWrite { return (Int32(n), -5) }
         synced = max(synced, at + n)
         return (Int32(n), 0)
     }
@@ -180,6 +185,28 @@ struct VaultLogTests {
         #expect(r.acked == [GroupCommit.Durable(id: 3, sequence: 2, sessionSequence: 2)], "no gap where the failed append was")
         let scanned = records(disk.file)
         #expect(scanned.records.map { String(decoding: $0.payload, as: UTF8.self) } == ["kept", "later"] && scanned.tail == .clean)
+    }
+
+    @Test("a batch whose sync failed is overwritten by the next: its records never come back, even where they would follow on")
+    func failedBatchNeverComesBack() {
+        var g = GroupCommit(retryNanoseconds: 1)
+        var disk = SimulatedDisk()
+        _ = drive(&g, &disk, g.append(event(1, "s", "kept"), now: 0), now: 0)
+        // A and B wait behind X and go out together; both land, but the sync fails: both are reported failed.
+        var first = g.append(event(2, "s", "XXXX"), now: 1)
+        first += g.append(event(3, "s", "AAAA"), now: 1)
+        first += g.append(event(4, "s", "BBBB"), now: 1)
+        disk.syncFailsOnWrite = 3  // 1: "kept", 2: X, 3: A and B
+        let r1 = drive(&g, &disk, first, now: 1)
+        #expect(r1.acked.map(\.id) == [2] && r1.failed == [3, 4])
+        let r1b = drive(&g, &disk, g.tick(now: 10), now: 10)
+        // C has A's size and takes A's sequence: without zeroing, B (sequence 3) would follow on from it.
+        #expect(r1b.acked.isEmpty && r1b.failed.isEmpty)
+        let r2 = drive(&g, &disk, g.append(event(5, "s", "CCCC"), now: 20), now: 20)
+        #expect(r2.acked == [GroupCommit.Durable(id: 5, sequence: 3, sessionSequence: 3)])
+        let found = records(disk.file).records.map { String(decoding: $0.payload, as: UTF8.self) }
+        #expect(found == ["kept", "XXXX", "CCCC"], "a failed event came back: \(found)")
+        #expect(records(disk.file).records.map(\.sequence) == (0..<found.count).map { UInt64($0 + 1) })
     }
 
     @Test("a crash at any point keeps every acknowledged event exactly once and in order", arguments: [1, 2, 3])
