@@ -27,12 +27,21 @@ public final class VaultSegment {
     /// The write's result, kept until the sync linked behind it completes.
     private var writeResult: Int32?
 
+    /// The largest segment opened: a file past it is not a segment (recovery reads it whole).
+    public static let maxSegmentBytes = 1 << 30
+
     /// Opens (or creates) the segment at `path` and recovers it, then hands the file to `loop`. Reads the file
     /// with blocking calls: open a segment before the loop serves its world (at start-up, or off the loop).
     public init(path: String, loop: EventLoop) throws(SocketError) {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SocketError(call: "open", errno: errno, address: path) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) <= Self.maxSegmentBytes else {
+            Glibc.close(fd)
+            throw SocketError(call: "open", errno: EINVAL, address: "\(path) (not a regular file of at most \(Self.maxSegmentBytes) bytes)")
+        }
         var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(st.st_size))
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
@@ -42,7 +51,7 @@ public final class VaultSegment {
                 Glibc.close(fd)
                 throw SocketError(call: "read", errno: e, address: path)
             }
-            if n == 0 { break }
+            if n == 0 || bytes.count >= Self.maxSegmentBytes { break }
             bytes += chunk[..<n]
         }
         var sessions: [[UInt8]: UInt64] = [:]

@@ -164,4 +164,78 @@ struct VaultSegmentTests {
         #expect(onDisk.records.count == 11 && onDisk.tail == .clean)
         #expect(onDisk.records.last.map { String(decoding: $0.payload, as: UTF8.self) } == "after")
     }
+
+    /// Mounts a tmpfs of `kilobytes` (root only: the test is skipped elsewhere).
+    static let canMount: Bool = {
+        let dir = "\(NSTemporaryDirectory())soulfra-mount-probe-\(getpid())"
+        mkdir(dir, 0o700)
+        defer { rmdir(dir) }
+        guard mount("tmpfs", dir, "tmpfs", 0, "size=64k") == 0 else { return false }
+        umount(dir)
+        return true
+    }()
+
+    @Test("a full disk fails appends with ENOSPC and loses nothing acknowledged; appends resume once space returns",
+          .enabled(if: canMount))
+    func fullDisk() throws {
+        let dir = "\(NSTemporaryDirectory())soulfra-vault-full-\(getpid())"
+        mkdir(dir, 0o700)
+        guard mount("tmpfs", dir, "tmpfs", 0, "size=64k") == 0 else { throw DriverError("mount") }
+        defer {
+            umount(dir)
+            rmdir(dir)
+        }
+        let path = dir + "/world.log"
+        let acked = Mutex<[GroupCommit.Durable]>([])
+        let failed = Mutex<[(UInt64, Int32)]>([])
+        let payload = String(repeating: "p", count: 1_000)
+        var sent: UInt64 = 0
+        var grown = false
+        var afterGrow: UInt64 = 0
+        let d = try SegmentDriver.run({ d in
+            let s = try VaultSegment(path: path, loop: d.loop)
+            s.onDurable = { list in acked.withLock { $0 += list } }
+            s.onFailed = { ids, e in failed.withLock { $0 += ids.map { ($0, e) } } }
+            d.segment = s
+        }, { d, now in
+            let failures = failed.withLock { $0.count }
+            if failures == 0 {
+                // Fill the disk: ten 1 KB events a turn until one fails.
+                if d.segment!.policy.pendingBytes == 0 && !d.segment!.policy.writing {
+                    for _ in 0..<10 {
+                        sent += 1
+                        d.segment!.append(event(sent, "s", payload), now: now)
+                    }
+                }
+                return false
+            }
+            if !grown {
+                // Space returns; what waits (and what comes now) goes out after the retry delay.
+                grown = true
+                mount("tmpfs", dir, "tmpfs", UInt(MS_REMOUNT), "size=1m")
+                afterGrow = sent + 1
+                for _ in 0..<5 {
+                    sent += 1
+                    d.segment!.append(event(sent, "s", payload), now: now)
+                }
+                return false
+            }
+            guard acked.withLock({ $0.contains { $0.id == sent } }) else { return false }
+            d.segment!.close()
+            return true
+        })
+        #expect(d.finished, "appends never resumed after space returned")
+        let fails = failed.withLock { $0 }
+        #expect(!fails.isEmpty && fails.allSatisfy { $0.1 == ENOSPC }, "\(fails)")
+        let durable = acked.withLock { $0 }
+        #expect(durable.contains { $0.id >= afterGrow }, "nothing acknowledged after the space came back")
+        let onDisk = try fileRecords(path)
+        #expect(onDisk.tail == .clean || { if case .corrupt = onDisk.tail { return true } else { return false } }())
+        #expect(onDisk.records.map(\.sequence) == (0..<onDisk.records.count).map { UInt64($0 + 1) }, "a gap in the log")
+        let ids = Set(onDisk.records.map { String(decoding: $0.payload, as: UTF8.self) }.indices)
+        #expect(ids.count == onDisk.records.count)
+        // Every acknowledged event is on disk, once; no failed one is.
+        #expect(onDisk.records.count == durable.count, "\(onDisk.records.count) records on disk, \(durable.count) acknowledged")
+        #expect(durable.map(\.sequence) == onDisk.records.map(\.sequence))
+    }
 }
