@@ -308,7 +308,8 @@ public final class Gateway {
     /// Tells the transport when the connection's reading should stop or start again (its pause reasons
     /// changed since it was last told).
     @inline(__always) func applyReading(_ c: Connection) {
-        guard c.readPauses.isEmpty == c.readingPaused, !c.closed else { return }
+        // A connection on its way to another loop has no slot here any more: its id may be someone else's.
+        guard c.readPauses.isEmpty == c.readingPaused, !c.closed, !c.moving else { return }
         c.readingPaused.toggle()
         if c.readingPaused { transport?.pauseRead(c.id) } else { transport?.resumeRead(c.id) }
     }
