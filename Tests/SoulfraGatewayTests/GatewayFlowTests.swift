@@ -126,6 +126,22 @@ struct GatewayCloseTests {
         #expect(text.contains(#"soulfra_gateway_closes_total{reason="idle_timeout"} 1"#))
     }
 
+    @Test("a connection on its way to another loop is never paused or resumed through its old slot")
+    func movingConnectionKeepsHandsOff() {
+        let h = GatewayHarness(loopCount: 2)
+        h.connectRaw(1)
+        h.rawSend(1, Array("GET /v1/worlds/playground/nothing HTTP/1.1\r\nHost: t\r\n\r\n".utf8))
+        h.settle()
+        let c = h.connection(1)!
+        #expect(c.quiescent, "the connection did not come to rest")
+        c.markMoving()
+        // Its slot may already serve another connection: nothing may be said about slot 1 any more.
+        c.pauseReading(.outputFull)
+        h.gateway.applyPendingReading()
+        h.gateway.flush(now: h.now)
+        #expect(!h.transport.paused.contains(1), "a moving connection paused its old slot")
+    }
+
     @Test("a connection closing after its reply whose client never takes it is counted as a send timeout")
     func abortOverridesReason() {
         var limits = GatewayLimits()

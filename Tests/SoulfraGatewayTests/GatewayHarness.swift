@@ -109,13 +109,14 @@ final class GatewayHarness {
     var world: (GatewayHarness, UInt32) -> Void = { _, _ in }
 
     /// `streamCreditBytes`: the window the broker's WELCOME gives each stream the gateway opens (for requests).
-    init(limits: GatewayLimits = GatewayLimits(), streamCreditBytes: UInt32 = 262_144) {
+    /// `loopCount`: how many broker loops the gateway links to (link 0 is the one the harness answers).
+    init(limits: GatewayLimits = GatewayLimits(), streamCreditBytes: UInt32 = 262_144, loopCount: Int = 1) {
         var r = SeededRandom(seed: 7)
         let k = APIKey.generate(type: "kids", using: &r)!
         key = k.plaintext
         let table = KeyTable([KeyRecord(id: 1, digest: k.digest, prefix: k.prefix, world: "playground",
                                         permissions: [.worldAccess, .agentInteraction])])
-        gateway = Gateway(limits: limits, keys: table, loopIndex: 0, loopCount: 1, tls: nil) { _ in
+        gateway = Gateway(limits: limits, keys: table, loopIndex: 0, loopCount: loopCount, tls: nil) { _ in
             PeerIdentity(kind: .gateway, token: "test-gateway-token-0001", loop: 0)
         }
         transport = ClientsTransport(self)
