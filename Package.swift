@@ -24,7 +24,7 @@
 //   SoulfraClient         ← HTTP, HTTP2, Net          an h2c client (load driver, tests)
 //   SoulfraServer         ← Config, Broker, Gateway, Loop, Peer, PeerLink, TLS, Keys, HTTP, Wire, Net
 //   soulfra               ← Server, Config, Loop, Net the daemon and CLI
-//   soulfra-loadtest      ← Peer, PeerLink, Client, HTTP2, Wire, Net
+//   soulfra-loadtest      ← Peer, PeerLink, Client, HTTP2, Wire, Net, Loop, Vault, VaultStore
 import PackageDescription
 
 /// Data-plane modules skip dynamic exclusivity checks in release builds: they are loop-confined (one thread
@@ -103,6 +103,7 @@ let package = Package(
             name: "soulfra-loadtest",
             dependencies: [
                 "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraHTTP2", "SoulfraClient",
+                "SoulfraLoop", "SoulfraVault", "SoulfraVaultStore",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

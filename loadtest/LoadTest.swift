@@ -33,7 +33,7 @@ struct LoadTest: ParsableCommand {
             Latency comes from send times stamped in each payload; report it at a fixed --rate, not at
             saturation. Loops are bounded by --seconds; traffic goes only to the address given (loopback).
             """,
-        subcommands: [Pipe.self, Chain.self, Rooms.self, SlowConsumer.self, Idle.self, Instance.self, GatewayClient.self])
+        subcommands: [Pipe.self, Chain.self, Rooms.self, SlowConsumer.self, Idle.self, Instance.self, GatewayClient.self, VaultBench.self])
 }
 
 struct Pipe: ParsableCommand {
