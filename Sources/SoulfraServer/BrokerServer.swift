@@ -61,7 +61,12 @@ public final class BrokerServer: Sendable {
         init(index: Int) { self.index = index }
 
         func wake() { mailbox.withLock { $0?.wake() } }
-        func publish(_ s: BrokerSnapshot, _ l: LoopCounters) { latest.withLock { $0 = (s, l, $0.sequence + 1) } }
+        /// Publishes a loop's figures. The gateway's counters are stored before the sequence moves, so a reader that
+        /// waited for a new sequence never sees the gateway's older counters.
+        func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?) {
+            if let gateway { gatewayLatest.withLock { $0 = gateway } }
+            latest.withLock { $0 = (s, l, $0.sequence + 1) }
+        }
         func takeCommands() -> [Command] { commands.withLock { c in defer { c.removeAll() }; return c } }
         func takeHandoffs() -> [Handoff] { handoffs.withLock { h in defer { h.removeAll() }; return h } }
         func takeArrivals() -> [(fd: Int32, connection: MovingConnection)] { arrivals.withLock { a in defer { a.removeAll() }; return a } }
@@ -268,8 +273,7 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        inbox.publish(broker.snapshot(), loop.counters)
-        if let g = wiring.gateway { inbox.gatewayLatest.withLock { $0 = g.counters } }
+        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters)
         inbox.mailbox.withLock { $0 = nil }
         inbox.finished.withLock { $0 = true }
     }

@@ -210,11 +210,8 @@ final class Wiring: LoopDelegate {
     }
 
     func publish() {
-        inbox.publish(broker.snapshot(), loop.counters)
-        if let g = gateway {
-            g.measureClientQueues()
-            inbox.gatewayLatest.withLock { $0 = g.counters }
-        }
+        gateway?.measureClientQueues()
+        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.counters)
     }
 
     func loopMailbox(now: UInt64) {
