@@ -9,8 +9,9 @@
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
 //   SoulfraRate*          ← —                         token buckets
 //   SoulfraMetrics*       ← —                         the Prometheus text writer
-//   SoulfraVault*         ← —                         the vault's log: records, recovery scan, group commit
-//   SoulfraVaultStore     ← Vault, Loop, Net          vault segments on disk through the ring
+//   SoulfraVault*         ← PeerLink, Wire            the vault's log (records, recovery scan, group commit, index)
+//                                                     and the vault as a broker peer (stream messages, service)
+//   SoulfraVaultStore     ← Vault, Loop, Net          worlds' segments on disk through the ring, reads, retention
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
 //                                                     table; keys and permissions as configured
 //   SoulfraConfig         ← Limits, Keys, Net         the config file, environment and validation (Foundation)
@@ -61,7 +62,7 @@ let package = Package(
         // config without the data plane.
         .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The vault's log, sans-IO: the record format with CRC-32C, the recovery scan, the group-commit policy.
-        .target(name: "SoulfraVault"),
+        .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire"]),
         // The vault's log on disk: segments written and synced through the io_uring loop, recovered on open.
         .target(name: "SoulfraVaultStore", dependencies: ["SoulfraVault", "SoulfraLoop", "SoulfraNet"]),
         // The Prometheus text format writer every /metrics section uses. Sans-IO.
@@ -83,7 +84,7 @@ let package = Package(
         // The broker wire protocol v1: frame codec, sans-IO.
         .target(name: "SoulfraWire"),
         // Broker logic: links, streams, routing, credits, watermarks, quotas, rooms. Sans-IO.
-        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits"], swiftSettings: dataPlane),
+        .target(name: "SoulfraBroker", dependencies: ["SoulfraWire", "SoulfraKeys", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore"], swiftSettings: dataPlane),
         // The io_uring event loop: rings, slots, multishot accept/recv, provided buffers, timers, mailbox.
         .target(name: "SoulfraLoop", dependencies: ["CURing", "SoulfraNet", "SoulfraLimits"], swiftSettings: dataPlane),
         // A peer's side of a broker link, sans-IO: handshake, streams, credit, message parts (the gateway's link
@@ -94,7 +95,7 @@ let package = Package(
         .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerLink", "SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits"], swiftSettings: dataPlane),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", .product(name: "ArgumentParser", package: "swift-argument-parser")]
@@ -131,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
-                           "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits"]
+                           "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits", "SoulfraVault"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -117,6 +117,14 @@ int sf_prep_read(sf_ring *ring, int fd, void *buf, unsigned len, uint64_t user_d
     return 0;
 }
 
+int sf_prep_read_at(sf_ring *ring, int fd, void *buf, unsigned len, uint64_t offset, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_read(sqe, fd, buf, len, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int sf_prep_write(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, uint64_t user_data) {
     struct io_uring_sqe *sqe = sqe_for(ring);
     if (!sqe) return -EBUSY;

@@ -42,6 +42,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var tlsKeyPath = ""
     public var tlsSelfSignedDirectory = "/tmp/soulfra/tls"
     public var gateway = GatewayLimits()
+    /// The vault's data directory (one directory per world under it); "" runs no vault in this process.
+    public var vaultDirectory = "/tmp/soulfra/vault"
+    public var vault = VaultLimits()
 
     public init() {}
 
@@ -97,8 +100,12 @@ public struct ServerConfig: Sendable, Equatable {
         try section("broker") { () throws(SettingError) in try broker.validate() }
         try section("loop") { () throws(SettingError) in try loop.validate() }
         try section("gateway") { () throws(SettingError) in try gateway.validate() }
+        try section("vault") { () throws(SettingError) in try vault.validate() }
         func check(_ ok: Bool, _ key: String, _ message: String) throws(Invalid) {
             if !ok { throw Invalid(key: key, message: message) }
+        }
+        if !vaultDirectory.isEmpty {
+            try check(vaultDirectory.hasPrefix("/"), "vault.directory", "must be an absolute path (or \"\" for no vault in this process), got \"\(vaultDirectory)\"")
         }
         try check((0...256).contains(loopCount), "loop.count", "must be 0 (one per CPU) to 256, got \(loopCount)")
         try check(statsIntervalMilliseconds == 0 || statsIntervalMilliseconds >= 100,
@@ -179,6 +186,11 @@ extension ServerConfig {
                 try byWorld.finish()
             }
             try g.finish()
+        }
+        if var v = try r.object("vault") {
+            try v.read(&vault)
+            vaultDirectory = try v.string("directory") ?? vaultDirectory
+            try v.finish()
         }
         keysFile = try r.string("keys_file") ?? keysFile
         if var l = try r.object("loop") {
@@ -306,6 +318,7 @@ extension ServerConfig {
         if let v = env["SOULFRA_GATEWAY_TCP"] { gatewayTCP = v }
         if let v = env["SOULFRA_GATEWAY_TLS"] { gatewayTLS = v }
         if let v = env["SOULFRA_KEYS_FILE"] { keysFile = v }
+        if let v = env["SOULFRA_VAULT_DIR"] { vaultDirectory = v }
         if let v = env["SOULFRA_LOOPS"] {
             guard let n = Int(v) else { throw Invalid(key: "SOULFRA_LOOPS", message: "must be an integer, got \"\(v)\"") }
             loopCount = n

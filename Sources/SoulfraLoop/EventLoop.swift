@@ -82,9 +82,12 @@ public struct LoopCounters: Sendable, Equatable {
     public var completions: UInt64 = 0
     /// Operations that found the submission queue full and waited in the loop's backlog.
     public var sqFull: UInt64 = 0
-    /// File writes and syncs completed, bytes written, and file operations that failed (ENOSPC, EIO, …).
+    /// File writes, syncs and reads completed, bytes written and read, and file operations that failed
+    /// (ENOSPC, EIO, …).
     public var fileWrites: UInt64 = 0
     public var fileWriteBytes: UInt64 = 0
+    public var fileReads: UInt64 = 0
+    public var fileReadBytes: UInt64 = 0
     public var fileSyncs: UInt64 = 0
     public var fileErrors: UInt64 = 0
     /// Connections closed, by `LoopCloseReason`.
@@ -100,7 +103,7 @@ public struct LoopCounters: Sendable, Equatable {
 /// Nothing here locks; the only cross-thread entry is the mailbox's eventfd.
 public final class EventLoop {
     enum Op: UInt64 {
-        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync
+        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync, read
     }
 
     struct Slot {
@@ -125,6 +128,11 @@ public final class EventLoop {
         /// linked behind it (the sync's own kind travels with its pending operation).
         var writeOffset: UInt64 = 0
         var syncLinked = false
+        /// The read in flight: where the bytes go, how many, from where in the file.
+        var readInFlight = false
+        var readBase: UnsafeMutableRawPointer?
+        var readCount = 0
+        var readOffset: UInt64 = 0
     }
 
     /// An operation to prepare. Waits in `backlog` while the submission queue is full.
@@ -138,6 +146,7 @@ public final class EventLoop {
         case mailbox
         case write(UInt32, UInt32)
         case sync(UInt32, UInt32, dataOnly: Bool)
+        case read(UInt32, UInt32)
     }
 
     public let limits: LoopLimits
@@ -443,6 +452,11 @@ public final class EventLoop {
             let i = Int(file)
             guard slots[i].inUse, slots[i].generation == gen else { return true }
             rc = sf_prep_fsync(ring, slots[i].fd, dataOnly ? 1 : 0, ud(file, gen, .fsync))
+        case .read(let file, let gen):
+            let i = Int(file)
+            guard slots[i].inUse, slots[i].generation == gen else { return true }
+            let s = slots[i]
+            rc = sf_prep_read_at(ring, s.fd, s.readBase, UInt32(s.readCount), s.readOffset, ud(file, gen, .read))
         }
         return rc != -EBUSY
     }
@@ -479,7 +493,7 @@ public final class EventLoop {
             let conn = closingSlots[k]
             let i = Int(conn)
             if slots[i].isFile {
-                if !slots[i].writeInFlight && !slots[i].syncInFlight {
+                if !slots[i].writeInFlight && !slots[i].syncInFlight && !slots[i].readInFlight {
                     releaseFile(conn)
                     closingSlots.swapAt(k, closingSlots.count - 1)
                     closingSlots.removeLast()
@@ -557,6 +571,8 @@ public final class EventLoop {
             onFileDone(slot, gen, cqe, .write, now: now)
         case .fsync:
             onFileDone(slot, gen, cqe, .sync, now: now)
+        case .read:
+            onFileDone(slot, gen, cqe, .read, now: now)
         }
     }
 

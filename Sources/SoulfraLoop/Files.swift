@@ -8,12 +8,13 @@ import Glibc
 public enum FileOperation: Sendable, Equatable {
     case write
     case sync
+    case read
 }
 
-/// Files on the ring: writes and `fdatasync`/`fsync` as io_uring operations (`IORING_OP_WRITE`,
-/// `IORING_OP_FSYNC`), so a loop thread never blocks on the disk. A file is owned by a slot like a socket: its
-/// operations carry the slot's generation, at most one write and one sync are in flight, and it is closed only
-/// once neither is. The caller opens the file (with the flags it needs) and hands the descriptor over.
+/// Files on the ring: reads, writes and `fdatasync`/`fsync` as io_uring operations (`IORING_OP_READ`,
+/// `IORING_OP_WRITE`, `IORING_OP_FSYNC`), so a loop thread never blocks on the disk. A file is owned by a slot
+/// like a socket: its operations carry the slot's generation, at most one read, one write and one sync are in
+/// flight, and it is closed only once none is. The caller opens the file (with the flags it needs) and hands the descriptor over.
 extension EventLoop {
     /// Takes `fd` into a slot for ring writes and syncs; it now belongs to the loop (`closeFile` closes it).
     /// Nil when the slot table is full (the descriptor is then closed).
@@ -57,6 +58,25 @@ extension EventLoop {
         submit(.write(file, slots[i].generation))
     }
 
+    /// Whether `file` can take a read now (none in flight, not closing).
+    public func canRead(file: UInt32) -> Bool {
+        let s = slots[Int(file)]
+        return s.inUse && s.isFile && !s.readInFlight && !s.closing
+    }
+
+    /// Reads up to `into.count` bytes at `offset` (pread semantics; the buffer must stay valid until
+    /// `loopFileDone`, whose result is the byte count, 0 at the end of the file, or a negative errno).
+    public func read(file: UInt32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) {
+        let i = Int(file)
+        precondition(canRead(file: file), "read on a busy, closing or non-file slot")
+        precondition(buffer.count <= Int(UInt32.max), "one read is at most 4 GiB")
+        slots[i].readInFlight = true
+        slots[i].readBase = buffer.baseAddress
+        slots[i].readCount = buffer.count
+        slots[i].readOffset = offset
+        submit(.read(file, slots[i].generation))
+    }
+
     /// Makes what was written to `file` durable: fdatasync, or fsync with `dataOnly: false` (metadata too, as
     /// after the file grew into a new segment). One at a time; writes may go on meanwhile.
     public func sync(file: UInt32, dataOnly: Bool = true) {
@@ -66,7 +86,7 @@ extension EventLoop {
         submit(.sync(file, slots[i].generation, dataOnly: dataOnly))
     }
 
-    /// Closes `file` once its write and sync in flight completed (their `loopFileDone` still arrives).
+    /// Closes `file` once its read, write and sync in flight completed (their `loopFileDone` still arrives).
     public func closeFile(_ file: UInt32) {
         let i = Int(file)
         guard slots[i].inUse, slots[i].isFile, !slots[i].closing else { return }
@@ -93,10 +113,18 @@ extension EventLoop {
             slots[i].syncInFlight = false
             slots[i].syncLinked = false
             if cqe.res >= 0 { counters.fileSyncs &+= 1 }
+        case .read:
+            precondition(slots[i].readInFlight, "a read completed on file slot \(file) with none in flight")
+            slots[i].readInFlight = false
+            slots[i].readBase = nil
+            if cqe.res >= 0 {
+                counters.fileReads &+= 1
+                counters.fileReadBytes &+= UInt64(cqe.res)
+            }
         }
         // A sync linked behind a failed or short write is cancelled by the kernel: not a failure of its own.
         if cqe.res < 0 && !(operation == .sync && cqe.res == -ECANCELED) {
-            classifyFile(errno: -cqe.res, operation: operation == .write ? "write" : "fsync", file: file)
+            classifyFile(errno: -cqe.res, operation: "\(operation)", file: file)
         }
         delegate?.loopFileDone(file: file, operation: operation, result: cqe.res, now: now)
     }
@@ -114,7 +142,7 @@ extension EventLoop {
 
     func releaseFile(_ file: UInt32) {
         let i = Int(file)
-        precondition(!slots[i].writeInFlight && !slots[i].syncInFlight, "file slot \(file) released with an operation in flight")
+        precondition(!slots[i].writeInFlight && !slots[i].syncInFlight && !slots[i].readInFlight, "file slot \(file) released with an operation in flight")
         Glibc.close(slots[i].fd)
         slots[i] = Slot(generation: (slots[i].generation &+ 1) & 0xFF_FFFF)
         freeSlots.append(file)

@@ -265,6 +265,18 @@ public final class BrokerServer: Sendable {
         } else {
             for fd in gatewayLinks where fd >= 0 { close(fd) }
         }
+        if !config.vaultDirectory.isEmpty {
+            if config.vaultToken.isEmpty {
+                if inbox.index == 0 { log("vault: tokens.vault is empty, so the in-process vault cannot attach: no vault in this process") }
+            } else {
+                do {
+                    try wiring.attachVault(directory: config.vaultDirectory, limits: config.vault, token: config.vaultToken,
+                                           maxFrameBytes: config.broker.maxFrameBytes, now: monotonicNanoseconds())
+                } catch {
+                    log("error_alert vault: loop \(inbox.index): \(error.reason) (errno \(error.errno)): no vault on this loop")
+                }
+            }
+        }
         inbox.mailbox.withLock { $0 = loop.mailbox }
         ready.signal()
         // A command posted before the mailbox existed is picked up on the first turn.
@@ -274,6 +286,7 @@ public final class BrokerServer: Sendable {
             if case .unix(let path) = l.address { unlink(path) }
         }
         inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters)
+        wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }
         inbox.finished.withLock { $0 = true }
     }
@@ -297,6 +310,8 @@ extension LoopCounters {
             ("sq_full_total", "Operations that found the submission queue full and waited for room (none is dropped).", \.sqFull),
             ("file_writes_total", "File writes completed through the ring.", \.fileWrites),
             ("file_write_bytes_total", "Bytes written to files through the ring.", \.fileWriteBytes),
+            ("file_reads_total", "File reads completed through the ring.", \.fileReads),
+            ("file_read_bytes_total", "Bytes read from files through the ring.", \.fileReadBytes),
             ("file_syncs_total", "fdatasync/fsync operations completed through the ring.", \.fileSyncs),
             ("file_errors_total", "File writes and syncs that failed (ENOSPC, EIO, ...).", \.fileErrors),
         ]

@@ -64,6 +64,8 @@ final class Wiring: LoopDelegate {
     /// What the admin listener serves (`makeAdminRoutes`).
     lazy var adminRoutes = makeAdminRoutes()
     var gateway: Gateway?
+    /// The vault in this process (this loop's worlds), when the daemon runs one.
+    var vault: InProcessVault?
     /// Peers in this process attached to this loop's broker without a socket (the gateway's link to it),
     /// under ids from `firstInProcessID` up: `inProcess[id - firstInProcessID]`.
     var inProcess: [InProcessLink] = []
@@ -170,6 +172,7 @@ final class Wiring: LoopDelegate {
     func loopTick(now: UInt64) {
         gateway?.now = now
         broker.tick(now: now)
+        tickVault(now: now)
         if let g = gateway {
             g.unixSeconds = UInt64(time(nil))
             g.tick(now: now)
@@ -207,6 +210,10 @@ final class Wiring: LoopDelegate {
             let limit = UInt64(broker.limits.shutdownDrainMilliseconds + loop.limits.closeFlushMilliseconds + 1_000) * 1_000_000
             if now &- started > limit { loop.stop() }
         }
+    }
+
+    func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
+        vault?.store.fileDone(file: file, operation: operation, result: result, now: now)
     }
 
     func publish() {
@@ -289,6 +296,8 @@ final class Wiring: LoopDelegate {
             pumpInProcess(now: now)
             g.applyPendingReading()
             flushRemoteLinks()
+        } else if !inProcess.isEmpty {
+            pumpInProcess(now: now)
         } else {
             applyBrokerActions(now: now)
             broker.drainReady { l in

@@ -30,17 +30,29 @@ public struct GroupCommit {
         }
     }
 
-    /// An append made durable: its place in the log and in its session.
+    /// An append made durable: its place in the log and in its session, and where its record is in the file.
     public struct Durable: Equatable, Sendable {
         public let id: UInt64
         public let sequence: UInt64
         public let sessionSequence: UInt64
+        public let offset: UInt64
+        public let length: UInt32
+        public let unixMilliseconds: UInt64
+        public let session: [UInt8]
 
-        public init(id: UInt64, sequence: UInt64, sessionSequence: UInt64) {
+        public init(id: UInt64, sequence: UInt64, sessionSequence: UInt64, offset: UInt64 = 0, length: UInt32 = 0,
+                    unixMilliseconds: UInt64 = 0, session: [UInt8] = []) {
+            self.session = session
             self.id = id
             self.sequence = sequence
             self.sessionSequence = sessionSequence
+            self.offset = offset
+            self.length = length
+            self.unixMilliseconds = unixMilliseconds
         }
+
+        /// Its place in the log and session, without where the record is (for comparing outcomes).
+        public var numbers: [UInt64] { [id, sequence, sessionSequence] }
     }
 
     public enum Action: Equatable, Sendable {
@@ -74,7 +86,8 @@ public struct GroupCommit {
     private var pending: [Append] = []
     public private(set) var pendingBytes = 0
     private var batchStartedAt: UInt64 = 0
-    private var retryAt: UInt64?
+    /// After a failure: when the next attempt may start.
+    public private(set) var retryAt: UInt64?
     private var retryDelay: UInt64
 
     public let maxBatchBytes: Int
@@ -105,6 +118,24 @@ public struct GroupCommit {
 
     /// Whether a write is in flight.
     public var writing: Bool { !batch.isEmpty }
+
+    /// Sealed: no new batch starts (the log moves to a new segment once the write in flight is done; the appends
+    /// waiting here go there, `takePending`).
+    public private(set) var sealed = false
+
+    /// Starts no more batches here (`false`: starts them again).
+    public mutating func seal(_ on: Bool = true) { sealed = on }
+
+    /// The appends waiting (not yet in a batch), taken out to go to the next segment; and the sequence numbers
+    /// the next segment goes on from.
+    public mutating func takePending() -> (appends: [Append], lastSequence: UInt64, sessions: [[UInt8]: UInt64]) {
+        precondition(!writing, "appends taken while a batch is in flight")
+        defer {
+            pending = []
+            pendingBytes = 0
+        }
+        return (pending, lastSequence, sessionSequences)
+    }
 
     /// An append arrived.
     public mutating func append(_ a: Append, now: UInt64) -> [Action] {
@@ -151,7 +182,7 @@ public struct GroupCommit {
 
     /// Forms the next batch from what waits, if nothing is in flight and no retry delay runs.
     private mutating func startBatch(now: UInt64) -> [Action] {
-        guard !writing, !pending.isEmpty else { return [] }
+        guard !writing, !sealed, !pending.isEmpty else { return [] }
         if let at = retryAt {
             guard now >= at else { return [] }
             retryAt = nil
@@ -167,9 +198,11 @@ public struct GroupCommit {
             if sessionsBefore[a.session] == nil { sessionsBefore[a.session] = sessionSequences[a.session] ?? 0 }
             let sessionSequence = (sessionSequences[a.session] ?? 0) + 1
             sessionSequences[a.session] = sessionSequence
+            let offset = durableBytes + UInt64(staged.count)
             VaultRecord(sequence: sequence, sessionSequence: sessionSequence, unixMilliseconds: a.unixMilliseconds,
                         kind: a.kind, flags: a.flags, session: a.session, payload: a.payload).encode(into: &staged)
-            batch.append(Durable(id: a.id, sequence: sequence, sessionSequence: sessionSequence))
+            batch.append(Durable(id: a.id, sequence: sequence, sessionSequence: sessionSequence, offset: offset,
+                                 length: UInt32(size), unixMilliseconds: a.unixMilliseconds, session: a.session))
             bytes += size
             taken += 1
         }

@@ -32,7 +32,13 @@ public final class VaultSegment {
 
     /// Opens (or creates) the segment at `path` and recovers it, then hands the file to `loop`. Reads the file
     /// with blocking calls: open a segment before the loop serves its world (at start-up, or off the loop).
-    public init(path: String, loop: EventLoop) throws(SocketError) {
+    /// A segment after others goes on from their numbers: `after` is the log's last sequence before it,
+    /// `sessions` each session's last sequence. `found` sees each good record and its offset. With `repair`
+    /// (the log's last segment) a torn or corrupt tail is cut off; without (a sealed segment, never written
+    /// again) it is left where it is and reading stops before it. Either way, a segment whose first record does
+    /// not follow on from `after` is not opened: records are missing, and nothing is cut.
+    public init(path: String, loop: EventLoop, after: UInt64 = 0, sessions before: [[UInt8]: UInt64] = [:],
+                repair: Bool = true, found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SocketError(call: "open", errno: errno, address: path) }
         var st = stat()
@@ -44,7 +50,7 @@ public final class VaultSegment {
         bytes.reserveCapacity(Int(st.st_size))
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else {
                 let e = errno
@@ -54,15 +60,20 @@ public final class VaultSegment {
             if n == 0 || bytes.count >= Self.maxSegmentBytes { break }
             bytes += chunk[..<n]
         }
-        var sessions: [[UInt8]: UInt64] = [:]
+        var sessions = before
         var count = 0
         let scan = bytes.withUnsafeBytes { raw in
-            SegmentScan.scan(raw) { record, _ in
+            SegmentScan.scan(raw, after: after) { record, offset in
                 sessions[record.session] = record.sessionSequence
                 count += 1
+                found(record, offset)
             }
         }
-        if scan.valid < bytes.count {
+        if scan.valid == 0, case .corrupt(_, let reason) = scan.tail, reason.hasPrefix("sequence") {
+            Glibc.close(fd)
+            throw SocketError(call: "open", errno: EIO, address: "\(path) (its first record does not follow record \(after) of the segment before: \(reason); records are missing, so it is left as it is)")
+        }
+        if repair && scan.valid < bytes.count {
             // The tail that did not check out goes: appends continue from the last good record.
             guard ftruncate(fd, off_t(scan.valid)) == 0, fsync(fd) == 0 else {
                 let e = errno
@@ -81,7 +92,79 @@ public final class VaultSegment {
         self.writeBuffer = .allocate(byteCount: 4 << 10, alignment: 16)
     }
 
-    deinit { writeBuffer.deallocate() }
+    deinit {
+        writeBuffer.deallocate()
+        for r in reads { r.buffer.deallocate() }
+    }
+
+    /// Bytes of the segment known durable (where the next batch goes).
+    public var durableBytes: UInt64 { policy.durableBytes }
+
+    /// No batch in flight and none waiting.
+    public var idle: Bool { !policy.writing && policy.pendingBytes == 0 }
+
+    /// Starts no more batches (`false`: again): the log moves on to the next segment (`takePending` once
+    /// `policy.writing` is false).
+    public func seal(_ on: Bool = true) { policy.seal(on) }
+
+    /// An empty segment made ahead goes on from the log's numbers when it becomes the active one.
+    public func continueFrom(lastSequence: UInt64, sessions: [[UInt8]: UInt64]) {
+        precondition(policy.durableBytes == 0 && !policy.writing, "only an empty segment goes on from another")
+        policy = GroupCommit(durableBytes: 0, lastSequence: lastSequence, sessions: sessions)
+    }
+
+    /// The appends that waited here, for the next segment, with the numbers it goes on from.
+    public func takePending() -> (appends: [GroupCommit.Append], lastSequence: UInt64, sessions: [[UInt8]: UInt64]) {
+        policy.takePending()
+    }
+
+    // MARK: - Reads
+
+    struct Read {
+        let offset: UInt64
+        let buffer: UnsafeMutableRawBufferPointer
+        var got = 0
+        let done: (Result<UnsafeRawBufferPointer, SocketError>) -> Void
+    }
+
+    /// Reads waiting, the first in flight.
+    private var reads: [Read] = []
+
+    /// Reads `count` bytes at `offset` through the ring; `done` gets them (valid only during the call), or the
+    /// error. One read is in flight at a time per segment; the others wait their turn.
+    public func read(offset: UInt64, count: Int, done: @escaping (Result<UnsafeRawBufferPointer, SocketError>) -> Void) {
+        precondition(count > 0, "a read of nothing")
+        reads.append(Read(offset: offset, buffer: .allocate(byteCount: count, alignment: 16), done: done))
+        if reads.count == 1 { startRead() }
+    }
+
+    private func startRead() {
+        guard let r = reads.first else { return }
+        if r.got == r.buffer.count {
+            finishRead(.success(UnsafeRawBufferPointer(r.buffer)))
+            return
+        }
+        loop.read(file: file, into: UnsafeMutableRawBufferPointer(rebasing: r.buffer[r.got...]), offset: r.offset + UInt64(r.got))
+    }
+
+    private func readDone(result: Int32) {
+        guard !reads.isEmpty else { return }
+        if result < 0 {
+            finishRead(.failure(SocketError(call: "read", errno: -result, address: path)))
+        } else if result == 0 {
+            finishRead(.failure(SocketError(call: "read", errno: EIO, address: "\(path) (ends before the record)")))
+        } else {
+            reads[0].got += Int(result)
+            startRead()
+        }
+    }
+
+    private func finishRead(_ result: Result<UnsafeRawBufferPointer, SocketError>) {
+        let r = reads.removeFirst()
+        r.done(result)
+        r.buffer.deallocate()
+        startRead()
+    }
 
     /// Stores an event: it is acknowledged (`onDurable`) once on disk and synced.
     public func append(_ a: GroupCommit.Append, now: UInt64) {
@@ -96,6 +179,8 @@ public final class VaultSegment {
     /// The loop finished a write or sync on this segment's file.
     public func fileDone(_ operation: FileOperation, result: Int32, now: UInt64) {
         switch operation {
+        case .read:
+            readDone(result: result)
         case .write:
             writeResult = result
         case .sync:
@@ -106,8 +191,16 @@ public final class VaultSegment {
         }
     }
 
-    /// Closes the file once what is in flight completed.
-    public func close() { loop.closeFile(file) }
+    /// Closes the file once what is in flight completed (reads waiting fail).
+    public func close() {
+        let waiting = reads.dropFirst()
+        reads.removeLast(waiting.count)
+        for r in waiting {
+            r.done(.failure(SocketError(call: "read", errno: ECANCELED, address: path)))
+            r.buffer.deallocate()
+        }
+        loop.closeFile(file)
+    }
 
     private func run(_ actions: [GroupCommit.Action]) {
         for action in actions {

@@ -13,7 +13,8 @@ import SoulfraWire
 struct BrokerOverSocketsTests {
     @Test("gateway → instance → runtime → vault and back, over TCP and the unix socket")
     func threePeerKindsRoundTrip() throws {
-        let server = try BrokerServer.start(testConfig())
+        // The vault here is a raw peer of the test's: no vault in the daemon.
+        let server = try BrokerServer.start(testConfig { $0.vaultDirectory = "" })
         defer { server.stop() }
         let ri = Recorder(), rr = Recorder(), rv = Recorder(), rg = Recorder()
         let inst = try server.connect(.instance, world: "playground", via: server.unix, recorder: ri)

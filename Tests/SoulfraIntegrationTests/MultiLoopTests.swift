@@ -14,8 +14,9 @@ struct MultiLoopTests {
     /// With 3 loops: "playground" is served by loop 0, "arena" by loop 1, "w0" by loop 2.
     static let worlds = ["playground", "arena", "w0"]
 
-    func config() -> ServerConfig {
+    func config(_ tweak: (inout ServerConfig) -> Void = { _ in }) -> ServerConfig {
         testConfig {
+            tweak(&$0)
             $0.loopCount = 3
             $0.instanceTokens = Dictionary(uniqueKeysWithValues: Self.worlds.map { ($0, testTokens.instance) })
             $0.keys = Self.worlds.enumerated().map { KeyQuota(keyID: UInt64($0.offset + 1), world: $0.element) }
@@ -32,7 +33,8 @@ struct MultiLoopTests {
 
     @Test("instances land on their world's loop; the 3-way path works on every loop")
     func chainOnEveryLoop() throws {
-        let server = try BrokerServer.start(config())
+        // The vault here is a raw peer of the test's: no vault in the daemon.
+        let server = try BrokerServer.start(config { $0.vaultDirectory = "" })
         defer { server.stop() }
         #expect(server.loopCount == 3)
         let runtimes = Recorder(), vaults = Recorder(), apps = Recorder()

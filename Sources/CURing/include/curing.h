@@ -55,6 +55,8 @@ int sf_prep_multishot_accept(sf_ring *ring, int fd, uint64_t user_data);
 int sf_prep_recv_multishot(sf_ring *ring, int fd, uint16_t buf_group, uint64_t user_data);
 int sf_prep_send(sf_ring *ring, int fd, const void *buf, size_t len, uint64_t user_data);
 int sf_prep_read(sf_ring *ring, int fd, void *buf, unsigned len, uint64_t user_data);
+/* A read of `len` bytes at `offset` of a file (pread semantics). */
+int sf_prep_read_at(sf_ring *ring, int fd, void *buf, unsigned len, uint64_t offset, uint64_t user_data);
 /// Writes `len` bytes of `buf` at `offset` in the file (IORING_OP_WRITE; pwrite semantics, short writes possible).
 int sf_prep_write(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, uint64_t user_data);
 /// fsync(2), or fdatasync(2) with `datasync` (IORING_OP_FSYNC with IORING_FSYNC_DATASYNC).

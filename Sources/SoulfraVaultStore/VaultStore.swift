@@ -1,0 +1,200 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SoulfraLoop
+import SoulfraVault
+
+/// Where and how the vault keeps worlds' events.
+public struct VaultSettings: Sendable, Equatable {
+    /// The data directory: one directory per world under it.
+    public var directory: String
+    /// A world's log moves to a new segment once its segment holds this much.
+    public var segmentBytes: Int = 64 << 20
+    /// Retention, per world: whole segments older than this go (0: kept for ever).
+    public var maxAgeSeconds: UInt64 = 0
+    /// …and the oldest segments go while a world's log is larger than this (0: no bound).
+    public var maxBytes: UInt64 = 0
+
+    public init(directory: String) { self.directory = directory }
+}
+
+/// The vault's storage on one loop: each world's log in segment files under `<directory>/<world>/`, written
+/// and read through the loop's ring, with its index in memory. Worlds found on disk are opened (and
+/// recovered) by `openExisting()` before the loop serves; a world seen for the first time gets its directory
+/// then (a few metadata calls on the loop thread, once per world).
+public final class VaultStore: VaultStorage {
+    public let settings: VaultSettings
+    unowned let loop: EventLoop
+    private var worlds: [String: VaultWorld] = [:]
+    /// Worlds whose directory could not be opened, with why (appends to them fail at once).
+    private var broken: [String: VaultFailure] = [:]
+    /// Which world owns each file slot (segments and directory syncs).
+    var owners: [UInt32: VaultWorld] = [:]
+    /// Appends made durable and appends not stored, per world, in log order.
+    public var onDurable: (String, [GroupCommit.Durable]) -> Void = { _, _ in }
+    public var onFailed: (String, [UInt64], Int32, UInt32) -> Void = { _, _, _, _ in }
+    /// Lines for the daemon's log (`error_alert` ones for failures people must see).
+    public var log: (String) -> Void = { _ in }
+    private var lastRetention: UInt64 = 0
+
+    public init(settings: VaultSettings, loop: EventLoop) {
+        self.settings = settings
+        self.loop = loop
+    }
+
+    /// Opens every world found under the data directory (blocking reads: call before the loop serves), keeping
+    /// those for which `mine` is true (the worlds this loop serves). Returns the worlds opened.
+    @discardableResult
+    public func openExisting(mine: (String) -> Bool = { _ in true }) throws(VaultFailure) -> [String] {
+        var path = ""
+        for part in settings.directory.split(separator: "/") {
+            path += "/" + part
+            try Self.makeDirectory(path)
+        }
+        guard let dir = opendir(settings.directory) else {
+            throw VaultFailure(errno: errno, reason: "cannot list \(settings.directory)")
+        }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if VaultWorld.validName(name) && mine(name) { names.append(name) }
+        }
+        for name in names.sorted() { _ = try world(name) }
+        return names.sorted()
+    }
+
+    /// The world's log, opened (or created) on first use.
+    func world(_ name: String) throws(VaultFailure) -> VaultWorld {
+        if let w = worlds[name] { return w }
+        if let b = broken[name] { throw b }
+        guard VaultWorld.validName(name) else {
+            throw VaultFailure(errno: EINVAL, reason: "world name \"\(name)\" cannot name a directory (letters, digits, . _ -)")
+        }
+        do {
+            let w = try VaultWorld(name: name, store: self)
+            worlds[name] = w
+            return w
+        } catch {
+            log("error_alert vault: world \(name): \(error.reason)")
+            broken[name] = error
+            throw error
+        }
+    }
+
+    /// The world's index (nil: not open here).
+    public func index(of world: String) -> VaultIndex? { worlds[world]?.index }
+
+    public var openWorlds: [String] { worlds.keys.sorted() }
+
+    // MARK: - VaultStorage
+
+    public func append(world name: String, _ append: GroupCommit.Append, now: UInt64) -> VaultFailure? {
+        do {
+            try world(name).append(append, now: now)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    public func pendingBytes(world name: String) -> Int { worlds[name]?.pendingBytes ?? 0 }
+
+    public func read(world name: String, session: [UInt8], _ request: VaultRequest, now: UInt64,
+                     done: @escaping (Result<VaultPage, VaultFailure>) -> Void) {
+        guard let w = worlds[name] else {
+            // Nothing stored for a world never seen: an empty page, and no directory made for a read.
+            let next: UInt64 = switch request {
+            case .read(let after, _): after
+            case .replay(_, _, let after, _): after
+            case .append: 0
+            }
+            done(.success(VaultPage(events: [], next: next, more: false)))
+            return
+        }
+        w.read(session: session, request, done: done)
+    }
+
+    // MARK: - From the loop
+
+    /// A file operation completed; false when the file is not the vault's.
+    @discardableResult
+    public func fileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) -> Bool {
+        guard let w = owners[file] else { return false }
+        w.fileDone(file: file, operation: operation, result: result, now: now)
+        return true
+    }
+
+    /// Time passed: retries after failures, rotation, retention (once a second).
+    public func tick(now: UInt64, unixSeconds: UInt64) {
+        for w in worlds.values { w.tick(now: now) }
+        guard now &- lastRetention >= 1_000_000_000 else { return }
+        lastRetention = now
+        for w in worlds.values { w.applyRetention(unixSeconds: unixSeconds) }
+    }
+
+    /// Closes every file (after what is in flight).
+    public func close() {
+        for w in worlds.values { w.close() }
+    }
+
+    /// Counters for `/metrics`, summed over this loop's worlds.
+    public var counters: VaultStoreCounters {
+        var c = VaultStoreCounters()
+        for w in worlds.values { c.add(w) }
+        c.worlds = worlds.count
+        return c
+    }
+
+    static func makeDirectory(_ path: String) throws(VaultFailure) {
+        if mkdir(path, 0o700) != 0 && errno != EEXIST {
+            throw VaultFailure(errno: errno, reason: "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// What the vault's logs did (summed over worlds).
+public struct VaultStoreCounters: Equatable, Sendable {
+    public var worlds = 0
+    public var segments = 0
+    public var bytes: UInt64 = 0
+    public var records = 0
+    public var batches: UInt64 = 0
+    public var appendsDurable: UInt64 = 0
+    public var appendsFailed: UInt64 = 0
+    public var largestBatch = 0
+    public var lastCommitNanoseconds: UInt64 = 0
+    public var pendingBytes = 0
+    public var segmentsDropped: UInt64 = 0
+    public var recoveredCutBytes: UInt64 = 0
+    public init() {}
+
+    mutating func add(_ w: VaultWorld) {
+        segments += w.segments.count
+        bytes += w.segments.reduce(0) { $0 + $1.segment.durableBytes }
+        records += w.index.records.count
+        batches += w.batches
+        appendsDurable += w.appendsDurable
+        appendsFailed += w.appendsFailed
+        largestBatch = max(largestBatch, w.largestBatch)
+        lastCommitNanoseconds = max(lastCommitNanoseconds, w.lastCommitNanoseconds)
+        pendingBytes += w.pendingBytes
+        segmentsDropped += w.segmentsDropped
+        recoveredCutBytes += w.recoveredCutBytes
+    }
+
+    public mutating func merge(_ o: VaultStoreCounters) {
+        worlds += o.worlds
+        segments += o.segments
+        bytes += o.bytes
+        records += o.records
+        batches += o.batches
+        appendsDurable += o.appendsDurable
+        appendsFailed += o.appendsFailed
+        largestBatch = max(largestBatch, o.largestBatch)
+        lastCommitNanoseconds = max(lastCommitNanoseconds, o.lastCommitNanoseconds)
+        pendingBytes += o.pendingBytes
+        segmentsDropped += o.segmentsDropped
+        recoveredCutBytes += o.recoveredCutBytes
+    }
+}

@@ -1,0 +1,401 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SoulfraLoop
+import SoulfraVault
+
+/// One world's log: segment files `<directory>/<world>/<number>.seg`, oldest first, the last one taking
+/// appends; the index of every record kept.
+///
+/// **Rotation.** Once the active segment holds `segmentBytes`, the next one is made ahead (created, and the
+/// directory synced through the ring so the new file survives a crash); when that is done the active one is
+/// sealed, its batch in flight completes, and what waited moves to the new one. A sealed segment is never
+/// written again: bytes a failed write left past its records stay there, harmless, and recovery reads it up to
+/// its last good record (without cutting); the next segment must go on from exactly that record.
+final class VaultWorld {
+    struct Segment {
+        let number: UInt32
+        let segment: VaultSegment
+    }
+
+    let name: String
+    let directory: String
+    unowned let store: VaultStore
+    private(set) var segments: [Segment] = []
+    private(set) var index = VaultIndex()
+    /// The segment made ahead for rotation, and whether its directory entry is synced.
+    private var next: (number: UInt32, segment: VaultSegment)?
+    private var nextReady = false
+    /// The directory's slot while its sync is in flight.
+    private var directorySync: UInt32?
+    private var lastStamp: UInt64 = 0
+    /// `<world>/LOCK`, held with flock(2) while the world is open: a second process (a `soulfra vault` next to a
+    /// daemon's own vault on the same directory) cannot open the world and write over it.
+    private var lockFD: Int32 = -1
+
+    private(set) var batches: UInt64 = 0
+    private(set) var appendsDurable: UInt64 = 0
+    private(set) var appendsFailed: UInt64 = 0
+    private(set) var largestBatch = 0
+    private(set) var lastCommitNanoseconds: UInt64 = 0
+    private(set) var segmentsDropped: UInt64 = 0
+    private(set) var recoveredCutBytes: UInt64 = 0
+
+    static func validName(_ name: String) -> Bool {
+        guard !name.isEmpty, name.utf8.count <= 128, name.first != "." else { return false }
+        return name.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2E || b == 0x5F || b == 0x2D
+        }
+    }
+
+    /// Opens the world's directory (made if new) and recovers its segments in order. Only the last segment may
+    /// end torn (its tail is cut); an earlier one that does not end clean is damage, and the world is not opened.
+    init(name: String, store: VaultStore) throws(VaultFailure) {
+        self.name = name
+        self.store = store
+        directory = store.settings.directory + "/" + name
+        let created = access(directory, F_OK) != 0
+        try VaultStore.makeDirectory(directory)
+        lockFD = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            let e = errno
+            if lockFD >= 0 { Glibc.close(lockFD) }
+            throw VaultFailure(errno: e, reason: "\(directory) is open in another vault process (its LOCK is held)")
+        }
+        var numbers = try Self.segmentNumbers(directory)
+        // A segment made ahead and never written (a crash before rotation) goes: the one before it is the last.
+        while numbers.count > 1, Self.isEmptyFile(directory + "/" + Self.segmentName(numbers[numbers.count - 1])) {
+            unlink(directory + "/" + Self.segmentName(numbers.removeLast()))
+        }
+        if numbers.isEmpty { numbers = [1] }
+        var after: UInt64 = 0
+        var sessions: [[UInt8]: UInt64] = [:]
+        for (k, number) in numbers.enumerated() {
+            let path = segmentPath(number)
+            let segment: VaultSegment
+            do {
+                segment = try VaultSegment(path: path, loop: store.loop, after: after, sessions: sessions,
+                                           repair: k == numbers.count - 1) { record, offset in
+                    self.index.add(RecordPosition(segment: number, offset: UInt64(offset), length: UInt32(record.encodedBytes),
+                                                  sequence: record.sequence, sessionSequence: record.sessionSequence,
+                                                  unixMilliseconds: record.unixMilliseconds), session: record.session)
+                }
+            } catch {
+                close()
+                throw VaultFailure(errno: error.errno, reason: "cannot open \(path): \(error)")
+            }
+            segments.append(Segment(number: number, segment: segment))
+            store.owners[segment.file] = self
+            if segment.cutBytes > 0 && k == numbers.count - 1 {
+                recoveredCutBytes += UInt64(segment.cutBytes)
+                store.log("vault: world \(name): cut \(segment.cutBytes) bytes off the end of \(path) (\(segment.recoveredTail))")
+            }
+            after = segment.policy.lastSequence
+            sessions = segment.takePending().sessions
+            wire(segment)
+        }
+        lastStamp = index.lastUnixMilliseconds
+        if created { try syncDirectoryNow(store.settings.directory) }
+        try syncDirectoryNow(directory)
+    }
+
+    private func segmentPath(_ number: UInt32) -> String { directory + "/" + Self.segmentName(number) }
+
+    static func segmentName(_ number: UInt32) -> String {
+        let digits = String(number)
+        return String(repeating: "0", count: max(0, 8 - digits.count)) + digits + ".seg"
+    }
+
+    static func isEmptyFile(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && st.st_size == 0
+    }
+
+    private static func segmentNumbers(_ directory: String) throws(VaultFailure) -> [UInt32] {
+        guard let dir = opendir(directory) else { throw VaultFailure(errno: errno, reason: "cannot list \(directory)") }
+        defer { closedir(dir) }
+        var out: [UInt32] = []
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasSuffix(".seg"), let n = UInt32(name.dropLast(4)) { out.append(n) }
+        }
+        return out.sorted()
+    }
+
+    /// fsync on a directory with a blocking call (opening a world, before or outside the hot path).
+    private func syncDirectoryNow(_ path: String) throws(VaultFailure) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, fsync(fd) == 0 else {
+            let e = errno
+            if fd >= 0 { Glibc.close(fd) }
+            throw VaultFailure(errno: e, reason: "cannot sync directory \(path)")
+        }
+        Glibc.close(fd)
+    }
+
+    private var active: VaultSegment { segments[segments.count - 1].segment }
+
+    private func wire(_ segment: VaultSegment) {
+        segment.onDurable = { [unowned self, unowned segment] done in self.durable(done, in: segment) }
+        segment.onFailed = { [unowned self, unowned segment] ids, errno in self.failed(ids, errno: errno, in: segment) }
+    }
+
+    var pendingBytes: Int { segments.reduce(0) { $0 + $1.segment.policy.pendingBytes } }
+
+    // MARK: - Appends
+
+    func append(_ a: GroupCommit.Append, now: UInt64) {
+        var a = a
+        // Stamps never go back in a world's log (the time index relies on it), whatever the wall clock does.
+        lastStamp = max(lastStamp, a.unixMilliseconds)
+        a.unixMilliseconds = lastStamp
+        active.append(a, now: now)
+    }
+
+    private func durable(_ done: [GroupCommit.Durable], in segment: VaultSegment) {
+        guard let number = segments.first(where: { $0.segment === segment })?.number else { return }
+        for d in done {
+            index.add(RecordPosition(segment: number, offset: d.offset, length: d.length, sequence: d.sequence,
+                                     sessionSequence: d.sessionSequence, unixMilliseconds: d.unixMilliseconds), session: d.session)
+        }
+        batches &+= 1
+        appendsDurable &+= UInt64(done.count)
+        largestBatch = max(largestBatch, done.count)
+        lastCommitNanoseconds = segment.policy.lastCommitNanoseconds
+        store.onDurable(name, done)
+        rotateIfDue()
+    }
+
+    private func failed(_ ids: [UInt64], errno: Int32, in segment: VaultSegment) {
+        appendsFailed &+= UInt64(ids.count)
+        let retry = UInt32(clamping: segment.policy.retryNanoseconds / 1_000_000)
+        store.log("error_alert vault: world \(name): \(ids.count) events not stored: \(String(cString: strerror(errno))) (errno \(errno)); appends are retried and resume by themselves")
+        store.onFailed(name, ids, errno, max(1, retry))
+    }
+
+    // MARK: - Rotation
+
+    func tick(now: UInt64) {
+        for s in segments { s.segment.tick(now: now) }
+        rotateIfDue(tick: true)
+    }
+
+    /// Moves the log to the next segment when the active one is full: makes the next one (on a tick, so a failure
+    /// to is retried at the tick's pace), seals the active one once the next is ready, and moves over once the
+    /// active one's last batch completed. A batch in flight is formed before its predecessor's acknowledgement
+    /// runs, so sealing takes effect one completion later.
+    private func rotateIfDue(tick: Bool = false) {
+        let a = active
+        guard a.durableBytes >= UInt64(store.settings.segmentBytes) else { return }
+        if next == nil {
+            if tick && directorySync == nil { makeNext() }
+            return
+        }
+        guard nextReady else { return }
+        if !a.policy.sealed { a.seal() }
+        guard !a.policy.writing, let n = next else { return }
+        let moving = a.takePending()
+        n.segment.continueFrom(lastSequence: moving.lastSequence, sessions: moving.sessions)
+        segments.append(Segment(number: n.number, segment: n.segment))
+        next = nil
+        nextReady = false
+        for p in moving.appends { n.segment.append(p, now: 0) }
+    }
+
+    /// Creates the next segment file and syncs the directory through the ring.
+    private func makeNext() {
+        let number = segments[segments.count - 1].number + 1
+        do {
+            let s = try VaultSegment(path: segmentPath(number), loop: store.loop)
+            store.owners[s.file] = self
+            wire(s)
+            next = (number, s)
+        } catch {
+            store.log("error_alert vault: world \(name): cannot create segment \(number): \(error) (retried)")
+            return
+        }
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, let slot = store.loop.adoptFile(fd: fd) else { return }
+        directorySync = slot
+        store.owners[slot] = self
+        store.loop.sync(file: slot, dataOnly: false)
+    }
+
+    func fileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
+        if file == directorySync {
+            directorySync = nil
+            store.owners[file] = nil
+            store.loop.closeFile(file)
+            if result == 0 {
+                nextReady = true
+                rotateIfDue()
+            } else {
+                store.log("error_alert vault: world \(name): directory sync failed (errno \(-result)); rotation retried")
+                next.map { store.owners[$0.segment.file] = nil; $0.segment.close() }
+                next = nil
+            }
+            return
+        }
+        if let s = segments.first(where: { $0.segment.file == file })?.segment ?? next.flatMap({ $0.segment.file == file ? $0.segment : nil }) {
+            s.fileDone(operation, result: result, now: now)
+        }
+    }
+
+    // MARK: - Retention
+
+    func applyRetention(unixSeconds: UInt64) {
+        let s = store.settings
+        guard s.maxAgeSeconds > 0 || s.maxBytes > 0 else { return }
+        while segments.count > 1 {
+            let oldest = segments[0]
+            let total = segments.reduce(0) { $0 + $1.segment.durableBytes }
+            let newestInOldest = index.records.last(where: { $0.segment == oldest.number })?.unixMilliseconds ?? 0
+            let tooOld = s.maxAgeSeconds > 0 && newestInOldest / 1_000 + s.maxAgeSeconds < unixSeconds
+            let tooBig = s.maxBytes > 0 && total > s.maxBytes
+            guard tooOld || tooBig else { return }
+            index.dropSegments(before: segments[1].number)
+            segments.removeFirst()
+            store.owners[oldest.segment.file] = nil
+            oldest.segment.close()
+            unlink(oldest.segment.path)
+            segmentsDropped &+= 1
+            store.log("vault: world \(name): retention dropped \(oldest.segment.path) (\(tooOld ? "older than \(s.maxAgeSeconds) s" : "over \(s.maxBytes) bytes"))")
+        }
+    }
+
+    // MARK: - Reads
+
+    func read(session: [UInt8], _ request: VaultRequest, done: @escaping (Result<VaultPage, VaultFailure>) -> Void) {
+        var (positions, more): ([RecordPosition], Bool)
+        var after: UInt64
+        switch request {
+        case .read(let a, let limit):
+            (positions, more) = index.session(session, after: a, limit: limit)
+            after = a
+        case .replay(let from, let to, let a, let limit):
+            (positions, more) = index.range(fromMilliseconds: from, toMilliseconds: to, after: a, limit: limit)
+            after = a
+        case .append:
+            done(.success(VaultPage(events: [], next: 0, more: false)))
+            return
+        }
+        // A page stops at its byte budget (it always has one record).
+        var bytes = 0
+        if let cut = positions.firstIndex(where: { bytes += Int($0.length); return bytes > VaultRequest.maxPageBytes }), cut > 0 {
+            positions.removeLast(positions.count - cut)
+            more = true
+        }
+        let isSession = if case .read = request { true } else { false }
+        let next = positions.last.map { isSession ? $0.sessionSequence : $0.sequence } ?? after
+        guard !positions.isEmpty else {
+            done(.success(VaultPage(events: [], next: next, more: more)))
+            return
+        }
+        PageRead(world: self, positions: positions, next: next, more: more, done: done).start()
+    }
+
+    func segment(numbered n: UInt32) -> VaultSegment? { segments.first { $0.number == n }?.segment }
+
+    func close() {
+        if lockFD >= 0 {
+            Glibc.close(lockFD)
+            lockFD = -1
+        }
+        for s in segments {
+            store.owners[s.segment.file] = nil
+            s.segment.close()
+        }
+        segments = []
+        if let n = next {
+            store.owners[n.segment.file] = nil
+            n.segment.close()
+            next = nil
+        }
+    }
+}
+
+/// One page being read: adjacent records are read together, each run from its segment through the ring;
+/// when all are in, the records are checked (checksum, sequence) and handed over in order.
+final class PageRead {
+    struct Run {
+        let segment: UInt32
+        let offset: UInt64
+        var length: Int
+        var positions: [RecordPosition]
+    }
+
+    let world: VaultWorld
+    let next: UInt64
+    let more: Bool
+    let done: (Result<VaultPage, VaultFailure>) -> Void
+    var runs: [Run] = []
+    var events: [[StoredEvent]]
+    var waiting = 0
+    var failure: VaultFailure?
+
+    init(world: VaultWorld, positions: [RecordPosition], next: UInt64, more: Bool, done: @escaping (Result<VaultPage, VaultFailure>) -> Void) {
+        self.world = world
+        self.next = next
+        self.more = more
+        self.done = done
+        for p in positions {
+            if var last = runs.last, last.segment == p.segment, last.offset + UInt64(last.length) == p.offset {
+                last.length += Int(p.length)
+                last.positions.append(p)
+                runs[runs.count - 1] = last
+            } else {
+                runs.append(Run(segment: p.segment, offset: p.offset, length: Int(p.length), positions: [p]))
+            }
+        }
+        events = Array(repeating: [], count: runs.count)
+    }
+
+    func start() {
+        waiting = runs.count
+        for (k, run) in runs.enumerated() {
+            guard let segment = world.segment(numbered: run.segment) else {
+                finishRun(k, .failure(VaultFailure(errno: ENOENT, reason: "segment \(run.segment) is gone (retention)")))
+                continue
+            }
+            segment.read(offset: run.offset, count: run.length) { result in
+                switch result {
+                case .success(let bytes): self.finishRun(k, .success(self.decode(run, bytes)))
+                case .failure(let e): self.finishRun(k, .failure(VaultFailure(errno: e.errno, reason: "\(e)")))
+                }
+            }
+        }
+    }
+
+    private func decode(_ run: Run, _ bytes: UnsafeRawBufferPointer) -> [StoredEvent]? {
+        var out: [StoredEvent] = []
+        var k = 0
+        var ok = true
+        var at = 0
+        for p in run.positions {
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + Int(p.length))])
+            let scan = SegmentScan.scan(slice, after: p.sequence - 1) { r, _ in
+                out.append(StoredEvent(sequence: r.sequence, sessionSequence: r.sessionSequence, unixMilliseconds: r.unixMilliseconds,
+                                       kind: r.kind, session: r.session, payload: r.payload))
+            }
+            if scan.tail != .clean || out.count != k + 1 { ok = false }
+            k += 1
+            at += Int(p.length)
+        }
+        return ok ? out : nil
+    }
+
+    private func finishRun(_ k: Int, _ result: Result<[StoredEvent]?, VaultFailure>) {
+        switch result {
+        case .success(let e?): events[k] = e
+        case .success(nil): failure = failure ?? VaultFailure(errno: EIO, reason: "a record read back failed its checksum")
+        case .failure(let f): failure = failure ?? f
+        }
+        waiting -= 1
+        guard waiting == 0 else { return }
+        if let failure {
+            done(.failure(failure))
+        } else {
+            done(.success(VaultPage(events: events.flatMap { $0 }, next: next, more: more)))
+        }
+    }
+}
