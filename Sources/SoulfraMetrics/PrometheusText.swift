@@ -3,7 +3,7 @@
 /// escaped as the format requires. The one writer every `/metrics` section uses.
 public struct PrometheusText {
     public enum Kind: String, Sendable {
-        case counter, gauge, histogram
+        case counter, gauge, histogram, summary
     }
 
     public let prefix: String

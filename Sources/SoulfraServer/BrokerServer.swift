@@ -57,14 +57,16 @@ public final class BrokerServer: Sendable {
         let mailbox = Mutex<LoopMailbox?>(nil)
         let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
         let gatewayLatest = Mutex<GatewayCounters>(GatewayCounters())
+        let vaultLatest = Mutex<VaultMetrics?>(nil)
         let finished = Mutex<Bool>(false)
         init(index: Int) { self.index = index }
 
         func wake() { mailbox.withLock { $0?.wake() } }
         /// Publishes a loop's figures. The gateway's counters are stored before the sequence moves, so a reader that
         /// waited for a new sequence never sees the gateway's older counters.
-        func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?) {
+        func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?, vault: VaultMetrics? = nil) {
             if let gateway { gatewayLatest.withLock { $0 = gateway } }
+            if let vault { vaultLatest.withLock { $0 = vault } }
             latest.withLock { $0 = (s, l, $0.sequence + 1) }
         }
         func takeCommands() -> [Command] { commands.withLock { c in defer { c.removeAll() }; return c } }
@@ -285,7 +287,7 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters)
+        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters, vault: wiring.vault?.metrics)
         wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }
         inbox.finished.withLock { $0 = true }

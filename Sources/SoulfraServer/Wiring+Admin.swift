@@ -42,6 +42,11 @@ extension Wiring {
         }
         var gw = gateway?.counters ?? GatewayCounters()
         for s in inboxes where s.index != inbox.index { gw = gw.merging(s.gatewayLatest.withLock { $0 }) }
-        return snap.prometheusText() + gw.prometheusText() + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
+        var vaults = vault?.metrics
+        for s in inboxes where s.index != inbox.index {
+            if let other = s.vaultLatest.withLock({ $0 }) { vaults = vaults?.merging(other) ?? other }
+        }
+        return snap.prometheusText() + gw.prometheusText() + (vaults?.prometheusText() ?? "")
+            + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
     }
 }

@@ -17,6 +17,8 @@ final class InProcessVault {
     let identity: PeerIdentity
     var link: InProcessLink?
 
+    var metrics: VaultMetrics { VaultMetrics(store: store.counters, service: service.counters) }
+
     init(store: VaultStore, service: VaultService, identity: PeerIdentity) {
         self.store = store
         self.service = service

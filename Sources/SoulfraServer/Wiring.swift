@@ -218,7 +218,7 @@ final class Wiring: LoopDelegate {
 
     func publish() {
         gateway?.measureClientQueues()
-        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.counters)
+        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.counters, vault: vault?.metrics)
     }
 
     func loopMailbox(now: UInt64) {

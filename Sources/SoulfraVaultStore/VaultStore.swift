@@ -164,6 +164,7 @@ public struct VaultStoreCounters: Equatable, Sendable {
     public var appendsFailed: UInt64 = 0
     public var largestBatch = 0
     public var lastCommitNanoseconds: UInt64 = 0
+    public var commitNanosecondsTotal: UInt64 = 0
     public var pendingBytes = 0
     public var segmentsDropped: UInt64 = 0
     public var recoveredCutBytes: UInt64 = 0
@@ -178,6 +179,7 @@ public struct VaultStoreCounters: Equatable, Sendable {
         appendsFailed += w.appendsFailed
         largestBatch = max(largestBatch, w.largestBatch)
         lastCommitNanoseconds = max(lastCommitNanoseconds, w.lastCommitNanoseconds)
+        commitNanosecondsTotal += w.commitNanosecondsTotal
         pendingBytes += w.pendingBytes
         segmentsDropped += w.segmentsDropped
         recoveredCutBytes += w.recoveredCutBytes
@@ -193,6 +195,7 @@ public struct VaultStoreCounters: Equatable, Sendable {
         appendsFailed += o.appendsFailed
         largestBatch = max(largestBatch, o.largestBatch)
         lastCommitNanoseconds = max(lastCommitNanoseconds, o.lastCommitNanoseconds)
+        commitNanosecondsTotal += o.commitNanosecondsTotal
         pendingBytes += o.pendingBytes
         segmentsDropped += o.segmentsDropped
         recoveredCutBytes += o.recoveredCutBytes

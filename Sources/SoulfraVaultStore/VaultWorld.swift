@@ -38,6 +38,7 @@ final class VaultWorld {
     private(set) var appendsFailed: UInt64 = 0
     private(set) var largestBatch = 0
     private(set) var lastCommitNanoseconds: UInt64 = 0
+    private(set) var commitNanosecondsTotal: UInt64 = 0
     private(set) var segmentsDropped: UInt64 = 0
     private(set) var recoveredCutBytes: UInt64 = 0
 
@@ -162,6 +163,7 @@ final class VaultWorld {
         appendsDurable &+= UInt64(done.count)
         largestBatch = max(largestBatch, done.count)
         lastCommitNanoseconds = segment.policy.lastCommitNanoseconds
+        commitNanosecondsTotal &+= lastCommitNanoseconds
         store.onDurable(name, done)
         rotateIfDue()
     }

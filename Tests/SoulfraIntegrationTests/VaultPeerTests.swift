@@ -83,6 +83,11 @@ struct VaultPeerTests {
         #expect(inst.acks(s2).first == .init(sequence: 51, sessionSequence: 51))
         let replay = inst.read(world: "playground", session: "", .replay(fromMilliseconds: 0, toMilliseconds: .max, after: 45, limit: 100))
         #expect(replay.events.map(\.sequence) == Array(46...51))
+        let (status, metrics) = try curl(["-H", "Authorization: Bearer test-admin-token-0001", "http://127.0.0.1:\(server.adminPort)/metrics"])
+        #expect(status == 200)
+        #expect(metrics.contains("soulfra_vault_appends_acknowledged_total 1\n"), "\(metrics)")
+        #expect(metrics.contains("soulfra_vault_batch_appends_count 1\n") && metrics.contains("soulfra_vault_worlds 1\n"))
+        #expect(metrics.contains("soulfra_loop_file_reads_total{loop=\"0\"}"))
     }
 
     @Test("a stream that is not a vault request is refused; the link goes on")
