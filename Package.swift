@@ -18,7 +18,7 @@
 //   SoulfraHTTP2*         ← CNGHTTP2, Rate            HTTP/2 connections over nghttp2
 //   SoulfraBroker*        ← Wire, Keys, Rate, Metrics, Limits     routing, credit, quotas, rooms
 //   SoulfraPeerLink*      ← Wire                      a peer's side of a broker link
-//   SoulfraGateway*       ← PeerLink, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Limits, Wire
+//   SoulfraGateway*       ← PeerLink, Vault, HTTP, HTTP2, TLS, Keys, Rate, Metrics, Limits, Wire
 //   SoulfraNet            ← —                         socket addresses, the monotonic clock
 //   SoulfraLoop           ← CURing, Net, Limits       the io_uring event loop
 //   SoulfraPeer           ← PeerLink, Wire, Net       the peer library: plain sockets + poll(2)
@@ -76,7 +76,7 @@ let package = Package(
         // HTTP for the gateway, sans-IO: the HTTP/1.1 request parser.
         .target(name: "SoulfraHTTP", swiftSettings: dataPlane),
         // The gateway's request admission: routes, API-key auth, permissions, request rate, error shape. Sans-IO.
-        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits", "SoulfraWire"], swiftSettings: dataPlane),
+        .target(name: "SoulfraGateway", dependencies: ["SoulfraKeys", "SoulfraHTTP", "SoulfraHTTP2", "SoulfraTLS", "SoulfraPeerLink", "SoulfraRate", "SoulfraMetrics", "SoulfraLimits", "SoulfraWire", "SoulfraVault"], swiftSettings: dataPlane),
         // TLS over memory BIOs for the gateway, sans-IO (OpenSSL never touches a socket).
         .target(name: "SoulfraTLS", dependencies: ["COpenSSL"]),
         // HTTP/2 sessions for the gateway over libnghttp2, sans-IO (mem_recv / mem_send).

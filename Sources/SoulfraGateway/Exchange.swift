@@ -17,6 +17,8 @@ public enum ExchangeKind: String, CaseIterable, Sendable {
     case roomSubscribe = "room_subscribe"
     /// `POST …/rooms/{room}`: one publish.
     case roomPublish = "room_publish"
+    /// `GET …/sessions/{s}`: one page of the session's history from the vault, as JSON.
+    case history
 
     var index: Int { Self.allCases.firstIndex(of: self)! }
 
@@ -28,11 +30,12 @@ public enum ExchangeKind: String, CaseIterable, Sendable {
         case .stream: "stream"
         case .webSocket: "websocket"
         case .roomSubscribe, .roomPublish: "room"
+        case .history: "history"
         }
     }
 
     /// Whether the reply goes out as it is produced (headers first, then events).
-    var streamsReply: Bool { self != .message && self != .roomPublish }
+    var streamsReply: Bool { self != .message && self != .roomPublish && self != .history }
 
     /// Whether the reply rides on a broker stream under credit the gateway grants (rooms have none).
     var usesCredit: Bool { self == .message || self == .messageStream || self == .stream || self == .webSocket }
@@ -124,6 +127,12 @@ final class Exchange {
     var outboundEnds = false
     /// Bytes of a partial NDJSON line.
     var partialLine: [UInt8] = []
+    /// A history page: what was asked, and the vault's messages as they arrive (each ends at an `historyEnds`
+    /// offset), bounded by the page's byte budget.
+    var historyAfter: UInt64 = 0
+    var historyLimit = 100
+    var history: [UInt8] = []
+    var historyEnds: [Int] = []
     /// Reply bytes and DATA frames received (unary: bytes bounded by `maxReplyBytes`).
     var replyBytes = 0
     var replyFrames = 0

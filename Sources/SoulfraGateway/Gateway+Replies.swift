@@ -67,6 +67,8 @@ extension Gateway {
             deliver(ex, payload, more: more, binary: flags.contains(.binary), end: end)
         case .roomPublish:
             break
+        case .history:
+            historyData(ex, payload, flags: flags)
         }
         reconcile(c)
         markDirty(c)
@@ -164,7 +166,7 @@ extension Gateway {
     func replyEnded(_ ex: Exchange) {
         ex.advance(reply: .ended)
         ex.deadline = 0
-        if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish) {
+        if ex.brokerStream != 0 && (ex.kind == .message || ex.kind == .roomPublish || ex.kind == .history) {
             // Unary: the instance ended its side. With both ENDs the stream is over and nothing needs saying;
             // otherwise the rest of the request is not wanted.
             detachBroker(ex, code: .none, reason: "", tellBroker: !ex.sentEnd)
@@ -180,6 +182,12 @@ extension Gateway {
         }
         if code == .none {
             // The instance finished without END on its last DATA.
+            if ex.kind == .history {
+                finishHistory(ex)
+                retire(ex)
+                markDirty(ex.conn)
+                return
+            }
             if ex.kind == .message && !ex.responded {
                 finishUnary(ex, status: 200, body: UnsafeRawBufferPointer(start: nil, count: 0), now: now)
             } else if ex.kind == .message {
@@ -204,6 +212,10 @@ extension Gateway {
         let e: GatewayError
         let retryable: Bool
         switch code {
+        case .noRoute where ex.kind == .history, .wrongLoop where ex.kind == .history:
+            e = GatewayError(.vaultUnavailable, "no vault is attached for \"\(ex.route.world)\"",
+                             headers: [("retry-after", "\(limits.retryAfterSeconds)")])
+            retryable = true
         case .noRoute, .peerGone, .heartbeatTimeout:
             e = code == .noRoute || !ex.responded
                 ? unavailable(ex, code == .noRoute ? "no healthy instance of \"\(ex.route.world)\" is attached"

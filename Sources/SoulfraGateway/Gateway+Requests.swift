@@ -1,4 +1,5 @@
 import SoulfraLimits
+import SoulfraVault
 import SoulfraWire
 
 /// Requests: admission, bodies and messages from the client, and the broker streams they ride on.
@@ -15,8 +16,10 @@ extension Gateway {
         }
         var path = head.path
         var queryToken: String?
+        var query: Substring = ""
         if let q = path.utf8.firstIndex(of: UInt8(ascii: "?")) {
-            for pair in path[path.index(after: q)...].split(separator: "&") where pair.hasPrefix("access_token=") {
+            query = path[path.index(after: q)...]
+            for pair in query.split(separator: "&") where pair.hasPrefix("access_token=") {
                 queryToken = String(pair.dropFirst("access_token=".count))
             }
             path = String(path[..<q])
@@ -50,7 +53,8 @@ extension Gateway {
             }
             kind = .webSocket
         case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
-        case .session, .analytics, .users:
+        case .session: kind = .history
+        case .analytics, .users:
             return reject(c, id: id, GatewayError(
                 .notImplemented,
                 "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
@@ -59,8 +63,19 @@ extension Gateway {
             c.keepAlive(head.keepAlive)
             c.sendContinue()
         }
+        var page: (after: UInt64, limit: Int) = (0, 100)
+        if kind == .history {
+            guard let p = Self.historyQuery(query) else {
+                return reject(c, id: id, GatewayError(.invalidRequest, "after must be a whole number and limit 1 to \(VaultRequest.maxLimit)"),
+                              requestID: requestID)
+            }
+            page = p
+        }
+        var session = head.session
+        if case .session(_, let s) = route { session = s }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
-                          startedAt: now, session: head.session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
+                          startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
+        (ex.historyAfter, ex.historyLimit) = page
         counters.requests[kind.index] += 1
         c.track(ex, worldLoop: Wire.loop(forWorld: route.world, count: links.count))
         ex.lastBodyAt = now
@@ -72,6 +87,8 @@ extension Gateway {
             openBroker(ex, now: now)
         case .roomSubscribe:
             subscribe(ex, now: now)
+        case .history:
+            openHistory(ex, now: now)
         case .webSocket:
             c.upgradeToWebSocket()
             c.writeH1Head(status: 101, headers: [("upgrade", "websocket"), ("connection", "Upgrade"),
@@ -123,7 +140,7 @@ extension Gateway {
             pumpOutbound(ex, now: now)
             // HTTP/2 input is held back by its flow-control window; HTTP/1.1 input by not reading the socket.
             if c.proto == .http1 && ex.outboundBytes > limits.streamQueueHighBytes { c.pauseReading(.requestBacklog) }
-        case .webSocket, .roomSubscribe:
+        case .webSocket, .roomSubscribe, .history:
             c.consumeInput(stream: ex.id, bytes: bytes.count)
         }
     }
@@ -163,7 +180,7 @@ extension Gateway {
             }
             ex.outboundEnds = true
             pumpOutbound(ex, now: now)
-        case .webSocket, .roomSubscribe:
+        case .webSocket, .roomSubscribe, .history:
             break
         }
     }

@@ -4,14 +4,14 @@
 /// A stream's OPEN says what it is for in its `detail`:
 /// - `append` — the opener sends events (`kind u8` · payload) for the OPEN's session; the vault answers ACK once
 ///   they are durable, or FAIL when they could not be stored.
-/// - `read after=<n> limit=<m>` — the session's events after session sequence `n`, at most `m`: RECORDs, then
-///   END, then END_STREAM.
-/// - `replay from_ms=<a> to_ms=<b> after=<s> limit=<m>` — every session's events stamped in `[a, b)`, after log
-///   sequence `s`, in log order: RECORDs, END, END_STREAM.
+/// - `read after=<n> limit=<m> bytes=<b>` — the session's events after session sequence `n`, at most `m` and
+///   about `b` bytes of records: RECORDs, then END, then END_STREAM.
+/// - `replay from_ms=<a> to_ms=<b> after=<s> limit=<m> bytes=<b>` — every session's events stamped in `[a, b)`,
+///   after log sequence `s`, in log order: RECORDs, END, END_STREAM.
 public enum VaultRequest: Equatable, Sendable {
     case append
-    case read(after: UInt64, limit: Int)
-    case replay(fromMilliseconds: UInt64, toMilliseconds: UInt64, after: UInt64, limit: Int)
+    case read(after: UInt64, limit: Int, maxBytes: Int = VaultRequest.maxPageBytes)
+    case replay(fromMilliseconds: UInt64, toMilliseconds: UInt64, after: UInt64, limit: Int, maxBytes: Int = VaultRequest.maxPageBytes)
 
     /// The most records one page returns.
     public static let maxLimit = 1_000
@@ -31,17 +31,19 @@ public enum VaultRequest: Equatable, Sendable {
             let l = fields["limit"] ?? 100
             return (1...UInt64(Self.maxLimit)).contains(l) ? Int(l) : nil
         }
+        let bytes = fields["bytes"] ?? UInt64(Self.maxPageBytes)
+        guard (1...UInt64(Self.maxPageBytes)).contains(bytes) else { return nil }
         switch verb {
         case "append":
             guard fields.isEmpty else { return nil }
             self = .append
         case "read":
-            guard Set(fields.keys).isSubset(of: ["after", "limit"]), let l = limit() else { return nil }
-            self = .read(after: fields["after"] ?? 0, limit: l)
+            guard Set(fields.keys).isSubset(of: ["after", "limit", "bytes"]), let l = limit() else { return nil }
+            self = .read(after: fields["after"] ?? 0, limit: l, maxBytes: Int(bytes))
         case "replay":
-            guard Set(fields.keys).isSubset(of: ["from_ms", "to_ms", "after", "limit"]), let l = limit() else { return nil }
+            guard Set(fields.keys).isSubset(of: ["from_ms", "to_ms", "after", "limit", "bytes"]), let l = limit() else { return nil }
             self = .replay(fromMilliseconds: fields["from_ms"] ?? 0, toMilliseconds: fields["to_ms"] ?? UInt64.max,
-                           after: fields["after"] ?? 0, limit: l)
+                           after: fields["after"] ?? 0, limit: l, maxBytes: Int(bytes))
         default:
             return nil
         }
@@ -51,8 +53,9 @@ public enum VaultRequest: Equatable, Sendable {
     public var detail: String {
         switch self {
         case .append: "append"
-        case .read(let after, let limit): "read after=\(after) limit=\(limit)"
-        case .replay(let from, let to, let after, let limit): "replay from_ms=\(from) to_ms=\(to) after=\(after) limit=\(limit)"
+        case .read(let after, let limit, let bytes): "read after=\(after) limit=\(limit) bytes=\(bytes)"
+        case .replay(let from, let to, let after, let limit, let bytes):
+            "replay from_ms=\(from) to_ms=\(to) after=\(after) limit=\(limit) bytes=\(bytes)"
         }
     }
 }

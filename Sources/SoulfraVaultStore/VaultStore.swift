@@ -105,8 +105,8 @@ public final class VaultStore: VaultStorage {
         guard let w = worlds[name] else {
             // Nothing stored for a world never seen: an empty page, and no directory made for a read.
             let next: UInt64 = switch request {
-            case .read(let after, _): after
-            case .replay(_, _, let after, _): after
+            case .read(let after, _, _): after
+            case .replay(_, _, let after, _, _): after
             case .append: 0
             }
             done(.success(VaultPage(events: [], next: next, more: false)))

@@ -270,20 +270,21 @@ final class VaultWorld {
     func read(session: [UInt8], _ request: VaultRequest, done: @escaping (Result<VaultPage, VaultFailure>) -> Void) {
         var (positions, more): ([RecordPosition], Bool)
         var after: UInt64
+        var budget = VaultRequest.maxPageBytes
         switch request {
-        case .read(let a, let limit):
+        case .read(let a, let limit, let b):
             (positions, more) = index.session(session, after: a, limit: limit)
-            after = a
-        case .replay(let from, let to, let a, let limit):
+            (after, budget) = (a, b)
+        case .replay(let from, let to, let a, let limit, let b):
             (positions, more) = index.range(fromMilliseconds: from, toMilliseconds: to, after: a, limit: limit)
-            after = a
+            (after, budget) = (a, b)
         case .append:
             done(.success(VaultPage(events: [], next: 0, more: false)))
             return
         }
         // A page stops at its byte budget (it always has one record).
         var bytes = 0
-        if let cut = positions.firstIndex(where: { bytes += Int($0.length); return bytes > VaultRequest.maxPageBytes }), cut > 0 {
+        if let cut = positions.firstIndex(where: { bytes += Int($0.length); return bytes > budget }), cut > 0 {
             positions.removeLast(positions.count - cut)
             more = true
         }

@@ -103,3 +103,61 @@ struct VaultPeerTests {
         #expect(page.end == .end(next: 0, more: false))
     }
 }
+
+@Suite("Session history through the gateway", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct SessionHistoryTests {
+    @Test("GET /v1/worlds/{w}/sessions/{s} pages a session's history in order with a cursor; permissions and worlds hold")
+    func historyPages() throws {
+        let server = try BrokerServer.start(gatewayConfig {
+            $0.loopCount = 2
+            $0.gatewayKeys[0] = TestKeys.record(TestKeys.playground, id: 1, world: "playground",
+                                                permissions: [.worldAccess, .agentInteraction, .vaultStorage])
+        })
+        defer { server.stop() }
+        let inst = VaultClient(try server.connect(.instance, world: "playground"))
+        let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "u7", detail: "append"))
+        for i in 0..<25 { #expect(inst.append(s, #"{"text":"line \#(i)\n\"quoted\""}"#)) }
+        inst.conn.flush()
+        #expect(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == 25 })
+        let base = server.h2c + "/v1/worlds/playground/sessions/u7"
+        var seqs: [Int] = []
+        var texts: [String] = []
+        var url = base + "?limit=10"
+        var pages = 0
+        while pages < 10 {
+            pages += 1
+            let (status, body) = try call(url)
+            try #require(status == 200, "\(status) \(body)")
+            let page = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
+            #expect(page["world"] as? String == "playground" && page["session"] as? String == "u7")
+            for e in page["events"] as? [[String: Any]] ?? [] {
+                seqs.append(e["seq"] as? Int ?? -1)
+                texts.append(e["data"] as? String ?? "")
+            }
+            guard page["more"] as? Bool == true, let next = page["next"] as? String else { break }
+            url = server.h2c + next
+        }
+        #expect(pages == 3)
+        #expect(seqs == Array(1...25))
+        #expect(texts.first == #"{"text":"line 0\n\"quoted\""}"#)
+        // An empty session is an empty page; a bad cursor is 400; the key must allow vault_storage and the world.
+        let (emptyStatus, empty) = try call(server.h2c + "/v1/worlds/playground/sessions/nobody")
+        #expect(emptyStatus == 200 && empty.contains(#""events":[]"#) && empty.contains(#""more":false"#), "\(empty)")
+        #expect(try call(base + "?after=x").0 == 400)
+        #expect(try call(base + "?limit=0").0 == 400)
+        #expect(try call(base, key: TestKeys.limited).0 == 403)
+        #expect(try call(server.h2c + "/v1/worlds/arena/sessions/u7", key: TestKeys.playground).0 == 403)
+    }
+
+    @Test("with no vault in the daemon, a history read is 503 vault_unavailable with Retry-After")
+    func noVault() throws {
+        let server = try BrokerServer.start(gatewayConfig {
+            $0.vaultDirectory = ""
+            $0.gatewayKeys[0] = TestKeys.record(TestKeys.playground, id: 1, world: "playground",
+                                                permissions: [.worldAccess, .agentInteraction, .vaultStorage])
+        })
+        defer { server.stop() }
+        let (status, body) = try call(server.h2c + "/v1/worlds/playground/sessions/u1", key: TestKeys.playground, ["-i"])
+        #expect(status == 503 && body.contains("vault_unavailable") && body.lowercased().contains("retry-after: 1"), "\(body)")
+    }
+}
