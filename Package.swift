@@ -9,7 +9,7 @@
 //   SoulfraHTTP*          ← —                         HTTP/1.1 parser, WebSocket codec
 //   SoulfraRate*          ← —                         token buckets
 //   SoulfraMetrics*       ← —                         the Prometheus text writer
-//   SoulfraVault*         ← PeerLink, Wire            the vault's log (records, recovery scan, group commit, index)
+//   SoulfraVault*         ← PeerLink, Wire, COpenSSL  the vault's log (records, recovery scan, group commit, index)
 //                                                     and the vault as a broker peer (stream messages, service)
 //   SoulfraVaultStore     ← Vault, Loop, Net          worlds' segments on disk through the ring, reads, retention
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
@@ -62,7 +62,7 @@ let package = Package(
         // config without the data plane.
         .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The vault's log, sans-IO: the record format with CRC-32C, the recovery scan, the group-commit policy.
-        .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire"]),
+        .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
         // The vault's log on disk: segments written and synced through the io_uring loop, recovered on open.
         .target(name: "SoulfraVaultStore", dependencies: ["SoulfraVault", "SoulfraLoop", "SoulfraNet"]),
         // The Prometheus text format writer every /metrics section uses. Sans-IO.

@@ -45,6 +45,11 @@ public struct ServerConfig: Sendable, Equatable {
     /// The vault's data directory (one directory per world under it); "" runs no vault in this process.
     public var vaultDirectory = "/tmp/soulfra/vault"
     public var vault = VaultLimits()
+    /// Worlds whose vault is encrypted at rest (AES-256-GCM, a key per world in `vaultKeyDirectory`, which must
+    /// be outside `vaultDirectory`). The worlds layer fills it from templates (PRIVACY_MODE=maximum,
+    /// SESSION_ENCRYPTION=enabled).
+    public var vaultEncryptedWorlds: [String] = []
+    public var vaultKeyDirectory = "/tmp/soulfra/vault-keys"
 
     public init() {}
 
@@ -106,6 +111,11 @@ public struct ServerConfig: Sendable, Equatable {
         }
         if !vaultDirectory.isEmpty {
             try check(vaultDirectory.hasPrefix("/"), "vault.directory", "must be an absolute path (or \"\" for no vault in this process), got \"\(vaultDirectory)\"")
+            let inside = (vaultKeyDirectory + "/").hasPrefix(vaultDirectory.hasSuffix("/") ? vaultDirectory : vaultDirectory + "/")
+            try check(vaultKeyDirectory.isEmpty || vaultKeyDirectory.hasPrefix("/") && !inside, "vault.key_directory",
+                      "must be an absolute path outside vault.directory (keys never sit next to what they encrypt), got \"\(vaultKeyDirectory)\"")
+            try check(vaultEncryptedWorlds.isEmpty || !vaultKeyDirectory.isEmpty, "vault.encrypt_worlds",
+                      "needs vault.key_directory for the worlds' keys")
         }
         try check((0...256).contains(loopCount), "loop.count", "must be 0 (one per CPU) to 256, got \(loopCount)")
         try check(statsIntervalMilliseconds == 0 || statsIntervalMilliseconds >= 100,
@@ -190,6 +200,15 @@ extension ServerConfig {
         if var v = try r.object("vault") {
             try v.read(&vault)
             vaultDirectory = try v.string("directory") ?? vaultDirectory
+            vaultKeyDirectory = try v.string("key_directory") ?? vaultKeyDirectory
+            if let list = try v.array("encrypt_worlds") {
+                vaultEncryptedWorlds = try list.enumerated().map { (i, item) throws(Invalid) in
+                    guard let w = item as? String, !w.isEmpty else {
+                        throw Invalid(key: "vault.encrypt_worlds[\(i)]", message: "must be a world name")
+                    }
+                    return w
+                }
+            }
             try v.finish()
         }
         keysFile = try r.string("keys_file") ?? keysFile

@@ -272,7 +272,8 @@ public final class BrokerServer: Sendable {
                 if inbox.index == 0 { log("vault: tokens.vault is empty, so the in-process vault cannot attach: no vault in this process") }
             } else {
                 do {
-                    try wiring.attachVault(directory: config.vaultDirectory, limits: config.vault, token: config.vaultToken,
+                    try wiring.attachVault(directory: config.vaultDirectory, limits: config.vault, encryptedWorlds: config.vaultEncryptedWorlds,
+                                           keyDirectory: config.vaultKeyDirectory, token: config.vaultToken,
                                            maxFrameBytes: config.broker.maxFrameBytes, now: monotonicNanoseconds())
                 } catch {
                     log("error_alert vault: loop \(inbox.index): \(error.reason) (errno \(error.errno)): no vault on this loop")

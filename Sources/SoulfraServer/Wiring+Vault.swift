@@ -36,8 +36,11 @@ func unixMilliseconds() -> UInt64 {
 extension Wiring {
     /// Opens this loop's worlds under `directory` (recovering them: blocking reads, before the loop serves) and
     /// attaches the vault to this loop's broker.
-    func attachVault(directory: String, limits: VaultLimits, token: String, maxFrameBytes: UInt32, now: UInt64) throws(VaultFailure) {
+    func attachVault(directory: String, limits: VaultLimits, encryptedWorlds: [String], keyDirectory: String, token: String,
+                     maxFrameBytes: UInt32, now: UInt64) throws(VaultFailure) {
         var settings = VaultSettings(directory: directory)
+        settings.encryptedWorlds = Set(encryptedWorlds)
+        settings.keyDirectory = keyDirectory
         settings.segmentBytes = limits.segmentBytes
         settings.maxAgeSeconds = UInt64(limits.retentionMaxAgeSeconds)
         settings.maxBytes = UInt64(limits.retentionMaxBytes)

@@ -14,6 +14,10 @@ public struct VaultSettings: Sendable, Equatable {
     public var maxAgeSeconds: UInt64 = 0
     /// …and the oldest segments go while a world's log is larger than this (0: no bound).
     public var maxBytes: UInt64 = 0
+    /// Worlds whose events are encrypted at rest (AES-256-GCM), and where their keys live: `<world>.key`, outside
+    /// the data directory. A world with a key file is readable whether or not it is listed.
+    public var encryptedWorlds: Set<String> = []
+    public var keyDirectory = ""
 
     public init(directory: String) { self.directory = directory }
 }

@@ -32,6 +32,9 @@ final class VaultWorld {
     /// `<world>/LOCK`, held with flock(2) while the world is open: a second process (a `soulfra vault` next to a
     /// daemon's own vault on the same directory) cannot open the world and write over it.
     private var lockFD: Int32 = -1
+    /// The world's key when it has one; `encrypting` when new events are sealed with it.
+    private(set) var cipher: VaultCipher?
+    let encrypting: Bool
 
     private(set) var batches: UInt64 = 0
     private(set) var appendsDurable: UInt64 = 0
@@ -55,6 +58,8 @@ final class VaultWorld {
         self.name = name
         self.store = store
         directory = store.settings.directory + "/" + name
+        encrypting = store.settings.encryptedWorlds.contains(name)
+        cipher = try Self.loadKey(world: name, settings: store.settings, create: encrypting)
         let created = access(directory, F_OK) != 0
         try VaultStore.makeDirectory(directory)
         lockFD = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -145,12 +150,77 @@ final class VaultWorld {
 
     // MARK: - Appends
 
-    func append(_ a: GroupCommit.Append, now: UInt64) {
+    func append(_ a: GroupCommit.Append, now: UInt64) throws(VaultFailure) {
         var a = a
         // Stamps never go back in a world's log (the time index relies on it), whatever the wall clock does.
         lastStamp = max(lastStamp, a.unixMilliseconds)
         a.unixMilliseconds = lastStamp
+        if encrypting, let cipher {
+            guard let sealed = cipher.seal(a.payload, session: a.session, kind: a.kind) else {
+                throw VaultFailure(errno: EIO, reason: "encrypting an event of world \(name) failed")
+            }
+            a.payload = sealed
+            a.flags |= VaultCipher.sealedFlag
+        }
         active.append(a, now: now)
+    }
+
+    // MARK: - Keys
+
+    /// The world's key from `<key directory>/<world>.key` (32 key bytes, then the epoch, u32 big-endian), its
+    /// epoch raised and stored before use so no nonce of an earlier run comes again; made if `create` and absent.
+    static func loadKey(world: String, settings: VaultSettings, create: Bool) throws(VaultFailure) -> VaultCipher? {
+        guard !settings.keyDirectory.isEmpty else {
+            if create { throw VaultFailure(errno: EINVAL, reason: "world \(world) is to be encrypted but vault.key_directory is not set") }
+            return nil
+        }
+        let path = settings.keyDirectory + "/" + world + ".key"
+        var key: [UInt8]
+        var epoch: UInt32 = 0
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            var buf = [UInt8](repeating: 0, count: VaultCipher.keyBytes + 4)
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            Glibc.close(fd)
+            guard n == buf.count else { throw VaultFailure(errno: EIO, reason: "\(path) is not a vault key (32 bytes and an epoch)") }
+            key = Array(buf[0..<VaultCipher.keyBytes])
+            epoch = buf[VaultCipher.keyBytes...].reduce(0) { $0 << 8 | UInt32($1) }
+        } else if errno == ENOENT && create {
+            guard let k = VaultCipher.newKey() else { throw VaultFailure(errno: EIO, reason: "no random bytes for a key") }
+            key = k
+            var path = ""
+            for part in settings.keyDirectory.split(separator: "/") {
+                path += "/" + part
+                if mkdir(path, 0o700) != 0 && errno != EEXIST {
+                    throw VaultFailure(errno: errno, reason: "cannot create the key directory \(path)")
+                }
+            }
+        } else if errno == ENOENT {
+            return nil
+        } else {
+            throw VaultFailure(errno: errno, reason: "cannot read \(path)")
+        }
+        guard epoch < UInt32.max else { throw VaultFailure(errno: EOVERFLOW, reason: "\(path): epochs are used up; rotate the key") }
+        epoch += 1
+        try writeDurably(path: path, bytes: key + withUnsafeBytes(of: epoch.bigEndian, Array.init), directory: settings.keyDirectory)
+        return VaultCipher(key: key, epoch: epoch, world: world)
+    }
+
+    /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one: a temporary file, synced,
+    /// renamed over it, and the directory synced.
+    private static func writeDurably(path: String, bytes: [UInt8], directory: String) throws(VaultFailure) {
+        let tmp = path + ".new"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw VaultFailure(errno: errno, reason: "cannot write \(tmp)") }
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        Glibc.close(fd)
+        guard n == bytes.count, synced, rename(tmp, path) == 0 else { throw VaultFailure(errno: errno, reason: "cannot store \(path)") }
+        let d = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if d >= 0 {
+            fsync(d)
+            Glibc.close(d)
+        }
     }
 
     private func durable(_ done: [GroupCommit.Durable], in segment: VaultSegment) {
@@ -377,8 +447,16 @@ final class PageRead {
         for p in run.positions {
             let slice = UnsafeRawBufferPointer(rebasing: bytes[at..<(at + Int(p.length))])
             let scan = SegmentScan.scan(slice, after: p.sequence - 1) { r, _ in
+                var payload = r.payload
+                if r.flags & VaultCipher.sealedFlag != 0 {
+                    guard let plain = world.cipher?.open(r.payload, session: r.session, kind: r.kind) else {
+                        ok = false
+                        return
+                    }
+                    payload = plain
+                }
                 out.append(StoredEvent(sequence: r.sequence, sessionSequence: r.sessionSequence, unixMilliseconds: r.unixMilliseconds,
-                                       kind: r.kind, session: r.session, payload: r.payload))
+                                       kind: r.kind, session: r.session, payload: payload))
             }
             if scan.tail != .clean || out.count != k + 1 { ok = false }
             k += 1
@@ -390,7 +468,7 @@ final class PageRead {
     private func finishRun(_ k: Int, _ result: Result<[StoredEvent]?, VaultFailure>) {
         switch result {
         case .success(let e?): events[k] = e
-        case .success(nil): failure = failure ?? VaultFailure(errno: EIO, reason: "a record read back failed its checksum")
+        case .success(nil): failure = failure ?? VaultFailure(errno: EIO, reason: "a record read back failed its checksum or did not decrypt")
         case .failure(let f): failure = failure ?? f
         }
         waiting -= 1

@@ -25,6 +25,7 @@ func testConfig(_ tweak: (inout ServerConfig) -> Void = { _ in }) -> ServerConfi
     let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
     c.brokerUnixPath = "/tmp/soulfra-test-\(getpid())-\(n)/broker.sock"
     c.vaultDirectory = "/tmp/soulfra-test-\(getpid())-\(n)/vault"
+    c.vaultKeyDirectory = "/tmp/soulfra-test-\(getpid())-\(n)/vault-keys"
     c.brokerTCP = "127.0.0.1:0"
     c.adminTCP = "127.0.0.1:0"
     c.adminToken = "test-admin-token-0001"

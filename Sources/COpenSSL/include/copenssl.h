@@ -74,7 +74,18 @@ void sf_tls_last_error(char *out, int len);
 /// IP:127.0.0.1) and its key as PEM files. 0 on success.
 int sf_tls_make_self_signed(const char *cert_path, const char *key_path, const char *host);
 
+/* AES-256-GCM with a 12-byte IV: seals `len` bytes of `in` into `out` (the same length) and writes the 16-byte
+   tag; opens them back, checking the tag (and the AAD). 0 on success, -1 on failure (for `open`: the bytes or
+   the AAD are not what was sealed). The vault encrypts worlds' events at rest with them. */
+int sf_aes256gcm_seal(const unsigned char *key, const unsigned char *iv, const void *aad, size_t aad_len,
+                      const void *in, size_t len, unsigned char *out, unsigned char *tag);
+int sf_aes256gcm_open(const unsigned char *key, const unsigned char *iv, const void *aad, size_t aad_len,
+                      const void *in, size_t len, const unsigned char *tag, unsigned char *out);
+/* `len` bytes from OpenSSL's CSPRNG; 0 on success. */
+int sf_random_bytes(unsigned char *out, int len);
+
 #ifdef __cplusplus
 }
 #endif
+
 #endif
