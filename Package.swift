@@ -24,7 +24,7 @@
 //   SoulfraPeer           ← PeerLink, Wire, Net       the peer library: plain sockets + poll(2)
 //   SoulfraClient         ← HTTP, HTTP2, Net          an h2c client (load driver, tests)
 //   SoulfraServer         ← Config, Broker, Gateway, Loop, Peer, PeerLink, TLS, Keys, HTTP, Wire, Net
-//   soulfra               ← Server, Config, Loop, Net the daemon and CLI
+//   soulfra               ← Server, Config, Loop, Net, Peer, VaultStore   the daemon, `soulfra vault`, the CLI
 //   soulfra-loadtest      ← Peer, PeerLink, Client, HTTP2, Wire, Net, Loop, Vault, VaultStore
 import PackageDescription
 
@@ -98,7 +98,7 @@ let package = Package(
         .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
-            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraVaultStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "soulfra-loadtest",

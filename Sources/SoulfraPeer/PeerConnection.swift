@@ -94,6 +94,14 @@ public final class PeerConnection {
         }
     }
 
+    /// Hands the socket and the session over (to an io_uring loop, say) after the handshake: this connection no
+    /// longer owns or closes the descriptor.
+    public func detach() -> (fd: Int32, link: PeerLink) {
+        let taken = fd
+        fd = -1
+        return (taken, link)
+    }
+
     public func close() {
         if fd >= 0 {
             Glibc.close(fd)

@@ -21,7 +21,10 @@ struct Serve: ParsableCommand {
 
             Environment: SOULFRA_BROKER_UNIX, SOULFRA_BROKER_TCP, SOULFRA_RUNTIME_TOKEN, SOULFRA_VAULT_TOKEN, \
             SOULFRA_GATEWAY_TOKEN, SOULFRA_ADMIN_TOKEN, SOULFRA_ADMIN_TCP, SOULFRA_GATEWAY_TCP, SOULFRA_GATEWAY_TLS, \
-            SOULFRA_KEYS_FILE, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS.
+            SOULFRA_KEYS_FILE, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS, SOULFRA_VAULT_DIR.
+
+            The vault runs in the daemon by default, storing every world's events under vault.directory \
+            (/tmp/soulfra/vault; set it to a real disk for production). It needs tokens.vault.
             """
     )
 
@@ -55,6 +58,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("ready-file"), help: "Write the bound TCP port here once listening (for scripts and tests).")
     var readyFile: String?
 
+    @Option(name: .customLong("vault-dir"), help: "The vault's data directory, one directory per world (\"\": no vault in this process; run `soulfra vault` instead).")
+    var vaultDir: String?
+
     func run() throws {
         let (cfg, fromFile) = settings()
         try Daemon(config: cfg, fromFile: fromFile, configPath: configPath, readyFile: readyFile).run()
@@ -83,6 +89,7 @@ struct Serve: ParsableCommand {
             if let v = gatewayTCP { cfg.gatewayTCP = v }
             if let v = gatewayTLS { cfg.gatewayTLS = v }
             if let v = keysFile { cfg.keysFile = v }
+            if let v = vaultDir { cfg.vaultDirectory = v }
             try cfg.loadKeysFile()
             try cfg.validate()
         } catch {

@@ -4,6 +4,7 @@ import SoulfraPeer
 import SoulfraNet
 import SoulfraPeerLink
 import SoulfraVault
+import SoulfraServer
 import SoulfraWire
 
 @Suite("The vault survives kill -9", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
@@ -134,5 +135,60 @@ struct VaultCrashTests {
         let present = Set(stored)
         let lost = acknowledged.filter { !present.contains($0) }
         #expect(lost.isEmpty, "run \(iteration): \(lost.count) acknowledged events lost, first \(lost.prefix(5))")
+    }
+}
+
+@Suite("soulfra vault on its own", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct VaultProcessTests {
+    @Test("a separate vault process attaches to every broker loop, stores and serves events, and stops on SIGTERM")
+    func separateProcess() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-vaultproc-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "{}".write(toFile: dir + "/empty.json", atomically: true, encoding: .utf8)
+        let server = try BrokerServer.start(testConfig {
+            $0.vaultDirectory = ""
+            $0.loopCount = 2
+        })
+        defer { server.stop() }
+        func startVault() throws -> (Process, Pipe) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: soulfraBinary)
+            p.arguments = ["vault", "--config", dir + "/empty.json", "--broker", server.unixPath!, "--directory", dir + "/vault"]
+            p.environment = ["SOULFRA_VAULT_TOKEN": testTokens.vault]
+            let err = Pipe()
+            p.standardError = err
+            try p.run()
+            return (p, err)
+        }
+        var (vault, log) = try startVault()
+        defer { if vault.isRunning { kill(vault.processIdentifier, SIGKILL); vault.waitUntilExit() } }
+        // Both loops get a vault link (worlds on either loop are stored).
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        #expect(server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] == 2)
+        var stored: [String: Int] = [:]
+        for world in ["playground", "arena"] {
+            let inst = VaultClient(try server.connect(.instance, world: world))
+            let s = inst.conn.link.open(Open(target: .vault, world: world, session: "x", detail: "append"))
+            for i in 0..<30 { #expect(inst.append(s, "\(world) \(i)")) }
+            inst.conn.flush()
+            #expect(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == 30 }, "\(world)")
+            stored[world] = inst.read(world: world, session: "x", .read(after: 0, limit: 100)).events.count
+            inst.conn.close()
+        }
+        #expect(stored == ["playground": 30, "arena": 30])
+        kill(vault.processIdentifier, SIGTERM)
+        for _ in 0..<500 where vault.isRunning { usleep(10_000) }
+        #expect(!vault.isRunning && vault.terminationStatus == 0)
+        let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(text.contains("attached to broker loop 0 of 2") && text.contains("attached to broker loop 1 of 2"), "\(text)")
+
+        // A new vault process finds what the first stored.
+        (vault, log) = try startVault()
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        let inst = VaultClient(try server.connect(.instance, world: "arena"))
+        #expect(inst.read(world: "arena", session: "x", .read(after: 0, limit: 100)).events.map { String(decoding: $0.payload, as: UTF8.self) }
+                == (0..<30).map { "arena \($0)" })
     }
 }

@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import SoulfraConfig
+import SoulfraPeer
+import SoulfraServer
+import SoulfraVaultStore
+
+struct Vault: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the vault on its own, attached to a daemon's broker.",
+        discussion: """
+            The daemon runs a vault in its own process by default. To run it apart (its own disk, its own \
+            process to restart), start the daemon with --vault-dir "" and run this next to it: it attaches \
+            to the broker as a peer of kind vault, one link per broker loop, and stores every world under \
+            --directory exactly as the daemon would (the same files: either can open what the other wrote, \
+            never both at once — each world's LOCK is held while it is open).
+
+            Settings come from the config file (vault.*, tokens.vault, listen.broker_unix_path or \
+            listen.broker_tcp), then SOULFRA_* environment variables, then these flags. SIGINT or SIGTERM \
+            stops it once the writes in flight completed.
+
+            Example:  soulfra vault --broker /tmp/soulfra/broker.sock --directory /var/lib/soulfra/vault
+            """
+    )
+
+    @Option(name: .long, help: "JSON config file (default: config/soulfra.json if present).")
+    var config: String?
+
+    @Option(name: .long, help: "The broker: a unix socket path, or host:port (default: the config's broker socket, else its TCP listener).")
+    var broker: String?
+
+    @Option(name: .long, help: "The data directory, one directory per world (default: vault.directory).")
+    var directory: String?
+
+    @Option(name: .customLong("key-directory"), help: "Where encrypted worlds' keys live, outside the data directory (default: vault.key_directory).")
+    var keyDirectory: String?
+
+    @Option(name: .customLong("encrypt"), help: "A world to encrypt at rest (repeat for several; adds to vault.encrypt_worlds).")
+    var encrypt: [String] = []
+
+    func run() throws {
+        var cfg = ServerConfig()
+        let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
+        let address: PeerAddress
+        do {
+            if let path { cfg = try ServerConfig.load(path: path) }
+            try cfg.applyEnvironment(ProcessInfo.processInfo.environment)
+            if let v = directory { cfg.vaultDirectory = v }
+            if let v = keyDirectory { cfg.vaultKeyDirectory = v }
+            cfg.vaultEncryptedWorlds += encrypt
+            try cfg.validate()
+            guard !cfg.vaultDirectory.isEmpty else { throw ServerConfig.Invalid(key: "vault.directory", message: "is empty: give --directory") }
+            guard !cfg.vaultToken.isEmpty else { throw ServerConfig.Invalid(key: "tokens.vault", message: "is empty: the broker admits a vault by this token (SOULFRA_VAULT_TOKEN)") }
+            address = try brokerAddress(cfg)
+        } catch {
+            fail("\(error)", code: 78)  // EX_CONFIG
+        }
+        var settings = VaultSettings(directory: cfg.vaultDirectory)
+        settings.segmentBytes = cfg.vault.segmentBytes
+        settings.maxAgeSeconds = UInt64(cfg.vault.retentionMaxAgeSeconds)
+        settings.maxBytes = UInt64(cfg.vault.retentionMaxBytes)
+        settings.encryptedWorlds = Set(cfg.vaultEncryptedWorlds)
+        settings.keyDirectory = cfg.vaultKeyDirectory
+        var options = VaultProcess.Options(broker: address, token: cfg.vaultToken, settings: settings)
+        options.limits = cfg.vault
+        options.maxFrameBytes = cfg.broker.maxFrameBytes
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+        let process: VaultProcess
+        do {
+            process = try VaultProcess(options) { line in logLine(line) }
+        } catch {
+            fail("soulfra vault: cannot start: \(error)", code: 71)
+        }
+        let signals = set
+        Thread {
+            var s = signals
+            var sig: Int32 = 0
+            sigwait(&s, &sig)
+            logLine("received signal \(sig): stopping the vault")
+            process.stop()
+        }.start()
+        process.run()
+        logLine("vault stopped")
+    }
+
+    private func brokerAddress(_ cfg: ServerConfig) throws -> PeerAddress {
+        if let b = broker {
+            if b.contains("/") { return .unix(path: b) }
+            guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(b, key: "--broker") else {
+                throw ServerConfig.Invalid(key: "--broker", message: "expected a socket path or host:port")
+            }
+            return .tcp(host: host, port: port)
+        }
+        if !cfg.brokerUnixPath.isEmpty { return .unix(path: cfg.brokerUnixPath) }
+        guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(cfg.brokerTCP, key: "listen.broker_tcp") else {
+            throw ServerConfig.Invalid(key: "listen.broker_tcp", message: "expected host:port")
+        }
+        return .tcp(host: host, port: port)
+    }
+}
