@@ -125,7 +125,7 @@ let package = Package(
         .testTarget(name: "SoulfraBrokerTests", dependencies: ["SoulfraBroker", "SoulfraWire", "SoulfraKeys", "SoulfraLimits", "CAllocCounter"]),
         .testTarget(name: "SoulfraKeysTests", dependencies: ["SoulfraKeys", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraRateTests", dependencies: ["SoulfraRate"]),
-        .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraVaultStore", "SoulfraLoop", "SoulfraTestSupport"]),
+        .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraVaultStore", "SoulfraLoop", "SoulfraPeerLink", "SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),

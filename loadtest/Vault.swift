@@ -3,22 +3,34 @@ import Foundation
 import Synchronization
 import SoulfraLoop
 import SoulfraNet
+import SoulfraPeer
+import SoulfraPeerLink
+import SoulfraWire
 import SoulfraVault
 import SoulfraVaultStore
 
-/// Durable acknowledged appends to a vault segment on this machine's disk, through the io_uring loop, with
-/// `concurrency` appends outstanding (each acknowledged one is replaced at once): what group commit makes of
-/// the disk's fsync latency.
+/// Durable acknowledged appends, `concurrency` producers each with one append outstanding (an acknowledged one
+/// is replaced at once): through a daemon's vault (`--broker`: one instance link, one vault stream per
+/// producer, acknowledged once written and synced), or to a vault segment on this machine's disk directly
+/// (what group commit makes of the disk's fsync latency, without the broker).
 struct VaultBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault",
-        abstract: "Durable appends/s to a vault segment through the loop, N outstanding (group commit at work).")
-    @Option(help: "Directory for the segment (a file in it is created and removed).") var dir = NSTemporaryDirectory()
+        abstract: "Durable appends/s with N producers: through a daemon's vault (--broker), or to a segment directly.")
+    @Option(help: "Directory for the segment, direct mode (a file in it is created and removed).") var dir = NSTemporaryDirectory()
     @Option(help: "Event payload bytes.") var size = 256
-    @Option(help: "Appends outstanding at once (producers).") var concurrency = 16
+    @Option(help: "Producers, one append outstanding each.") var concurrency = 16
     @Option(help: "Seconds to run.") var seconds = 4.0
+    @Option(help: "A daemon's broker (tcp:host:port, host:port or unix:/path): append through its vault.") var broker: String?
+    @Option(help: "World the producing instance belongs to (broker mode).") var world = "bench"
+    @Option(name: .customLong("instance-token")) var instanceToken = "dev-instance-token-bench"
+    @Option(name: .customLong("server-pid"), help: "PID of the daemon, for server CPU per append (/proc).") var serverPID: Int32?
 
     func run() throws {
+        if let broker {
+            try throughBroker(try parseAddress(broker)).print()
+            return
+        }
         let path = "\(dir)/soulfra-vault-bench-\(getpid()).log"
         unlink(path)
         defer { unlink(path) }
@@ -51,6 +63,87 @@ struct VaultBench: ParsableCommand {
             ("mean commit us", String(format: "%.1f", r.batches > 0 ? Double(r.commitNanos) / Double(r.batches) / 1_000 : 0)),
         ]
         report.print()
+    }
+}
+
+extension VaultBench {
+    /// One instance link, `concurrency` append streams (one session each), one append outstanding per stream.
+    func throughBroker(_ address: PeerAddress) throws -> Report {
+        let conn = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: world, instance: "vault-bench",
+                                                                             token: instanceToken))
+        let producers = VaultProducers(size: max(8, size))
+        conn.link.delegate = producers
+        try conn.handshake()
+        let streams = (0..<concurrency).map { i in
+            conn.link.open(Open(target: .vault, world: world, session: "bench-\(getpid())-\(i)", detail: "append"))
+        }
+        let stats = serverPID.map(ProcessStats.init(pid:))
+        let cpu0 = stats?.cpuMicroseconds
+        let start = monotonicNanoseconds()
+        let end = start + UInt64(seconds * 1e9)
+        for s in streams { producers.send(conn.link, s, now: start) }
+        while monotonicNanoseconds() < end {
+            guard conn.pump(timeoutMilliseconds: 1) else { throw LoadtestError("vault: the link closed: \(conn.link.state)") }
+            let now = monotonicNanoseconds()
+            for s in producers.takeReady() where now < end { producers.send(conn.link, s, now: now) }
+        }
+        // The appends in flight are let finish (bounded), so the server's CPU covers what was counted.
+        let drain = monotonicNanoseconds() + 2_000_000_000
+        while producers.outstanding > 0 && monotonicNanoseconds() < drain { _ = conn.pump(timeoutMilliseconds: 1) }
+        let elapsed = Double(monotonicNanoseconds() - start) / 1e9
+        let cpu = cpu0.flatMap { c0 in stats?.cpuMicroseconds.map { $0 - c0 } }
+        conn.close()
+        guard producers.failures == 0 || producers.acked > 0 else { throw LoadtestError("vault: every append failed: \(producers.lastFailure)") }
+        var report = Report(scenario: "vault-appends", target: "soulfra", seconds: elapsed, frames: producers.acked,
+                            bytes: producers.acked * UInt64(size), latency: producers.latency, latencyKind: "ack (append → durable ACK)")
+        report.serverCPUMicros = cpu
+        report.extra = [("concurrency", "\(concurrency)"), ("failed", "\(producers.failures)"), ("via", "broker")]
+        return report
+    }
+}
+
+/// The producers' side of the vault streams: one append outstanding per stream, its send time kept.
+final class VaultProducers: PeerLinkDelegate {
+    let payload: UnsafeMutableRawBufferPointer
+    var sentAt: [UInt32: UInt64] = [:]
+    var ready: [UInt32] = []
+    var latency = Latency()
+    var acked: UInt64 = 0
+    var failures: UInt64 = 0
+    var lastFailure = ""
+    var outstanding: Int { sentAt.count }
+
+    init(size: Int) {
+        payload = .allocate(byteCount: size, alignment: 8)
+        payload.initializeMemory(as: UInt8.self, repeating: 0x76)
+        payload[0] = 1  // the event's kind
+    }
+
+    deinit { payload.deallocate() }
+
+    func send(_ link: PeerLink, _ s: UInt32, now: UInt64) {
+        guard link.send(stream: s, payload: UnsafeRawBufferPointer(payload)) else { return }
+        sentAt[s] = now
+    }
+
+    func takeReady() -> [UInt32] {
+        defer { ready.removeAll(keepingCapacity: true) }
+        return ready
+    }
+
+    func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+        guard let t = sentAt.removeValue(forKey: stream) else { return }
+        switch VaultMessage.decode(payload) {
+        case .ack(let a)?:
+            acked &+= UInt64(a.count)
+            latency.record(monotonicNanoseconds() &- t)
+        case .fail(let n, let errno, _, let reason)?:
+            failures &+= UInt64(n)
+            lastFailure = "errno \(errno): \(reason)"
+        default:
+            failures &+= 1
+        }
+        ready.append(stream)
     }
 }
 

@@ -191,4 +191,63 @@ struct VaultProcessTests {
         #expect(inst.read(world: "arena", session: "x", .read(after: 0, limit: 100)).events.map { String(decoding: $0.payload, as: UTF8.self) }
                 == (0..<30).map { "arena \($0)" })
     }
+
+    @Test("a stalled vault (SIGSTOP) slows its producers through credit; the broker holds a bounded amount; all flows again on SIGCONT")
+    func stalledVault() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-vaultstall-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "{}".write(toFile: dir + "/empty.json", atomically: true, encoding: .utf8)
+        let server = try BrokerServer.start(testConfig { $0.vaultDirectory = "" })
+        defer { server.stop() }
+        let vault = Process()
+        vault.executableURL = URL(fileURLWithPath: soulfraBinary)
+        vault.arguments = ["vault", "--config", dir + "/empty.json", "--broker", server.unixPath!, "--directory", dir + "/vault"]
+        vault.environment = ["SOULFRA_VAULT_TOKEN": testTokens.vault]
+        vault.standardError = FileHandle.nullDevice
+        try vault.run()
+        defer {
+            kill(vault.processIdentifier, SIGCONT)
+            kill(vault.processIdentifier, SIGKILL)
+            vault.waitUntilExit()
+        }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 1 { usleep(10_000) }
+        let inst = VaultClient(try server.connect(.instance, world: "playground"))
+        let streams = (0..<4).map { inst.conn.link.open(Open(target: .vault, world: "playground", session: "p\($0)", detail: "append")) }
+        var sent = [Int](repeating: 0, count: 4)
+        let event = String(repeating: "e", count: 500)
+        func produce() {
+            for (k, s) in streams.enumerated() {
+                while inst.conn.link.window(s).map({ $0.bytes > 600 && $0.frames > 0 }) ?? false, inst.append(s, event) { sent[k] += 1 }
+            }
+        }
+        let acked = { streams.map { inst.acks($0).count } }
+        // Flowing: the producers send as fast as acks and credit allow.
+        pumpUntil([inst.conn], milliseconds: 3_000) {
+            produce()
+            return acked().reduce(0, +) > 200
+        }
+        #expect(acked().reduce(0, +) > 200)
+        kill(vault.processIdentifier, SIGSTOP)
+        // Stalled: whatever the producers try, they run out of window; the broker holds at most what credit allowed.
+        let stalledAt = sent
+        pumpUntil([inst.conn], milliseconds: 1_500) {
+            produce()
+            return false
+        }
+        let grown = zip(sent, stalledAt).map { $0 - $1 }
+        let credit = Int(inst.conn.link.welcome!.streamCreditBytes)
+        #expect(grown.allSatisfy { $0 * 501 <= credit + 501 }, "a producer kept sending into a stalled vault: \(grown)")
+        let held = try #require(server.snapshotNow()).queueBytesByKind[Int(PeerKind.vault.rawValue)]
+        #expect(held <= 4 * credit + (64 << 10), "the broker holds \(held) bytes for the stalled vault")
+        let sentWhileStalled = sent.reduce(0, +)
+        kill(vault.processIdentifier, SIGCONT)
+        // Flowing again: every event sent is acknowledged.
+        let drained = pumpUntil([inst.conn], milliseconds: 10_000) {
+            acked().reduce(0, +) == sentWhileStalled
+        }
+        #expect(drained, "acked \(acked()) of \(sent)")
+    }
 }
+
