@@ -211,6 +211,7 @@ final class VaultBenchDriver: LoopDelegate {
         segment.fileDone(operation, result: result, now: now)
     }
     func loopFlush(now: UInt64) {
+        if segment.policy.gatherUntil != nil { segment.tick(now: now) }
         fill(now: now)
         if stopping && started.isEmpty {
             segment.close()

@@ -155,6 +155,18 @@ int sf_prep_write_fsync(sf_ring *ring, int fd, const void *buf, unsigned len, ui
     return 0;
 }
 
+int sf_prep_alarm(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    // Like the tick's timespec (below), read at submit time: one alarm in flight per ring, its own storage.
+    static __thread struct __kernel_timespec ts;
+    ts.tv_sec = (long long)(nanoseconds / 1000000000ull);
+    ts.tv_nsec = (long long)(nanoseconds % 1000000000ull);
+    io_uring_prep_timeout(sqe, &ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int sf_prep_timeout(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data) {
     struct io_uring_sqe *sqe = sqe_for(ring);
     if (!sqe) return -EBUSY;

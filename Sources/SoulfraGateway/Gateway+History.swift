@@ -1,3 +1,4 @@
+import SoulfraHTTP
 import SoulfraVault
 import SoulfraWire
 
@@ -55,7 +56,7 @@ extension Gateway {
     /// The page is in: answer it as JSON.
     func finishHistory(_ ex: Exchange) {
         guard !ex.responded else { return }
-        var json = #"{"world":"# + Self.jsonString(ex.route.world) + #","session":"# + Self.jsonString(ex.session) + #","events":["#
+        var json = #"{"world":"# + JSONText.string(ex.route.world) + #","session":"# + JSONText.string(ex.session) + #","events":["#
         var start = 0
         var first = true
         var end: (next: UInt64, more: Bool)?
@@ -66,7 +67,7 @@ extension Gateway {
                 switch m {
                 case .record(let e):
                     json += (first ? "" : ",") + #"{"seq":\#(e.sessionSequence),"sequence":\#(e.sequence),"time_ms":\#(e.unixMilliseconds),"kind":\#(e.kind),"data":"#
-                        + Self.jsonString(String(decoding: e.payload, as: UTF8.self)) + "}"
+                        + JSONText.string(String(decoding: e.payload, as: UTF8.self)) + "}"
                     first = false
                 case .end(let next, let more):
                     end = (next, more)
@@ -81,31 +82,12 @@ extension Gateway {
         }
         json += #"],"next_after":\#(end.next),"more":\#(end.more)"#
         if end.more {
-            json += #","next":"# + Self.jsonString("/v1/worlds/\(ex.route.world)/sessions/\(ex.session)?after=\(end.next)&limit=\(ex.historyLimit)")
+            json += #","next":"# + JSONText.string("/v1/worlds/\(ex.route.world)/sessions/\(ex.session)?after=\(end.next)&limit=\(ex.historyLimit)")
         }
         json += "}"
         ex.history = []
         ex.historyEnds = []
         ex.awaitingAnswer = false
         finishUnary(ex, status: 200, body: Array(json.utf8), now: now)
-    }
-
-    /// `s` as a JSON string literal.
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let hex = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out + "\""
     }
 }

@@ -103,7 +103,7 @@ public struct LoopCounters: Sendable, Equatable {
 /// Nothing here locks; the only cross-thread entry is the mailbox's eventfd.
 public final class EventLoop {
     enum Op: UInt64 {
-        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync, read
+        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync, read, alarm
     }
 
     struct Slot {
@@ -147,6 +147,7 @@ public final class EventLoop {
         case write(UInt32, UInt32)
         case sync(UInt32, UInt32, dataOnly: Bool)
         case read(UInt32, UInt32)
+        case alarm(UInt64)
     }
 
     public let limits: LoopLimits
@@ -170,6 +171,8 @@ public final class EventLoop {
     var closingSlots: [UInt32] = []
     private var handoffSlots: [UInt32] = []
     private var stopped = false
+    /// The deadline of the alarm in flight (`wake(at:now:)`), if any.
+    private var alarmAt: UInt64?
     public let mailbox: LoopMailbox
     /// The eventfd counter is read into here by the kernel: stable memory, not a Swift property.
     private let mailboxValue: UnsafeMutablePointer<UInt64>
@@ -226,6 +229,15 @@ public final class EventLoop {
 
     /// Ends `run` after the current batch.
     public func stop() { stopped = true }
+
+    /// Makes the loop turn (and call `loopFlush`) by `deadline` (monotonic ns) even if nothing else happens, for
+    /// waits finer than the tick. One alarm is in flight at a time: while one is armed a later or earlier
+    /// request is served by it (the asker looks again when it fires and asks anew).
+    public func wake(at deadline: UInt64, now: UInt64) {
+        guard alarmAt == nil, !stopped else { return }
+        alarmAt = deadline
+        submit(.alarm(deadline > now ? max(deadline - now, 1_000) : 1_000))
+    }
 
     // MARK: - Operations for the delegate
 
@@ -457,6 +469,8 @@ public final class EventLoop {
             guard slots[i].inUse, slots[i].generation == gen else { return true }
             let s = slots[i]
             rc = sf_prep_read_at(ring, s.fd, s.readBase, UInt32(s.readCount), s.readOffset, ud(file, gen, .read))
+        case .alarm(let nanoseconds):
+            rc = sf_prep_alarm(ring, nanoseconds, ud(0, 0, .alarm))
         }
         return rc != -EBUSY
     }
@@ -573,6 +587,8 @@ public final class EventLoop {
             onFileDone(slot, gen, cqe, .sync, now: now)
         case .read:
             onFileDone(slot, gen, cqe, .read, now: now)
+        case .alarm:
+            alarmAt = nil  // the batch's `loopFlush` follows: whoever asked looks again
         }
     }
 

@@ -18,6 +18,9 @@ final class AdminConnection {
     private(set) var closeAfterOutput = false
     let routes: () -> AdminRoutes
     private var head: HTTPRequestHead?
+    /// A route answers later: input is not read meanwhile, and the connection closes after that answer (so a
+    /// pipelined request never overtakes it).
+    private(set) var waiting = false
 
     /// `routes` is looked up per request: the table may change while the connection is open.
     init(routes: @escaping () -> AdminRoutes) { self.routes = routes }
@@ -26,7 +29,7 @@ final class AdminConnection {
     func finish() { closeAfterOutput = true }
 
     func receive(_ bytes: UnsafeRawBufferPointer) {
-        guard !closeAfterOutput else { return }
+        guard !closeAfterOutput, !waiting else { return }
         parser.feed(bytes, onEvent: { event in
             switch event {
             case .head(let h): head = h
@@ -34,11 +37,23 @@ final class AdminConnection {
             case .end:
                 if let h = head {
                     if !h.keepAlive { closeAfterOutput = true }
-                    write(routes().answer(h), headOnly: h.method == "HEAD")
+                    switch routes().answer(h) {
+                    case .now(let r):
+                        write(r, headOnly: h.method == "HEAD")
+                    case .later(let start):
+                        waiting = true
+                        let headOnly = h.method == "HEAD"
+                        start { [weak self] r in
+                            guard let self, self.waiting else { return }
+                            self.waiting = false
+                            self.closeAfterOutput = true
+                            self.write(r, headOnly: headOnly)
+                        }
+                    }
                 }
                 head = nil
             }
-            return !closeAfterOutput
+            return !closeAfterOutput && !waiting
         }, onError: { e in
             closeAfterOutput = true
             write(.error(.badRequest, e.reason, status: e.status), headOnly: false)

@@ -18,6 +18,13 @@ struct AdminResponse {
     }
 }
 
+/// A route's answer: now, or later (the route starts work elsewhere — another loop — and calls back with the
+/// response on this loop).
+enum AdminAnswer {
+    case now(AdminResponse)
+    case later((@escaping (AdminResponse) -> Void) -> Void)
+}
+
 /// A request as a route sees it: the head, and the values of the path's `{name}` segments.
 struct AdminRequest {
     let head: HTTPRequestHead
@@ -31,13 +38,21 @@ struct AdminRoute {
     let method: String
     let pattern: [Substring]
     let needsToken: Bool
-    let handle: (AdminRequest) -> AdminResponse
+    let handle: (AdminRequest) -> AdminAnswer
 
     init(_ method: String, _ pattern: String, needsToken: Bool, _ handle: @escaping (AdminRequest) -> AdminResponse) {
         self.method = method
         self.pattern = pattern.split(separator: "/", omittingEmptySubsequences: false)
         self.needsToken = needsToken
-        self.handle = handle
+        self.handle = { .now(handle($0)) }
+    }
+
+    /// A route that may answer later (`AdminAnswer.later`).
+    init(_ method: String, _ pattern: String, needsToken: Bool, answer: @escaping (AdminRequest) -> AdminAnswer) {
+        self.method = method
+        self.pattern = pattern.split(separator: "/", omittingEmptySubsequences: false)
+        self.needsToken = needsToken
+        self.handle = answer
     }
 
     /// The path's parameters if it matches the pattern.
@@ -67,7 +82,7 @@ struct AdminRoutes {
 
     mutating func add(_ route: AdminRoute) { routes.append(route) }
 
-    func answer(_ head: HTTPRequestHead) -> AdminResponse {
+    func answer(_ head: HTTPRequestHead) -> AdminAnswer {
         let path = head.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.target
         let segments = path.split(separator: "/", omittingEmptySubsequences: false)
         let method = head.method == "HEAD" ? "GET" : head.method
@@ -79,16 +94,16 @@ struct AdminRoutes {
                 continue
             }
             if route.needsToken && !authorized(head) {
-                return .error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
-                              fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)])
+                return .now(.error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
+                                   fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)]))
             }
             return route.handle(AdminRequest(head: head, path: path, parameters: parameters))
         }
         guard allowed.isEmpty else {
             let allow = (allowed.contains("GET") ? allowed + ["HEAD"] : allowed).joined(separator: ", ")
-            return .error(.methodNotAllowed, "\(head.method) is not allowed here", fields: [("allow", allow)])
+            return .now(.error(.methodNotAllowed, "\(head.method) is not allowed here", fields: [("allow", allow)]))
         }
-        return .error(.notFound, "no route for \(path)")
+        return .now(.error(.notFound, "no route for \(path)"))
     }
 
     private func authorized(_ h: HTTPRequestHead) -> Bool {

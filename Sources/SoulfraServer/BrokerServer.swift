@@ -11,6 +11,7 @@ import SoulfraPeer
 import SoulfraPeerLink
 import SoulfraNet
 import SoulfraTLS
+import SoulfraVault
 import SoulfraWire
 
 /// What a listener serves.
@@ -39,6 +40,9 @@ public final class BrokerServer: Sendable {
         case install(AccessTable, KeyTable)
         case setBalancer(BalancerPolicy, world: String)
         case publishSnapshot
+        /// Read a page from this loop's vault and answer loop `replyTo` with `vaultPage` under `ticket`.
+        case vaultRead(world: String, session: [UInt8], VaultRequest, ticket: UInt64, replyTo: Int)
+        case vaultPage(ticket: UInt64, Result<VaultPage, VaultFailure>)
     }
 
     /// A socket moving to another loop, with the bytes already read from it (HELLO and anything after).

@@ -179,6 +179,7 @@ public final class VaultProcess: LoopDelegate, @unchecked Sendable {
     }
 
     public func loopFlush(now: UInt64) {
+        store.poll(now: now)
         for (conn, r) in remotes where !r.queue.inFlight {
             if !r.peer.output.isEmpty {
                 r.queue.out.append(r.peer.output.readable)

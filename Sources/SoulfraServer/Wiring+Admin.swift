@@ -3,6 +3,9 @@ import SoulfraBroker
 import SoulfraGateway
 import SoulfraLoop
 import SoulfraMetrics
+import SoulfraVault
+import SoulfraNet
+import SoulfraHTTP
 
 /// The admin listener: its routes, its connections' output, and `/metrics`.
 extension Wiring {
@@ -16,7 +19,56 @@ extension Wiring {
         r.add(AdminRoute("GET", "/metrics", needsToken: true) { [unowned self] _ in
             AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: renderMetrics())
         })
+        r.add(AdminRoute("GET", "/admin/v1/worlds/{world}/replay", needsToken: true, answer: { [unowned self] req in replay(req) }))
         return r
+    }
+
+    /// `GET /admin/v1/worlds/{world}/replay?from_ms=&to_ms=&after=&limit=`: every session's events of the world
+    /// stamped in `[from_ms, to_ms)`, after log sequence `after`, in log order, one page (docs/api.md).
+    func replay(_ req: AdminRequest) -> AdminAnswer {
+        let world = req.parameters["world"] ?? ""
+        var fields: [Substring: UInt64] = [:]
+        if let q = req.head.target.split(separator: "?", maxSplits: 1).dropFirst().first {
+            for pair in q.split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2, ["from_ms", "to_ms", "after", "limit"].contains(kv[0]), let v = UInt64(kv[1]) else {
+                    return .now(.error(.invalidRequest, "query fields are from_ms, to_ms, after and limit, whole numbers; got \"\(pair)\""))
+                }
+                fields[kv[0]] = v
+            }
+        }
+        let limit = fields["limit"] ?? 100
+        guard (1...UInt64(VaultRequest.maxLimit)).contains(limit) else {
+            return .now(.error(.invalidRequest, "limit must be 1 to \(VaultRequest.maxLimit)"))
+        }
+        let request = VaultRequest.replay(fromMilliseconds: fields["from_ms"] ?? 0, toMilliseconds: fields["to_ms"] ?? .max,
+                                          after: fields["after"] ?? 0, limit: Int(limit))
+        return .later { [unowned self] respond in
+            readVault(world: world, session: [], request, now: monotonicNanoseconds()) { result in
+                switch result {
+                case .success(let page): respond(AdminResponse(status: 200, contentType: "application/json",
+                                                               body: Self.replayJSON(world: world, page, fields: fields, limit: limit)))
+                case .failure(let f): respond(.error(.vaultUnavailable, "the vault could not read \(world): \(f.reason)"))
+                }
+            }
+        }
+    }
+
+    static func replayJSON(world: String, _ page: VaultPage, fields: [Substring: UInt64], limit: UInt64) -> String {
+        var json = #"{"world":"# + JSONText.string(world) + #","events":["#
+        for (k, e) in page.events.enumerated() {
+            json += (k == 0 ? "" : ",") + #"{"sequence":\#(e.sequence),"session":"# + JSONText.string(String(decoding: e.session, as: UTF8.self))
+                + #","seq":\#(e.sessionSequence),"time_ms":\#(e.unixMilliseconds),"kind":\#(e.kind),"data":"#
+                + JSONText.string(String(decoding: e.payload, as: UTF8.self)) + "}"
+        }
+        json += #"],"next_after":\#(page.next),"more":\#(page.more)"#
+        if page.more {
+            var next = "/admin/v1/worlds/\(world)/replay?after=\(page.next)&limit=\(limit)"
+            if let f = fields["from_ms"] { next += "&from_ms=\(f)" }
+            if let t = fields["to_ms"] { next += "&to_ms=\(t)" }
+            json += #","next":"# + JSONText.string(next)
+        }
+        return json + "}\n"
     }
 
     func flushAdmin(now: UInt64) {

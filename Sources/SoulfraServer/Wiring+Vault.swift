@@ -92,3 +92,23 @@ extension Wiring {
         }
     }
 }
+
+extension Wiring {
+    /// Reads a page of `world`'s events from whichever loop's vault stores it; `done` runs on this loop.
+    func readVault(world: String, session: [UInt8], _ request: VaultRequest, now: UInt64,
+                   done: @escaping (Result<VaultPage, VaultFailure>) -> Void) {
+        let target = Wire.loop(forWorld: world, count: inboxes.count)
+        guard target != inbox.index else {
+            guard let v = vault else {
+                return done(.failure(VaultFailure(errno: ENOENT, reason: "no vault runs in this process (vault.directory is empty)")))
+            }
+            return v.store.read(world: world, session: session, request, now: now, done: done)
+        }
+        nextVaultTicket &+= 1
+        vaultReplies[nextVaultTicket] = done
+        inboxes[target].commands.withLock {
+            $0.append(.vaultRead(world: world, session: session, request, ticket: nextVaultTicket, replyTo: inbox.index))
+        }
+        inboxes[target].wake()
+    }
+}

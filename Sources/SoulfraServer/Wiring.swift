@@ -6,6 +6,7 @@ import SoulfraLoop
 import SoulfraPeer
 import SoulfraPeerLink
 import SoulfraNet
+import SoulfraVault
 import SoulfraWire
 
 /// Joins one loop's broker, gateway and admin endpoints to its ring: loop events in, output and actions
@@ -66,6 +67,9 @@ final class Wiring: LoopDelegate {
     var gateway: Gateway?
     /// The vault in this process (this loop's worlds), when the daemon runs one.
     var vault: InProcessVault?
+    /// Reads asked of other loops' vaults, waiting for their pages (by ticket).
+    var vaultReplies: [UInt64: (Result<VaultPage, VaultFailure>) -> Void] = [:]
+    var nextVaultTicket: UInt64 = 0
     /// Peers in this process attached to this loop's broker without a socket (the gateway's link to it),
     /// under ids from `firstInProcessID` up: `inProcess[id - firstInProcessID]`.
     var inProcess: [InProcessLink] = []
@@ -257,6 +261,13 @@ final class Wiring: LoopDelegate {
                 broker.setBalancer(p, forWorld: world)
             case .publishSnapshot:
                 publish()
+            case .vaultRead(let world, let session, let request, let ticket, let replyTo):
+                readVault(world: world, session: session, request, now: now) { [inboxes] result in
+                    inboxes[replyTo].commands.withLock { $0.append(.vaultPage(ticket: ticket, result)) }
+                    inboxes[replyTo].wake()
+                }
+            case .vaultPage(let ticket, let result):
+                vaultReplies.removeValue(forKey: ticket)?(result)
             }
         }
     }
@@ -283,6 +294,7 @@ final class Wiring: LoopDelegate {
 
     @inline(__always)
     func loopFlush(now: UInt64) {
+        vault?.store.poll(now: now)
         if let g = gateway {
             g.now = now
             pumpInProcess(now: now)

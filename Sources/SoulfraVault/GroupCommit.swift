@@ -6,6 +6,15 @@
 /// is acknowledged only once the fsync after its bytes completed. Sequence numbers (in the log and per
 /// session) are given when a batch is formed, and given back if the batch fails, so the log never has a gap.
 ///
+/// **Gathering.** When a batch completes, its producers get their answers and usually send again within a
+/// round trip; a batch started at once would hold only the few appends that came during the fsync, and the
+/// producers would split into groups that take turns (half the appends per fsync). So the next batch waits
+/// until as many appends are pending as the system held a moment ago (the batch just completed plus those that
+/// waited), or for at most one commit time (`maxGatherNanoseconds` at most), whichever comes first; the owner
+/// is told when to look again (`wake`). One producer is never held: its append is all there is. Nor are many
+/// (more than `maxGatherAppends` outstanding): their batches are large already, the fsync is a small part of
+/// each append's cost, and waiting would only idle a busy loop.
+///
 /// **Failures.** A short write continues where it stopped (its linked sync was cancelled by the kernel). A
 /// failed write or sync (a full disk, an I/O error) fails the batch's appends with the errno — none of them is
 /// acknowledged, and the next batch is written over the same region — then waits `retry` before trying the
@@ -62,6 +71,8 @@ public struct GroupCommit {
         case acknowledge([Durable])
         /// These appends are not stored (`errno`: ENOSPC, EIO, …); the producers should be told to retry.
         case fail([UInt64], errno: Int32)
+        /// Call `tick` at (or after) this time: the next batch is gathering.
+        case wake(at: UInt64)
     }
 
     /// Bytes of the log known to be on disk and synced: where the next batch is written.
@@ -91,6 +102,16 @@ public struct GroupCommit {
     private var retryDelay: UInt64
 
     public let maxBatchBytes: Int
+    /// The longest the next batch waits for the producers just answered (0: never), and the most outstanding
+    /// appends it waits for.
+    public let maxGatherNanoseconds: UInt64
+    public let maxGatherAppends: Int
+    /// While gathering: the pending appends to wait for, and until when.
+    public private(set) var gatherTarget = 0
+    public private(set) var gatherUntil: UInt64?
+    /// Batches that waited to gather, and how many of them waited the full time.
+    public private(set) var gathers: UInt64 = 0
+    public private(set) var gatherTimeouts: UInt64 = 0
     public let retryNanoseconds: UInt64
     public let maxRetryNanoseconds: UInt64
 
@@ -105,7 +126,10 @@ public struct GroupCommit {
     /// A log whose first `durableBytes` are good (a recovery scan's `valid`), ending at `lastSequence`, with the
     /// last sequence number of each session seen.
     public init(durableBytes: UInt64 = 0, lastSequence: UInt64 = 0, sessions: [[UInt8]: UInt64] = [:],
-                maxBatchBytes: Int = 1 << 20, retryNanoseconds: UInt64 = 100_000_000, maxRetryNanoseconds: UInt64 = 2_000_000_000) {
+                maxBatchBytes: Int = 1 << 20, maxGatherNanoseconds: UInt64 = 2_000_000, maxGatherAppends: Int = 64,
+                retryNanoseconds: UInt64 = 100_000_000, maxRetryNanoseconds: UInt64 = 2_000_000_000) {
+        self.maxGatherNanoseconds = maxGatherNanoseconds
+        self.maxGatherAppends = maxGatherAppends
         self.durableBytes = durableBytes
         self.writtenUntil = durableBytes
         self.lastSequence = lastSequence
@@ -124,7 +148,10 @@ public struct GroupCommit {
     public private(set) var sealed = false
 
     /// Starts no more batches here (`false`: starts them again).
-    public mutating func seal(_ on: Bool = true) { sealed = on }
+    public mutating func seal(_ on: Bool = true) {
+        sealed = on
+        if on { gatherUntil = nil }
+    }
 
     /// The appends waiting (not yet in a batch), taken out to go to the next segment; and the sequence numbers
     /// the next segment goes on from.
@@ -177,12 +204,25 @@ public struct GroupCommit {
         largestBatch = max(largestBatch, done.count)
         lastCommitNanoseconds = now &- batchStartedAt
         retryDelay = retryNanoseconds
+        let outstanding = done.count + pending.count
+        if done.count > 1 && outstanding <= maxGatherAppends && maxGatherNanoseconds > 0 && !sealed {
+            gatherTarget = outstanding
+            let until = now &+ min(lastCommitNanoseconds, maxGatherNanoseconds)
+            gatherUntil = until
+            gathers &+= 1
+            return [.acknowledge(done), .wake(at: until)]
+        }
         return [.acknowledge(done)] + startBatch(now: now)
     }
 
     /// Forms the next batch from what waits, if nothing is in flight and no retry delay runs.
     private mutating func startBatch(now: UInt64) -> [Action] {
         guard !writing, !sealed, !pending.isEmpty else { return [] }
+        if let until = gatherUntil {
+            guard pending.count >= gatherTarget || now >= until else { return [] }
+            if pending.count < gatherTarget { gatherTimeouts &+= 1 }
+            gatherUntil = nil
+        }
         if let at = retryAt {
             guard now >= at else { return [] }
             retryAt = nil

@@ -17,6 +17,8 @@ public final class VaultSegment {
     /// Appends made durable, in log order; appends that failed, with the errno.
     public var onDurable: ([GroupCommit.Durable]) -> Void = { _ in }
     public var onFailed: ([UInt64], Int32) -> Void = { _, _ in }
+    /// The next batch is gathering until the given time: `tick` the segment then (or on any loop turn before).
+    public var onWake: (UInt64) -> Void = { _ in }
     /// What recovery found: good records, bytes cut off the end, and why.
     public let recoveredRecords: Int
     public let cutBytes: Int
@@ -168,12 +170,12 @@ public final class VaultSegment {
 
     /// Stores an event: it is acknowledged (`onDurable`) once on disk and synced.
     public func append(_ a: GroupCommit.Append, now: UInt64) {
-        run(policy.append(a, now: now))
+        run(policy.append(a, now: now), now: now)
     }
 
     /// Retries after a failure once its delay is over; call from the loop's tick.
     public func tick(now: UInt64) {
-        run(policy.tick(now: now))
+        run(policy.tick(now: now), now: now)
     }
 
     /// The loop finished a write or sync on this segment's file.
@@ -187,7 +189,7 @@ public final class VaultSegment {
             // Every write goes with a linked sync, whose completion comes after the write's.
             let written = writeResult ?? -LinuxErrnoValue.io
             writeResult = nil
-            run(policy.completed(written: written, synced: result, now: now))
+            run(policy.completed(written: written, synced: result, now: now), now: now)
         }
     }
 
@@ -202,7 +204,7 @@ public final class VaultSegment {
         loop.closeFile(file)
     }
 
-    private func run(_ actions: [GroupCommit.Action]) {
+    private func run(_ actions: [GroupCommit.Action], now: UInt64) {
         for action in actions {
             switch action {
             case .writeAndSync(let offset, let from, let count):
@@ -218,6 +220,9 @@ public final class VaultSegment {
                 onDurable(durable)
             case .fail(let ids, let errno):
                 onFailed(ids, errno)
+            case .wake(let at):
+                loop.wake(at: at, now: now)
+                onWake(at)
             }
         }
     }

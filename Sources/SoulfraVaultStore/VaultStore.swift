@@ -40,6 +40,8 @@ public final class VaultStore: VaultStorage {
     /// Lines for the daemon's log (`error_alert` ones for failures people must see).
     public var log: (String) -> Void = { _ in }
     private var lastRetention: UInt64 = 0
+    /// Segments whose next batch is gathering (`poll` looks at them on every loop turn).
+    var gathering: [VaultSegment] = []
 
     public init(settings: VaultSettings, loop: EventLoop) {
         self.settings = settings
@@ -127,6 +129,19 @@ public final class VaultStore: VaultStorage {
         guard let w = owners[file] else { return false }
         w.fileDone(file: file, operation: operation, result: result, now: now)
         return true
+    }
+
+    /// A loop turn: segments gathering their next batch start it once it is full or its time is up. Cheap when
+    /// none is gathering; call it from the loop's flush.
+    @inline(__always)
+    public func poll(now: UInt64) {
+        guard !gathering.isEmpty else { return }
+        let list = gathering
+        gathering.removeAll(keepingCapacity: true)
+        for s in list where s.policy.gatherUntil != nil {
+            s.tick(now: now)
+            if s.policy.gatherUntil != nil { gathering.append(s) }
+        }
     }
 
     /// Time passed: retries after failures, rotation, retention (once a second).

@@ -142,6 +142,7 @@ final class VaultWorld {
     private var active: VaultSegment { segments[segments.count - 1].segment }
 
     private func wire(_ segment: VaultSegment) {
+        segment.onWake = { [unowned self, unowned segment] _ in self.store.gathering.append(segment) }
         segment.onDurable = { [unowned self, unowned segment] done in self.durable(done, in: segment) }
         segment.onFailed = { [unowned self, unowned segment] ids, errno in self.failed(ids, errno: errno, in: segment) }
     }

@@ -56,6 +56,7 @@ func drive(_ g: inout GroupCommit, _ disk: inout SimulatedDisk, _ actions: [Grou
             queue += g.completed(written: r.written, synced: r.synced, now: now)
         case .acknowledge(let d): acked += d
         case .fail(let ids, _): failed += ids
+        case .wake(let at): queue += g.tick(now: at)  // the owner looks again when told
         }
     }
     return (acked, failed)
@@ -155,6 +156,38 @@ struct VaultLogTests {
         let scanned = records(disk.file)
         #expect(scanned.records.map { String(decoding: $0.payload, as: UTF8.self) } == ["one", "more", "more", "more"])
         #expect(g.durableBytes == UInt64(disk.file.count))
+    }
+
+    @Test("gathering: after a batch of several, the next waits for as many appends as were outstanding, or one commit time")
+    func gathering() {
+        var g = GroupCommit(maxGatherNanoseconds: 1_000_000)
+        var disk = SimulatedDisk()
+        // Batch 1: one append (2–4 wait behind it); batch 2: 2–4.
+        var actions = g.append(event(1, "a", "x"), now: 0)
+        for id: UInt64 in 2...4 { actions += g.append(event(id, "a", "x"), now: 1) }
+        guard case .writeAndSync(let o, let f, let c) = actions[0] else { Issue.record("no write"); return }
+        let r1 = disk.writeAndSync(g.staged[f..<(f + c)], at: o)
+        let after1 = g.completed(written: r1.written, synced: r1.synced, now: 100_000)
+        #expect(after1.count == 2, "one append acknowledged: no gathering, 2–4 start at once")
+        guard case .writeAndSync(let o2, let f2, let c2) = after1[1] else { Issue.record("no second write"); return }
+        let r2 = disk.writeAndSync(g.staged[f2..<(f2 + c2)], at: o2)
+        // Batch 2 completes after 300 µs with three producers answered and nobody waiting: gather them.
+        let after2 = g.completed(written: r2.written, synced: r2.synced, now: 400_000)
+        #expect(after2.count == 2 && after2.last == .wake(at: 400_000 + 300_000))
+        #expect(g.gatherTarget == 3)
+        #expect(g.append(event(5, "a", "x"), now: 450_000).isEmpty, "1 of 3: wait")
+        #expect(g.append(event(6, "a", "x"), now: 460_000).isEmpty, "2 of 3: wait")
+        let third = g.append(event(7, "a", "x"), now: 470_000)
+        #expect(third.count == 1 && g.writing, "all three are back: one batch for them")
+        guard case .writeAndSync(let o3, let f3, let c3) = third[0] else { return }
+        let r3 = disk.writeAndSync(g.staged[f3..<(f3 + c3)], at: o3)
+        let after3 = g.completed(written: r3.written, synced: r3.synced, now: 700_000)
+        #expect(after3.last == .wake(at: 700_000 + 230_000))
+        // Only one comes back: it goes once the commit time is up, not before.
+        #expect(g.append(event(8, "a", "x"), now: 710_000).isEmpty)
+        #expect(g.tick(now: 900_000).isEmpty)
+        #expect(g.tick(now: 930_000).count == 1 && g.gatherTimeouts == 1 && g.gathers == 2)
+        #expect(g.largestBatch == 3)
     }
 
     @Test("a short write continues where it stopped; the record lands whole")

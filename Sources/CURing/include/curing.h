@@ -66,6 +66,8 @@ int sf_prep_fsync(sf_ring *ring, int fd, int datasync, uint64_t user_data);
 int sf_prep_write_fsync(sf_ring *ring, int fd, const void *buf, unsigned len, uint64_t offset, int datasync,
                         uint64_t write_data, uint64_t sync_data);
 /// A relative timeout of `nanoseconds` that completes with -ETIME.
+/* A one-shot wake-up after `nanoseconds` (one in flight per ring; the tick has its own). */
+int sf_prep_alarm(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 int sf_prep_timeout(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data);
 /// Cancels every request whose user_data equals `target`.
 int sf_prep_cancel(sf_ring *ring, uint64_t target, uint64_t user_data);
