@@ -50,6 +50,9 @@ public struct ServerConfig: Sendable, Equatable {
     /// SESSION_ENCRYPTION=enabled).
     public var vaultEncryptedWorlds: [String] = []
     public var vaultKeyDirectory = "/tmp/soulfra/vault-keys"
+    /// Runtime worker threads in the daemon (0: none; run `soulfra runtime` instead), and their profile.
+    public var runtimeWorkers = 2
+    public var runtimeProfile = "balanced"
 
     public init() {}
 
@@ -117,6 +120,8 @@ public struct ServerConfig: Sendable, Equatable {
             try check(vaultEncryptedWorlds.isEmpty || !vaultKeyDirectory.isEmpty, "vault.encrypt_worlds",
                       "needs vault.key_directory for the worlds' keys")
         }
+        try check((0...64).contains(runtimeWorkers), "runtime.workers", "must be 0 (none in the daemon) to 64, got \(runtimeWorkers)")
+        try check(["balanced", "enterprise"].contains(runtimeProfile), "runtime.profile", "must be balanced or enterprise, got \"\(runtimeProfile)\"")
         try check((0...256).contains(loopCount), "loop.count", "must be 0 (one per CPU) to 256, got \(loopCount)")
         try check(statsIntervalMilliseconds == 0 || statsIntervalMilliseconds >= 100,
                   "stats_interval_milliseconds", "must be 0 (off) or at least 100, got \(statsIntervalMilliseconds)")
@@ -210,6 +215,11 @@ extension ServerConfig {
                 }
             }
             try v.finish()
+        }
+        if var rt = try r.object("runtime") {
+            runtimeWorkers = try rt.int("workers") ?? runtimeWorkers
+            runtimeProfile = try rt.string("profile") ?? runtimeProfile
+            try rt.finish()
         }
         keysFile = try r.string("keys_file") ?? keysFile
         if var l = try r.object("loop") {
@@ -338,6 +348,10 @@ extension ServerConfig {
         if let v = env["SOULFRA_GATEWAY_TLS"] { gatewayTLS = v }
         if let v = env["SOULFRA_KEYS_FILE"] { keysFile = v }
         if let v = env["SOULFRA_VAULT_DIR"] { vaultDirectory = v }
+        if let v = env["SOULFRA_RUNTIME_WORKERS"] {
+            guard let n = Int(v) else { throw Invalid(key: "SOULFRA_RUNTIME_WORKERS", message: "must be a whole number, got \"\(v)\"") }
+            runtimeWorkers = n
+        }
         if let v = env["SOULFRA_LOOPS"] {
             guard let n = Int(v) else { throw Invalid(key: "SOULFRA_LOOPS", message: "must be an integer, got \"\(v)\"") }
             loopCount = n

@@ -11,6 +11,7 @@ import SoulfraPeer
 import SoulfraPeerLink
 import SoulfraNet
 import SoulfraTLS
+import SoulfraRuntime
 import SoulfraVault
 import SoulfraWire
 
@@ -169,6 +170,12 @@ public final class BrokerServer: Sendable {
             thread.start()
         }
         for _ in server.inboxes { ready.wait() }
+        if config.runtimeWorkers > 0 && !config.runtimeToken.isEmpty, let address = server.selfAddress {
+            var o = RuntimeThreads.Options(broker: address, token: config.runtimeToken, workers: config.runtimeWorkers,
+                                           profile: RuntimeProfile.named(config.runtimeProfile) ?? .balanced)
+            o.maxFrameBytes = config.broker.maxFrameBytes
+            server.runtime.start(o, log: log)
+        }
         return server
     }
 
@@ -187,7 +194,13 @@ public final class BrokerServer: Sendable {
     }
 
     /// Asks for a graceful shutdown: GOAWAY, drain, close. Returns at once; `wait()` for the end.
-    public func shutdown() { post(.shutdown) }
+    public func shutdown() {
+        runtime.stop()
+        post(.shutdown)
+    }
+
+    /// The runtime worker threads in this process (`runtime.workers`; none when 0).
+    public let runtime = RuntimeThreads()
 
     /// Replaces keys and tokens atomically on every loop (each swaps its snapshot on its next turn).
     public func install(access: AccessTable, keys: KeyTable) { post(.install(access, keys)) }
@@ -204,7 +217,17 @@ public final class BrokerServer: Sendable {
     public func setBalancer(_ policy: BalancerPolicy, forWorld world: String) { post(.setBalancer(policy, world: world)) }
 
     /// Blocks until every loop thread has exited.
-    public func wait() { done.wait() }
+    public func wait() {
+        done.wait()
+        runtime.wait()
+    }
+
+    /// Where peers in this process reach the broker: its unix socket, else its TCP listener.
+    var selfAddress: PeerAddress? {
+        if let p = unixPath { return .unix(path: p) }
+        guard tcpPort != 0, case .tcp(let host, _)? = addresses.first(where: { if case .tcp = $0 { true } else { false } }) else { return nil }
+        return .tcp(host: host == "0.0.0.0" ? "127.0.0.1" : host, port: tcpPort)
+    }
 
     /// The broker's counters summed over loops, as published at most a second ago (see `snapshotNow`).
     public var snapshot: BrokerSnapshot? { merged(inboxes.compactMap { $0.latest.withLock { $0.snapshot } }) }

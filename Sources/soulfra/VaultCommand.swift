@@ -51,7 +51,7 @@ struct Vault: ParsableCommand {
             try cfg.validate()
             guard !cfg.vaultDirectory.isEmpty else { throw ServerConfig.Invalid(key: "vault.directory", message: "is empty: give --directory") }
             guard !cfg.vaultToken.isEmpty else { throw ServerConfig.Invalid(key: "tokens.vault", message: "is empty: the broker admits a vault by this token (SOULFRA_VAULT_TOKEN)") }
-            address = try brokerAddress(cfg)
+            address = try brokerAddress(broker, cfg)
         } catch {
             fail("\(error)", code: 78)  // EX_CONFIG
         }
@@ -86,20 +86,5 @@ struct Vault: ParsableCommand {
         }.start()
         process.run()
         logLine("vault stopped")
-    }
-
-    private func brokerAddress(_ cfg: ServerConfig) throws -> PeerAddress {
-        if let b = broker {
-            if b.contains("/") { return .unix(path: b) }
-            guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(b, key: "--broker") else {
-                throw ServerConfig.Invalid(key: "--broker", message: "expected a socket path or host:port")
-            }
-            return .tcp(host: host, port: port)
-        }
-        if !cfg.brokerUnixPath.isEmpty { return .unix(path: cfg.brokerUnixPath) }
-        guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(cfg.brokerTCP, key: "listen.broker_tcp") else {
-            throw ServerConfig.Invalid(key: "listen.broker_tcp", message: "expected host:port")
-        }
-        return .tcp(host: host, port: port)
     }
 }

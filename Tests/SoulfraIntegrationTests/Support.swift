@@ -26,6 +26,7 @@ func testConfig(_ tweak: (inout ServerConfig) -> Void = { _ in }) -> ServerConfi
     c.brokerUnixPath = "/tmp/soulfra-test-\(getpid())-\(n)/broker.sock"
     c.vaultDirectory = "/tmp/soulfra-test-\(getpid())-\(n)/vault"
     c.vaultKeyDirectory = "/tmp/soulfra-test-\(getpid())-\(n)/vault-keys"
+    c.runtimeWorkers = 0  // tests that want the daemon's runtime turn it on
     c.brokerTCP = "127.0.0.1:0"
     c.adminTCP = "127.0.0.1:0"
     c.adminToken = "test-admin-token-0001"

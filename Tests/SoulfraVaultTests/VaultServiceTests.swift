@@ -120,3 +120,20 @@ struct VaultServiceTests {
         #expect(service.counters.streamsRefused == 1)
     }
 }
+
+@Suite("The vault service: malformed appends")
+struct VaultServiceMalformedTests {
+    @Test("an empty append ends its stream with protocol_error (and nothing else breaks)")
+    func emptyAppend() {
+        let storage = HeldStorage()
+        let (service, link, s) = VaultServiceTests().setUp(storage)
+        FrameWriter.encode(.data(stream: s, payload: [], end: false)).withUnsafeBytes { link.receive($0, nowMilliseconds: 0) }
+        var code: ErrorCode?
+        let d = FrameDecoder(maxPayload: 1 << 20)
+        try? d.feed(link.output.readable) { h, p throws(WireError) in
+            if case .close(_, let c, _) = try Frame.parse(h, p) { code = c }
+            return true
+        }
+        #expect(code == .protocolError && storage.appends.isEmpty && service.openStreams == 0)
+    }
+}

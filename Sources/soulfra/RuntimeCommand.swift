@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import SoulfraConfig
+import SoulfraPeer
+import SoulfraRuntime
+
+struct Runtime: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run runtime workers on their own, attached to a daemon's broker (to scale AI work out).",
+        discussion: """
+            The daemon runs runtime.workers worker threads itself (2 by default). For more, or on another \
+            machine, run this: each worker attaches to every broker loop as a peer of kind runtime (over the \
+            unix socket, or TCP for a remote daemon), takes agent requests from instances and streams the \
+            replies back token by token (docs/protocol.md, Runtime streams). A lost link is dialled again \
+            with backoff. SIGINT or SIGTERM stops the workers (replies in progress end).
+
+            Profiles: balanced (8 replies at once per worker, 64 waiting) and enterprise (32 at once, 256 \
+            waiting; enterprise requests go first). Backends: builtin (the persona engine; no model, no \
+            network).
+
+            Example:  soulfra runtime --broker 127.0.0.1:7400 --workers 4 --profile enterprise
+            """
+    )
+
+    @Option(name: .long, help: "JSON config file (default: config/soulfra.json if present).")
+    var config: String?
+
+    @Option(name: .long, help: "The broker: a unix socket path, or host:port (default: the config's broker socket, else its TCP listener).")
+    var broker: String?
+
+    @Option(name: .long, help: "Worker threads (default: runtime.workers, at least 1).")
+    var workers: Int?
+
+    @Option(name: .long, help: "balanced or enterprise (default: runtime.profile).")
+    var profile: String?
+
+    func run() throws {
+        var cfg = ServerConfig()
+        let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
+        let address: PeerAddress
+        do {
+            if let path { cfg = try ServerConfig.load(path: path) }
+            try cfg.applyEnvironment(ProcessInfo.processInfo.environment)
+            if let v = workers { cfg.runtimeWorkers = v }
+            if let v = profile { cfg.runtimeProfile = v }
+            try cfg.validate()
+            guard cfg.runtimeWorkers >= 1 else { throw ServerConfig.Invalid(key: "--workers", message: "must be at least 1") }
+            guard !cfg.runtimeToken.isEmpty else {
+                throw ServerConfig.Invalid(key: "tokens.runtime", message: "is empty: the broker admits a runtime worker by this token (SOULFRA_RUNTIME_TOKEN)")
+            }
+            address = try brokerAddress(broker, cfg)
+        } catch {
+            fail("\(error)", code: 78)  // EX_CONFIG
+        }
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+        let threads = RuntimeThreads()
+        var o = RuntimeThreads.Options(broker: address, token: cfg.runtimeToken, workers: cfg.runtimeWorkers,
+                                       profile: RuntimeProfile.named(cfg.runtimeProfile) ?? .balanced)
+        o.maxFrameBytes = cfg.broker.maxFrameBytes
+        threads.start(o) { line in logLine(line) }
+        var sig: Int32 = 0
+        sigwait(&set, &sig)
+        logLine("received signal \(sig): stopping the runtime workers")
+        threads.stop()
+        threads.wait()
+        let c = threads.counters
+        logLine("runtime stopped: \(c.replies) replies, \(c.tokens) tokens, \(c.cancelled) cancelled")
+    }
+}
+
+/// A `--broker` value (a socket path, or host:port), else the config's broker socket, else its TCP listener.
+func brokerAddress(_ flag: String?, _ cfg: ServerConfig) throws -> PeerAddress {
+    if let b = flag {
+        if b.contains("/") { return .unix(path: b) }
+        guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(b, key: "--broker") else {
+            throw ServerConfig.Invalid(key: "--broker", message: "expected a socket path or host:port")
+        }
+        return .tcp(host: host, port: port)
+    }
+    if !cfg.brokerUnixPath.isEmpty { return .unix(path: cfg.brokerUnixPath) }
+    guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(cfg.brokerTCP, key: "listen.broker_tcp") else {
+        throw ServerConfig.Invalid(key: "listen.broker_tcp", message: "expected host:port")
+    }
+    return .tcp(host: host, port: port)
+}
