@@ -14,6 +14,7 @@
 //   SoulfraVaultStore     ← Vault, Loop, Net          worlds' segments on disk through the ring, reads, retention
 //   SoulfraRuntime        ← PeerLink, Peer, Wire, Net, HTTP   runtime workers: agent requests, the persona
 //                                                     engine, worker threads (Foundation for JSON)
+//   SoulfraWorld          ← Runtime, Vault, PeerLink, Wire, HTTP   a world instance's 3-way conversation logic
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
 //                                                     table; keys and permissions as configured
 //   SoulfraConfig         ← Limits, Keys, Net         the config file, environment and validation (Foundation)
@@ -65,6 +66,7 @@ let package = Package(
         .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The vault's log, sans-IO: the record format with CRC-32C, the recovery scan, the group-commit policy.
         .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP"]),
+        .target(name: "SoulfraWorld", dependencies: ["SoulfraRuntime", "SoulfraVault", "SoulfraPeerLink", "SoulfraWire", "SoulfraHTTP"]),
         .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
         // The vault's log on disk: segments written and synced through the io_uring loop, recovered on open.
         .target(name: "SoulfraVaultStore", dependencies: ["SoulfraVault", "SoulfraLoop", "SoulfraNet"]),
@@ -101,7 +103,7 @@ let package = Package(
         .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore", "SoulfraRuntime"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
-            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraVaultStore", "SoulfraRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "soulfra-loadtest",
@@ -137,7 +139,7 @@ let package = Package(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
                            "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits", "SoulfraVault",
-                           "SoulfraRuntime"]
+                           "SoulfraRuntime", "SoulfraWorld"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -178,7 +178,7 @@ final class Connection {
         s.connectionWindowBytes = 4 * s.initialWindowBytes
         s.resetsPerSecond = gateway.limits.resetsPerSecond
         s.resetBurst = gateway.limits.resetBurst
-        s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session"]
+        s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session", "last-event-id"]
         h2 = try? H2Connection(role: .server, settings: s)
         if h2 == nil { finish(.sessionFailed) }
     }
@@ -237,6 +237,7 @@ final class Connection {
                     case "authorization": head.authorization = h.value
                     case "accept": head.accept = h.value
                     case "x-soulfra-session": head.session = h.value
+                    case "last-event-id": head.lastEventID = h.value
                     default: break
                     }
                 }
@@ -294,6 +295,7 @@ final class Connection {
                 var r = RequestHead(method: head.method, path: head.target, authorization: head.header("authorization"),
                                     accept: head.header("accept") ?? "", session: head.header("x-soulfra-session") ?? "")
                 r.keepAlive = head.keepAlive
+                r.lastEventID = head.header("last-event-id") ?? ""
                 r.expectContinue = head.body != .none && head.header("expect")?.lowercased() == "100-continue"
                 if head.header("upgrade")?.lowercased() == "websocket" {
                     switch WebSocket.accept(head, sha1: SoulfraKeys.sha1) {

@@ -48,6 +48,8 @@ struct RequestHead {
     var authorization: String?
     var accept = ""
     var session = ""
+    /// `Last-Event-ID` (SSE reconnects): the last event the client saw.
+    var lastEventID = ""
     /// HTTP/1.1 `Upgrade: websocket` with the handshake headers (the full head, for `WebSocket.accept`).
     var webSocketAccept: String?
     var keepAlive = true
@@ -106,6 +108,9 @@ final class Exchange {
     var session: String
     /// SSE or NDJSON framing for streamed replies.
     var ndjson: Bool
+    /// Resuming: the last event the client saw (`Last-Event-ID` or `?after=`); the instance replays what
+    /// followed from the vault first (its OPEN detail says `after=<n>`).
+    var resumeAfter: UInt64?
 
     /// The broker link (by loop index; -1: none yet) and the stream on it (0 while none is open).
     var link = -1

@@ -64,7 +64,17 @@ extension Gateway {
             deliver(ex, payload, more: false, binary: false, end: false)
         case .messageStream, .stream, .webSocket:
             ex.replyBytes += payload.count
-            deliver(ex, payload, more: more, binary: flags.contains(.binary), end: end)
+            var body = payload
+            var sequence: UInt64?
+            if flags.contains(.sequenced) && !ex.replyMidMessage {
+                // The event's sequence number leads its first frame: the SSE id, then stripped.
+                guard payload.count >= 8 else {
+                    return fail(ex, GatewayError(.badGateway, "a sequenced message's first frame is shorter than its sequence number"))
+                }
+                sequence = payload.loadUnaligned(as: UInt64.self).bigEndian
+                body = UnsafeRawBufferPointer(rebasing: payload[8...])
+            }
+            deliver(ex, body, more: more, binary: flags.contains(.binary), end: end, sequence: sequence)
         case .roomPublish:
             break
         case .history:
@@ -76,7 +86,7 @@ extension Gateway {
 
     /// Writes one message, or a part of one, to the client in the exchange's framing. `more`: the message goes
     /// on in the next DATA; `end`: the reply is over.
-    func deliver(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, more: Bool, binary: Bool, end: Bool) {
+    func deliver(_ ex: Exchange, _ payload: UnsafeRawBufferPointer, more: Bool, binary: Bool, end: Bool, sequence: UInt64? = nil) {
         startStreamedReply(ex)
         let c = ex.conn
         let first = !ex.replyMidMessage
@@ -100,6 +110,7 @@ extension Gateway {
             if ex.ndjson {
                 Framing.ndjsonPart(payload, lastByte: &ex.replyLastByte, last: !more, into: &frameScratch)
             } else {
+                if first, let sequence { frameScratch.append(contentsOf: "id: \(sequence)\n".utf8) }
                 Framing.ssePart(payload, first: first, last: !more, lastByte: &ex.replyLastByte, into: &frameScratch)
             }
             frameScratch.withUnsafeBytes { c.sendBody(ex.id, $0, end: false) }

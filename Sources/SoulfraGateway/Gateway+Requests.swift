@@ -63,19 +63,17 @@ extension Gateway {
             c.keepAlive(head.keepAlive)
             c.sendContinue()
         }
-        var page: (after: UInt64, limit: Int) = (0, 100)
-        if kind == .history {
-            guard let p = Self.historyQuery(query) else {
-                return reject(c, id: id, GatewayError(.invalidRequest, "after must be a whole number and limit 1 to \(VaultRequest.maxLimit)"),
-                              requestID: requestID)
-            }
-            page = p
+        let page: (after: UInt64, limit: Int), resumeAfter: UInt64?
+        switch Self.positions(kind: kind, head: head, query: query) {
+        case .failure(let e): return reject(c, id: id, e, requestID: requestID)
+        case .success(let p): (page, resumeAfter) = p
         }
         var session = head.session
         if case .session(_, let s) = route { session = s }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
                           startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         (ex.historyAfter, ex.historyLimit) = page
+        ex.resumeAfter = resumeAfter
         counters.requests[kind.index] += 1
         c.track(ex, worldLoop: Wire.loop(forWorld: route.world, count: links.count))
         ex.lastBodyAt = now
@@ -98,6 +96,26 @@ extension Gateway {
             counted(status: 101, code: nil)
             openBroker(ex, now: now)
         }
+    }
+
+    /// Where in a session the request starts: a history page's cursor (`after`, `limit`), or the event a
+    /// resuming stream saw last (`Last-Event-ID` or `?after=`).
+    static func positions(kind: ExchangeKind, head: RequestHead, query: Substring)
+        -> Result<(page: (after: UInt64, limit: Int), resumeAfter: UInt64?), GatewayError> {
+        if kind == .history {
+            guard let p = historyQuery(query) else {
+                return .failure(GatewayError(.invalidRequest, "after must be a whole number and limit 1 to \(VaultRequest.maxLimit)"))
+            }
+            return .success((p, nil))
+        }
+        guard kind.streamsReply && kind != .roomSubscribe && (!head.lastEventID.isEmpty || query.contains("after=")) else {
+            return .success(((0, 100), nil))
+        }
+        var after: UInt64?
+        if !head.lastEventID.isEmpty { after = UInt64(head.lastEventID) }
+        for pair in query.split(separator: "&") where pair.hasPrefix("after=") { after = UInt64(pair.dropFirst(6)) }
+        guard let after else { return .failure(GatewayError(.invalidRequest, "Last-Event-ID and after= take an event's sequence number")) }
+        return .success(((0, 100), after))
     }
 
     func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String) {
@@ -225,8 +243,9 @@ extension Gateway {
         ex.link = link.index
         // The instance may send what this connection can take now (see `topUp`); the rest follows as CREDIT.
         let window = initialWindow(ex)
+        let detail = ex.resumeAfter.map { "\(ex.kind.detail) after=\($0)" } ?? ex.kind.detail
         ex.brokerStream = link.peer.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
-                                                 session: ex.session, detail: ex.kind.detail, window: window))
+                                                 session: ex.session, detail: detail, window: window))
         link.exchanges[ex.brokerStream] = ex
         setWindow(ex, bytes: Int64(window.bytes), frames: Int64(window.frames))
         if ex.kind == .message || ex.kind == .messageStream { ex.awaitingAnswer = true }

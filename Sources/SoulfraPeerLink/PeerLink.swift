@@ -299,13 +299,25 @@ public final class PeerLink {
         return sendPartial(stream: stream, payload: payload, end: end, binary: binary) == payload.count
     }
 
+    /// Queues one whole event message that carries its per-session sequence number (DATA flag SEQUENCED: the
+    /// number leads the first frame, which the gateway turns into the SSE `id:`), if the window allows it all.
+    public func sendSequenced(stream: UInt32, sequence: UInt64, payload: UnsafeRawBufferPointer, end: Bool = false) -> Bool {
+        var bytes = [UInt8](repeating: 0, count: 8 + payload.count)
+        withUnsafeBytes(of: sequence.bigEndian) { bytes.replaceSubrange(0..<8, with: $0) }
+        if payload.count > 0 { bytes.replaceSubrange(8..., with: payload) }
+        guard let st = streams[stream], !st.sentEnd else { return false }
+        let frames = bytes.count <= maxFrameBytes ? 1 : (bytes.count + maxFrameBytes - 1) / maxFrameBytes
+        guard st.windowBytes >= Int64(bytes.count), st.windowFrames >= Int64(frames) else { return false }
+        return bytes.withUnsafeBytes { sendPartial(stream: stream, payload: $0, end: end, sequenced: true) } == bytes.count
+    }
+
     /// Queues as much of one message as the window allows, in frames of at most `maxFrameBytes`; every frame
     /// but the message's last is flagged MORE (END_STREAM, with `end`, only on the last). With `continues`
     /// the message goes on after `payload` (its bytes are still arriving), so even the last frame carries MORE.
     /// Returns the bytes taken — call again with the rest after `linkWritable` — or nil when nothing could be
     /// sent (no window, or the stream is gone or ended). An empty payload takes one frame and returns 0.
     public func sendPartial(stream: UInt32, payload: UnsafeRawBufferPointer, end: Bool = false, binary: Bool = false,
-                            continues: Bool = false) -> Int? {
+                            continues: Bool = false, sequenced: Bool = false) -> Int? {
         guard var st = streams[stream], !st.sentEnd, st.windowFrames >= 1 else { return nil }
         guard payload.count == 0 || st.windowBytes >= 1 else { return nil }
         var sent = 0
@@ -314,6 +326,7 @@ public final class PeerLink {
             let n = min(payload.count - sent, maxFrameBytes, Int(max(0, st.windowBytes)))
             let last = sent + n == payload.count
             var flags = base
+            if sequenced && sent == 0 { flags.insert(.sequenced) }
             if !last || continues { flags.insert(.more) } else if end { flags.insert(.endStream) }
             FrameWriter.data(output, stream: stream, payload: n == 0 ? UnsafeRawBufferPointer(start: nil, count: 0)
                                                       : UnsafeRawBufferPointer(rebasing: payload[sent..<(sent + n)]), flags: flags)

@@ -86,18 +86,18 @@ public final class RuntimeWorker: PeerLinkDelegate {
     /// Time passed (monotonic ns): paced tokens that are due go out, finished replies end.
     public func drive(now: UInt64) {
         self.now = now
-        var k = 0
-        while k < active.count {
-            let job = active[k]
-            if emit(job) {
-                active.remove(at: k)
-                counters.replies &+= 1
-                forget(job)
-                admit()
-            } else {
-                k += 1
-            }
+        // Sending can end a stream and call back into this worker (which edits `active`): walk a copy.
+        for job in active where active.contains(where: { $0 === job }) {
+            if emit(job) { finish(job) }
         }
+    }
+
+    /// A reply is complete: it leaves the active set (if a callback has not taken it out already).
+    private func finish(_ job: Job) {
+        active.removeAll { $0 === job }
+        counters.replies &+= 1
+        forget(job)
+        admit()
     }
 
     // MARK: - PeerLinkDelegate
@@ -127,12 +127,7 @@ public final class RuntimeWorker: PeerLinkDelegate {
 
     public func linkWritable(_ link: PeerLink, stream: UInt32) {
         guard let job = jobs[ObjectIdentifier(link)]?[stream], active.contains(where: { $0 === job }) else { return }
-        if emit(job) {
-            active.removeAll { $0 === job }
-            counters.replies &+= 1
-            forget(job)
-            admit()
-        }
+        if emit(job) { finish(job) }
     }
 
     public func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
@@ -196,7 +191,7 @@ public final class RuntimeWorker: PeerLinkDelegate {
             active.removeAll { $0 === job }
             counters.replies &+= 1
             forget(job)
-        }
+        }  // (`admit` is the caller's: it is looping)
     }
 
     /// Starts waiting requests while there is room, enterprise first.

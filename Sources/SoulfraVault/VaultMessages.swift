@@ -11,6 +11,8 @@
 public enum VaultRequest: Equatable, Sendable {
     case append
     case read(after: UInt64, limit: Int, maxBytes: Int = VaultRequest.maxPageBytes)
+    /// The session's last `limit` events, in order (the recent history an agent answers with).
+    case tail(limit: Int, maxBytes: Int = VaultRequest.maxPageBytes)
     case replay(fromMilliseconds: UInt64, toMilliseconds: UInt64, after: UInt64, limit: Int, maxBytes: Int = VaultRequest.maxPageBytes)
 
     /// The most records one page returns.
@@ -40,6 +42,9 @@ public enum VaultRequest: Equatable, Sendable {
         case "read":
             guard Set(fields.keys).isSubset(of: ["after", "limit", "bytes"]), let l = limit() else { return nil }
             self = .read(after: fields["after"] ?? 0, limit: l, maxBytes: Int(bytes))
+        case "tail":
+            guard Set(fields.keys).isSubset(of: ["limit", "bytes"]), let l = limit() else { return nil }
+            self = .tail(limit: l, maxBytes: Int(bytes))
         case "replay":
             guard Set(fields.keys).isSubset(of: ["from_ms", "to_ms", "after", "limit", "bytes"]), let l = limit() else { return nil }
             self = .replay(fromMilliseconds: fields["from_ms"] ?? 0, toMilliseconds: fields["to_ms"] ?? UInt64.max,
@@ -54,6 +59,7 @@ public enum VaultRequest: Equatable, Sendable {
         switch self {
         case .append: "append"
         case .read(let after, let limit, let bytes): "read after=\(after) limit=\(limit) bytes=\(bytes)"
+        case .tail(let limit, let bytes): "tail limit=\(limit) bytes=\(bytes)"
         case .replay(let from, let to, let after, let limit, let bytes):
             "replay from_ms=\(from) to_ms=\(to) after=\(after) limit=\(limit) bytes=\(bytes)"
         }

@@ -209,6 +209,7 @@ public final class VaultService: PeerLinkDelegate {
         let key = UInt64(tag) << 32 | UInt64(stream)
         guard var st = streams[key] else { return }
         guard st.request == .append else {
+            if payload.count == 0 { return }  // the opener ending its side
             link.closeStream(stream, code: .protocolError, reason: "a read stream takes no messages")
             forget(key)
             return

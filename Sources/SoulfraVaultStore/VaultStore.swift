@@ -113,7 +113,7 @@ public final class VaultStore: VaultStorage {
             let next: UInt64 = switch request {
             case .read(let after, _, _): after
             case .replay(_, _, let after, _, _): after
-            case .append: 0
+            case .append, .tail: 0
             }
             done(.success(VaultPage(events: [], next: next, more: false)))
             return

@@ -346,6 +346,10 @@ final class VaultWorld {
         case .read(let a, let limit, let b):
             (positions, more) = index.session(session, after: a, limit: limit)
             (after, budget) = (a, b)
+        case .tail(let limit, let b):
+            let last = index.lastSessionSequence(session)
+            (positions, more) = index.session(session, after: last > UInt64(limit) ? last - UInt64(limit) : 0, limit: limit)
+            (after, budget) = (0, b)
         case .replay(let from, let to, let a, let limit, let b):
             (positions, more) = index.range(fromMilliseconds: from, toMilliseconds: to, after: a, limit: limit)
             (after, budget) = (a, b)
@@ -359,7 +363,7 @@ final class VaultWorld {
             positions.removeLast(positions.count - cut)
             more = true
         }
-        let isSession = if case .read = request { true } else { false }
+        let isSession = if case .replay = request { false } else { true }
         let next = positions.last.map { isSession ? $0.sessionSequence : $0.sequence } ?? after
         guard !positions.isEmpty else {
             done(.success(VaultPage(events: [], next: next, more: more)))

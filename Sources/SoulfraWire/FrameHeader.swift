@@ -67,8 +67,12 @@ public struct FrameFlags: OptionSet, Sendable, Hashable {
     /// DATA: the message is binary (a WebSocket binary message); without it, text. Set on every frame of the
     /// message.
     public static let binary = FrameFlags(rawValue: 0x04)
+    /// DATA: the message's first 8 bytes (big-endian) are its event's per-session sequence number, and are not
+    /// part of the message (set on the message's first frame, which carries all 8). The gateway writes it as the
+    /// SSE `id:` and strips it; apps resume from it (`Last-Event-ID`, `?after=`).
+    public static let sequenced = FrameFlags(rawValue: 0x08)
     /// The DATA flags this version knows; the broker forwards exactly these.
-    public static let dataFlags: FrameFlags = [.endStream, .more, .binary]
+    public static let dataFlags: FrameFlags = [.endStream, .more, .binary, .sequenced]
     /// CREDIT from the broker to a stream's opener: part of the credit the consumer granted is being held
     /// back by the key's quota (pacing). A CREDIT without it means pacing has ended. The gateway turns this
     /// into its `rate_limits` event.

@@ -1,0 +1,383 @@
+import Foundation
+import SoulfraHTTP
+import SoulfraPeerLink
+import SoulfraRuntime
+import SoulfraVault
+import SoulfraWire
+
+/// How a world's events reach the app relative to the vault (design §7).
+public enum StreamMode: String, Sendable, CaseIterable {
+    /// An event goes to the app only once it, and everything before it, is durable in the vault.
+    case full = "3way_full"
+    /// Events go to the app at once; the vault stores them behind (what is lost: docs/protocol.md).
+    case realtime
+}
+
+/// A world instance's 3-way conversation logic, sans-IO (the owner pumps its link): each app stream from the
+/// gateway is a conversation in one session. A turn appends the user's message to the vault, asks a runtime
+/// worker for the agent's reply, appends every token and the final `done` to the vault, and relays them to the
+/// app — in `3way_full` each only after its append is acknowledged, carrying its per-session sequence number
+/// (the SSE `id:`). A stream opened with `after=<n>` (the app resuming) first gets the session's events after
+/// `n` from the vault. The world's own logic (moderation, trust, rooms) comes with the templates.
+///
+/// Events the app sees (one JSON object each): `{"seq":n,"event":"token","agent":"cal","text":"Hi ","index":0}`,
+/// `{"seq":n,"event":"done","agent":"cal","text":"…","usage":{…}}`, `{"event":"error","code":"…","retryable":…}`.
+/// Stored kinds: 1 the user's message, 2 a token, 3 a reply's end, 4 an error.
+public final class AgentInstance: PeerLinkDelegate {
+    public struct Settings: Sendable {
+        public var personas: [AgentPersona]
+        public var mode: StreamMode = .full
+        public var pacingMilliseconds = 0
+        public var historyEvents = 200
+
+        public init(personas: [AgentPersona], mode: StreamMode = .full) {
+            precondition(!personas.isEmpty, "a world has at least one agent")
+            self.personas = personas
+            self.mode = mode
+        }
+    }
+
+    enum Kind: UInt8 { case user = 1, token, done, error }
+
+    /// An event on its way: stored (acknowledged or not) and to be shown to the app.
+    struct Event {
+        let kind: Kind
+        let json: String
+        let show: Bool
+    }
+
+    final class Conversation {
+        let app: UInt32
+        let session: String
+        let detail: String
+        let resumeAfter: UInt64?
+        var vault: UInt32 = 0
+        var historyRead: UInt32 = 0
+        var replayRead: UInt32 = 0
+        var history: [Turn]?
+        var replayed = false
+        var inputs: [(agent: String, text: String)] = []
+        var runtime: UInt32 = 0
+        var agent = ""
+        var reply = ""
+        var input = ""
+        var tokens = 0
+        /// Appended, waiting for ACK (in order); then shown.
+        var unacked: [Event] = []
+        /// Events to send to the app (sequence, JSON), oldest first, waiting for window.
+        var outbox: [(UInt64?, [UInt8])] = []
+        var endAfterOutbox = false
+        var lastSequence: UInt64 = 0
+        var reads: [UInt32: [[UInt8]]] = [:]
+        /// The app ended its request side; it only resumes (sent nothing new); END went to it.
+        var requestEnded = false
+        var resumeOnly = false
+        var appEnded = false
+        init(app: UInt32, session: String, detail: String, resumeAfter: UInt64?) {
+            self.app = app
+            self.session = session
+            self.detail = detail
+            self.resumeAfter = resumeAfter
+        }
+        var unary: Bool { detail == "message" }
+        var oneTurn: Bool { detail == "message" || detail == "message.stream" }
+    }
+
+    public struct Counters: Equatable, Sendable {
+        public var conversations: UInt64 = 0
+        public var turns: UInt64 = 0
+        public var eventsStored: UInt64 = 0
+        public var eventsFailed: UInt64 = 0
+        public var replayed: UInt64 = 0
+        public init() {}
+    }
+
+    public let settings: Settings
+    public private(set) var counters = Counters()
+    private var byStream: [UInt32: Conversation] = [:]
+    private var assembler = MessageAssembler(maxMessageBytes: 1 << 20)
+    /// Streams that ended while the assembler was handing out a message (answering it can end a stream, and
+    /// touching the assembler from inside its own callback would be a conflicting access): dropped after.
+    private var feeding = false
+    private var dropAfterFeed: [UInt32] = []
+    private weak var link: PeerLink?
+
+    public init(_ settings: Settings) { self.settings = settings }
+
+    /// Serves `link` (its credit is managed here: a slow app holds its runtime back).
+    public func add(_ link: PeerLink) {
+        self.link = link
+        link.autoCredit = false
+        link.delegate = self
+    }
+
+    public var openConversations: Int { Set(byStream.values.map { ObjectIdentifier($0) }).count }
+
+    // MARK: - PeerLinkDelegate
+
+    public func linkAccepted(_ link: PeerLink, stream: UInt32, open: Open) {
+        self.link = link
+        let words = open.detail.split(separator: " ")
+        let detail = words.first.map(String.init) ?? "message"
+        let after = words.dropFirst().first { $0.hasPrefix("after=") }.flatMap { UInt64($0.dropFirst(6)) }
+        let c = Conversation(app: stream, session: open.session.isEmpty ? "s-\(stream)" : open.session, detail: detail, resumeAfter: after)
+        byStream[stream] = c
+        counters.conversations &+= 1
+        c.vault = link.open(Open(target: .vault, world: open.world, session: c.session, detail: "append"))
+        c.historyRead = link.open(Open(target: .vault, world: open.world, session: c.session,
+                                       detail: VaultRequest.tail(limit: settings.historyEvents).detail))
+        byStream[c.vault] = c
+        byStream[c.historyRead] = c
+        // A read sends nothing: its side ends at once, and the stream is over when the vault's page ends.
+        _ = link.send(stream: c.historyRead, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+        if let after {
+            c.replayRead = link.open(Open(target: .vault, world: open.world, session: c.session,
+                                          detail: VaultRequest.read(after: after, limit: VaultRequest.maxLimit).detail))
+            byStream[c.replayRead] = c
+            _ = link.send(stream: c.replayRead, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true)
+        } else {
+            c.replayed = true
+        }
+        world = open.world
+    }
+
+    private var world = ""
+
+    public func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
+        guard let c = byStream[stream] else { return }
+        link.grant(stream: stream, bytes: UInt32(payload.count), frames: 1)
+        if stream == c.app && flags.contains(.endStream) { c.requestEnded = true }
+        feeding = true
+        defer {
+            feeding = false
+            for d in dropAfterFeed { assembler.drop(stream: d) }
+            dropAfterFeed.removeAll()
+        }
+        _ = assembler.feed(stream: stream, payload: payload, flags: flags) { message, _ in
+            if stream == c.app {
+                self.appMessage(c, message)
+            } else if stream == c.vault {
+                self.vaultAnswer(c, message)
+            } else if stream == c.runtime {
+                self.runtimeMessage(c, message)
+            } else {
+                c.reads[stream, default: []].append(Array(message))
+            }
+        }
+        if stream == c.app && c.requestEnded { finishResumeIfDone(c) }
+        if flags.contains(.endStream) && (stream == c.historyRead || stream == c.replayRead) { pageRead(c, stream) }
+    }
+
+    public func linkWritable(_ link: PeerLink, stream: UInt32) {
+        guard let c = byStream[stream], stream == c.app else { return }
+        flush(c)
+    }
+
+    public func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
+        guard let c = byStream.removeValue(forKey: stream) else { return }
+        if feeding { dropAfterFeed.append(stream) } else { assembler.drop(stream: stream) }
+        if stream == c.app {
+            // The app went away: its generation stops; the vault keeps what was stored.
+            if c.runtime != 0 { link.closeStream(c.runtime, code: .cancelled, reason: "the app closed its stream") }
+            for s in [c.vault, c.historyRead, c.replayRead, c.runtime] where s != 0 && byStream[s] === c {
+                byStream[s] = nil
+                if s == c.vault { link.closeStream(s) }
+            }
+        } else if stream == c.historyRead || stream == c.replayRead {
+            pageRead(c, stream)  // ended without its page (the vault went away): go on without it
+        } else if stream == c.runtime && code != .none && c.runtime != 0 {
+            c.runtime = 0
+            store(c, .error, #"{"event":"error","code":"runtime_unavailable","message":\#(JSONText.string("the agent's runtime: \(code): \(reason)")),"retryable":true}"#)
+            endTurn(c)
+        } else if stream == c.vault && c.app != 0 {
+            showError(c, code: "vault_unavailable", message: "the vault stream ended: \(code)", retryable: true)
+        }
+    }
+
+    // MARK: - The conversation
+
+    private func appMessage(_ c: Conversation, _ message: UnsafeRawBufferPointer) {
+        let o = try? JSONSerialization.jsonObject(with: Data(message)) as? [String: Any]
+        // A JSON object says its text (or nothing: a resume that asks nothing new); anything else is the text.
+        let text = o.map { $0["text"] as? String ?? $0["message"] as? String ?? "" } ?? String(decoding: message, as: UTF8.self)
+        let agent = o?["agent"] as? String ?? settings.personas[0].name
+        if text.isEmpty && c.resumeAfter != nil {
+            c.resumeOnly = true  // a resume with nothing new to say
+            return
+        }
+        c.inputs.append((agent, text))
+        startTurn(c)
+    }
+
+    /// The next turn starts once history and any replay are in, and no turn runs.
+    private func startTurn(_ c: Conversation) {
+        guard let link, c.runtime == 0, c.history != nil, c.replayed, c.reply.isEmpty, !c.inputs.isEmpty else { return }
+        let (agentName, text) = c.inputs.removeFirst()
+        let persona = settings.personas.first { $0.name == agentName } ?? settings.personas[0]
+        c.agent = persona.name
+        c.input = text
+        c.tokens = 0
+        counters.turns &+= 1
+        store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
+        c.runtime = link.open(Open(target: .runtime, world: world, session: c.session))
+        byStream[c.runtime] = c
+        let request = AgentRequest(persona: persona, input: text, history: c.history ?? [], pacingMilliseconds: settings.pacingMilliseconds)
+        _ = request.json.withUnsafeBytes { link.send(stream: c.runtime, payload: $0, end: true) }
+    }
+
+    private func runtimeMessage(_ c: Conversation, _ message: UnsafeRawBufferPointer) {
+        switch AgentReply.parse(message) {
+        case .token(let t, let i)?:
+            c.reply += t
+            c.tokens += 1
+            store(c, .token, #"{"event":"token","agent":\#(JSONText.string(c.agent)),"text":\#(JSONText.string(t)),"index":\#(i)}"#)
+        case .done(let u)?:
+            let usage = #"{"tokens_in":\#(u.tokensIn),"tokens_out":\#(u.tokensOut),"time_to_first_token_ms":\#(Double(u.timeToFirstTokenMicroseconds) / 1_000),"total_ms":\#(Double(u.totalMicroseconds) / 1_000)}"#
+            store(c, .done, #"{"event":"done","agent":\#(JSONText.string(c.agent)),"text":\#(JSONText.string(c.reply)),"usage":\#(usage)}"#)
+            c.history = (c.history ?? []) + [Turn(role: .user, text: c.input), Turn(role: .agent, text: c.reply)]
+            c.runtime = 0
+            endTurn(c)
+        case .error(let e)?:
+            store(c, .error, #"{"event":"error","code":\#(JSONText.string(e.code)),"message":\#(JSONText.string(e.message)),"retryable":\#(e.retryable)}"#)
+            c.runtime = 0
+            endTurn(c)
+        case nil:
+            break
+        }
+    }
+
+    private func endTurn(_ c: Conversation) {
+        c.reply = ""
+        if c.oneTurn {
+            c.endAfterOutbox = true
+            flush(c)
+        } else {
+            startTurn(c)
+        }
+    }
+
+    // MARK: - The vault
+
+    /// Appends an event; it is shown to the app when acknowledged (`3way_full`) or at once (`realtime`).
+    private func store(_ c: Conversation, _ kind: Kind, _ json: String, show: Bool = true) {
+        guard let link else { return }
+        let bytes = [kind.rawValue] + Array(json.utf8)
+        _ = bytes.withUnsafeBytes { link.send(stream: c.vault, payload: $0) }
+        c.unacked.append(Event(kind: kind, json: json, show: show))
+        if settings.mode == .realtime {
+            // Shown at once, numbered as the vault will number it (one writer per session: this conversation).
+            c.lastSequence += 1
+            if show { emit(c, sequence: c.lastSequence, json) }
+        }
+    }
+
+    private func vaultAnswer(_ c: Conversation, _ message: UnsafeRawBufferPointer) {
+        switch VaultMessage.decode(message) {
+        case .ack(let acks)?:
+            counters.eventsStored &+= UInt64(acks.count)
+            for a in acks {
+                guard !c.unacked.isEmpty else { break }
+                let e = c.unacked.removeFirst()
+                if settings.mode == .full && e.show {
+                    c.lastSequence = a.sessionSequence
+                    emit(c, sequence: a.sessionSequence, e.json)
+                } else {
+                    c.lastSequence = max(c.lastSequence, a.sessionSequence)
+                }
+            }
+        case .fail(let count, let errno, let retry, let reason)?:
+            counters.eventsFailed &+= UInt64(count)
+            c.unacked.removeFirst(min(Int(count), c.unacked.count))
+            if c.runtime != 0 {
+                link?.closeStream(c.runtime, code: .cancelled, reason: "the vault could not store the reply")
+                byStream[c.runtime] = nil
+                c.runtime = 0
+            }
+            showError(c, code: "vault_unavailable", message: "the world's vault could not store this (errno \(errno): \(reason)); retry after \(retry) ms",
+                      retryable: true)
+            c.reply = ""
+            if c.oneTurn { c.endAfterOutbox = true; flush(c) }
+        default:
+            break
+        }
+    }
+
+    /// A history or replay page is complete.
+    private func pageRead(_ c: Conversation, _ stream: UInt32) {
+        let events = (c.reads.removeValue(forKey: stream) ?? []).compactMap { m -> StoredEvent? in
+            if case .record(let e)? = m.withUnsafeBytes({ VaultMessage.decode($0) }) { return e }
+            return nil
+        }
+        if stream == c.historyRead {
+            var turns: [Turn] = []
+            for e in events {
+                guard let o = try? JSONSerialization.jsonObject(with: Data(e.payload)) as? [String: Any], let text = o["text"] as? String else { continue }
+                if e.kind == Kind.user.rawValue { turns.append(Turn(role: .user, text: text)) }
+                if e.kind == Kind.done.rawValue { turns.append(Turn(role: .agent, text: text)) }
+                c.lastSequence = max(c.lastSequence, e.sessionSequence)
+            }
+            c.history = turns
+            c.historyRead = 0
+        } else {
+            // Resuming: what the app missed, in order, before anything live.
+            for e in events where e.kind != Kind.user.rawValue {
+                counters.replayed &+= 1
+                emit(c, sequence: e.sessionSequence, String(decoding: e.payload, as: UTF8.self))
+            }
+            c.replayed = true
+            c.replayRead = 0
+            finishResumeIfDone(c)
+        }
+        flush(c)
+        startTurn(c)
+    }
+
+    /// A resume that asked nothing new ends once what it missed went out.
+    private func finishResumeIfDone(_ c: Conversation) {
+        guard c.oneTurn, c.resumeOnly, c.requestEnded, c.replayed, c.inputs.isEmpty, c.runtime == 0 else { return }
+        c.endAfterOutbox = true
+        flush(c)
+    }
+
+    // MARK: - To the app
+
+    private func emit(_ c: Conversation, sequence: UInt64?, _ json: String) {
+        var bytes = Array(json.utf8)
+        if let sequence, bytes.first == UInt8(ascii: "{") {
+            bytes = Array(#"{"seq":\#(sequence),"#.utf8) + bytes.dropFirst()
+        }
+        c.outbox.append((sequence, bytes))
+        flush(c)
+    }
+
+    private func showError(_ c: Conversation, code: String, message: String, retryable: Bool) {
+        emit(c, sequence: nil, #"{"event":"error","code":\#(JSONText.string(code)),"message":\#(JSONText.string(message)),"retryable":\#(retryable)}"#)
+    }
+
+    private func flush(_ c: Conversation) {
+        guard let link else { return }
+        if c.unary {
+            // One JSON reply: the last event (the done, or an error), once the turn is over.
+            guard c.endAfterOutbox, settings.mode == .realtime || !c.unacked.contains(where: { $0.show }), let last = c.outbox.last else { return }
+            if last.1.withUnsafeBytes({ link.send(stream: c.app, payload: $0, end: true) }) { c.outbox.removeAll() }
+            return
+        }
+        guard !c.appEnded else { return }
+        while let (sequence, bytes) = c.outbox.first {
+            let last = c.outbox.count == 1 && c.endAfterOutbox && (settings.mode == .realtime || !c.unacked.contains { $0.show })
+            let sent = bytes.withUnsafeBytes { b in
+                sequence.map { link.sendSequenced(stream: c.app, sequence: $0, payload: b, end: last) }
+                    ?? link.send(stream: c.app, payload: b, end: last)
+            }
+            guard sent else { return }
+            c.outbox.removeFirst()
+            if last { c.appEnded = true }
+        }
+        // In 3way_full the reply ends only once every event of it was durable and shown.
+        let allShown = settings.mode == .realtime || !c.unacked.contains { $0.show }
+        if c.endAfterOutbox && !c.appEnded && allShown,
+           link.send(stream: c.app, payload: UnsafeRawBufferPointer(start: nil, count: 0), end: true) {
+            c.appEnded = true
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import Synchronization
+import Testing
+import SoulfraClient
+import SoulfraConfig
+import SoulfraPeer
+import SoulfraPeerLink
+import SoulfraRuntime
+import SoulfraServer
+import SoulfraWire
+import SoulfraWorld
+
+/// An agent world instance on its own thread (the 3-way logic against the daemon's broker).
+final class AgentRunner: @unchecked Sendable {
+    private let stopFlag = Atomic<Bool>(false)
+    private let done = DispatchSemaphore(value: 0)
+
+    init(server: BrokerServer, mode: StreamMode, pacingMilliseconds: Int = 0) throws {
+        var settings = AgentInstance.Settings(personas: [AgentPersona(name: "cal", style: "cheerful", greeting: "Hi, I'm Cal!",
+                                                                      topics: ["space"], knowledge: ["mars": "Mars is the fourth planet from the Sun."])],
+                                              mode: mode)
+        settings.pacingMilliseconds = pacingMilliseconds
+        let agent = AgentInstance(settings)
+        let conn = PeerConnection(address: server.tcp, identity: PeerIdentity(kind: .instance, world: "playground", instance: "agent",
+                                                                              token: testTokens.instance))
+        agent.add(conn.link)
+        try conn.handshake()
+        let box = UncheckedBox((conn, agent))
+        Thread { [self] in
+            let (c, _) = box.value
+            while !stopFlag.load(ordering: .acquiring) { c.pump(timeoutMilliseconds: 2) }
+            c.close()
+            done.signal()
+        }.start()
+    }
+
+    func stop() {
+        guard !stopFlag.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        done.wait()
+    }
+
+    deinit { stop() }
+}
+
+/// SSE events as (id, data) pairs.
+func sseEvents(_ text: String) -> [(id: UInt64?, data: String)] {
+    text.components(separatedBy: "\n\n").compactMap { block in
+        var id: UInt64?
+        var data: [String] = []
+        for line in block.split(separator: "\n") {
+            if line.hasPrefix("id: ") { id = UInt64(line.dropFirst(4)) }
+            if line.hasPrefix("data: ") { data.append(String(line.dropFirst(6))) }
+        }
+        return data.isEmpty ? nil : (id, data.joined(separator: "\n"))
+    }
+}
+
+@Suite("The 3-way stream: gateway, instance, runtime, vault", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ThreeWayTests {
+    func config() -> ServerConfig {
+        gatewayConfig {
+            $0.runtimeWorkers = 2
+            $0.gatewayKeys[0] = TestKeys.record(TestKeys.playground, id: 1, world: "playground",
+                                                permissions: [.worldAccess, .agentInteraction, .vaultStorage])
+        }
+    }
+
+    @Test("a message streams back token by token with ids; every event is in the vault, in order", arguments: StreamMode.allCases)
+    func streamsDurably(mode: StreamMode) throws {
+        let server = try BrokerServer.start(config())
+        defer { server.stop() }
+        let agent = try AgentRunner(server: server, mode: mode)
+        defer { agent.stop() }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        let (status, body) = try call(server.h2c + "/v1/worlds/playground/messages",
+                                      ["-N", "-H", "accept: text/event-stream", "-H", "x-soulfra-session: s1", "-d", #"{"text":"tell me about mars"}"#])
+        #expect(status == 200)
+        let events = sseEvents(body)
+        let expected = PersonaEngine.reply(AgentPersona(name: "cal", style: "cheerful", greeting: "Hi, I'm Cal!", topics: ["space"],
+                                                        knowledge: ["mars": "Mars is the fourth planet from the Sun."]),
+                                           input: "tell me about mars", history: [])
+        #expect(events.count == expected.count + 1, "\(events.map(\.data))")
+        // Ids are the session's sequence numbers: the user's message is 1, the tokens 2…, the done last.
+        #expect(events.map(\.id) == (0..<events.count).map { UInt64($0 + 2) })
+        #expect(events.last?.data.contains(#""event":"done""#) == true)
+        // Everything is durable: the session's history holds the user's message and every event the app saw.
+        var stored = 0
+        for _ in 0..<100 where stored < events.count + 1 {
+            let (_, h) = try call(server.h2c + "/v1/worlds/playground/sessions/s1?limit=1000")
+            stored = (try? JSONSerialization.jsonObject(with: Data(h.utf8)) as? [String: Any])?["events"].flatMap { ($0 as? [Any])?.count } ?? 0
+            usleep(10_000)
+        }
+        #expect(stored == events.count + 1)
+    }
+
+    @Test("an app cut off mid-reply resumes with Last-Event-ID: what it missed comes from the vault, no gap, no duplicate")
+    func resumesAfterACut() throws {
+        let server = try BrokerServer.start(config())
+        defer { server.stop() }
+        let agent = try AgentRunner(server: server, mode: .full, pacingMilliseconds: 20)
+        defer { agent.stop() }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        // First connection: read a few events, then drop the connection (the client goes out of scope: its socket closes).
+        let first = try { () throws -> [(id: UInt64?, data: String)] in
+            let c = try server.h2Client()
+            let id = try #require(c.post("/v1/worlds/playground/messages", headers: [("accept", "text/event-stream"), ("x-soulfra-session", "s2")]))
+            c.send(id, #"{"text":"tell me about mars"}"#, end: true)
+            var text = ""
+            #expect(pumpH2(c, milliseconds: 10_000, { e in if case .data(_, let d) = e { text += d.text } }, until: { sseEvents(text).count >= 3 }))
+            // The app stalls (reads nothing) while the reply goes on into the vault, then its connection drops.
+            usleep(700_000)
+            return sseEvents(text)
+        }()
+        let lastSeen = try #require(first.last?.id)
+        // Reconnect with the last id seen and a new message: the rest of the first reply from the vault, then the
+        // new reply live.
+        let (status, rest) = try call(server.h2c + "/v1/worlds/playground/messages",
+                                      ["-N", "-H", "accept: text/event-stream", "-H", "x-soulfra-session: s2", "-H", "last-event-id: \(lastSeen)",
+                                       "-d", #"{"text":"and space?"}"#])
+        #expect(status == 200)
+        let resumed = sseEvents(rest)
+        let ids = first.compactMap(\.id) + resumed.compactMap(\.id)
+        #expect(Set(ids).count == ids.count, "a duplicate: \(ids)")
+        // What the app saw, over both connections, is exactly what the vault holds (users' messages aside), in order.
+        let (_, h) = try call(server.h2c + "/v1/worlds/playground/sessions/s2?limit=1000")
+        let stored = ((try? JSONSerialization.jsonObject(with: Data(h.utf8)) as? [String: Any])?["events"] as? [[String: Any]] ?? [])
+            .filter { $0["kind"] as? Int != 1 }.map { UInt64($0["seq"] as? Int ?? 0) }
+        #expect(ids == stored, "seen \(ids), stored \(stored)")
+        #expect(resumed.first?.id == lastSeen + 1, "the first resumed event follows the last one seen")
+        #expect(resumed.filter { $0.data.contains(#""event":"done""#) }.count == 2, "the first reply's end, then the new one's")
+    }
+}
