@@ -59,10 +59,11 @@ cmd_up() {
   if [ -s "$WORLD_PID_FILE" ] && kill -0 "$(cat "$WORLD_PID_FILE")" 2>/dev/null; then
     echo "==> demo world \"playground\" already running (pid $(cat "$WORLD_PID_FILE"))"
   else
-    # Until the worlds layer lands, the demo world is two echo instances (they answer every route's shape).
-    echo "==> deploying the demo world \"playground\" (2 echo instances)"
-    nohup .build/release/soulfra-loadtest instance --broker "unix:$RUN_DIR/broker.sock" --world playground \
-      --instance-token dev-instance-token-playground --count 2 --name-prefix playground --seconds 86400 >"$WORLD_LOG_FILE" 2>&1 &
+    # Until the worlds layer brings templates, the demo world is one agent instance: messages are stored in the
+    # world's vault and answered by the agent "cal" in the daemon's runtime workers, token by token.
+    echo "==> deploying the demo world \"playground\" (agent cal; vault under /tmp/soulfra/vault)"
+    nohup .build/release/soulfra world --world playground --config config/soulfra.json \
+      --agent "cal:cheerful:Hi, I am Cal!" >"$WORLD_LOG_FILE" 2>&1 &
     echo $! >"$WORLD_PID_FILE"
   fi
   local url=http://127.0.0.1:8080/v1/worlds/playground/messages
@@ -77,7 +78,7 @@ cmd_up() {
   echo
   echo "Try it:"
   echo "  curl -s $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"session\":\"me\"}'"
-  echo "  curl -sN $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"stream\":true}'"
+  echo "  curl -sN $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"session\":\"me\",\"stream\":true}'"
   echo "  curl -s -H 'Authorization: Bearer dev-admin-token-000001' http://127.0.0.1:7401/metrics | grep soulfra_gateway_requests"
   echo
   echo "It keeps running. Stop it with: ./soulfra-deploy.sh down"

@@ -1,0 +1,107 @@
+import ArgumentParser
+import Foundation
+import SoulfraConfig
+import SoulfraNet
+import SoulfraPeer
+import SoulfraPeerLink
+import SoulfraRuntime
+import SoulfraWorld
+
+struct World: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one instance of a world: the 3-way conversation between apps, agents and the vault.",
+        discussion: """
+            An instance attaches to the broker (plain sockets: it runs under any seccomp profile) with its \
+            world's instance token and serves the app streams the gateway sends it: each message is stored in \
+            the world's vault, answered by an agent in a runtime worker, and relayed back token by token with \
+            each event's sequence number (docs/protocol.md, World events). --stream-mode 3way_full (the \
+            default) shows an event only once it is durable; realtime shows it at once.
+
+            Agents are given as name[:style[:greeting]] (styles: cheerful, calm, curious, formal, playful). \
+            The world templates (kids, executive, sports, custom) and their agents, moderation and rooms come \
+            with the control plane; this runs a world of the agents named here.
+
+            Example:  soulfra world --world playground --agent 'cal:cheerful:Hi, I am Cal!' --agent domingo:calm
+            """
+    )
+
+    @Option(name: .long, help: "The world this instance serves.")
+    var world: String
+
+    @Option(name: .long, help: "JSON config file (default: config/soulfra.json if present): tokens.instances and the broker's address.")
+    var config: String?
+
+    @Option(name: .long, help: "The broker: a unix socket path, or host:port (default: the config's broker socket, else its TCP listener).")
+    var broker: String?
+
+    @Option(name: .long, help: "An agent: name[:style[:greeting]] (repeat for several; the first answers by default).")
+    var agent: [String] = ["cal:cheerful"]
+
+    @Option(name: .customLong("stream-mode"), help: "3way_full or realtime.")
+    var streamMode = "3way_full"
+
+    @Option(name: .customLong("pacing-ms"), help: "Milliseconds between an agent's tokens (0: as fast as credit allows).")
+    var pacing = 0
+
+    @Option(name: .customLong("name"), help: "This instance's name in logs.")
+    var name = "world-\(getpid())"
+
+    func run() throws {
+        var cfg = ServerConfig()
+        let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
+        let address: PeerAddress
+        let token: String
+        let mode: StreamMode
+        do {
+            if let path { cfg = try ServerConfig.load(path: path) }
+            try cfg.applyEnvironment(ProcessInfo.processInfo.environment)
+            address = try brokerAddress(broker, cfg)
+            guard let t = ProcessInfo.processInfo.environment["SOULFRA_INSTANCE_TOKEN"] ?? cfg.instanceTokens[world], !t.isEmpty else {
+                throw ServerConfig.Invalid(key: "tokens.instances.\(world)", message: "no instance token for this world (or SOULFRA_INSTANCE_TOKEN)")
+            }
+            token = t
+            guard let m = StreamMode(rawValue: streamMode) else {
+                throw ServerConfig.Invalid(key: "--stream-mode", message: "must be 3way_full or realtime, got \"\(streamMode)\"")
+            }
+            mode = m
+        } catch {
+            fail("\(error)", code: 78)  // EX_CONFIG
+        }
+        let personas = agent.map { spec -> AgentPersona in
+            let parts = spec.split(separator: ":", maxSplits: 2).map(String.init)
+            return AgentPersona(name: parts[0], style: parts.count > 1 ? parts[1] : "calm", greeting: parts.count > 2 ? parts[2] : "")
+        }
+        var settings = AgentInstance.Settings(personas: personas, mode: mode)
+        settings.pacingMilliseconds = pacing
+        let instance = AgentInstance(settings)
+        signal(SIGPIPE, SIG_IGN)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        let conn = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: world, instance: name, token: token))
+        instance.add(conn.link)
+        var attempt = Backoff()
+        var rng = SplitMix64(seed: UInt64(getpid()))
+        do {
+            try conn.connect(retrying: attempt, attempts: 20, rng: &rng)
+        } catch {
+            fail("soulfra world: \(error)", code: 69)
+        }
+        attempt.reset()
+        let reactor = PeerReactor()
+        reactor.add(conn, reconnect: Backoff())
+        logLine("world \(world): instance \(name) attached to \(address) (\(mode.rawValue); agents \(personas.map(\.name).joined(separator: ", ")))")
+        var pending = sigset_t()
+        while true {
+            reactor.poll(timeoutMilliseconds: 20)
+            sigpending(&pending)
+            if sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1 { break }
+        }
+        conn.link.goaway(reason: "instance stopping")
+        _ = conn.flush()
+        conn.close()
+        logLine("world \(world): instance \(name) stopped after \(instance.counters.turns) turns")
+    }
+}
