@@ -12,8 +12,9 @@
 //   SoulfraVault*         ← PeerLink, Wire, COpenSSL  the vault's log (records, recovery scan, group commit, index)
 //                                                     and the vault as a broker peer (stream messages, service)
 //   SoulfraVaultStore     ← Vault, Loop, Net          worlds' segments on disk through the ring, reads, retention
-//   SoulfraRuntime        ← PeerLink, Peer, Wire, Net, HTTP   runtime workers: agent requests, the persona
-//                                                     engine, worker threads (Foundation for JSON)
+//   SoulfraRuntime        ← PeerLink, Peer, Wire, Net, HTTP, CCurl   runtime workers: agent requests, the persona
+//                                                     engine, the OpenAI-compatible backend (libcurl multi),
+//                                                     worker threads (Foundation for JSON)
 //   SoulfraWorld          ← Runtime, Vault, PeerLink, Wire, HTTP   a world instance's 3-way conversation logic
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
 //                                                     table; keys and permissions as configured
@@ -65,7 +66,8 @@ let package = Package(
         // config without the data plane.
         .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The vault's log, sans-IO: the record format with CRC-32C, the recovery scan, the group-commit policy.
-        .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP"]),
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP", "CCurl"]),
         .target(name: "SoulfraWorld", dependencies: ["SoulfraRuntime", "SoulfraVault", "SoulfraPeerLink", "SoulfraWire", "SoulfraHTTP"]),
         .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
         // The vault's log on disk: segments written and synced through the io_uring loop, recovered on open.
@@ -103,7 +105,7 @@ let package = Package(
         .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore", "SoulfraRuntime"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
-            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraPeerLink", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "soulfra-loadtest",

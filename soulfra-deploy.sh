@@ -23,8 +23,8 @@ DEMO_KEY=sk-slfr_kids_ztys355NrAlpgsJGcDc2bhARePpktW1LdIsn
 
 # Debian packages the build needs; the tests also drive curl and nghttp (nghttp2-client) against the gateway
 # and check /metrics with promtool (prometheus). The benchmark peers are installed by bench/ itself.
-DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev pkg-config)
-TEST_DEBS=(curl nghttp2-client prometheus)
+DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev pkg-config)
+TEST_DEBS=(curl nghttp2-client prometheus python3)
 
 need_debs() {
   local missing=()

@@ -53,6 +53,10 @@ public struct ServerConfig: Sendable, Equatable {
     /// Runtime worker threads in the daemon (0: none; run `soulfra runtime` instead), and their profile.
     public var runtimeWorkers = 2
     public var runtimeProfile = "balanced"
+    /// The runtime's `openai` backend: an OpenAI-compatible endpoint ("" base URL: builtin only), its key and model.
+    public var openAIBaseURL = ""
+    public var openAIKey = ""
+    public var openAIModel = "gpt-4o-mini"
 
     public init() {}
 
@@ -60,6 +64,11 @@ public struct ServerConfig: Sendable, Equatable {
     public typealias Invalid = SettingError
 
     /// These settings with keys and tokens blanked: what a reload cannot change.
+    /// The `openai` backend's settings, if one is configured.
+    public var openAISettings: (baseURL: String, key: String, model: String)? {
+        openAIBaseURL.isEmpty ? nil : (openAIBaseURL, openAIKey, openAIModel)
+    }
+
     public var withoutAccess: ServerConfig {
         var c = self
         c.keys = []
@@ -69,6 +78,7 @@ public struct ServerConfig: Sendable, Equatable {
         c.vaultToken = ""
         c.gatewayToken = ""
         c.adminToken = ""
+        c.openAIKey = ""
         return c
     }
 
@@ -121,6 +131,8 @@ public struct ServerConfig: Sendable, Equatable {
                       "needs vault.key_directory for the worlds' keys")
         }
         try check((0...64).contains(runtimeWorkers), "runtime.workers", "must be 0 (none in the daemon) to 64, got \(runtimeWorkers)")
+        try check(openAIBaseURL.isEmpty || openAIBaseURL.hasPrefix("http://") || openAIBaseURL.hasPrefix("https://"),
+                  "runtime.openai_base_url", "must be an http:// or https:// URL (or empty: no openai backend), got \"\(openAIBaseURL)\"")
         try check(["balanced", "enterprise"].contains(runtimeProfile), "runtime.profile", "must be balanced or enterprise, got \"\(runtimeProfile)\"")
         try check((0...256).contains(loopCount), "loop.count", "must be 0 (one per CPU) to 256, got \(loopCount)")
         try check(statsIntervalMilliseconds == 0 || statsIntervalMilliseconds >= 100,
@@ -219,6 +231,9 @@ extension ServerConfig {
         if var rt = try r.object("runtime") {
             runtimeWorkers = try rt.int("workers") ?? runtimeWorkers
             runtimeProfile = try rt.string("profile") ?? runtimeProfile
+            openAIBaseURL = try rt.string("openai_base_url") ?? openAIBaseURL
+            openAIKey = try rt.string("openai_api_key") ?? openAIKey
+            openAIModel = try rt.string("openai_model") ?? openAIModel
             try rt.finish()
         }
         keysFile = try r.string("keys_file") ?? keysFile
@@ -348,6 +363,9 @@ extension ServerConfig {
         if let v = env["SOULFRA_GATEWAY_TLS"] { gatewayTLS = v }
         if let v = env["SOULFRA_KEYS_FILE"] { keysFile = v }
         if let v = env["SOULFRA_VAULT_DIR"] { vaultDirectory = v }
+        if let v = env["SOULFRA_OPENAI_BASE_URL"] { openAIBaseURL = v }
+        if let v = env["SOULFRA_OPENAI_API_KEY"] ?? env["OPENAI_API_KEY"] { openAIKey = v }
+        if let v = env["SOULFRA_OPENAI_MODEL"] { openAIModel = v }
         if let v = env["SOULFRA_RUNTIME_WORKERS"] {
             guard let n = Int(v) else { throw Invalid(key: "SOULFRA_RUNTIME_WORKERS", message: "must be a whole number, got \"\(v)\"") }
             runtimeWorkers = n

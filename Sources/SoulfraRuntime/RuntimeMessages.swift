@@ -83,6 +83,12 @@ public struct RuntimeError: Error, Sendable, Equatable {
     public var message: String
     public var retryable: Bool
 
+    public init(code: String, message: String, retryable: Bool) {
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+    }
+
     public static func badRequest(_ m: String) -> RuntimeError { RuntimeError(code: "bad_request", message: m, retryable: false) }
     public static func unknownBackend(_ b: String) -> RuntimeError {
         RuntimeError(code: "unknown_backend", message: "no backend \"\(b)\" in this runtime", retryable: false)

@@ -19,6 +19,8 @@ public final class RuntimeThreads: Sendable {
         public var workers: Int
         public var profile: RuntimeProfile
         public var maxFrameBytes: UInt32 = 64 << 10
+        /// The `openai` backend's endpoint (nil: builtin only).
+        public var openai: OpenAISettings?
 
         public init(broker: PeerAddress, token: String, workers: Int, profile: RuntimeProfile) {
             self.broker = broker
@@ -66,13 +68,14 @@ public final class RuntimeThreads: Sendable {
                 t.cancelled += c.cancelled
                 t.refused += c.refused
                 t.errors += c.errors
+                t.upstreamErrors += c.upstreamErrors
                 t.queuedPeak = max(t.queuedPeak, c.queuedPeak)
             }
         }
     }
 
     private func run(index: Int, _ o: Options, log: @escaping @Sendable (String) -> Void) {
-        let worker = RuntimeWorker(profile: o.profile)
+        let worker = RuntimeWorker(profile: o.profile, openai: o.openai)
         let identity = PeerIdentity(kind: .runtime, instance: "runtime-\(index)", token: o.token, maxFrameBytes: o.maxFrameBytes)
         var group: PeerGroup?
         var delay: UInt32 = 50_000

@@ -44,6 +44,8 @@ public final class RuntimeWorker: PeerLinkDelegate {
         /// Messages that did not fit the window yet (a token, or the final message), oldest first.
         var pending: [[UInt8]] = []
         var endAfterPending = false
+        /// The `openai` backend's reply in progress.
+        var call: OpenAIBackend.Call?
         init(link: PeerLink, stream: UInt32) {
             self.link = link
             self.stream = stream
@@ -58,10 +60,13 @@ public final class RuntimeWorker: PeerLinkDelegate {
         public var refused: UInt64 = 0
         public var errors: UInt64 = 0
         public var queuedPeak = 0
+        public var upstreamErrors: UInt64 = 0
         public init() {}
     }
 
     public let profile: RuntimeProfile
+    /// The `openai` backend, when configured (requests for it are refused `unknown_backend` otherwise).
+    let openai: OpenAIBackend?
     public private(set) var counters = Counters()
     private var jobs: [ObjectIdentifier: [UInt32: Job]] = [:]
     private var assemblers: [ObjectIdentifier: MessageAssembler] = [:]
@@ -72,7 +77,10 @@ public final class RuntimeWorker: PeerLinkDelegate {
     private var feeding = false
     private var dropAfterFeed: [Job] = []
 
-    public init(profile: RuntimeProfile = .balanced) { self.profile = profile }
+    public init(profile: RuntimeProfile = .balanced, openai: OpenAISettings? = nil) {
+        self.profile = profile
+        self.openai = openai.flatMap(OpenAIBackend.init(settings:))
+    }
 
     /// Serves `link` (its credit is managed here).
     public func add(_ link: PeerLink) {
@@ -86,6 +94,7 @@ public final class RuntimeWorker: PeerLinkDelegate {
     /// Time passed (monotonic ns): paced tokens that are due go out, finished replies end.
     public func drive(now: UInt64) {
         self.now = now
+        openai?.poll(now: now)
         // Sending can end a stream and call back into this worker (which edits `active`): walk a copy.
         for job in active where active.contains(where: { $0 === job }) {
             if emit(job) { finish(job) }
@@ -132,7 +141,9 @@ public final class RuntimeWorker: PeerLinkDelegate {
 
     public func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
         guard let job = jobs[ObjectIdentifier(link)]?[stream] else { return }
-        if job.request != nil && job.next < job.tokens.count || waiting.contains(where: { $0 === job }) { counters.cancelled &+= 1 }
+        if job.request != nil && (job.next < job.tokens.count || job.call.map { !$0.finished } ?? false)
+            || waiting.contains(where: { $0 === job }) { counters.cancelled &+= 1 }
+        if let call = job.call { openai?.cancel(call) }
         active.removeAll { $0 === job }
         waiting.removeAll { $0 === job }
         forget(job)
@@ -141,7 +152,8 @@ public final class RuntimeWorker: PeerLinkDelegate {
 
     public func linkClosed(_ link: PeerLink, code: ErrorCode, reason: String) {
         for job in (jobs[ObjectIdentifier(link)] ?? [:]).values {
-            if job.next < job.tokens.count { counters.cancelled &+= 1 }
+            if job.next < job.tokens.count || job.call.map({ !$0.finished }) ?? false { counters.cancelled &+= 1 }
+            if let call = job.call { openai?.cancel(call) }
             active.removeAll { $0 === job }
             waiting.removeAll { $0 === job }
         }
@@ -158,7 +170,7 @@ public final class RuntimeWorker: PeerLinkDelegate {
         case .failure(let e):
             fail(job, e)
         case .success(let r):
-            guard r.backend == "builtin" else { return fail(job, .unknownBackend(r.backend)) }
+            guard r.backend == "builtin" || (r.backend == "openai" && openai != nil) else { return fail(job, .unknownBackend(r.backend)) }
             job.request = r
             guard active.count < profile.concurrency else {
                 guard waiting.count < profile.queueLimit else {
@@ -183,7 +195,11 @@ public final class RuntimeWorker: PeerLinkDelegate {
     private func start(_ job: Job) {
         guard let r = job.request else { return }
         grant(job)
-        job.tokens = Array(PersonaEngine.reply(r.persona, input: r.input, history: r.history).prefix(r.maxTokens))
+        if r.backend == "openai", let openai {
+            job.call = openai.start(r, now: now)
+        } else {
+            job.tokens = Array(PersonaEngine.reply(r.persona, input: r.input, history: r.history).prefix(r.maxTokens))
+        }
         job.startedAt = now
         job.dueAt = now
         active.append(job)
@@ -222,6 +238,12 @@ public final class RuntimeWorker: PeerLinkDelegate {
         guard flushPending(job) else { return false }
         if job.endAfterPending { return true }
         guard let r = job.request else { return false }
+        if let call = job.call, job.next == job.tokens.count, !call.tokens.isEmpty {
+            // The backend's tokens come over once those before them went out (it pauses while they wait).
+            job.tokens += call.tokens
+            call.tokens.removeAll(keepingCapacity: true)
+            openai?.taken(call)
+        }
         while job.next < job.tokens.count {
             if r.pacingMilliseconds > 0 && now < job.dueAt { return false }
             let message = Array(AgentReply.token(job.tokens[job.next], index: job.next).json.utf8)
@@ -231,8 +253,22 @@ public final class RuntimeWorker: PeerLinkDelegate {
             job.dueAt = now &+ UInt64(r.pacingMilliseconds) * 1_000_000
             job.pending.append(message)
             guard flushPending(job) else { return false }
+            if job.next == job.tokens.count, let call = job.call, !call.tokens.isEmpty {
+                job.tokens += call.tokens
+                call.tokens.removeAll(keepingCapacity: true)
+                openai?.taken(call)
+            }
         }
-        let usage = AgentReply.Usage(tokensIn: r.input.split(separator: " ").count, tokensOut: job.tokens.count,
+        if let call = job.call {
+            guard call.finished else { return false }
+            if let f = call.failure {
+                counters.upstreamErrors &+= 1
+                job.pending.append(Array(AgentReply.error(f).json.utf8))
+                job.endAfterPending = true
+                return flushPending(job)
+            }
+        }
+        let usage = AgentReply.Usage(tokensIn: job.call?.usage?.tokensIn ?? r.input.split(separator: " ").count, tokensOut: job.tokens.count,
                                      timeToFirstTokenMicroseconds: (job.firstTokenAt &- job.startedAt) / 1_000,
                                      totalMicroseconds: (now &- job.startedAt) / 1_000)
         job.pending.append(Array(AgentReply.done(usage).json.utf8))

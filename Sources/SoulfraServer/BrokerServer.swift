@@ -174,6 +174,7 @@ public final class BrokerServer: Sendable {
             var o = RuntimeThreads.Options(broker: address, token: config.runtimeToken, workers: config.runtimeWorkers,
                                            profile: RuntimeProfile.named(config.runtimeProfile) ?? .balanced)
             o.maxFrameBytes = config.broker.maxFrameBytes
+            o.openai = config.openAISettings.map { OpenAISettings(baseURL: $0.baseURL, apiKey: $0.key, model: $0.model) }
             server.runtime.start(o, log: log)
         }
         return server

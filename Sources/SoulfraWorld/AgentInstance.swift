@@ -29,6 +29,8 @@ public final class AgentInstance: PeerLinkDelegate {
         public var mode: StreamMode = .full
         public var pacingMilliseconds = 0
         public var historyEvents = 200
+        /// The runtime backend the agents answer with: `builtin` or `openai`.
+        public var backend = "builtin"
 
         public init(personas: [AgentPersona], mode: StreamMode = .full) {
             precondition(!personas.isEmpty, "a world has at least one agent")
@@ -221,7 +223,8 @@ public final class AgentInstance: PeerLinkDelegate {
         store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
         c.runtime = link.open(Open(target: .runtime, world: world, session: c.session))
         byStream[c.runtime] = c
-        let request = AgentRequest(persona: persona, input: text, history: c.history ?? [], pacingMilliseconds: settings.pacingMilliseconds)
+        let request = AgentRequest(persona: persona, input: text, history: c.history ?? [], backend: settings.backend,
+                                   pacingMilliseconds: settings.pacingMilliseconds)
         _ = request.json.withUnsafeBytes { link.send(stream: c.runtime, payload: $0, end: true) }
     }
 

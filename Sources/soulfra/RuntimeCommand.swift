@@ -16,7 +16,9 @@ struct Runtime: ParsableCommand {
 
             Profiles: balanced (8 replies at once per worker, 64 waiting) and enterprise (32 at once, 256 \
             waiting; enterprise requests go first). Backends: builtin (the persona engine; no model, no \
-            network).
+            network) and openai, any OpenAI-compatible /v1/chat/completions with streaming (llama.cpp server, \
+            vLLM, Ollama, OpenAI): runtime.openai_base_url / SOULFRA_OPENAI_BASE_URL, runtime.openai_api_key / \
+            OPENAI_API_KEY, runtime.openai_model / SOULFRA_OPENAI_MODEL.
 
             Example:  soulfra runtime --broker 127.0.0.1:7400 --workers 4 --profile enterprise
             """
@@ -62,6 +64,7 @@ struct Runtime: ParsableCommand {
         var o = RuntimeThreads.Options(broker: address, token: cfg.runtimeToken, workers: cfg.runtimeWorkers,
                                        profile: RuntimeProfile.named(cfg.runtimeProfile) ?? .balanced)
         o.maxFrameBytes = cfg.broker.maxFrameBytes
+        o.openai = cfg.openAISettings.map { OpenAISettings(baseURL: $0.baseURL, apiKey: $0.key, model: $0.model) }
         threads.start(o) { line in logLine(line) }
         var sig: Int32 = 0
         sigwait(&set, &sig)

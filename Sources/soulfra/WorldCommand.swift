@@ -43,6 +43,9 @@ struct World: ParsableCommand {
     @Option(name: .customLong("pacing-ms"), help: "Milliseconds between an agent's tokens (0: as fast as credit allows).")
     var pacing = 0
 
+    @Option(name: .long, help: "The runtime backend the agents answer with: builtin (the persona engine) or openai (the runtime's endpoint).")
+    var backend = "builtin"
+
     @Option(name: .customLong("name"), help: "This instance's name in logs.")
     var name = "world-\(getpid())"
 
@@ -73,6 +76,8 @@ struct World: ParsableCommand {
         }
         var settings = AgentInstance.Settings(personas: personas, mode: mode)
         settings.pacingMilliseconds = pacing
+        guard ["builtin", "openai"].contains(backend) else { fail("--backend must be builtin or openai, got \"\(backend)\"", code: 78) }
+        settings.backend = backend
         let instance = AgentInstance(settings)
         signal(SIGPIPE, SIG_IGN)
         var set = sigset_t()
