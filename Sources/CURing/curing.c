@@ -155,29 +155,26 @@ int sf_prep_write_fsync(sf_ring *ring, int fd, const void *buf, unsigned len, ui
     return 0;
 }
 
-int sf_prep_alarm(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data) {
+/* A relative timeout. The kernel reads the timespec when the SQE is consumed at submit time, not when it was
+   prepared, so it must outlive this call: each kind of timer keeps its own (one of each is in flight at a time). */
+static int prep_timeout(sf_ring *ring, struct __kernel_timespec *ts, uint64_t nanoseconds, uint64_t user_data) {
     struct io_uring_sqe *sqe = sqe_for(ring);
     if (!sqe) return -EBUSY;
-    // Like the tick's timespec (below), read at submit time: one alarm in flight per ring, its own storage.
-    static __thread struct __kernel_timespec ts;
-    ts.tv_sec = (long long)(nanoseconds / 1000000000ull);
-    ts.tv_nsec = (long long)(nanoseconds % 1000000000ull);
-    io_uring_prep_timeout(sqe, &ts, 0, 0);
+    ts->tv_sec = (long long)(nanoseconds / 1000000000ull);
+    ts->tv_nsec = (long long)(nanoseconds % 1000000000ull);
+    io_uring_prep_timeout(sqe, ts, 0, 0);
     io_uring_sqe_set_data64(sqe, user_data);
     return 0;
 }
 
-int sf_prep_timeout(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data) {
-    struct io_uring_sqe *sqe = sqe_for(ring);
-    if (!sqe) return -EBUSY;
-    // The kernel reads the timespec when the SQE is consumed at submit time, not when it was prepared, so
-    // it must outlive this call: keep one per ring (the loop has one timer in flight at a time).
+int sf_prep_alarm(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data) {
     static __thread struct __kernel_timespec ts;
-    ts.tv_sec = (long long)(nanoseconds / 1000000000ull);
-    ts.tv_nsec = (long long)(nanoseconds % 1000000000ull);
-    io_uring_prep_timeout(sqe, &ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, user_data);
-    return 0;
+    return prep_timeout(ring, &ts, nanoseconds, user_data);
+}
+
+int sf_prep_timeout(sf_ring *ring, uint64_t nanoseconds, uint64_t user_data) {
+    static __thread struct __kernel_timespec ts;
+    return prep_timeout(ring, &ts, nanoseconds, user_data);
 }
 
 int sf_prep_cancel(sf_ring *ring, uint64_t target, uint64_t user_data) {

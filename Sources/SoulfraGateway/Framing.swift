@@ -1,3 +1,5 @@
+import SoulfraHTTP
+
 /// How replies are framed for the client, and the few fields the gateway reads from a request body.
 enum Framing {
     /// One Server-Sent Event: `event:` (optional) and one `data:` line per line of the payload.
@@ -57,7 +59,7 @@ enum Framing {
     }
 
     static func errorEvent(_ e: GatewayError, retryable: Bool, requestID: String) -> String {
-        #"{"event":"error","error":{"code":"\#(e.code.name)","message":"\#(GatewayError.escape(e.message))","retryable":\#(retryable),"request_id":"\#(requestID)"}}"#
+        #"{"event":"error","error":{"code":"\#(e.code.name)","message":"\#(JSONText.escaped(e.message))","retryable":\#(retryable),"request_id":"\#(requestID)"}}"#
     }
 }
 

@@ -1,3 +1,5 @@
+import SoulfraHTTP
+
 /// An error answered to an app: status, stable code, message, and any headers it needs (design §5).
 public struct GatewayError: Error, Sendable, Equatable {
     /// The documented error codes: the table in docs/api.md "Errors", each with the status it is sent with.
@@ -43,26 +45,7 @@ public struct GatewayError: Error, Sendable, Equatable {
 
     /// `{"error":{"code":"…","message":"…","request_id":"…"}}`
     public func json(requestID: String) -> String {
-        #"{"error":{"code":"\#(code.name)","message":"\#(Self.escape(message))","request_id":"\#(Self.escape(requestID))"}}"#
-    }
-
-    static func escape(_ s: String) -> String {
-        var out = ""
-        out.reserveCapacity(s.utf8.count)
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case let c where c.value < 0x20:
-                let hex = Array("0123456789abcdef")
-                out += "\\u00" + String(hex[Int(c.value >> 4)]) + String(hex[Int(c.value & 0xF)])
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out
+        #"{"error":{"code":"\#(code.name)","message":"\#(JSONText.escaped(message))","request_id":"\#(JSONText.escaped(requestID))"}}"#
     }
 
     static func notFound(_ path: String) -> GatewayError {

@@ -1,8 +1,12 @@
 /// Writing JSON text by hand on the hot path (no Foundation): string literals escaped per RFC 8259.
 public enum JSONText {
     /// `s` as a JSON string literal, quotes included.
-    public static func string(_ s: String) -> String {
-        var out = "\""
+    public static func string(_ s: String) -> String { "\"" + escaped(s) + "\"" }
+
+    /// `s` escaped for the inside of a JSON string literal.
+    public static func escaped(_ s: String) -> String {
+        var out = ""
+        out.reserveCapacity(s.utf8.count)
         for u in s.unicodeScalars {
             switch u {
             case "\"": out += "\\\""
@@ -16,6 +20,6 @@ public enum JSONText {
             default: out.unicodeScalars.append(u)
             }
         }
-        return out + "\""
+        return out
     }
 }

@@ -47,7 +47,7 @@ public final class EchoInstance: PeerLinkDelegate {
     /// Frames in a streamed (`message.stream`) reply.
     @exclusivity(unchecked) public var tokens: Int
     @exclusivity(unchecked) var streams: [UInt32: StreamState] = [:]
-    @exclusivity(unchecked) var assembler = MessageAssembler()
+    let assembler = MessageAssembler()
     /// Requests answered (unary and streamed).
     @exclusivity(unchecked) public private(set) var answered: UInt64 = 0
     /// Streams accepted, in total.

@@ -401,16 +401,17 @@ extension PeerLink.StreamState {
 }
 
 /// Puts messages back together from DATA frames flagged MORE, per stream, up to a size limit. A message that
-/// arrives in one frame is handed on in place, without a copy.
-public struct MessageAssembler {
+/// arrives in one frame is handed on in place, without a copy. A class, so that whoever handles a message may
+/// end streams (and `drop` them here) from inside `feed`'s callback: its state is not being modified then.
+public final class MessageAssembler {
     public let maxMessageBytes: Int
-    var partial: [UInt32: [UInt8]] = [:]
+    @exclusivity(unchecked) var partial: [UInt32: [UInt8]] = [:]
 
     public init(maxMessageBytes: Int = 1 << 20) { self.maxMessageBytes = maxMessageBytes }
 
     /// Feeds one DATA frame. `body` gets each complete message with the flags of its last frame (END_STREAM,
     /// BINARY). Returns false when the message grew past `maxMessageBytes` (what was gathered is dropped).
-    public mutating func feed(stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags,
+    public func feed(stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags,
                               _ body: (UnsafeRawBufferPointer, FrameFlags) -> Void) -> Bool {
         let more = flags.contains(.more)
         if partial[stream] == nil && !more {
@@ -430,7 +431,7 @@ public struct MessageAssembler {
     }
 
     /// Forgets a stream's partial message (the stream ended).
-    public mutating func drop(stream: UInt32) { partial.removeValue(forKey: stream) }
+    public func drop(stream: UInt32) { partial.removeValue(forKey: stream) }
 
     /// Bytes held for partial messages.
     public var bufferedBytes: Int { partial.values.reduce(0) { $0 + $1.count } }

@@ -73,9 +73,6 @@ public final class RuntimeWorker: PeerLinkDelegate {
     private var active: [Job] = []
     private var waiting: [Job] = []
     private var now: UInt64 = 0
-    /// Jobs forgotten while their link's assembler is handing out a message: dropped from it afterwards.
-    private var feeding = false
-    private var dropAfterFeed: [Job] = []
 
     public init(profile: RuntimeProfile = .balanced, openai: OpenAISettings? = nil) {
         self.profile = profile
@@ -124,13 +121,9 @@ public final class RuntimeWorker: PeerLinkDelegate {
             grant(job)  // more after the request: read and ignored
             return
         }
-        feeding = true
         let fits = assemblers[ObjectIdentifier(link)]!.feed(stream: stream, payload: payload, flags: flags) { message, _ in
             self.received(job, message)
         }
-        feeding = false
-        for j in dropAfterFeed { assemblers[ObjectIdentifier(j.link)]?.drop(stream: j.stream) }
-        dropAfterFeed.removeAll()
         if !fits { fail(job, .badRequest("the request is over 1 MiB")) }
     }
 
@@ -288,10 +281,6 @@ public final class RuntimeWorker: PeerLinkDelegate {
 
     private func forget(_ job: Job) {
         jobs[ObjectIdentifier(job.link)]?[job.stream] = nil
-        if feeding {
-            dropAfterFeed.append(job)
-        } else {
-            assemblers[ObjectIdentifier(job.link)]?.drop(stream: job.stream)
-        }
+        assemblers[ObjectIdentifier(job.link)]?.drop(stream: job.stream)
     }
 }

@@ -92,10 +92,7 @@ public final class VaultService: PeerLinkDelegate {
     private var streams: [UInt64: StreamState] = [:]
     private var assemblers: [UInt32: MessageAssembler] = [:]
     private var starved: Set<UInt64> = []
-    /// A stream forgotten while its link's assembler is handing out a message: its partial message is dropped
-    /// once the assembler is done (touching it from inside its own callback would be a conflicting access).
-    private var feeding = false
-    private var dropAfterFeed: [UInt64] = []
+
     private var now: UInt64 = 0
     public let maxEventBytes: Int
 
@@ -217,13 +214,9 @@ public final class VaultService: PeerLinkDelegate {
         st.owedBytes &+= UInt32(payload.count)
         st.owedFrames &+= 1
         streams[key] = st
-        feeding = true
         let fits = assemblers[tag]!.feed(stream: stream, payload: payload, flags: flags) { message, _ in
             self.take(key, message)
         }
-        feeding = false
-        for k in dropAfterFeed { assemblers[UInt32(k >> 32)]?.drop(stream: UInt32(truncatingIfNeeded: k)) }
-        dropAfterFeed.removeAll()
         guard fits else {
             link.closeStream(stream, code: .frameTooLarge, reason: "an event is at most \(maxEventBytes) bytes")
             forget(key)
@@ -360,10 +353,6 @@ public final class VaultService: PeerLinkDelegate {
     private func forget(_ key: UInt64) {
         streams[key] = nil
         starved.remove(key)
-        if feeding {
-            dropAfterFeed.append(key)
-        } else {
-            assemblers[UInt32(key >> 32)]?.drop(stream: UInt32(truncatingIfNeeded: key))
-        }
+        assemblers[UInt32(key >> 32)]?.drop(stream: UInt32(truncatingIfNeeded: key))
     }
 }

@@ -190,18 +190,20 @@ public struct VaultStoreCounters: Equatable, Sendable {
     public init() {}
 
     mutating func add(_ w: VaultWorld) {
-        segments += w.segments.count
-        bytes += w.segments.reduce(0) { $0 + $1.segment.durableBytes }
-        records += w.index.records.count
-        batches += w.batches
-        appendsDurable += w.appendsDurable
-        appendsFailed += w.appendsFailed
-        largestBatch = max(largestBatch, w.largestBatch)
-        lastCommitNanoseconds = max(lastCommitNanoseconds, w.lastCommitNanoseconds)
-        commitNanosecondsTotal += w.commitNanosecondsTotal
-        pendingBytes += w.pendingBytes
-        segmentsDropped += w.segmentsDropped
-        recoveredCutBytes += w.recoveredCutBytes
+        var one = VaultStoreCounters()
+        one.segments = w.segments.count
+        one.bytes = w.segments.reduce(0) { $0 + $1.segment.durableBytes }
+        one.records = w.index.records.count
+        one.batches = w.batches
+        one.appendsDurable = w.appendsDurable
+        one.appendsFailed = w.appendsFailed
+        one.largestBatch = w.largestBatch
+        one.lastCommitNanoseconds = w.lastCommitNanoseconds
+        one.commitNanosecondsTotal = w.commitNanosecondsTotal
+        one.pendingBytes = w.pendingBytes
+        one.segmentsDropped = w.segmentsDropped
+        one.recoveredCutBytes = w.recoveredCutBytes
+        merge(one)
     }
 
     public mutating func merge(_ o: VaultStoreCounters) {

@@ -97,11 +97,7 @@ public final class AgentInstance: PeerLinkDelegate {
     public let settings: Settings
     public private(set) var counters = Counters()
     private var byStream: [UInt32: Conversation] = [:]
-    private var assembler = MessageAssembler(maxMessageBytes: 1 << 20)
-    /// Streams that ended while the assembler was handing out a message (answering it can end a stream, and
-    /// touching the assembler from inside its own callback would be a conflicting access): dropped after.
-    private var feeding = false
-    private var dropAfterFeed: [UInt32] = []
+    private let assembler = MessageAssembler(maxMessageBytes: 1 << 20)
     private weak var link: PeerLink?
 
     public init(_ settings: Settings) { self.settings = settings }
@@ -149,12 +145,6 @@ public final class AgentInstance: PeerLinkDelegate {
         guard let c = byStream[stream] else { return }
         link.grant(stream: stream, bytes: UInt32(payload.count), frames: 1)
         if stream == c.app && flags.contains(.endStream) { c.requestEnded = true }
-        feeding = true
-        defer {
-            feeding = false
-            for d in dropAfterFeed { assembler.drop(stream: d) }
-            dropAfterFeed.removeAll()
-        }
         _ = assembler.feed(stream: stream, payload: payload, flags: flags) { message, _ in
             if stream == c.app {
                 self.appMessage(c, message)
@@ -177,7 +167,7 @@ public final class AgentInstance: PeerLinkDelegate {
 
     public func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
         guard let c = byStream.removeValue(forKey: stream) else { return }
-        if feeding { dropAfterFeed.append(stream) } else { assembler.drop(stream: stream) }
+        assembler.drop(stream: stream)
         if stream == c.app {
             // The app went away: its generation stops; the vault keeps what was stored.
             if c.runtime != 0 { link.closeStream(c.runtime, code: .cancelled, reason: "the app closed its stream") }

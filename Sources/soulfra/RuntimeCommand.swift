@@ -37,29 +37,15 @@ struct Runtime: ParsableCommand {
     var profile: String?
 
     func run() throws {
-        var cfg = ServerConfig()
-        let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
-        let address: PeerAddress
-        do {
-            if let path { cfg = try ServerConfig.load(path: path) }
-            try cfg.applyEnvironment(ProcessInfo.processInfo.environment)
+        let (cfg, address) = peerSettings(config: config, broker: broker) { cfg in
             if let v = workers { cfg.runtimeWorkers = v }
             if let v = profile { cfg.runtimeProfile = v }
-            try cfg.validate()
             guard cfg.runtimeWorkers >= 1 else { throw ServerConfig.Invalid(key: "--workers", message: "must be at least 1") }
             guard !cfg.runtimeToken.isEmpty else {
                 throw ServerConfig.Invalid(key: "tokens.runtime", message: "is empty: the broker admits a runtime worker by this token (SOULFRA_RUNTIME_TOKEN)")
             }
-            address = try brokerAddress(broker, cfg)
-        } catch {
-            fail("\(error)", code: 78)  // EX_CONFIG
         }
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        signal(SIGPIPE, SIG_IGN)
+        var set = blockStopSignals()
         let threads = RuntimeThreads()
         var o = RuntimeThreads.Options(broker: address, token: cfg.runtimeToken, workers: cfg.runtimeWorkers,
                                        profile: RuntimeProfile.named(cfg.runtimeProfile) ?? .balanced)
@@ -74,20 +60,4 @@ struct Runtime: ParsableCommand {
         let c = threads.counters
         logLine("runtime stopped: \(c.replies) replies, \(c.tokens) tokens, \(c.cancelled) cancelled")
     }
-}
-
-/// A `--broker` value (a socket path, or host:port), else the config's broker socket, else its TCP listener.
-func brokerAddress(_ flag: String?, _ cfg: ServerConfig) throws -> PeerAddress {
-    if let b = flag {
-        if b.contains("/") { return .unix(path: b) }
-        guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(b, key: "--broker") else {
-            throw ServerConfig.Invalid(key: "--broker", message: "expected a socket path or host:port")
-        }
-        return .tcp(host: host, port: port)
-    }
-    if !cfg.brokerUnixPath.isEmpty { return .unix(path: cfg.brokerUnixPath) }
-    guard case .tcp(let host, let port) = try ServerConfig.parseHostPort(cfg.brokerTCP, key: "listen.broker_tcp") else {
-        throw ServerConfig.Invalid(key: "listen.broker_tcp", message: "expected host:port")
-    }
-    return .tcp(host: host, port: port)
 }

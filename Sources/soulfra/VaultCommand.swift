@@ -39,21 +39,12 @@ struct Vault: ParsableCommand {
     var encrypt: [String] = []
 
     func run() throws {
-        var cfg = ServerConfig()
-        let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
-        let address: PeerAddress
-        do {
-            if let path { cfg = try ServerConfig.load(path: path) }
-            try cfg.applyEnvironment(ProcessInfo.processInfo.environment)
+        let (cfg, address) = peerSettings(config: config, broker: broker) { cfg in
             if let v = directory { cfg.vaultDirectory = v }
             if let v = keyDirectory { cfg.vaultKeyDirectory = v }
             cfg.vaultEncryptedWorlds += encrypt
-            try cfg.validate()
             guard !cfg.vaultDirectory.isEmpty else { throw ServerConfig.Invalid(key: "vault.directory", message: "is empty: give --directory") }
             guard !cfg.vaultToken.isEmpty else { throw ServerConfig.Invalid(key: "tokens.vault", message: "is empty: the broker admits a vault by this token (SOULFRA_VAULT_TOKEN)") }
-            address = try brokerAddress(broker, cfg)
-        } catch {
-            fail("\(error)", code: 78)  // EX_CONFIG
         }
         var settings = VaultSettings(directory: cfg.vaultDirectory)
         settings.segmentBytes = cfg.vault.segmentBytes
@@ -64,12 +55,7 @@ struct Vault: ParsableCommand {
         var options = VaultProcess.Options(broker: address, token: cfg.vaultToken, settings: settings)
         options.limits = cfg.vault
         options.maxFrameBytes = cfg.broker.maxFrameBytes
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        signal(SIGPIPE, SIG_IGN)
+        let set = blockStopSignals()
         let process: VaultProcess
         do {
             process = try VaultProcess(options) { line in logLine(line) }

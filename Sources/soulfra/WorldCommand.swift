@@ -50,26 +50,16 @@ struct World: ParsableCommand {
     var name = "world-\(getpid())"
 
     func run() throws {
-        var cfg = ServerConfig()
-        let path = config ?? (FileManager.default.fileExists(atPath: "config/soulfra.json") ? "config/soulfra.json" : nil)
-        let address: PeerAddress
-        let token: String
-        let mode: StreamMode
-        do {
-            if let path { cfg = try ServerConfig.load(path: path) }
-            try cfg.applyEnvironment(ProcessInfo.processInfo.environment)
-            address = try brokerAddress(broker, cfg)
-            guard let t = ProcessInfo.processInfo.environment["SOULFRA_INSTANCE_TOKEN"] ?? cfg.instanceTokens[world], !t.isEmpty else {
+        let (cfg, address) = peerSettings(config: config, broker: broker) { cfg in
+            guard !(ProcessInfo.processInfo.environment["SOULFRA_INSTANCE_TOKEN"] ?? cfg.instanceTokens[world] ?? "").isEmpty else {
                 throw ServerConfig.Invalid(key: "tokens.instances.\(world)", message: "no instance token for this world (or SOULFRA_INSTANCE_TOKEN)")
             }
-            token = t
-            guard let m = StreamMode(rawValue: streamMode) else {
+            guard StreamMode(rawValue: streamMode) != nil else {
                 throw ServerConfig.Invalid(key: "--stream-mode", message: "must be 3way_full or realtime, got \"\(streamMode)\"")
             }
-            mode = m
-        } catch {
-            fail("\(error)", code: 78)  // EX_CONFIG
         }
+        let token = ProcessInfo.processInfo.environment["SOULFRA_INSTANCE_TOKEN"] ?? cfg.instanceTokens[world]!
+        let mode = StreamMode(rawValue: streamMode)!
         let personas = agent.map { spec -> AgentPersona in
             let parts = spec.split(separator: ":", maxSplits: 2).map(String.init)
             return AgentPersona(name: parts[0], style: parts.count > 1 ? parts[1] : "calm", greeting: parts.count > 2 ? parts[2] : "")
@@ -79,12 +69,7 @@ struct World: ParsableCommand {
         guard ["builtin", "openai"].contains(backend) else { fail("--backend must be builtin or openai, got \"\(backend)\"", code: 78) }
         settings.backend = backend
         let instance = AgentInstance(settings)
-        signal(SIGPIPE, SIG_IGN)
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        _ = blockStopSignals()
         let conn = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: world, instance: name, token: token))
         instance.add(conn.link)
         var attempt = Backoff()

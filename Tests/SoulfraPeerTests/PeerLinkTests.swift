@@ -114,7 +114,7 @@ struct PeerLinkTests {
 
     @Test("MessageAssembler: parts flagged MORE come back whole; a single frame is handed on as is; the limit holds")
     func assembler() {
-        var a = MessageAssembler(maxMessageBytes: 1_000)
+        let a = MessageAssembler(maxMessageBytes: 1_000)
         var got: [([UInt8], FrameFlags)] = []
         func feed(_ stream: UInt32, _ bytes: [UInt8], _ flags: FrameFlags) -> Bool {
             bytes.withUnsafeBytes { a.feed(stream: stream, payload: $0, flags: flags) { got.append((Array($0), $1)) } }
