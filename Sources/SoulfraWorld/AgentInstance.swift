@@ -286,6 +286,9 @@ public final class AgentInstance: PeerLinkDelegate {
                 byStream[c.runtime] = nil
                 c.runtime = 0
             }
+            // What is still on its way to the vault is no longer shown: the app hears the error now, and a resume
+            // finds whatever of it was stored.
+            c.unacked = c.unacked.map { Event(kind: $0.kind, json: $0.json, show: false) }
             showError(c, code: "vault_unavailable", message: "the world's vault could not store this (errno \(errno): \(reason)); retry after \(retry) ms",
                       retryable: true)
             c.reply = ""

@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 import SoulfraClient
 import SoulfraConfig
+import SoulfraNet
 import SoulfraPeer
 import SoulfraPeerLink
 import SoulfraRuntime
@@ -128,5 +129,94 @@ struct ThreeWayTests {
         #expect(ids == stored, "seen \(ids), stored \(stored)")
         #expect(resumed.first?.id == lastSeen + 1, "the first resumed event follows the last one seen")
         #expect(resumed.filter { $0.data.contains(#""event":"done""#) }.count == 2, "the first reply's end, then the new one's")
+    }
+}
+
+@Suite("The 3-way stream when a side stalls or fails", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ThreeWayFailureTests {
+    @Test("a full disk under the vault: the app gets a retryable vault_unavailable error event, and nothing it saw is lost",
+          .enabled(if: canMountTmpfs))
+    func fullDiskReachesTheApp() throws {
+        let dir = "\(NSTemporaryDirectory())soulfra-3way-full-\(getpid())"
+        mkdir(dir, 0o700)
+        guard mount("tmpfs", dir, "tmpfs", 0, "size=48k") == 0 else { throw ClientError("mount") }
+        defer {
+            umount(dir)
+            rmdir(dir)
+        }
+        let server = try BrokerServer.start(ThreeWayTests().config().with { $0.vaultDirectory = dir + "/vault" })
+        defer { server.stop() }
+        let agent = try AgentRunner(server: server, mode: .full)
+        defer { agent.stop() }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        var failure: String?
+        var seen: [UInt64] = []
+        let until = monotonicMilliseconds() + 60_000
+        for i in 0..<100 where failure == nil && monotonicMilliseconds() < until {
+            let (_, body) = try call(server.h2c + "/v1/worlds/playground/messages",
+                                     ["-N", "-H", "accept: text/event-stream", "-H", "x-soulfra-session: full",
+                                      "-d", #"{"text":"message \#(i) \#(String(repeating: "x", count: 400))"}"#])
+            for e in sseEvents(body) {
+                if let id = e.id { seen.append(id) }
+                if e.data.contains("vault_unavailable") { failure = e.data }
+            }
+        }
+        let text = try #require(failure, "the disk never filled")
+        #expect(text.contains(#""retryable":true"#) && text.contains("errno 28"), "\(text)")
+        // Everything the app was shown is in the vault (reads work on a full disk).
+        let (_, h) = try call(server.h2c + "/v1/worlds/playground/sessions/full?limit=1000")
+        let stored = Set(((try? JSONSerialization.jsonObject(with: Data(h.utf8)) as? [String: Any])?["events"] as? [[String: Any]] ?? [])
+            .map { UInt64($0["seq"] as? Int ?? 0) })
+        #expect(seen.allSatisfy { stored.contains($0) } && !seen.isEmpty, "shown but not stored: \(seen.filter { !stored.contains($0) })")
+    }
+
+    @Test("a stalled runtime (SIGSTOP) holds the app's streams without growing memory; they finish on SIGCONT")
+    func stalledRuntime() throws {
+        let server = try BrokerServer.start(ThreeWayTests().config().with { $0.runtimeWorkers = 0 })
+        defer { server.stop() }
+        let dir = NSTemporaryDirectory() + "soulfra-3way-stall-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "{}".write(toFile: dir + "/empty.json", atomically: true, encoding: .utf8)
+        let runtime = Process()
+        runtime.executableURL = URL(fileURLWithPath: soulfraBinary)
+        runtime.arguments = ["runtime", "--config", dir + "/empty.json", "--broker", server.unixPath!, "--workers", "1"]
+        runtime.environment = ["SOULFRA_RUNTIME_TOKEN": testTokens.runtime]
+        runtime.standardError = FileHandle.nullDevice
+        try runtime.run()
+        defer {
+            kill(runtime.processIdentifier, SIGCONT)
+            kill(runtime.processIdentifier, SIGKILL)
+            runtime.waitUntilExit()
+        }
+        let agent = try AgentRunner(server: server, mode: .full, pacingMilliseconds: 5)
+        defer { agent.stop() }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
+        kill(runtime.processIdentifier, SIGSTOP)
+        // Ten apps ask while the runtime is stopped: their streams wait, the broker holds a bounded amount.
+        let c = try server.h2Client()
+        var ids: [Int32] = []
+        for i in 0..<10 {
+            let id = try #require(c.post("/v1/worlds/playground/messages", headers: [("accept", "text/event-stream"), ("x-soulfra-session", "w\(i)")]))
+            c.send(id, #"{"text":"tell me about mars"}"#, end: true)
+            ids.append(id)
+        }
+        var text: [Int32: String] = [:]
+        pumpH2(c, milliseconds: 1_000, { e in if case .data(let s, let d) = e { text[s, default: ""] += d.text } }, until: { false })
+        #expect(text.values.allSatisfy { !$0.contains(#""event":"token""#) }, "no reply while the runtime is stopped")
+        let held = try #require(server.snapshotNow()).queueBytesByKind[Int(PeerKind.runtime.rawValue)]
+        #expect(held < 64 << 10, "the broker holds \(held) bytes for the stalled runtime")
+        kill(runtime.processIdentifier, SIGCONT)
+        #expect(pumpH2(c, milliseconds: 15_000, { e in if case .data(let s, let d) = e { text[s, default: ""] += d.text } },
+                       until: { ids.allSatisfy { text[$0]?.contains(#""event":"done""#) == true } }), "\(text.mapValues { $0.count })")
+    }
+}
+
+extension ServerConfig {
+    /// This config with `change` applied.
+    func with(_ change: (inout ServerConfig) -> Void) -> ServerConfig {
+        var c = self
+        change(&c)
+        return c
     }
 }
