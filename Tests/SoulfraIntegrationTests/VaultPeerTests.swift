@@ -274,3 +274,42 @@ struct VaultReplayTests {
         #expect(try curl(["\(base)/arena/replay"]).0 == 401)
     }
 }
+
+@Suite("Vault retention", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct VaultRetentionTests {
+    @Test("a world's log moves to new segments as it grows, and retention drops whole oldest segments past the byte bound")
+    func retentionBySize() throws {
+        let config = testConfig {
+            $0.vault.segmentBytes = 4_096
+            $0.vault.retentionMaxBytes = 8_192
+        }
+        let server = try BrokerServer.start(config)
+        defer { server.stop() }
+        let inst = VaultClient(try server.connect(.instance, world: "playground"))
+        let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "r", detail: "append"))
+        var sent = 0
+        // Appends in rounds (each round acknowledged before the next, so the log rotates between batches).
+        for _ in 0..<30 {
+            for _ in 0..<10 {
+                #expect(inst.append(s, "event \(sent) " + String(repeating: "r", count: 100)))
+                sent += 1
+            }
+            inst.conn.flush()
+            #expect(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == sent })
+        }
+        // Retention runs once a second on the loop's tick.
+        var first: UInt64 = 1
+        for _ in 0..<300 where first == 1 {
+            usleep(10_000)
+            first = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1)).events.first?.sessionSequence ?? 1
+        }
+        #expect(first > 1, "nothing was dropped")
+        let kept = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1_000)).events
+        #expect(kept.last?.sessionSequence == UInt64(sent), "the newest events are kept")
+        #expect(kept.map(\.sessionSequence) == Array(first...UInt64(sent)), "what is kept has no gap")
+        let files = try FileManager.default.contentsOfDirectory(atPath: config.vaultDirectory + "/playground").filter { $0.hasSuffix(".seg") }
+        #expect(files.count <= 4, "\(files)")
+        let (_, metrics) = try curl(["-H", "Authorization: Bearer test-admin-token-0001", "http://127.0.0.1:\(server.adminPort)/metrics"])
+        #expect(!metrics.contains("soulfra_vault_segments_dropped_total 0\n") && metrics.contains("soulfra_vault_segments_dropped_total "))
+    }
+}
