@@ -137,13 +137,9 @@ struct ThreeWayFailureTests {
     @Test("a full disk under the vault: the app gets a retryable vault_unavailable error event, and nothing it saw is lost",
           .enabled(if: canMountTmpfs))
     func fullDiskReachesTheApp() throws {
-        let dir = "\(NSTemporaryDirectory())soulfra-3way-full-\(getpid())"
-        mkdir(dir, 0o700)
-        guard mount("tmpfs", dir, "tmpfs", 0, "size=48k") == 0 else { throw ClientError("mount") }
-        defer {
-            umount(dir)
-            rmdir(dir)
-        }
+        let disk = try Tmpfs("3way-full", size: "48k")
+        defer { withExtendedLifetime(disk) {} }  // unmounted only after the server below has stopped
+        let dir = disk.path
         let server = try BrokerServer.start(ThreeWayTests().config().with { $0.vaultDirectory = dir + "/vault" })
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: .full)

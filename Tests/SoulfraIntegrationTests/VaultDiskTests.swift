@@ -16,17 +16,32 @@ let canMountTmpfs: Bool = {
     return true
 }()
 
+/// A small tmpfs mounted for the test (root only; `canMountTmpfs`), unmounted and removed when it returns.
+final class Tmpfs {
+    let path: String
+    init(_ name: String, size: String) throws {
+        path = "\(NSTemporaryDirectory())soulfra-\(name)-\(getpid())"
+        mkdir(path, 0o700)
+        guard mount("tmpfs", path, "tmpfs", 0, "size=\(size)") == 0 else {
+            rmdir(path)
+            throw ClientError("mount tmpfs at \(path): errno \(errno)")
+        }
+    }
+    /// Gives it more room (the disk is no longer full).
+    func grow(to size: String) { mount("tmpfs", path, "tmpfs", UInt(MS_REMOUNT), "size=\(size)") }
+    deinit {
+        umount(path)
+        rmdir(path)
+    }
+}
+
 @Suite("The vault on a full disk", .enabled(if: uringAvailable && canMountTmpfs, "needs io_uring and root (tmpfs mounts)"), .serialized)
 struct VaultDiskTests {
     @Test("a full disk: FAIL ENOSPC to the producer, an error_alert line and a metric; nothing acknowledged lost; reads work; appends resume")
     func fullDisk() throws {
-        let dir = "\(NSTemporaryDirectory())soulfra-vault-fulldisk-\(getpid())"
-        mkdir(dir, 0o700)
-        guard mount("tmpfs", dir, "tmpfs", 0, "size=256k") == 0 else { throw ClientError("mount") }
-        defer {
-            umount(dir)
-            rmdir(dir)
-        }
+        let disk = try Tmpfs("vault-fulldisk", size: "256k")
+        defer { withExtendedLifetime(disk) {} }  // unmounted only after the server below has stopped
+        let dir = disk.path
         let lines = Mutex<[String]>([])
         let server = try BrokerServer.start(testConfig { $0.vaultDirectory = dir + "/vault" }) { line in lines.withLock { $0.append(line) } }
         defer { server.stop() }
@@ -92,7 +107,7 @@ struct VaultDiskTests {
         #expect(stored() == acked)
 
         // Space returns: appends resume by themselves (after the retry delay), nothing lost or doubled.
-        mount("tmpfs", dir, "tmpfs", UInt(MS_REMOUNT), "size=4m")
+        disk.grow(to: "4m")
         let before = acked.count
         send(5)
         let resumed = pumpUntil([inst.conn], milliseconds: 15_000) {
