@@ -156,7 +156,7 @@ public final class AgentInstance: PeerLinkDelegate {
                 c.reads[stream, default: []].append(Array(message))
             }
         }
-        if stream == c.app && c.requestEnded { finishResumeIfDone(c) }
+        if stream == c.app && c.requestEnded { finishIfDone(c) }
         if flags.contains(.endStream) && (stream == c.historyRead || stream == c.replayRead) { pageRead(c, stream) }
     }
 
@@ -189,6 +189,8 @@ public final class AgentInstance: PeerLinkDelegate {
     // MARK: - The conversation
 
     private func appMessage(_ c: Conversation, _ message: UnsafeRawBufferPointer) {
+        // On a full-duplex stream an empty message says nothing (the END that closes the app's side comes so).
+        if message.count == 0 && !c.oneTurn { return }
         let o = try? JSONSerialization.jsonObject(with: Data(message)) as? [String: Any]
         // A JSON object says its text (or nothing: a resume that asks nothing new); anything else is the text.
         let text = o.map { $0["text"] as? String ?? $0["message"] as? String ?? "" } ?? String(decoding: message, as: UTF8.self)
@@ -246,6 +248,7 @@ public final class AgentInstance: PeerLinkDelegate {
             flush(c)
         } else {
             startTurn(c)
+            finishIfDone(c)
         }
     }
 
@@ -322,15 +325,17 @@ public final class AgentInstance: PeerLinkDelegate {
             }
             c.replayed = true
             c.replayRead = 0
-            finishResumeIfDone(c)
+            finishIfDone(c)
         }
         flush(c)
         startTurn(c)
     }
 
-    /// A resume that asked nothing new ends once what it missed went out.
-    private func finishResumeIfDone(_ c: Conversation) {
-        guard c.oneTurn, c.resumeOnly, c.requestEnded, c.replayed, c.inputs.isEmpty, c.runtime == 0 else { return }
+    /// The app ended its side and nothing is left to answer: a resume that asked nothing new, or a full-duplex
+    /// stream whose last turn is over. The reply ends once what it is owed went out.
+    private func finishIfDone(_ c: Conversation) {
+        guard c.requestEnded, c.replayed, c.inputs.isEmpty, c.runtime == 0, c.reply.isEmpty, c.history != nil else { return }
+        guard !c.oneTurn || c.resumeOnly else { return }
         c.endAfterOutbox = true
         flush(c)
     }

@@ -216,3 +216,29 @@ extension ServerConfig {
         return c
     }
 }
+
+@Suite("The 3-way stream over NDJSON", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ThreeWayNDJSONTests {
+    @Test("a full-duplex NDJSON stream carries seq in every event and ends after its last turn; ?after= replays what followed")
+    func ndjsonResume() throws {
+        let server = try BrokerServer.start(ThreeWayTests().config())
+        defer { server.stop() }
+        let agent = try AgentRunner(server: server, mode: .full)
+        defer { agent.stop() }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        let url = server.h2c + "/v1/worlds/playground/streams"
+        let body = #"{"text":"hello"}"# + "\n" + #"{"text":"tell me about mars"}"# + "\n"
+        let (status, out) = try call(url, ["--http2-prior-knowledge", "-H", "x-soulfra-session: nd", "--data-binary", body])
+        #expect(status == 200)
+        let events = out.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let seqs = events.compactMap { $0["seq"] as? Int }
+        #expect(seqs.count == events.count && events.filter { $0["event"] as? String == "done" }.count == 2, "\(events.count) events: \(out.replacingOccurrences(of: "\n", with: " | ").suffix(300))")
+        #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count)
+        // Resuming after the first reply's done: exactly the second reply, from the vault.
+        let firstDone = try #require(events.first { $0["event"] as? String == "done" }?["seq"] as? Int)
+        let (_, rest) = try call(url + "?after=\(firstDone)", ["--http2-prior-knowledge", "-H", "x-soulfra-session: nd", "--data-binary", ""])
+        let replayed = rest.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .compactMap { $0["seq"] as? Int }
+        #expect(replayed == seqs.filter { $0 > firstDone }, "\(rest)")
+    }
+}
