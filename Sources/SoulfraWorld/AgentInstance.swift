@@ -75,6 +75,10 @@ public final class AgentInstance: PeerLinkDelegate {
         var requestEnded = false
         var resumeOnly = false
         var appEnded = false
+        /// Credit consumed on the app's and the runtime's streams and not yet given back: held while this
+        /// conversation has `maxQueuedInputs` messages waiting or `maxHeldEvents` events the app has not taken.
+        var appOwed: (bytes: UInt32, frames: UInt32) = (0, 0)
+        var runtimeOwed: (bytes: UInt32, frames: UInt32) = (0, 0)
         init(app: UInt32, session: String, detail: String, resumeAfter: UInt64?) {
             self.app = app
             self.session = session
@@ -85,8 +89,16 @@ public final class AgentInstance: PeerLinkDelegate {
         var oneTurn: Bool { detail == "message" || detail == "message.stream" }
     }
 
+    /// What one conversation holds at most before it stops granting credit: messages waiting for their turn,
+    /// and events waiting for the app to take them (a slow app holds its runtime back; a flooding one is paced).
+    public static let maxQueuedInputs = 4
+    public static let maxHeldEvents = 64
+
     public struct Counters: Equatable, Sendable {
         public var conversations: UInt64 = 0
+        /// The most inputs and events one conversation held at once (the bounds above, plus one window's worth).
+        public var peakInputs = 0
+        public var peakHeldEvents = 0
         public var turns: UInt64 = 0
         public var eventsStored: UInt64 = 0
         public var eventsFailed: UInt64 = 0
@@ -143,7 +155,13 @@ public final class AgentInstance: PeerLinkDelegate {
 
     public func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard let c = byStream[stream] else { return }
-        link.grant(stream: stream, bytes: UInt32(payload.count), frames: 1)
+        if stream == c.app {
+            c.appOwed = (c.appOwed.bytes &+ UInt32(payload.count), c.appOwed.frames &+ 1)
+        } else if stream == c.runtime {
+            c.runtimeOwed = (c.runtimeOwed.bytes &+ UInt32(payload.count), c.runtimeOwed.frames &+ 1)
+        } else {
+            link.grant(stream: stream, bytes: UInt32(payload.count), frames: 1)
+        }
         if stream == c.app && flags.contains(.endStream) { c.requestEnded = true }
         _ = assembler.feed(stream: stream, payload: payload, flags: flags) { message, _ in
             if stream == c.app {
@@ -158,11 +176,32 @@ public final class AgentInstance: PeerLinkDelegate {
         }
         if stream == c.app && c.requestEnded { finishIfDone(c) }
         if flags.contains(.endStream) && (stream == c.historyRead || stream == c.replayRead) { pageRead(c, stream) }
+        if byStream[c.app] === c {
+            startTurn(c)  // one held back by the bound may go now
+            giveCredit(c)
+        }
+    }
+
+    /// Gives back the app's and the runtime's credit while this conversation is under its bounds.
+    private func giveCredit(_ c: Conversation) {
+        guard let link else { return }
+        counters.peakInputs = max(counters.peakInputs, c.inputs.count)
+        counters.peakHeldEvents = max(counters.peakHeldEvents, c.outbox.count + c.unacked.count)
+        if c.appOwed.frames > 0 && c.inputs.count < Self.maxQueuedInputs {
+            link.grant(stream: c.app, bytes: c.appOwed.bytes, frames: c.appOwed.frames)
+            c.appOwed = (0, 0)
+        }
+        if c.runtimeOwed.frames > 0 && c.runtime != 0 && c.outbox.count + c.unacked.count < Self.maxHeldEvents {
+            link.grant(stream: c.runtime, bytes: c.runtimeOwed.bytes, frames: c.runtimeOwed.frames)
+            c.runtimeOwed = (0, 0)
+        }
     }
 
     public func linkWritable(_ link: PeerLink, stream: UInt32) {
         guard let c = byStream[stream], stream == c.app else { return }
         flush(c)
+        startTurn(c)
+        giveCredit(c)
     }
 
     public func linkStreamClosed(_ link: PeerLink, stream: UInt32, code: ErrorCode, reason: String) {
@@ -205,7 +244,8 @@ public final class AgentInstance: PeerLinkDelegate {
 
     /// The next turn starts once history and any replay are in, and no turn runs.
     private func startTurn(_ c: Conversation) {
-        guard let link, c.runtime == 0, c.history != nil, c.replayed, c.reply.isEmpty, !c.inputs.isEmpty else { return }
+        guard let link, c.runtime == 0, c.history != nil, c.replayed, c.reply.isEmpty, !c.inputs.isEmpty,
+              c.outbox.count + c.unacked.count < Self.maxHeldEvents else { return }  // the app is behind: wait
         let (agentName, text) = c.inputs.removeFirst()
         let persona = settings.personas.first { $0.name == agentName } ?? settings.personas[0]
         c.agent = persona.name
@@ -213,6 +253,7 @@ public final class AgentInstance: PeerLinkDelegate {
         c.tokens = 0
         counters.turns &+= 1
         store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
+        c.runtimeOwed = (0, 0)
         c.runtime = link.open(Open(target: .runtime, world: world, session: c.session))
         byStream[c.runtime] = c
         let request = AgentRequest(persona: persona, input: text, history: c.history ?? [], backend: settings.backend,

@@ -14,6 +14,9 @@ import SoulfraWorld
 /// An agent world instance on its own thread (the 3-way logic against the daemon's broker).
 final class AgentRunner: @unchecked Sendable {
     private let stopFlag = Atomic<Bool>(false)
+    /// The instance's peak held inputs and events per conversation (published on every turn of its thread).
+    let peakInputs = Atomic<Int>(0)
+    let peakHeldEvents = Atomic<Int>(0)
     private let done = DispatchSemaphore(value: 0)
 
     init(server: BrokerServer, mode: StreamMode, pacingMilliseconds: Int = 0) throws {
@@ -28,8 +31,12 @@ final class AgentRunner: @unchecked Sendable {
         try conn.handshake()
         let box = UncheckedBox((conn, agent))
         Thread { [self] in
-            let (c, _) = box.value
-            while !stopFlag.load(ordering: .acquiring) { c.pump(timeoutMilliseconds: 2) }
+            let (c, agent) = box.value
+            while !stopFlag.load(ordering: .acquiring) {
+                c.pump(timeoutMilliseconds: 2)
+                peakInputs.store(agent.counters.peakInputs, ordering: .relaxed)
+                peakHeldEvents.store(agent.counters.peakHeldEvents, ordering: .relaxed)
+            }
             c.close()
             done.signal()
         }.start()
@@ -240,5 +247,32 @@ struct ThreeWayNDJSONTests {
         let replayed = rest.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
             .compactMap { $0["seq"] as? Int }
         #expect(replayed == seqs.filter { $0 > firstDone }, "\(rest)")
+    }
+}
+
+@Suite("The 3-way stream with an app that never reads", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ThreeWaySlowAppTests {
+    @Test("an app that floods messages and never reads: the instance holds a bounded number of inputs and events")
+    func boundedInstance() throws {
+        // A small stream window, so that the messages the app floods do not all fit in it.
+        let window = 16
+        let server = try BrokerServer.start(ThreeWayTests().config().with { $0.broker.streamCreditFrames = UInt32(window) })
+        defer { server.stop() }
+        let agent = try AgentRunner(server: server, mode: .full)
+        defer { agent.stop() }
+        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        let c = try server.h2Client()
+        let id = try #require(c.post("/v1/worlds/playground/streams", headers: [("x-soulfra-session", "flood")]))
+        // 60 messages, each a ~30-event turn (≈ 1,800 events), and not one byte read.
+        for i in 0..<60 { c.send(id, #"{"text":"tell me about mars \#(i)"}"# + "\n") }
+        c.flush()
+        usleep(2_000_000)
+        let inputs = agent.peakInputs.load(ordering: .relaxed)
+        let held = agent.peakHeldEvents.load(ordering: .relaxed)
+        #expect(held > 0, "the instance never held anything: the test did not load it")
+        // What credit already allowed in (one window) comes on top of each bound.
+        #expect(inputs <= AgentInstance.maxQueuedInputs + window, "\(inputs) messages held waiting")
+        // (+2: a turn's user message and end are stored outside the runtime's credit; no turn starts past the bound.)
+        #expect(held <= AgentInstance.maxHeldEvents + window + 2, "\(held) events held for an app that does not read")
     }
 }
