@@ -21,6 +21,8 @@ struct VaultBench: ParsableCommand {
     @Option(help: "Event payload bytes.") var size = 256
     @Option(help: "Producers, one append outstanding each.") var concurrency = 16
     @Option(help: "Seconds to run.") var seconds = 4.0
+    @Option(name: .customLong("prepare-ahead"), help: "Direct mode: bytes of zeros kept written ahead of the records (0: none; the vault's default is 1 MiB).")
+    var prepareAhead = 1 << 20
     @Option(help: "A daemon's broker (tcp:host:port, host:port or unix:/path): append through its vault.") var broker: String?
     @Option(help: "World the producing instance belongs to (broker mode).") var world = "bench"
     @Option(name: .customLong("instance-token")) var instanceToken = "dev-instance-token-bench"
@@ -37,11 +39,12 @@ struct VaultBench: ParsableCommand {
         let result = Mutex<(acked: UInt64, latency: Latency, batches: UInt64, largest: Int, commitNanos: UInt64, failed: UInt64)?>(nil)
         let ready = DispatchSemaphore(value: 0)
         let failure = Mutex<String?>(nil)
-        let o = (size: size, concurrency: concurrency, seconds: seconds)
+        let o = (size: size, concurrency: concurrency, seconds: seconds, prepareAhead: prepareAhead)
         let thread = Thread {
             do {
                 let loop = try EventLoop()
-                let driver = try VaultBenchDriver(loop: loop, path: path, size: o.size, concurrency: o.concurrency, seconds: o.seconds)
+                let driver = try VaultBenchDriver(loop: loop, path: path, size: o.size, concurrency: o.concurrency, seconds: o.seconds,
+                                              prepareAhead: o.prepareAhead)
                 loop.delegate = driver
                 loop.run()
                 result.withLock { $0 = driver.outcome }
@@ -59,7 +62,7 @@ struct VaultBench: ParsableCommand {
         report.extra = [
             ("concurrency", "\(concurrency)"), ("fsyncs", "\(r.batches)"),
             ("appends per fsync", String(format: "%.1f", r.batches > 0 ? Double(r.acked) / Double(r.batches) : 0)),
-            ("largest batch", "\(r.largest)"), ("failed", "\(r.failed)"),
+            ("largest batch", "\(r.largest)"), ("failed", "\(r.failed)"), ("prepare ahead", "\(prepareAhead)"),
             ("mean commit us", String(format: "%.1f", r.batches > 0 ? Double(r.commitNanos) / Double(r.batches) / 1_000 : 0)),
         ]
         report.print()
@@ -162,9 +165,9 @@ final class VaultBenchDriver: LoopDelegate {
     var commitNanos: UInt64 = 0
     var stopping = false
 
-    init(loop: EventLoop, path: String, size: Int, concurrency: Int, seconds: Double) throws {
+    init(loop: EventLoop, path: String, size: Int, concurrency: Int, seconds: Double, prepareAhead: Int) throws {
         self.loop = loop
-        self.segment = try VaultSegment(path: path, loop: loop)
+        self.segment = try VaultSegment(path: path, loop: loop, prepareAhead: prepareAhead, capacity: 1 << 30)
         self.payload = [UInt8](repeating: 0x76, count: size)
         self.concurrency = concurrency
         self.end = monotonicNanoseconds() + UInt64(seconds * 1e9)
@@ -208,7 +211,7 @@ final class VaultBenchDriver: LoopDelegate {
     func loopMailbox(now: UInt64) {}
     func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {}
     func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
-        segment.fileDone(operation, result: result, now: now)
+        segment.fileDone(file: file, operation, result: result, now: now)
     }
     func loopFlush(now: UInt64) {
         if segment.policy.gatherUntil != nil { segment.tick(now: now) }

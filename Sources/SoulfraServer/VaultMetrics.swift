@@ -47,6 +47,8 @@ struct VaultMetrics: Equatable, Sendable {
             ("credit_stalls_total", "Times a producer's credit was withheld because its world's log was over the high watermark.", service.creditStalls),
             ("segments_dropped_total", "Segments removed by retention.", store.segmentsDropped),
             ("recovered_cut_bytes_total", "Bytes of torn or corrupt tail cut off at open (a crash mid-write).", store.recoveredCutBytes),
+            ("prepared_chunks_total", "Chunks of zeros written and synced ahead of the records (each later sync then commits data only).", store.preparedChunks),
+            ("prepare_failures_total", "Chunks of zeros that could not be written ahead (a full disk); retried, no append fails for it.", store.prepareFailures),
         ]
         for (n, h, v) in counters { o.single(n, .counter, h, v) }
         return o.text

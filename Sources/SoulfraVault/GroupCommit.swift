@@ -15,6 +15,14 @@
 /// (more than `maxGatherAppends` outstanding): their batches are large already, the fsync is a small part of
 /// each append's cost, and waiting would only idle a busy loop.
 ///
+/// **Preparation.** A sync after a write that grows the file (or fills a hole) must also commit the file's
+/// new size and block allocation to the filesystem's journal, which costs as much again as the data; a sync
+/// of bytes written over blocks already written and synced does not. So, with `prepareAheadBytes`, the policy
+/// keeps the file written with zeros (and synced) ahead of its records, in chunks of `prepareChunkBytes`, up
+/// to `prepareLimit` (the segment's size): `.prepare` asks the owner to write a chunk. A batch never overlaps
+/// a chunk in flight (it waits for it); a failed chunk is retried after `retry` and fails no append. Recovery
+/// reads an all-zero tail as the clean end of the records (`SegmentScan`).
+///
 /// **Failures.** A short write continues where it stopped (its linked sync was cancelled by the kernel). A
 /// failed write or sync (a full disk, an I/O error) fails the batch's appends with the errno — none of them is
 /// acknowledged, and the next batch is written over the same region — then waits `retry` before trying the
@@ -37,6 +45,9 @@ public struct GroupCommit {
             self.unixMilliseconds = unixMilliseconds
             self.payload = payload
         }
+
+        /// The size of its record in the log.
+        public var recordBytes: Int { VaultRecord.headerBytes + session.count + payload.count }
     }
 
     /// An append made durable: its place in the log and in its session, and where its record is in the file.
@@ -73,6 +84,8 @@ public struct GroupCommit {
         case fail([UInt64], errno: Int32)
         /// Call `tick` at (or after) this time: the next batch is gathering.
         case wake(at: UInt64)
+        /// Write `count` zero bytes at `offset`, with an fdatasync linked behind; report it with `prepared`.
+        case prepare(offset: UInt64, count: Int)
     }
 
     /// Bytes of the log known to be on disk and synced: where the next batch is written.
@@ -115,6 +128,20 @@ public struct GroupCommit {
     public let retryNanoseconds: UInt64
     public let maxRetryNanoseconds: UInt64
 
+    /// How far ahead of the records the file is kept written with zeros (0: not), in chunks of how many
+    /// bytes, and up to where (the segment's size: no further).
+    public let prepareAheadBytes: Int
+    public let prepareChunkBytes: Int
+    public let prepareLimit: UInt64
+    /// The file is written with zeros and synced up to here (what recovery found past the records counts).
+    public private(set) var preparedBytes: UInt64
+    /// The chunk of zeros in flight.
+    public private(set) var preparing: (offset: UInt64, count: Int)?
+    private var prepareRetryAt: UInt64?
+    /// Chunks prepared, and chunks that failed (a full disk: appends go on into what is prepared, then fail).
+    public private(set) var preparedChunks: UInt64 = 0
+    public private(set) var prepareFailures: UInt64 = 0
+
     /// What the policy did, for metrics.
     public private(set) var batches: UInt64 = 0
     public private(set) var appendsDurable: UInt64 = 0
@@ -127,7 +154,14 @@ public struct GroupCommit {
     /// last sequence number of each session seen.
     public init(durableBytes: UInt64 = 0, lastSequence: UInt64 = 0, sessions: [[UInt8]: UInt64] = [:],
                 maxBatchBytes: Int = 1 << 20, maxGatherNanoseconds: UInt64 = 2_000_000, maxGatherAppends: Int = 64,
-                retryNanoseconds: UInt64 = 100_000_000, maxRetryNanoseconds: UInt64 = 2_000_000_000) {
+                retryNanoseconds: UInt64 = 100_000_000, maxRetryNanoseconds: UInt64 = 2_000_000_000,
+                preparedBytes: UInt64 = 0, prepareAheadBytes: Int = 0, prepareChunkBytes: Int = 256 << 10,
+                prepareLimit: UInt64 = .max) {
+        precondition(prepareAheadBytes == 0 || prepareChunkBytes > 0, "zeros prepared in chunks of nothing")
+        self.preparedBytes = max(preparedBytes, durableBytes)
+        self.prepareAheadBytes = prepareAheadBytes
+        self.prepareChunkBytes = prepareChunkBytes
+        self.prepareLimit = prepareLimit
         self.maxGatherNanoseconds = maxGatherNanoseconds
         self.maxGatherAppends = maxGatherAppends
         self.durableBytes = durableBytes
@@ -167,7 +201,7 @@ public struct GroupCommit {
     /// An append arrived.
     public mutating func append(_ a: Append, now: UInt64) -> [Action] {
         pending.append(a)
-        pendingBytes += VaultRecord.headerBytes + a.session.count + a.payload.count
+        pendingBytes += a.recordBytes
         return startBatch(now: now)
     }
 
@@ -210,30 +244,82 @@ public struct GroupCommit {
             let until = now &+ min(lastCommitNanoseconds, maxGatherNanoseconds)
             gatherUntil = until
             gathers &+= 1
-            return [.acknowledge(done), .wake(at: until)]
+            return [.acknowledge(done), .wake(at: until)] + prepare(now: now)
         }
         return [.acknowledge(done)] + startBatch(now: now)
     }
 
-    /// Forms the next batch from what waits, if nothing is in flight and no retry delay runs.
+    /// The chunk of zeros in flight and the sync linked behind it completed (results as for `completed`).
+    public mutating func prepared(written: Int32, synced: Int32, now: UInt64) -> [Action] {
+        guard let chunk = preparing else { preconditionFailure("a prepared chunk with none in flight") }
+        preparing = nil
+        if written >= 0 && Int(written) == chunk.count && synced == 0 {
+            preparedBytes = max(preparedBytes, chunk.offset + UInt64(chunk.count))
+            preparedChunks &+= 1
+        } else {
+            // Zeros written in part are harmless: they lie past every record. Try again later.
+            prepareFailures &+= 1
+            prepareRetryAt = now &+ retryNanoseconds
+        }
+        return startBatch(now: now)
+    }
+
+    /// What the first chunk of zeros leaves between the writes and itself (at most half the bytes ahead).
+    static let prepareGapBytes = 64 << 10
+
+    /// Where writes have reached or will reach: the batch in flight's end, or what failed writes left.
+    private var writeEnd: UInt64 { max(writtenUntil, durableBytes + UInt64(staged.count)) }
+
+    /// The next chunk of zeros, if the prepared bytes are less than `prepareAheadBytes` ahead of the writes.
+    private mutating func prepare(now: UInt64) -> [Action] {
+        guard prepareAheadBytes > 0, preparing == nil, !sealed else { return [] }
+        if let at = prepareRetryAt {
+            guard now >= at else { return [] }
+            prepareRetryAt = nil
+        }
+        let end = writeEnd
+        // Whole pages (the page the records end in is written already). Behind the writes (a new segment, or
+        // after failures) the first chunk leaves a gap for the next few batches rather than make them wait.
+        let gap = UInt64(min(Self.prepareGapBytes, prepareAheadBytes / 2))
+        let start = ((preparedBytes >= end ? preparedBytes : end + gap) + 4_095) & ~4_095
+        precondition(start >= end, "zeros would be written over records")
+        let want = min(prepareLimit, end + UInt64(prepareAheadBytes))
+        guard start < want else { return [] }
+        let count = Int(min(UInt64(prepareChunkBytes), prepareLimit - start))
+        preparing = (start, count)
+        return [.prepare(offset: start, count: count)]
+    }
+
+    /// Forms the next batch from what waits, if nothing is in flight and no retry delay runs; then prepares
+    /// zeros ahead if due.
     private mutating func startBatch(now: UInt64) -> [Action] {
-        guard !writing, !sealed, !pending.isEmpty else { return [] }
+        guard !writing, !sealed, !pending.isEmpty else { return prepare(now: now) }
         if let until = gatherUntil {
-            guard pending.count >= gatherTarget || now >= until else { return [] }
-            if pending.count < gatherTarget { gatherTimeouts &+= 1 }
-            gatherUntil = nil
+            guard pending.count >= gatherTarget || now >= until else { return prepare(now: now) }
         }
         if let at = retryAt {
             guard now >= at else { return [] }
-            retryAt = nil
         }
         var taken = 0
         var bytes = 0
-        var sequence = lastSequence
         while taken < pending.count {
-            let a = pending[taken]
-            let size = VaultRecord.headerBytes + a.session.count + a.payload.count
+            let size = pending[taken].recordBytes
             if taken > 0 && bytes + size > maxBatchBytes { break }
+            bytes += size
+            taken += 1
+        }
+        let end = max(writtenUntil, durableBytes + UInt64(bytes))
+        if let chunk = preparing, end > chunk.offset {
+            return []  // it would write where zeros are being written: after them (`prepared` starts it)
+        }
+        if let until = gatherUntil {
+            if pending.count < gatherTarget && now >= until { gatherTimeouts &+= 1 }
+            gatherUntil = nil
+        }
+        retryAt = nil
+        var sequence = lastSequence
+        for k in 0..<taken {
+            let a = pending[k]
             sequence += 1
             if sessionsBefore[a.session] == nil { sessionsBefore[a.session] = sessionSequences[a.session] ?? 0 }
             let sessionSequence = (sessionSequences[a.session] ?? 0) + 1
@@ -242,17 +328,15 @@ public struct GroupCommit {
             VaultRecord(sequence: sequence, sessionSequence: sessionSequence, unixMilliseconds: a.unixMilliseconds,
                         kind: a.kind, flags: a.flags, session: a.session, payload: a.payload).encode(into: &staged)
             batch.append(Durable(id: a.id, sequence: sequence, sessionSequence: sessionSequence, offset: offset,
-                                 length: UInt32(size), unixMilliseconds: a.unixMilliseconds, session: a.session))
-            bytes += size
-            taken += 1
+                                 length: UInt32(a.recordBytes), unixMilliseconds: a.unixMilliseconds, session: a.session))
         }
         pending.removeFirst(taken)
         pendingBytes -= bytes
         stagedRecordBytes = staged.count
-        let end = durableBytes + UInt64(staged.count)
-        if writtenUntil > end { staged += repeatElement(0, count: Int(writtenUntil - end)) }
+        let recordsEnd = durableBytes + UInt64(staged.count)
+        if writtenUntil > recordsEnd { staged += repeatElement(0, count: Int(writtenUntil - recordsEnd)) }
         batchStartedAt = now
-        return [.writeAndSync(offset: durableBytes, from: 0, count: staged.count)]
+        return [.writeAndSync(offset: durableBytes, from: 0, count: staged.count)] + prepare(now: now)
     }
 
     /// The batch in flight is not stored: its appends fail, its sequence numbers are given back, and the next

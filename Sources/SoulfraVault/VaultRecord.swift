@@ -68,7 +68,7 @@ public struct VaultRecord: Equatable, Sendable {
 
 /// What a scan of a segment found after its last good record.
 public enum SegmentTail: Equatable, Sendable {
-    /// The records end exactly at the end of the bytes.
+    /// The records end exactly at the end of the bytes, or only zeros follow them (space prepared ahead).
     case clean
     /// A record was cut short (a write in progress at a crash): the bytes from `at` are to be cut off.
     case torn(at: Int)
@@ -88,6 +88,8 @@ public enum SegmentScan {
         var last = after
         let h = VaultRecord.headerBytes
         while at < bytes.count {
+            // Zeros to the end: space prepared ahead of the records (`GroupCommit`), not a record.
+            if bytes[at] == 0 && allZero(bytes, from: at) { return (at, last, .clean) }
             guard bytes.count - at >= h else { return (at, last, .torn(at: at)) }
             func u64(_ o: Int) -> UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at + o, as: UInt64.self)) }
             let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt32.self)))
@@ -115,5 +117,19 @@ public enum SegmentScan {
             at += h + length
         }
         return (at, last, .clean)
+    }
+
+    /// Whether every byte from `from` on is zero.
+    static func allZero(_ bytes: UnsafeRawBufferPointer, from: Int) -> Bool {
+        var i = from
+        while i + 8 <= bytes.count {
+            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
+            i += 8
+        }
+        while i < bytes.count {
+            if bytes[i] != 0 { return false }
+            i += 1
+        }
+        return true
     }
 }

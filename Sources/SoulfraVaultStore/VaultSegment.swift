@@ -11,23 +11,42 @@ import SoulfraVault
 public final class VaultSegment {
     public let path: String
     unowned let loop: EventLoop
-    /// The loop's slot for the file (`LoopDelegate.loopFileDone` reports it).
+    /// The loop's slot for the file (`LoopDelegate.loopFileDone` reports it): records are written and read
+    /// through it.
     public let file: UInt32
+    /// A second slot on the same file for zeros written ahead of the records (`GroupCommit`'s preparation),
+    /// so that they never wait for a batch nor a batch for them; nil when the segment prepares none.
+    public private(set) var prepareFile: UInt32?
+    /// The slots the segment's completions come on.
+    public var files: [UInt32] { prepareFile.map { [file, $0] } ?? [file] }
     public private(set) var policy: GroupCommit
     /// Appends made durable, in log order; appends that failed, with the errno.
     public var onDurable: ([GroupCommit.Durable]) -> Void = { _ in }
     public var onFailed: ([UInt64], Int32) -> Void = { _, _ in }
     /// The next batch is gathering until the given time: `tick` the segment then (or on any loop turn before).
     public var onWake: (UInt64) -> Void = { _ in }
+    /// A chunk of zeros was written ahead (`true`), or failed to be (a full disk: retried later).
+    public var onPrepared: (Bool) -> Void = { _ in }
     /// What recovery found: good records, bytes cut off the end, and why.
     public let recoveredRecords: Int
     public let cutBytes: Int
     public let recoveredTail: SegmentTail
+    private let prepareAhead: Int
+    private let capacity: UInt64
     /// The bytes of the write in flight: the ring reads them until the write completes, so they live here, out
     /// of reach of Swift's copy-on-write.
     private var writeBuffer: UnsafeMutableRawBufferPointer
-    /// The write's result, kept until the sync linked behind it completes.
+    /// The write's result, kept until the sync linked behind it completes (records, and zeros).
     private var writeResult: Int32?
+    private var prepareWriteResult: Int32?
+    /// Zeros for preparation, shared by every segment (the ring only reads them).
+    nonisolated(unsafe) static let zeros: UnsafeRawBufferPointer = {
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: zeroChunkBytes, alignment: 4_096)
+        b.initializeMemory(as: UInt8.self, repeating: 0)
+        return UnsafeRawBufferPointer(b)
+    }()
+    /// The chunk of zeros written ahead at a time.
+    public static let zeroChunkBytes = 256 << 10
 
     /// The largest segment opened: a file past it is not a segment (recovery reads it whole).
     public static let maxSegmentBytes = 1 << 30
@@ -39,8 +58,11 @@ public final class VaultSegment {
     /// (the log's last segment) a torn or corrupt tail is cut off; without (a sealed segment, never written
     /// again) it is left where it is and reading stops before it. Either way, a segment whose first record does
     /// not follow on from `after` is not opened: records are missing, and nothing is cut.
+    /// With `prepareAhead` (bytes) the file is kept written with zeros that far ahead of its records, up to
+    /// `capacity` (the segment's size), which makes each sync cheaper (`GroupCommit`).
     public init(path: String, loop: EventLoop, after: UInt64 = 0, sessions before: [[UInt8]: UInt64] = [:],
-                repair: Bool = true, found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) {
+                repair: Bool = true, prepareAhead: Int = 0, capacity: UInt64 = .max,
+                found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) {
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SocketError(call: "open", errno: errno, address: path) }
         var st = stat()
@@ -75,7 +97,7 @@ public final class VaultSegment {
             Glibc.close(fd)
             throw SocketError(call: "open", errno: EIO, address: "\(path) (its first record does not follow record \(after) of the segment before: \(reason); records are missing, so it is left as it is)")
         }
-        if repair && scan.valid < bytes.count {
+        if repair && scan.tail != .clean {
             // The tail that did not check out goes: appends continue from the last good record.
             guard ftruncate(fd, off_t(scan.valid)) == 0, fsync(fd) == 0 else {
                 let e = errno
@@ -83,14 +105,38 @@ public final class VaultSegment {
                 throw SocketError(call: "ftruncate", errno: e, address: path)
             }
         }
-        guard let slot = loop.adoptFile(fd: fd) else { throw SocketError(call: "adopt", errno: EMFILE, address: path) }
+        var prepareSlot: UInt32?
+        if prepareAhead > 0 {
+            let second = dup(fd)
+            guard second >= 0 else {
+                let e = errno
+                Glibc.close(fd)
+                throw SocketError(call: "dup", errno: e, address: path)
+            }
+            guard let slot = loop.adoptFile(fd: second) else {
+                Glibc.close(fd)
+                throw SocketError(call: "adopt", errno: EMFILE, address: path)
+            }
+            prepareSlot = slot
+        }
+        guard let slot = loop.adoptFile(fd: fd) else {
+            if let p = prepareSlot { loop.closeFile(p) }
+            throw SocketError(call: "adopt", errno: EMFILE, address: path)
+        }
+        self.prepareFile = prepareSlot
+        self.prepareAhead = prepareAhead
+        self.capacity = capacity
         self.path = path
         self.loop = loop
         self.file = slot
         self.recoveredRecords = count
-        self.cutBytes = bytes.count - scan.valid
+        self.cutBytes = scan.tail == .clean ? 0 : bytes.count - scan.valid
         self.recoveredTail = scan.tail
-        self.policy = GroupCommit(durableBytes: UInt64(scan.valid), lastSequence: scan.last, sessions: sessions)
+        // Zeros after the records (a clean tail) are prepared space already.
+        self.policy = GroupCommit(durableBytes: UInt64(scan.valid), lastSequence: scan.last, sessions: sessions,
+                                  preparedBytes: scan.tail == .clean ? UInt64(bytes.count) : UInt64(scan.valid),
+                                  prepareAheadBytes: prepareAhead, prepareChunkBytes: Self.zeroChunkBytes,
+                                  prepareLimit: capacity)
         self.writeBuffer = .allocate(byteCount: 4 << 10, alignment: 16)
     }
 
@@ -112,7 +158,9 @@ public final class VaultSegment {
     /// An empty segment made ahead goes on from the log's numbers when it becomes the active one.
     public func continueFrom(lastSequence: UInt64, sessions: [[UInt8]: UInt64]) {
         precondition(policy.durableBytes == 0 && !policy.writing, "only an empty segment goes on from another")
-        policy = GroupCommit(durableBytes: 0, lastSequence: lastSequence, sessions: sessions)
+        policy = GroupCommit(durableBytes: 0, lastSequence: lastSequence, sessions: sessions,
+                             preparedBytes: policy.preparedBytes, prepareAheadBytes: prepareAhead,
+                             prepareChunkBytes: Self.zeroChunkBytes, prepareLimit: capacity)
     }
 
     /// The appends that waited here, for the next segment, with the numbers it goes on from.
@@ -178,8 +226,21 @@ public final class VaultSegment {
         run(policy.tick(now: now), now: now)
     }
 
-    /// The loop finished a write or sync on this segment's file.
-    public func fileDone(_ operation: FileOperation, result: Int32, now: UInt64) {
+    /// The loop finished a write or sync on one of this segment's slots (`files`).
+    public func fileDone(file slot: UInt32, _ operation: FileOperation, result: Int32, now: UInt64) {
+        if slot == prepareFile {
+            if operation == .write {
+                prepareWriteResult = result
+            } else if operation == .sync {
+                let written = prepareWriteResult ?? -LinuxErrnoValue.io
+                prepareWriteResult = nil
+                let failures = policy.prepareFailures
+                let actions = policy.prepared(written: written, synced: result, now: now)
+                onPrepared(policy.prepareFailures == failures)
+                run(actions, now: now)
+            }
+            return
+        }
         switch operation {
         case .read:
             readDone(result: result)
@@ -193,6 +254,14 @@ public final class VaultSegment {
         }
     }
 
+    /// Writes no more zeros ahead (a sealed segment): its second slot closes once what is in flight on it
+    /// completed.
+    public func stopPreparing() {
+        guard let p = prepareFile else { return }
+        prepareFile = nil
+        loop.closeFile(p)
+    }
+
     /// Closes the file once what is in flight completed (reads waiting fail).
     public func close() {
         let waiting = reads.dropFirst()
@@ -202,6 +271,7 @@ public final class VaultSegment {
             r.buffer.deallocate()
         }
         loop.closeFile(file)
+        if let p = prepareFile { loop.closeFile(p) }
     }
 
     private func run(_ actions: [GroupCommit.Action], now: UInt64) {
@@ -223,6 +293,9 @@ public final class VaultSegment {
             case .wake(let at):
                 loop.wake(at: at, now: now)
                 onWake(at)
+            case .prepare(let offset, let count):
+                guard let slot = prepareFile else { preconditionFailure("zeros asked of a segment that prepares none") }
+                loop.write(file: slot, bytes: UnsafeRawBufferPointer(rebasing: Self.zeros[..<count]), offset: offset, sync: true)
             }
         }
     }

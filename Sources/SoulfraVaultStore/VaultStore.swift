@@ -18,6 +18,9 @@ public struct VaultSettings: Sendable, Equatable {
     /// the data directory. A world with a key file is readable whether or not it is listed.
     public var encryptedWorlds: Set<String> = []
     public var keyDirectory = ""
+    /// How far ahead of its records the active segment is kept written with zeros, which makes each sync
+    /// cheaper (a sync then commits no new size or block allocation); 0: not.
+    public var prepareAheadBytes = 1 << 20
 
     public init(directory: String) { self.directory = directory }
 }
@@ -187,6 +190,8 @@ public struct VaultStoreCounters: Equatable, Sendable {
     public var pendingBytes = 0
     public var segmentsDropped: UInt64 = 0
     public var recoveredCutBytes: UInt64 = 0
+    public var preparedChunks: UInt64 = 0
+    public var prepareFailures: UInt64 = 0
     public init() {}
 
     mutating func add(_ w: VaultWorld) {
@@ -203,6 +208,8 @@ public struct VaultStoreCounters: Equatable, Sendable {
         one.pendingBytes = w.pendingBytes
         one.segmentsDropped = w.segmentsDropped
         one.recoveredCutBytes = w.recoveredCutBytes
+        one.preparedChunks = w.preparedChunks
+        one.prepareFailures = w.prepareFailures
         merge(one)
     }
 
@@ -220,5 +227,7 @@ public struct VaultStoreCounters: Equatable, Sendable {
         pendingBytes += o.pendingBytes
         segmentsDropped += o.segmentsDropped
         recoveredCutBytes += o.recoveredCutBytes
+        preparedChunks += o.preparedChunks
+        prepareFailures += o.prepareFailures
     }
 }

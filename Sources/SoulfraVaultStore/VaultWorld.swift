@@ -44,6 +44,8 @@ final class VaultWorld {
     private(set) var commitNanosecondsTotal: UInt64 = 0
     private(set) var segmentsDropped: UInt64 = 0
     private(set) var recoveredCutBytes: UInt64 = 0
+    private(set) var preparedChunks: UInt64 = 0
+    private(set) var prepareFailures: UInt64 = 0
 
     static func validName(_ name: String) -> Bool {
         guard !name.isEmpty, name.utf8.count <= 128, name.first != "." else { return false }
@@ -80,8 +82,10 @@ final class VaultWorld {
             let path = segmentPath(number)
             let segment: VaultSegment
             do {
-                segment = try VaultSegment(path: path, loop: store.loop, after: after, sessions: sessions,
-                                           repair: k == numbers.count - 1) { record, offset in
+                let last = k == numbers.count - 1
+                segment = try VaultSegment(path: path, loop: store.loop, after: after, sessions: sessions, repair: last,
+                                           prepareAhead: last ? store.settings.prepareAheadBytes : 0,
+                                           capacity: UInt64(store.settings.segmentBytes)) { record, offset in
                     self.index.add(RecordPosition(segment: number, offset: UInt64(offset), length: UInt32(record.encodedBytes),
                                                   sequence: record.sequence, sessionSequence: record.sessionSequence,
                                                   unixMilliseconds: record.unixMilliseconds), session: record.session)
@@ -91,7 +95,7 @@ final class VaultWorld {
                 throw VaultFailure(errno: error.errno, reason: "cannot open \(path): \(error)")
             }
             segments.append(Segment(number: number, segment: segment))
-            store.owners[segment.file] = self
+            for f in segment.files { store.owners[f] = self }
             if segment.cutBytes > 0 && k == numbers.count - 1 {
                 recoveredCutBytes += UInt64(segment.cutBytes)
                 store.log("vault: world \(name): cut \(segment.cutBytes) bytes off the end of \(path) (\(segment.recoveredTail))")
@@ -145,6 +149,9 @@ final class VaultWorld {
         segment.onWake = { [unowned self, unowned segment] _ in self.store.gathering.append(segment) }
         segment.onDurable = { [unowned self, unowned segment] done in self.durable(done, in: segment) }
         segment.onFailed = { [unowned self, unowned segment] ids, errno in self.failed(ids, errno: errno, in: segment) }
+        segment.onPrepared = { [unowned self] ok in
+            if ok { preparedChunks &+= 1 } else { prepareFailures &+= 1 }
+        }
     }
 
     var pendingBytes: Int { segments.reduce(0) { $0 + $1.segment.policy.pendingBytes } }
@@ -267,6 +274,8 @@ final class VaultWorld {
         guard nextReady else { return }
         if !a.policy.sealed { a.seal() }
         guard !a.policy.writing, let n = next else { return }
+        for f in a.files where f != a.file { store.owners[f] = nil }
+        a.stopPreparing()
         let moving = a.takePending()
         n.segment.continueFrom(lastSequence: moving.lastSequence, sessions: moving.sessions)
         segments.append(Segment(number: n.number, segment: n.segment))
@@ -279,8 +288,9 @@ final class VaultWorld {
     private func makeNext() {
         let number = segments[segments.count - 1].number + 1
         do {
-            let s = try VaultSegment(path: segmentPath(number), loop: store.loop)
-            store.owners[s.file] = self
+            let s = try VaultSegment(path: segmentPath(number), loop: store.loop, prepareAhead: store.settings.prepareAheadBytes,
+                                     capacity: UInt64(store.settings.segmentBytes))
+            for f in s.files { store.owners[f] = self }
             wire(s)
             next = (number, s)
         } catch {
@@ -304,13 +314,14 @@ final class VaultWorld {
                 rotateIfDue()
             } else {
                 store.log("error_alert vault: world \(name): directory sync failed (errno \(-result)); rotation retried")
-                next.map { store.owners[$0.segment.file] = nil; $0.segment.close() }
+                next.map { n in for f in n.segment.files { store.owners[f] = nil }; n.segment.close() }
                 next = nil
             }
             return
         }
-        if let s = segments.first(where: { $0.segment.file == file })?.segment ?? next.flatMap({ $0.segment.file == file ? $0.segment : nil }) {
-            s.fileDone(operation, result: result, now: now)
+        if let s = segments.last(where: { $0.segment.files.contains(file) })?.segment
+            ?? next.flatMap({ $0.segment.files.contains(file) ? $0.segment : nil }) {
+            s.fileDone(file: file, operation, result: result, now: now)
         }
     }
 
@@ -328,7 +339,7 @@ final class VaultWorld {
             guard tooOld || tooBig else { return }
             index.dropSegments(before: segments[1].number)
             segments.removeFirst()
-            store.owners[oldest.segment.file] = nil
+            for f in oldest.segment.files { store.owners[f] = nil }
             oldest.segment.close()
             unlink(oldest.segment.path)
             segmentsDropped &+= 1
@@ -380,12 +391,12 @@ final class VaultWorld {
             lockFD = -1
         }
         for s in segments {
-            store.owners[s.segment.file] = nil
+            for f in s.segment.files { store.owners[f] = nil }
             s.segment.close()
         }
         segments = []
         if let n = next {
-            store.owners[n.segment.file] = nil
+            for f in n.segment.files { store.owners[f] = nil }
             n.segment.close()
             next = nil
         }

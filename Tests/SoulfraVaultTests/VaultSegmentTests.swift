@@ -27,7 +27,7 @@ final class SegmentDriver: LoopDelegate, @unchecked Sendable {
     func loopMailbox(now: UInt64) {}
     func loopHandedOff(conn: UInt32, fd: Int32, now: UInt64) {}
     func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
-        if let s = segment, s.file == file { s.fileDone(operation, result: result, now: now) }
+        if let s = segment, s.files.contains(file) { s.fileDone(file: file, operation, result: result, now: now) }
     }
     func loopFlush(now: UInt64) {
         if !finished, step(self, now) {
@@ -125,6 +125,57 @@ struct VaultSegmentTests {
         let onDisk = try fileRecords(path)
         #expect(onDisk.records.count == 400 && onDisk.tail == .clean)
         #expect(onDisk.records.last.map { String(decoding: $0.payload, as: UTF8.self) } == "event 400")
+    }
+
+    @Test("zeros are written ahead of the records through a second slot; reopened, the zeros are no tail to cut and appends go on")
+    func zerosAhead() throws {
+        let path = scratchPath()
+        defer { unlink(path) }
+        let acked = Mutex<Int>(0)
+        var sent: UInt64 = 0
+        let first = try SegmentDriver.run({ d in
+            let s = try VaultSegment(path: path, loop: d.loop, prepareAhead: 512 << 10, capacity: 4 << 20)
+            s.onDurable = { list in acked.withLock { $0 += list.count } }
+            d.segment = s
+        }, { d, now in
+            if sent < 300 {
+                for _ in 0..<10 {
+                    sent += 1
+                    d.segment!.append(event(sent, "s", String(repeating: "z", count: 200)), now: now)
+                }
+                return false
+            }
+            guard acked.withLock({ $0 }) == 300, d.segment!.policy.preparing == nil else { return false }
+            d.segment!.close()
+            return true
+        })
+        #expect(first.finished)
+        let policy = first.segment!.policy
+        #expect(policy.preparedChunks >= 1 && policy.prepareFailures == 0)
+        #expect(policy.preparedBytes >= policy.durableBytes + (256 << 10), "prepared \(policy.preparedBytes), records \(policy.durableBytes)")
+        var st = stat()
+        #expect(stat(path, &st) == 0 && UInt64(st.st_size) == policy.preparedBytes, "the file holds the zeros")
+        let onDisk = try fileRecords(path)
+        #expect(onDisk.records.count == 300 && onDisk.tail == .clean)
+        let fileBytes = UInt64(st.st_size)
+
+        // Reopened: nothing cut, the zeros count as prepared, and the next append follows record 300.
+        let again = Mutex<[GroupCommit.Durable]>([])
+        let second = try SegmentDriver.run({ d in
+            let s = try VaultSegment(path: path, loop: d.loop, prepareAhead: 512 << 10, capacity: 4 << 20)
+            #expect(s.cutBytes == 0 && s.recoveredRecords == 300 && s.recoveredTail == .clean)
+            #expect(s.policy.preparedBytes == fileBytes)
+            s.onDurable = { list in again.withLock { $0 += list } }
+            d.segment = s
+            s.append(event(301, "s", "after"), now: 1)
+        }, { d, _ in
+            guard again.withLock({ $0.count }) == 1 else { return false }
+            d.segment!.close()
+            return true
+        })
+        #expect(second.finished)
+        #expect(again.withLock { $0.map(\.sequence) } == [301])
+        #expect(try fileRecords(path).records.count == 301)
     }
 
     @Test("opening a segment with a torn tail cuts it; appends go on from the last good record, sessions too")
