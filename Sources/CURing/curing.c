@@ -193,6 +193,30 @@ int sf_prep_close(sf_ring *ring, int fd, uint64_t user_data) {
     return 0;
 }
 
+int sf_prep_openat(sf_ring *ring, const char *path, int flags, unsigned mode, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_openat(sqe, AT_FDCWD, path, flags, mode);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int sf_prep_mkdirat(sf_ring *ring, const char *path, unsigned mode, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_mkdirat(sqe, AT_FDCWD, path, mode);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int sf_prep_unlinkat(sf_ring *ring, const char *path, uint64_t user_data) {
+    struct io_uring_sqe *sqe = sqe_for(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_unlinkat(sqe, AT_FDCWD, path, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
 int sf_submit(sf_ring *ring) {
     return io_uring_submit(&ring->ring);
 }

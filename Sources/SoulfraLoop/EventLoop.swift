@@ -30,11 +30,16 @@ public protocol LoopDelegate: AnyObject {
     /// (a write may be short), 0 for a sync, or a negative errno — `-ENOSPC`, `-EIO`, and `-ECANCELED` for a
     /// sync linked behind a write that failed or was short. The bytes of a write may be reused from here on.
     func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64)
+    /// A path operation finished (`EventLoop.path`): `result` is the new descriptor of an open (now the
+    /// delegate's), 0 for the others, or a negative errno.
+    func loopPathDone(token: UInt64, operation: PathOperation, result: Int32, now: UInt64)
 }
 
 extension LoopDelegate {
     /// Delegates that open no files need not answer for them.
     public func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {}
+    /// …nor for paths.
+    public func loopPathDone(token: UInt64, operation: PathOperation, result: Int32, now: UInt64) {}
 }
 
 /// What ended a connection, as the loop saw it. Every errno the loop can meet is classified in
@@ -90,6 +95,9 @@ public struct LoopCounters: Sendable, Equatable {
     public var fileReadBytes: UInt64 = 0
     public var fileSyncs: UInt64 = 0
     public var fileErrors: UInt64 = 0
+    /// Path operations (open, make directory, unlink) completed, and those that failed.
+    public var pathOperations: UInt64 = 0
+    public var pathErrors: UInt64 = 0
     /// Connections closed, by `LoopCloseReason`.
     public var closes: [UInt64] = Array(repeating: 0, count: LoopCloseReason.allCases.count)
 
@@ -103,7 +111,7 @@ public struct LoopCounters: Sendable, Equatable {
 /// Nothing here locks; the only cross-thread entry is the mailbox's eventfd.
 public final class EventLoop {
     enum Op: UInt64 {
-        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync, read, alarm
+        case accept = 1, recv, send, timer, mailbox, cancel, write, fsync, read, alarm, path
     }
 
     struct Slot {
@@ -148,6 +156,7 @@ public final class EventLoop {
         case sync(UInt32, UInt32, dataOnly: Bool)
         case read(UInt32, UInt32)
         case alarm(UInt64)
+        case path(UInt32)
     }
 
     public let limits: LoopLimits
@@ -168,6 +177,9 @@ public final class EventLoop {
     private var rearm: [UInt32] = []
     /// Operations that did not fit in the submission queue, in order; prepared as soon as there is room.
     private var backlog: [Pending] = []
+    /// Path operations in flight, by id: the path as a C string (the kernel reads it until the completion).
+    var pathOperations: [UInt32: (operation: PathOperation, path: UnsafeMutablePointer<CChar>, token: UInt64)] = [:]
+    var nextPathOperation: UInt32 = 0
     var closingSlots: [UInt32] = []
     private var handoffSlots: [UInt32] = []
     private var stopped = false
@@ -200,6 +212,7 @@ public final class EventLoop {
 
     deinit {
         for s in slots where s.inUse && s.fd >= 0 { Glibc.close(s.fd) }
+        for p in pathOperations.values { free(p.path) }
         for l in listeners { Glibc.close(l.fd) }
         sf_buf_ring_destroy(ring, bufRing)
         sf_ring_destroy(ring)
@@ -471,6 +484,13 @@ public final class EventLoop {
             rc = sf_prep_read_at(ring, s.fd, s.readBase, UInt32(s.readCount), s.readOffset, ud(file, gen, .read))
         case .alarm(let nanoseconds):
             rc = sf_prep_alarm(ring, nanoseconds, ud(0, 0, .alarm))
+        case .path(let id):
+            guard let p = pathOperations[id] else { return true }
+            rc = switch p.operation {
+            case .open(let flags, let mode): sf_prep_openat(ring, p.path, flags, mode, ud(id, 0, .path))
+            case .makeDirectory(let mode): sf_prep_mkdirat(ring, p.path, mode, ud(id, 0, .path))
+            case .unlink: sf_prep_unlinkat(ring, p.path, ud(id, 0, .path))
+            }
         }
         return rc != -EBUSY
     }
@@ -589,6 +609,8 @@ public final class EventLoop {
             onFileDone(slot, gen, cqe, .read, now: now)
         case .alarm:
             alarmAt = nil  // the batch's `loopFlush` follows: whoever asked looks again
+        case .path:
+            onPathDone(slot, cqe, now: now)
         }
     }
 

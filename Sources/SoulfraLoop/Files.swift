@@ -11,6 +11,16 @@ public enum FileOperation: Sendable, Equatable {
     case read
 }
 
+/// An operation on a path, through the ring (`EventLoop.path`).
+public enum PathOperation: Sendable, Equatable {
+    /// openat(2) with these flags and mode: the result is the descriptor.
+    case open(flags: Int32, mode: UInt32)
+    /// mkdirat(2).
+    case makeDirectory(mode: UInt32)
+    /// unlinkat(2) of a file.
+    case unlink
+}
+
 /// Files on the ring: reads, writes and `fdatasync`/`fsync` as io_uring operations (`IORING_OP_READ`,
 /// `IORING_OP_WRITE`, `IORING_OP_FSYNC`), so a loop thread never blocks on the disk. A file is owned by a slot
 /// like a socket: its operations carry the slot's generation, at most one read, one write and one sync are in
@@ -138,6 +148,30 @@ extension EventLoop {
         default:
             counters.fileErrors &+= 1
         }
+    }
+
+    /// Opens, makes or removes `path` through the ring (`IORING_OP_OPENAT`, `MKDIRAT`, `UNLINKAT`), so that a
+    /// loop thread never waits on a directory lookup or a metadata write; `loopPathDone` reports it with
+    /// `token`. Any number may be in flight; they complete in any order.
+    public func path(_ operation: PathOperation, _ path: String, token: UInt64) {
+        var id = nextPathOperation
+        while pathOperations[id] != nil { id &+= 1 }
+        nextPathOperation = id &+ 1
+        pathOperations[id] = (operation, strdup(path)!, token)
+        submit(.path(id))
+    }
+
+    func onPathDone(_ id: UInt32, _ cqe: sf_cqe, now: UInt64) {
+        guard let p = pathOperations.removeValue(forKey: id) else { return }
+        free(p.path)
+        counters.pathOperations &+= 1
+        if cqe.res < 0 {
+            if cqe.res == -EBADF || cqe.res == -EFAULT {
+                fatalError("io_uring path operation failed with \(describe(errno: -cqe.res)): the loop misused it")
+            }
+            counters.pathErrors &+= 1
+        }
+        delegate?.loopPathDone(token: p.token, operation: p.operation, result: cqe.res, now: now)
     }
 
     func releaseFile(_ file: UInt32) {

@@ -27,6 +27,10 @@ final class FileDelegate: LoopDelegate, @unchecked Sendable {
     func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
         results.append((file, operation, result))
     }
+    var paths: [UInt64: (operation: PathOperation, result: Int32)] = [:]
+    func loopPathDone(token: UInt64, operation: PathOperation, result: Int32, now: UInt64) {
+        paths[token] = (operation, result)
+    }
     func loopFlush(now: UInt64) {
         if let s = step, !finished, s(self) {
             finished = true
@@ -84,6 +88,51 @@ func scratchFile() throws -> (fd: Int32, path: String) {
 
 @Suite("Loop: file writes and syncs on the ring", .enabled(if: uringUsable))
 struct FileTests {
+    @Test("paths through the ring: a directory made, a file opened in it (the descriptor written through the ring), removed; errors come back as errnos")
+    func pathOperations() throws {
+        let dir = "\(NSTemporaryDirectory())soulfra-paths-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { rmdir(dir) }
+        var stage = 0
+        var file: UInt32 = 0
+        let (d, counters) = try withFileLoop { d in
+            switch stage {
+            case 0:
+                d.loop.path(.makeDirectory(mode: 0o700), dir, token: 1)
+                d.loop.path(.open(flags: O_RDONLY, mode: 0), dir + "/missing", token: 2)
+                d.loop.path(.makeDirectory(mode: 0o700), "/proc/no-such-place/x", token: 3)
+                stage = 1
+            case 1:
+                guard d.paths[1] != nil, d.paths[2] != nil, d.paths[3] != nil else { return false }
+                d.loop.path(.open(flags: O_RDWR | O_CREAT | O_CLOEXEC, mode: 0o600), dir + "/seg", token: 4)
+                stage = 2
+            case 2:
+                guard let opened = d.paths[4] else { return false }
+                guard opened.result >= 0, let f = d.loop.adoptFile(fd: opened.result) else { return true }
+                file = f
+                Array("through the ring".utf8).withUnsafeBytes { d.loop.write(file: f, bytes: $0, offset: 0, sync: true) }
+                stage = 3
+            case 3:
+                guard d.results(file, .sync).count == 1 else { return false }
+                d.loop.closeFile(file)
+                d.loop.path(.unlink, dir + "/seg", token: 5)
+                d.loop.path(.unlink, dir + "/seg-never-made", token: 6)
+                stage = 4
+            default:
+                return d.paths[5] != nil && d.paths[6] != nil && d.loop.openFiles == 0
+            }
+            return false
+        }
+        #expect(d.finished)
+        #expect(d.paths[1]?.result == 0 && d.paths[1]?.operation == .makeDirectory(mode: 0o700))
+        #expect(d.paths[2]?.result == -ENOENT)
+        #expect(d.paths[3]?.result == -ENOENT)
+        #expect((d.paths[4]?.result ?? -1) >= 0)
+        #expect(d.results(file, .write) == [16] && d.results(file, .sync) == [0])
+        #expect(d.paths[5]?.result == 0 && d.paths[6]?.result == -ENOENT)
+        #expect(access(dir + "/seg", F_OK) != 0, "removed")
+        #expect(counters.pathOperations == 6 && counters.pathErrors == 3)
+    }
+
     @Test("records written at their offsets, some with a linked fdatasync, are on disk whole and in order")
     func writesAndSyncs() throws {
         let (fd, path) = try scratchFile()

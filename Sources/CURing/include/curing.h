@@ -74,6 +74,13 @@ int sf_prep_cancel(sf_ring *ring, uint64_t target, uint64_t user_data);
 /// Closes `fd` through the ring, so the close is ordered after work already queued for it.
 int sf_prep_close(sf_ring *ring, int fd, uint64_t user_data);
 
+/// Opens `path` (IORING_OP_OPENAT, relative to the working directory); completes with the new descriptor.
+int sf_prep_openat(sf_ring *ring, const char *path, int flags, unsigned mode, uint64_t user_data);
+/// Makes the directory `path` (IORING_OP_MKDIRAT).
+int sf_prep_mkdirat(sf_ring *ring, const char *path, unsigned mode, uint64_t user_data);
+/// Removes the file `path` (IORING_OP_UNLINKAT).
+int sf_prep_unlinkat(sf_ring *ring, const char *path, uint64_t user_data);
+
 /// Submits queued SQEs without waiting (to make room in a full submission queue). Returns the count or -errno.
 int sf_submit(sf_ring *ring);
 /// Free entries in the submission queue.
