@@ -154,6 +154,7 @@ public final class VaultProcess: LoopDelegate, @unchecked Sendable {
     }
 
     public func loopMailbox(now: UInt64) {
+        store.mailbox(now: now)
         if stopping.load(ordering: .relaxed) {
             for (conn, r) in remotes {
                 r.peer.goaway(reason: "vault stopping")
@@ -194,6 +195,10 @@ public final class VaultProcess: LoopDelegate, @unchecked Sendable {
 
     public func loopFileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
         store.fileDone(file: file, operation: operation, result: result, now: now)
+    }
+
+    public func loopPathDone(token: UInt64, operation: PathOperation, result: Int32, now: UInt64) {
+        store.pathDone(token: token, result: result)
     }
 
     /// The vault's figures (for its own log line and tests).

@@ -220,6 +220,10 @@ final class Wiring: LoopDelegate {
         vault?.store.fileDone(file: file, operation: operation, result: result, now: now)
     }
 
+    func loopPathDone(token: UInt64, operation: PathOperation, result: Int32, now: UInt64) {
+        vault?.store.pathDone(token: token, result: result)
+    }
+
     func publish() {
         gateway?.measureClientQueues()
         inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.counters, vault: vault?.metrics)
@@ -227,6 +231,7 @@ final class Wiring: LoopDelegate {
 
     func loopMailbox(now: UInt64) {
         gateway?.now = now
+        vault?.store.mailbox(now: now)
         for a in inbox.takeArrivals() {
             guard let g = gateway, shutdownStarted == nil, let conn = loop.adopt(fd: a.fd) else {
                 if gateway == nil || shutdownStarted != nil { Glibc.close(a.fd) }

@@ -51,19 +51,39 @@ public final class VaultSegment {
     /// The largest segment opened: a file past it is not a segment (recovery reads it whole).
     public static let maxSegmentBytes = 1 << 30
 
-    /// Opens (or creates) the segment at `path` and recovers it, then hands the file to `loop`. Reads the file
-    /// with blocking calls: open a segment before the loop serves its world (at start-up, or off the loop).
-    /// A segment after others goes on from their numbers: `after` is the log's last sequence before it,
-    /// `sessions` each session's last sequence. `found` sees each good record and its offset. With `repair`
-    /// (the log's last segment) a torn or corrupt tail is cut off; without (a sealed segment, never written
-    /// again) it is left where it is and reading stops before it. Either way, a segment whose first record does
-    /// not follow on from `after` is not opened: records are missing, and nothing is cut.
-    /// With `prepareAhead` (bytes) the file is kept written with zeros that far ahead of its records, up to
-    /// `capacity` (the segment's size), which makes each sync cheaper (`GroupCommit`).
-    public init(path: String, loop: EventLoop, after: UInt64 = 0, sessions before: [[UInt8]: UInt64] = [:],
-                repair: Bool = true, prepareAhead: Int = 0, capacity: UInt64 = .max,
-                found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    /// A segment file opened and recovered but not yet on a loop: the blocking half of opening, which any
+    /// thread may do (start-up, or the vault's opener thread), so that a loop thread never waits on the disk.
+    public struct Opened: @unchecked Sendable {
+        public let path: String
+        let fd: Int32
+        /// A second descriptor for the zeros written ahead (-1: none).
+        let prepareFD: Int32
+        public let recoveredRecords: Int
+        public let cutBytes: Int
+        public let tail: SegmentTail
+        let valid: UInt64
+        let last: UInt64
+        let sessions: [[UInt8]: UInt64]
+        let preparedBytes: UInt64
+
+        /// Closes the descriptors (an open that goes no further).
+        public func discard() {
+            Glibc.close(fd)
+            if prepareFD >= 0 { Glibc.close(prepareFD) }
+        }
+    }
+
+    /// Opens (or creates) the segment at `path` and recovers it, with blocking calls (never on a loop thread
+    /// that serves). A segment after others goes on from their numbers: `after` is the log's last sequence
+    /// before it, `sessions` each session's last sequence. `found` sees each good record and its offset. With
+    /// `repair` (the log's last segment) a torn or corrupt tail is cut off; without (a sealed segment, never
+    /// written again) it is left where it is and reading stops before it. Either way, a segment whose first
+    /// record does not follow on from `after` is not opened: records are missing, and nothing is cut. With
+    /// `prepareAhead` a second descriptor is opened for the zeros written ahead.
+    public static func open(path: String, after: UInt64 = 0, sessions before: [[UInt8]: UInt64] = [:],
+                            repair: Bool = true, prepareAhead: Bool = false,
+                            found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) -> Opened {
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SocketError(call: "open", errno: errno, address: path) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) <= Self.maxSegmentBytes else {
@@ -73,7 +93,7 @@ public final class VaultSegment {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(Int(st.st_size))
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
+        while st.st_size > 0 {
             let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else {
@@ -105,39 +125,60 @@ public final class VaultSegment {
                 throw SocketError(call: "ftruncate", errno: e, address: path)
             }
         }
-        var prepareSlot: UInt32?
-        if prepareAhead > 0 {
-            let second = dup(fd)
+        var second: Int32 = -1
+        if prepareAhead {
+            second = dup(fd)
             guard second >= 0 else {
                 let e = errno
                 Glibc.close(fd)
                 throw SocketError(call: "dup", errno: e, address: path)
             }
-            guard let slot = loop.adoptFile(fd: second) else {
-                Glibc.close(fd)
-                throw SocketError(call: "adopt", errno: EMFILE, address: path)
+        }
+        // Zeros after the records (a clean tail) are prepared space already.
+        return Opened(path: path, fd: fd, prepareFD: second, recoveredRecords: count,
+                      cutBytes: scan.tail == .clean ? 0 : bytes.count - scan.valid, tail: scan.tail,
+                      valid: UInt64(scan.valid), last: scan.last, sessions: sessions,
+                      preparedBytes: scan.tail == .clean ? UInt64(bytes.count) : UInt64(scan.valid))
+    }
+
+    /// Hands an opened segment's file to `loop` (on the loop's thread). With `prepareAhead` (bytes; the open
+    /// made the second descriptor) the file is kept written with zeros that far ahead of its records, up to
+    /// `capacity` (the segment's size), which makes each sync cheaper (`GroupCommit`).
+    public init(_ o: Opened, loop: EventLoop, prepareAhead: Int = 0, capacity: UInt64 = .max) throws(SocketError) {
+        precondition(prepareAhead == 0 || o.prepareFD >= 0, "zeros ahead need the open's second descriptor")
+        var prepareSlot: UInt32?
+        if o.prepareFD >= 0 {
+            guard let slot = loop.adoptFile(fd: o.prepareFD) else {
+                Glibc.close(o.fd)
+                throw SocketError(call: "adopt", errno: EMFILE, address: o.path)
             }
             prepareSlot = slot
         }
-        guard let slot = loop.adoptFile(fd: fd) else {
+        guard let slot = loop.adoptFile(fd: o.fd) else {
             if let p = prepareSlot { loop.closeFile(p) }
-            throw SocketError(call: "adopt", errno: EMFILE, address: path)
+            throw SocketError(call: "adopt", errno: EMFILE, address: o.path)
         }
         self.prepareFile = prepareSlot
-        self.prepareAhead = prepareAhead
+        self.prepareAhead = prepareFile == nil ? 0 : prepareAhead
         self.capacity = capacity
-        self.path = path
+        self.path = o.path
         self.loop = loop
         self.file = slot
-        self.recoveredRecords = count
-        self.cutBytes = scan.tail == .clean ? 0 : bytes.count - scan.valid
-        self.recoveredTail = scan.tail
-        // Zeros after the records (a clean tail) are prepared space already.
-        self.policy = GroupCommit(durableBytes: UInt64(scan.valid), lastSequence: scan.last, sessions: sessions,
-                                  preparedBytes: scan.tail == .clean ? UInt64(bytes.count) : UInt64(scan.valid),
-                                  prepareAheadBytes: prepareAhead, prepareChunkBytes: Self.zeroChunkBytes,
-                                  prepareLimit: capacity)
+        self.recoveredRecords = o.recoveredRecords
+        self.cutBytes = o.cutBytes
+        self.recoveredTail = o.tail
+        self.policy = GroupCommit(durableBytes: o.valid, lastSequence: o.last, sessions: o.sessions,
+                                  preparedBytes: o.preparedBytes, prepareAheadBytes: self.prepareAhead,
+                                  prepareChunkBytes: Self.zeroChunkBytes, prepareLimit: capacity)
         self.writeBuffer = .allocate(byteCount: 4 << 10, alignment: 16)
+    }
+
+    /// Opens, recovers and hands to `loop` in one go: blocking (`open`), for start-up and tools.
+    public convenience init(path: String, loop: EventLoop, after: UInt64 = 0, sessions before: [[UInt8]: UInt64] = [:],
+                            repair: Bool = true, prepareAhead: Int = 0, capacity: UInt64 = .max,
+                            found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) {
+        let o = try Self.open(path: path, after: after, sessions: before, repair: repair, prepareAhead: prepareAhead > 0, found: found)
+        try self.init(o, loop: loop, prepareAhead: prepareAhead, capacity: capacity)
     }
 
     deinit {

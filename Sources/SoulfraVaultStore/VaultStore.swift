@@ -1,8 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 import SoulfraLoop
 import SoulfraVault
+import Synchronization
 
 /// Where and how the vault keeps worlds' events.
 public struct VaultSettings: Sendable, Equatable {
@@ -73,21 +75,112 @@ public final class VaultStore: VaultStorage {
         return names.sorted()
     }
 
-    /// The world's log, opened (or created) on first use.
+    /// A world's log, opened here and now with blocking calls (start-up, before the loop serves).
     func world(_ name: String) throws(VaultFailure) -> VaultWorld {
         if let w = worlds[name] { return w }
         if let b = broken[name] { throw b }
-        guard VaultWorld.validName(name) else {
-            throw VaultFailure(errno: EINVAL, reason: "world name \"\(name)\" cannot name a directory (letters, digits, . _ -)")
-        }
         do {
-            let w = try VaultWorld(name: name, store: self)
+            try Self.check(name)
+            let w = try VaultWorld(VaultWorld.open(name: name, settings: settings), store: self)
             worlds[name] = w
             return w
         } catch {
             log("error_alert vault: world \(name): \(error.reason)")
             broken[name] = error
             throw error
+        }
+    }
+
+    private static func check(_ name: String) throws(VaultFailure) {
+        guard VaultWorld.validName(name) else {
+            throw VaultFailure(errno: EINVAL, reason: "world name \"\(name)\" cannot name a directory (letters, digits, . _ -)")
+        }
+    }
+
+    // MARK: - Off the loop
+
+    /// Files being removed through the ring (retention), by token.
+    private var removing: [UInt64: String] = [:]
+    private var nextRemoval: UInt64 = 0
+
+    /// Removes `path` through the ring (`IORING_OP_UNLINKAT`); a failure is logged (`pathDone`).
+    func remove(file path: String) {
+        nextRemoval &+= 1
+        removing[nextRemoval] = path
+        loop.path(.unlink, path, token: nextRemoval)
+    }
+
+    /// A path operation of the loop completed (call from `LoopDelegate.loopPathDone`); false when not the vault's.
+    @discardableResult
+    public func pathDone(token: UInt64, result: Int32) -> Bool {
+        guard let path = removing.removeValue(forKey: token) else { return false }
+        if result < 0 { log("error_alert vault: cannot remove \(path) (errno \(-result)); remove it by hand") }
+        return true
+    }
+
+    /// Worlds being opened on the opener thread, with the appends that came for them meanwhile (in order).
+    private var opening: [String: [GroupCommit.Append]] = [:]
+    /// What the opener thread finished, for the loop to take (`mailbox`).
+    private let finished = FinishedQueue()
+
+    final class FinishedQueue: Sendable {
+        let list = Mutex<[Finished]>([])
+    }
+    /// Concurrent: a world whose opening hangs (a stuck disk, a key file that will not read) holds no other
+    /// world's. One world's work is never concurrent with itself (the next segment is asked for only once the
+    /// world is open, one at a time).
+    private let opener = DispatchQueue(label: "soulfra.vault.opener", attributes: .concurrent)
+
+    enum Finished: @unchecked Sendable {
+        case world(String, Result<VaultWorld.Opened, VaultFailure>)
+        case segment(String, UInt32, Result<VaultSegment.Opened, VaultFailure>)
+    }
+
+    /// Runs `work` on the opener thread (directory and file creation, recovery reads, directory syncs: the
+    /// blocking calls a loop thread must not make); its result comes back through the loop's mailbox.
+    func offLoop(_ work: @escaping @Sendable () -> Finished) {
+        let mailbox = loop.mailbox
+        opener.async { [finished] in
+            let done = work()
+            finished.list.withLock { $0.append(done) }
+            mailbox.wake()
+        }
+    }
+
+    /// Takes what the opener thread finished (call from the loop's mailbox handler): opened worlds start
+    /// storing the appends that waited for them; a world that could not be opened fails them.
+    public func mailbox(now: UInt64) {
+        let done = finished.list.withLock { list in defer { list.removeAll() }; return list }
+        if closed {
+            for d in done {
+                switch d {
+                case .world(_, .success(let o)): o.discard()
+                case .segment(_, _, .success(let o)): o.discard()
+                default: break
+                }
+            }
+            return
+        }
+        for d in done {
+            switch d {
+            case .world(let name, let result):
+                let waiting = opening.removeValue(forKey: name) ?? []
+                do {
+                    let w = try VaultWorld(result.get(), store: self)
+                    worlds[name] = w
+                    for a in waiting { try w.append(a, now: now) }
+                } catch {
+                    log("error_alert vault: world \(name): \(error.reason)")
+                    broken[name] = error
+                    if !waiting.isEmpty { onFailed(name, waiting.map(\.id), error.errno, 1_000) }
+                }
+            case .segment(let name, let number, let result):
+                if let w = worlds[name] {
+                    w.nextOpened(number, result)
+                } else if case .success(let o) = result {
+                    o.discard()
+                }
+            }
         }
     }
 
@@ -99,15 +192,30 @@ public final class VaultStore: VaultStorage {
     // MARK: - VaultStorage
 
     public func append(world name: String, _ append: GroupCommit.Append, now: UInt64) -> VaultFailure? {
-        do {
-            try world(name).append(append, now: now)
-            return nil
-        } catch {
-            return error
+        if let w = worlds[name] {
+            do {
+                try w.append(append, now: now)
+                return nil
+            } catch {
+                return error
+            }
         }
+        if let b = broken[name] { return b }
+        if opening[name] != nil {
+            opening[name]!.append(append)
+            return nil
+        }
+        do { try Self.check(name) } catch { return error }
+        // A world seen for the first time: made and opened on the opener thread; its appends wait for it.
+        opening[name] = [append]
+        let settings = settings
+        offLoop { .world(name, Result { () throws(VaultFailure) in try VaultWorld.open(name: name, settings: settings) }) }
+        return nil
     }
 
-    public func pendingBytes(world name: String) -> Int { worlds[name]?.pendingBytes ?? 0 }
+    public func pendingBytes(world name: String) -> Int {
+        worlds[name]?.pendingBytes ?? opening[name]?.reduce(0) { $0 + $1.recordBytes } ?? 0
+    }
 
     public func read(world name: String, session: [UInt8], _ request: VaultRequest, now: UInt64,
                      done: @escaping (Result<VaultPage, VaultFailure>) -> Void) {
@@ -158,7 +266,11 @@ public final class VaultStore: VaultStorage {
     /// Closes every file (after what is in flight).
     public func close() {
         for w in worlds.values { w.close() }
+        closed = true
     }
+
+    /// After `close`, what the opener thread still finishes is discarded.
+    private var closed = false
 
     /// Counters for `/metrics`, summed over this loop's worlds.
     public var counters: VaultStoreCounters {

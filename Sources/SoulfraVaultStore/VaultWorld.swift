@@ -25,9 +25,8 @@ final class VaultWorld {
     private(set) var index = VaultIndex()
     /// The segment made ahead for rotation, and whether its directory entry is synced.
     private var next: (number: UInt32, segment: VaultSegment)?
-    private var nextReady = false
-    /// The directory's slot while its sync is in flight.
-    private var directorySync: UInt32?
+    /// The next segment is being made on the opener thread.
+    private var makingNext = false
     private var lastStamp: UInt64 = 0
     /// `<world>/LOCK`, held with flock(2) while the world is open: a second process (a `soulfra vault` next to a
     /// daemon's own vault on the same directory) cannot open the world and write over it.
@@ -54,59 +53,110 @@ final class VaultWorld {
         }
     }
 
-    /// Opens the world's directory (made if new) and recovers its segments in order. Only the last segment may
-    /// end torn (its tail is cut); an earlier one that does not end clean is damage, and the world is not opened.
-    init(name: String, store: VaultStore) throws(VaultFailure) {
-        self.name = name
-        self.store = store
-        directory = store.settings.directory + "/" + name
-        encrypting = store.settings.encryptedWorlds.contains(name)
-        cipher = try Self.loadKey(world: name, settings: store.settings, create: encrypting)
+    /// A world opened and recovered but not yet on a loop: the blocking half of opening (directory, lock,
+    /// key, segments read and checked, index built), done at start-up or on the store's opener thread.
+    struct Opened: @unchecked Sendable {
+        let name: String
+        let directory: String
+        let lockFD: Int32
+        let cipher: VaultCipher?
+        let encrypting: Bool
+        let segments: [(number: UInt32, opened: VaultSegment.Opened)]
+        let index: VaultIndex
+
+        func discard() {
+            Glibc.close(lockFD)
+            for s in segments { s.opened.discard() }
+        }
+    }
+
+    /// Opens the world's directory (made if new) and recovers its segments in order, with blocking calls (never
+    /// on a loop thread that serves). Only the last segment may end torn (its tail is cut); an earlier one that
+    /// does not end clean is damage, and the world is not opened.
+    static func open(name: String, settings: VaultSettings) throws(VaultFailure) -> Opened {
+        let directory = settings.directory + "/" + name
+        let encrypting = settings.encryptedWorlds.contains(name)
+        let cipher = try loadKey(world: name, settings: settings, create: encrypting)
         let created = access(directory, F_OK) != 0
         try VaultStore.makeDirectory(directory)
-        lockFD = open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let lockFD = Glibc.open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
             let e = errno
             if lockFD >= 0 { Glibc.close(lockFD) }
             throw VaultFailure(errno: e, reason: "\(directory) is open in another vault process (its LOCK is held)")
         }
-        var numbers = try Self.segmentNumbers(directory)
+        var opened: [(number: UInt32, opened: VaultSegment.Opened)] = []
+        func fail(_ e: VaultFailure) -> VaultFailure {
+            Glibc.close(lockFD)
+            for s in opened { s.opened.discard() }
+            return e
+        }
+        var numbers: [UInt32]
+        do { numbers = try segmentNumbers(directory) } catch { throw fail(error) }
         // A segment made ahead and never written (a crash before rotation) goes: the one before it is the last.
-        while numbers.count > 1, Self.isEmptyFile(directory + "/" + Self.segmentName(numbers[numbers.count - 1])) {
-            unlink(directory + "/" + Self.segmentName(numbers.removeLast()))
+        while numbers.count > 1, isEmptyFile(directory + "/" + segmentName(numbers[numbers.count - 1])) {
+            unlink(directory + "/" + segmentName(numbers.removeLast()))
         }
         if numbers.isEmpty { numbers = [1] }
+        var index = VaultIndex()
         var after: UInt64 = 0
         var sessions: [[UInt8]: UInt64] = [:]
         for (k, number) in numbers.enumerated() {
-            let path = segmentPath(number)
+            let path = directory + "/" + segmentName(number)
+            let last = k == numbers.count - 1
+            do {
+                let o = try VaultSegment.open(path: path, after: after, sessions: sessions, repair: last,
+                                              prepareAhead: last && settings.prepareAheadBytes > 0) { record, offset in
+                    index.add(RecordPosition(segment: number, offset: UInt64(offset), length: UInt32(record.encodedBytes),
+                                             sequence: record.sequence, sessionSequence: record.sessionSequence,
+                                             unixMilliseconds: record.unixMilliseconds), session: record.session)
+                }
+                opened.append((number, o))
+                after = o.last
+                sessions = o.sessions
+            } catch {
+                throw fail(VaultFailure(errno: error.errno, reason: "cannot open \(path): \(error)"))
+            }
+        }
+        do {
+            if created { try syncDirectoryNow(settings.directory) }
+            try syncDirectoryNow(directory)
+        } catch {
+            throw fail(error)
+        }
+        return Opened(name: name, directory: directory, lockFD: lockFD, cipher: cipher, encrypting: encrypting,
+                      segments: opened, index: index)
+    }
+
+    /// Takes an opened world onto the store's loop (on the loop's thread).
+    init(_ o: Opened, store: VaultStore) throws(VaultFailure) {
+        name = o.name
+        self.store = store
+        directory = o.directory
+        encrypting = o.encrypting
+        cipher = o.cipher
+        lockFD = o.lockFD
+        index = o.index
+        for (k, s) in o.segments.enumerated() {
+            let last = k == o.segments.count - 1
             let segment: VaultSegment
             do {
-                let last = k == numbers.count - 1
-                segment = try VaultSegment(path: path, loop: store.loop, after: after, sessions: sessions, repair: last,
-                                           prepareAhead: last ? store.settings.prepareAheadBytes : 0,
-                                           capacity: UInt64(store.settings.segmentBytes)) { record, offset in
-                    self.index.add(RecordPosition(segment: number, offset: UInt64(offset), length: UInt32(record.encodedBytes),
-                                                  sequence: record.sequence, sessionSequence: record.sessionSequence,
-                                                  unixMilliseconds: record.unixMilliseconds), session: record.session)
-                }
+                segment = try VaultSegment(s.opened, loop: store.loop, prepareAhead: last ? store.settings.prepareAheadBytes : 0,
+                                           capacity: UInt64(store.settings.segmentBytes))
             } catch {
+                for rest in o.segments[(k + 1)...] { rest.opened.discard() }
                 close()
-                throw VaultFailure(errno: error.errno, reason: "cannot open \(path): \(error)")
+                throw VaultFailure(errno: error.errno, reason: "cannot open \(s.opened.path): \(error)")
             }
-            segments.append(Segment(number: number, segment: segment))
+            segments.append(Segment(number: s.number, segment: segment))
             for f in segment.files { store.owners[f] = self }
-            if segment.cutBytes > 0 && k == numbers.count - 1 {
+            if last && segment.cutBytes > 0 {
                 recoveredCutBytes += UInt64(segment.cutBytes)
-                store.log("vault: world \(name): cut \(segment.cutBytes) bytes off the end of \(path) (\(segment.recoveredTail))")
+                store.log("vault: world \(name): cut \(segment.cutBytes) bytes off the end of \(segment.path) (\(segment.recoveredTail))")
             }
-            after = segment.policy.lastSequence
-            sessions = segment.takePending().sessions
             wire(segment)
         }
         lastStamp = index.lastUnixMilliseconds
-        if created { try syncDirectoryNow(store.settings.directory) }
-        try syncDirectoryNow(directory)
     }
 
     private func segmentPath(_ number: UInt32) -> String { directory + "/" + Self.segmentName(number) }
@@ -133,8 +183,8 @@ final class VaultWorld {
     }
 
     /// fsync on a directory with a blocking call (opening a world, before or outside the hot path).
-    private func syncDirectoryNow(_ path: String) throws(VaultFailure) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    private static func syncDirectoryNow(_ path: String) throws(VaultFailure) {
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0, fsync(fd) == 0 else {
             let e = errno
             if fd >= 0 { Glibc.close(fd) }
@@ -185,7 +235,7 @@ final class VaultWorld {
         let path = settings.keyDirectory + "/" + world + ".key"
         var key: [UInt8]
         var epoch: UInt32 = 0
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         if fd >= 0 {
             var buf = [UInt8](repeating: 0, count: VaultCipher.keyBytes + 4)
             let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
@@ -218,13 +268,13 @@ final class VaultWorld {
     /// renamed over it, and the directory synced.
     private static func writeDurably(path: String, bytes: [UInt8], directory: String) throws(VaultFailure) {
         let tmp = path + ".new"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw VaultFailure(errno: errno, reason: "cannot write \(tmp)") }
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         let synced = fsync(fd) == 0
         Glibc.close(fd)
         guard n == bytes.count, synced, rename(tmp, path) == 0 else { throw VaultFailure(errno: errno, reason: "cannot store \(path)") }
-        let d = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let d = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if d >= 0 {
             fsync(d)
             Glibc.close(d)
@@ -268,10 +318,9 @@ final class VaultWorld {
         let a = active
         guard a.durableBytes >= UInt64(store.settings.segmentBytes) else { return }
         if next == nil {
-            if tick && directorySync == nil { makeNext() }
+            if tick && !makingNext { makeNext() }
             return
         }
-        guard nextReady else { return }
         if !a.policy.sealed { a.seal() }
         guard !a.policy.writing, let n = next else { return }
         for f in a.files where f != a.file { store.owners[f] = nil }
@@ -280,45 +329,48 @@ final class VaultWorld {
         n.segment.continueFrom(lastSequence: moving.lastSequence, sessions: moving.sessions)
         segments.append(Segment(number: n.number, segment: n.segment))
         next = nil
-        nextReady = false
         for p in moving.appends { n.segment.append(p, now: 0) }
     }
 
-    /// Creates the next segment file and syncs the directory through the ring.
+    /// Makes the next segment file on the opener thread (created, and the directory synced so that it survives
+    /// a crash); `nextOpened` takes it.
     private func makeNext() {
         let number = segments[segments.count - 1].number + 1
+        makingNext = true
+        let (name, path, directory, ahead) = (name, segmentPath(number), directory, store.settings.prepareAheadBytes > 0)
+        store.offLoop {
+            .segment(name, number, Result { () throws(VaultFailure) in
+                let o: VaultSegment.Opened
+                do throws(SocketError) { o = try VaultSegment.open(path: path, prepareAhead: ahead) } catch {
+                    throw VaultFailure(errno: error.errno, reason: "cannot create \(path): \(error)")
+                }
+                do throws(VaultFailure) { try VaultWorld.syncDirectoryNow(directory) } catch {
+                    o.discard()
+                    throw error
+                }
+                return o
+            })
+        }
+    }
+
+    /// The next segment, made on the opener thread: on the loop now, and rotation goes on.
+    func nextOpened(_ number: UInt32, _ result: Result<VaultSegment.Opened, VaultFailure>) {
+        makingNext = false
         do {
-            let s = try VaultSegment(path: segmentPath(number), loop: store.loop, prepareAhead: store.settings.prepareAheadBytes,
+            let s = try VaultSegment(result.get(), loop: store.loop, prepareAhead: store.settings.prepareAheadBytes,
                                      capacity: UInt64(store.settings.segmentBytes))
             for f in s.files { store.owners[f] = self }
             wire(s)
             next = (number, s)
+            rotateIfDue()
+        } catch let e as VaultFailure {
+            store.log("error_alert vault: world \(name): \(e.reason) (retried)")
         } catch {
             store.log("error_alert vault: world \(name): cannot create segment \(number): \(error) (retried)")
-            return
         }
-        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0, let slot = store.loop.adoptFile(fd: fd) else { return }
-        directorySync = slot
-        store.owners[slot] = self
-        store.loop.sync(file: slot, dataOnly: false)
     }
 
     func fileDone(file: UInt32, operation: FileOperation, result: Int32, now: UInt64) {
-        if file == directorySync {
-            directorySync = nil
-            store.owners[file] = nil
-            store.loop.closeFile(file)
-            if result == 0 {
-                nextReady = true
-                rotateIfDue()
-            } else {
-                store.log("error_alert vault: world \(name): directory sync failed (errno \(-result)); rotation retried")
-                next.map { n in for f in n.segment.files { store.owners[f] = nil }; n.segment.close() }
-                next = nil
-            }
-            return
-        }
         if let s = segments.last(where: { $0.segment.files.contains(file) })?.segment
             ?? next.flatMap({ $0.segment.files.contains(file) ? $0.segment : nil }) {
             s.fileDone(file: file, operation, result: result, now: now)
@@ -341,7 +393,7 @@ final class VaultWorld {
             segments.removeFirst()
             for f in oldest.segment.files { store.owners[f] = nil }
             oldest.segment.close()
-            unlink(oldest.segment.path)
+            store.remove(file: oldest.segment.path)
             segmentsDropped &+= 1
             store.log("vault: world \(name): retention dropped \(oldest.segment.path) (\(tooOld ? "older than \(s.maxAgeSeconds) s" : "over \(s.maxBytes) bytes"))")
         }

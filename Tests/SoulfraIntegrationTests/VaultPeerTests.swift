@@ -90,6 +90,87 @@ struct VaultPeerTests {
         #expect(metrics.contains("soulfra_loop_file_reads_total{loop=\"0\"}"))
     }
 
+    @Test("a world seen for the first time is opened off the loop: appends that came meanwhile are stored in order; one that cannot be opened fails them with its errno")
+    func openedOffTheLoop() throws {
+        let config = testConfig {
+            $0.instanceTokens["blocked"] = testTokens.instance
+            $0.instanceTokens["fresh"] = testTokens.instance
+        }
+        let server = try BrokerServer.start(config)
+        defer { server.stop() }
+        // A file where a world's directory would go: that world cannot be opened (ENOTDIR).
+        #expect(FileManager.default.createFile(atPath: config.vaultDirectory + "/blocked", contents: Data("x".utf8)))
+        let blocked = VaultClient(try server.connect(.instance, world: "blocked"))
+        let b = blocked.conn.link.open(Open(target: .vault, world: "blocked", session: "a", detail: "append"))
+        for i in 0..<5 { #expect(blocked.append(b, "e\(i)")) }
+        blocked.conn.flush()
+        func failed() -> [(count: UInt32, errno: UInt16)] {
+            blocked.messages(b).compactMap { if case .fail(let n, let e, _, _) = $0 { (n, e) } else { nil } }
+        }
+        #expect(pumpUntil([blocked.conn], milliseconds: 10_000) { failed().reduce(0) { $0 + $1.count } == 5 })
+        #expect(failed().allSatisfy { $0.errno == UInt16(ENOTDIR) }, "\(failed())")
+        #expect(blocked.acks(b).isEmpty)
+
+        // A new world next to it: 300 appends sent at once, the first of them while its directory is made.
+        #expect(!FileManager.default.fileExists(atPath: config.vaultDirectory + "/fresh"))
+        let inst = VaultClient(try server.connect(.instance, world: "fresh"))
+        let s = inst.conn.link.open(Open(target: .vault, world: "fresh", session: "f", detail: "append"))
+        for i in 0..<300 { #expect(inst.append(s, "event \(i)")) }
+        inst.conn.flush()
+        #expect(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == 300 }, "acks: \(inst.acks(s).count)")
+        #expect(inst.acks(s).map(\.sessionSequence) == Array(1...300))
+        let page = inst.read(world: "fresh", session: "f", .read(after: 0, limit: 1_000))
+        #expect(page.events.map { String(decoding: $0.payload, as: UTF8.self) } == (0..<300).map { "event \($0)" })
+        #expect(FileManager.default.fileExists(atPath: config.vaultDirectory + "/fresh/00000001.seg"))
+    }
+
+    @Test("a world whose opening blocks (its key file is a FIFO no one writes) holds only its own appends: the loop serves other worlds meanwhile")
+    func slowOpenBlocksNoLoop() throws {
+        let keys = NSTemporaryDirectory() + "soulfra-keys-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        try FileManager.default.createDirectory(atPath: keys, withIntermediateDirectories: true)
+        #expect(mkfifo(keys + "/slow.key", 0o600) == 0)
+        let config = testConfig {
+            $0.vaultKeyDirectory = keys
+            $0.instanceTokens["slow"] = testTokens.instance
+            $0.instanceTokens["fresh"] = testTokens.instance
+        }
+        let server = try BrokerServer.start(config)
+        // Whatever happens, the opener is let go before the daemon stops (a writer for the FIFO: a key).
+        var released = false
+        func release() {
+            guard !released else { return }
+            released = true
+            var fd = open(keys + "/slow.key", O_WRONLY | O_NONBLOCK)
+            for _ in 0..<300 where fd < 0 && errno == ENXIO {  // no reader yet: the opener has not reached it
+                usleep(10_000)
+                fd = open(keys + "/slow.key", O_WRONLY | O_NONBLOCK)
+            }
+            guard fd >= 0 else { return }
+            let key = [UInt8](repeating: 7, count: 32) + [0, 0, 0, 1]
+            _ = key.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+        }
+        defer {
+            release()
+            server.stop()
+        }
+        let slow = VaultClient(try server.connect(.instance, world: "slow"))
+        let a = slow.conn.link.open(Open(target: .vault, world: "slow", session: "s", detail: "append"))
+        for i in 0..<3 { #expect(slow.append(a, "waiting \(i)")) }
+        slow.conn.flush()
+        usleep(100_000)  // the opener is now blocked reading the key
+        let fresh = VaultClient(try server.connect(.instance, world: "fresh"))
+        let f = fresh.conn.link.open(Open(target: .vault, world: "fresh", session: "f", detail: "append"))
+        for i in 0..<10 { #expect(fresh.append(f, "e\(i)")) }
+        fresh.conn.flush()
+        #expect(pumpUntil([fresh.conn], milliseconds: 5_000) { fresh.acks(f).count == 10 }, "the loop stopped while a world opened")
+        #expect(slow.acks(a).isEmpty, "acknowledged before its world was open")
+        release()
+        #expect(pumpUntil([slow.conn], milliseconds: 10_000) { slow.acks(a).count == 3 })
+        #expect(slow.acks(a).map(\.sessionSequence) == [1, 2, 3])
+    }
+
     @Test("a stream that is not a vault request is refused; the link goes on")
     func badRequest() throws {
         let server = try BrokerServer.start(testConfig())
