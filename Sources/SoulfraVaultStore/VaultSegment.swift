@@ -127,7 +127,7 @@ public final class VaultSegment {
         }
         var second: Int32 = -1
         if prepareAhead {
-            second = dup(fd)
+            second = fcntl(fd, F_DUPFD_CLOEXEC, 0)  // close-on-exec, as the first: no child inherits it
             guard second >= 0 else {
                 let e = errno
                 Glibc.close(fd)

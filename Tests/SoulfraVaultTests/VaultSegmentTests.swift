@@ -3,7 +3,7 @@ import Synchronization
 import Testing
 import SoulfraLoop
 import SoulfraVault
-import SoulfraVaultStore
+@testable import SoulfraVaultStore
 
 let ringUsable: Bool = (try? UringProbe.check()) != nil
 
@@ -176,6 +176,17 @@ struct VaultSegmentTests {
         #expect(second.finished)
         #expect(again.withLock { $0.map(\.sequence) } == [301])
         #expect(try fileRecords(path).records.count == 301)
+    }
+
+    @Test("both descriptors of a segment are close-on-exec: a process the daemon starts holds no segment open")
+    func descriptorsCloseOnExec() throws {
+        let path = scratchPath()
+        defer { unlink(path) }
+        let o = try VaultSegment.open(path: path, prepareAhead: true)
+        defer { o.discard() }
+        #expect(o.prepareFD >= 0 && o.prepareFD != o.fd)
+        #expect(fcntl(o.fd, F_GETFD) & FD_CLOEXEC != 0)
+        #expect(fcntl(o.prepareFD, F_GETFD) & FD_CLOEXEC != 0, "the second descriptor would leak into children (it kept a full-disk test's tmpfs busy)")
     }
 
     @Test("opening a segment with a torn tail cuts it; appends go on from the last good record, sessions too")
