@@ -30,7 +30,14 @@ final class Tmpfs {
     /// Gives it more room (the disk is no longer full).
     func grow(to size: String) { mount("tmpfs", path, "tmpfs", UInt(MS_REMOUNT), "size=\(size)") }
     deinit {
-        umount(path)
+        // A file can stay referenced for a moment after the server stopped (an I/O completing in the kernel, a
+        // child process of a test running alongside between its fork and exec): retry, then detach.
+        var tries = 0
+        while umount(path) != 0 && errno == EBUSY && tries < 100 {
+            usleep(20_000)
+            tries += 1
+        }
+        if tries == 100 { umount2(path, Int32(MNT_DETACH)) }
         rmdir(path)
     }
 }
