@@ -22,9 +22,11 @@ WORLD_LOG_FILE="$RUN_DIR/playground.log"
 DEMO_KEY=sk-slfr_kids_ztys355NrAlpgsJGcDc2bhARePpktW1LdIsn
 
 # Debian packages the build needs; the tests also drive curl and nghttp (nghttp2-client) against the gateway
-# and check /metrics with promtool (prometheus). The benchmark peers are installed by bench/ itself.
+# and check /metrics with promtool (prometheus); python3 runs the loopback OpenAI-compatible server, and with
+# python3-fuse a disk whose syncs are slow (the vault's backpressure test). The benchmark peers are installed by
+# bench/ itself.
 DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev pkg-config)
-TEST_DEBS=(curl nghttp2-client prometheus python3)
+TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse)
 
 need_debs() {
   local missing=()

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import SoulfraClient
+import SoulfraNet
 import SoulfraServer
 import SoulfraVault
 import SoulfraWire
@@ -124,5 +125,112 @@ struct VaultDiskTests {
         }
         #expect(resumed, "appends did not resume: \(failed.count) failed")
         #expect(stored() == acked)
+    }
+}
+
+/// Whether a FUSE filesystem can be mounted here (root, /dev/fuse, python3-fuse): for the slow-sync disk.
+let canMountFuse: Bool = {
+    guard getuid() == 0, access("/dev/fuse", R_OK | W_OK) == 0 else { return false }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+    p.arguments = ["-c", "import fuse"]
+    p.standardError = FileHandle.nullDevice
+    guard (try? p.run()) != nil else { return false }
+    p.waitUntilExit()
+    return p.terminationStatus == 0
+}()
+
+/// A disk whose syncs take `delayMilliseconds`: `Tests/tools/slow-fsync-fs.py`, a FUSE passthrough of a
+/// directory, mounted for the test and unmounted (its server stopped by PID) when it is released.
+final class SlowSyncDisk {
+    let base: String
+    let mountpoint: String
+    let server = Process()
+
+    init(delayMilliseconds: Int) throws {
+        base = "\(NSTemporaryDirectory())soulfra-slowsync-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        mountpoint = base + "/mnt"
+        try FileManager.default.createDirectory(atPath: base + "/backing", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = [repoRoot.appendingPathComponent("Tests/tools/slow-fsync-fs.py").path, base + "/backing", mountpoint,
+                            String(delayMilliseconds)]
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        for _ in 0..<500 where !mounted { usleep(10_000) }
+        guard mounted else { throw ClientError("the slow-sync filesystem did not mount at \(mountpoint)") }
+    }
+
+    var mounted: Bool {
+        ((try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? "").contains(" \(mountpoint) ")
+    }
+
+    deinit {
+        var tries = 0
+        while umount(mountpoint) != 0 && errno == EBUSY && tries < 100 {
+            usleep(20_000)
+            tries += 1
+        }
+        if mounted { umount2(mountpoint, Int32(MNT_DETACH)) }
+        if server.isRunning { kill(server.processIdentifier, SIGTERM) }
+        for _ in 0..<200 where server.isRunning { usleep(10_000) }
+        if server.isRunning { kill(server.processIdentifier, SIGKILL) }
+        server.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: base)
+    }
+}
+
+@Suite("The vault on a disk whose syncs are slow", .enabled(if: uringAvailable && canMountFuse, "needs io_uring, root and FUSE (python3-fuse)"),
+       .serialized)
+struct VaultSlowSyncTests {
+    @Test("fsyncs of 150 ms: the vault withholds credit, the producers slow down, memory stays bounded, and everything sent is stored")
+    func slowSyncs() throws {
+        let disk = try SlowSyncDisk(delayMilliseconds: 150)
+        defer { withExtendedLifetime(disk) {} }  // unmounted only after the server below has stopped
+        let highWater = 65_536
+        let server = try BrokerServer.start(testConfig {
+            $0.vaultDirectory = disk.mountpoint + "/vault"
+            $0.vault.highWaterBytes = highWater
+        })
+        defer { server.stop() }
+        let inst = VaultClient(try server.connect(.instance, world: "playground"))
+        let streams = (0..<4).map { inst.conn.link.open(Open(target: .vault, world: "playground", session: "w\($0)", detail: "append")) }
+        var sent = 0
+        let event = String(repeating: "e", count: 500)
+        func produce() {
+            for s in streams {
+                while inst.conn.link.window(s).map({ $0.bytes > 600 && $0.frames > 0 }) ?? false, inst.append(s, event) { sent += 1 }
+            }
+        }
+        let acked = { streams.reduce(0) { $0 + inst.acks($1).count } }
+        // Three seconds of producers sending whenever credit lets them.
+        let started = monotonicMilliseconds()
+        pumpUntil([inst.conn], milliseconds: 3_000) {
+            produce()
+            return false
+        }
+        let seconds = Double(monotonicMilliseconds() - started) / 1_000
+        let (_, metrics) = try curl(["-H", "Authorization: Bearer test-admin-token-0001", "http://127.0.0.1:\(server.adminPort)/metrics"])
+        func value(_ name: String) -> Double {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last!) } ?? -1
+        }
+        // The syncs were slow: each group commit took at least the delay.
+        let commits = value("soulfra_vault_commit_seconds_count")
+        #expect(commits > 0 && value("soulfra_vault_commit_seconds_sum") / commits >= 0.15, "\(metrics)")
+        // The vault withheld credit, so the producers sent about what the slow disk could take, not more: what is
+        // unanswered is at most the batch waiting for its sync (≤ 1 MiB), the watermark, and one window a stream.
+        #expect(value("soulfra_vault_credit_stalls_total") > 0, "no credit was withheld")
+        let credit = Int(inst.conn.link.welcome!.streamCreditBytes)
+        let unanswered = (sent - acked()) * 501
+        #expect(unanswered <= (1 << 20) + highWater + 4 * credit + 4 * 501, "sent \(sent), acknowledged \(acked()) in \(seconds) s")
+        // Memory: what the vault holds unwritten stays under the watermark plus what credit let in before it.
+        // (Pending bytes are records: a 501-byte message is a 539-byte record, header and session id added.)
+        let record = 36 + 2 + 501
+        #expect(value("soulfra_vault_pending_bytes") <= Double(highWater + record + (4 * credit / 501 + 4) * record))
+        let held = try #require(server.snapshotNow()).queueBytesByKind[Int(PeerKind.vault.rawValue)]
+        #expect(held <= 4 * credit + (64 << 10), "the broker holds \(held) bytes for the slow vault")
+        // Slow, not stuck: once the producers stop, everything sent is stored.
+        #expect(pumpUntil([inst.conn], milliseconds: 20_000) { acked() == sent }, "acknowledged \(acked()) of \(sent)")
+        #expect(sent > 0)
     }
 }
