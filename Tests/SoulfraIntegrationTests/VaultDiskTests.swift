@@ -31,14 +31,7 @@ final class Tmpfs {
     /// Gives it more room (the disk is no longer full).
     func grow(to size: String) { mount("tmpfs", path, "tmpfs", UInt(MS_REMOUNT), "size=\(size)") }
     deinit {
-        // A file can stay referenced for a moment after the server stopped (an I/O completing in the kernel, a
-        // child process of a test running alongside between its fork and exec): retry, then detach.
-        var tries = 0
-        while umount(path) != 0 && errno == EBUSY && tries < 100 {
-            usleep(20_000)
-            tries += 1
-        }
-        if tries == 100 { umount2(path, Int32(MNT_DETACH)) }
+        unmount(path)
         rmdir(path)
     }
 }
@@ -128,6 +121,17 @@ struct VaultDiskTests {
     }
 }
 
+/// Unmounts `path`. A file can stay referenced for a moment after a server stopped (an I/O completing in the
+/// kernel, a child process of a test running alongside between its fork and exec): retried, then detached.
+func unmount(_ path: String) {
+    var tries = 0
+    while umount(path) != 0 && errno == EBUSY && tries < 100 {
+        usleep(20_000)
+        tries += 1
+    }
+    if tries == 100 { umount2(path, Int32(MNT_DETACH)) }
+}
+
 /// Whether a FUSE filesystem can be mounted here (root, /dev/fuse, python3-fuse): for the slow-sync disk.
 let canMountFuse: Bool = {
     guard getuid() == 0, access("/dev/fuse", R_OK | W_OK) == 0 else { return false }
@@ -166,12 +170,7 @@ final class SlowSyncDisk {
     }
 
     deinit {
-        var tries = 0
-        while umount(mountpoint) != 0 && errno == EBUSY && tries < 100 {
-            usleep(20_000)
-            tries += 1
-        }
-        if mounted { umount2(mountpoint, Int32(MNT_DETACH)) }
+        unmount(mountpoint)
         if server.isRunning { kill(server.processIdentifier, SIGTERM) }
         for _ in 0..<200 where server.isRunning { usleep(10_000) }
         if server.isRunning { kill(server.processIdentifier, SIGKILL) }
