@@ -16,6 +16,7 @@
 //                                                     engine, the OpenAI-compatible backend (libcurl multi),
 //                                                     worker threads (Foundation for JSON)
 //   SoulfraWorld          ← Runtime, Vault, PeerLink, Wire, HTTP   a world instance's 3-way conversation logic
+//   SoulfraControl        ← CSQLite                   the control plane's state: SQLite (WAL, migrations, one writer)
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
 //                                                     table; keys and permissions as configured
 //   SoulfraConfig         ← Limits, Keys, Net         the config file, environment and validation (Foundation)
@@ -67,6 +68,9 @@ let package = Package(
         .target(name: "SoulfraConfig", dependencies: ["SoulfraLimits", "SoulfraKeys", "SoulfraNet"]),
         // The vault's log, sans-IO: the record format with CRC-32C, the recovery scan, the group-commit policy.
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        // libsqlite3 for the control plane's state (Debian 12: 3.40).
+        .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
+        .target(name: "SoulfraControl", dependencies: ["CSQLite"]),
         .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP", "CCurl"]),
         .target(name: "SoulfraWorld", dependencies: ["SoulfraRuntime", "SoulfraVault", "SoulfraPeerLink", "SoulfraWire", "SoulfraHTTP"]),
         .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
@@ -135,6 +139,7 @@ let package = Package(
         .testTarget(name: "SoulfraRuntimeTests", dependencies: ["SoulfraRuntime", "SoulfraPeerLink", "SoulfraWire"]),
         .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraVaultStore", "SoulfraLoop", "SoulfraPeerLink", "SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
+        .testTarget(name: "SoulfraControlTests", dependencies: ["SoulfraControl"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),
         .testTarget(
