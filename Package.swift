@@ -140,6 +140,7 @@ let package = Package(
         .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraVaultStore", "SoulfraLoop", "SoulfraPeerLink", "SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
         .testTarget(name: "SoulfraControlTests", dependencies: ["SoulfraControl"]),
+        .testTarget(name: "SoulfraConfigTests", dependencies: ["SoulfraConfig"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),
         .testTarget(
