@@ -147,7 +147,7 @@ let package = Package(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
                            "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits", "SoulfraVault",
-                           "SoulfraRuntime", "SoulfraWorld"]
+                           "SoulfraRuntime", "SoulfraWorld", "SoulfraControl"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,282 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an instance is to run: the world and instance it is, the `soulfra world` command line, its
+/// environment, and the template's limits.
+public struct InstanceSpec: Sendable, Equatable {
+    public var world: String
+    public var id: String
+    public var arguments: [String]
+    public var environment: [String: String]
+    public var memoryBytes: UInt64
+    public var cpus: Double
+
+    public init(world: String, id: String, arguments: [String], environment: [String: String] = [:], memoryBytes: UInt64 = 0, cpus: Double = 0) {
+        self.world = world
+        self.id = id
+        self.arguments = arguments
+        self.environment = environment
+        self.memoryBytes = memoryBytes
+        self.cpus = cpus
+    }
+}
+
+/// An instance as its driver sees it now.
+public struct ObservedInstance: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        case running
+        /// Gone: its exit status when the driver saw it (nil when it could not: not its child any more).
+        case exited(Int32?)
+    }
+
+    public var world: String
+    public var id: String
+    /// The driver's handle: a pid, a container id.
+    public var handle: String
+    public var state: State
+    /// When it started, unix milliseconds.
+    public var startedAt: Int64
+
+    public init(world: String, id: String, handle: String, state: State, startedAt: Int64) {
+        self.world = world
+        self.id = id
+        self.handle = handle
+        self.state = state
+        self.startedAt = startedAt
+    }
+}
+
+public struct DriverError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// How instances are run: child processes (`ProcessDriver`), containers (the docker driver), later a swarm.
+/// A driver finds the instances it runs again after the daemon restarted (`observe`), so the reconciler
+/// adopts them instead of starting duplicates.
+public protocol InstanceDriver: AnyObject {
+    /// `process`, `docker`.
+    var name: String { get }
+    /// Starts an instance; throws when it could not be started at all.
+    func start(_ spec: InstanceSpec, now: Int64) throws(DriverError) -> ObservedInstance
+    /// Stops an instance: asked to finish (SIGTERM, or the engine's stop), killed once `graceMilliseconds` are
+    /// over. Nothing to do for one already gone.
+    func stop(world: String, id: String, graceMilliseconds: Int) throws(DriverError)
+    /// Every instance this driver runs or ran and has not forgotten, as it is now.
+    func observe() -> [ObservedInstance]
+    /// Forgets a gone instance (its records: pid file, container).
+    func forget(world: String, id: String)
+    /// The template's settings this driver cannot enforce for `spec` (reported, never silently ignored).
+    func unenforced(_ spec: InstanceSpec) -> [String]
+}
+
+/// Instances as child processes of the daemon: `soulfra world …` spawned with its output appended to
+/// `<directory>/<world>/<id>.log`, and `<id>.pid` holding its pid and kernel start time — so that a daemon
+/// started again (even after `kill -9`) finds the instances still running and adopts them, and a pid the
+/// kernel has since given to another process is not taken for one of them.
+public final class ProcessDriver: InstanceDriver {
+    public let name = "process"
+    public let directory: String
+    public let executable: String
+
+    public init(directory: String, executable: String) throws(DriverError) {
+        self.directory = directory
+        self.executable = executable
+        try Self.makeDirectories(directory)
+    }
+
+    static func makeDirectories(_ path: String) throws(DriverError) {
+        var p = ""
+        for part in path.split(separator: "/") {
+            p += "/" + part
+            if mkdir(p, 0o755) != 0 && errno != EEXIST { throw DriverError("cannot make \(p): \(String(cString: strerror(errno)))") }
+        }
+    }
+
+    func pidPath(_ world: String, _ id: String) -> String { "\(directory)/\(world)/\(id).pid" }
+    public func logPath(world: String, id: String) -> String { "\(directory)/\(world)/\(id).log" }
+
+    public func start(_ spec: InstanceSpec, now: Int64) throws(DriverError) -> ObservedInstance {
+        try Self.makeDirectories(directory + "/" + spec.world)
+        let log = open(logPath(world: spec.world, id: spec.id), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw DriverError("cannot open \(logPath(world: spec.world, id: spec.id)): \(String(cString: strerror(errno)))") }
+        defer { close(log) }
+        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { if devNull >= 0 { close(devNull) } }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, devNull, 0)
+        posix_spawn_file_actions_adddup2(&actions, log, 1)
+        posix_spawn_file_actions_adddup2(&actions, log, 2)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // Its own process group, with default signal dispositions: the daemon's SIGINT at a terminal is not
+        // the instance's, and it is stopped only by the driver.
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        posix_spawnattr_setsigmask(&attributes, &unblocked)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+
+        let argv = [executable] + spec.arguments
+        var environment = ProcessEnvironment.current()
+        for (k, v) in spec.environment { environment[k] = v }
+        environment["SOULFRA_WORLD"] = spec.world
+        environment["SOULFRA_INSTANCE"] = spec.id
+        let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
+        var pid: pid_t = 0
+        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, executable, &actions, &attributes, a, e) } }
+        guard rc == 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        let started = Self.startTime(pid) ?? 0
+        let record = "\(pid) \(started) \(now)\n"
+        let fd = open(pidPath(spec.world, spec.id), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if fd >= 0 {
+            _ = record.withCString { write(fd, $0, strlen($0)) }
+            fsync(fd)
+            close(fd)
+        }
+        return ObservedInstance(world: spec.world, id: spec.id, handle: String(pid), state: .running, startedAt: now)
+    }
+
+    public func stop(world: String, id: String, graceMilliseconds: Int) throws(DriverError) {
+        guard let r = record(world, id), case .running = state(of: r) else { return }
+        kill(r.pid, SIGTERM)
+        var waited = 0
+        while waited < graceMilliseconds {
+            if case .exited = state(of: r) { return }
+            usleep(10_000)
+            waited += 10
+        }
+        kill(r.pid, SIGKILL)
+        for _ in 0..<200 {
+            if case .exited = state(of: r) { return }
+            usleep(5_000)
+        }
+        throw DriverError("instance \(id) of \(world) (pid \(r.pid)) did not exit after SIGKILL")
+    }
+
+    public func observe() -> [ObservedInstance] {
+        var out: [ObservedInstance] = []
+        for world in Self.list(directory) {
+            for file in Self.list(directory + "/" + world) where file.hasSuffix(".pid") {
+                let id = String(file.dropLast(4))
+                guard let r = record(world, id) else { continue }
+                out.append(ObservedInstance(world: world, id: id, handle: String(r.pid), state: state(of: r), startedAt: r.startedAt))
+            }
+        }
+        return out.sorted { ($0.world, $0.id) < ($1.world, $1.id) }
+    }
+
+    public func forget(world: String, id: String) {
+        unlink(pidPath(world, id))
+        exitStatus[Self.key(world, id)] = nil
+    }
+
+    public func unenforced(_ spec: InstanceSpec) -> [String] {
+        var out: [String] = []
+        if spec.memoryBytes > 0 { out.append("resources.memory: the process driver does not limit an instance's memory (the docker driver does)") }
+        if spec.cpus > 0 { out.append("resources.cpu: the process driver does not limit an instance's CPU (the docker driver does)") }
+        return out
+    }
+
+    // MARK: - Records
+
+    struct Record {
+        let pid: pid_t
+        let kernelStart: UInt64
+        let startedAt: Int64
+        let key: String
+    }
+
+    /// Exit statuses reaped from our own children, by world/id.
+    private var exitStatus: [String: Int32] = [:]
+
+    static func key(_ world: String, _ id: String) -> String { world + "/" + id }
+
+    func record(_ world: String, _ id: String) -> Record? {
+        guard let text = Self.read(pidPath(world, id)) else { return nil }
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard parts.count >= 3, let pid = pid_t(parts[0]), let start = UInt64(parts[1]), let at = Int64(parts[2]) else { return nil }
+        return Record(pid: pid, kernelStart: start, startedAt: at, key: Self.key(world, id))
+    }
+
+    /// Running when a process with the pid and the same kernel start time exists (and is not a zombie we
+    /// have just reaped); a child of ours that exited is reaped here and its status kept.
+    func state(of r: Record) -> ObservedInstance.State {
+        if let code = exitStatus[r.key] { return .exited(code) }
+        var status: Int32 = 0
+        let reaped = waitpid(r.pid, &status, WNOHANG)
+        if reaped == r.pid {
+            let code: Int32 = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            exitStatus[r.key] = code
+            return .exited(code)
+        }
+        guard let now = Self.startTime(r.pid), now == r.kernelStart, !Self.isZombie(r.pid) else { return .exited(nil) }
+        return .running
+    }
+
+    /// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+    static func startTime(_ pid: pid_t) -> UInt64? {
+        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // After the command: state is field 3, start time field 22.
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    static func isZombie(_ pid: pid_t) -> Bool {
+        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first == "Z"
+    }
+
+    static func read(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 4_096)
+        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        return String(decoding: buf[..<n], as: UTF8.self)
+    }
+
+    static func list(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var out: [String] = []
+        while let e = readdir(dir) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { out.append(name) }
+        }
+        return out.sorted()
+    }
+}
+
+/// The daemon's environment, to pass on to the instances it starts.
+enum ProcessEnvironment {
+    static func current() -> [String: String] {
+        var out: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        return out
+    }
+}
+
+/// Calls `body` with a NULL-terminated C array of `strings`.
+func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for p in pointers { free(p) } }
+    return body(pointers)
+}

@@ -1,0 +1,75 @@
+import Foundation
+import Testing
+import SoulfraControl
+import SoulfraServer
+import SoulfraWire
+
+@Suite("The process driver", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ProcessDriverTests {
+    @Test("instances are child processes: started, seen linked to the broker, killed and seen gone, found again by a new driver (no duplicate), stopped gracefully")
+    func lifecycle() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-driver-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "{}".write(toFile: dir + "/empty.json", atomically: true, encoding: .utf8)
+        let server = try BrokerServer.start(testConfig())
+        defer { server.stop() }
+        let driver = try ProcessDriver(directory: dir + "/instances", executable: soulfraBinary)
+        defer { for i in driver.observe() { try? driver.stop(world: i.world, id: i.id, graceMilliseconds: 100) } }
+        let spec = InstanceSpec(world: "playground", id: "playground-1",
+                                arguments: ["world", "--world", "playground", "--config", dir + "/empty.json", "--broker", server.unixPath!,
+                                            "--agent", "cal:cheerful"],
+                                environment: ["SOULFRA_INSTANCE_TOKEN": testTokens.instance], memoryBytes: 256 << 20, cpus: 0.5)
+        func linked() -> Int { server.snapshotNow()?.linksByKind[Int(PeerKind.instance.rawValue)] ?? 0 }
+
+        let started = try driver.start(spec, now: 1_000)
+        #expect(started.state == .running && Int32(started.handle)! > 0)
+        for _ in 0..<500 where linked() < 1 { usleep(10_000) }
+        #expect(linked() == 1, "the instance never attached to the broker")
+        #expect(driver.observe() == [ObservedInstance(world: "playground", id: "playground-1", handle: started.handle, state: .running, startedAt: 1_000)])
+        #expect(driver.unenforced(spec).count == 2, "memory and CPU limits are reported as not enforced")
+
+        // Killed: seen gone, with the signal in its status; the broker sees the link go.
+        kill(pid_t(started.handle)!, SIGKILL)
+        var state = driver.observe().first?.state
+        for _ in 0..<300 where state == .running {
+            usleep(10_000)
+            state = driver.observe().first?.state
+        }
+        #expect(state == .exited(128 + SIGKILL))
+        for _ in 0..<500 where linked() > 0 { usleep(10_000) }
+        #expect(linked() == 0)
+
+        // Replaced, as the reconciler will: forgotten, started again.
+        driver.forget(world: "playground", id: "playground-1")
+        let second = try driver.start(spec, now: 2_000)
+        for _ in 0..<500 where linked() < 1 { usleep(10_000) }
+        #expect(linked() == 1 && second.handle != started.handle)
+
+        // A daemon started again finds it running (its pid and start time match) and does not start another.
+        let again = try ProcessDriver(directory: dir + "/instances", executable: soulfraBinary)
+        #expect(again.observe() == [ObservedInstance(world: "playground", id: "playground-1", handle: second.handle, state: .running, startedAt: 2_000)])
+
+        // Stopped gracefully (SIGTERM, well within the grace): gone, and the broker's link with it.
+        try again.stop(world: "playground", id: "playground-1", graceMilliseconds: 5_000)
+        #expect(again.observe().first?.state == .exited(0), "a graceful exit: \(again.observe())")
+        for _ in 0..<500 where linked() > 0 { usleep(10_000) }
+        #expect(linked() == 0)
+        #expect(((try? String(contentsOfFile: driver.logPath(world: "playground", id: "playground-1"), encoding: .utf8)) ?? "").isEmpty == false,
+                "the instance's output is in its log")
+    }
+
+    @Test("a pid file whose pid now belongs to another process is not taken for a running instance")
+    func pidReuse() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-driver-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let driver = try ProcessDriver(directory: dir, executable: soulfraBinary)
+        try FileManager.default.createDirectory(atPath: dir + "/w", withIntermediateDirectories: true)
+        // Our own pid, with a start time that is not ours: a process the kernel gave the pid to since.
+        try "\(getpid()) 1 5\n".write(toFile: dir + "/w/w-1.pid", atomically: true, encoding: .utf8)
+        #expect(driver.observe() == [ObservedInstance(world: "w", id: "w-1", handle: "\(getpid())", state: .exited(nil), startedAt: 5)])
+        try driver.stop(world: "w", id: "w-1", graceMilliseconds: 10)  // nothing to stop: this process is left alone
+        driver.forget(world: "w", id: "w-1")
+        #expect(driver.observe().isEmpty)
+    }
+}
