@@ -165,7 +165,24 @@ struct TemplateReader {
         let description = try r.string("description") ?? ""
         let image = try r.string("image") ?? (kind == .custom ? "soulfra/base-world:latest" : "soulfra/\(kind.rawValue)-world:latest")
 
-        guard let rawAgents = try r.array("agents"), !rawAgents.isEmpty else {
+        let agents = try readAgents(try r.array("agents"))
+        let environment = try readEnvironment(try r.object("environment"))
+        let resources = try readResources(try r.object("resources"))
+        let scaling = try readScaling(try r.object("scaling"), kind: kind)
+        let keys = try readKeys(try r.object("keys"), kind: kind)
+        let runtime = try readRuntime(try r.object("runtime"))
+        let streamMode = try oneOf(try r.string("stream_mode") ?? "3way_full", WorldTemplate.streamModes, field: "stream_mode")
+        if let extra = r.remainingKeys.first {
+            throw fail(extra, "is not a template field",
+                       "the fields are type, name, description, image, agents, environment, resources, scaling, keys, runtime, stream_mode")
+        }
+        return WorldTemplate(kind: kind, name: name, description: description, image: image, agents: agents, environment: environment,
+                             resources: resources, scaling: scaling, keys: keys, runtimeProfile: runtime.profile, backend: runtime.backend,
+                             pacingMilliseconds: runtime.pacing, streamMode: streamMode)
+    }
+
+    func readAgents(_ list: [Any]?) throws -> [WorldTemplate.Agent] {
+        guard let rawAgents = list, !rawAgents.isEmpty else {
             throw fail("agents", "is missing or empty", "list the world's agents, e.g. [\"cal\", \"domingo\"] or objects with name, style, greeting")
         }
         var agents: [WorldTemplate.Agent] = []
@@ -199,9 +216,13 @@ struct TemplateReader {
         for (i, a) in agents.enumerated() where !seen.insert(a.name).inserted {
             throw fail("agents[\(i)].name", "\"\(a.name)\" is there twice", "agents' names are unique in a world")
         }
+        return agents
+    }
+
+    func readEnvironment(_ reader: JSONReader?) throws -> [String: String] {
 
         var environment: [String: String] = [:]
-        if let e = try r.object("environment") {
+        if let e = reader {
             for (key, value) in e.object {
                 guard let s = value as? String else { throw fail("environment." + key, "must be a string", "environment values are strings, e.g. \"enabled\"") }
                 environment[key] = s
@@ -209,9 +230,13 @@ struct TemplateReader {
         }
         if let v = environment["PRIVACY_MODE"] { _ = try oneOf(v, ["standard", "high", "maximum"], field: "environment.PRIVACY_MODE") }
         if let v = environment["SESSION_ENCRYPTION"] { _ = try oneOf(v, ["enabled", "disabled"], field: "environment.SESSION_ENCRYPTION") }
+        return environment
+    }
+
+    func readResources(_ reader: JSONReader?) throws -> WorldTemplate.Resources {
 
         var resources = WorldTemplate.Resources(memoryBytes: 256 << 20, cpus: 0.5, storageBytes: 0)
-        if var o = try r.object("resources") {
+        if var o = reader {
             if let m = try o.string("memory") {
                 guard let b = WorldTemplate.bytes(m), b >= 16 << 20 else { throw fail("resources.memory", "\"\(m)\" is not a memory size of at least 16 MB", "e.g. \"512MB\" or \"2GB\"") }
                 resources.memoryBytes = b
@@ -227,7 +252,10 @@ struct TemplateReader {
             }
             try o.finish()
         }
+        return resources
+    }
 
+    func readScaling(_ reader: JSONReader?, kind: WorldTemplate.Kind) throws -> WorldTemplate.Scaling {
         let defaults: (users: Int, trigger: String) = switch kind {
         case .kids: (100, "users")
         case .executive: (25, "users")
@@ -235,7 +263,7 @@ struct TemplateReader {
         case .custom: (100, "users")
         }
         var scaling = WorldTemplate.Scaling(usersPerInstance: defaults.users, minInstances: 1, maxInstances: 10, trigger: defaults.trigger)
-        if var o = try r.object("scaling") {
+        if var o = reader {
             scaling.usersPerInstance = try o.int("users_per_instance") ?? scaling.usersPerInstance
             scaling.minInstances = try o.int("min_instances") ?? scaling.minInstances
             scaling.maxInstances = try o.int("max_instances") ?? scaling.maxInstances
@@ -250,11 +278,15 @@ struct TemplateReader {
         if scaling.trigger == "tantrums_per_minute" && kind != .executive {
             throw fail("scaling.trigger", "tantrums_per_minute is an executive world's metric", "use users or viewers")
         }
+        return scaling
+    }
+
+    func readKeys(_ reader: JSONReader?, kind: WorldTemplate.Kind) throws -> WorldTemplate.KeyDefaults {
 
         var keys = WorldTemplate.KeyDefaults(permissions: ["world_access", "agent_interaction", "vault_storage"],
                                              requestsPerSecond: 50, burst: 100, concurrentStreams: 32, monthlyInteractions: 0)
         if kind == .executive { keys.permissions.append("user_management") }
-        if var o = try r.object("keys") {
+        if var o = reader {
             if let p = try o.array("permissions") {
                 var list: [String] = []
                 for (i, v) in p.enumerated() {
@@ -280,22 +312,19 @@ struct TemplateReader {
             throw fail("keys.quotas.burst", "\(keys.burst) is below requests_per_second (\(keys.requestsPerSecond))", "a burst holds at least one second of requests")
         }
         guard keys.concurrentStreams >= 1 else { throw fail("keys.quotas.concurrent_streams", "must be at least 1", "") }
+        return keys
+    }
+
+    func readRuntime(_ reader: JSONReader?) throws -> (profile: String, backend: String, pacing: Int) {
 
         var profile = "balanced", backend = "builtin", pacing = 30
-        if var o = try r.object("runtime") {
+        if var o = reader {
             profile = try oneOf(try o.string("profile") ?? profile, WorldTemplate.profiles, field: "runtime.profile")
             backend = try oneOf(try o.string("backend") ?? backend, WorldTemplate.backends, field: "runtime.backend")
             pacing = try o.int("pacing_ms") ?? pacing
             guard pacing <= 10_000 else { throw fail("runtime.pacing_ms", "\(pacing) is above 10000", "milliseconds between words; 0 for none") }
             try o.finish()
         }
-        let streamMode = try oneOf(try r.string("stream_mode") ?? "3way_full", WorldTemplate.streamModes, field: "stream_mode")
-        if let extra = r.remainingKeys.first {
-            throw fail(extra, "is not a template field",
-                       "the fields are type, name, description, image, agents, environment, resources, scaling, keys, runtime, stream_mode")
-        }
-        return WorldTemplate(kind: kind, name: name, description: description, image: image, agents: agents, environment: environment,
-                             resources: resources, scaling: scaling, keys: keys, runtimeProfile: profile, backend: backend,
-                             pacingMilliseconds: pacing, streamMode: streamMode)
+        return (profile, backend, pacing)
     }
 }
