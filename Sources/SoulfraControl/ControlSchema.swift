@@ -26,7 +26,7 @@ public enum ControlSchema {
             PRIMARY KEY (world, id)
         ) STRICT;
         CREATE TABLE keys (
-            id              INTEGER PRIMARY KEY,
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: usage rows name keys by id
             world           TEXT NOT NULL REFERENCES worlds(name) ON DELETE CASCADE,
             prefix          TEXT NOT NULL,            -- the visible start of the key, for people
             digest          BLOB NOT NULL UNIQUE,     -- SHA-256 of the key; the key itself is never stored

@@ -182,7 +182,9 @@ public final class ControlStore {
             do throws(SQLiteError) {
                 try db.run("INSERT INTO worlds (name, template, spec, instances, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [.text(w.name), .text(w.template), .text(w.spec), .int(w.instances), .text(w.state), .integer(now), .integer(now)])
-                try db.run("INSERT INTO releases (world, version, spec, created_at) VALUES (?, 1, ?, ?)", [.text(w.name), .text(w.spec), .integer(now)])
+                // A name used before keeps its releases: the new world's first release follows them.
+                try db.run("INSERT INTO releases (world, version, spec, created_at) SELECT ?, coalesce(max(version), 0) + 1, ?, ? FROM releases WHERE world = ?",
+                           [.text(w.name), .text(w.spec), .integer(now), .text(w.name)])
             } catch {
                 throw error.isConstraint ? .exists("world \(w.name)") : .database(error)
             }

@@ -134,28 +134,32 @@ public final class ProcessDriver: InstanceDriver {
         let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
         var pid: pid_t = 0
         let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, executable, &actions, &attributes, a, e) } }
-        guard rc == 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
-        let started = Self.startTime(pid) ?? 0
-        let record = "\(pid) \(started) \(now)\n"
-        let fd = open(pidPath(spec.world, spec.id), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd >= 0 {
-            _ = record.withCString { write(fd, $0, strlen($0)) }
-            fsync(fd)
-            close(fd)
+        guard rc == 0, pid > 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        exitStatus[Self.key(spec.world, spec.id)] = nil
+        // The pid file is what finds the instance again (also after the daemon crashed): written whole and
+        // durably before the start counts, or the instance is stopped and the start fails.
+        guard let started = Self.startTime(pid),
+              Self.writeDurably("\(pid) \(started) \(now)\n", to: pidPath(spec.world, spec.id), directory: directory + "/" + spec.world) else {
+            let e = errno
+            kill(-pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            throw DriverError("cannot record instance \(spec.id) of \(spec.world) in \(pidPath(spec.world, spec.id)): \(String(cString: strerror(e))); it was stopped")
         }
         return ObservedInstance(world: spec.world, id: spec.id, handle: String(pid), state: .running, startedAt: now)
     }
 
     public func stop(world: String, id: String, graceMilliseconds: Int) throws(DriverError) {
         guard let r = record(world, id), case .running = state(of: r) else { return }
-        kill(r.pid, SIGTERM)
+        // The instance leads its own process group: whatever it started goes with it.
+        kill(-r.pid, SIGTERM)
         var waited = 0
         while waited < graceMilliseconds {
             if case .exited = state(of: r) { return }
             usleep(10_000)
             waited += 10
         }
-        kill(r.pid, SIGKILL)
+        kill(-r.pid, SIGKILL)
         for _ in 0..<200 {
             if case .exited = state(of: r) { return }
             usleep(5_000)
@@ -212,15 +216,36 @@ public final class ProcessDriver: InstanceDriver {
     /// have just reaped); a child of ours that exited is reaped here and its status kept.
     func state(of r: Record) -> ObservedInstance.State {
         if let code = exitStatus[r.key] { return .exited(code) }
+        // The pid is this instance only while its start time matches (a zombie keeps it until reaped): only
+        // then may it be reaped here, or another child's status would be taken for this one.
+        guard let now = Self.startTime(r.pid), now == r.kernelStart else { return .exited(nil) }
+        guard Self.isZombie(r.pid) else { return .running }
         var status: Int32 = 0
-        let reaped = waitpid(r.pid, &status, WNOHANG)
-        if reaped == r.pid {
-            let code: Int32 = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-            exitStatus[r.key] = code
-            return .exited(code)
+        guard waitpid(r.pid, &status, WNOHANG) == r.pid else { return .exited(nil) }  // not our child
+        let code: Int32 = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+        exitStatus[r.key] = code
+        return .exited(code)
+    }
+
+    /// Writes `text` to `path` so that a crash leaves the old file or the whole new one.
+    static func writeDurably(_ text: String, to path: String, directory: String) -> Bool {
+        let tmp = path + ".new"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return false }
+        let bytes = Array(text.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced, rename(tmp, path) == 0 else {
+            unlink(tmp)
+            return false
         }
-        guard let now = Self.startTime(r.pid), now == r.kernelStart, !Self.isZombie(r.pid) else { return .exited(nil) }
-        return .running
+        let d = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if d >= 0 {
+            fsync(d)
+            close(d)
+        }
+        return true
     }
 
     /// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.

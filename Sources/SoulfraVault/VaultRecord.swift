@@ -81,8 +81,10 @@ public enum SegmentTail: Equatable, Sendable {
 public enum SegmentScan {
     /// Reads the records of a segment's bytes in order, checking each, and stops at the first that is torn or
     /// does not check out: everything before it is good and in order, everything from it on is to be cut.
-    /// `after` is the sequence number of the record before this segment's first (0: the log's start).
-    public static func scan(_ bytes: UnsafeRawBufferPointer, after: UInt64 = 0,
+    /// `after` is the sequence number of the record before this segment's first (0: the log's start);
+    /// `anyFirst` takes the first record's number as it is (the oldest segment kept after retention dropped
+    /// those before it).
+    public static func scan(_ bytes: UnsafeRawBufferPointer, after: UInt64 = 0, anyFirst: Bool = false,
                             _ body: (VaultRecord, Int) -> Void) -> (valid: Int, last: UInt64, tail: SegmentTail) {
         var at = 0
         var last = after
@@ -101,7 +103,7 @@ public enum SegmentScan {
             let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[(at + 8)..<(at + h + length)]))
             guard crc == stored else { return (at, last, .corrupt(at: at, reason: "checksum mismatch")) }
             let sequence = u64(8)
-            guard sequence == last &+ 1 else {
+            guard sequence == last &+ 1 || (anyFirst && at == 0 && sequence > last) else {
                 return (at, last, .corrupt(at: at, reason: "sequence \(sequence) after \(last)"))
             }
             let sessionLength = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: at + 32, as: UInt16.self)))

@@ -80,7 +80,7 @@ public final class VaultSegment {
     /// written again) it is left where it is and reading stops before it. Either way, a segment whose first
     /// record does not follow on from `after` is not opened: records are missing, and nothing is cut. With
     /// `prepareAhead` a second descriptor is opened for the zeros written ahead.
-    public static func open(path: String, after: UInt64 = 0, sessions before: [[UInt8]: UInt64] = [:],
+    public static func open(path: String, after: UInt64 = 0, anyFirst: Bool = false, sessions before: [[UInt8]: UInt64] = [:],
                             repair: Bool = true, prepareAhead: Bool = false,
                             found: (VaultRecord, Int) -> Void = { _, _ in }) throws(SocketError) -> Opened {
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -107,7 +107,7 @@ public final class VaultSegment {
         var sessions = before
         var count = 0
         let scan = bytes.withUnsafeBytes { raw in
-            SegmentScan.scan(raw, after: after) { record, offset in
+            SegmentScan.scan(raw, after: after, anyFirst: anyFirst) { record, offset in
                 sessions[record.session] = record.sessionSequence
                 count += 1
                 found(record, offset)
@@ -127,11 +127,14 @@ public final class VaultSegment {
         }
         var second: Int32 = -1
         if prepareAhead {
-            second = fcntl(fd, F_DUPFD_CLOEXEC, 0)  // close-on-exec, as the first: no child inherits it
+            // Opened again, not dup'ed: a failed writeback is reported to each open file once, so the zeros'
+            // sync must not be the one that takes the records' error (the batch's own sync would then succeed).
+            // Close-on-exec, as the first: no child process inherits it.
+            second = Glibc.open(path, O_RDWR | O_CLOEXEC)
             guard second >= 0 else {
                 let e = errno
                 Glibc.close(fd)
-                throw SocketError(call: "dup", errno: e, address: path)
+                throw SocketError(call: "open", errno: e, address: path)
             }
         }
         // Zeros after the records (a clean tail) are prepared space already.

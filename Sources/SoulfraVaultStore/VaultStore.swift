@@ -99,22 +99,23 @@ public final class VaultStore: VaultStorage {
 
     // MARK: - Off the loop
 
-    /// Files being removed through the ring (retention), by token.
-    private var removing: [UInt64: String] = [:]
+    /// Files being removed through the ring (retention), by token, with who to tell.
+    private var removing: [UInt64: (path: String, done: () -> Void)] = [:]
     private var nextRemoval: UInt64 = 0
 
-    /// Removes `path` through the ring (`IORING_OP_UNLINKAT`); a failure is logged (`pathDone`).
-    func remove(file path: String) {
+    /// Removes `path` through the ring (`IORING_OP_UNLINKAT`); a failure is logged; `done` runs either way.
+    func remove(file path: String, done: @escaping () -> Void) {
         nextRemoval &+= 1
-        removing[nextRemoval] = path
+        removing[nextRemoval] = (path, done)
         loop.path(.unlink, path, token: nextRemoval)
     }
 
     /// A path operation of the loop completed (call from `LoopDelegate.loopPathDone`); false when not the vault's.
     @discardableResult
     public func pathDone(token: UInt64, result: Int32) -> Bool {
-        guard let path = removing.removeValue(forKey: token) else { return false }
-        if result < 0 { log("error_alert vault: cannot remove \(path) (errno \(-result)); remove it by hand") }
+        guard let r = removing.removeValue(forKey: token) else { return false }
+        if result < 0 { log("error_alert vault: cannot remove \(r.path) (errno \(-result)); remove it by hand") }
+        r.done()
         return true
     }
 
@@ -123,8 +124,10 @@ public final class VaultStore: VaultStorage {
     /// What the opener thread finished, for the loop to take (`mailbox`).
     private let finished = FinishedQueue()
 
+    /// What the opener finished, and whether the store closed (then an opening that finishes later closes
+    /// what it opened itself: nobody would take it).
     final class FinishedQueue: Sendable {
-        let list = Mutex<[Finished]>([])
+        let state = Mutex<(closed: Bool, list: [Finished])>((false, []))
     }
     /// Concurrent: a world whose opening hangs (a stuck disk, a key file that will not read) holds no other
     /// world's. One world's work is never concurrent with itself (the next segment is asked for only once the
@@ -142,45 +145,53 @@ public final class VaultStore: VaultStorage {
         let mailbox = loop.mailbox
         opener.async { [finished] in
             let done = work()
-            finished.list.withLock { $0.append(done) }
-            mailbox.wake()
+            let taken = finished.state.withLock { s in
+                guard !s.closed else { return false }
+                s.list.append(done)
+                return true
+            }
+            if taken { mailbox.wake() } else { Self.discard(done) }
         }
     }
 
     /// Takes what the opener thread finished (call from the loop's mailbox handler): opened worlds start
     /// storing the appends that waited for them; a world that could not be opened fails them.
     public func mailbox(now: UInt64) {
-        let done = finished.list.withLock { list in defer { list.removeAll() }; return list }
-        if closed {
-            for d in done {
-                switch d {
-                case .world(_, .success(let o)): o.discard()
-                case .segment(_, _, .success(let o)): o.discard()
-                default: break
-                }
-            }
-            return
-        }
+        let done = finished.state.withLock { s in defer { s.list.removeAll() }; return s.list }
         for d in done {
             switch d {
             case .world(let name, let result):
                 let waiting = opening.removeValue(forKey: name) ?? []
+                let w: VaultWorld
                 do {
-                    let w = try VaultWorld(result.get(), store: self)
-                    worlds[name] = w
-                    for a in waiting { try w.append(a, now: now) }
+                    w = try VaultWorld(result.get(), store: self)
                 } catch {
                     log("error_alert vault: world \(name): \(error.reason)")
                     broken[name] = error
                     if !waiting.isEmpty { onFailed(name, waiting.map(\.id), error.errno, 1_000) }
+                    continue
+                }
+                worlds[name] = w
+                // Each waiting append on its own: one that fails (its encryption) fails alone.
+                for a in waiting {
+                    do { try w.append(a, now: now) } catch { onFailed(name, [a.id], error.errno, 1_000) }
                 }
             case .segment(let name, let number, let result):
                 if let w = worlds[name] {
                     w.nextOpened(number, result)
-                } else if case .success(let o) = result {
-                    o.discard()
+                } else {
+                    Self.discard(d)
                 }
             }
+        }
+    }
+
+    /// Closes what an opening that is no longer wanted opened.
+    static func discard(_ f: Finished) {
+        switch f {
+        case .world(_, .success(let o)): o.discard()
+        case .segment(_, _, .success(let o)): o.discard()
+        default: break
         }
     }
 
@@ -264,13 +275,21 @@ public final class VaultStore: VaultStorage {
     }
 
     /// Closes every file (after what is in flight).
+    /// Closes every file (after what is in flight). Appends still waiting for their world to open fail; what
+    /// the opener finishes from now on is closed by the opener.
     public func close() {
         for w in worlds.values { w.close() }
-        closed = true
+        let leftover = finished.state.withLock { s in
+            s.closed = true
+            defer { s.list = [] }
+            return s.list
+        }
+        for d in leftover { Self.discard(d) }
+        for (name, waiting) in opening where !waiting.isEmpty {
+            onFailed(name, waiting.map(\.id), ECANCELED, 1_000)
+        }
+        opening = [:]
     }
-
-    /// After `close`, what the opener thread still finishes is discarded.
-    private var closed = false
 
     /// Counters for `/metrics`, summed over this loop's worlds.
     public var counters: VaultStoreCounters {

@@ -105,7 +105,8 @@ final class VaultWorld {
             let path = directory + "/" + segmentName(number)
             let last = k == numbers.count - 1
             do {
-                let o = try VaultSegment.open(path: path, after: after, sessions: sessions, repair: last,
+                // The oldest segment may start anywhere: retention dropped the ones before it.
+                let o = try VaultSegment.open(path: path, after: after, anyFirst: k == 0, sessions: sessions, repair: last,
                                               prepareAhead: last && settings.prepareAheadBytes > 0) { record, offset in
                     index.add(RecordPosition(segment: number, offset: UInt64(offset), length: UInt32(record.encodedBytes),
                                              sequence: record.sequence, sessionSequence: record.sessionSequence,
@@ -393,9 +394,25 @@ final class VaultWorld {
             segments.removeFirst()
             for f in oldest.segment.files { store.owners[f] = nil }
             oldest.segment.close()
-            store.remove(file: oldest.segment.path)
+            removals.append(oldest.segment.path)
             segmentsDropped &+= 1
             store.log("vault: world \(name): retention dropped \(oldest.segment.path) (\(tooOld ? "older than \(s.maxAgeSeconds) s" : "over \(s.maxBytes) bytes"))")
+            removeNext()
+        }
+    }
+
+    /// Segment files to remove, oldest first, and whether one is being removed: one at a time, so that after
+    /// a crash what is left is always a run of segments that follow on (never a newer one gone before an
+    /// older one).
+    private var removals: [String] = []
+    private var removing = false
+
+    private func removeNext() {
+        guard !removing, !removals.isEmpty else { return }
+        removing = true
+        store.remove(file: removals.removeFirst()) { [weak self] in
+            self?.removing = false
+            self?.removeNext()
         }
     }
 

@@ -96,13 +96,17 @@ struct ControlStoreTests {
         #expect(try store.world("playground") == nil)
         #expect(try store.instances(world: "playground").isEmpty && store.keys(world: "playground").isEmpty)
         #expect(throws: ControlError.notFound("world playground")) { try store.deleteWorld("playground", actor: "cli", now: 31) }
+        // The name can be used again; its releases go on from the old world's.
+        try store.createWorld(WorldRecord(name: "playground", template: "custom", spec: #"{"v":2}"#, instances: 1), actor: "cli", now: 32)
+        #expect(try store.db.rows("SELECT version, spec FROM releases WHERE world = 'playground' ORDER BY version") { "\($0.int(0)):\($0.text(1))" }
+                == ["1:{}", #"2:{"v":2}"#])
 
         let log = try store.auditLog()
-        #expect(log.map(\.action) == ["world.create", "world.create", "world.scale", "key.create", "world.delete"],
+        #expect(log.map(\.action) == ["world.create", "world.create", "world.scale", "key.create", "world.delete", "world.create"],
                 "refused and failed actions leave no entry: \(log.map(\.action))")
         #expect(log.map(\.seq) == log.map(\.seq).sorted() && log.allSatisfy { $0.actor == "cli" })
         #expect(log[2].target == "playground" && log[2].detail == "instances=5" && log[2].at == 13)
-        #expect(try store.auditLog(after: log[2].seq).count == 2)
+        #expect(try store.auditLog(after: log[2].seq).count == 3)
     }
 
     @Test("keys: only the digest and prefix are stored; revoked now or later (a rotation's grace); last use noted; a world's keys go with it")

@@ -392,5 +392,19 @@ struct VaultRetentionTests {
         #expect(files.count <= 4, "\(files)")
         let (_, metrics) = try curl(["-H", "Authorization: Bearer test-admin-token-0001", "http://127.0.0.1:\(server.adminPort)/metrics"])
         #expect(!metrics.contains("soulfra_vault_segments_dropped_total 0\n") && metrics.contains("soulfra_vault_segments_dropped_total "))
+        inst.conn.close()
+        server.stop()
+
+        // Started again on the same directory: the oldest segment left starts past record 1, and that is fine.
+        let again = try BrokerServer.start(config)
+        defer { again.stop() }
+        let reader = VaultClient(try again.connect(.instance, world: "playground"))
+        let reopened = reader.read(world: "playground", session: "r", .read(after: 0, limit: 1_000)).events
+        #expect(reopened.map(\.sessionSequence) == kept.map(\.sessionSequence), "the world did not open again after retention")
+        let s2 = reader.conn.link.open(Open(target: .vault, world: "playground", session: "r", detail: "append"))
+        #expect(reader.append(s2, "after restart"))
+        reader.conn.flush()
+        #expect(pumpUntil([reader.conn], milliseconds: 10_000) { reader.acks(s2).count == 1 })
+        #expect(reader.acks(s2).first?.sessionSequence == UInt64(sent + 1))
     }
 }
