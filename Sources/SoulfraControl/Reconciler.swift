@@ -45,6 +45,27 @@ public final class Reconciler {
 
     public static func slotID(world: String, _ n: Int) -> String { "\(world)-\(n)" }
 
+    /// The driver could not start the slot at all: it is tried again after the same doubling backoff as an
+    /// exit, and counts towards a crash loop.
+    public func startFailed(world: String, id: String, now: Int64) {
+        let key = world + "/" + id
+        var s = slots[key, default: Slot()]
+        recordExit(&s, key: key, now: now)
+        slots[key] = s
+    }
+
+    /// An exit (or a failed start) of a slot: the next try waits a doubled backoff, or out the crash-loop window.
+    private func recordExit(_ s: inout Slot, key: String, now: Int64) {
+        exitsSeen += 1
+        s.exits = s.exits.filter { now - $0 < policy.crashLoopWindowMilliseconds } + [now]
+        s.backoff = s.backoff == 0 ? policy.baseBackoffMilliseconds : min(policy.maxBackoffMilliseconds, s.backoff * 2)
+        s.retryAt = now + s.backoff
+        if s.exits.count >= policy.crashLoopLimit {
+            s.retryAt = s.exits[s.exits.count - policy.crashLoopLimit] + policy.crashLoopWindowMilliseconds
+            crashLooping[key] = s.retryAt
+        }
+    }
+
     static func slotNumber(world: String, id: String) -> Int? {
         guard id.hasPrefix(world + "-") else { return nil }
         return Int(id.dropFirst(world.count + 1))
@@ -82,14 +103,7 @@ public final class Reconciler {
                 var s = slots[key, default: Slot()]
                 if !s.counted {
                     s.counted = true
-                    exitsSeen += 1
-                    s.exits = s.exits.filter { now - $0 < policy.crashLoopWindowMilliseconds } + [now]
-                    s.backoff = s.backoff == 0 ? policy.baseBackoffMilliseconds : min(policy.maxBackoffMilliseconds, s.backoff * 2)
-                    s.retryAt = now + s.backoff
-                    if s.exits.count >= policy.crashLoopLimit {
-                        s.retryAt = s.exits[s.exits.count - policy.crashLoopLimit] + policy.crashLoopWindowMilliseconds
-                        crashLooping[key] = s.retryAt
-                    }
+                    recordExit(&s, key: key, now: now)
                 }
                 slots[key] = s
                 if now >= s.retryAt {
@@ -104,7 +118,9 @@ public final class Reconciler {
         for (world, n) in desired.sorted(by: { $0.key < $1.key }) where n > 0 {
             for k in 1...n {
                 let id = Self.slotID(world: world, k)
-                if !seen.contains(world + "/" + id) { actions.append(.start(world: world, id: id)) }
+                let key = world + "/" + id
+                // A slot whose start failed waits out its backoff like one that exited.
+                if !seen.contains(key) && now >= (slots[key]?.retryAt ?? 0) { actions.append(.start(world: world, id: id)) }
             }
         }
         // A slot no longer observed and no longer wanted is forgotten here too.

@@ -47,6 +47,20 @@ struct ReconcilerTests {
         #expect(fleet.observed.isEmpty)
     }
 
+    @Test("a start the driver refused is tried again after the same doubling backoff, not on every pass")
+    func failedStarts() {
+        var policy = Reconciler.Policy()
+        policy.baseBackoffMilliseconds = 100
+        let r = Reconciler(policy: policy)
+        #expect(r.plan(desired: ["w": 1], observed: [], now: 0) == [.start(world: "w", id: "w-1")])
+        r.startFailed(world: "w", id: "w-1", now: 0)
+        #expect(r.plan(desired: ["w": 1], observed: [], now: 50).isEmpty)
+        #expect(r.plan(desired: ["w": 1], observed: [], now: 100) == [.start(world: "w", id: "w-1")])
+        r.startFailed(world: "w", id: "w-1", now: 100)
+        #expect(r.plan(desired: ["w": 1], observed: [], now: 250).isEmpty, "doubled: 200 ms")
+        #expect(r.plan(desired: ["w": 1], observed: [], now: 300) == [.start(world: "w", id: "w-1")])
+    }
+
     @Test("instances found running after a daemon restart are adopted: nothing is started twice")
     func adoption() {
         var fleet = Fleet()

@@ -73,3 +73,68 @@ struct ProcessDriverTests {
         #expect(driver.observe().isEmpty)
     }
 }
+
+@Suite("The control plane: store, reconciler and process driver", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct ControlPlaneTests {
+    @Test("a world wanted in the store gets its instances on the broker; scaled down, one stops; a killed one is replaced after its backoff; a restarted control plane adopts them; a deleted world's instances go")
+    func reconciles() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-plane-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "{}".write(toFile: dir + "/empty.json", atomically: true, encoding: .utf8)
+        let server = try BrokerServer.start(testConfig())
+        defer { server.stop() }
+        func linked() -> Int { server.snapshotNow()?.linksByKind[Int(PeerKind.instance.rawValue)] ?? 0 }
+        let spec = { (w: WorldRecord, id: String) -> InstanceSpec? in
+            InstanceSpec(world: w.name, id: id,
+                         arguments: ["world", "--world", w.name, "--config", dir + "/empty.json", "--broker", server.unixPath!, "--agent", "cal"],
+                         environment: ["SOULFRA_INSTANCE_TOKEN": testTokens.instance])
+        }
+        var policy = Reconciler.Policy()
+        policy.baseBackoffMilliseconds = 200
+        let driver = try ProcessDriver(directory: dir + "/instances", executable: soulfraBinary)
+        defer { for i in driver.observe() { try? driver.stop(world: i.world, id: i.id, graceMilliseconds: 100) } }
+        var store: ControlStore? = try ControlStore(directory: dir + "/state")
+        var plane: ControlPlane! = ControlPlane(store: store!, driver: driver, reconciler: Reconciler(policy: policy), spec: spec)
+        plane.stopGraceMilliseconds = 3_000
+        func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
+        func settle(until done: () -> Bool) {
+            for _ in 0..<500 where !done() {
+                _ = try? plane.tick(now: now())
+                usleep(10_000)
+            }
+        }
+
+        try store!.createWorld(WorldRecord(name: "playground", template: "kids", spec: "{}", instances: 2), actor: "test", now: now())
+        #expect(try plane.tick(now: now()).count == 2)
+        settle { linked() == 2 }
+        #expect(linked() == 2, "two instances on the broker")
+        #expect(try store!.instances(world: "playground").map(\.state) == ["running", "running"])
+
+        try store!.scale(world: "playground", instances: 1, actor: "test", now: now())
+        settle { linked() == 1 && driver.observe().count == 1 }
+        #expect(linked() == 1 && driver.observe().map(\.id) == ["playground-1"])
+
+        let first = try #require(driver.observe().first?.handle)
+        kill(pid_t(first)!, SIGKILL)
+        settle { driver.observe().first.map { $0.state == .running && $0.handle != first } ?? false }
+        #expect(driver.observe().first?.state == .running && driver.observe().first?.handle != first, "the killed instance was replaced")
+        #expect(plane.reconciler.restarts == 1)
+        settle { linked() == 1 }
+
+        // The daemon restarts: a new store and control plane find the instance running, and start nothing.
+        let running = driver.observe().first?.handle
+        plane = nil
+        store = nil
+        store = try ControlStore(directory: dir + "/state")
+        plane = ControlPlane(store: store!, driver: try ProcessDriver(directory: dir + "/instances", executable: soulfraBinary),
+                             reconciler: Reconciler(policy: policy), spec: spec)
+        #expect(try plane.tick(now: now()).isEmpty, "adopted, not started again")
+        #expect(plane.driver.observe().map(\.handle) == [running])
+
+        try store!.deleteWorld("playground", actor: "test", now: now())
+        settle { plane.driver.observe().isEmpty }
+        #expect(plane.driver.observe().isEmpty && linked() == 0, "a deleted world's instance stopped and was forgotten")
+        #expect(try store!.auditLog().map(\.action) == ["world.create", "world.scale", "world.delete"])
+    }
+}
