@@ -142,6 +142,11 @@ struct ControlStoreTests {
         #expect(throws: ControlError.notFound("live key \(a)")) { try store.revokeKey(id: a, at: 300, actor: "cli", now: 160) }
         try store.touch(keys: [(a, 120), (a, 110)])
         #expect(try store.keys().first?.lastUsedAt == 120, "last use never goes back")
+        // A key id is never given again, even after its key went with its world: usage rows name keys by id.
+        try store.deleteWorld("playground", actor: "cli", now: 200)
+        try store.createWorld(WorldRecord(name: "playground", template: "kids", spec: "{}", instances: 1), actor: "cli", now: 201)
+        let b = try store.addKey(KeyRecord(world: "playground", prefix: "p", digest: [7], permissions: [], createdAt: 0), actor: "cli", now: 202)
+        #expect(b > a, "key id \(a) was given again")
     }
 
     @Test("usage roll-ups add up per key, world and day, and sum per world from a day on")

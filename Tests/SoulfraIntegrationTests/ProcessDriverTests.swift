@@ -72,6 +72,22 @@ struct ProcessDriverTests {
         driver.forget(world: "w", id: "w-1")
         #expect(driver.observe().isEmpty)
     }
+
+    @Test("a stale pid file naming a pid that is now another child of ours does not take that child's exit status")
+    func staleRecordTakesNoStatus() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-driver-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let driver = try ProcessDriver(directory: dir, executable: "/bin/sh")
+        let child = try driver.start(InstanceSpec(world: "w", id: "w-2", arguments: ["-c", "exit 3"]), now: 1)
+        for _ in 0..<200 where !((try? String(contentsOfFile: "/proc/\(child.handle)/stat", encoding: .utf8))?.contains(") Z ") ?? true) {
+            usleep(5_000)
+        }
+        // w-1's record names the same pid with another start time: a process that had the pid before.
+        try "\(child.handle) 1 5\n".write(toFile: dir + "/w/w-1.pid", atomically: true, encoding: .utf8)
+        let seen = driver.observe()
+        #expect(seen.first { $0.id == "w-1" }?.state == .exited(nil))
+        #expect(seen.first { $0.id == "w-2" }?.state == .exited(3), "w-1's record took w-2's exit status: \(seen)")
+    }
 }
 
 @Suite("The control plane: store, reconciler and process driver", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
