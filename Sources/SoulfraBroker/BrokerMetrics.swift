@@ -62,6 +62,9 @@ public struct BrokerSnapshot: Sendable, Equatable {
     /// Times an instance was taken out of rotation by outlier detection, and instances out of rotation now.
     public var outlierEjections: UInt64 = 0
     public var ejectedInstances: Int = 0
+    /// Instances attached and taking new streams (not draining), by world: their names (the control plane's
+    /// readiness).
+    public var attachedInstances: [String: [String]] = [:]
 
     /// Link closes for one reason.
     public func closes(_ code: ErrorCode) -> UInt64 { linkCloses[Int(code.rawValue)] }
@@ -77,7 +80,9 @@ extension Broker {
         var queue = [Int](repeating: 0, count: 5)
         var credit = [Int64](repeating: 0, count: 5)
         var paused = 0, congested = 0, subs = 0, ejected = 0
+        var attached: [String: [String]] = [:]
         for case let link? in links where link.state != .closing {
+            if link.kind == .instance && link.state != .handshake && !link.draining { attached[link.world, default: []].append(link.instance) }
             if link.ejectedUntil > lastObserved { ejected += 1 }
             let k = link.state == .handshake ? 0 : Int(link.kind.rawValue)
             linksByKind[k] += 1
@@ -103,6 +108,7 @@ extension Broker {
         snap.oversizeFrames = c.oversizeFrames
         snap.outlierEjections = c.outlierEjections
         snap.ejectedInstances = ejected
+        snap.attachedInstances = attached
         return snap
     }
 }
@@ -185,6 +191,7 @@ extension BrokerSnapshot {
         m.oversizeFrames = oversizeFrames + o.oversizeFrames
         m.outlierEjections = outlierEjections + o.outlierEjections
         m.ejectedInstances = ejectedInstances + o.ejectedInstances
+        m.attachedInstances = attachedInstances.merging(o.attachedInstances) { $0 + $1 }
         return m
     }
 }

@@ -58,6 +58,14 @@ public struct ServerConfig: Sendable, Equatable {
     public var openAIKey = ""
     public var openAIModel = "gpt-4o-mini"
 
+    /// The control plane's directory (control.db, instances' pid and log files); "" runs no control plane (the
+    /// worlds then come from the config file's keys and tokens alone).
+    public var controlDirectory = "/tmp/soulfra/control"
+    /// Which driver runs instances: auto (docker when an engine answers, else process), process or docker.
+    public var controlDriver = "auto"
+    /// The world templates deploy chooses from (`<type>.json`).
+    public var templatesDirectory = "config/templates"
+
     public init() {}
 
     /// A configuration problem: the key (dotted path) and what is wrong.
@@ -122,6 +130,9 @@ public struct ServerConfig: Sendable, Equatable {
         func check(_ ok: Bool, _ key: String, _ message: String) throws(Invalid) {
             if !ok { throw Invalid(key: key, message: message) }
         }
+        try check(controlDirectory.isEmpty || controlDirectory.hasPrefix("/"), "control.directory",
+                  "must be an absolute path (or \"\" for no control plane), got \"\(controlDirectory)\"")
+        try check(["auto", "process", "docker"].contains(controlDriver), "control.driver", "must be auto, process or docker, got \"\(controlDriver)\"")
         if !vaultDirectory.isEmpty {
             try check(vaultDirectory.hasPrefix("/"), "vault.directory", "must be an absolute path (or \"\" for no vault in this process), got \"\(vaultDirectory)\"")
             let inside = (vaultKeyDirectory + "/").hasPrefix(vaultDirectory.hasSuffix("/") ? vaultDirectory : vaultDirectory + "/")
@@ -227,6 +238,12 @@ extension ServerConfig {
                 }
             }
             try v.finish()
+        }
+        if var c = try r.object("control") {
+            controlDirectory = try c.string("directory") ?? controlDirectory
+            controlDriver = try c.string("driver") ?? controlDriver
+            templatesDirectory = try c.string("templates_directory") ?? templatesDirectory
+            try c.finish()
         }
         if var rt = try r.object("runtime") {
             runtimeWorkers = try rt.int("workers") ?? runtimeWorkers
@@ -363,6 +380,9 @@ extension ServerConfig {
         if let v = env["SOULFRA_GATEWAY_TLS"] { gatewayTLS = v }
         if let v = env["SOULFRA_KEYS_FILE"] { keysFile = v }
         if let v = env["SOULFRA_VAULT_DIR"] { vaultDirectory = v }
+        if let v = env["SOULFRA_CONTROL_DIR"] { controlDirectory = v }
+        if let v = env["SOULFRA_DRIVER"] { controlDriver = v }
+        if let v = env["SOULFRA_TEMPLATES_DIR"] { templatesDirectory = v }
         if let v = env["SOULFRA_OPENAI_BASE_URL"] { openAIBaseURL = v }
         if let v = env["SOULFRA_OPENAI_API_KEY"] ?? env["OPENAI_API_KEY"] { openAIKey = v }
         if let v = env["SOULFRA_OPENAI_MODEL"] { openAIModel = v }

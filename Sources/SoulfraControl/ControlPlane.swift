@@ -48,11 +48,7 @@ public final class ControlPlane {
                     fail(world, id, "\(error)", now: now)
                 }
             case .stop(let world, let id):
-                do {
-                    try driver.stop(world: world, id: id, graceMilliseconds: stopGraceMilliseconds)
-                } catch {
-                    problems[world + "/" + id] = error.message
-                }
+                driver.requestStop(world: world, id: id, graceMilliseconds: stopGraceMilliseconds, now: now)
             case .forget(let world, let id):
                 driver.forget(world: world, id: id)
                 if byName[world] != nil { try store.forget(instance: id, world: world) }

@@ -49,7 +49,7 @@ public struct InstanceRecord: Equatable, Sendable {
 }
 
 /// A key as stored: its SHA-256 digest and visible prefix, never the key.
-public struct KeyRecord: Equatable, Sendable {
+public struct StoredKey: Equatable, Sendable {
     public var id: Int64
     public var world: String
     public var prefix: String
@@ -218,6 +218,22 @@ public final class ControlStore {
         }
     }
 
+    /// Starts a world's shutdown, audited: no instance is wanted any more and its keys are revoked now; the
+    /// world is removed once its instances have drained and stopped (`deleteWorld`).
+    public func beginShutdown(world name: String, actor: String, now: Int64) throws(ControlError) {
+        try audited(actor, "world.shutdown", name, "", now: now) { () throws(ControlError) in
+            let changed = try wrap { () throws(SQLiteError) in
+                try db.run("UPDATE worlds SET state = 'stopping', instances = 0, updated_at = ? WHERE name = ? AND state = 'active'",
+                           [.integer(now), .text(name)])
+            }
+            if changed == 0 { throw .notFound("world \(name)") }
+            _ = try wrap { () throws(SQLiteError) in
+                try db.run("UPDATE keys SET revoked_at = ? WHERE world = ? AND (revoked_at IS NULL OR revoked_at > ?)",
+                           [.integer(now), .text(name), .integer(now)])
+            }
+        }
+    }
+
     /// Removes a world with its instances and keys (usage and releases stay, for the record), audited.
     public func deleteWorld(_ name: String, actor: String, now: Int64) throws(ControlError) {
         try audited(actor, "world.delete", name, "", now: now) { () throws(ControlError) in
@@ -257,7 +273,7 @@ public final class ControlStore {
 
     /// Stores a key's digest and prefix (never the key), audited; returns its id.
     @discardableResult
-    public func addKey(_ k: KeyRecord, actor: String, now: Int64) throws(ControlError) -> Int64 {
+    public func addKey(_ k: StoredKey, actor: String, now: Int64) throws(ControlError) -> Int64 {
         try audited(actor, "key.create", k.world, "prefix=\(k.prefix)", now: now) { () throws(ControlError) -> Int64 in
             do throws(SQLiteError) {
                 try db.run("INSERT INTO keys (world, prefix, digest, permissions, quotas, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -273,12 +289,12 @@ public final class ControlStore {
         }
     }
 
-    public func keys(world: String? = nil) throws(ControlError) -> [KeyRecord] {
+    public func keys(world: String? = nil) throws(ControlError) -> [StoredKey] {
         let filter = world == nil ? "" : " WHERE world = ?"
         return try wrap { () throws(SQLiteError) in
             try db.rows("SELECT id, world, prefix, digest, permissions, quotas, created_at, expires_at, revoked_at, last_used_at FROM keys\(filter) ORDER BY id",
                         world.map { [.text($0)] } ?? []) { s in
-                KeyRecord(id: s.int(0), world: s.text(1), prefix: s.text(2), digest: s.blob(3),
+                StoredKey(id: s.int(0), world: s.text(1), prefix: s.text(2), digest: s.blob(3),
                           permissions: s.text(4).split(separator: ",").map(String.init), quotas: s.text(5), createdAt: s.int(6),
                           expiresAt: s.optionalInt(7), revokedAt: s.optionalInt(8), lastUsedAt: s.optionalInt(9))
             }

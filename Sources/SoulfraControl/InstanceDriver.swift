@@ -64,12 +64,18 @@ public protocol InstanceDriver: AnyObject {
     /// Stops an instance: asked to finish (SIGTERM, or the engine's stop), killed once `graceMilliseconds` are
     /// over. Nothing to do for one already gone.
     func stop(world: String, id: String, graceMilliseconds: Int) throws(DriverError)
+    /// Asks an instance to stop without waiting: the first call sends it the polite signal (it drains), a call
+    /// once `graceMilliseconds` have passed since then kills it. Called again on every pass until the
+    /// instance is seen exited.
+    func requestStop(world: String, id: String, graceMilliseconds: Int, now: Int64)
     /// Every instance this driver runs or ran and has not forgotten, as it is now.
     func observe() -> [ObservedInstance]
     /// Forgets a gone instance (its records: pid file, container).
     func forget(world: String, id: String)
     /// The template's settings this driver cannot enforce for `spec` (reported, never silently ignored).
     func unenforced(_ spec: InstanceSpec) -> [String]
+    /// CPU time used and memory held by a running instance (nil: not known).
+    func usage(world: String, id: String) -> (cpuSeconds: Double, memoryBytes: UInt64)?
 }
 
 /// Instances as child processes of the daemon: `soulfra world …` spawned with its output appended to
@@ -167,6 +173,16 @@ public final class ProcessDriver: InstanceDriver {
         throw DriverError("instance \(id) of \(world) (pid \(r.pid)) did not exit after SIGKILL")
     }
 
+    public func requestStop(world: String, id: String, graceMilliseconds: Int, now: Int64) {
+        guard let r = record(world, id), case .running = state(of: r) else { return }
+        guard let asked = stopAsked[r.key] else {
+            stopAsked[r.key] = now
+            kill(-r.pid, SIGTERM)
+            return
+        }
+        if now - asked >= Int64(graceMilliseconds) { kill(-r.pid, SIGKILL) }
+    }
+
     public func observe() -> [ObservedInstance] {
         var out: [ObservedInstance] = []
         for world in Self.list(directory) {
@@ -182,6 +198,7 @@ public final class ProcessDriver: InstanceDriver {
     public func forget(world: String, id: String) {
         unlink(pidPath(world, id))
         exitStatus[Self.key(world, id)] = nil
+        stopAsked[Self.key(world, id)] = nil
     }
 
     public func unenforced(_ spec: InstanceSpec) -> [String] {
@@ -189,6 +206,18 @@ public final class ProcessDriver: InstanceDriver {
         if spec.memoryBytes > 0 { out.append("resources.memory: the process driver does not limit an instance's memory (the docker driver does)") }
         if spec.cpus > 0 { out.append("resources.cpu: the process driver does not limit an instance's CPU (the docker driver does)") }
         return out
+    }
+
+    /// From /proc: user and system time (field 14 and 15 of stat, in clock ticks) and the resident set.
+    public func usage(world: String, id: String) -> (cpuSeconds: Double, memoryBytes: UInt64)? {
+        guard let r = record(world, id), case .running = state(of: r),
+              let stat = Self.read("/proc/\(r.pid)/stat"), let close = stat.lastIndex(of: ")"),
+              let statm = Self.read("/proc/\(r.pid)/statm") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        let pages = statm.split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]), pages.count > 1, let rss = UInt64(pages[1]) else { return nil }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return ((user + system) / ticks, rss * UInt64(sysconf(Int32(_SC_PAGESIZE))))
     }
 
     // MARK: - Records
@@ -202,6 +231,8 @@ public final class ProcessDriver: InstanceDriver {
 
     /// Exit statuses reaped from our own children, by world/id.
     private var exitStatus: [String: Int32] = [:]
+    /// When each instance being stopped was asked to (`requestStop`), by world/id.
+    private var stopAsked: [String: Int64] = [:]
 
     static func key(_ world: String, _ id: String) -> String { world + "/" + id }
 
@@ -304,4 +335,33 @@ func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?
     pointers.append(nil)
     defer { for p in pointers { free(p) } }
     return body(pointers)
+}
+
+/// Starts `executable` in a session of its own (it outlives the caller and its terminal), stdin from
+/// /dev/null and output appended to `logPath`; returns its pid.
+public func spawnDetached(_ executable: String, _ arguments: [String], logPath: String) throws(DriverError) -> pid_t {
+    let log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+    guard log >= 0 else { throw DriverError("cannot open \(logPath): \(String(cString: strerror(errno)))") }
+    defer { close(log) }
+    let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    defer { if devNull >= 0 { close(devNull) } }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, devNull, 0)
+    posix_spawn_file_actions_adddup2(&actions, log, 1)
+    posix_spawn_file_actions_adddup2(&actions, log, 2)
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var unblocked = sigset_t()
+    sigemptyset(&unblocked)
+    posix_spawnattr_setsigmask(&attributes, &unblocked)
+    let setsid: Int32 = 0x80  // POSIX_SPAWN_SETSID (glibc ≥ 2.26)
+    posix_spawnattr_setflags(&attributes, Int16(setsid | POSIX_SPAWN_SETSIGMASK))
+    let envp = ProcessEnvironment.current().map { "\($0.key)=\($0.value)" }.sorted()
+    var pid: pid_t = 0
+    let rc = withCStrings([executable] + arguments) { a in withCStrings(envp) { e in posix_spawn(&pid, executable, &actions, &attributes, a, e) } }
+    guard rc == 0, pid > 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+    return pid
 }

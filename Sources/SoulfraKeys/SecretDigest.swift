@@ -23,6 +23,18 @@ public struct SecretDigest: Sendable, Hashable {
         withUnsafeMutableBytes(of: &bytes) { $0.copyBytes(from: raw) }
     }
 
+    /// A digest stored as its 32 bytes; nil if it is not 32 bytes long.
+    public init?(raw: [UInt8]) {
+        guard raw.count == 32 else { return nil }
+        withUnsafeMutableBytes(of: &bytes) { $0.copyBytes(from: raw) }
+    }
+
+    /// The digest's 32 bytes (how the control state stores keys).
+    public var raw: [UInt8] {
+        var b = bytes
+        return withUnsafeBytes(of: &b) { Array($0) }
+    }
+
     /// The digest as 64 lowercase hex digits.
     public var hex: String {
         var b = bytes
@@ -64,4 +76,20 @@ public func sha1(_ bytes: [UInt8]) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: 20)
     bytes.withUnsafeBytes { b in out.withUnsafeMutableBytes { sf_sha1(b.baseAddress, b.count, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) } }
     return out
+}
+
+/// SHA-256 of bytes.
+public func sha256(_ bytes: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 32)
+    var input = bytes
+    input.withUnsafeMutableBytes { b in out.withUnsafeMutableBytes { sf_sha256(b.baseAddress, b.count, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) } }
+    return out
+}
+
+/// HMAC-SHA256 (RFC 2104): for secrets derived from a daemon secret, and for signatures.
+public func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
+    var k = key.count > 64 ? sha256(key) : key
+    k += [UInt8](repeating: 0, count: 64 - k.count)
+    let inner = sha256(k.map { $0 ^ 0x36 } + message)
+    return sha256(k.map { $0 ^ 0x5C } + inner)
 }

@@ -23,6 +23,8 @@ struct AdminResponse {
 enum AdminAnswer {
     case now(AdminResponse)
     case later((@escaping (AdminResponse) -> Void) -> Void)
+    /// An admin extension's route (`AdminExtension.routes[route]`): handed over, answered from another thread.
+    case extended(AdminRequest, route: Int)
 }
 
 /// A request as a route sees it: the head, and the values of the path's `{name}` segments.
@@ -30,6 +32,7 @@ struct AdminRequest {
     let head: HTTPRequestHead
     let path: String
     let parameters: [String: String]
+    var body: [UInt8] = []
 }
 
 /// One admin route: a method, a path pattern (`/v1/worlds/{world}`: a `{name}` segment matches one
@@ -82,7 +85,7 @@ struct AdminRoutes {
 
     mutating func add(_ route: AdminRoute) { routes.append(route) }
 
-    func answer(_ head: HTTPRequestHead) -> AdminAnswer {
+    func answer(_ head: HTTPRequestHead, body: [UInt8] = []) -> AdminAnswer {
         let path = head.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.target
         let segments = path.split(separator: "/", omittingEmptySubsequences: false)
         let method = head.method == "HEAD" ? "GET" : head.method
@@ -97,7 +100,7 @@ struct AdminRoutes {
                 return .now(.error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
                                    fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)]))
             }
-            return route.handle(AdminRequest(head: head, path: path, parameters: parameters))
+            return route.handle(AdminRequest(head: head, path: path, parameters: parameters, body: body))
         }
         guard allowed.isEmpty else {
             let allow = (allowed.contains("GET") ? allowed + ["HEAD"] : allowed).joined(separator: ", ")

@@ -44,6 +44,8 @@ public final class BrokerServer: Sendable {
         /// Read a page from this loop's vault and answer loop `replyTo` with `vaultPage` under `ticket`.
         case vaultRead(world: String, session: [UInt8], VaultRequest, ticket: UInt64, replyTo: Int)
         case vaultPage(ticket: UInt64, Result<VaultPage, VaultFailure>)
+        /// An admin extension's answer (or part of a stream) for the call under `ticket`.
+        case adminReply(ticket: UInt64, AdminReply)
     }
 
     /// A socket moving to another loop, with the bytes already read from it (HELLO and anything after).
@@ -95,7 +97,8 @@ public final class BrokerServer: Sendable {
 
     /// Binds the listeners and starts the loop threads. Throws before any thread starts if io_uring is
     /// unavailable or a listener cannot bind.
-    public static func start(_ config: ServerConfig, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> BrokerServer {
+    public static func start(_ config: ServerConfig, admin adminExtension: AdminExtension? = nil,
+                             log: @escaping @Sendable (String) -> Void = { _ in }) throws -> BrokerServer {
         try config.validate()
         _ = try UringProbe.check()
         var bound: [BoundListener] = []
@@ -162,7 +165,8 @@ public final class BrokerServer: Sendable {
             let own = (inbox.index == 0 ? listeners : []) + gatewayListeners[inbox.index]
             let links = pairs[inbox.index]
             let thread = Thread {
-                server.runLoop(inbox, config: config, listeners: own, gatewayLinks: links, tls: tlsContext, ready: ready, log: log)
+                server.runLoop(inbox, config: config, listeners: own, gatewayLinks: links, tls: tlsContext, adminExtension: adminExtension,
+                               ready: ready, log: log)
                 server.done.leave()
             }
             thread.name = "soulfra-loop-\(inbox.index)"
@@ -265,7 +269,7 @@ public final class BrokerServer: Sendable {
 
     private func runLoop(
         _ inbox: LoopInbox, config: ServerConfig, listeners: [(BoundListener, ListenerRole)], gatewayLinks: [Int32],
-        tls: TLSContext?, ready: DispatchSemaphore, log: @escaping @Sendable (String) -> Void
+        tls: TLSContext?, adminExtension: AdminExtension?, ready: DispatchSemaphore, log: @escaping @Sendable (String) -> Void
     ) {
         let loop: EventLoop
         do {
@@ -283,6 +287,7 @@ public final class BrokerServer: Sendable {
                             statsInterval: config.statsIntervalMilliseconds, log: log)
         wiring.listenerRoles = listeners.map(\.1)
         wiring.adminToken = config.adminToken.isEmpty ? nil : SecretDigest(of: config.adminToken)
+        wiring.adminExtension = adminExtension
         loop.delegate = wiring
         for (l, _) in listeners { loop.add(listener: l) }
         if listeners.contains(where: { $0.1 == .gateway || $0.1 == .gatewayTLS }) {

@@ -20,7 +20,36 @@ extension Wiring {
             AdminResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: renderMetrics())
         })
         r.add(AdminRoute("GET", "/admin/v1/worlds/{world}/replay", needsToken: true, answer: { [unowned self] req in replay(req) }))
+        for (i, route) in (adminExtension?.routes ?? []).enumerated() {
+            r.add(AdminRoute(route.method, route.pattern, needsToken: true, answer: { req in .extended(req, route: i) }))
+        }
         return r
+    }
+
+    /// Hands a call to the admin extension under a new ticket; its answer comes back through this loop's inbox.
+    func handOver(conn: UInt32, _ request: AdminRequest, route: Int) {
+        guard let ext = adminExtension else { return }
+        nextExtensionTicket &+= 1
+        let ticket = nextExtensionTicket
+        let inbox = inbox
+        let replier = AdminReplier(ticket: ticket) { ticket, reply in
+            inbox.commands.withLock { $0.append(.adminReply(ticket: ticket, reply)) }
+            inbox.wake()
+        }
+        extensionCalls[ticket] = (conn, replier)
+        let query = request.head.target.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+        let call = AdminCall(method: request.head.method, path: request.path, query: query, parameters: request.parameters,
+                             body: request.body, accept: request.head.header("accept") ?? "")
+        ext.handle(call, route: route, replier: replier)
+    }
+
+    func deliverExtensionReply(ticket: UInt64, _ reply: AdminReply) {
+        guard let call = extensionCalls[ticket] else { return }
+        admin[call.conn]?.deliver(reply)
+        switch reply {
+        case .response, .end: extensionCalls.removeValue(forKey: ticket)
+        case .streamHead, .chunk: break
+        }
     }
 
     /// `GET /admin/v1/worlds/{world}/replay?from_ms=&to_ms=&after=&limit=`: every session's events of the world
@@ -74,7 +103,7 @@ extension Wiring {
     func flushAdmin(now: UInt64) {
         for (conn, a) in admin where !a.output.inFlight {
             if a.output.isEmpty {
-                if a.closeAfterOutput { loop.close(conn: conn, flush: false, now: now) }
+                if a.closeAfterOutput && !a.waiting { loop.close(conn: conn, flush: false, now: now) }  // an answer still to come keeps it open
                 continue
             }
             guard loop.canSend(conn: conn), let bytes = a.output.take() else { continue }

@@ -64,6 +64,11 @@ final class Wiring: LoopDelegate {
     var admin: [UInt32: AdminConnection] = [:]
     /// What the admin listener serves (`makeAdminRoutes`).
     lazy var adminRoutes = makeAdminRoutes()
+    /// The routes answered off the loop (the control plane's API), and the calls it has not finished
+    /// answering, by ticket.
+    var adminExtension: AdminExtension?
+    var extensionCalls: [UInt64: (conn: UInt32, replier: AdminReplier)] = [:]
+    var nextExtensionTicket: UInt64 = 0
     var gateway: Gateway?
     /// The vault in this process (this loop's worlds), when the daemon runs one.
     var vault: InProcessVault?
@@ -110,7 +115,8 @@ final class Wiring: LoopDelegate {
         switch lr {
         case .admin:
             setRole(conn, .admin)
-            admin[conn] = AdminConnection(routes: { [unowned self] in adminRoutes })
+            admin[conn] = AdminConnection(routes: { [unowned self] in adminRoutes },
+                                          handOver: { [unowned self] _, request, route in handOver(conn: conn, request, route: route) })
             return true
         case .gateway, .gatewayTLS:
             guard let g = gateway else { return false }
@@ -168,6 +174,10 @@ final class Wiring: LoopDelegate {
             if let p = remoteLinks.removeValue(forKey: conn) { p.peer.transportClosed(reason: "socket to loop \(p.loopIndex) closed") }
         case .admin:
             admin.removeValue(forKey: conn)
+            for (ticket, call) in extensionCalls where call.conn == conn {
+                call.replier.markGone()
+                extensionCalls.removeValue(forKey: ticket)
+            }
         case .sorting:
             sorting.removeValue(forKey: conn)  // never reached the broker
         }
@@ -273,6 +283,8 @@ final class Wiring: LoopDelegate {
                 }
             case .vaultPage(let ticket, let result):
                 vaultReplies.removeValue(forKey: ticket)?(result)
+            case .adminReply(let ticket, let reply):
+                deliverExtensionReply(ticket: ticket, reply)
             }
         }
     }

@@ -16,19 +16,29 @@ struct Daemon {
     func run() throws {
         raiseFileLimit()
         let signals = blockSignals()
+        let sources = AccessSources(config: config)
+        let control = makeControl(sources: sources)
         let server: BrokerServer
         do {
-            server = try BrokerServer.start(config) { line in logLine(line) }
+            server = try BrokerServer.start(config, admin: control.map(ControlAdmin.init(service:))) { line in logLine(line) }
         } catch let e as UringUnavailable {
             fail("soulfra: cannot start the broker: \(e.description)", code: 69)  // EX_UNAVAILABLE
         } catch {
             fail("soulfra: cannot start: \(error)", code: 71)
         }
+        sources.attach(server)
+        if let control {
+            let gateway = server.gatewayPort != 0 ? "http://\(hostOf(config.gatewayTCP)):\(server.gatewayPort)"
+                : "https://\(hostOf(config.gatewayTLS)):\(server.gatewayTLSPort)"
+            control.start(gatewayURL: gateway) { server.snapshot?.attachedInstances ?? [:] }
+            logLine("control plane: \(control.driverName) driver, state in \(config.controlDirectory)/control.db")
+        }
         announce(server)
-        let reload = KeyReload(server: server, configPath: configPath, startup: fromFile, keysFile: config.keysFile)
+        let reload = KeyReload(sources: sources, configPath: configPath, startup: fromFile, keysFile: config.keysFile)
         reload.watch()
         Thread { waitForSignals(signals, server: server, reload: reload) }.start()
         server.wait()
+        control?.stop()
         logLine("broker stopped")
     }
 
@@ -102,7 +112,7 @@ func waitForSignals(_ signals: sigset_t, server: BrokerServer, reload: KeyReload
 
 /// Keys and tokens, re-read on SIGHUP and whenever the key file (or the config file) changes.
 struct KeyReload: Sendable {
-    let server: BrokerServer
+    let sources: AccessSources
     let configPath: String?
     /// The settings the daemon started with (file and environment): a reload that changes anything else says
     /// it takes effect on restart.
@@ -141,7 +151,7 @@ struct KeyReload: Sendable {
             if let configPath, fresh.withoutAccess != startup.withoutAccess {
                 logLine("\(why): settings other than keys and tokens changed in \(configPath); they take effect on restart")
             }
-            server.install(access: fresh.accessTable, keys: fresh.keyTable)
+            sources.set(config: fresh)
             logLine("\(why): reloaded \(fresh.keys.count) keys (\(fresh.gatewayKeys.count) for the gateway) and the peer tokens")
         } catch {
             logLine("\(why): kept the current keys and tokens: \(error)")

@@ -46,6 +46,9 @@ struct World: ParsableCommand {
     @Option(name: .long, help: "The runtime backend the agents answer with: builtin (the persona engine) or openai (the runtime's endpoint).")
     var backend = "builtin"
 
+    @Option(name: .customLong("drain-seconds"), help: "On SIGTERM, how long open streams may take to finish before the instance exits.")
+    var drainSeconds = 10
+
     @Option(name: .customLong("name"), help: "This instance's name in logs.")
     var name = "world-\(getpid())"
 
@@ -82,16 +85,37 @@ struct World: ParsableCommand {
         attempt.reset()
         let reactor = PeerReactor()
         reactor.add(conn, reconnect: Backoff())
-        logLine("world \(world): instance \(name) attached to \(address) (\(mode.rawValue); agents \(personas.map(\.name).joined(separator: ", ")))")
+        logLine("INFO: world \(world): instance \(name) attached to \(address) (\(mode.rawValue); agents \(personas.map(\.name).joined(separator: ", ")))")
         var pending = sigset_t()
         while true {
             reactor.poll(timeoutMilliseconds: 20)
             sigpending(&pending)
             if sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1 { break }
         }
+        drain(conn, reactor: reactor)
+        logLine("INFO: world \(world): instance \(name) stopped after \(instance.counters.turns) turns")
+    }
+
+    /// Stopping: GOAWAY tells the broker to send no new streams here; the open ones are served to their end
+    /// (up to `drainSeconds`), then the link closes. A second signal stops at once.
+    func drain(_ conn: PeerConnection, reactor: PeerReactor) {
         conn.link.goaway(reason: "instance stopping")
+        let open = conn.link.openStreams
+        logLine("INFO: world \(world): instance \(name) draining \(open) open stream\(open == 1 ? "" : "s")")
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        var sig: Int32 = 0
+        sigwait(&set, &sig)  // take the signal that started the drain, so a second one can be seen
+        let deadline = Date().addingTimeInterval(Double(drainSeconds))
+        var pending = sigset_t()
+        while conn.link.openStreams > 0 && Date() < deadline {
+            reactor.poll(timeoutMilliseconds: 20)
+            sigpending(&pending)
+            if sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1 { break }
+        }
         _ = conn.flush()
         conn.close()
-        logLine("world \(world): instance \(name) stopped after \(instance.counters.turns) turns")
     }
 }

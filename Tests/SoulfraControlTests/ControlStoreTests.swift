@@ -90,7 +90,7 @@ struct ControlStoreTests {
         try store.record(instance: InstanceRecord(world: "playground", id: "i-1", driver: "process", handle: "4343", state: "ready",
                                                   restarts: 1, startedAt: 20, seenAt: 21))
         #expect(try store.instances(world: "playground").map(\.handle) == ["4343"], "one row per instance, updated")
-        try store.addKey(KeyRecord(world: "playground", prefix: "sk-slfr_kids_ab", digest: [UInt8](repeating: 1, count: 32),
+        try store.addKey(StoredKey(world: "playground", prefix: "sk-slfr_kids_ab", digest: [UInt8](repeating: 1, count: 32),
                                    permissions: ["world_access"], createdAt: 0), actor: "cli", now: 22)
         try store.deleteWorld("playground", actor: "cli", now: 30)
         #expect(try store.world("playground") == nil)
@@ -117,14 +117,14 @@ struct ControlStoreTests {
         try store.createWorld(WorldRecord(name: "playground", template: "kids", spec: "{}", instances: 1), actor: "cli", now: 0)
         let secret = "sk-slfr_kids_ztys355NrAlpgsJGcDc2bhARePpktW1LdIsn"
         let digest = (0..<32).map { UInt8($0 * 7 & 0xFF) }
-        let a = try store.addKey(KeyRecord(world: "playground", prefix: String(secret.prefix(16)), digest: digest,
+        let a = try store.addKey(StoredKey(world: "playground", prefix: String(secret.prefix(16)), digest: digest,
                                            permissions: ["world_access", "agent_interaction"], quotas: #"{"rps":50}"#,
                                            createdAt: 0, expiresAt: 1_000), actor: "cli", now: 5)
         #expect(throws: ControlError.exists("a key with this digest")) {
-            try store.addKey(KeyRecord(world: "playground", prefix: "x", digest: digest, permissions: [], createdAt: 0), actor: "cli", now: 6)
+            try store.addKey(StoredKey(world: "playground", prefix: "x", digest: digest, permissions: [], createdAt: 0), actor: "cli", now: 6)
         }
         #expect(throws: ControlError.notFound("world nowhere")) {
-            try store.addKey(KeyRecord(world: "nowhere", prefix: "x", digest: [9], permissions: [], createdAt: 0), actor: "cli", now: 6)
+            try store.addKey(StoredKey(world: "nowhere", prefix: "x", digest: [9], permissions: [], createdAt: 0), actor: "cli", now: 6)
         }
         let k = try #require(try store.keys(world: "playground").first)
         #expect(k.id == a && k.digest == digest && k.permissions == ["world_access", "agent_interaction"] && k.quotas == #"{"rps":50}"#)
@@ -145,7 +145,7 @@ struct ControlStoreTests {
         // A key id is never given again, even after its key went with its world: usage rows name keys by id.
         try store.deleteWorld("playground", actor: "cli", now: 200)
         try store.createWorld(WorldRecord(name: "playground", template: "kids", spec: "{}", instances: 1), actor: "cli", now: 201)
-        let b = try store.addKey(KeyRecord(world: "playground", prefix: "p", digest: [7], permissions: [], createdAt: 0), actor: "cli", now: 202)
+        let b = try store.addKey(StoredKey(world: "playground", prefix: "p", digest: [7], permissions: [], createdAt: 0), actor: "cli", now: 202)
         #expect(b > a, "key id \(a) was given again")
     }
 

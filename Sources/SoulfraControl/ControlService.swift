@@ -1,0 +1,235 @@
+import Foundation
+import Synchronization
+import SoulfraConfig
+import SoulfraKeys
+import SoulfraLimits
+
+/// What the data plane takes from the control plane: each world's instance token and its keys, in the forms
+/// the gateway's key table and the broker's access table are built from.
+public struct ControlTables: Sendable, Equatable {
+    public var instanceTokens: [String: String] = [:]
+    public var gatewayKeys: [SoulfraLimits.KeyRecord] = []
+    public var quotas: [KeyQuota] = []
+    public init() {}
+
+    /// Gateway key ids of control-plane keys start here, above any a config file uses.
+    public static let keyIDBase: UInt64 = 1 << 40
+}
+
+/// The control plane in the daemon: one serial queue owns the state (SQLite), the driver and the reconciler.
+/// A pass runs every `tickMilliseconds` and after every change; admin API calls are queued onto it and
+/// answered from it; whenever keys or worlds change, the tables are published to the loops.
+public final class ControlService: @unchecked Sendable {
+    public struct Settings: Sendable {
+        /// The daemon's control directory: control.db, the instances' pid and log files, the instance secret.
+        public var directory: String
+        public var templatesDirectory: String
+        /// The soulfra binary instances run (`soulfra world`).
+        public var executable: String
+        /// Where instances attach: the broker's unix socket path, or host:port.
+        public var brokerAddress: String
+        /// The gateway's base URL, for endpoints and curl examples.
+        public var gatewayURL: String
+        public var tickMilliseconds = 250
+        /// How long a stopping instance has to drain before it is killed.
+        public var stopGraceMilliseconds = 10_000
+
+        public init(directory: String, templatesDirectory: String, executable: String, brokerAddress: String, gatewayURL: String) {
+            self.directory = directory
+            self.templatesDirectory = templatesDirectory
+            self.executable = executable
+            self.brokerAddress = brokerAddress
+            self.gatewayURL = gatewayURL
+        }
+    }
+
+    public private(set) var settings: Settings
+    let queue = DispatchQueue(label: "soulfra-control")
+    let store: ControlStore
+    let plane: ControlPlane
+    public var driverName: String { plane.driver.name }
+    let secret: [UInt8]
+    let catalog: [WorldTemplate.Kind: WorldTemplate]
+    let catalogTexts: [WorldTemplate.Kind: String]
+    let publish: @Sendable (ControlTables) -> Void
+    let log: @Sendable (String) -> Void
+    var published: ControlTables?
+    /// Instances attached to the broker and taking streams, by world (the data plane's view; set once it runs).
+    let attachedSource = Mutex<(@Sendable () -> [String: [String]])?>(nil)
+    var timer: DispatchSourceTimer?
+    let startedAt = Date()
+    var lastTickError = ""
+    let logs: LogFollowers
+
+    /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
+    /// driver. Nothing runs until `start`.
+    public init(settings: Settings, driver: InstanceDriver, publish: @escaping @Sendable (ControlTables) -> Void,
+                log: @escaping @Sendable (String) -> Void) throws {
+        self.settings = settings
+        self.store = try ControlStore(directory: settings.directory)
+        self.secret = try Self.loadSecret(settings.directory + "/instance.secret")
+        let catalog = try WorldTemplate.catalog(directory: settings.templatesDirectory)
+        guard !catalog.isEmpty else {
+            throw DriverError("no templates in \(settings.templatesDirectory) (kids.json, executive.json, sports.json, custom.json expected)")
+        }
+        self.catalog = catalog
+        var texts: [WorldTemplate.Kind: String] = [:]
+        for kind in catalog.keys {
+            texts[kind] = try String(contentsOfFile: settings.templatesDirectory + "/" + kind.rawValue + ".json", encoding: .utf8)
+        }
+        self.catalogTexts = texts
+        self.publish = publish
+        self.log = log
+        self.logs = LogFollowers(directory: Self.instanceDirectory(settings.directory))
+        var specOf: (WorldRecord, String) -> InstanceSpec? = { _, _ in nil }
+        self.plane = ControlPlane(store: store, driver: driver) { specOf($0, $1) }
+        plane.stopGraceMilliseconds = settings.stopGraceMilliseconds
+        specOf = { [unowned self] w, id in instanceSpec(w, id) }
+    }
+
+    /// Where a directory's instances keep their pid and log files.
+    public static func instanceDirectory(_ directory: String) -> String { directory + "/instances" }
+
+    /// Publishes the tables at once (before the gateway serves, so keys work from the first request) and starts
+    /// the passes.
+    public func start(gatewayURL: String, attached: @escaping @Sendable () -> [String: [String]]) {
+        settings.gatewayURL = gatewayURL
+        attachedSource.withLock { $0 = attached }
+        queue.sync { pass() }
+        let t = DispatchSource.makeTimerSource(queue: queue)
+        t.schedule(deadline: .now() + .milliseconds(settings.tickMilliseconds), repeating: .milliseconds(settings.tickMilliseconds))
+        t.setEventHandler { [unowned self] in pass() }
+        t.resume()
+        timer = t
+        logs.start()
+    }
+
+    /// The keys and tokens as of now, published (the data plane may also ask at start-up).
+    public func currentTables() -> ControlTables { queue.sync { (try? tables(now: Self.now())) ?? ControlTables() } }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// One pass: reconcile, finish worlds that were shutting down, publish the tables if they changed.
+    func pass() {
+        let now = Self.now()
+        do {
+            try plane.tick(now: now)
+            try finishShutdowns(now: now)
+            let t = try tables(now: now)
+            logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }
+            if t != published {
+                published = t
+                publish(t)
+            }
+            lastTickError = ""
+        } catch {
+            let text = "\(error)"
+            if text != lastTickError { log("error_alert control: \(text)") }
+            lastTickError = text
+        }
+    }
+
+    /// Worlds being shut down whose instances have all stopped are removed (their keys and instance rows go).
+    func finishShutdowns(now: Int64) throws(ControlError) {
+        let stopping = try store.worlds().filter { $0.state == "stopping" }
+        guard !stopping.isEmpty else { return }
+        let running = Set(plane.driver.observe().map(\.world))
+        for w in stopping where !running.contains(w.name) {
+            try store.deleteWorld(w.name, actor: "control", now: now)
+            log("world \(w.name): shut down (its vault is kept)")
+        }
+    }
+
+    /// The data plane's tables from the state: worlds that run (or are draining) have an instance token; their
+    /// live keys are admitted until they expire or their revocation (a rotation's grace) comes.
+    func tables(now: Int64) throws(ControlError) -> ControlTables {
+        var t = ControlTables()
+        for w in try store.worlds() { t.instanceTokens[w.name] = instanceToken(w.name) }
+        for k in try store.keys() where k.live(at: now) && t.instanceTokens[k.world] != nil {
+            guard let digest = SecretDigest(raw: k.digest) else { continue }
+            let q = KeyQuotas(json: k.quotas)
+            let id = ControlTables.keyIDBase + UInt64(k.id)
+            var permissions: Permissions = []
+            for name in k.permissions { if let p = Permissions.names.first(where: { $0.0 == name }) { permissions.insert(p.1) } }
+            let until = [k.expiresAt, k.revokedAt].compactMap { $0 }.min()
+            t.gatewayKeys.append(SoulfraLimits.KeyRecord(
+                id: id, digest: digest, prefix: k.prefix, world: k.world, permissions: permissions,
+                requestsPerSecond: UInt32(clamping: q.requestsPerSecond), burst: UInt32(clamping: q.burst),
+                expiresAt: until.map { UInt64(max(0, $0) / 1000) }))
+            t.quotas.append(KeyQuota(keyID: id, world: k.world, maxStreams: q.concurrentStreams))
+        }
+        return t
+    }
+
+    /// A world's instance token: derived from the daemon's secret, so instances adopted after a restart still
+    /// attach, and never stored.
+    func instanceToken(_ world: String) -> String {
+        hmacSHA256(key: secret, message: Array("soulfra instance token v1:\(world)".utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// How an instance of a world is run.
+    func instanceSpec(_ w: WorldRecord, _ id: String) -> InstanceSpec? {
+        guard let spec = try? WorldSpec.decode(name: w.name, json: w.spec) else { return nil }
+        let t = spec.template
+        var args = ["world", "--world", w.name, "--broker", settings.brokerAddress, "--name", id, "--stream-mode", spec.streamMode,
+                    "--pacing-ms", String(t.pacingMilliseconds), "--backend", t.backend,
+                    "--drain-seconds", String(max(1, (settings.stopGraceMilliseconds - 2_000) / 1000))]
+        for a in spec.activeAgents { args += ["--agent", "\(a.name):\(a.style):\(a.greeting)"] }
+        return InstanceSpec(world: w.name, id: id, arguments: args, environment: ["SOULFRA_INSTANCE_TOKEN": instanceToken(w.name)],
+                            memoryBytes: t.resources.memoryBytes, cpus: t.resources.cpus)
+    }
+
+    /// 32 random bytes, made once (mode 0600) and kept: the root of the instance tokens.
+    static func loadSecret(_ path: String) throws -> [UInt8] {
+        if let data = FileManager.default.contents(atPath: path), data.count == 32 { return Array(data) }
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let fd = open(path + ".new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw DriverError("cannot write \(path): \(String(cString: strerror(errno)))") }
+        let ok = bytes.withUnsafeBytes { write(fd, $0.baseAddress, 32) } == 32 && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(path + ".new", path) == 0 else { throw DriverError("cannot write \(path): \(String(cString: strerror(errno)))") }
+        return bytes
+    }
+
+    /// Stops the passes and the followers (the instances keep running: a restarted daemon adopts them).
+    public func stop() {
+        queue.sync {
+            timer?.cancel()
+            timer = nil
+        }
+        logs.stop()
+    }
+}
+
+/// A key's quotas as stored (JSON), with the template's names.
+struct KeyQuotas: Equatable {
+    var requestsPerSecond = 0
+    var burst = 0
+    var concurrentStreams = 0
+    var monthlyInteractions = 0
+
+    init(_ d: WorldTemplate.KeyDefaults) {
+        requestsPerSecond = d.requestsPerSecond
+        burst = d.burst
+        concurrentStreams = d.concurrentStreams
+        monthlyInteractions = d.monthlyInteractions
+    }
+
+    init(json: String) {
+        let o = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] ?? [:]
+        requestsPerSecond = o["requests_per_second"] as? Int ?? 0
+        burst = o["burst"] as? Int ?? 0
+        concurrentStreams = o["concurrent_streams"] as? Int ?? 0
+        monthlyInteractions = o["monthly_interactions"] as? Int ?? 0
+    }
+
+    var object: [String: Any] {
+        ["requests_per_second": requestsPerSecond, "burst": burst, "concurrent_streams": concurrentStreams,
+         "monthly_interactions": monthlyInteractions]
+    }
+
+    var json: String {
+        String(decoding: (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+    }
+}

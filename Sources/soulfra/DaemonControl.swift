@@ -1,0 +1,94 @@
+import Foundation
+import Synchronization
+import SoulfraBroker
+import SoulfraConfig
+import SoulfraControl
+import SoulfraGateway
+import SoulfraServer
+
+/// The keys and tokens the loops use come from two places: the config file (development keys, peer tokens;
+/// reloaded when it changes) and the control plane (worlds' instance tokens and keys). Either changing
+/// installs the merged tables on every loop.
+final class AccessSources: Sendable {
+    private let state: Mutex<(config: ServerConfig, control: ControlTables, server: BrokerServer?)>
+
+    init(config: ServerConfig) { state = Mutex((config, ControlTables(), nil)) }
+
+    func attach(_ server: BrokerServer) {
+        state.withLock { $0.server = server }
+        install()
+    }
+
+    func set(config: ServerConfig) {
+        state.withLock { $0.config = config }
+        install()
+    }
+
+    func set(control: ControlTables) {
+        state.withLock { $0.control = control }
+        install()
+    }
+
+    private func install() {
+        // Built and posted under the lock, so two changes racing cannot install their tables out of order.
+        // A world the control plane runs takes its instance token from there.
+        state.withLock { s in
+            guard let server = s.server else { return }
+            let access = AccessTable(keys: s.config.keys + s.control.quotas,
+                                     instanceTokens: s.config.instanceTokens.merging(s.control.instanceTokens) { _, control in control },
+                                     runtimeToken: s.config.runtimeToken, vaultToken: s.config.vaultToken, gatewayToken: s.config.gatewayToken)
+            server.install(access: access, keys: KeyTable(s.config.gatewayKeys + s.control.gatewayKeys))
+        }
+    }
+}
+
+/// The control plane's admin API on the admin listener: calls go to the control queue, answers come back as
+/// JSON, follows as server-sent events.
+struct ControlAdmin: AdminExtension {
+    let service: ControlService
+
+    var routes: [(method: String, pattern: String)] { ControlService.routes }
+
+    func handle(_ call: AdminCall, route: Int, replier: AdminReplier) {
+        let request = ControlRequest(method: call.method, parameters: call.parameters, query: call.queryItems, body: call.body,
+                                     wantsEvents: call.accept.contains("text/event-stream"))
+        service.handle(request, route: route) { reply in
+            switch reply {
+            case .json(let status, let body):
+                replier.send(.response(status: status, contentType: "application/json", body: Array(body.utf8)))
+            case .streamHead: replier.send(.streamHead(status: 200, contentType: "text/event-stream"))
+            case .event(let data): replier.send(.chunk(Array("data: \(data)\n\n".utf8)))
+            case .end: replier.send(.end)
+            }
+        }
+    }
+}
+
+extension Daemon {
+    /// The control plane for this daemon's settings (nil: `control.directory` is ""). A problem exits with
+    /// what to do.
+    func makeControl(sources: AccessSources) -> ControlService? {
+        guard !config.controlDirectory.isEmpty else { return nil }
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let broker: String
+        if !config.brokerUnixPath.isEmpty {
+            broker = config.brokerUnixPath
+        } else if !config.brokerTCP.isEmpty {
+            broker = config.brokerTCP
+        } else {
+            fail("soulfra: the control plane needs a broker listener for its instances (listen.broker_unix_path or listen.broker_tcp)", code: 78)
+        }
+        if config.controlDriver == "docker" {
+            fail("soulfra: control.driver is docker, but the docker driver is not part of this build yet: use process (or auto)", code: 78)
+        }
+        var settings = ControlService.Settings(directory: config.controlDirectory, templatesDirectory: config.templatesDirectory,
+                                               executable: executable, brokerAddress: broker, gatewayURL: "")
+        settings.stopGraceMilliseconds = Int(config.broker.shutdownDrainMilliseconds) + 2_000
+        do {
+            let driver = try ProcessDriver(directory: ControlService.instanceDirectory(config.controlDirectory), executable: executable)
+            return try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })
+        } catch {
+            fail("soulfra: cannot start the control plane in \(config.controlDirectory): \(error)", code: 73)  // EX_CANTCREAT
+        }
+    }
+}
