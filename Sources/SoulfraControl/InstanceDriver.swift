@@ -118,6 +118,9 @@ public final class ProcessDriver: InstanceDriver {
         posix_spawn_file_actions_adddup2(&actions, devNull, 0)
         posix_spawn_file_actions_adddup2(&actions, log, 1)
         posix_spawn_file_actions_adddup2(&actions, log, 2)
+        // Nothing else of the daemon's: a descriptor someone opened without close-on-exec must not live on in
+        // the instance (a parent's exit-watch socket, a test's pipe).
+        closeFrom3(&actions)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -351,6 +354,9 @@ public func spawnDetached(_ executable: String, _ arguments: [String], logPath: 
     posix_spawn_file_actions_adddup2(&actions, devNull, 0)
     posix_spawn_file_actions_adddup2(&actions, log, 1)
     posix_spawn_file_actions_adddup2(&actions, log, 2)
+    // Only these three: whatever else the caller holds (its parent's exit-watch socket, say) stays with it,
+    // or the caller would never be seen to exit.
+    closeFrom3(&actions)
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
@@ -364,4 +370,12 @@ public func spawnDetached(_ executable: String, _ arguments: [String], logPath: 
     let rc = withCStrings([executable] + arguments) { a in withCStrings(envp) { e in posix_spawn(&pid, executable, &actions, &attributes, a, e) } }
     guard rc == 0, pid > 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
     return pid
+}
+
+/// `posix_spawn_file_actions_addclosefrom_np(actions, 3)` (glibc ≥ 2.34; Swift's Glibc module does not
+/// declare it, so it is found by name): the child keeps only descriptors 0–2.
+func closeFrom3(_ actions: inout posix_spawn_file_actions_t) {
+    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return }
+    _ = unsafeBitCast(symbol, to: AddCloseFrom.self)(&actions, 3)
 }

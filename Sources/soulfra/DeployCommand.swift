@@ -120,6 +120,8 @@ struct Deploy: ParsableCommand {
             var firstToken: Double?
             var done: [String: Any]?
             var pending = ""
+            var last = ""
+            var notYet = false
             let response = try gateway.request("POST", path, headers: [("authorization", "Bearer \(secret)"), ("accept", "text/event-stream")],
                                                body: message, timeoutSeconds: max(1, deadline.timeIntervalSinceNow)) { bytes in
                 pending += String(decoding: bytes, as: UTF8.self)
@@ -127,24 +129,27 @@ struct Deploy: ParsableCommand {
                     let event = String(pending[..<end.lowerBound])
                     pending = String(pending[end.upperBound...])
                     for line in event.split(separator: "\n") where line.hasPrefix("data: ") {
+                        last = String(line.dropFirst(6))
                         let o = (try? JSONSerialization.jsonObject(with: Data(line.dropFirst(6).utf8))) as? [String: Any] ?? [:]
                         if o["event"] as? String == "token", firstToken == nil {
                             firstToken = Date().timeIntervalSince(started)
                             say("  [\(ms(started))] first reply token from \(o["agent"] ?? "?"): gateway → instance → runtime → vault → back")
                         }
                         if o["event"] as? String == "done" { done = o }
+                        // A realtime stream answers 200 at once: no instance yet comes as an error event.
+                        if o["event"] as? String == "error", (o["error"] as? [String: Any])?["code"] as? String == "no_healthy_instance" { notYet = true }
                     }
                 }
-                return done == nil
+                return done == nil && !notYet
             }
             // 503: no instance attached yet. 401 in the first second: the new key is still reaching the
             // gateway's other loops (it is installed on all of them just before the deploy is answered).
-            if response.status == 503 || (response.status == 401 && Date().timeIntervalSince(started) < 1) {
+            if response.status == 503 || notYet || (response.status == 401 && Date().timeIntervalSince(started) < 1) {
                 usleep(25_000)
                 continue
             }
             guard response.status == 200, let done else {
-                throw CLIError("the first message got HTTP \(response.status): \(response.text.prefix(300))", code: 70)
+                throw CLIError("the first message got HTTP \(response.status) and no reply: \((response.text.isEmpty ? last : response.text).prefix(300))", code: 70)
             }
             let total = Date().timeIntervalSince(started)
             say("  [\(ms(started))] reply complete from \(done["agent"] ?? "?") (stored in the world's vault)")

@@ -21,7 +21,11 @@ struct Serve: ParsableCommand {
 
             Environment: SOULFRA_BROKER_UNIX, SOULFRA_BROKER_TCP, SOULFRA_RUNTIME_TOKEN, SOULFRA_VAULT_TOKEN, \
             SOULFRA_GATEWAY_TOKEN, SOULFRA_ADMIN_TOKEN, SOULFRA_ADMIN_TCP, SOULFRA_GATEWAY_TCP, SOULFRA_GATEWAY_TLS, \
-            SOULFRA_KEYS_FILE, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS, SOULFRA_VAULT_DIR.
+            SOULFRA_KEYS_FILE, SOULFRA_LOOPS, SOULFRA_STATS_INTERVAL_MILLISECONDS, SOULFRA_VAULT_DIR, SOULFRA_CONTROL_DIR, \
+            SOULFRA_DRIVER, SOULFRA_TEMPLATES_DIR.
+
+            The control plane (control.directory, /tmp/soulfra/control by default) keeps worlds, keys and \
+            instances in SQLite and serves the admin API the CLI uses (docs/api.md); `soulfra init` sets it up.
 
             The vault runs in the daemon by default, storing every world's events under vault.directory \
             (/tmp/soulfra/vault; set it to a real disk for production). It needs tokens.vault.
@@ -58,6 +62,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("ready-file"), help: "Write the bound TCP port here once listening (for scripts and tests).")
     var readyFile: String?
 
+    @Option(name: .customLong("control-dir"), help: "The control plane's directory: worlds, keys, instances (\"\": no control plane; worlds come from the config's keys and tokens).")
+    var controlDir: String?
+
     @Option(name: .customLong("vault-dir"), help: "The vault's data directory, one directory per world (\"\": no vault in this process; run `soulfra vault` instead).")
     var vaultDir: String?
 
@@ -90,6 +97,7 @@ struct Serve: ParsableCommand {
             if let v = gatewayTLS { cfg.gatewayTLS = v }
             if let v = keysFile { cfg.keysFile = v }
             if let v = vaultDir { cfg.vaultDirectory = v }
+            if let v = controlDir { cfg.controlDirectory = v }
             try cfg.loadKeysFile()
             try cfg.validate()
         } catch {

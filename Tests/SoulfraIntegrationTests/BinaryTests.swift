@@ -38,7 +38,7 @@ struct BinaryTests {
         let ready = dir + "/port"
         let p = Process()
         p.executableURL = URL(fileURLWithPath: soulfraBinary)
-        p.arguments = ["serve", "--config", repoRoot.appendingPathComponent("config/soulfra.json").path,
+        p.arguments = ["serve", "--control-dir", "", "--config", repoRoot.appendingPathComponent("config/soulfra.json").path,
                        "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "", "--ready-file", ready]
         let err = Pipe()
         p.standardError = err
@@ -110,7 +110,7 @@ struct BinaryTests {
         try? FileManager.default.removeItem(atPath: ready)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: soulfraBinary)
-        p.arguments = ["serve", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "", "--ready-file", ready]
+        p.arguments = ["serve", "--control-dir", "", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "", "--ready-file", ready]
         let err = Pipe()
         p.standardError = err
         try p.run()
@@ -156,7 +156,7 @@ struct BinaryTests {
         let dir = NSTemporaryDirectory() + "soulfra-bin-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try #"{"broker": {"link_queue_bytes_high": 1}}"#.write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
-        let (status, out) = try run(soulfraBinary, ["serve", "--config", dir + "/bad.json", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", ""])
+        let (status, out) = try run(soulfraBinary, ["serve", "--control-dir", "", "--config", dir + "/bad.json", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", ""])
         #expect(status == 78)
         #expect(out.contains("broker.link_queue_bytes_low"), "got: \(out)")
     }
@@ -180,7 +180,7 @@ struct BinaryTests {
             #expect(out.contains("EPERM") && out.contains("seccomp"), "got: \(out)")
         }
         #expect(out.contains("Fix:") || out.contains("fix"), "the message says how to fix it")
-        let (serveStatus, serveOut) = try run(launcher, [name, soulfraBinary, "serve", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "",
+        let (serveStatus, serveOut) = try run(launcher, [name, soulfraBinary, "serve", "--control-dir", "", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "", "--gateway-tls", "",
                                                          "--broker-unix", NSTemporaryDirectory() + "sf-seccomp-\(getpid()).sock"])
         #expect(serveStatus == 69, "serve refuses to start: \(serveOut)")
         #expect(serveOut.contains("cannot start the broker"))

@@ -200,7 +200,7 @@ struct GatewayKeysFileTests {
         try? FileManager.default.removeItem(atPath: ready)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: soulfraBinary)
-        p.arguments = ["serve", "--config", repoRoot.appendingPathComponent("config/soulfra.json").path, "--loops", "1",
+        p.arguments = ["serve", "--control-dir", "", "--config", repoRoot.appendingPathComponent("config/soulfra.json").path, "--loops", "1",
                        "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0", "--admin-tcp", "127.0.0.1:0",
                        "--gateway-tcp", "127.0.0.1:0", "--gateway-tls", "", "--keys-file", keys, "--ready-file", ready]
         let err = Pipe()

@@ -25,7 +25,7 @@ final class Daemon {
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/soulfra.json"))
         let ready = dir + "/ready"
         process.executableURL = URL(fileURLWithPath: soulfraBinary)
-        process.arguments = ["serve", "--config", dir + "/soulfra.json", "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0",
+        process.arguments = ["serve", "--control-dir", "", "--config", dir + "/soulfra.json", "--broker-unix", dir + "/b.sock", "--broker-tcp", "127.0.0.1:0",
                              "--admin-tcp", "127.0.0.1:0", "--gateway-tcp", "127.0.0.1:0", "--gateway-tls", "", "--ready-file", ready]
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice

@@ -95,7 +95,7 @@ struct VaultCrashTests {
         try? FileManager.default.removeItem(atPath: ready)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: soulfraBinary)
-        p.arguments = ["serve", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "", "--admin-tcp", "",
+        p.arguments = ["serve", "--control-dir", "", "--config", configPath, "--broker-unix", dir + "/b.sock", "--broker-tcp", "", "--admin-tcp", "",
                        "--gateway-tcp", "", "--gateway-tls", "", "--ready-file", ready]
         p.standardError = FileHandle.nullDevice
         try p.run()

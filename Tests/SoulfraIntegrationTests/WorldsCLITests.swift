@@ -1,0 +1,260 @@
+import Foundation
+import Synchronization
+import Testing
+
+/// The product brief's commands, end to end with the process driver: `soulfra init` starts a daemon in a home
+/// of its own; every other command is a client of its admin API; messages go through the gateway with curl.
+struct CLIWorld {
+    let home: String
+    var env: [String: String] { ["SOULFRA_HOME": home] }
+
+    init(_ name: String) throws {
+        home = NSTemporaryDirectory() + "soulfra-cli-\(name)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: home)
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+    }
+
+    /// Runs `soulfra args…`; returns the exit status, stdout and stderr.
+    @discardableResult
+    func cli(_ args: [String], timeout: Double = 60) throws -> (status: Int32, out: String, err: String) {
+        try runCapturing(soulfraBinary, args, environment: env, timeout: timeout)
+    }
+
+    /// Runs a reading command with `--json` and parses its answer; a failure is recorded.
+    func json(_ args: [String]) throws -> [String: Any] {
+        let r = try cli(args + ["--json"])
+        #expect(r.status == 0, "soulfra \(args.joined(separator: " ")): \(r.err)")
+        return (try? JSONSerialization.jsonObject(with: Data(r.out.utf8))) as? [String: Any] ?? [:]
+    }
+
+    var daemonPID: pid_t? {
+        (try? String(contentsOfFile: home + "/serve.pid", encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    /// Stops what this home started: its worlds' instances and its daemon (by the pids it recorded).
+    func tearDown() {
+        let instances = home + "/control/instances"
+        for world in (try? FileManager.default.contentsOfDirectory(atPath: instances)) ?? [] {
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: instances + "/" + world)) ?? [] where f.hasSuffix(".pid") {
+                if let text = try? String(contentsOfFile: instances + "/" + world + "/" + f, encoding: .utf8),
+                   let pid = pid_t(text.split(separator: " ").first ?? "") { kill(-pid, SIGKILL) }
+            }
+        }
+        if let pid = daemonPID { kill(pid, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: home)
+    }
+}
+
+/// Runs a process to completion (bounded) with extra environment; stdout and stderr apart.
+func runCapturing(_ path: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // Read while it runs: a full pipe must not stall it.
+    let outData = Mutex(Data()), errData = Mutex(Data())
+    let readers = DispatchGroup()
+    DispatchQueue.global().async(group: readers) { let d = out.fileHandleForReading.readDataToEndOfFile(); outData.withLock { $0 = d } }
+    DispatchQueue.global().async(group: readers) { let d = err.fileHandleForReading.readDataToEndOfFile(); errData.withLock { $0 = d } }
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning && Date() < deadline { usleep(5_000) }
+    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    p.waitUntilExit()
+    _ = readers.wait(timeout: .now() + 5)
+    return (p.terminationStatus, String(decoding: outData.withLock { $0 }, as: UTF8.self), String(decoding: errData.withLock { $0 }, as: UTF8.self))
+}
+
+/// Whether a process runs (a zombie waiting for its reaper does not).
+func alive(_ pid: pid_t) -> Bool {
+    guard kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return false }
+    return !stat[stat.index(after: close)...].hasPrefix(" Z")
+}
+
+/// One message through the gateway with curl: the HTTP status and the streamed events' text.
+func sendMessage(endpoint: String, key: String, session: String, text: String = "hello") throws -> (status: Int, body: String) {
+    let body = #"{"text":"\#(text)","session":"\#(session)"}"#
+    let r = try runCapturing("/usr/bin/curl", ["-sN", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}", endpoint + "/messages",
+                                               "-H", "Authorization: Bearer \(key)", "-H", "accept: text/event-stream", "-d", body], timeout: 30)
+    let lines = r.out.split(separator: "\n", omittingEmptySubsequences: false)
+    return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+}
+
+let curlAvailable = FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")
+
+@Suite("The brief's commands with the process driver", .serialized, .enabled(if: uringAvailable && curlAvailable))
+struct WorldsCLITests {
+    @Test("init → deploy kids, executive, sports → streamed replies → list/status → scale 5 and back to 1 under load, no failed request → kill -9 an instance: replaced, session re-pinned → daemon kill -9 and restart: adopted, not duplicated → shutdown → gone")
+    func briefSequence() throws {
+        let w = try CLIWorld("brief")
+        defer { w.tearDown() }
+        let initialized = try w.json(["init", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""])
+        #expect(initialized["driver"] as? String == "process")
+        #expect(try w.cli(["init"]).out.contains("already running"), "init is idempotent")
+        var worlds: [String: (endpoint: String, key: String)] = [:]
+        for (type, name, agent) in [("kids", "playground", "cal"), ("executive", "boardroom", "bucky"), ("sports", "arena", "")] {
+            let d = try w.json(["deploy", "--type", type, "--name", name] + (type == "kids" ? ["--agents", "cal,domingo,arty", "--runtime", "balanced", "--stream", "3way_full"] : []))
+            let key = (d["key"] as? [String: Any])?["secret"] as? String ?? ""
+            #expect(key.hasPrefix("sk-slfr_\(type)_"), "deploy prints the key once")
+            #expect((d["first_reply"] as? [String: Any])?["text"] as? String != nil, "deploy waited for a real reply")
+            worlds[name] = (d["endpoint"] as? String ?? "", key)
+            let reply = try sendMessage(endpoint: worlds[name]!.endpoint, key: key, session: "me")
+            #expect(reply.status == 200 && reply.body.contains(#""event":"done""#), "\(name): \(reply.body.suffix(300))")
+            if !agent.isEmpty { #expect(reply.body.contains(#""agent":"\#(agent)""#), "\(name)'s first agent answers") }
+        }
+        let list = try w.json(["list"])["worlds"] as? [[String: Any]] ?? []
+        #expect(Set(list.map { $0["name"] as? String ?? "" }) == ["playground", "boardroom", "arena"])
+        let status = try w.json(["status", "playground"])
+        #expect((status["instances"] as? [[String: Any]])?.first?["health"] as? String == "ready")
+        #expect((status["keys"] as? [[String: Any]])?.count == 1)
+        try scaleUnderLoad(w, endpoint: worlds["playground"]!.endpoint, key: worlds["playground"]!.key)
+        try killedInstanceIsReplaced(w, endpoint: worlds["playground"]!.endpoint, key: worlds["playground"]!.key)
+        try daemonRestartAdopts(w, key: worlds["playground"]!.key)
+        for name in worlds.keys {
+            let pids = instancePIDs(w, world: name)
+            let endpoint = try w.json(["status", name])["endpoint"] as? String ?? ""  // the gateway's port changed with the restart
+            let r = try w.cli(["shutdown", name])
+            #expect(r.status == 0, "\(r.err)")
+            #expect(try sendMessage(endpoint: endpoint, key: worlds[name]!.key, session: "me").status == 401, "\(name)'s key is revoked")
+            #expect(pids.allSatisfy { !alive($0) }, "\(name)'s instances are gone")
+        }
+        #expect((try w.json(["list"])["worlds"] as? [Any])?.isEmpty == true)
+    }
+
+    /// The pids of a world's instances, from their pid files.
+    func instancePIDs(_ w: CLIWorld, world: String) -> [pid_t] {
+        let dir = w.home + "/control/instances/" + world
+        return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".pid") }.compactMap {
+            (try? String(contentsOfFile: dir + "/" + $0, encoding: .utf8)).flatMap { pid_t($0.split(separator: " ").first ?? "") }
+        }
+    }
+
+    /// Three clients send messages back to back while the world scales 1 → 5 → 1: every one is answered.
+    func scaleUnderLoad(_ w: CLIWorld, endpoint: String, key: String) throws {
+        let stop = Atomic<Bool>(false)
+        let results = Mutex<[Int]>([])
+        let group = DispatchGroup()
+        for c in 0..<3 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                var n = 0
+                while !stop.load(ordering: .acquiring) && n < 200 {
+                    n += 1
+                    let r = (try? sendMessage(endpoint: endpoint, key: key, session: "load-\(c)-\(n)")) ?? (status: 0, body: "")
+                    results.withLock { $0.append(r.status == 200 && r.body.contains(#""event":"done""#) ? 200 : r.status == 200 ? -1 : r.status) }
+                }
+            }.start()
+        }
+        usleep(300_000)
+        let up = try w.cli(["scale", "playground", "--instances", "5", "--wait"])
+        #expect(up.status == 0, "\(up.err)")
+        #expect(instancePIDs(w, world: "playground").count == 5)
+        usleep(1_500_000)
+        let down = try w.cli(["scale", "playground", "--instances", "1", "--wait"])
+        #expect(down.status == 0, "\(down.err)")
+        usleep(1_000_000)
+        stop.store(true, ordering: .releasing)
+        group.wait()
+        let all = results.withLock { $0 }
+        #expect(all.count >= 6, "the load ran (\(all.count) requests)")
+        #expect(all.allSatisfy { $0 == 200 }, "every request during scaling was answered in full: \(all)")
+        #expect(instancePIDs(w, world: "playground").count == 1)
+    }
+
+    /// kill -9 of the instance a session is pinned to: a replacement starts and the session's next message is
+    /// answered there.
+    func killedInstanceIsReplaced(_ w: CLIWorld, endpoint: String, key: String) throws {
+        #expect(try sendMessage(endpoint: endpoint, key: key, session: "pinned").status == 200)
+        let before = instancePIDs(w, world: "playground")
+        #expect(before.count == 1)
+        kill(before[0], SIGKILL)
+        var replaced: [pid_t] = []
+        for _ in 0..<100 {
+            replaced = instancePIDs(w, world: "playground").filter { !before.contains($0) && alive($0) }
+            if !replaced.isEmpty { break }
+            usleep(100_000)
+        }
+        #expect(replaced.count == 1, "a new instance replaced the killed one")
+        var answered = false
+        for _ in 0..<50 where !answered {
+            let r = try sendMessage(endpoint: endpoint, key: key, session: "pinned")
+            answered = r.status == 200 && r.body.contains(#""event":"done""#)
+            if !answered { usleep(100_000) }
+        }
+        #expect(answered, "the pinned session is answered by the replacement")
+        let logs = try w.cli(["logs", "playground", "-n", "50"])
+        #expect(logs.out.contains("playground-1 |"), "logs interleave the instances with a prefix: \(logs.out.prefix(500))")
+    }
+
+    /// The daemon is killed with -9 and started again by init: the running instances are adopted (same pids,
+    /// no duplicates) and the world answers.
+    func daemonRestartAdopts(_ w: CLIWorld, key: String) throws {
+        let before = Set(instancePIDs(w, world: "arena") + instancePIDs(w, world: "playground") + instancePIDs(w, world: "boardroom"))
+        guard let daemon = w.daemonPID else { Issue.record("no daemon pid"); return }
+        kill(daemon, SIGKILL)
+        for _ in 0..<100 where kill(daemon, 0) == 0 { usleep(20_000) }
+        let again = try w.cli(["init"])
+        #expect(again.status == 0 && again.out.contains("daemon started"), "\(again.err)")
+        let endpoint = try w.json(["status", "playground"])["endpoint"] as? String ?? ""
+        var answered = false
+        for _ in 0..<100 where !answered {
+            answered = try sendMessage(endpoint: endpoint, key: key, session: "me").status == 200
+            if !answered { usleep(50_000) }
+        }
+        #expect(answered, "the world answers as soon as the gateway is back")
+        usleep(600_000)  // a few control passes: any duplicate would have been started by now
+        let after = Set(instancePIDs(w, world: "arena") + instancePIDs(w, world: "playground") + instancePIDs(w, world: "boardroom"))
+        #expect(after == before, "the same instances, adopted: \(before) → \(after)")
+        let list = try w.json(["list"])["worlds"] as? [[String: Any]] ?? []
+        #expect(list.allSatisfy { ($0["instances_running"] as? Int) == ($0["instances_desired"] as? Int) })
+    }
+
+    @Test("bad input: clear errors and exit statuses, nothing changed — names, types, agents, templates, scale limits, taken names, no daemon, a key on another world")
+    func badInput() throws {
+        let w = try CLIWorld("bad")
+        defer { w.tearDown() }
+        let none = try w.cli(["list", "--admin", "http://127.0.0.1:1", "--token", "x"])
+        #expect(none.status == 69 && none.err.contains("no daemon at http://127.0.0.1:1") && none.err.contains("init"), "\(none.err)")
+        let noToken = try w.cli(["list"])
+        #expect(noToken.status == 77 && noToken.err.contains("run ./soulfra-deploy.sh init"), "\(noToken.err)")
+        #expect(try w.cli(["init", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let cases: [([String], Int32, String)] = [
+            (["deploy", "--type", "kids", "--name", "Bad Name"], 5, "lowercase letters"),
+            (["deploy", "--type", "kids", "--name=9lives"], 5, "starting with a letter"),
+            (["deploy", "--type", "spaceship", "--name", "x"], 5, "use one of kids, executive, sports, custom"),
+            (["deploy", "--type", "kids", "--name", "x", "--agents", "cal,bucky"], 5, "agent \"bucky\" is not in the kids template"),
+            (["deploy", "--type", "kids", "--name", "x", "--runtime", "turbo"], 5, "runtime \"turbo\" is unknown"),
+            (["deploy", "--type", "kids", "--name", "x", "--stream", "4way"], 5, "use 3way_full or realtime"),
+            (["deploy", "--type", "kids", "--name", "x", "--instances", "11"], 5, "0 to 10"),
+            (["deploy", "--name", "x", "--template-file", w.home + "/bad-template.json"], 5, "agents[0].style"),
+            (["deploy", "--name", "x", "--template-file", w.home + "/missing.json"], 66, "cannot read the template file"),
+            (["scale", "nowhere", "--instances", "2"], 3, "no world named \"nowhere\""),
+            (["status", "nowhere"], 3, "soulfra list"),
+            (["logs", "nowhere"], 3, "no world named"),
+            (["keys", "revoke", "nowhere", "1"], 3, "no world named"),
+            (["shutdown", "nowhere"], 3, "no world named"),
+        ]
+        try #"{"type": "custom", "name": "mine", "agents": [{"name": "a", "style": "grumpy"}]}"#.write(toFile: w.home + "/bad-template.json", atomically: true, encoding: .utf8)
+        for (args, status, text) in cases {
+            let r = try w.cli(args)
+            #expect(r.status == status && r.err.contains(text), "soulfra \(args.joined(separator: " ")) → \(r.status): \(r.err)")
+        }
+        #expect((try w.json(["list"])["worlds"] as? [Any])?.isEmpty == true, "nothing was made by the refused deploys")
+        let kids = try w.json(["deploy", "--type", "kids", "--name", "one", "--no-wait"])
+        let exec = try w.json(["deploy", "--type", "executive", "--name", "two"])
+        let taken = try w.cli(["deploy", "--type", "sports", "--name", "one"])
+        #expect(taken.status == 4 && taken.err.contains("already exists"), "\(taken.err)")
+        let over = try w.cli(["scale", "two", "--instances", "9"])
+        #expect(over.status == 5 && over.err.contains("0 to 8"), "\(over.err)")
+        let kidsKey = (kids["key"] as? [String: Any])?["secret"] as? String ?? ""
+        let wrong = try sendMessage(endpoint: exec["endpoint"] as? String ?? "", key: kidsKey, session: "me")
+        #expect(wrong.status == 403 && wrong.body.contains("wrong_world"), "a key of one world is refused on another: \(wrong)")
+        let status = try w.json(["status", "two"])
+        #expect((status["instances_desired"] as? Int) == 1, "the refused scale changed nothing")
+    }
+}
