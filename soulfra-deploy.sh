@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # Soulfra's front door for operators and developers.
 #
-#   ./soulfra-deploy.sh up       install what is missing, build (release), start the daemon (gateway, broker,
-#                                admin) and a demo world "playground"; prints its key and a curl to try
-#   ./soulfra-deploy.sh down     stop what `up` started
-#   ./soulfra-deploy.sh status   is the daemon from `up` running?
+#   ./soulfra-deploy.sh up       install what is missing, build (release), `init` (config, admin token, daemon in
+#                                the background) and deploy the demo kids world "playground": prints its key
+#                                and a curl to try
+#   ./soulfra-deploy.sh down     stop the daemon (instances keep running; the next start adopts them)
 #   ./soulfra-deploy.sh test     install what is missing and run the whole test suite
 #   ./soulfra-deploy.sh bench [gateway|broker]  side-by-side benchmarks (bench/gateway-vs-nghttpx,
 #                                bench/broker-vs-nats; both when no argument)
 #   ./soulfra-deploy.sh fuzz [S] [frame|http1]  run a fuzzer for S seconds (default 60, the frame decoder)
 #
-# World commands (deploy, list, scale, logs, master, shutdown) arrive with the control plane.
+# And the soulfra commands themselves (built on first use), e.g.:
+#   ./soulfra-deploy.sh init
+#   ./soulfra-deploy.sh deploy --type kids --name playground --agents cal,domingo,arty --runtime balanced --stream 3way_full
+#   ./soulfra-deploy.sh list | status [world] | scale <world> --instances N | logs <world> -f | master
+#   ./soulfra-deploy.sh shutdown <world> | keys create|list|revoke|rotate <world>
+# (`./soulfra-deploy.sh <command> --help` explains each.)
 set -euo pipefail
 cd "$(dirname "$0")"
-RUN_DIR=${SOULFRA_RUN_DIR:-/tmp/soulfra}
-PID_FILE="$RUN_DIR/serve.pid"
-LOG_FILE="$RUN_DIR/serve.log"
-WORLD_PID_FILE="$RUN_DIR/playground.pid"
-WORLD_LOG_FILE="$RUN_DIR/playground.log"
-# The demo key for world "playground" (config/soulfra.json, key 2; development only).
-DEMO_KEY=sk-slfr_kids_ztys355NrAlpgsJGcDc2bhARePpktW1LdIsn
+export SOULFRA_HOME=${SOULFRA_HOME:-/tmp/soulfra}
+BIN=.build/release/soulfra
 
 # Debian packages the build needs; the tests also drive curl and nghttp (nghttp2-client) against the gateway
 # and check /metrics with promtool (prometheus); python3 runs the loopback OpenAI-compatible server, and with
@@ -41,66 +41,26 @@ need_debs() {
   command -v swift >/dev/null || { echo "error: the Swift toolchain (swift) is not on PATH" >&2; exit 1; }
 }
 
-running() { [ -s "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
-
-cmd_up() {
+build() {
   need_debs curl
   echo "==> building (release)"
   swift build -c release --product soulfra >/dev/null
-  swift build -c release --product soulfra-loadtest >/dev/null
-  mkdir -p "$RUN_DIR"
-  if running; then
-    echo "==> daemon already running (pid $(cat "$PID_FILE"))"
-  else
-    echo "==> starting the daemon (config/soulfra.json)"
-    nohup .build/release/soulfra serve --config config/soulfra.json >"$LOG_FILE" 2>&1 &
-    echo $! >"$PID_FILE"
-    for _ in $(seq 50); do [ -S "$RUN_DIR/broker.sock" ] && break; sleep 0.1; done
-    running || { echo "error: the daemon did not start; its log:" >&2; cat "$LOG_FILE" >&2; exit 1; }
-  fi
-  if [ -s "$WORLD_PID_FILE" ] && kill -0 "$(cat "$WORLD_PID_FILE")" 2>/dev/null; then
-    echo "==> demo world \"playground\" already running (pid $(cat "$WORLD_PID_FILE"))"
-  else
-    # Until the worlds layer brings templates, the demo world is one agent instance: messages are stored in the
-    # world's vault and answered by the agent "cal" in the daemon's runtime workers, token by token.
-    echo "==> deploying the demo world \"playground\" (agent cal; vault under /tmp/soulfra/vault)"
-    nohup .build/release/soulfra world --world playground --config config/soulfra.json \
-      --agent "cal:cheerful:Hi, I am Cal!" >"$WORLD_LOG_FILE" 2>&1 &
-    echo $! >"$WORLD_PID_FILE"
-  fi
-  local url=http://127.0.0.1:8080/v1/worlds/playground/messages
-  for _ in $(seq 50); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $DEMO_KEY" -d '{}' "$url")" = 200 ] && break
-    sleep 0.1
-  done
-  echo
-  echo "Soulfra is up (daemon pid $(cat "$PID_FILE"); log $LOG_FILE)."
-  echo "  gateway   http://127.0.0.1:8080 (HTTP/1.1, h2c)   https://127.0.0.1:8443 (TLS, self-signed dev certificate)"
-  echo "  world     playground    key: $DEMO_KEY"
-  echo
-  echo "Try it:"
-  echo "  curl -s $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"session\":\"me\"}'"
-  echo "  curl -sN $url -H 'Authorization: Bearer $DEMO_KEY' -d '{\"text\":\"hello\",\"session\":\"me\",\"stream\":true}'"
-  echo "  curl -s -H 'Authorization: Bearer dev-admin-token-000001' http://127.0.0.1:7401/metrics | grep soulfra_gateway_requests"
-  echo
-  echo "It keeps running. Stop it with: ./soulfra-deploy.sh down"
 }
 
-cmd_down() {
-  if [ -s "$WORLD_PID_FILE" ] && kill -0 "$(cat "$WORLD_PID_FILE")" 2>/dev/null; then
-    kill -TERM "$(cat "$WORLD_PID_FILE")"
-    echo "demo world (pid $(cat "$WORLD_PID_FILE")) stopped"
-  fi
-  rm -f "$WORLD_PID_FILE"
-  if running; then
-    local pid; pid=$(cat "$PID_FILE")
-    kill -TERM "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    echo "daemon (pid $pid) stopped"
+cmd_up() {
+  build
+  swift build -c release --product soulfra-loadtest >/dev/null
+  "$BIN" init
+  if "$BIN" status playground >/dev/null 2>&1; then
+    echo "==> the demo world \"playground\" is already deployed (its key was shown when it was made;"
+    echo "    a new one: $BIN keys create playground)"
+    "$BIN" list
   else
-    echo "no daemon started by 'up' is running"
+    "$BIN" deploy --type kids --name playground --agents cal,domingo,arty --runtime balanced --stream 3way_full
   fi
-  rm -f "$PID_FILE"
+  echo
+  echo "Next: $BIN list · $BIN status playground · $BIN logs playground -f · $BIN scale playground --instances 3"
+  echo "It keeps running. Stop the daemon with: ./soulfra-deploy.sh down"
 }
 
 cmd_test() {
@@ -124,8 +84,7 @@ cmd_test() {
 
 case "${1:-}" in
   up) cmd_up ;;
-  down) cmd_down ;;
-  status) if running; then echo "daemon running (pid $(cat "$PID_FILE"))"; else echo "daemon not running"; exit 1; fi ;;
+  down) [ -x "$BIN" ] || build; exec "$BIN" down ;;
   test) cmd_test ;;
   bench)
     shift; need_debs
@@ -136,6 +95,9 @@ case "${1:-}" in
       *) echo "bench takes gateway, broker or nothing (both)" >&2; exit 2 ;;
     esac ;;
   fuzz) shift; need_debs; exec fuzz/run.sh "${1:-60}" "${2:-frame}" ;;
-  -h|--help|help|"") sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  init|deploy|list|status|scale|logs|master|shutdown|keys)
+    [ -x "$BIN" ] || build
+    exec "$BIN" "$@" ;;
+  -h|--help|help|"") sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "unknown command: $1 (see ./soulfra-deploy.sh --help)" >&2; exit 2 ;;
 esac

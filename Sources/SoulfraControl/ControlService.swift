@@ -172,10 +172,17 @@ public final class ControlService: @unchecked Sendable {
         guard let spec = try? WorldSpec.decode(name: w.name, json: w.spec) else { return nil }
         let t = spec.template
         var args = ["world", "--world", w.name, "--broker", settings.brokerAddress, "--name", id, "--stream-mode", spec.streamMode,
-                    "--pacing-ms", String(t.pacingMilliseconds), "--backend", t.backend,
+                    "--pacing-ms", String(t.pacingMilliseconds), "--backend", t.backend, "--template", t.kind.rawValue,
                     "--drain-seconds", String(max(1, (settings.stopGraceMilliseconds - 2_000) / 1000))]
         for a in spec.activeAgents { args += ["--agent", "\(a.name):\(a.style):\(a.greeting)"] }
-        return InstanceSpec(world: w.name, id: id, arguments: args, environment: ["SOULFRA_INSTANCE_TOKEN": instanceToken(w.name)],
+        let agents = spec.activeAgents.map { a -> [String: Any] in
+            ["name": a.name, "style": a.style, "greeting": a.greeting, "topics": a.topics, "knowledge": a.knowledge]
+        }
+        let agentsJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: agents, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        var environment = t.environment
+        environment["SOULFRA_INSTANCE_TOKEN"] = instanceToken(w.name)
+        environment["SOULFRA_AGENTS"] = agentsJSON
+        return InstanceSpec(world: w.name, id: id, arguments: args, environment: environment,
                             memoryBytes: t.resources.memoryBytes, cpus: t.resources.cpus)
     }
 

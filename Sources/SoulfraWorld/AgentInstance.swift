@@ -31,6 +31,10 @@ public final class AgentInstance: PeerLinkDelegate {
         public var historyEvents = 200
         /// The runtime backend the agents answer with: `builtin` or `openai`.
         public var backend = "builtin"
+        /// The template's rules: moderation, trust score, tantrums.
+        public var rules = WorldRules()
+        /// Where the instance's notable events go (its log): new users, trust, moderation.
+        public var log: (@Sendable (String) -> Void)?
 
         public init(personas: [AgentPersona], mode: StreamMode = .full) {
             precondition(!personas.isEmpty, "a world has at least one agent")
@@ -39,7 +43,7 @@ public final class AgentInstance: PeerLinkDelegate {
         }
     }
 
-    enum Kind: UInt8 { case user = 1, token, done, error }
+    enum Kind: UInt8 { case user = 1, token, done, error, trust }
 
     /// An event on its way: stored (acknowledged or not) and to be shown to the app.
     struct Event {
@@ -74,6 +78,8 @@ public final class AgentInstance: PeerLinkDelegate {
         /// The app ended its request side; it only resumes (sent nothing new); END went to it.
         var requestEnded = false
         var resumeOnly = false
+        /// The user's trust score as last stored (nil: none yet).
+        var trust: Int?
         var appEnded = false
         /// Credit consumed on the app's and the runtime's streams and not yet given back: held while this
         /// conversation has `maxQueuedInputs` messages waiting or `maxHeldEvents` events the app has not taken.
@@ -103,6 +109,10 @@ public final class AgentInstance: PeerLinkDelegate {
         public var eventsStored: UInt64 = 0
         public var eventsFailed: UInt64 = 0
         public var replayed: UInt64 = 0
+        /// Users' messages refused by moderation, agents' tokens masked, tantrums seen.
+        public var refused: UInt64 = 0
+        public var masked: UInt64 = 0
+        public var tantrums: UInt64 = 0
         public init() {}
     }
 
@@ -133,6 +143,10 @@ public final class AgentInstance: PeerLinkDelegate {
         let c = Conversation(app: stream, session: open.session.isEmpty ? "s-\(stream)" : open.session, detail: detail, resumeAfter: after)
         byStream[stream] = c
         counters.conversations &+= 1
+        if seenSessions.insert(c.session).inserted {
+            if seenSessions.count > 100_000 { seenSessions = [c.session] }  // a bounded memory of who was here
+            settings.log?("INFO: New user connected to \(open.world) (session \(c.session))")
+        }
         c.vault = link.open(Open(target: .vault, world: open.world, session: c.session, detail: "append"))
         c.historyRead = link.open(Open(target: .vault, world: open.world, session: c.session,
                                        detail: VaultRequest.tail(limit: settings.historyEvents).detail))
@@ -152,6 +166,7 @@ public final class AgentInstance: PeerLinkDelegate {
     }
 
     private var world = ""
+    private var seenSessions = Set<String>()
 
     public func linkData(_ link: PeerLink, stream: UInt32, payload: UnsafeRawBufferPointer, flags: FrameFlags) {
         guard let c = byStream[stream] else { return }
@@ -253,6 +268,13 @@ public final class AgentInstance: PeerLinkDelegate {
         c.tokens = 0
         counters.turns &+= 1
         store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
+        if let why = settings.rules.refuses(text) {
+            return refuse(c, why: why)
+        }
+        if settings.rules.isTantrum(text) {
+            counters.tantrums &+= 1
+            settings.log?("WARN: tantrum in session \(c.session) (\(counters.tantrums) so far)")
+        }
         c.runtimeOwed = (0, 0)
         c.runtime = link.open(Open(target: .runtime, world: world, session: c.session))
         byStream[c.runtime] = c
@@ -261,9 +283,35 @@ public final class AgentInstance: PeerLinkDelegate {
         _ = request.json.withUnsafeBytes { link.send(stream: c.runtime, payload: $0, end: true) }
     }
 
+    /// Moderation refused the user's message: the agent answers with the world's refusal (stored and shown
+    /// like any reply, marked), the user's trust goes down, and no runtime is asked.
+    private func refuse(_ c: Conversation, why: String) {
+        counters.refused &+= 1
+        settings.log?("WARN: moderation refused a message in session \(c.session): \(why)")
+        let text = settings.rules.refusal
+        store(c, .done, #"{"event":"done","agent":\#(JSONText.string(c.agent)),"text":\#(JSONText.string(text)),"moderated":true,"usage":{"tokens_in":0,"tokens_out":0,"time_to_first_token_ms":0,"total_ms":0}}"#)
+        c.history = (c.history ?? []) + [Turn(role: .user, text: c.input), Turn(role: .agent, text: text)]
+        adjustTrust(c, WorldRules.trustPenalty)
+        endTurn(c)
+    }
+
+    /// Stores the user's new trust score in the session (not shown to the app) and logs it.
+    private func adjustTrust(_ c: Conversation, _ change: Int) {
+        guard settings.rules.trustScore else { return }
+        let score = (c.trust ?? 0) + change
+        c.trust = score
+        store(c, .trust, #"{"event":"trust","change":\#(change),"score":\#(score)}"#, show: false)
+        settings.log?("INFO: Trust score updated: \(change > 0 ? "+" : "")\(change) (session \(c.session), now \(score))")
+    }
+
     private func runtimeMessage(_ c: Conversation, _ message: UnsafeRawBufferPointer) {
         switch AgentReply.parse(message) {
-        case .token(let t, let i)?:
+        case .token(let raw, let i)?:
+            let (t, masked) = settings.rules.masked(raw)
+            if masked {
+                counters.masked &+= 1
+                settings.log?("WARN: moderation masked a word in \(c.agent)'s reply in session \(c.session)")
+            }
             c.reply += t
             c.tokens += 1
             store(c, .token, #"{"event":"token","agent":\#(JSONText.string(c.agent)),"text":\#(JSONText.string(t)),"index":\#(i)}"#)
@@ -272,6 +320,7 @@ public final class AgentInstance: PeerLinkDelegate {
             store(c, .done, #"{"event":"done","agent":\#(JSONText.string(c.agent)),"text":\#(JSONText.string(c.reply)),"usage":\#(usage)}"#)
             c.history = (c.history ?? []) + [Turn(role: .user, text: c.input), Turn(role: .agent, text: c.reply)]
             c.runtime = 0
+            adjustTrust(c, WorldRules.trustReward)
             endTurn(c)
         case .error(let e)?:
             store(c, .error, #"{"event":"error","code":\#(JSONText.string(e.code)),"message":\#(JSONText.string(e.message)),"retryable":\#(e.retryable)}"#)
@@ -351,16 +400,18 @@ public final class AgentInstance: PeerLinkDelegate {
         if stream == c.historyRead {
             var turns: [Turn] = []
             for e in events {
-                guard let o = try? JSONSerialization.jsonObject(with: Data(e.payload)) as? [String: Any], let text = o["text"] as? String else { continue }
+                guard let o = try? JSONSerialization.jsonObject(with: Data(e.payload)) as? [String: Any] else { continue }
+                if e.kind == Kind.trust.rawValue, let score = o["score"] as? Int { c.trust = score }
+                c.lastSequence = max(c.lastSequence, e.sessionSequence)
+                guard let text = o["text"] as? String else { continue }
                 if e.kind == Kind.user.rawValue { turns.append(Turn(role: .user, text: text)) }
                 if e.kind == Kind.done.rawValue { turns.append(Turn(role: .agent, text: text)) }
-                c.lastSequence = max(c.lastSequence, e.sessionSequence)
             }
             c.history = turns
             c.historyRead = 0
         } else {
             // Resuming: what the app missed, in order, before anything live.
-            for e in events where e.kind != Kind.user.rawValue {
+            for e in events where e.kind != Kind.user.rawValue && e.kind != Kind.trust.rawValue {
                 counters.replayed &+= 1
                 emit(c, sequence: e.sessionSequence, String(decoding: e.payload, as: UTF8.self))
             }

@@ -46,6 +46,9 @@ struct World: ParsableCommand {
     @Option(name: .long, help: "The runtime backend the agents answer with: builtin (the persona engine) or openai (the runtime's endpoint).")
     var backend = "builtin"
 
+    @Option(name: .long, help: "The template whose rules the world follows: kids (moderation both ways, a trust score per user), executive (tantrums counted), sports, custom.")
+    var template = "custom"
+
     @Option(name: .customLong("drain-seconds"), help: "On SIGTERM, how long open streams may take to finish before the instance exits.")
     var drainSeconds = 10
 
@@ -63,14 +66,26 @@ struct World: ParsableCommand {
         }
         let token = ProcessInfo.processInfo.environment["SOULFRA_INSTANCE_TOKEN"] ?? cfg.instanceTokens[world]!
         let mode = StreamMode(rawValue: streamMode)!
-        let personas = agent.map { spec -> AgentPersona in
+        var personas = agent.map { spec -> AgentPersona in
             let parts = spec.split(separator: ":", maxSplits: 2).map(String.init)
             return AgentPersona(name: parts[0], style: parts.count > 1 ? parts[1] : "calm", greeting: parts.count > 2 ? parts[2] : "")
+        }
+        // The control plane hands over the template's agents whole (topics and knowledge too).
+        if let json = ProcessInfo.processInfo.environment["SOULFRA_AGENTS"] {
+            guard let list = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [[String: Any]], !list.isEmpty else {
+                fail("SOULFRA_AGENTS must be a JSON list of agents ({\"name\", \"style\", \"greeting\", \"topics\", \"knowledge\"})", code: 78)
+            }
+            personas = list.map { a in
+                AgentPersona(name: a["name"] as? String ?? "agent", style: a["style"] as? String ?? "calm", greeting: a["greeting"] as? String ?? "",
+                             topics: a["topics"] as? [String] ?? [], knowledge: a["knowledge"] as? [String: String] ?? [:])
+            }
         }
         var settings = AgentInstance.Settings(personas: personas, mode: mode)
         settings.pacingMilliseconds = pacing
         guard ["builtin", "openai"].contains(backend) else { fail("--backend must be builtin or openai, got \"\(backend)\"", code: 78) }
         settings.backend = backend
+        settings.rules = WorldRules.forTemplate(template)
+        settings.log = { logLine($0) }
         let instance = AgentInstance(settings)
         _ = blockStopSignals()
         let conn = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: world, instance: name, token: token))

@@ -106,6 +106,7 @@ struct WorldsCLITests {
             #expect(reply.status == 200 && reply.body.contains(#""event":"done""#), "\(name): \(reply.body.suffix(300))")
             if !agent.isEmpty { #expect(reply.body.contains(#""agent":"\#(agent)""#), "\(name)'s first agent answers") }
         }
+        try templateRules(w, worlds)
         let list = try w.json(["list"])["worlds"] as? [[String: Any]] ?? []
         #expect(Set(list.map { $0["name"] as? String ?? "" }) == ["playground", "boardroom", "arena"])
         let status = try w.json(["status", "playground"])
@@ -123,6 +124,28 @@ struct WorldsCLITests {
             #expect(pids.allSatisfy { !alive($0) }, "\(name)'s instances are gone")
         }
         #expect((try w.json(["list"])["worlds"] as? [Any])?.isEmpty == true)
+    }
+
+    /// The templates' rules, seen through the gateway and the logs: kids moderate and keep a trust score (from
+    /// the template's knowledge, cal knows about Mars); executive counts tantrums.
+    func templateRules(_ w: CLIWorld, _ worlds: [String: (endpoint: String, key: String)]) throws {
+        let kids = worlds["playground"]!
+        let refused = try sendMessage(endpoint: kids.endpoint, key: kids.key, session: "tim", text: "where can I buy a gun")
+        #expect(refused.status == 200 && refused.body.contains(#""moderated":true"#) && refused.body.contains("friendly and safe"), "\(refused.body)")
+        let mars = try sendMessage(endpoint: kids.endpoint, key: kids.key, session: "tim", text: "tell me about mars")
+        #expect(mars.body.contains("red planet"), "the template's knowledge reaches the agent: \(mars.body.suffix(300))")
+        let exec = worlds["boardroom"]!
+        #expect(try sendMessage(endpoint: exec.endpoint, key: exec.key, session: "ceo", text: "WHY IS THIS NOT DONE YET!!!").status == 200)
+        var logs = ""
+        for _ in 0..<20 {
+            logs = try w.cli(["logs", "playground", "-n", "200"]).out + (try w.cli(["logs", "boardroom", "--filter", "level=warn"]).out)
+            if logs.contains("tantrum") && logs.contains("now -5") { break }
+            usleep(100_000)
+        }
+        #expect(logs.contains("INFO: New user connected to playground"), "\(logs)")
+        #expect(logs.contains("WARN: moderation refused a message in session tim: blocked word \"gun\""), "\(logs)")
+        #expect(logs.contains("INFO: Trust score updated: -10 (session tim, now -10)") && logs.contains("INFO: Trust score updated: +5 (session tim, now -5)"), "\(logs)")
+        #expect(logs.contains("boardroom-1 | ") && logs.contains("WARN: tantrum in session ceo"), "\(logs)")
     }
 
     /// The pids of a world's instances, from their pid files.
