@@ -16,7 +16,8 @@
 //                                                     engine, the OpenAI-compatible backend (libcurl multi),
 //                                                     worker threads (Foundation for JSON)
 //   SoulfraWorld          ← Runtime, Vault, PeerLink, Wire, HTTP   a world instance's 3-way conversation logic
-//   SoulfraControl        ← CSQLite                   the control plane's state: SQLite (WAL, migrations, one writer)
+//   SoulfraDocker         ← CCurl                     the Docker Engine API over its unix socket; the world images
+//   SoulfraControl        ← CSQLite, Config, Keys, Limits, Docker   the control plane: state in SQLite, reconciler, drivers, admin API
 //   SoulfraLimits*        ← Keys, Wire                every limit (loop, broker, gateway) with its settings
 //                                                     table; keys and permissions as configured
 //   SoulfraConfig         ← Limits, Keys, Net         the config file, environment and validation (Foundation)
@@ -70,7 +71,8 @@ let package = Package(
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
         // libsqlite3 for the control plane's state (Debian 12: 3.40).
         .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
-        .target(name: "SoulfraControl", dependencies: ["CSQLite", "SoulfraConfig", "SoulfraKeys", "SoulfraLimits"]),
+        .target(name: "SoulfraDocker", dependencies: ["CCurl"]),
+        .target(name: "SoulfraControl", dependencies: ["CSQLite", "SoulfraConfig", "SoulfraKeys", "SoulfraLimits", "SoulfraDocker"]),
         .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP", "CCurl"]),
         .target(name: "SoulfraWorld", dependencies: ["SoulfraRuntime", "SoulfraVault", "SoulfraPeerLink", "SoulfraWire", "SoulfraHTTP"]),
         .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
@@ -109,7 +111,7 @@ let package = Package(
         .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore", "SoulfraRuntime"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
-            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraControl", "SoulfraBroker", "SoulfraGateway", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraPeerLink", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraControl", "SoulfraDocker", "SoulfraKeys", "SoulfraBroker", "SoulfraGateway", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraPeerLink", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "soulfra-loadtest",
@@ -147,7 +149,7 @@ let package = Package(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
                            "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits", "SoulfraVault",
-                           "SoulfraRuntime", "SoulfraWorld", "SoulfraControl"]
+                           "SoulfraRuntime", "SoulfraWorld", "SoulfraControl", "SoulfraDocker", "SoulfraKeys"]
         ),
     ],
     swiftLanguageModes: [.v6]

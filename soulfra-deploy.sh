@@ -26,7 +26,8 @@ BIN=.build/release/soulfra
 # python3-fuse a disk whose syncs are slow (the vault's backpressure test). The benchmark peers are installed by
 # bench/ itself.
 DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev pkg-config)
-TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse)
+# docker.io: the docker driver's tests run containers on a real engine (the test command starts dockerd).
+TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse docker.io)
 
 need_debs() {
   local missing=()
@@ -63,8 +64,22 @@ cmd_up() {
   echo "It keeps running. Stop the daemon with: ./soulfra-deploy.sh down"
 }
 
+# The docker engine the docker driver's tests use: started in the background unless one answers already.
+# Where none can start, those tests say loudly that they were skipped.
+start_dockerd() {
+  docker_ping() { curl -sf --max-time 2 --unix-socket /var/run/docker.sock http://localhost/_ping >/dev/null 2>&1; }
+  docker_ping && return 0
+  command -v dockerd >/dev/null || return 0
+  echo "==> starting dockerd (log: /tmp/soulfra-dockerd.log)"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo setsid dockerd >/tmp/soulfra-dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 120); do docker_ping && return 0; sleep 0.5; done
+  echo "warning: dockerd did not answer within 60 s (see /tmp/soulfra-dockerd.log); the docker driver tests will be skipped" >&2
+}
+
 cmd_test() {
   need_debs "${TEST_DEBS[@]}"
+  start_dockerd
   echo "==> building tests"
   swift build --build-tests
   echo "==> running tests"

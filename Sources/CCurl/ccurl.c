@@ -2,6 +2,7 @@
 #include "ccurl.h"
 
 #include <curl/curl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,4 +107,42 @@ int sf_curl_next_done(sf_curl_multi *m, void **context, int *result, long *statu
         return 1;
     }
     return 0;
+}
+
+struct easy_sink { sf_curl_on_data on_data; void *context; };
+
+static size_t easy_write_cb(char *data, size_t size, size_t n, void *userdata) {
+    struct easy_sink *s = userdata;
+    return s->on_data(s->context, data, size * n) ? size * n : 0;  /* 0: stop the transfer */
+}
+
+int sf_curl_easy(const char *unix_path, const char *method, const char *url, const char *const *headers, int header_count,
+                 const void *body, size_t body_len, long timeout_ms, sf_curl_on_data on_data, void *context,
+                 long *status, char *error, size_t error_len) {
+    CURL *e = curl_easy_init();
+    if (!e) { snprintf(error, error_len, "curl_easy_init failed"); return -1; }
+    char errbuf[CURL_ERROR_SIZE] = {0};
+    struct curl_slist *list = NULL;
+    for (int i = 0; i < header_count; i++) list = curl_slist_append(list, headers[i]);
+    struct easy_sink sink = { on_data, context };
+    if (unix_path) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_path);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, list);
+    if (body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    }
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, easy_write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    if (timeout_ms > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    CURLcode rc = curl_easy_perform(e);
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, status);
+    if (rc != CURLE_OK) snprintf(error, error_len, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    curl_slist_free_all(list);
+    curl_easy_cleanup(e);
+    return (int)rc;
 }

@@ -129,8 +129,9 @@ extension ControlService {
         var out = try worldDetail(spec.name)
         out["key"] = key
         out["curl"] = curl(world: spec.name, secret: key["secret"] as? String ?? "")
-        let notes = plane.driver.unenforced(InstanceSpec(world: spec.name, id: "", arguments: [], memoryBytes: spec.template.resources.memoryBytes,
-                                                         cpus: spec.template.resources.cpus))
+        let r = spec.template.resources
+        let notes = plane.driver.unenforced(InstanceSpec(world: spec.name, id: "", arguments: [], memoryBytes: r.memoryBytes, cpus: r.cpus,
+                                                         image: spec.template.image, storageBytes: r.storageBytes))
         if !notes.isEmpty { out["unenforced"] = notes }
         log("world \(spec.name): deployed from the \(spec.template.kind.rawValue) template, \(count) instance\(count == 1 ? "" : "s") (\(driverName) driver)")
         return out

@@ -118,7 +118,7 @@ final class LogFollowers: @unchecked Sendable {
             try? h.close()
             var text = Substring(String(decoding: data, as: UTF8.self))
             if from > 0, let nl = text.firstIndex(of: "\n") { text = text[text.index(after: nl)...] }  // a cut first line
-            var last: Int64 = 0
+            var last = Int64(Self.modifiedSeconds(path)) * 1000  // lines before the first stamp (a runtime's own) take the file's time
             for raw in text.split(separator: "\n") {
                 let l = LogLine(raw: raw, instance: instance, fallback: last)
                 last = l.unixMilliseconds
@@ -138,6 +138,11 @@ final class LogFollowers: @unchecked Sendable {
             for (_, path) in files(world) { offsets[path] = Self.size(path) }
             followers.append(Follower(world: world, filter: filter, offsets: offsets, reply: reply))
         }
+    }
+
+    static func modifiedSeconds(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_mtim.tv_sec) : 0
     }
 
     static func size(_ path: String) -> Int {

@@ -136,6 +136,8 @@ public final class ControlService: @unchecked Sendable {
         let running = Set(plane.driver.observe().map(\.world))
         for w in stopping where !running.contains(w.name) {
             try store.deleteWorld(w.name, actor: "control", now: now)
+            // Its instances' logs go with it: a world deployed later under the name starts clean.
+            try? FileManager.default.removeItem(atPath: Self.instanceDirectory(settings.directory) + "/" + w.name)
             log("world \(w.name): shut down (its vault is kept)")
         }
     }
@@ -183,7 +185,7 @@ public final class ControlService: @unchecked Sendable {
         environment["SOULFRA_INSTANCE_TOKEN"] = instanceToken(w.name)
         environment["SOULFRA_AGENTS"] = agentsJSON
         return InstanceSpec(world: w.name, id: id, arguments: args, environment: environment,
-                            memoryBytes: t.resources.memoryBytes, cpus: t.resources.cpus)
+                            memoryBytes: t.resources.memoryBytes, cpus: t.resources.cpus, image: t.image, storageBytes: t.resources.storageBytes)
     }
 
     /// 32 random bytes, made once (mode 0600) and kept: the root of the instance tokens.

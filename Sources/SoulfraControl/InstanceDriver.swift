@@ -12,13 +12,21 @@ public struct InstanceSpec: Sendable, Equatable {
     public var memoryBytes: UInt64
     public var cpus: Double
 
-    public init(world: String, id: String, arguments: [String], environment: [String: String] = [:], memoryBytes: UInt64 = 0, cpus: Double = 0) {
+    /// The image a container runs (the docker driver; the process driver runs the soulfra binary).
+    public var image: String
+    /// A disk quota for the instance (0: none), where the driver can enforce one.
+    public var storageBytes: UInt64
+
+    public init(world: String, id: String, arguments: [String], environment: [String: String] = [:], memoryBytes: UInt64 = 0, cpus: Double = 0,
+                image: String = "soulfra/base-world:latest", storageBytes: UInt64 = 0) {
         self.world = world
         self.id = id
         self.arguments = arguments
         self.environment = environment
         self.memoryBytes = memoryBytes
         self.cpus = cpus
+        self.image = image
+        self.storageBytes = storageBytes
     }
 }
 
@@ -37,6 +45,9 @@ public struct ObservedInstance: Sendable, Equatable {
     public var state: State
     /// When it started, unix milliseconds.
     public var startedAt: Int64
+
+    /// `world/id`: how drivers and the reconciler key an instance.
+    public static func key(_ world: String, _ id: String) -> String { world + "/" + id }
 
     public init(world: String, id: String, handle: String, state: State, startedAt: Int64) {
         self.world = world

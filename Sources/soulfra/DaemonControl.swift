@@ -3,6 +3,8 @@ import Synchronization
 import SoulfraBroker
 import SoulfraConfig
 import SoulfraControl
+import SoulfraDocker
+import SoulfraKeys
 import SoulfraGateway
 import SoulfraServer
 
@@ -42,6 +44,51 @@ final class AccessSources: Sendable {
     }
 }
 
+extension Daemon {
+    /// The driver `control.driver` asks for: docker when an engine answers (auto) or always (docker, which
+    /// fails clearly without one), else process. The world images are built here when missing or stale.
+    func makeDriver(executable: String) throws -> InstanceDriver {
+        let instances = ControlService.instanceDirectory(config.controlDirectory)
+        let process = { () throws -> InstanceDriver in try ProcessDriver(directory: instances, executable: executable) }
+        guard config.controlDriver != "process" else { return try process() }
+        let client = DockerClient()
+        guard client.ping() else {
+            if config.controlDriver == "docker" {
+                fail("soulfra: control.driver is docker, but no docker engine answers at \(client.socketPath): start dockerd, or use the process driver", code: 69)
+            }
+            logLine("control plane: no docker engine at \(client.socketPath): instances run as local processes")
+            return try process()
+        }
+        guard !config.brokerUnixPath.isEmpty, Self.directoryHoldsOnlySockets(config.brokerUnixPath) else {
+            let why = "the docker driver mounts the broker socket's directory into containers: put listen.broker_unix_path in a directory of its own (soulfra init does)"
+            if config.controlDriver == "docker" { fail("soulfra: \(why)", code: 78) }
+            logLine("control plane: \(why); instances run as local processes")
+            return try process()
+        }
+        do {
+            let built = try WorldImages(client: client, executable: executable).ensure()
+            if !built.isEmpty { logLine("control plane: built \(built.joined(separator: ", "))") }
+        } catch {
+            if config.controlDriver == "docker" { fail("soulfra: cannot build the world images: \(error)", code: 69) }
+            logLine("control plane: cannot build the world images (\(error)): instances run as local processes")
+            return try process()
+        }
+        let id = sha256(Array(config.controlDirectory.utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        return try DockerDriver(client: client, directory: instances, brokerSocket: config.brokerUnixPath, daemonID: id)
+    }
+
+    /// Whether everything beside the socket in its directory is a socket (nothing private gets mounted).
+    static func directoryHoldsOnlySockets(_ socket: String) -> Bool {
+        let dir = URL(fileURLWithPath: socket).deletingLastPathComponent().path
+        guard dir != "/" else { return false }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+            var st = stat()
+            guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return false }
+        }
+        return true
+    }
+}
+
 /// The control plane's admin API on the admin listener: calls go to the control queue, answers come back as
 /// JSON, follows as server-sent events.
 struct ControlAdmin: AdminExtension {
@@ -78,14 +125,11 @@ extension Daemon {
         } else {
             fail("soulfra: the control plane needs a broker listener for its instances (listen.broker_unix_path or listen.broker_tcp)", code: 78)
         }
-        if config.controlDriver == "docker" {
-            fail("soulfra: control.driver is docker, but the docker driver is not part of this build yet: use process (or auto)", code: 78)
-        }
         var settings = ControlService.Settings(directory: config.controlDirectory, templatesDirectory: config.templatesDirectory,
                                                executable: executable, brokerAddress: broker, gatewayURL: "")
         settings.stopGraceMilliseconds = Int(config.broker.shutdownDrainMilliseconds) + 2_000
         do {
-            let driver = try ProcessDriver(directory: ControlService.instanceDirectory(config.controlDirectory), executable: executable)
+            let driver = try makeDriver(executable: executable)
             return try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })
         } catch {
             fail("soulfra: cannot start the control plane in \(config.controlDirectory): \(error)", code: 73)  // EX_CANTCREAT

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
+import SoulfraConfig
 import SoulfraControl
+import SoulfraDocker
 
 struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,6 +32,9 @@ struct Init: ParsableCommand {
     @Option(name: .customLong("broker-tcp"), help: "The broker's TCP listener for remote peers (\"\" for none), written on the first run.")
     var brokerTCP = "127.0.0.1:7400"
 
+    @Option(name: .long, help: "Which driver runs instances: auto (docker when an engine answers, else process), process or docker; written on the first run.")
+    var driver = "auto"
+
     @Option(name: .long, help: "The world templates directory (default: config/templates next to the binary's checkout, or here).")
     var templates: String?
 
@@ -47,6 +52,7 @@ struct Init: ParsableCommand {
                 try writeConfig(home: home)
                 wrote = true
             }
+            guard ["auto", "process", "docker"].contains(driver) else { throw CLIError("--driver takes auto, process or docker", code: 5) }
             let pidPath = home + "/serve.pid"
             var started = false
             if let pid = runningDaemon(pidPath) {
@@ -54,6 +60,7 @@ struct Init: ParsableCommand {
             } else {
                 try? FileManager.default.removeItem(atPath: home + "/ready")
                 let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+                try buildImages(executable: exe)
                 let pid: pid_t
                 do {
                     pid = try spawnDetached(exe, ["serve", "--config", client.configPath, "--ready-file", home + "/ready"], logPath: home + "/serve.log")
@@ -99,27 +106,42 @@ struct Init: ParsableCommand {
         func token() -> String { (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &rng)) }.joined() }
         let admin = token()
         let config: [String: Any] = [
-            "listen": ["broker_unix_path": home + "/broker.sock", "broker_tcp": brokerTCP, "admin_tcp": adminListen,
+            "listen": ["broker_unix_path": home + "/run/broker.sock", "broker_tcp": brokerTCP, "admin_tcp": adminListen,
                        "gateway_tcp": gateway, "gateway_tls": gatewayTLS],
             "tls": ["self_signed_directory": home + "/tls"],
             "vault": ["directory": home + "/vault", "key_directory": home + "/vault-keys"],
-            "control": ["directory": home + "/control", "templates_directory": templatesDirectory()],
+            "control": ["directory": home + "/control", "templates_directory": templatesDirectory(), "driver": driver],
             "tokens": ["admin": admin, "vault": token(), "runtime": token(), "gateway": token()],
         ]
         do {
             let data = try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
-            FileManager.default.createFile(atPath: client.configPath, contents: data, attributes: [.posixPermissions: 0o600])
-            FileManager.default.createFile(atPath: home + "/admin.token", contents: Data((admin + "\n").utf8), attributes: [.posixPermissions: 0o600])
+            try makeDirectory(home + "/run")
+            guard FileManager.default.createFile(atPath: home + "/admin.token", contents: Data((admin + "\n").utf8), attributes: [.posixPermissions: 0o600]),
+                  FileManager.default.createFile(atPath: client.configPath, contents: data, attributes: [.posixPermissions: 0o600]) else {
+                throw CLIError("cannot write \(client.configPath) or \(home)/admin.token", code: 73)
+            }
+        } catch let e as CLIError {
+            throw e
         } catch {
             throw CLIError("cannot write \(client.configPath): \(error.localizedDescription)", code: 73)
         }
     }
 
-    /// The pid in `path` if that process is alive.
-    func runningDaemon(_ path: String) -> pid_t? {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-              pid > 0, kill(pid, 0) == 0 else { return nil }
-        return pid
+    /// With a docker engine (and a driver that may use it), the world images are built (or found current)
+    /// before the daemon starts, with the time it took.
+    func buildImages(executable: String) throws(CLIError) {
+        let configured = ((try? ServerConfig.load(path: client.configPath)) ?? ServerConfig()).controlDriver
+        let docker = DockerClient()
+        guard configured != "process", docker.ping() else { return }
+        let started = Date()
+        do {
+            let built = try WorldImages(client: docker, executable: executable).ensure()
+            if !built.isEmpty && !json {
+                print("built \(built.joined(separator: ", ")) in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+            }
+        } catch {
+            throw CLIError("cannot build the world images: \(error)", code: 69)
+        }
     }
 
     /// Waits for the ready file and a healthy admin listener; a daemon that exits says why (its log).
@@ -151,16 +173,27 @@ struct Down: ParsableCommand {
     func run() {
         runCLI { () throws(CLIError) in
             let path = client.homeDirectory + "/serve.pid"
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-                  pid > 0, kill(pid, 0) == 0 else {
+            guard let pid = runningDaemon(path) else {
                 print("no daemon running from \(client.homeDirectory)")
                 return
             }
             kill(pid, SIGTERM)
-            for _ in 0..<300 where kill(pid, 0) == 0 { usleep(50_000) }
-            guard kill(pid, 0) != 0 else { throw CLIError("the daemon (pid \(pid)) is still running after 15 s", code: 75) }
+            for _ in 0..<300 where runningDaemon(path) != nil { usleep(50_000) }
+            guard runningDaemon(path) == nil else { throw CLIError("the daemon (pid \(pid)) is still running after 15 s", code: 75) }
             try? FileManager.default.removeItem(atPath: path)
             print("daemon stopped (pid \(pid))")
         }
     }
+}
+
+/// The pid in `path` if that process is alive.
+func runningDaemon(_ path: String) -> pid_t? {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
+          pid > 0, kill(pid, 0) == 0 else { return nil }
+    // A killed daemon not yet reaped (a zombie) is not running; nor is a reused pid that is not soulfra serve.
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")"),
+          !stat[stat.index(after: close)...].hasPrefix(" Z"),
+          let cmdline = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+          String(decoding: cmdline, as: UTF8.self).split(separator: "\0").contains("serve") else { return nil }
+    return pid
 }

@@ -1,7 +1,8 @@
 #ifndef SOULFRA_CCURL_H
 #define SOULFRA_CCURL_H
-/* A small shim over libcurl's multi interface for the runtime's OpenAI-compatible backend: curl_easy_setopt is
-   variadic (Swift cannot call it), so each option the backend sets has a typed wrapper here. */
+/* A small shim over libcurl for the runtime's OpenAI-compatible backend (the multi interface) and the Docker
+   Engine API client (one blocking request over a unix socket): curl_easy_setopt is variadic (Swift cannot call
+   it), so each use has a typed wrapper here. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,14 @@ int sf_curl_perform(sf_curl_multi *m);
 /* A finished transfer, if any: its context, curl result code, HTTP status and error text (the request is freed
    by the call). 0 when none is finished. */
 int sf_curl_next_done(sf_curl_multi *m, void **context, int *result, long *status, char *error, size_t error_len);
+
+/* One blocking request (over a unix socket when `unix_path` is not NULL — the Docker Engine API): `method` on
+   `url` with the header lines and an optional body; the answer's body goes to `on_data` (return 0 to stop:
+   the transfer then ends with CURLE_WRITE_ERROR). Returns the CURLcode (0: done) and sets the HTTP status;
+   `error` says what failed. `timeout_ms` 0: no limit (a follow). */
+int sf_curl_easy(const char *unix_path, const char *method, const char *url, const char *const *headers, int header_count,
+                 const void *body, size_t body_len, long timeout_ms, sf_curl_on_data on_data, void *context,
+                 long *status, char *error, size_t error_len);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+import SoulfraDocker
+import SoulfraKeys
+
+let dockerAvailable = DockerClient().ping()
+let dockerCLI = ["/usr/bin/docker", "/usr/local/bin/docker"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "docker"
+
+/// `docker args…`: stdout, trimmed.
+func docker(_ args: [String]) throws -> String {
+    try runCapturing(dockerCLI, args, timeout: 60).out.trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+@Suite("The brief's commands with the docker driver, on a real engine", .serialized,
+       .enabled(if: uringAvailable && curlAvailable && dockerAvailable,
+                "NO DOCKER ENGINE answers at /var/run/docker.sock: the docker driver was NOT tested (the test command starts dockerd where it can)"))
+struct DockerDriverTests {
+    /// The containers this home's daemon made (by its label), with their state.
+    func containers(_ w: CLIWorld) throws -> [(name: String, id: String, state: String)] {
+        let out = try docker(["ps", "-a", "--no-trunc", "--filter", "label=soulfra.world", "--format", "{{.Names}} {{.ID}} {{.State}} {{.Label \"soulfra.daemon\"}}"])
+        let daemon = sha256(Array((w.home + "/control").utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        return out.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ").map(String.init)
+            return f.count == 4 && f[3] == daemon ? (f[0], f[1], f[2]) : nil
+        }
+    }
+
+    @Test("init builds the images → deploy kids and sports in containers → replies → no network (inspected, loopback only inside), memory and CPU limits applied → docker kill healed → scale 3 and back → daemon kill -9: containers adopted → shutdown: none left")
+    func containersEndToEnd() throws {
+        let w = try CLIWorld("docker")
+        defer {
+            for c in (try? containers(w)) ?? [] { _ = try? docker(["rm", "-f", c.id]) }
+            w.tearDown()
+        }
+        let started = try w.json(["init", "--driver", "docker", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""])
+        #expect(started["driver"] as? String == "docker")
+        var keys: [String: String] = [:]
+        for (type, name) in [("kids", "playground"), ("sports", "arena")] {
+            let d = try w.json(["deploy", "--type", type, "--name", name])
+            keys[name] = (d["key"] as? [String: Any])?["secret"] as? String ?? ""
+            #expect(d["driver"] as? String == "docker")
+            #expect((d["first_reply"] as? [String: Any])?["text"] != nil, "\(name) answered from its container")
+            #expect((d["unenforced"] as? [String] ?? []).allSatisfy { $0.hasPrefix("resources.storage") }, "only a disk quota can go unenforced here")
+        }
+        let names = Set(try containers(w).map(\.name))
+        #expect(names == ["soulfra-playground-1", "soulfra-arena-1"], "\(names)")
+        let inspect = try docker(["inspect", "soulfra-playground-1", "--format",
+                                  "{{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.ReadonlyRootfs}}"])
+        #expect(inspect == "none 256000000 500000000 no true", "network none, the kids template's 256MB and 0.5 CPU, no restart policy, read-only root: \(inspect)")
+        #expect(try docker(["exec", "soulfra-playground-1", "/soulfra", "interfaces"]) == "lo", "inside, loopback is the only interface")
+        let endpoint = { (name: String) throws -> String in try w.json(["status", name])["endpoint"] as? String ?? "" }
+        let before = try containers(w).first { $0.name == "soulfra-playground-1" }!.id
+        _ = try docker(["kill", "soulfra-playground-1"])
+        var healed = false
+        for _ in 0..<100 where !healed {
+            healed = try containers(w).contains { $0.name == "soulfra-playground-1" && $0.id != before && $0.state == "running" }
+            if !healed { usleep(100_000) }
+        }
+        #expect(healed, "a killed container is replaced")
+        var answered = false
+        for _ in 0..<50 where !answered {
+            answered = try sendMessage(endpoint: try endpoint("playground"), key: keys["playground"]!, session: "me").body.contains(#""event":"done""#)
+            if !answered { usleep(100_000) }
+        }
+        #expect(answered, "the replacement answers")
+        #expect(try w.cli(["scale", "arena", "--instances", "3", "--wait"]).status == 0)
+        #expect(try containers(w).filter { $0.name.hasPrefix("soulfra-arena-") && $0.state == "running" }.count == 3)
+        #expect(try w.cli(["scale", "arena", "--instances", "1", "--wait"]).status == 0)
+        try restartAdopts(w, keys: keys, endpoint: endpoint)
+        for name in ["playground", "arena"] { #expect(try w.cli(["shutdown", name]).status == 0) }
+        #expect(try containers(w).isEmpty, "shutdown leaves no container behind")
+    }
+
+    /// kill -9 of the daemon, then init: the same containers (by id), none added, and the worlds answer.
+    func restartAdopts(_ w: CLIWorld, keys: [String: String], endpoint: (String) throws -> String) throws {
+        var running: [(name: String, id: String, state: String)] = []
+        for _ in 0..<100 {
+            running = try containers(w).filter { $0.state == "running" }
+            if running.count == 2 { break }
+            usleep(100_000)  // the scaled-down ones drain and go
+        }
+        #expect(running.count == 2)
+        if let pid = w.daemonPID { kill(pid, SIGKILL) }
+        usleep(200_000)
+        #expect(try w.cli(["init"]).status == 0)
+        var answered = false
+        for _ in 0..<100 where !answered {
+            answered = try sendMessage(endpoint: try endpoint("arena"), key: keys["arena"]!, session: "me").body.contains(#""event":"done""#)
+            if !answered { usleep(100_000) }
+        }
+        #expect(answered, "the world answers after the restart")
+        usleep(600_000)
+        #expect(Set(try containers(w).map(\.id)) == Set(running.map(\.id)), "the same containers, adopted, none duplicated")
+    }
+}
