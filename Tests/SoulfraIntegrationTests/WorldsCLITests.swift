@@ -92,7 +92,7 @@ struct WorldsCLITests {
     func briefSequence() throws {
         let w = try CLIWorld("brief")
         defer { w.tearDown() }
-        let initialized = try w.json(["init", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""])
+        let initialized = try w.json(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""])
         #expect(initialized["driver"] as? String == "process")
         #expect(try w.cli(["init"]).out.contains("already running"), "init is idempotent")
         var worlds: [String: (endpoint: String, key: String)] = [:]
@@ -245,7 +245,7 @@ struct WorldsCLITests {
         #expect(none.status == 69 && none.err.contains("no daemon at http://127.0.0.1:1") && none.err.contains("init"), "\(none.err)")
         let noToken = try w.cli(["list"])
         #expect(noToken.status == 77 && noToken.err.contains("run ./soulfra-deploy.sh init"), "\(noToken.err)")
-        #expect(try w.cli(["init", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
         let cases: [([String], Int32, String)] = [
             (["deploy", "--type", "kids", "--name", "Bad Name"], 5, "lowercase letters"),
             (["deploy", "--type", "kids", "--name=9lives"], 5, "starting with a letter"),
