@@ -26,8 +26,9 @@ BIN=.build/release/soulfra
 # python3-fuse a disk whose syncs are slow (the vault's backpressure test). The benchmark peers are installed by
 # bench/ itself.
 DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev pkg-config)
-# docker.io: the docker driver's tests run containers on a real engine (the test command starts dockerd).
-TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse docker.io)
+# docker.io: the docker driver's tests run containers on a real engine (the test command starts dockerd);
+# docker-compose (1.29): the daemon-in-a-container path (docker-compose.yml).
+TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse docker.io docker-compose)
 
 need_debs() {
   local missing=()

@@ -30,6 +30,13 @@ public struct WorldImages: Sendable {
     public func ensure() throws(DockerError) -> [String] {
         var built: [String] = []
         let stamp = stamp
+        // Inside a container (the daemon run by docker-compose) there is no ldd to gather libraries from: the
+        // images that started it are the ones to use.
+        if !FileManager.default.isExecutableFile(atPath: "/usr/bin/ldd") {
+            let missing = ([Self.base] + Self.kinds.map(Self.image(kind:))).filter { label($0, "soulfra.binary") == nil }
+            guard missing.isEmpty else { throw DockerError(0, "cannot build \(missing.joined(separator: ", ")) here (no ldd): build them on the host with soulfra init") }
+            return []
+        }
         if label(Self.base, "soulfra.binary") != stamp {
             try build(tag: Self.base, files: try rootfs(), dockerfile: """
                 FROM scratch

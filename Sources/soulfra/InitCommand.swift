@@ -38,6 +38,9 @@ struct Init: ParsableCommand {
     @Option(name: .long, help: "The world templates directory (default: config/templates next to the binary's checkout, or here).")
     var templates: String?
 
+    @Flag(name: .customLong("no-start"), help: "Write the config and token only; start nothing (a container's entrypoint starts the daemon).")
+    var noStart = false
+
     @Flag(name: .long, help: "Print the result as JSON.")
     var json = false
 
@@ -53,6 +56,14 @@ struct Init: ParsableCommand {
                 wrote = true
             }
             guard ["auto", "process", "docker"].contains(driver) else { throw CLIError("--driver takes auto, process or docker", code: 5) }
+            if noStart {
+                if !json { print(wrote ? "wrote \(client.configPath) and \(home)/admin.token" : "\(client.configPath) exists; kept") }
+                // On a host (not inside the daemon's own container) the images are made ready for docker-compose.
+                if FileManager.default.isExecutableFile(atPath: "/usr/bin/ldd") {
+                    try buildImages(executable: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+                }
+                return
+            }
             let pidPath = home + "/serve.pid"
             var started = false
             if let pid = runningDaemon(pidPath) {

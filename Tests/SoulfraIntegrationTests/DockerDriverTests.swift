@@ -92,4 +92,33 @@ struct DockerDriverTests {
         usleep(600_000)
         #expect(Set(try containers(w).map(\.id)) == Set(running.map(\.id)), "the same containers, adopted, none duplicated")
     }
+
+    @Test("docker-compose up -d runs the daemon itself in a container (io_uring allowed by the shipped seccomp profile); the CLI on the host deploys a world through it",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/docker-compose"), "docker-compose (1.29) is not installed: the compose path was NOT tested"))
+    func compose() throws {
+        let w = try CLIWorld("compose")
+        let project = "sfcompose\(getpid())"
+        let compose = ["-f", repoRoot.appendingPathComponent("docker-compose.yml").path, "-p", project]
+        let ports = (gateway: 20_000 + Int(getpid() % 5_000), admin: 25_000 + Int(getpid() % 5_000))
+        let env = ["SOULFRA_DATA": w.home, "SOULFRA_GATEWAY": "127.0.0.1:\(ports.gateway)", "SOULFRA_ADMIN": "127.0.0.1:\(ports.admin)",
+                   "SOULFRA_GATEWAY_TLS": ""]
+        defer {
+            _ = try? runCapturing("/usr/bin/docker-compose", compose + ["down", "-t", "5"], environment: env, timeout: 120)
+            for c in (try? containers(w)) ?? [] { _ = try? docker(["rm", "-f", c.id]) }
+            try? FileManager.default.removeItem(atPath: w.home)
+        }
+        // The images the compose file runs are made on the host (from this build's binary).
+        let prepared = try runCapturing(soulfraBinary, ["init", "--no-start", "--home", w.home + "-images"], timeout: 300)
+        try? FileManager.default.removeItem(atPath: w.home + "-images")
+        #expect(prepared.status == 0, "\(prepared.err)")
+        let up = try runCapturing("/usr/bin/docker-compose", compose + ["up", "-d"], environment: env, timeout: 120)
+        #expect(up.status == 0, "\(up.err)")
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: w.home + "/ready") { usleep(50_000) }
+        let status = try w.json(["status"])
+        #expect(status["driver"] as? String == "docker", "the daemon in its container drives the host's engine")
+        let d = try w.json(["deploy", "--type", "kids", "--name", "composed"])
+        #expect((d["first_reply"] as? [String: Any])?["text"] != nil, "a world deployed through the containerized daemon answers")
+        #expect(try w.cli(["shutdown", "composed"]).status == 0)
+        #expect(try containers(w).isEmpty)
+    }
 }
