@@ -121,6 +121,16 @@ extension ControlService {
                 ? "world \"\(spec.name)\" is still shutting down — wait for it to go, then deploy again"
                 : "world \"\(spec.name)\" already exists — pick another name, or `soulfra shutdown \(spec.name)` first")
         }
+        var vault = "plain"
+        if spec.template.encryptsVault {
+            guard let prepareEncryption else {
+                throw APIError(422, "encryption_unavailable", "the \(spec.template.kind.rawValue) template asks for an encrypted vault (\(spec.template.environment.filter { $0.key.contains("PRIVACY") || $0.key.contains("ENCRYPTION") }.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: ", "))), but this daemon has no vault key directory (vault.key_directory)")
+            }
+            do { try prepareEncryption(spec.name) } catch {
+                throw APIError(500, "encryption_failed", "cannot make the vault key of \(spec.name): \(error)")
+            }
+            vault = "encrypted (AES-256-GCM)"
+        }
         try wrap { () throws(ControlError) in
             try store.createWorld(WorldRecord(name: spec.name, template: spec.template.kind.rawValue, spec: spec.json, instances: count,
                                               createdAt: now, updatedAt: now), actor: "admin", now: now)
@@ -129,6 +139,7 @@ extension ControlService {
         var out = try worldDetail(spec.name)
         out["key"] = key
         out["curl"] = curl(world: spec.name, secret: key["secret"] as? String ?? "")
+        out["vault"] = vault
         let r = spec.template.resources
         let notes = plane.driver.unenforced(InstanceSpec(world: spec.name, id: "", arguments: [], memoryBytes: r.memoryBytes, cpus: r.cpus,
                                                          image: spec.template.image, storageBytes: r.storageBytes))

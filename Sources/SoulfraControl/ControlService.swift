@@ -60,6 +60,9 @@ public final class ControlService: @unchecked Sendable {
     let startedAt = Date()
     var lastTickError = ""
     let logs: LogFollowers
+    /// Makes a world's vault key before its first event (set by the daemon when it runs a vault with a key
+    /// directory; nil: a template asking for an encrypted vault is told it cannot have one here).
+    public var prepareEncryption: (@Sendable (String) throws -> Void)?
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
     /// driver. Nothing runs until `start`.

@@ -75,8 +75,10 @@ final class VaultWorld {
     /// does not end clean is damage, and the world is not opened.
     static func open(name: String, settings: VaultSettings) throws(VaultFailure) -> Opened {
         let directory = settings.directory + "/" + name
-        let encrypting = settings.encryptedWorlds.contains(name)
-        let cipher = try loadKey(world: name, settings: settings, create: encrypting)
+        // Listed worlds are encrypted, and so is any world that has a key (the control plane makes one when a
+        // template asks for privacy): a world with a key never goes back to writing in the clear.
+        let cipher = try loadKey(world: name, settings: settings, create: settings.encryptedWorlds.contains(name))
+        let encrypting = cipher != nil
         let created = access(directory, F_OK) != 0
         try VaultStore.makeDirectory(directory)
         let lockFD = Glibc.open(directory + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -563,5 +565,17 @@ final class PageRead {
         } else {
             done(.success(VaultPage(events: events.flatMap { $0 }, next: next, more: more)))
         }
+    }
+}
+
+/// Worlds' vault keys, for the control plane.
+public enum VaultKeys {
+    /// Makes a world's key in `keyDirectory` if it has none, so the vault encrypts the world from its first
+    /// event (at deploy, for a template that asks for privacy).
+    public static func prepare(world: String, keyDirectory: String) throws(VaultFailure) {
+        var settings = VaultSettings(directory: "")
+        settings.keyDirectory = keyDirectory
+        guard access(keyDirectory + "/" + world + ".key", F_OK) != 0 else { return }
+        _ = try VaultWorld.loadKey(world: world, settings: settings, create: true)
     }
 }

@@ -7,6 +7,7 @@ import SoulfraDocker
 import SoulfraKeys
 import SoulfraGateway
 import SoulfraServer
+import SoulfraVaultStore
 
 /// The keys and tokens the loops use come from two places: the config file (development keys, peer tokens;
 /// reloaded when it changes) and the control plane (worlds' instance tokens and keys). Either changing
@@ -130,7 +131,12 @@ extension Daemon {
         settings.stopGraceMilliseconds = Int(config.broker.shutdownDrainMilliseconds) + 2_000
         do {
             let driver = try makeDriver(executable: executable)
-            return try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })
+            let service = try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })
+            if !config.vaultDirectory.isEmpty && !config.vaultKeyDirectory.isEmpty {
+                let keys = config.vaultKeyDirectory
+                service.prepareEncryption = { world in try VaultKeys.prepare(world: world, keyDirectory: keys) }
+            }
+            return service
         } catch {
             fail("soulfra: cannot start the control plane in \(config.controlDirectory): \(error)", code: 73)  // EX_CANTCREAT
         }

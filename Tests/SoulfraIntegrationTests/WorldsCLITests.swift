@@ -280,4 +280,26 @@ struct WorldsCLITests {
         let status = try w.json(["status", "two"])
         #expect((status["instances_desired"] as? Int) == 1, "the refused scale changed nothing")
     }
+
+    @Test("custom: the template's privacy settings turn on vault encryption — a key is made at deploy and nothing said is on disk in the clear")
+    func privacyEncryptsTheVault() throws {
+        let w = try CLIWorld("privacy")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let d = try w.json(["deploy", "--type", "custom", "--name", "therapy"])
+        #expect((d["vault"] as? String)?.hasPrefix("encrypted") == true, "\(d["vault"] ?? "")")
+        #expect(FileManager.default.fileExists(atPath: w.home + "/vault-keys/therapy.key"), "the world's key was made before its first event")
+        let secret = "my-very-private-worry-\(getpid())"
+        let reply = try sendMessage(endpoint: d["endpoint"] as? String ?? "", key: (d["key"] as? [String: Any])?["secret"] as? String ?? "",
+                                    session: "client", text: secret)
+        #expect(reply.status == 200 && reply.body.contains(#""event":"done""#), "the agent answered")
+        var onDisk = Data()
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: w.home + "/vault/therapy")) ?? [] {
+            onDisk += FileManager.default.contents(atPath: w.home + "/vault/therapy/" + f) ?? Data()
+        }
+        #expect(!onDisk.isEmpty, "the vault stored the conversation")
+        #expect(onDisk.range(of: Data(secret.utf8)) == nil, "…encrypted: the words are not on disk")
+        let plain = try w.json(["deploy", "--type", "kids", "--name", "plain", "--no-wait"])
+        #expect(plain["vault"] as? String == "plain")
+    }
 }
