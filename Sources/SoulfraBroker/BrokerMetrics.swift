@@ -65,6 +65,9 @@ public struct BrokerSnapshot: Sendable, Equatable {
     /// Instances attached and taking new streams (not draining), by world: their names (the control plane's
     /// readiness).
     public var attachedInstances: [String: [String]] = [:]
+    /// Room subscribers (viewers) and rooms with any, by world.
+    public var viewersByWorld: [String: Int] = [:]
+    public var roomsByWorld: [String: Int] = [:]
 
     /// Link closes for one reason.
     public func closes(_ code: ErrorCode) -> UInt64 { linkCloses[Int(code.rawValue)] }
@@ -109,6 +112,11 @@ extension Broker {
         snap.outlierEjections = c.outlierEjections
         snap.ejectedInstances = ejected
         snap.attachedInstances = attached
+        for (key, subs) in rooms where !subs.isEmpty {
+            let world = String(key.prefix { $0 != "\u{0}" })
+            snap.viewersByWorld[world, default: 0] += subs.count
+            snap.roomsByWorld[world, default: 0] += 1
+        }
         return snap
     }
 }
@@ -192,6 +200,8 @@ extension BrokerSnapshot {
         m.outlierEjections = outlierEjections + o.outlierEjections
         m.ejectedInstances = ejectedInstances + o.ejectedInstances
         m.attachedInstances = attachedInstances.merging(o.attachedInstances) { $0 + $1 }
+        m.viewersByWorld = viewersByWorld.merging(o.viewersByWorld) { $0 + $1 }
+        m.roomsByWorld = roomsByWorld.merging(o.roomsByWorld) { $0 + $1 }
         return m
     }
 }

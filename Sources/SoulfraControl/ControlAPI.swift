@@ -155,14 +155,15 @@ extension ControlService {
 
     func worldList() throws(APIError) -> [[String: Any]] {
         let worlds = try wrap { () throws(ControlError) in try store.worlds() }
-        let attached = attachedSource.withLock { $0 }?() ?? [:]
+        let live = live
         let observed = plane.driver.observe()
-        return worlds.map { w in summary(w, attached: attached[w.name] ?? [], observed: observed.filter { $0.world == w.name }) }
+        return worlds.map { w in summary(w, live: live, observed: observed.filter { $0.world == w.name }) }
     }
 
-    func summary(_ w: WorldRecord, attached: [String], observed: [ObservedInstance]) -> [String: Any] {
+    func summary(_ w: WorldRecord, live: Live, observed: [ObservedInstance]) -> [String: Any] {
         let spec = try? WorldSpec.decode(name: w.name, json: w.spec)
-        return ["name": w.name, "type": w.template, "state": w.state, "instances_desired": w.instances,
+        let attached = live.attached[w.name] ?? []
+        return ["name": w.name, "viewers": live.viewers[w.name] ?? 0, "rooms": live.rooms[w.name] ?? 0, "type": w.template, "state": w.state, "instances_desired": w.instances,
                 "instances_ready": Set(attached).count, "instances_running": observed.filter { if case .running = $0.state { true } else { false } }.count,
                 "driver": driverName, "region": spec?.region ?? "local", "stream": spec?.streamMode ?? "",
                 "agents": spec?.agents ?? [], "runtime": spec?.runtimeProfile ?? "",
@@ -174,9 +175,10 @@ extension ControlService {
         guard let w = try wrap({ () throws(ControlError) in try store.world(name) }) else {
             throw APIError(404, "world_not_found", "no world named \"\(name)\" — `soulfra list` shows the worlds")
         }
-        let attached = attachedSource.withLock { $0 }?()[name] ?? []
+        let live = live
+        let attached = live.attached[name] ?? []
         let observed = plane.driver.observe().filter { $0.world == name }
-        var out = summary(w, attached: attached, observed: observed)
+        var out = summary(w, live: live, observed: observed)
         out["instances"] = observed.map { o -> [String: Any] in
             var i: [String: Any] = ["id": o.id, "handle": o.handle, "started_at_ms": o.startedAt]
             switch o.state {

@@ -54,8 +54,20 @@ public final class ControlService: @unchecked Sendable {
     let publish: @Sendable (ControlTables) -> Void
     let log: @Sendable (String) -> Void
     var published: ControlTables?
-    /// Instances attached to the broker and taking streams, by world (the data plane's view; set once it runs).
-    let attachedSource = Mutex<(@Sendable () -> [String: [String]])?>(nil)
+    /// What the data plane sees of each world: instances attached and taking streams, and room viewers.
+    public struct Live: Sendable {
+        public var attached: [String: [String]] = [:]
+        public var viewers: [String: Int] = [:]
+        public var rooms: [String: Int] = [:]
+        public init(attached: [String: [String]] = [:], viewers: [String: Int] = [:], rooms: [String: Int] = [:]) {
+            self.attached = attached
+            self.viewers = viewers
+            self.rooms = rooms
+        }
+    }
+    /// Set once the data plane runs.
+    let liveSource = Mutex<(@Sendable () -> Live)?>(nil)
+    var live: Live { liveSource.withLock { $0 }?() ?? Live() }
     var timer: DispatchSourceTimer?
     let startedAt = Date()
     var lastTickError = ""
@@ -95,9 +107,9 @@ public final class ControlService: @unchecked Sendable {
 
     /// Publishes the tables at once (before the gateway serves, so keys work from the first request) and starts
     /// the passes.
-    public func start(gatewayURL: String, attached: @escaping @Sendable () -> [String: [String]]) {
+    public func start(gatewayURL: String, live: @escaping @Sendable () -> Live) {
         settings.gatewayURL = gatewayURL
-        attachedSource.withLock { $0 = attached }
+        liveSource.withLock { $0 = live }
         queue.sync { pass() }
         let t = DispatchSource.makeTimerSource(queue: queue)
         t.schedule(deadline: .now() + .milliseconds(settings.tickMilliseconds), repeating: .milliseconds(settings.tickMilliseconds))

@@ -113,6 +113,8 @@ public final class AgentInstance: PeerLinkDelegate {
         public var refused: UInt64 = 0
         public var masked: UInt64 = 0
         public var tantrums: UInt64 = 0
+        /// Replies published to the broadcast room.
+        public var broadcasts: UInt64 = 0
         public init() {}
     }
 
@@ -295,6 +297,14 @@ public final class AgentInstance: PeerLinkDelegate {
         endTurn(c)
     }
 
+    /// Fans a finished reply out to the world's broadcast room (sports: every viewer of `live` sees it).
+    private func broadcast(_ c: Conversation) {
+        guard let room = settings.rules.broadcastRoom, let link else { return }
+        let json = #"{"event":"commentary","agent":\#(JSONText.string(c.agent)),"session":\#(JSONText.string(c.session)),"text":\#(JSONText.string(c.reply))}"#
+        Array(json.utf8).withUnsafeBytes { link.publish(world: world, room: room, payload: $0) }
+        counters.broadcasts &+= 1
+    }
+
     /// Stores the user's new trust score in the session (not shown to the app) and logs it.
     private func adjustTrust(_ c: Conversation, _ change: Int) {
         guard settings.rules.trustScore else { return }
@@ -321,6 +331,7 @@ public final class AgentInstance: PeerLinkDelegate {
             c.history = (c.history ?? []) + [Turn(role: .user, text: c.input), Turn(role: .agent, text: c.reply)]
             c.runtime = 0
             adjustTrust(c, WorldRules.trustReward)
+            broadcast(c)
             endTurn(c)
         case .error(let e)?:
             store(c, .error, #"{"event":"error","code":\#(JSONText.string(e.code)),"message":\#(JSONText.string(e.message)),"retryable":\#(e.retryable)}"#)

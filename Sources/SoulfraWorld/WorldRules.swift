@@ -13,6 +13,8 @@ public struct WorldRules: Sendable {
     public static let trustPenalty = -10
     /// Count tantrums (shouting: mostly capitals, or a run of exclamation marks).
     public var countsTantrums = false
+    /// A room every agent reply is also published to, for all its viewers (sports: `live`).
+    public var broadcastRoom: String?
 
     public init() {}
 
@@ -26,6 +28,8 @@ public struct WorldRules: Sendable {
             r.trustScore = true
         case "executive":
             r.countsTantrums = true
+        case "sports":
+            r.broadcastRoom = "live"
         default:
             break
         }

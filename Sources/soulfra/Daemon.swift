@@ -3,6 +3,7 @@ import SoulfraConfig
 import Foundation
 import SoulfraLoop
 import SoulfraServer
+import SoulfraControl
 
 /// The daemon's bootstrap once its settings are known: file limits, signals, the loops, the key watch and
 /// reloads, and the wait for shutdown.
@@ -30,7 +31,10 @@ struct Daemon {
         if let control {
             let gateway = server.gatewayPort != 0 ? "http://\(hostOf(config.gatewayTCP)):\(server.gatewayPort)"
                 : "https://\(hostOf(config.gatewayTLS)):\(server.gatewayTLSPort)"
-            control.start(gatewayURL: gateway) { server.snapshot?.attachedInstances ?? [:] }
+            control.start(gatewayURL: gateway) {
+                let s = server.snapshot
+                return ControlService.Live(attached: s?.attachedInstances ?? [:], viewers: s?.viewersByWorld ?? [:], rooms: s?.roomsByWorld ?? [:])
+            }
             logLine("control plane: \(control.driverName) driver, state in \(config.controlDirectory)/control.db")
         }
         announce(server)

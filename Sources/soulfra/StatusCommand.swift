@@ -38,6 +38,7 @@ struct Status: ParsableCommand {
                   + "(\(w["driver"] ?? "") driver, region \(w["region"] ?? ""), stream \(w["stream"] ?? ""), up \(duration(seconds: w["uptime_seconds"] as? Int ?? 0)))")
             print("endpoint: \(w["endpoint"] ?? "")/messages")
             print("agents:   \((w["agents"] as? [String] ?? []).joined(separator: ", ")) (runtime \(w["runtime"] ?? ""))")
+            print("viewers:  \(w["viewers"] ?? 0) in \(w["rooms"] ?? 0) room\((w["rooms"] as? Int) == 1 ? "" : "s")")
             print("")
             let instances = w["instances"] as? [[String: Any]] ?? []
             printTable(["INSTANCE", "HEALTH", "PID/ID", "CPU", "MEMORY", "UP"], instances.map { i in

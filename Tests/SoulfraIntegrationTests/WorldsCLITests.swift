@@ -146,6 +146,30 @@ struct WorldsCLITests {
         #expect(logs.contains("WARN: moderation refused a message in session tim: blocked word \"gun\""), "\(logs)")
         #expect(logs.contains("INFO: Trust score updated: -10 (session tim, now -10)") && logs.contains("INFO: Trust score updated: +5 (session tim, now -5)"), "\(logs)")
         #expect(logs.contains("boardroom-1 | ") && logs.contains("WARN: tantrum in session ceo"), "\(logs)")
+        try sportsRoom(w, worlds["arena"]!)
+    }
+
+    /// Sports: a viewer of the room `live` is counted, and sees every reply fanned out to it.
+    func sportsRoom(_ w: CLIWorld, _ arena: (endpoint: String, key: String)) throws {
+        let viewer = Process()
+        viewer.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        viewer.arguments = ["-sN", "--max-time", "8", arena.endpoint + "/rooms/live", "-H", "Authorization: Bearer \(arena.key)"]
+        let out = Pipe()
+        viewer.standardOutput = out
+        try viewer.run()
+        defer { if viewer.isRunning { viewer.terminate() } }
+        var viewers = 0
+        for _ in 0..<40 where viewers == 0 {
+            usleep(100_000)
+            viewers = try w.json(["status", "arena"])["viewers"] as? Int ?? 0
+        }
+        #expect(viewers == 1, "the viewer is counted")
+        #expect(try sendMessage(endpoint: arena.endpoint, key: arena.key, session: "fan", text: "what a goal").status == 200)
+        usleep(300_000)
+        viewer.terminate()
+        viewer.waitUntilExit()
+        let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(seen.contains(#""event":"commentary""#) && seen.contains(#""session":"fan""#), "the reply was fanned out to the room: \(seen.prefix(400))")
     }
 
     /// The pids of a world's instances, from their pid files.
