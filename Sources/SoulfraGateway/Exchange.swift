@@ -111,6 +111,9 @@ final class Exchange {
     /// Resuming: the last event the client saw (`Last-Event-ID` or `?after=`); the instance replays what
     /// followed from the vault first (its OPEN detail says `after=<n>`).
     var resumeAfter: UInt64?
+    /// A request the world's instance answers as a resource (`/users`): its OPEN detail ("users GET <rest>"),
+    /// and the reply's `"status"` is the HTTP status.
+    var resourceDetail: String?
 
     /// The broker link (by loop index; -1: none yet) and the stream on it (0 while none is open).
     var link = -1

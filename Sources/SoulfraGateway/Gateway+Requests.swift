@@ -54,7 +54,9 @@ extension Gateway {
             kind = .webSocket
         case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
         case .session: kind = .history
-        case .analytics, .users:
+        case .users:
+            kind = .message  // answered by an instance, in one JSON reply
+        case .analytics:
             return reject(c, id: id, GatewayError(
                 .notImplemented,
                 "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
@@ -74,6 +76,7 @@ extension Gateway {
                           startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
         (ex.historyAfter, ex.historyLimit) = page
         ex.resumeAfter = resumeAfter
+        if case .users(_, let rest) = route { ex.resourceDetail = "users \(head.method) \(rest)" }
         counters.requests[kind.index] += 1
         c.track(ex, worldLoop: Wire.loop(forWorld: route.world, count: links.count))
         ex.lastBodyAt = now
@@ -167,6 +170,7 @@ extension Gateway {
         ex.advance(request: .received)
         switch ex.kind {
         case .message, .messageStream:
+            if ex.resourceDetail != nil { return openBroker(ex, now: now) }  // the instance reads the body
             guard let fields = MessageFields.scan(ex.body) else {
                 return fail(ex, GatewayError(.invalidRequest, "the body must be a JSON object"))
             }
@@ -243,7 +247,7 @@ extension Gateway {
         ex.link = link.index
         // The instance may send what this connection can take now (see `topUp`); the rest follows as CREDIT.
         let window = initialWindow(ex)
-        let detail = ex.resumeAfter.map { "\(ex.kind.detail) after=\($0)" } ?? ex.kind.detail
+        let detail = ex.resourceDetail ?? ex.resumeAfter.map { "\(ex.kind.detail) after=\($0)" } ?? ex.kind.detail
         ex.brokerStream = link.peer.open(Open(target: .instance, keyID: ex.key.id, world: ex.route.world,
                                                  session: ex.session, detail: detail, window: window))
         link.exchanges[ex.brokerStream] = ex

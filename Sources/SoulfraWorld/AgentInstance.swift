@@ -43,7 +43,7 @@ public final class AgentInstance: PeerLinkDelegate {
         }
     }
 
-    enum Kind: UInt8 { case user = 1, token, done, error, trust }
+    enum Kind: UInt8 { case user = 1, token, done, error, trust, directory }
 
     /// An event on its way: stored (acknowledged or not) and to be shown to the app.
     struct Event {
@@ -91,8 +91,12 @@ public final class AgentInstance: PeerLinkDelegate {
             self.detail = detail
             self.resumeAfter = resumeAfter
         }
-        var unary: Bool { detail == "message" }
-        var oneTurn: Bool { detail == "message" || detail == "message.stream" }
+        var unary: Bool { detail == "message" || detail == "users" }
+        var oneTurn: Bool { detail == "message" || detail == "message.stream" || detail == "users" }
+        /// A `/users` request (method, the path after `users/`), answered from the world's directory.
+        var resource: (method: String, rest: String)?
+        /// The directory as the vault has it (users by id, in the order they were made).
+        var directory: [(id: String, user: [String: Any])] = []
     }
 
     /// What one conversation holds at most before it stops granting credit: messages waiting for their turn,
@@ -142,7 +146,10 @@ public final class AgentInstance: PeerLinkDelegate {
         let words = open.detail.split(separator: " ")
         let detail = words.first.map(String.init) ?? "message"
         let after = words.dropFirst().first { $0.hasPrefix("after=") }.flatMap { UInt64($0.dropFirst(6)) }
-        let c = Conversation(app: stream, session: open.session.isEmpty ? "s-\(stream)" : open.session, detail: detail, resumeAfter: after)
+        let users = detail == "users"
+        let c = Conversation(app: stream, session: users ? Self.directorySession : open.session.isEmpty ? "s-\(stream)" : open.session,
+                             detail: detail, resumeAfter: after)
+        if users { c.resource = (words.count > 1 ? String(words[1]) : "GET", words.count > 2 ? String(words[2]) : "") }
         byStream[stream] = c
         counters.conversations &+= 1
         if seenSessions.insert(c.session).inserted {
@@ -151,7 +158,7 @@ public final class AgentInstance: PeerLinkDelegate {
         }
         c.vault = link.open(Open(target: .vault, world: open.world, session: c.session, detail: "append"))
         c.historyRead = link.open(Open(target: .vault, world: open.world, session: c.session,
-                                       detail: VaultRequest.tail(limit: settings.historyEvents).detail))
+                                       detail: VaultRequest.tail(limit: users ? VaultRequest.maxLimit : settings.historyEvents).detail))
         byStream[c.vault] = c
         byStream[c.historyRead] = c
         // A read sends nothing: its side ends at once, and the stream is over when the vault's page ends.
@@ -247,6 +254,11 @@ public final class AgentInstance: PeerLinkDelegate {
     private func appMessage(_ c: Conversation, _ message: UnsafeRawBufferPointer) {
         // On a full-duplex stream an empty message says nothing (the END that closes the app's side comes so).
         if message.count == 0 && !c.oneTurn { return }
+        if c.resource != nil {
+            c.input = String(decoding: message, as: UTF8.self)
+            c.inputs.append(("", ""))
+            return startTurn(c)
+        }
         let o = try? JSONSerialization.jsonObject(with: Data(message)) as? [String: Any]
         // A JSON object says its text (or nothing: a resume that asks nothing new); anything else is the text.
         let text = o.map { $0["text"] as? String ?? $0["message"] as? String ?? "" } ?? String(decoding: message, as: UTF8.self)
@@ -264,6 +276,7 @@ public final class AgentInstance: PeerLinkDelegate {
         guard let link, c.runtime == 0, c.history != nil, c.replayed, c.reply.isEmpty, !c.inputs.isEmpty,
               c.outbox.count + c.unacked.count < Self.maxHeldEvents else { return }  // the app is behind: wait
         let (agentName, text) = c.inputs.removeFirst()
+        if c.resource != nil { return directoryRequest(c) }
         let persona = settings.personas.first { $0.name == agentName } ?? settings.personas[0]
         c.agent = persona.name
         c.input = text
@@ -295,6 +308,20 @@ public final class AgentInstance: PeerLinkDelegate {
         c.history = (c.history ?? []) + [Turn(role: .user, text: c.input), Turn(role: .agent, text: text)]
         adjustTrust(c, WorldRules.trustPenalty)
         endTurn(c)
+    }
+
+    /// A directory answer that changes nothing: out now, and the exchange ends.
+    func emitReply(_ c: Conversation, _ json: String) {
+        emit(c, sequence: nil, json)
+        c.endAfterOutbox = true
+        flush(c)
+    }
+
+    /// A directory change: stored, and answered (with its sequence) once the vault has it.
+    func storeChange(_ c: Conversation, _ json: String) {
+        store(c, .directory, json)
+        c.endAfterOutbox = true
+        flush(c)
     }
 
     /// Fans a finished reply out to the world's broadcast room (sports: every viewer of `live` sees it).
@@ -413,6 +440,7 @@ public final class AgentInstance: PeerLinkDelegate {
             for e in events {
                 guard let o = try? JSONSerialization.jsonObject(with: Data(e.payload)) as? [String: Any] else { continue }
                 if e.kind == Kind.trust.rawValue, let score = o["score"] as? Int { c.trust = score }
+                if e.kind == Kind.directory.rawValue { Self.fold(o, into: &c.directory) }
                 c.lastSequence = max(c.lastSequence, e.sessionSequence)
                 guard let text = o["text"] as? String else { continue }
                 if e.kind == Kind.user.rawValue { turns.append(Turn(role: .user, text: text)) }
@@ -422,7 +450,7 @@ public final class AgentInstance: PeerLinkDelegate {
             c.historyRead = 0
         } else {
             // Resuming: what the app missed, in order, before anything live.
-            for e in events where e.kind != Kind.user.rawValue && e.kind != Kind.trust.rawValue {
+            for e in events where e.kind != Kind.user.rawValue && e.kind != Kind.trust.rawValue && e.kind != Kind.directory.rawValue {
                 counters.replayed &+= 1
                 emit(c, sequence: e.sessionSequence, String(decoding: e.payload, as: UTF8.self))
             }

@@ -147,6 +147,30 @@ struct WorldsCLITests {
         #expect(logs.contains("INFO: Trust score updated: -10 (session tim, now -10)") && logs.contains("INFO: Trust score updated: +5 (session tim, now -5)"), "\(logs)")
         #expect(logs.contains("boardroom-1 | ") && logs.contains("WARN: tantrum in session ceo"), "\(logs)")
         try sportsRoom(w, worlds["arena"]!)
+        try executiveUsers(exec, kidsKey: kids.key)
+    }
+
+    /// Executive: `/users` made, listed, read, removed (kept in the vault); a key without user_management is refused.
+    func executiveUsers(_ exec: (endpoint: String, key: String), kidsKey: String) throws {
+        func call(_ method: String, _ path: String, key: String, body: String? = nil) throws -> (status: Int, json: [String: Any]) {
+            let r = try runCapturing("/usr/bin/curl", ["-s", "-X", method, "-o", "-", "-w", "\n%{http_code}", exec.endpoint + path, "-H", "Authorization: Bearer \(key)"]
+                                     + (body.map { ["-d", $0] } ?? []), timeout: 30)
+            let lines = r.out.split(separator: "\n")
+            let json = (try? JSONSerialization.jsonObject(with: Data((lines.dropLast().joined(separator: "\n")).utf8))) as? [String: Any] ?? [:]
+            return (Int(lines.last ?? "") ?? 0, json)
+        }
+        let made = try call("POST", "/users", key: exec.key, body: #"{"name":"Ada","role":"cfo"}"#)
+        #expect(made.status == 201, "\(made)")
+        let id = (made.json["user"] as? [String: Any])?["id"] as? String ?? ""
+        #expect(id.hasPrefix("u_"))
+        #expect(try call("GET", "/users", key: exec.key).json["count"] as? Int == 1)
+        #expect(try call("GET", "/users/\(id)", key: exec.key).status == 200)
+        #expect(try call("POST", "/users", key: exec.key, body: "{}").status == 400, "a user needs a name")
+        #expect(try call("DELETE", "/users/\(id)", key: exec.key).status == 200)
+        #expect(try call("GET", "/users/\(id)", key: exec.key).status == 404)
+        #expect(try call("DELETE", "/users/\(id)", key: exec.key).status == 404)
+        let refused = try call("GET", "/users", key: kidsKey)
+        #expect(refused.status == 403, "a kids key is for another world (and has no user_management): \(refused)")
     }
 
     /// Sports: a viewer of the room `live` is counted, and sees every reply fanned out to it.
