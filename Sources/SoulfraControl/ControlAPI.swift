@@ -67,6 +67,10 @@ extension ControlService {
     /// returns false once the client is gone.
     public func handle(_ request: ControlRequest, route: Int, reply: @escaping @Sendable (ControlReply) -> Bool) {
         queue.async { [self] in
+            guard !settings.gatewayURL.isEmpty else {
+                _ = reply(.json(status: 503, APIError(503, "starting", "the control plane is starting: try again in a moment").json + "\n"))
+                return
+            }
             let answer: (Int, Any)?
             do {
                 answer = try Self.routeTable[route].handler(self, request, reply)
@@ -80,7 +84,7 @@ extension ControlService {
             guard let (status, body) = answer else { return }
             // A change takes effect before it is answered: the new keys are on their way to the loops (ahead
             // of this answer on the admin loop) and the instances are starting.
-            if request.method != "GET" { pass() }
+            if request.method == "POST" || request.method == "DELETE" { pass() }
             _ = reply(.json(status: status, Self.render(body)))
         }
     }
@@ -135,7 +139,11 @@ extension ControlService {
             try store.createWorld(WorldRecord(name: spec.name, template: spec.template.kind.rawValue, spec: spec.json, instances: count,
                                               createdAt: now, updatedAt: now), actor: "admin", now: now)
         }
-        let key = try issueKey(world: spec.name, template: spec.template, options: [:], now: now)
+        let key: [String: Any]
+        do { key = try issueKey(world: spec.name, template: spec.template, options: [:], now: now) } catch {
+            _ = try? store.deleteWorld(spec.name, actor: "control", now: now)  // no world without its first key
+            throw error
+        }
         var out = try worldDetail(spec.name)
         out["key"] = key
         out["curl"] = curl(world: spec.name, secret: key["secret"] as? String ?? "")
@@ -214,7 +222,8 @@ extension ControlService {
 
     func scale(_ r: ControlRequest) throws(APIError) -> [String: Any] {
         let w = try existingWorld(r.world)
-        guard let n = try r.object()["instances"] as? Int else {
+        let value = try r.object()["instances"]
+        guard let n = jsonInteger(value) else {
             throw APIError(400, "invalid_request", #"the body must say how many: {"instances": 3}"#)
         }
         let spec = try WorldSpec.decode(name: w.name, json: w.spec)

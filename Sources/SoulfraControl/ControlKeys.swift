@@ -8,6 +8,8 @@ import SoulfraLimits
 extension ControlService {
     /// Rotation keeps the old key working this long by default.
     static let defaultGraceSeconds: Int64 = 3_600
+    /// The longest expiry or grace period taken: ten years (times are kept in milliseconds).
+    static let maxSeconds = 315_360_000
 
     func keyList(_ world: String) throws(APIError) -> [[String: Any]] {
         let now = Self.now()
@@ -43,12 +45,14 @@ extension ControlService {
         for (field, path) in [("requests_per_second", \KeyQuotas.requestsPerSecond), ("burst", \.burst), ("concurrent_streams", \.concurrentStreams),
                               ("monthly_interactions", \.monthlyInteractions)] {
             guard let v = options[field] else { continue }
-            guard let n = v as? Int, !(v is Bool), n >= 0 else { throw APIError(400, "invalid_quota", "\(field) must be a whole number ≥ 0 (0: unlimited)") }
+            guard let n = jsonInteger(v), n >= 0 else { throw APIError(400, "invalid_quota", "\(field) must be a whole number ≥ 0 (0: unlimited)") }
             quotas[keyPath: path] = n
         }
         var expires: Int64?
         if let v = options["expires_in_seconds"] {
-            guard let n = v as? Int, !(v is Bool), n > 0 else { throw APIError(400, "invalid_expiry", "expires_in_seconds must be a whole number > 0") }
+            guard let n = jsonInteger(v), (1...Self.maxSeconds).contains(n) else {
+                throw APIError(400, "invalid_expiry", "expires_in_seconds must be a whole number from 1 to \(Self.maxSeconds) (ten years)")
+            }
             expires = now + Int64(n) * 1000
         }
         var rng = SystemRandomNumberGenerator()
@@ -99,7 +103,9 @@ extension ControlService {
         let body = try r.object()
         var grace = Self.defaultGraceSeconds
         if let v = body["grace_seconds"] {
-            guard let n = v as? Int, !(v is Bool), n >= 0 else { throw APIError(400, "invalid_grace", "grace_seconds must be a whole number ≥ 0") }
+            guard let n = jsonInteger(v), (0...Self.maxSeconds).contains(n) else {
+                throw APIError(400, "invalid_grace", "grace_seconds must be a whole number from 0 to \(Self.maxSeconds) (ten years)")
+            }
             grace = Int64(n)
         }
         var until = now + grace * 1000

@@ -18,7 +18,7 @@ public struct LogLine: Sendable, Equatable {
         unixMilliseconds = fallback
         if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") {
             let stamp = rest[rest.index(after: rest.startIndex)..<close]
-            if let d = LogLine.stampFormat.date(from: String(stamp)) { unixMilliseconds = Int64(d.timeIntervalSince1970 * 1000) }
+            if let d = try? Date(String(stamp), strategy: .iso8601) { unixMilliseconds = Int64(d.timeIntervalSince1970 * 1000) }
             rest = rest[rest.index(after: close)...].drop { $0 == " " }
         }
         level = "INFO"
@@ -29,8 +29,6 @@ public struct LogLine: Sendable, Equatable {
         if level == "INFO" && (rest.hasPrefix("error") || rest.hasPrefix("soulfra world: ")) { level = "ERROR" }
         message = String(rest)
     }
-
-    nonisolated(unsafe) static let stampFormat = ISO8601DateFormatter()
 
     /// `[12:34:56] INFO: …` (UTC).
     public var text: String {
@@ -168,9 +166,16 @@ final class LogFollowers: @unchecked Sendable {
                 try? h.seek(toOffset: UInt64(start))
                 let data = (try? h.read(upToCount: Self.readLimit)) ?? Data()
                 try? h.close()
-                // Only whole lines: a partial last line waits for its end.
-                guard let lastNewline = data.lastIndex(of: 0x0A) else { continue }
-                let whole = data[data.startIndex...lastNewline]
+                // Only whole lines: a partial last line waits for its end — unless it fills a whole read, when it
+                // goes as it is (a line that long must not stop the follow).
+                let whole: Data
+                if let lastNewline = data.lastIndex(of: 0x0A) {
+                    whole = data[data.startIndex...lastNewline]
+                } else if data.count >= Self.readLimit {
+                    whole = data
+                } else {
+                    continue
+                }
                 f.offsets[path] = start + whole.count
                 var last = Int64(Date().timeIntervalSince1970 * 1000)
                 for raw in String(decoding: whole, as: UTF8.self).split(separator: "\n") {
@@ -214,9 +219,9 @@ extension ControlService {
 
     /// `90s`, `10m`, `2h`, `1d` ago, or an ISO 8601 time: unix milliseconds.
     static func parseSince(_ s: String) -> Int64? {
-        if let d = LogLine.stampFormat.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
+        if let d = try? Date(s, strategy: .iso8601) { return Int64(d.timeIntervalSince1970 * 1000) }
         let units: [Character: Int64] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
-        guard let unit = s.last.flatMap({ units[$0] }), let n = Int64(s.dropLast()), n >= 0 else { return nil }
+        guard let unit = s.last.flatMap({ units[$0] }), let n = Int64(s.dropLast()), n >= 0, n <= 3_650 * 86_400 / unit else { return nil }
         return now() - n * unit * 1000
     }
 }

@@ -105,12 +105,11 @@ public final class ControlService: @unchecked Sendable {
     /// Where a directory's instances keep their pid and log files.
     public static func instanceDirectory(_ directory: String) -> String { directory + "/instances" }
 
-    /// Publishes the tables at once (before the gateway serves, so keys work from the first request) and starts
-    /// the passes.
+    /// Starts the passes (the first at once) and the log followers. Calls before this are answered 503.
     public func start(gatewayURL: String, live: @escaping @Sendable () -> Live) {
-        settings.gatewayURL = gatewayURL
         liveSource.withLock { $0 = live }
-        queue.sync { pass() }
+        queue.sync { settings.gatewayURL = gatewayURL }
+        queue.async { [self] in pass() }  // the first pass may start instances: not on the caller's thread
         let t = DispatchSource.makeTimerSource(queue: queue)
         t.schedule(deadline: .now() + .milliseconds(settings.tickMilliseconds), repeating: .milliseconds(settings.tickMilliseconds))
         t.setEventHandler { [unowned self] in pass() }
@@ -196,7 +195,8 @@ public final class ControlService: @unchecked Sendable {
             ["name": a.name, "style": a.style, "greeting": a.greeting, "topics": a.topics, "knowledge": a.knowledge]
         }
         let agentsJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: agents, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
-        var environment = t.environment
+        // A template's environment cannot reach the loader or pose as the daemon's own settings.
+        var environment = t.environment.filter { !$0.key.hasPrefix("LD_") && !$0.key.hasPrefix("SOULFRA_") }
         environment["SOULFRA_INSTANCE_TOKEN"] = instanceToken(w.name)
         environment["SOULFRA_AGENTS"] = agentsJSON
         return InstanceSpec(world: w.name, id: id, arguments: args, environment: environment,

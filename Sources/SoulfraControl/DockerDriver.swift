@@ -18,6 +18,9 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
     let brokerSocket: String
     private var stopAsked: [String: Int64] = [:]
     private let pumps = Mutex<Set<String>>([])
+    /// The last list the engine gave: when it does not answer, the reconciler sees that rather than nothing
+    /// (which would start every instance again, deleting the ones still running).
+    private var lastObserved: [ObservedInstance] = []
     /// Whether the engine's storage can enforce a size quota (xfs with project quotas); read once.
     private lazy var storageQuotas: Bool = {
         guard let info = try? client.json("GET", "/info") as? [String: Any] else { return false }
@@ -33,10 +36,11 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
         try ProcessDriver.makeDirectories(directory)
     }
 
-    static func containerName(_ world: String, _ id: String) -> String { "soulfra-\(id)" }
+    /// `soulfra-<daemon>-<world>-<n>`: two daemons on one engine never touch each other's containers.
+    func containerName(_ world: String, _ id: String) -> String { "soulfra-\(daemonID)-\(id)" }
 
     public func start(_ spec: InstanceSpec, now: Int64) throws(DriverError) -> ObservedInstance {
-        let name = Self.containerName(spec.world, spec.id)
+        let name = containerName(spec.world, spec.id)
         _ = try? client.call("DELETE", "/containers/\(name)?force=1")  // a leftover of the same slot
         var args = spec.arguments
         if let i = args.firstIndex(of: "--broker"), i + 1 < args.count {
@@ -47,7 +51,11 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
             "SecurityOpt": ["no-new-privileges"], "Binds": [URL(fileURLWithPath: brokerSocket).deletingLastPathComponent().path + ":/run/soulfra:ro"],
             "LogConfig": ["Type": "json-file", "Config": ["max-size": "10m", "max-file": "3"]],
         ]
-        if spec.memoryBytes > 0 { host["Memory"] = spec.memoryBytes }
+        host["PidsLimit"] = 256
+        if spec.memoryBytes > 0 {
+            host["Memory"] = spec.memoryBytes
+            host["MemorySwap"] = spec.memoryBytes  // no swap beyond the limit
+        }
         if spec.cpus > 0 { host["NanoCpus"] = Int64(spec.cpus * 1e9) }
         let body: [String: Any] = [
             "Image": spec.image, "Cmd": args, "Env": spec.environment.map { "\($0.key)=\($0.value)" }.sorted() + ["SOULFRA_WORLD=\(spec.world)", "SOULFRA_INSTANCE=\(spec.id)"],
@@ -69,7 +77,7 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
 
     public func stop(world: String, id: String, graceMilliseconds: Int) throws(DriverError) {
         do {
-            try client.call("POST", "/containers/\(Self.containerName(world, id))/stop?t=\(max(1, graceMilliseconds / 1000))",
+            try client.call("POST", "/containers/\(containerName(world, id))/stop?t=\(max(1, graceMilliseconds / 1000))",
                             timeoutMilliseconds: graceMilliseconds + 10_000)
         } catch where error.status == 404 || error.status == 304 {
             return
@@ -80,7 +88,7 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
 
     public func requestStop(world: String, id: String, graceMilliseconds: Int, now: Int64) {
         let key = ObservedInstance.key(world, id)
-        let name = Self.containerName(world, id)
+        let name = containerName(world, id)
         guard let asked = stopAsked[key] else {
             stopAsked[key] = now
             _ = try? client.call("POST", "/containers/\(name)/kill?signal=SIGTERM")
@@ -91,8 +99,9 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
 
     public func observe() -> [ObservedInstance] {
         let filters = #"{"label":["soulfra.daemon=\#(daemonID)"]}"#
-        guard let list = try? client.json("GET", "/containers/json" + DockerClient.query([("all", "1"), ("filters", filters)])) as? [[String: Any]] else {
-            return []
+        guard let list = try? client.json("GET", "/containers/json" + DockerClient.query([("all", "1"), ("filters", filters)]),
+                                          timeoutMilliseconds: 10_000) as? [[String: Any]] else {
+            return lastObserved
         }
         var out: [ObservedInstance] = []
         for c in list {
@@ -109,11 +118,12 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
             }
             out.append(ObservedInstance(world: world, id: id, handle: String(cid.prefix(12)), state: state, startedAt: created))
         }
-        return out.sorted { ($0.world, $0.id) < ($1.world, $1.id) }
+        lastObserved = out.sorted { ($0.world, $0.id) < ($1.world, $1.id) }
+        return lastObserved
     }
 
     public func forget(world: String, id: String) {
-        _ = try? client.call("DELETE", "/containers/\(Self.containerName(world, id))?force=1")
+        _ = try? client.call("DELETE", "/containers/\(containerName(world, id))?force=1")
         stopAsked[ObservedInstance.key(world, id)] = nil
     }
 
@@ -123,7 +133,7 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
     }
 
     public func usage(world: String, id: String) -> (cpuSeconds: Double, memoryBytes: UInt64)? {
-        guard let s = try? client.json("GET", "/containers/\(Self.containerName(world, id))/stats?stream=false&one-shot=true",
+        guard let s = try? client.json("GET", "/containers/\(containerName(world, id))/stats?stream=false&one-shot=true",
                                        timeoutMilliseconds: 3_000) as? [String: Any],
               let cpu = ((s["cpu_stats"] as? [String: Any])?["cpu_usage"] as? [String: Any])?["total_usage"] as? Int,
               let memory = (s["memory_stats"] as? [String: Any])?["usage"] as? Int else { return nil }

@@ -147,7 +147,8 @@ public final class ProcessDriver: InstanceDriver {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
 
         let argv = [executable] + spec.arguments
-        var environment = ProcessEnvironment.current()
+        // Only what an instance needs of the daemon's environment: never its tokens or loader settings.
+        var environment = ProcessEnvironment.current().filter { ProcessEnvironment.passed.contains($0.key) }
         for (k, v) in spec.environment { environment[k] = v }
         environment["SOULFRA_WORLD"] = spec.world
         environment["SOULFRA_INSTANCE"] = spec.id
@@ -331,6 +332,9 @@ public final class ProcessDriver: InstanceDriver {
 
 /// The daemon's environment, to pass on to the instances it starts.
 enum ProcessEnvironment {
+    /// The daemon's variables an instance inherits (the rest of its environment is the spec's).
+    static let passed: Set<String> = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"]
+
     static func current() -> [String: String] {
         var out: [String: String] = [:]
         var p = environ

@@ -91,7 +91,7 @@ public struct DeployRequest: Sendable {
         }
         var instances: Int?
         if let n = o["instances"] {
-            guard let v = n as? Int, !(n is Bool) else { throw APIError(400, "invalid_request", "instances must be a whole number") }
+            guard let v = jsonInteger(n) else { throw APIError(400, "invalid_request", "instances must be a whole number") }
             instances = v
         }
         return DeployRequest(type: try string("type"), name: name, agents: agents, runtime: try string("runtime"), stream: try string("stream"),
@@ -188,4 +188,12 @@ public struct APIError: Error, CustomStringConvertible, Equatable {
         default: APIError(500, "internal", e.description)
         }
     }
+}
+
+/// A JSON whole number as JSONSerialization gives it: not a boolean (which also casts to Int), not a fraction.
+func jsonInteger(_ value: Any?) -> Int? {
+    guard let n = value as? NSNumber, String(cString: n.objCType) != "c" else { return nil }
+    let d = n.doubleValue
+    guard d == d.rounded(), abs(d) < 9e15 else { return nil }
+    return n.intValue
 }

@@ -27,6 +27,10 @@ final class AdminConnection {
     let handOver: (AdminConnection, AdminRequest, Int) -> Void
     /// A streamed answer (server-sent events) is being written: chunked, closed at its end.
     private(set) var streaming = false
+    /// A stream whose reader fell a whole backlog behind: it is cut (its producer is told, the socket closed).
+    private(set) var cut = false
+    /// The extension's answer is to a HEAD: its head only.
+    private var extendedHeadOnly = false
     /// A route answers later: input is not read meanwhile, and the connection closes after that answer (so a
     /// pipelined request never overtakes it).
     private(set) var waiting = false
@@ -63,6 +67,7 @@ final class AdminConnection {
                         }
                     case .extended(let request, let route):
                         waiting = true
+                        extendedHeadOnly = h.method == "HEAD"
                         handOver(self, request, route)
                     }
                 }
@@ -79,12 +84,13 @@ final class AdminConnection {
     /// An extension's answer, on the loop. Whole responses and stream heads end the wait; a stream's
     /// chunks follow its head, and its end closes the connection once written.
     func deliver(_ reply: AdminReply) {
+        guard !cut else { return }
         switch reply {
         case .response(let status, let contentType, let bytes):
             guard waiting else { return }
             waiting = false
             closeAfterOutput = true
-            write(AdminResponse(status: status, contentType: contentType, body: String(decoding: bytes, as: UTF8.self)), headOnly: false)
+            write(AdminResponse(status: status, contentType: contentType, body: String(decoding: bytes, as: UTF8.self)), headOnly: extendedHeadOnly)
         case .streamHead(let status, let contentType):
             guard waiting else { return }
             waiting = false
@@ -96,6 +102,7 @@ final class AdminConnection {
             guard output.count + bytes.count <= Self.maxStreamBacklogBytes else {
                 // A follower that does not read: the stream ends rather than grow without bound.
                 closeAfterOutput = true
+                cut = true
                 return
             }
             (Array(String(bytes.count, radix: 16).utf8) + [13, 10] + bytes + [13, 10]).withUnsafeBytes { output.out.append($0) }

@@ -33,8 +33,10 @@ public struct AdminCall: Sendable {
 
     /// The query's `name=value` pairs, percent-decoded (`+` is a space).
     public var queryItems: [(String, String)] {
-        query.split(separator: "&").map { pair in
-            let kv = pair.split(separator: "=", maxSplits: 1)
+        query.split(separator: "&").compactMap { pair in
+            // "=x" and "=" name nothing: skipped (split drops their empty name).
+            guard !pair.hasPrefix("=") else { return nil }
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return (percentDecoded(kv[0]), kv.count > 1 ? percentDecoded(kv[1]) : "")
         }
     }

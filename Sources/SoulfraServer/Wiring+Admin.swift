@@ -43,9 +43,16 @@ extension Wiring {
         ext.handle(call, route: route, replier: replier)
     }
 
-    func deliverExtensionReply(ticket: UInt64, _ reply: AdminReply) {
+    func deliverExtensionReply(ticket: UInt64, _ reply: AdminReply, now: UInt64) {
         guard let call = extensionCalls[ticket] else { return }
         admin[call.conn]?.deliver(reply)
+        if admin[call.conn]?.cut == true {
+            // Its reader stopped reading: the producer stops now, and what waits for the socket is dropped.
+            call.replier.markGone()
+            extensionCalls.removeValue(forKey: ticket)
+            loop.close(conn: call.conn, flush: false, now: now)
+            return
+        }
         switch reply {
         case .response, .end: extensionCalls.removeValue(forKey: ticket)
         case .streamHead, .chunk: break

@@ -284,7 +284,7 @@ final class Wiring: LoopDelegate {
             case .vaultPage(let ticket, let result):
                 vaultReplies.removeValue(forKey: ticket)?(result)
             case .adminReply(let ticket, let reply):
-                deliverExtensionReply(ticket: ticket, reply)
+                deliverExtensionReply(ticket: ticket, reply, now: now)
             }
         }
     }

@@ -282,10 +282,12 @@ public final class AgentInstance: PeerLinkDelegate {
         c.input = text
         c.tokens = 0
         counters.turns &+= 1
-        store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
         if let why = settings.rules.refuses(text) {
+            // What was refused is not kept (nor ever given to an agent as context): a marker stands in for it.
+            store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":"[withheld by moderation]","moderated":true}"#, show: false)
             return refuse(c, why: why)
         }
+        store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
         if settings.rules.isTantrum(text) {
             counters.tantrums &+= 1
             settings.log?("WARN: tantrum in session \(c.session) (\(counters.tantrums) so far)")
@@ -305,7 +307,6 @@ public final class AgentInstance: PeerLinkDelegate {
         settings.log?("WARN: moderation refused a message in session \(c.session): \(why)")
         let text = settings.rules.refusal
         store(c, .done, #"{"event":"done","agent":\#(JSONText.string(c.agent)),"text":\#(JSONText.string(text)),"moderated":true,"usage":{"tokens_in":0,"tokens_out":0,"time_to_first_token_ms":0,"total_ms":0}}"#)
-        c.history = (c.history ?? []) + [Turn(role: .user, text: c.input), Turn(role: .agent, text: text)]
         adjustTrust(c, WorldRules.trustPenalty)
         endTurn(c)
     }
@@ -442,7 +443,8 @@ public final class AgentInstance: PeerLinkDelegate {
                 if e.kind == Kind.trust.rawValue, let score = o["score"] as? Int { c.trust = score }
                 if e.kind == Kind.directory.rawValue { Self.fold(o, into: &c.directory) }
                 c.lastSequence = max(c.lastSequence, e.sessionSequence)
-                guard let text = o["text"] as? String else { continue }
+                // A refused exchange is not context for the agent.
+                guard let text = o["text"] as? String, o["moderated"] as? Bool != true else { continue }
                 if e.kind == Kind.user.rawValue { turns.append(Turn(role: .user, text: text)) }
                 if e.kind == Kind.done.rawValue { turns.append(Turn(role: .agent, text: text)) }
             }

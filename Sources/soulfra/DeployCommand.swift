@@ -81,10 +81,15 @@ struct Deploy: ParsableCommand {
             say("  [\(ms(started))] stored: \(world["type"] ?? "?") template, agents \(agentList), runtime \(world["runtime"] ?? "?"), "
                 + "stream \(world["stream"] ?? "?"), \(world["instances_desired"] ?? 0) instance(s) on the \(world["driver"] ?? "?") driver; key issued")
             for note in world["unenforced"] as? [String] ?? [] { say("  note: \(note)") }
+            say("  key (shown once — store it now): \(secret)")
             if wait {
                 let endpoint = world["endpoint"] as? String ?? ""
-                let trip = try firstReply(endpoint: endpoint, secret: secret, started: started, say: say)
-                world["first_reply"] = trip
+                do throws(CLIError) {
+                    world["first_reply"] = try firstReply(endpoint: endpoint, secret: secret, started: started, say: say)
+                } catch {
+                    // The world exists and its key will not be shown again: the error carries it.
+                    throw CLIError(error.description + (json ? "\n\(name) is deployed; its key (shown once): \(secret)" : ""), code: error.code)
+                }
             }
             let total = Date().timeIntervalSince(started)
             world["deploy_seconds"] = (total * 1000).rounded() / 1000
@@ -93,7 +98,6 @@ struct Deploy: ParsableCommand {
                 return
             }
             print(wait ? "✓ \(name) is live in \(String(format: "%.2f", total)) s" : "✓ \(name) is deployed (not waited for)")
-            print("  key (shown once — store it now): \(secret)")
             print("  endpoint: \(world["endpoint"] ?? "")")
             print("  try it:   \(world["curl"] ?? "")")
         }
@@ -107,8 +111,8 @@ struct Deploy: ParsableCommand {
     /// Sends "hello" with the new key and reads the streamed reply; an instance that has not attached yet
     /// answers 503, so that is retried until `timeout`.
     func firstReply(endpoint: String, secret: String, started: Date, say: @escaping (String) -> Void) throws(CLIError) -> [String: Any] {
-        guard let schemeEnd = endpoint.range(of: "://"), let pathStart = endpoint[schemeEnd.upperBound...].firstIndex(of: "/") else {
-            throw CLIError("the daemon gave no gateway endpoint for \(name)")
+        guard endpoint.hasPrefix("http://"), let pathStart = endpoint.dropFirst(7).firstIndex(of: "/") else {
+            throw CLIError("cannot send the first message to \(endpoint): deploy waits over cleartext HTTP (listen.gateway_tcp); use --no-wait with a TLS-only gateway", code: 6)
         }
         let gateway = HTTPClient(base: String(endpoint[..<pathStart]))
         let path = String(endpoint[pathStart...]) + "/messages"

@@ -70,7 +70,10 @@ struct HTTPClient {
         var chunk = [UInt8](repeating: 0, count: 64 << 10)
         func fill() throws(CLIError) -> Bool {
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 { throw CLIError("reading from \(base): \(errno == EAGAIN ? "timed out" : String(cString: strerror(errno)))", code: 69) }
+            if n < 0 {
+                if errno == EAGAIN { throw CLIError("\(base) did not answer in time", code: 75) }
+                throw CLIError("reading from \(base): \(String(cString: strerror(errno)))", code: 69)
+            }
             buffer += chunk[0..<n]
             return n > 0
         }
@@ -96,23 +99,25 @@ struct HTTPClient {
             return true
         }
         if headers["transfer-encoding"]?.lowercased() == "chunked" {
+            let cutShort = CLIError("\(base) closed the connection before the end of its answer", code: 69)
             while true {
                 guard let lineEnd = Self.find([13, 10], in: buffer) else {
-                    guard try fill() else { break }
+                    guard try fill() else { throw cutShort }
                     continue
                 }
                 guard let size = Int(String(decoding: buffer[..<lineEnd], as: UTF8.self).split(separator: ";")[0], radix: 16) else {
                     throw CLIError("\(base) sent a malformed chunk", code: 69)
                 }
-                while buffer.count < lineEnd + 2 + size + 2 { guard try fill() else { break } }
-                guard buffer.count >= lineEnd + 2 + size + 2 else { break }
+                while buffer.count < lineEnd + 2 + size + 2 { guard try fill() else { throw cutShort } }
                 if size == 0 { break }
                 let data = Array(buffer[(lineEnd + 2)..<(lineEnd + 2 + size)])
                 buffer.removeFirst(lineEnd + 2 + size + 2)
                 if !deliver(data) { break }
             }
         } else if let length = headers["content-length"].flatMap(Int.init) {
-            while buffer.count < length { guard try fill() else { break } }
+            while buffer.count < length {
+                guard try fill() else { throw CLIError("\(base) sent \(buffer.count) of the \(length) bytes it announced", code: 69) }
+            }
             _ = deliver(Array(buffer.prefix(length)))
         } else {
             if !buffer.isEmpty && !deliver(buffer) { return Response(status: status, headers: headers, body: body) }

@@ -94,10 +94,17 @@ struct Init: ParsableCommand {
         }
     }
 
+    /// Makes the directory (0700), or takes an existing one only if it is a real directory of this user's:
+    /// another local user's (or a symlink planted in /tmp) could swap the config and tokens.
     func makeDirectory(_ path: String) throws(CLIError) {
         do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) } catch {
             throw CLIError("cannot make \(path): \(error.localizedDescription)", code: 73)
         }
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid() else {
+            throw CLIError("\(path) is not a directory of this user's (a symlink, or owned by uid \(st.st_uid)): choose another --home", code: 73)
+        }
+        chmod(path, 0o700)
     }
 
     /// The templates shipped in the checkout this binary was built in (…/.build/<config>/soulfra), else here.
@@ -157,7 +164,7 @@ struct Init: ParsableCommand {
 
     /// Waits for the ready file and a healthy admin listener; a daemon that exits says why (its log).
     func waitReady(pid: pid_t, home: String) throws(CLIError) {
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid || kill(pid, 0) != 0 {
@@ -170,7 +177,7 @@ struct Init: ParsableCommand {
             }
             usleep(20_000)
         }
-        throw CLIError("the daemon did not become ready within 20 s: see \(home)/serve.log", code: 75)
+        throw CLIError("the daemon did not become ready within 60 s: see \(home)/serve.log", code: 75)
     }
 }
 

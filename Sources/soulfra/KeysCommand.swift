@@ -21,8 +21,9 @@ struct Keys: ParsableCommand {
 /// "30d", "12h", "10m", "90s" or plain seconds.
 func seconds(_ text: String) -> Int? {
     let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
-    if let n = Int(text) { return n }
-    guard let u = text.last.flatMap({ units[$0] }), let n = Int(text.dropLast()) else { return nil }
+    let limit = 315_360_000  // ten years: what the daemon takes at most
+    if let n = Int(text) { return (0...limit).contains(n) ? n : nil }
+    guard let u = text.last.flatMap({ units[$0] }), let n = Int(text.dropLast()), n >= 0, n <= limit / u else { return nil }
     return n * u
 }
 

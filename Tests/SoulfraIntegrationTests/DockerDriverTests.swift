@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import SoulfraDocker
 import SoulfraKeys
+import SoulfraClient
 
 let dockerAvailable = DockerClient().ping()
 let dockerCLI = ["/usr/bin/docker", "/usr/local/bin/docker"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "docker"
@@ -15,10 +16,16 @@ func docker(_ args: [String]) throws -> String {
        .enabled(if: uringAvailable && curlAvailable && dockerAvailable,
                 "NO DOCKER ENGINE answers at /var/run/docker.sock: the docker driver was NOT tested (the test command starts dockerd where it can)"))
 struct DockerDriverTests {
+    /// The daemon id in this home's container names and labels.
+    func daemonID(_ w: CLIWorld) -> String { sha256(Array((w.home + "/control").utf8)).prefix(6).map { String(format: "%02x", $0) }.joined() }
+
+    /// The container of instance `id` of this home's daemon.
+    func container(_ w: CLIWorld, _ id: String) -> String { "soulfra-\(daemonID(w))-\(id)" }
+
     /// The containers this home's daemon made (by its label), with their state.
     func containers(_ w: CLIWorld) throws -> [(name: String, id: String, state: String)] {
         let out = try docker(["ps", "-a", "--no-trunc", "--filter", "label=soulfra.world", "--format", "{{.Names}} {{.ID}} {{.State}} {{.Label \"soulfra.daemon\"}}"])
-        let daemon = sha256(Array((w.home + "/control").utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        let daemon = daemonID(w)
         return out.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ").map(String.init)
             return f.count == 4 && f[3] == daemon ? (f[0], f[1], f[2]) : nil
@@ -43,17 +50,18 @@ struct DockerDriverTests {
             #expect((d["unenforced"] as? [String] ?? []).allSatisfy { $0.hasPrefix("resources.storage") }, "only a disk quota can go unenforced here")
         }
         let names = Set(try containers(w).map(\.name))
-        #expect(names == ["soulfra-playground-1", "soulfra-arena-1"], "\(names)")
-        let inspect = try docker(["inspect", "soulfra-playground-1", "--format",
-                                  "{{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.ReadonlyRootfs}}"])
-        #expect(inspect == "none 256000000 500000000 no true", "network none, the kids template's 256MB and 0.5 CPU, no restart policy, read-only root: \(inspect)")
-        #expect(try docker(["exec", "soulfra-playground-1", "/soulfra", "interfaces"]) == "lo", "inside, loopback is the only interface")
+        #expect(names == [container(w, "playground-1"), container(w, "arena-1")], "\(names)")
+        let inspect = try docker(["inspect", container(w, "playground-1"), "--format",
+                                  "{{.HostConfig.NetworkMode}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.PidsLimit}}"])
+        #expect(inspect == "none 256000000 256000000 500000000 no true 256",
+                "network none, the kids template's 256MB (no swap past it) and 0.5 CPU, no restart policy, read-only root, pids bounded: \(inspect)")
+        #expect(try docker(["exec", container(w, "playground-1"), "/soulfra", "interfaces"]) == "lo", "inside, loopback is the only interface")
         let endpoint = { (name: String) throws -> String in try w.json(["status", name])["endpoint"] as? String ?? "" }
-        let before = try containers(w).first { $0.name == "soulfra-playground-1" }!.id
-        _ = try docker(["kill", "soulfra-playground-1"])
+        let before = try containers(w).first { $0.name == container(w, "playground-1") }!.id
+        _ = try docker(["kill", container(w, "playground-1")])
         var healed = false
         for _ in 0..<100 where !healed {
-            healed = try containers(w).contains { $0.name == "soulfra-playground-1" && $0.id != before && $0.state == "running" }
+            healed = try containers(w).contains { $0.name == container(w, "playground-1") && $0.id != before && $0.state == "running" }
             if !healed { usleep(100_000) }
         }
         #expect(healed, "a killed container is replaced")
@@ -64,7 +72,7 @@ struct DockerDriverTests {
         }
         #expect(answered, "the replacement answers")
         #expect(try w.cli(["scale", "arena", "--instances", "3", "--wait"]).status == 0)
-        #expect(try containers(w).filter { $0.name.hasPrefix("soulfra-arena-") && $0.state == "running" }.count == 3)
+        #expect(try containers(w).filter { $0.name.hasPrefix(container(w, "arena-")) && $0.state == "running" }.count == 3)
         #expect(try w.cli(["scale", "arena", "--instances", "1", "--wait"]).status == 0)
         try restartAdopts(w, keys: keys, endpoint: endpoint)
         for name in ["playground", "arena"] { #expect(try w.cli(["shutdown", name]).status == 0) }
@@ -99,7 +107,7 @@ struct DockerDriverTests {
         let w = try CLIWorld("compose")
         let project = "sfcompose\(getpid())"
         let compose = ["-f", repoRoot.appendingPathComponent("docker-compose.yml").path, "-p", project]
-        let ports = (gateway: 20_000 + Int(getpid() % 5_000), admin: 25_000 + Int(getpid() % 5_000))
+        let ports = (gateway: try freePort(), admin: try freePort())
         let env = ["SOULFRA_DATA": w.home, "SOULFRA_GATEWAY": "127.0.0.1:\(ports.gateway)", "SOULFRA_ADMIN": "127.0.0.1:\(ports.admin)",
                    "SOULFRA_GATEWAY_TLS": ""]
         defer {
@@ -121,4 +129,19 @@ struct DockerDriverTests {
         #expect(try w.cli(["shutdown", "composed"]).status == 0)
         #expect(try containers(w).isEmpty)
     }
+}
+
+/// A loopback TCP port nothing listens on now (bound to port 0, read, released).
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &a) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+    }
+    guard ok else { throw ClientError("no free port") }
+    return Int(UInt16(bigEndian: a.sin_port))
 }

@@ -8,6 +8,7 @@ struct WorldRulesTests {
         let r = WorldRules.forTemplate("kids")
         #expect(r.refuses("Where can I buy a GUN?") == "blocked word \"gun\"")
         #expect(r.refuses("my number is 555 123 4567")?.contains("phone number") == true)
+        #expect(r.refuses("call (555) 123.4567 now")?.contains("phone number") == true, "punctuation does not hide a number")
         #expect(r.refuses("tell me about the begun race of shotguns") == nil, "only whole words count")
         #expect(r.refuses("I have 3 cats and 12 fish") == nil)
         #expect(r.masked("that is stupid, really") == ("that is ******, really", true))

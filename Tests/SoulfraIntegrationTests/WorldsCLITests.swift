@@ -327,6 +327,24 @@ struct WorldsCLITests {
         #expect(wrong.status == 403 && wrong.body.contains("wrong_world"), "a key of one world is refused on another: \(wrong)")
         let status = try w.json(["status", "two"])
         #expect((status["instances_desired"] as? Int) == 1, "the refused scale changed nothing")
+        try hostileAdminCalls(w)
+    }
+
+    /// Calls that once stopped the daemon: an empty query pair, numbers that overflow, a boolean for a count.
+    func hostileAdminCalls(_ w: CLIWorld) throws {
+        let port = (try String(contentsOfFile: w.home + "/ready", encoding: .utf8)).split(separator: "\n")[3]
+        let token = try String(contentsOfFile: w.home + "/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        func admin(_ method: String, _ path: String, _ body: String? = nil) throws -> String {
+            try runCapturing("/usr/bin/curl", ["-s", "-X", method, "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)" + path,
+                                               "-H", "Authorization: Bearer \(token)"] + (body.map { ["-d", $0] } ?? []), timeout: 30).out
+        }
+        #expect(try admin("GET", "/admin/v1/status?=&a&=b") == "200")
+        #expect(try admin("POST", "/admin/v1/worlds/one/keys", #"{"expires_in_seconds": 9300000000000000}"#) == "400")
+        #expect(try admin("POST", "/admin/v1/worlds/one/keys/1/rotate", #"{"grace_seconds": 9300000000000000}"#) == "400")
+        #expect(try admin("GET", "/admin/v1/worlds/one/logs?since=9999999999999999s") == "400")
+        #expect(try admin("POST", "/admin/v1/worlds/one/scale", #"{"instances": true}"#) == "400")
+        #expect(try w.cli(["keys", "create", "one", "--expires-in", "9300000000000000"]).status == 5)
+        #expect(try admin("GET", "/admin/v1/status") == "200", "the daemon is still there")
     }
 
     @Test("custom: the template's privacy settings turn on vault encryption — a key is made at deploy and nothing said is on disk in the clear")
