@@ -5,8 +5,9 @@ import SoulfraDocker
 /// Instances as Docker containers, through the Engine API: `--network none`, the broker socket's directory
 /// bind-mounted read-only, labels `soulfra.world` / `soulfra.instance` (and `soulfra.daemon`, so two daemons on
 /// one engine never adopt each other's), the template's memory and CPU limits, no restart policy (the
-/// reconciler restarts), read-only root, all capabilities dropped. Each container's output is pumped from the
-/// logs API into the same per-instance files the process driver writes, so `soulfra logs` reads one source.
+/// reconciler restarts), read-only root, all capabilities dropped, docker-init as PID 1. Each container's
+/// output is pumped from the logs API into the same per-instance files the process driver writes, so
+/// `soulfra logs` reads one source.
 public final class DockerDriver: InstanceDriver, @unchecked Sendable {
     public let name = "docker"
     public let client: DockerClient
@@ -52,6 +53,9 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
             "LogConfig": ["Type": "json-file", "Config": ["max-size": "10m", "max-file": "3"]],
         ]
         host["PidsLimit"] = 256
+        // docker-init as PID 1: it forwards SIGTERM to the instance (a PID 1 that has not yet blocked it would
+        // drop it) and reaps.
+        host["Init"] = true
         if spec.memoryBytes > 0 {
             host["Memory"] = spec.memoryBytes
             host["MemorySwap"] = spec.memoryBytes  // no swap beyond the limit

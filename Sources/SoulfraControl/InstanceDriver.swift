@@ -117,45 +117,15 @@ public final class ProcessDriver: InstanceDriver {
 
     public func start(_ spec: InstanceSpec, now: Int64) throws(DriverError) -> ObservedInstance {
         try Self.makeDirectories(directory + "/" + spec.world)
-        let log = open(logPath(world: spec.world, id: spec.id), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard log >= 0 else { throw DriverError("cannot open \(logPath(world: spec.world, id: spec.id)): \(String(cString: strerror(errno)))") }
-        defer { close(log) }
-        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        defer { if devNull >= 0 { close(devNull) } }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, devNull, 0)
-        posix_spawn_file_actions_adddup2(&actions, log, 1)
-        posix_spawn_file_actions_adddup2(&actions, log, 2)
-        // Nothing else of the daemon's: a descriptor someone opened without close-on-exec must not live on in
-        // the instance (a parent's exit-watch socket, a test's pipe).
-        closeFrom3(&actions)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Its own process group, with default signal dispositions: the daemon's SIGINT at a terminal is not
-        // the instance's, and it is stopped only by the driver.
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var unblocked = sigset_t()
-        sigemptyset(&unblocked)
-        posix_spawnattr_setsigmask(&attributes, &unblocked)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-
-        let argv = [executable] + spec.arguments
         // Only what an instance needs of the daemon's environment: never its tokens or loader settings.
         var environment = ProcessEnvironment.current().filter { ProcessEnvironment.passed.contains($0.key) }
         for (k, v) in spec.environment { environment[k] = v }
         environment["SOULFRA_WORLD"] = spec.world
         environment["SOULFRA_INSTANCE"] = spec.id
-        let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
-        var pid: pid_t = 0
-        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&pid, executable, &actions, &attributes, a, e) } }
-        guard rc == 0, pid > 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        // Its own process group: the daemon's SIGINT at a terminal is not the instance's, and it is stopped
+        // only by the driver (the whole group).
+        let pid = try spawnLogged(executable, spec.arguments, environment: environment, logPath: logPath(world: spec.world, id: spec.id),
+                                  placement: .processGroup)
         exitStatus[Self.key(spec.world, spec.id)] = nil
         // The pid file is what finds the instance again (also after the daemon crashed): written whole and
         // durably before the start counts, or the instance is stopped and the start fails.
@@ -356,8 +326,19 @@ func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?
 }
 
 /// Starts `executable` in a session of its own (it outlives the caller and its terminal), stdin from
-/// /dev/null and output appended to `logPath`; returns its pid.
+/// /dev/null and output appended to `logPath`, with the caller's environment; returns its pid.
 public func spawnDetached(_ executable: String, _ arguments: [String], logPath: String) throws(DriverError) -> pid_t {
+    try spawnLogged(executable, arguments, environment: ProcessEnvironment.current(), logPath: logPath, placement: .session)
+}
+
+/// Where a child stands: in a process group of its own (an instance), or a session of its own (the daemon).
+enum SpawnPlacement { case processGroup, session }
+
+/// posix_spawn with stdin from /dev/null, stdout and stderr appended to `logPath`, no other descriptor of the
+/// caller's (one opened without close-on-exec — a parent's exit-watch socket, a test's pipe — would otherwise
+/// live on in the child), default signal dispositions and nothing blocked.
+func spawnLogged(_ executable: String, _ arguments: [String], environment: [String: String], logPath: String,
+                 placement: SpawnPlacement) throws(DriverError) -> pid_t {
     let log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
     guard log >= 0 else { throw DriverError("cannot open \(logPath): \(String(cString: strerror(errno)))") }
     defer { close(log) }
@@ -369,18 +350,26 @@ public func spawnDetached(_ executable: String, _ arguments: [String], logPath: 
     posix_spawn_file_actions_adddup2(&actions, devNull, 0)
     posix_spawn_file_actions_adddup2(&actions, log, 1)
     posix_spawn_file_actions_adddup2(&actions, log, 2)
-    // Only these three: whatever else the caller holds (its parent's exit-watch socket, say) stays with it,
-    // or the caller would never be seen to exit.
     closeFrom3(&actions)
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
+    var defaults = sigset_t()
+    sigfillset(&defaults)
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
     var unblocked = sigset_t()
     sigemptyset(&unblocked)
     posix_spawnattr_setsigmask(&attributes, &unblocked)
-    let setsid: Int32 = 0x80  // POSIX_SPAWN_SETSID (glibc ≥ 2.26)
-    posix_spawnattr_setflags(&attributes, Int16(setsid | POSIX_SPAWN_SETSIGMASK))
-    let envp = ProcessEnvironment.current().map { "\($0.key)=\($0.value)" }.sorted()
+    var flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK
+    switch placement {
+    case .processGroup:
+        posix_spawnattr_setpgroup(&attributes, 0)
+        flags |= POSIX_SPAWN_SETPGROUP
+    case .session:
+        flags |= 0x80  // POSIX_SPAWN_SETSID (glibc ≥ 2.26)
+    }
+    posix_spawnattr_setflags(&attributes, Int16(flags))
+    let envp = environment.map { "\($0.key)=\($0.value)" }.sorted()
     var pid: pid_t = 0
     let rc = withCStrings([executable] + arguments) { a in withCStrings(envp) { e in posix_spawn(&pid, executable, &actions, &attributes, a, e) } }
     guard rc == 0, pid > 0 else { throw DriverError("cannot start \(executable): \(String(cString: strerror(rc)))") }
