@@ -75,6 +75,14 @@ public final class ControlService: @unchecked Sendable {
     /// Makes a world's vault key before its first event (set by the daemon when it runs a vault with a key
     /// directory; nil: a template asking for an encrypted vault is told it cannot have one here).
     public var prepareEncryption: (@Sendable (String) throws -> Void)?
+    /// How worlds' events are read for their analytics, and where the documents go (set by the daemon before
+    /// `start`; nil: no analytics).
+    public var readEvents: EventReader?
+    public var publishAnalytics: (@Sendable ([String: [UInt8]]) -> Void)?
+    var analytics: [String: WorldAnalytics] = [:]
+    var reading = Set<String>()
+    var lastAnalyticsError = ""
+    var lastRollUp: Int64 = 0
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
     /// driver. Nothing runs until `start`.
@@ -131,6 +139,10 @@ public final class ControlService: @unchecked Sendable {
             try finishShutdowns(now: now)
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }
+            if now - lastRollUp >= 2_000 {
+                lastRollUp = now
+                rollUp(worlds: t.instanceTokens.keys.sorted(), now: now)
+            }
             if t != published {
                 published = t
                 publish(t)

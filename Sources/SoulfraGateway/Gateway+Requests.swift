@@ -56,10 +56,12 @@ extension Gateway {
         case .session: kind = .history
         case .users:
             kind = .message  // answered by an instance, in one JSON reply
-        case .analytics:
-            return reject(c, id: id, GatewayError(
-                .notImplemented,
-                "\(head.method) \(path) is not served by this version of the gateway yet"), requestID: requestID)
+        case .analytics(let world):
+            guard analytics[world] != nil else {
+                return reject(c, id: id, GatewayError(.analyticsUnavailable, "no analytics for \(world) yet: a world's figures are rolled up every few seconds",
+                                                      headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
+            }
+            kind = .message  // answered here, from the control plane's roll-up, once the request is in
         }
         if head.expectContinue {
             c.keepAlive(head.keepAlive)
@@ -171,6 +173,9 @@ extension Gateway {
         switch ex.kind {
         case .message, .messageStream:
             if ex.resourceDetail != nil { return openBroker(ex, now: now) }  // the instance reads the body
+            if case .analytics(let world) = ex.route {
+                return finishUnary(ex, status: 200, body: analytics[world] ?? Array("{}".utf8), now: now)
+            }
             guard let fields = MessageFields.scan(ex.body) else {
                 return fail(ex, GatewayError(.invalidRequest, "the body must be a JSON object"))
             }

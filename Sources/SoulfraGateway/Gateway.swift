@@ -231,6 +231,9 @@ public final class Gateway {
     /// revoked keys).
     public func install(keys: KeyTable) { gatekeeper.install(keys) }
 
+    /// Each world's analytics (JSON, made by the control plane from its roll-ups), swapped whole.
+    public var analytics: [String: [UInt8]] = [:]
+
     /// `req_<loop>_<sequence in hex>`: unique per daemon run, cheap to make (no temporary buffers).
     func nextRequestID() -> String {
         requestSequence &+= 1

@@ -46,6 +46,10 @@ public final class BrokerServer: Sendable {
         case vaultPage(ticket: UInt64, Result<VaultPage, VaultFailure>)
         /// An admin extension's answer (or part of a stream) for the call under `ticket`.
         case adminReply(ticket: UInt64, AdminReply)
+        /// Read a page of a world's events for another thread (the control plane): `done` runs on this loop.
+        case vaultReadFor(world: String, VaultRequest, done: @Sendable (Result<VaultPage, VaultFailure>) -> Void)
+        /// Each world's analytics document, answered by the gateway at `/v1/worlds/{w}/analytics`.
+        case installAnalytics([String: [UInt8]])
     }
 
     /// A socket moving to another loop, with the bytes already read from it (HELLO and anything after).
@@ -209,6 +213,17 @@ public final class BrokerServer: Sendable {
 
     /// Replaces keys and tokens atomically on every loop (each swaps its snapshot on its next turn).
     public func install(access: AccessTable, keys: KeyTable) { post(.install(access, keys)) }
+
+    /// Replaces the analytics documents the gateway serves, on every loop.
+    public func install(analytics: [String: [UInt8]]) { post(.installAnalytics(analytics)) }
+
+    /// Reads a page of `world`'s events (`VaultRequest.replay`) on the loop whose vault stores it; `done` runs
+    /// on that loop and must only hand the page on.
+    public func readVault(world: String, _ request: VaultRequest, done: @escaping @Sendable (Result<VaultPage, VaultFailure>) -> Void) {
+        let target = inboxes[Wire.loop(forWorld: world, count: inboxes.count)]
+        target.commands.withLock { $0.append(.vaultReadFor(world: world, request, done: done)) }
+        target.wake()
+    }
 
     /// The gateway's counters summed over loops (each published at most a second ago; `snapshotNow` refreshes).
     public var gatewayCounters: GatewayCounters {

@@ -285,6 +285,10 @@ final class Wiring: LoopDelegate {
                 vaultReplies.removeValue(forKey: ticket)?(result)
             case .adminReply(let ticket, let reply):
                 deliverExtensionReply(ticket: ticket, reply, now: now)
+            case .vaultReadFor(let world, let request, let done):
+                readVault(world: world, session: [], request, now: now, done: done)
+            case .installAnalytics(let documents):
+                gateway?.analytics = documents
             }
         }
     }

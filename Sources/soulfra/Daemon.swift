@@ -29,6 +29,17 @@ struct Daemon {
         }
         sources.attach(server)
         if let control {
+            control.readEvents = { world, after, done in
+                server.readVault(world: world, .replay(fromMilliseconds: 0, toMilliseconds: .max, after: after, limit: 1_000)) { result in
+                    done(result.map { page in
+                        EventPage(events: page.events.map {
+                            EventPage.Event(session: String(decoding: $0.session, as: UTF8.self), kind: $0.kind, unixMilliseconds: $0.unixMilliseconds,
+                                            payload: $0.payload)
+                        }, next: page.next, more: page.more)
+                    }.mapError { $0 as Error })
+                }
+            }
+            control.publishAnalytics = { server.install(analytics: $0) }
             let gateway = server.gatewayPort != 0 ? "http://\(hostOf(config.gatewayTCP)):\(server.gatewayPort)"
                 : "https://\(hostOf(config.gatewayTLS)):\(server.gatewayTLSPort)"
             control.start(gatewayURL: gateway) {

@@ -171,6 +171,18 @@ struct WorldsCLITests {
         #expect(try call("DELETE", "/users/\(id)", key: exec.key).status == 404)
         let refused = try call("GET", "/users", key: kidsKey)
         #expect(refused.status == 403, "a kids key is for another world (and has no user_management): \(refused)")
+        // Analytics, rolled up from the world's events every two seconds: the deploy's message, the first
+        // message ("me") and the tantrum ("ceo").
+        var figures: [String: Any] = [:]
+        for _ in 0..<60 {
+            let a = try call("GET", "/analytics", key: exec.key)
+            figures = a.json
+            if a.status == 200, (figures["interactions"] as? Int ?? 0) >= 3, (figures["replies"] as? Int ?? 0) >= 3 { break }
+            usleep(200_000)
+        }
+        #expect(figures["users"] as? Int == 3 && figures["interactions"] as? Int == 3, "\(figures)")
+        #expect((figures["replies_by_agent"] as? [String: Int])?["bucky"] == 3, "\(figures)")
+        #expect((figures["reply_ms"] as? [String: Any])?["p99_at_most"] is Double, "\(figures)")
     }
 
     /// Sports: a viewer of the room `live` is counted, and sees every reply fanned out to it.

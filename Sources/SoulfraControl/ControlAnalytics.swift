@@ -1,0 +1,124 @@
+import Foundation
+
+/// One page of a world's events as the control plane reads them (from the vault, in log order).
+public struct EventPage: Sendable {
+    public struct Event: Sendable {
+        public var session: String
+        public var kind: UInt8
+        public var unixMilliseconds: UInt64
+        public var payload: [UInt8]
+        public init(session: String, kind: UInt8, unixMilliseconds: UInt64, payload: [UInt8]) {
+            self.session = session
+            self.kind = kind
+            self.unixMilliseconds = unixMilliseconds
+            self.payload = payload
+        }
+    }
+    public var events: [Event]
+    /// The log sequence to read after next time, and whether more is there now.
+    public var next: UInt64
+    public var more: Bool
+    public init(events: [Event], next: UInt64, more: Bool) {
+        self.events = events
+        self.next = next
+        self.more = more
+    }
+}
+
+/// A world's figures rolled up from its events: users (sessions that said something), interactions (their
+/// messages), replies per agent, refusals, and reply time as a histogram (percentiles are bucket bounds).
+/// Rolled up incrementally from where the last read ended; rebuilt from the vault after a restart.
+struct WorldAnalytics {
+    var after: UInt64 = 0
+    var users = Set<String>()
+    var interactions = 0
+    var replies: [String: Int] = [:]
+    var refused = 0
+    var firstMilliseconds: UInt64 = 0
+    var lastMilliseconds: UInt64 = 0
+    /// Reply times in milliseconds: counts per bucket (upper bounds; the last is everything above).
+    static let bounds: [Double] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000]
+    var latency = [Int](repeating: 0, count: WorldAnalytics.bounds.count + 1)
+    /// Distinct users counted exactly up to this many; past it, the count stops growing (documented).
+    static let maxUsers = 1_000_000
+
+    /// Folds a page in. Kinds as the world instance stores them: 1 a user's message, 3 a reply's end.
+    mutating func fold(_ page: EventPage) {
+        for e in page.events where !e.session.hasPrefix("_") {
+            if firstMilliseconds == 0 { firstMilliseconds = e.unixMilliseconds }
+            lastMilliseconds = max(lastMilliseconds, e.unixMilliseconds)
+            guard e.kind == 1 || e.kind == 3, let o = (try? JSONSerialization.jsonObject(with: Data(e.payload))) as? [String: Any] else { continue }
+            if e.kind == 1 {
+                interactions += 1
+                if users.count < Self.maxUsers { users.insert(e.session) }
+                continue
+            }
+            if o["moderated"] as? Bool == true { refused += 1; continue }
+            replies[o["agent"] as? String ?? "?", default: 0] += 1
+            if let total = (o["usage"] as? [String: Any])?["total_ms"] as? Double {
+                latency[Self.bounds.firstIndex { total <= $0 } ?? Self.bounds.count] += 1
+            }
+        }
+        after = max(after, page.next)
+    }
+
+    /// The bucket bound under which `q` of the replies finished (nil: none yet; +Inf past the last bound).
+    func percentile(_ q: Double) -> Double? {
+        let total = latency.reduce(0, +)
+        guard total > 0 else { return nil }
+        var seen = 0
+        for (i, n) in latency.enumerated() {
+            seen += n
+            if Double(seen) >= q * Double(total) { return i < Self.bounds.count ? Self.bounds[i] : .infinity }
+        }
+        return .infinity
+    }
+
+    func document(world: String, asOf: Int64) -> [UInt8] {
+        func ms(_ q: Double) -> Any { percentile(q).map { $0.isInfinite ? "+Inf" as Any : $0 as Any } ?? NSNull() }
+        let o: [String: Any] = [
+            "world": world, "as_of_ms": asOf, "users": users.count, "interactions": interactions, "refused": refused,
+            "replies_by_agent": replies, "replies": replies.values.reduce(0, +),
+            "reply_ms": ["p50_at_most": ms(0.5), "p95_at_most": ms(0.95), "p99_at_most": ms(0.99),
+                         "buckets": Dictionary(uniqueKeysWithValues: zip(Self.bounds.map { String(Int($0)) } + ["+Inf"], latency))],
+            "first_event_ms": firstMilliseconds, "last_event_ms": lastMilliseconds, "events_read_through": after,
+        ]
+        return Array((try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data("{}".utf8))
+    }
+}
+
+extension ControlService {
+    /// How the control plane reads a world's events after a sequence (set by the daemon; nil: no vault here).
+    public typealias EventReader = @Sendable (_ world: String, _ after: UInt64, _ done: @escaping @Sendable (Result<EventPage, Error>) -> Void) -> Void
+
+    /// Rolls every running world's new events into its figures (one read in flight per world, up to 20 pages
+    /// a round) and publishes the documents when they changed. Runs on the control queue every 2 s.
+    func rollUp(worlds: [String], now: Int64) {
+        guard let readEvents else { return }
+        for w in worlds where !reading.contains(w) {
+            reading.insert(w)
+            readRound(w, pages: 20, reader: readEvents)
+        }
+        for gone in analytics.keys where !worlds.contains(gone) { analytics[gone] = nil }
+        let documents = Dictionary(uniqueKeysWithValues: analytics.map { ($0.key, $0.value.document(world: $0.key, asOf: now)) })
+        publishAnalytics?(documents)
+    }
+
+    private func readRound(_ world: String, pages: Int, reader: @escaping EventReader) {
+        reader(world, analytics[world]?.after ?? 0) { [self] result in
+            queue.async { [self] in
+                var more = false
+                switch result {
+                case .success(let page):
+                    analytics[world, default: WorldAnalytics()].fold(page)
+                    more = page.more
+                case .failure(let e):
+                    // A world that has stored nothing yet has no log to read: its figures are zeros.
+                    if analytics[world] == nil { analytics[world] = WorldAnalytics() }
+                    if "\(e)".contains("ENOENT") == false { lastAnalyticsError = "\(world): \(e)" }
+                }
+                if more && pages > 1 { readRound(world, pages: pages - 1, reader: reader) } else { reading.remove(world) }
+            }
+        }
+    }
+}
