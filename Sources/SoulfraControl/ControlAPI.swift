@@ -113,7 +113,8 @@ extension ControlService {
         return ["driver": driverName, "control_directory": settings.directory, "worlds": worlds.count,
                 "instances": observed.filter { if case .running = $0.state { true } else { false } }.count,
                 "uptime_seconds": Int(Date().timeIntervalSince(startedAt)), "gateway": settings.gatewayURL,
-                "templates": catalog.keys.map(\.rawValue).sorted()]
+                "templates": catalog.keys.map(\.rawValue).sorted(), "logs_rotated": logsRotated,
+                "log_rotate_bytes": LogFollowers.rotateBytes]
     }
 
     func deploy(_ r: ControlRequest) throws(APIError) -> [String: Any] {

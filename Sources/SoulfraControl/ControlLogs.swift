@@ -98,6 +98,28 @@ final class LogFollowers: @unchecked Sendable {
         }
     }
 
+    /// A log file over this size is copied to `<id>.log.1` (replacing the previous one) and truncated: each
+    /// instance keeps at most twice this on disk. The writer (the instance's stdout, or a docker log pump)
+    /// appends, so it goes on at the new end; a follower sees the file start over.
+    static let rotateBytes = 10 << 20
+
+    /// Rotates every instance log of every world that grew past `rotateBytes`; returns how many.
+    @discardableResult
+    func rotate() -> Int {
+        var rotated = 0
+        for world in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+            for (_, path) in files(world) where Self.size(path) > Self.rotateBytes {
+                let fd = open(path, O_RDWR | O_CLOEXEC)
+                guard fd >= 0 else { continue }
+                defer { close(fd) }
+                guard let data = FileManager.default.contents(atPath: path),
+                      FileManager.default.createFile(atPath: path + ".1", contents: data, attributes: [.posixPermissions: 0o640]) else { continue }
+                if ftruncate(fd, 0) == 0 { rotated += 1 }
+            }
+        }
+        return rotated
+    }
+
     func files(_ world: String) -> [(instance: String, path: String)] {
         let dir = directory + "/" + world
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []

@@ -83,6 +83,8 @@ public final class ControlService: @unchecked Sendable {
     var reading = Set<String>()
     var lastAnalyticsError = ""
     var lastRollUp: Int64 = 0
+    /// Instance log files rotated (status shows it).
+    var logsRotated = 0
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
     /// driver. Nothing runs until `start`.
@@ -142,6 +144,7 @@ public final class ControlService: @unchecked Sendable {
             if now - lastRollUp >= 2_000 {
                 lastRollUp = now
                 rollUp(worlds: t.instanceTokens.keys.sorted(), now: now)
+                logsRotated += logs.rotate()
             }
             if t != published {
                 published = t

@@ -32,3 +32,25 @@ struct AnalyticsTests {
         #expect(WorldAnalytics().percentile(0.5) == nil, "no replies: no percentile")
     }
 }
+
+@Suite("Instance logs are bounded")
+struct LogRotationTests {
+    @Test("a log past the bound is copied to .log.1 and truncated; its appending writer goes on at the new start; a small one is left alone")
+    func rotates() throws {
+        let dir = NSTemporaryDirectory() + "soulfra-rotate-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir + "/w", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let big = dir + "/w/w-1.log", small = dir + "/w/w-2.log"
+        FileManager.default.createFile(atPath: big, contents: Data(repeating: 0x61, count: LogFollowers.rotateBytes + 1))
+        FileManager.default.createFile(atPath: small, contents: Data("[2026-11-30T00:00:00Z] INFO: hi\n".utf8))
+        let writer = open(big, O_WRONLY | O_APPEND | O_CLOEXEC)
+        defer { close(writer) }
+        let logs = LogFollowers(directory: dir)
+        #expect(logs.rotate() == 1)
+        #expect(LogFollowers.size(big + ".1") == LogFollowers.rotateBytes + 1)
+        _ = "next\n".withCString { write(writer, $0, 5) }
+        #expect(LogFollowers.size(big) == 5, "the writer appends at the new start (no hole)")
+        #expect(LogFollowers.size(small) > 0 && !FileManager.default.fileExists(atPath: small + ".1"))
+        #expect(logs.rotate() == 0)
+    }
+}
