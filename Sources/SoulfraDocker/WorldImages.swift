@@ -30,6 +30,15 @@ public struct WorldImages: Sendable {
     public func ensure() throws(DockerError) -> [String] {
         var built: [String] = []
         let stamp = stamp
+        let tags = Self.kinds.map(Self.image(kind:)) + [Self.base]
+        let previous = tags.map(imageID)
+        defer {
+            // The images these replaced go too, the templates' before the base they stand on (one a container
+            // still runs stays): rebuilds leave nothing behind.
+            for (tag, old) in zip(tags, previous) {
+                if let old, imageID(tag) != old { _ = try? client.call("DELETE", "/images/\(old)") }
+            }
+        }
         // Inside a container (the daemon run by docker-compose) there is no ldd to gather libraries from: the
         // images that started it are the ones to use.
         if !FileManager.default.isExecutableFile(atPath: "/usr/bin/ldd") {
@@ -55,6 +64,10 @@ public struct WorldImages: Sendable {
             built.append(Self.image(kind: kind))
         }
         return built
+    }
+
+    func imageID(_ image: String) -> String? {
+        (try? client.json("GET", "/images/\(image)/json") as? [String: Any])?["Id"] as? String
     }
 
     func label(_ image: String, _ name: String) -> String? {

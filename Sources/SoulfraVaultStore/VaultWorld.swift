@@ -390,7 +390,10 @@ final class VaultWorld {
             let total = segments.reduce(0) { $0 + $1.segment.durableBytes }
             let newestInOldest = index.records.last(where: { $0.segment == oldest.number })?.unixMilliseconds ?? 0
             let tooOld = s.maxAgeSeconds > 0 && newestInOldest / 1_000 + s.maxAgeSeconds < unixSeconds
-            let tooBig = s.maxBytes > 0 && total > s.maxBytes
+            // Past the byte bound the oldest goes — but never the last records: a segment that overgrew while its
+            // successor was being made (rotation opens the next one off the loop) would otherwise go whole,
+            // leaving only the new, empty one.
+            let tooBig = s.maxBytes > 0 && total > s.maxBytes && total - oldest.segment.durableBytes > 0
             guard tooOld || tooBig else { return }
             index.dropSegments(before: segments[1].number)
             segments.removeFirst()
