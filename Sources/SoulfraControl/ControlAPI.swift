@@ -122,7 +122,7 @@ extension ControlService {
         let (spec, count) = try request.resolve(catalog: catalog, catalogTexts: catalogTexts)
         let now = Self.now()
         if let old = try wrap({ () throws(ControlError) in try store.world(spec.name) }) {
-            throw APIError(409, "world_exists", old.state == "stopping"
+            throw APIError(409, "world_exists", old.state != "active"
                 ? "world \"\(spec.name)\" is still shutting down — wait for it to go, then deploy again"
                 : "world \"\(spec.name)\" already exists — pick another name, or `soulfra shutdown \(spec.name)` first")
         }
@@ -209,16 +209,16 @@ extension ControlService {
 
     func shutdown(_ r: ControlRequest) throws(APIError) -> [String: Any] {
         let w = try existingWorld(r.world)
-        if r.value("purge") == "true" || r.value("purge") == "1" {
-            throw APIError(501, "purge_unsupported",
-                           "purging a world's vault while the daemon runs is not supported yet: shut it down, stop the daemon, then remove \(r.world)'s directory under vault.directory")
+        let purge = r.value("purge") == "true" || r.value("purge") == "1"
+        if purge && purgeVault == nil {
+            throw APIError(501, "purge_unsupported", "this daemon runs no vault of its own (vault.directory is empty): purge the world in the vault process")
         }
         let now = Self.now()
         try wrap { () throws(ControlError) in
-            try store.beginShutdown(world: w.name, actor: "admin", now: now)
+            try store.beginShutdown(world: w.name, purge: purge, actor: "admin", now: now)
         }
-        log("world \(w.name): shutting down (instances drain, keys revoked)")
-        return ["name": w.name, "state": "stopping", "vault": "kept"]
+        log("world \(w.name): shutting down (instances drain, keys revoked\(purge ? ", then its vault is removed" : ""))")
+        return ["name": w.name, "state": purge ? "purging" : "stopping", "vault": purge ? "purged once the instances stop" : "kept"]
     }
 
     func scale(_ r: ControlRequest) throws(APIError) -> [String: Any] {

@@ -79,6 +79,8 @@ public final class ControlService: @unchecked Sendable {
     /// `start`; nil: no analytics).
     public var readEvents: EventReader?
     public var publishAnalytics: (@Sendable ([String: [UInt8]]) -> Void)?
+    /// Removes a world's vault and key for good (`shutdown --purge`); the callback gets nil or what failed.
+    public var purgeVault: (@Sendable (String, @escaping @Sendable (String?) -> Void) -> Void)?
     var analytics: [String: WorldAnalytics] = [:]
     var reading = Set<String>()
     var lastAnalyticsError = ""
@@ -160,14 +162,19 @@ public final class ControlService: @unchecked Sendable {
 
     /// Worlds being shut down whose instances have all stopped are removed (their keys and instance rows go).
     func finishShutdowns(now: Int64) throws(ControlError) {
-        let stopping = try store.worlds().filter { $0.state == "stopping" }
+        let stopping = try store.worlds().filter { $0.state == "stopping" || $0.state == "purging" }
         guard !stopping.isEmpty else { return }
         let running = Set(plane.driver.observe().map(\.world))
         for w in stopping where !running.contains(w.name) {
             try store.deleteWorld(w.name, actor: "control", now: now)
             // Its instances' logs go with it: a world deployed later under the name starts clean.
             try? FileManager.default.removeItem(atPath: Self.instanceDirectory(settings.directory) + "/" + w.name)
-            log("world \(w.name): shut down (its vault is kept)")
+            if w.state == "purging", let purgeVault {
+                let name = w.name, log = log
+                purgeVault(name) { failure in log(failure.map { "error_alert world \(name): its vault was not purged: \($0)" } ?? "world \(name): shut down, vault purged") }
+            } else {
+                log("world \(w.name): shut down (its vault is kept)")
+            }
         }
     }
 

@@ -220,11 +220,12 @@ public final class ControlStore {
 
     /// Starts a world's shutdown, audited: no instance is wanted any more and its keys are revoked now; the
     /// world is removed once its instances have drained and stopped (`deleteWorld`).
-    public func beginShutdown(world name: String, actor: String, now: Int64) throws(ControlError) {
-        try audited(actor, "world.shutdown", name, "", now: now) { () throws(ControlError) in
+    /// `purge`: the world's vault goes too once its instances have stopped (state `purging`).
+    public func beginShutdown(world name: String, purge: Bool = false, actor: String, now: Int64) throws(ControlError) {
+        try audited(actor, "world.shutdown", name, purge ? "purge" : "", now: now) { () throws(ControlError) in
             let changed = try wrap { () throws(SQLiteError) in
-                try db.run("UPDATE worlds SET state = 'stopping', instances = 0, updated_at = ? WHERE name = ? AND state = 'active'",
-                           [.integer(now), .text(name)])
+                try db.run("UPDATE worlds SET state = ?, instances = 0, updated_at = ? WHERE name = ? AND state = 'active'",
+                           [.text(purge ? "purging" : "stopping"), .integer(now), .text(name)])
             }
             if changed == 0 { throw .notFound("world \(name)") }
             _ = try wrap { () throws(SQLiteError) in

@@ -48,6 +48,8 @@ public final class BrokerServer: Sendable {
         case adminReply(ticket: UInt64, AdminReply)
         /// Read a page of a world's events for another thread (the control plane): `done` runs on this loop.
         case vaultReadFor(world: String, VaultRequest, done: @Sendable (Result<VaultPage, VaultFailure>) -> Void)
+        /// Remove a world's vault (its files and key) for good; `done` runs off the loop.
+        case vaultPurge(world: String, done: @Sendable (String?) -> Void)
         /// Each world's analytics document, answered by the gateway at `/v1/worlds/{w}/analytics`.
         case installAnalytics([String: [UInt8]])
     }
@@ -213,6 +215,13 @@ public final class BrokerServer: Sendable {
 
     /// Replaces keys and tokens atomically on every loop (each swaps its snapshot on its next turn).
     public func install(access: AccessTable, keys: KeyTable) { post(.install(access, keys)) }
+
+    /// Removes a world's vault for good, on the loop whose vault stores it; `done` gets nil or what failed.
+    public func purgeVault(world: String, done: @escaping @Sendable (String?) -> Void) {
+        let target = inboxes[Wire.loop(forWorld: world, count: inboxes.count)]
+        target.commands.withLock { $0.append(.vaultPurge(world: world, done: done)) }
+        target.wake()
+    }
 
     /// Replaces the analytics documents the gateway serves, on every loop.
     public func install(analytics: [String: [UInt8]]) { post(.installAnalytics(analytics)) }

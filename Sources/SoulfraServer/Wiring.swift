@@ -287,6 +287,8 @@ final class Wiring: LoopDelegate {
                 deliverExtensionReply(ticket: ticket, reply, now: now)
             case .vaultReadFor(let world, let request, let done):
                 readVault(world: world, session: [], request, now: now, done: done)
+            case .vaultPurge(let world, let done):
+                if let v = vault { v.store.purge(world: world, done: done) } else { done("no vault runs in this process") }
             case .installAnalytics(let documents):
                 gateway?.analytics = documents
             }

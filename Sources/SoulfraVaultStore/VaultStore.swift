@@ -291,6 +291,31 @@ public final class VaultStore: VaultStorage {
         opening = [:]
     }
 
+    /// Removes a world's log and its key for good (`soulfra shutdown --purge`, once its instances are gone):
+    /// its files are closed here, the directory and key removed on the opener thread, then `done` runs there
+    /// (nil, or what failed).
+    public func purge(world name: String, done: @escaping @Sendable (String?) -> Void) {
+        if let w = worlds.removeValue(forKey: name) { w.close() }
+        let directory = settings.directory + "/" + name
+        let key = settings.keyDirectory.isEmpty ? nil : settings.keyDirectory + "/" + name + ".key"
+        opener.async {
+            var failure: String?
+            if access(directory, F_OK) == 0 {
+                // A world's directory is flat: its segments and LOCK.
+                if let d = opendir(directory) {
+                    while let entry = readdir(d) {
+                        let file = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                        if file != "." && file != ".." { unlink(directory + "/" + file) }
+                    }
+                    closedir(d)
+                }
+                if rmdir(directory) != 0 { failure = "cannot remove \(directory): \(String(cString: strerror(errno)))" }
+            }
+            if let key, access(key, F_OK) == 0, unlink(key) != 0 { failure = "cannot remove \(key): \(String(cString: strerror(errno)))" }
+            done(failure)
+        }
+    }
+
     /// Counters for `/metrics`, summed over this loop's worlds.
     public var counters: VaultStoreCounters {
         var c = VaultStoreCounters()

@@ -9,8 +9,8 @@ struct Shutdown: ParsableCommand {
               soulfra shutdown playground
               soulfra shutdown playground --no-wait
 
-            --purge (removing the vault too) is refused while the daemon runs (exit status 6): stop the daemon, \
-            then remove the world's directory under vault.directory.
+            --purge removes the world's vault (every event, and its key) once the instances have stopped; it \
+            cannot be undone.
             """
     )
 
@@ -50,8 +50,9 @@ struct Shutdown: ParsableCommand {
                 }
             }
             if json { return printJSON(answer) }
-            print(wait ? "\(world): shut down in \(String(format: "%.2f", Date().timeIntervalSince(started))) s; keys revoked, vault kept"
-                       : "\(world): shutting down; keys revoked, vault kept")
+            let vault = purge ? "vault purged" : "vault kept"
+            print(wait ? "\(world): shut down in \(String(format: "%.2f", Date().timeIntervalSince(started))) s; keys revoked, \(vault)"
+                       : "\(world): shutting down; keys revoked, \(purge ? "vault purged once its instances stop" : vault)")
         }
     }
 }

@@ -359,7 +359,7 @@ struct WorldsCLITests {
         #expect(try admin("GET", "/admin/v1/status") == "200", "the daemon is still there")
     }
 
-    @Test("custom: the template's privacy settings turn on vault encryption — a key is made at deploy and nothing said is on disk in the clear")
+    @Test("custom: the template's privacy settings turn on vault encryption — a key is made at deploy and nothing said is on disk in the clear; shutdown --purge removes the vault and key")
     func privacyEncryptsTheVault() throws {
         let w = try CLIWorld("privacy")
         defer { w.tearDown() }
@@ -379,5 +379,14 @@ struct WorldsCLITests {
         #expect(onDisk.range(of: Data(secret.utf8)) == nil, "…encrypted: the words are not on disk")
         let plain = try w.json(["deploy", "--type", "kids", "--name", "plain", "--no-wait"])
         #expect(plain["vault"] as? String == "plain")
+        // shutdown keeps a vault; --purge removes it and its key once the instances are gone.
+        #expect(try w.cli(["shutdown", "plain"]).status == 0)
+        let purged = try w.cli(["shutdown", "therapy", "--purge"])
+        #expect(purged.status == 0 && purged.out.contains("vault purged"), "\(purged.out) \(purged.err)")
+        for _ in 0..<100 where FileManager.default.fileExists(atPath: w.home + "/vault/therapy") { usleep(20_000) }
+        #expect(!FileManager.default.fileExists(atPath: w.home + "/vault/therapy"), "the world's log is gone")
+        #expect(!FileManager.default.fileExists(atPath: w.home + "/vault-keys/therapy.key"), "and its key")
+        let again = try w.json(["deploy", "--type", "custom", "--name", "therapy"])
+        #expect((again["first_reply"] as? [String: Any])?["text"] != nil, "the name deploys again, on a fresh vault")
     }
 }
