@@ -172,7 +172,8 @@ extension ControlService {
     func summary(_ w: WorldRecord, live: Live, observed: [ObservedInstance]) -> [String: Any] {
         let spec = try? WorldSpec.decode(name: w.name, json: w.spec)
         let attached = live.attached[w.name] ?? []
-        return ["name": w.name, "viewers": live.viewers[w.name] ?? 0, "rooms": live.rooms[w.name] ?? 0, "type": w.template, "state": w.state, "instances_desired": w.instances,
+        return ["name": w.name, "viewers": live.viewers[w.name] ?? 0, "rooms": live.rooms[w.name] ?? 0,
+                "users": analytics[w.name]?.users.count ?? 0, "interactions": analytics[w.name]?.interactions ?? 0, "type": w.template, "state": w.state, "instances_desired": w.instances,
                 "instances_ready": Set(attached).count, "instances_running": observed.filter { if case .running = $0.state { true } else { false } }.count,
                 "driver": driverName, "region": spec?.region ?? "local", "stream": spec?.streamMode ?? "",
                 "agents": spec?.agents ?? [], "runtime": spec?.runtimeProfile ?? "",

@@ -34,6 +34,9 @@ struct WorldAnalytics {
     var interactions = 0
     var replies: [String: Int] = [:]
     var refused = 0
+    /// Tantrums (executive worlds mark them on the user's message), and the times of the last minute's.
+    var tantrums = 0
+    var recentTantrums: [UInt64] = []
     var firstMilliseconds: UInt64 = 0
     var lastMilliseconds: UInt64 = 0
     /// Reply times in milliseconds: counts per bucket (upper bounds; the last is everything above).
@@ -50,6 +53,10 @@ struct WorldAnalytics {
             guard e.kind == 1 || e.kind == 3, let o = (try? JSONSerialization.jsonObject(with: Data(e.payload))) as? [String: Any] else { continue }
             if e.kind == 1 {
                 interactions += 1
+                if o["tantrum"] as? Bool == true {
+                    tantrums += 1
+                    recentTantrums.append(e.unixMilliseconds)
+                }
                 if users.count < Self.maxUsers { users.insert(e.session) }
                 continue
             }
@@ -74,10 +81,17 @@ struct WorldAnalytics {
         return .infinity
     }
 
+    /// Tantrums stamped within the minute before `now`.
+    mutating func tantrumsLastMinute(now: Int64) -> Int {
+        recentTantrums.removeAll { Int64($0) < now - 60_000 }
+        return recentTantrums.count
+    }
+
     func document(world: String, asOf: Int64) -> [UInt8] {
         func ms(_ q: Double) -> Any { percentile(q).map { $0.isInfinite ? "+Inf" as Any : $0 as Any } ?? NSNull() }
         let o: [String: Any] = [
             "world": world, "as_of_ms": asOf, "users": users.count, "interactions": interactions, "refused": refused,
+            "tantrums": tantrums, "tantrums_last_minute": recentTantrums.filter { Int64($0) >= asOf - 60_000 }.count,
             "replies_by_agent": replies, "replies": replies.values.reduce(0, +),
             "reply_ms": ["p50_at_most": ms(0.5), "p95_at_most": ms(0.95), "p99_at_most": ms(0.99),
                          "buckets": Dictionary(uniqueKeysWithValues: zip(Self.bounds.map { String(Int($0)) } + ["+Inf"], latency))],
@@ -102,6 +116,21 @@ extension ControlService {
         for gone in analytics.keys where !worlds.contains(gone) { analytics[gone] = nil }
         let documents = Dictionary(uniqueKeysWithValues: analytics.map { ($0.key, $0.value.document(world: $0.key, asOf: now)) })
         publishAnalytics?(documents)
+        metricsText.withLock { $0 = worldMetrics(now: now) }
+    }
+
+    /// Per-world gauges for `/metrics` from the roll-ups (the world label is bounded by the worlds deployed).
+    func worldMetrics(now: Int64) -> String {
+        var text = "# HELP soulfra_world_users Users (sessions that sent a message) a world has had.\n# TYPE soulfra_world_users gauge\n"
+        var interactions = "# HELP soulfra_world_interactions_total Users' messages to a world.\n# TYPE soulfra_world_interactions_total counter\n"
+        var tantrums = "# HELP soulfra_world_tantrums_per_minute Tantrums in an executive world in the last minute.\n# TYPE soulfra_world_tantrums_per_minute gauge\n"
+        for name in analytics.keys.sorted() {
+            let label = "{world=\"\(name)\"}"
+            text += "soulfra_world_users\(label) \(analytics[name]!.users.count)\n"
+            interactions += "soulfra_world_interactions_total\(label) \(analytics[name]!.interactions)\n"
+            tantrums += "soulfra_world_tantrums_per_minute\(label) \(analytics[name]!.tantrumsLastMinute(now: now))\n"
+        }
+        return text + interactions + tantrums
     }
 
     private func readRound(_ world: String, pages: Int, reader: @escaping EventReader) {

@@ -85,6 +85,8 @@ public final class ControlService: @unchecked Sendable {
     var reading = Set<String>()
     var lastAnalyticsError = ""
     var lastRollUp: Int64 = 0
+    /// `/metrics` lines from the roll-ups, ready for the admin listener's loop to read.
+    public let metricsText = Mutex("")
     /// Instance log files rotated (status shows it).
     var logsRotated = 0
 

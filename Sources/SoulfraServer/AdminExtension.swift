@@ -9,6 +9,12 @@ public protocol AdminExtension: Sendable {
     var routes: [(method: String, pattern: String)] { get }
     /// Called on the loop: must not block. `route` indexes `routes`.
     func handle(_ call: AdminCall, route: Int, replier: AdminReplier)
+    /// Prometheus text added to `/metrics` (read on the loop: a ready copy, never computed there).
+    var metricsText: String { get }
+}
+
+extension AdminExtension {
+    public var metricsText: String { "" }
 }
 
 /// One call to an extension route.

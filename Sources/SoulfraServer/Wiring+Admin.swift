@@ -135,6 +135,6 @@ extension Wiring {
             if let other = s.vaultLatest.withLock({ $0 }) { vaults = vaults?.merging(other) ?? other }
         }
         return snap.prometheusText() + gw.prometheusText() + (vaults?.prometheusText() ?? "")
-            + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 })
+            + LoopCounters.prometheusText(loops.sorted { $0.0 < $1.0 }) + (adminExtension?.metricsText ?? "")
     }
 }

@@ -287,8 +287,10 @@ public final class AgentInstance: PeerLinkDelegate {
             store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":"[withheld by moderation]","moderated":true}"#, show: false)
             return refuse(c, why: why)
         }
-        store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))}"#, show: false)
-        if settings.rules.isTantrum(text) {
+        let tantrum = settings.rules.isTantrum(text)
+        store(c, .user, #"{"event":"user","agent":\#(JSONText.string(persona.name)),"text":\#(JSONText.string(text))\#(tantrum ? #","tantrum":true"# : "")}"#,
+              show: false)
+        if tantrum {
             counters.tantrums &+= 1
             settings.log?("WARN: tantrum in session \(c.session) (\(counters.tantrums) so far)")
         }

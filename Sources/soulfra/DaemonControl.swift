@@ -97,6 +97,8 @@ struct ControlAdmin: AdminExtension {
 
     var routes: [(method: String, pattern: String)] { ControlService.routes }
 
+    var metricsText: String { service.metricsText.withLock { $0 } }
+
     func handle(_ call: AdminCall, route: Int, replier: AdminReplier) {
         let request = ControlRequest(method: call.method, parameters: call.parameters, query: call.queryItems, body: call.body,
                                      wantsEvents: call.accept.contains("text/event-stream"))

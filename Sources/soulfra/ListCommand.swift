@@ -25,9 +25,9 @@ struct List: ParsableCommand {
                 print("no worlds yet: soulfra deploy --type kids --name playground")
                 return
             }
-            printTable(["NAME", "TYPE", "STATE", "READY", "DRIVER", "REGION", "STREAM", "VIEWERS", "AGENTS", "UPTIME"], worlds.map { w in
+            printTable(["NAME", "TYPE", "STATE", "READY", "DRIVER", "REGION", "STREAM", "USERS", "VIEWERS", "AGENTS", "UPTIME"], worlds.map { w in
                 ["\(w["name"] ?? "")", "\(w["type"] ?? "")", "\(w["state"] ?? "")", "\(w["instances_ready"] ?? 0)/\(w["instances_desired"] ?? 0)",
-                 "\(w["driver"] ?? "")", "\(w["region"] ?? "")", "\(w["stream"] ?? "")", "\(w["viewers"] ?? 0)", (w["agents"] as? [String] ?? []).joined(separator: ","),
+                 "\(w["driver"] ?? "")", "\(w["region"] ?? "")", "\(w["stream"] ?? "")", "\(w["users"] ?? 0)", "\(w["viewers"] ?? 0)", (w["agents"] as? [String] ?? []).joined(separator: ","),
                  duration(seconds: w["uptime_seconds"] as? Int ?? 0)]
             })
         }

@@ -148,6 +148,7 @@ struct WorldsCLITests {
         #expect(logs.contains("boardroom-1 | ") && logs.contains("WARN: tantrum in session ceo"), "\(logs)")
         try sportsRoom(w, worlds["arena"]!)
         try executiveUsers(exec, kidsKey: kids.key)
+        try worldMetrics(w)
     }
 
     /// Executive: `/users` made, listed, read, removed (kept in the vault); a key without user_management is refused.
@@ -183,6 +184,23 @@ struct WorldsCLITests {
         #expect(figures["users"] as? Int == 3 && figures["interactions"] as? Int == 3, "\(figures)")
         #expect((figures["replies_by_agent"] as? [String: Int])?["bucky"] == 3, "\(figures)")
         #expect((figures["reply_ms"] as? [String: Any])?["p99_at_most"] is Double, "\(figures)")
+        #expect(figures["tantrums"] as? Int == 1 && figures["tantrums_last_minute"] as? Int == 1, "\(figures)")
+    }
+
+    /// The roll-ups on /metrics: per-world users, interactions and the executive world's tantrums per minute,
+    /// in text promtool accepts.
+    func worldMetrics(_ w: CLIWorld) throws {
+        let port = (try String(contentsOfFile: w.home + "/ready", encoding: .utf8)).split(separator: "\n")[3]
+        let token = try String(contentsOfFile: w.home + "/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let metrics = try runCapturing("/usr/bin/curl", ["-s", "http://127.0.0.1:\(port)/metrics", "-H", "Authorization: Bearer \(token)"]).out
+        #expect(metrics.contains(#"soulfra_world_tantrums_per_minute{world="boardroom"} 1"#), "\(metrics.suffix(600))")
+        #expect(metrics.contains(#"soulfra_world_users{world="boardroom"} 3"#))
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool") {
+            let file = w.home + "/metrics.txt"
+            try metrics.write(toFile: file, atomically: true, encoding: .utf8)
+            let check = try runCapturing("/bin/sh", ["-c", "/usr/bin/promtool check metrics < \(file)"])
+            #expect(check.status == 0, "\(check.out) \(check.err)")
+        }
     }
 
     /// Sports: a viewer of the room `live` is counted, and sees every reply fanned out to it.
