@@ -85,6 +85,8 @@ public final class ControlService: @unchecked Sendable {
     var reading = Set<String>()
     var lastAnalyticsError = ""
     var lastRollUp: Int64 = 0
+    /// Worlds whose vault is being purged (their row goes when it is done).
+    var purging = Set<String>()
     /// `/metrics` lines from the roll-ups, ready for the admin listener's loop to read.
     public let metricsText = Mutex("")
     /// Instance log files rotated (status shows it).
@@ -147,7 +149,8 @@ public final class ControlService: @unchecked Sendable {
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }
             if now - lastRollUp >= 2_000 {
                 lastRollUp = now
-                rollUp(worlds: t.instanceTokens.keys.sorted(), now: now)
+                // Only running worlds are read: one shutting down may be purged, and a read would open it again.
+                rollUp(worlds: try store.worlds().filter { $0.state == "active" }.map(\.name), now: now)
                 logsRotated += logs.rotate()
             }
             if t != published {
@@ -167,17 +170,35 @@ public final class ControlService: @unchecked Sendable {
         let stopping = try store.worlds().filter { $0.state == "stopping" || $0.state == "purging" }
         guard !stopping.isEmpty else { return }
         let running = Set(plane.driver.observe().map(\.world))
-        for w in stopping where !running.contains(w.name) {
-            try store.deleteWorld(w.name, actor: "control", now: now)
-            // Its instances' logs go with it: a world deployed later under the name starts clean.
-            try? FileManager.default.removeItem(atPath: Self.instanceDirectory(settings.directory) + "/" + w.name)
-            if w.state == "purging", let purgeVault {
-                let name = w.name, log = log
-                purgeVault(name) { failure in log(failure.map { "error_alert world \(name): its vault was not purged: \($0)" } ?? "world \(name): shut down, vault purged") }
-            } else {
+        for w in stopping where !running.contains(w.name) && !purging.contains(w.name) {
+            guard w.state == "purging", let purgeVault else {
+                try removeWorld(w.name, now: now)
                 log("world \(w.name): shut down (its vault is kept)")
+                continue
+            }
+            // The world stays (its name taken, `shutdown` waiting) until its vault is gone: a deploy under the
+            // name must not open a log, or make a key, that the purge then removes.
+            purging.insert(w.name)
+            let name = w.name
+            purgeVault(name) { [self] failure in
+                queue.async { [self] in
+                    purging.remove(name)
+                    if let failure {
+                        log("error_alert world \(name): its vault was not purged (\(failure)); the world is removed, its files kept")
+                    } else {
+                        log("world \(name): shut down, vault purged")
+                    }
+                    try? removeWorld(name, now: Self.now())
+                }
             }
         }
+    }
+
+    /// Deletes a stopped world's row (keys and instance rows go with it) and its instances' logs: a world
+    /// deployed later under the name starts clean.
+    func removeWorld(_ name: String, now: Int64) throws(ControlError) {
+        try store.deleteWorld(name, actor: "control", now: now)
+        try? FileManager.default.removeItem(atPath: Self.instanceDirectory(settings.directory) + "/" + name)
     }
 
     /// The data plane's tables from the state: worlds that run (or are draining) have an instance token; their

@@ -145,7 +145,8 @@ public final class AgentInstance: PeerLinkDelegate {
         self.link = link
         let words = open.detail.split(separator: " ")
         let detail = words.first.map(String.init) ?? "message"
-        let after = words.dropFirst().first { $0.hasPrefix("after=") }.flatMap { UInt64($0.dropFirst(6)) }
+        // A resume (`after=`) is a conversation's; a /users request's words are its method and path.
+        let after = detail == "users" ? nil : words.dropFirst().first { $0.hasPrefix("after=") }.flatMap { UInt64($0.dropFirst(6)) }
         let users = detail == "users"
         let c = Conversation(app: stream, session: users ? Self.directorySession : open.session.isEmpty ? "s-\(stream)" : open.session,
                              detail: detail, resumeAfter: after)
