@@ -131,7 +131,9 @@ extension ControlService {
             guard let prepareEncryption else {
                 throw APIError(422, "encryption_unavailable", "the \(spec.template.kind.rawValue) template asks for an encrypted vault (\(spec.template.environment.filter { $0.key.contains("PRIVACY") || $0.key.contains("ENCRYPTION") }.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: ", "))), but this daemon has no vault key directory (vault.key_directory)")
             }
-            do { try prepareEncryption(spec.name) } catch {
+            do { try prepareEncryption(spec.name) } catch let e as ControlError {
+                throw APIError(409, "vault_kept", "world \(spec.name)'s template asks for an encrypted vault, but there is \(e.description)")
+            } catch {
                 throw APIError(500, "encryption_failed", "cannot make the vault key of \(spec.name): \(error)")
             }
             vault = "encrypted (AES-256-GCM)"

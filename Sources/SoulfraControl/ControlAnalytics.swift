@@ -43,7 +43,9 @@ struct WorldAnalytics {
     static let bounds: [Double] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000]
     var latency = [Int](repeating: 0, count: WorldAnalytics.bounds.count + 1)
     /// Distinct users counted exactly up to this many; past it, the count stops growing (documented).
-    static let maxUsers = 1_000_000
+    static let maxUsers = 100_000
+    /// The world this rolls up: its creation time tells a world deployed again under the name apart.
+    var generation: Int64 = 0
 
     /// Folds a page in. Kinds as the world instance stores them: 1 a user's message, 3 a reply's end.
     mutating func fold(_ page: EventPage) {
@@ -57,7 +59,8 @@ struct WorldAnalytics {
                     tantrums += 1
                     recentTantrums.append(e.unixMilliseconds)
                 }
-                if users.count < Self.maxUsers { users.insert(e.session) }
+                // A message sent without a session gets one of its own ("s-…"): not a user that returns.
+                if users.count < Self.maxUsers && !e.session.hasPrefix("s-") { users.insert(e.session) }
                 continue
             }
             if o["moderated"] as? Bool == true { refused += 1; continue }
@@ -107,13 +110,22 @@ extension ControlService {
 
     /// Rolls every running world's new events into its figures (one read in flight per world, up to 20 pages
     /// a round) and publishes the documents when they changed. Runs on the control queue every 2 s.
-    func rollUp(worlds: [String], now: Int64) {
+    func rollUp(worlds: [(name: String, createdAt: Int64)], now: Int64) {
         guard let readEvents else { return }
-        for w in worlds where !reading.contains(w) {
-            reading.insert(w)
-            readRound(w, pages: 20, reader: readEvents)
+        // A read the vault never answered (its world closed under it) does not hold the world for ever.
+        for (w, since) in reading where now - since > 30_000 { reading[w] = nil }
+        for (w, created) in worlds {
+            if analytics[w]?.generation != created {  // new, or deployed again under the name: from the start
+                var fresh = WorldAnalytics()
+                fresh.generation = created
+                analytics[w] = fresh
+            }
+            guard reading[w] == nil else { continue }
+            reading[w] = now
+            readRound(w, generation: created, pages: 20, reader: readEvents)
         }
-        for gone in analytics.keys where !worlds.contains(gone) { analytics[gone] = nil }
+        let names = Set(worlds.map(\.name))
+        for gone in analytics.keys where !names.contains(gone) { analytics[gone] = nil }
         let documents = Dictionary(uniqueKeysWithValues: analytics.map { ($0.key, $0.value.document(world: $0.key, asOf: now)) })
         publishAnalytics?(documents)
         metricsText.withLock { $0 = worldMetrics(now: now) }
@@ -133,20 +145,24 @@ extension ControlService {
         return text + interactions + tantrums
     }
 
-    private func readRound(_ world: String, pages: Int, reader: @escaping EventReader) {
+    private func readRound(_ world: String, generation: Int64, pages: Int, reader: @escaping EventReader) {
         reader(world, analytics[world]?.after ?? 0) { [self] result in
             queue.async { [self] in
                 var more = false
+                guard var figures = analytics[world], figures.generation == generation else {
+                    reading[world] = nil  // a page of an earlier world of the name, or of one gone: dropped
+                    return
+                }
                 switch result {
                 case .success(let page):
-                    analytics[world, default: WorldAnalytics()].fold(page)
+                    figures.fold(page)
                     more = page.more
                 case .failure(let e):
                     // A world that has stored nothing yet has no log to read: its figures are zeros.
-                    if analytics[world] == nil { analytics[world] = WorldAnalytics() }
                     if "\(e)".contains("ENOENT") == false { lastAnalyticsError = "\(world): \(e)" }
                 }
-                if more && pages > 1 { readRound(world, pages: pages - 1, reader: reader) } else { reading.remove(world) }
+                analytics[world] = figures
+                if more && pages > 1 { readRound(world, generation: generation, pages: pages - 1, reader: reader) } else { reading[world] = nil }
             }
         }
     }

@@ -82,7 +82,8 @@ public final class ControlService: @unchecked Sendable {
     /// Removes a world's vault and key for good (`shutdown --purge`); the callback gets nil or what failed.
     public var purgeVault: (@Sendable (String, @escaping @Sendable (String?) -> Void) -> Void)?
     var analytics: [String: WorldAnalytics] = [:]
-    var reading = Set<String>()
+    /// Worlds with a read in flight, since when.
+    var reading: [String: Int64] = [:]
     var lastAnalyticsError = ""
     var lastRollUp: Int64 = 0
     /// Worlds whose vault is being purged (their row goes when it is done).
@@ -150,7 +151,7 @@ public final class ControlService: @unchecked Sendable {
             if now - lastRollUp >= 2_000 {
                 lastRollUp = now
                 // Only running worlds are read: one shutting down may be purged, and a read would open it again.
-                rollUp(worlds: try store.worlds().filter { $0.state == "active" }.map(\.name), now: now)
+                rollUp(worlds: try store.worlds().filter { $0.state == "active" }.map { ($0.name, $0.createdAt) }, now: now)
                 logsRotated += logs.rotate()
             }
             if t != published {

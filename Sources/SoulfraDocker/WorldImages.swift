@@ -36,7 +36,7 @@ public struct WorldImages: Sendable {
             // The images these replaced go too, the templates' before the base they stand on (one a container
             // still runs stays): rebuilds leave nothing behind.
             for (tag, old) in zip(tags, previous) {
-                if let old, imageID(tag) != old { _ = try? client.call("DELETE", "/images/\(old)") }
+                if let old, let now = imageID(tag), now != old { _ = try? client.call("DELETE", "/images/\(old)") }
             }
         }
         // Inside a container (the daemon run by docker-compose) there is no ldd to gather libraries from: the

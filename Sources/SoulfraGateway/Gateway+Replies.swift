@@ -15,22 +15,23 @@ extension Gateway {
         markDirty(ex.conn)
     }
 
-    /// The HTTP status a resource reply names in its first 48 bytes (`"status":201`), else 200.
-    static func replyStatus(_ payload: UnsafeRawBufferPointer) -> Int {
+    /// The HTTP status a resource reply names in its first 48 bytes (`"status":201`); nil when it names none
+    /// (an instance's error event: the gateway answers 502).
+    static func replyStatus(_ payload: UnsafeRawBufferPointer) -> Int? {
         let key: [UInt8] = Array(#""status":"#.utf8)
         let end = min(payload.count, 48)
-        guard end >= key.count + 3 else { return 200 }
+        guard end >= key.count + 3 else { return nil }
         for i in 0...(end - key.count - 3) where payload[i] == key[0] {
             guard (0..<key.count).allSatisfy({ payload[i + $0] == key[$0] }) else { continue }
             var v = 0
             for k in 0..<3 {
                 let d = payload[i + key.count + k]
-                guard d >= 0x30 && d <= 0x39 else { return 200 }
+                guard d >= 0x30 && d <= 0x39 else { return nil }
                 v = v * 10 + Int(d - 0x30)
             }
-            return (200...599).contains(v) ? v : 200
+            return (200...599).contains(v) ? v : nil
         }
-        return 200
+        return nil
     }
 
     /// DATA from the instance: part or all of a message (MORE says more of it follows).
@@ -58,7 +59,7 @@ extension Gateway {
             ex.replyBytes += payload.count
             if end && !ex.responded {
                 // The usual reply: one frame, answered from the broker's buffer with its length.
-                finishUnary(ex, status: ex.resourceDetail == nil ? 200 : Self.replyStatus(payload), body: payload, now: now)
+                finishUnary(ex, status: ex.resourceDetail == nil ? 200 : Self.replyStatus(payload) ?? 502, body: payload, now: now)
                 return
             }
             // A reply in several frames streams to the client as it comes (nothing is held whole here).

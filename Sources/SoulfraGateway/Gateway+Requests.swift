@@ -33,7 +33,7 @@ extension Gateway {
         case .admit(let r, let k, let s):
             (route, key, rate) = (r, k, s)
         }
-        guard head.session.isEmpty || Route.validName(head.session) else {
+        guard head.session.isEmpty || Route.validSession(head.session) else {
             return reject(c, id: id, invalidSession, requestID: requestID)
         }
         let wantsSSE = containsASCII(head.accept, "text/event-stream")
@@ -181,7 +181,7 @@ extension Gateway {
             }
             if fields.stream { ex.kind = .messageStream }
             if ex.session.isEmpty {
-                guard fields.session.isEmpty || Route.validName(fields.session) else { return fail(ex, invalidSession) }
+                guard fields.session.isEmpty || Route.validSession(fields.session) else { return fail(ex, invalidSession) }
                 ex.session = fields.session
             }
             if ex.kind == .messageStream { ex.ndjson = false }
@@ -232,7 +232,7 @@ extension Gateway {
 
     var invalidSession: GatewayError {
         GatewayError(.invalidRequest,
-                     "a session id is 1-64 characters of a-z, 0-9, - and _")
+                     "a session id is 1-64 characters of a-z, 0-9, - and _, not starting with _")
     }
 
     func unavailable(_ ex: Exchange, _ message: String) -> GatewayError {

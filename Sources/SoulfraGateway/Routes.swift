@@ -62,16 +62,22 @@ public enum Route: Sendable, Equatable {
         case ("analytics", 2): return only(["GET"], .analytics(world: world))
         case ("rooms", 3) where validName(String(rest[2])):
             return only(["GET", "POST"], .room(world: world, room: String(rest[2]), publish: method == "POST"))
-        case ("sessions", 3) where validName(String(rest[2])):
+        case ("sessions", 3) where validSession(String(rest[2])):
             return only(["GET"], .session(world: world, id: String(rest[2])))
-        case ("users", _):
-            return only(["GET", "POST", "DELETE"], .users(world: world, rest: rest.dropFirst(2).joined(separator: "/")))
+        case ("users", 2):
+            return only(["GET", "POST"], .users(world: world, rest: ""))
+        case ("users", 3) where validName(String(rest[2])):
+            return only(["GET", "DELETE"], .users(world: world, rest: String(rest[2])))
         default:
             return .failure(.notFound(path))
         }
     }
 
     /// World, room and session names: 1–64 of [a-z0-9-_].
+    /// A session an app may name: a valid name not starting with `_` (those are the world's own, such as its
+    /// user directory).
+    static func validSession(_ s: String) -> Bool { validName(s) && !s.hasPrefix("_") }
+
     static func validName(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 64 && s.utf8.allSatisfy {
             ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F

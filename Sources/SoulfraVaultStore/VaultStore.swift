@@ -296,6 +296,7 @@ public final class VaultStore: VaultStorage {
     /// (nil, or what failed).
     public func purge(world name: String, done: @escaping @Sendable (String?) -> Void) {
         if let w = worlds.removeValue(forKey: name) { w.close() }
+        broken[name] = nil  // a world that could not be opened is forgotten with its files
         let directory = settings.directory + "/" + name
         let key = settings.keyDirectory.isEmpty ? nil : settings.keyDirectory + "/" + name + ".key"
         opener.async {

@@ -95,6 +95,8 @@ public final class AgentInstance: PeerLinkDelegate {
         var oneTurn: Bool { detail == "message" || detail == "message.stream" || detail == "users" }
         /// A `/users` request (method, the path after `users/`), answered from the world's directory.
         var resource: (method: String, rest: String)?
+        /// How much of a unary reply went out already.
+        var unarySent = 0
         /// The directory as the vault has it (users by id, in the order they were made).
         var directory: [(id: String, user: [String: Any])] = []
     }
@@ -495,8 +497,16 @@ public final class AgentInstance: PeerLinkDelegate {
         guard let link else { return }
         if c.unary {
             // One JSON reply: the last event (the done, or an error), once the turn is over.
+            // Sent in pieces as the window allows (a reply larger than the gateway's opening window would
+            // otherwise wait for credit it only grants as bytes arrive).
             guard c.endAfterOutbox, settings.mode == .realtime || !c.unacked.contains(where: { $0.show }), let last = c.outbox.last else { return }
-            if last.1.withUnsafeBytes({ link.send(stream: c.app, payload: $0, end: true) }) { c.outbox.removeAll() }
+            guard let taken = last.1.withUnsafeBytes({ link.sendPartial(stream: c.app, payload: UnsafeRawBufferPointer(rebasing: $0[c.unarySent...]), end: true) })
+            else { return }
+            c.unarySent += taken
+            if c.unarySent >= last.1.count {
+                c.outbox.removeAll()
+                c.unarySent = 0
+            }
             return
         }
         guard !c.appEnded else { return }

@@ -45,10 +45,11 @@ public struct WorldRules: Sendable {
     public func refuses(_ text: String) -> String? {
         guard !blockedWords.isEmpty else { return nil }
         if let w = words(text).first(where: { blockedWords.contains($0) }) { return "blocked word \"\(w)\"" }
-        // Digits count across spaces and punctuation ("(555) 123.4567"); a letter starts the count over.
+        // Digits count across what phone numbers are written with ("(555) 123.4567", "+1 555-123-4567");
+        // anything else (a letter, "/", ":") starts the count over, so dates and times pass.
         var run = 0
         for ch in text.unicodeScalars {
-            if ch.properties.numericType != nil { run += 1 } else if ch.properties.isAlphabetic { run = 0 }
+            if ch.properties.numericType != nil { run += 1 } else if !" -().+".unicodeScalars.contains(ch) { run = 0 }
             if run >= 7 { return "personal information (a phone number)" }
         }
         return nil

@@ -135,8 +135,15 @@ extension Daemon {
             let driver = try makeDriver(executable: executable)
             let service = try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })
             if !config.vaultDirectory.isEmpty && !config.vaultKeyDirectory.isEmpty {
-                let keys = config.vaultKeyDirectory
-                service.prepareEncryption = { world in try VaultKeys.prepare(world: world, keyDirectory: keys) }
+                let keys = config.vaultKeyDirectory, vaults = config.vaultDirectory
+                service.prepareEncryption = { world in
+                    // A vault kept from an earlier world of the name, written in the clear, stays that way while
+                    // it is open: such a deploy is refused rather than reported encrypted.
+                    if access(vaults + "/" + world, F_OK) == 0 && access(keys + "/" + world + ".key", F_OK) != 0 {
+                        throw ControlError.exists("an unencrypted vault kept from an earlier world \(world) (shutdown \(world) --purge removes it, or choose another name)")
+                    }
+                    try VaultKeys.prepare(world: world, keyDirectory: keys)
+                }
             }
             return service
         } catch {

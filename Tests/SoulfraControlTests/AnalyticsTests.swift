@@ -30,6 +30,8 @@ struct AnalyticsTests {
         let doc = (try? JSONSerialization.jsonObject(with: Data(a.document(world: "w", asOf: 99)))) as? [String: Any] ?? [:]
         #expect(doc["users"] as? Int == 2 && doc["replies"] as? Int == 2 && doc["events_read_through"] as? Int == 8)
         #expect(WorldAnalytics().percentile(0.5) == nil, "no replies: no percentile")
+        a.fold(EventPage(events: [event("s-41", 1, #"{"event":"user","text":"anonymous"}"#, at: 30)], next: 9, more: false))
+        #expect(a.interactions == 4 && a.users.count == 2, "a message without a session is an interaction, not a user")
     }
 }
 

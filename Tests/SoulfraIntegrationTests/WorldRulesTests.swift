@@ -11,6 +11,7 @@ struct WorldRulesTests {
         #expect(r.refuses("call (555) 123.4567 now")?.contains("phone number") == true, "punctuation does not hide a number")
         #expect(r.refuses("tell me about the begun race of shotguns") == nil, "only whole words count")
         #expect(r.refuses("I have 3 cats and 12 fish") == nil)
+        #expect(r.refuses("my birthday is 12/25/2013 at 10:30") == nil, "dates and times are not phone numbers")
         #expect(r.masked("that is stupid, really") == ("that is ******, really", true))
         #expect(r.masked("Mars is red") == ("Mars is red", false))
         #expect(r.trustScore && !r.countsTantrums)

@@ -170,6 +170,14 @@ struct WorldsCLITests {
         #expect(try call("DELETE", "/users/\(id)", key: exec.key).status == 200)
         #expect(try call("GET", "/users/\(id)", key: exec.key).status == 404)
         #expect(try call("DELETE", "/users/\(id)", key: exec.key).status == 404)
+        // A directory larger than the gateway's opening window still answers whole (it goes in pieces).
+        for i in 0..<80 { _ = try call("POST", "/users", key: exec.key, body: #"{"name":"Member \#(i) of the board","email":"member\#(i)@example.com"}"#) }
+        let all = try call("GET", "/users", key: exec.key)
+        #expect(all.status == 200 && all.json["count"] as? Int == 80 && (all.json["users"] as? [Any])?.count == 80, "\(all.status)")
+        // The directory's own session is not an app's to read or write.
+        #expect(try call("GET", "/sessions/_users", key: exec.key).status == 404)
+        #expect(try call("POST", "/messages", key: exec.key, body: #"{"text":"hi","session":"_users"}"#).status == 400)
+        #expect(try call("DELETE", "/users", key: exec.key).status == 405)
         let refused = try call("GET", "/users", key: kidsKey)
         #expect(refused.status == 403, "a kids key is for another world (and has no user_management): \(refused)")
         // Analytics, rolled up from the world's events every two seconds: the deploy's message, the first
@@ -395,7 +403,7 @@ struct WorldsCLITests {
         }
         #expect(!onDisk.isEmpty, "the vault stored the conversation")
         #expect(onDisk.range(of: Data(secret.utf8)) == nil, "…encrypted: the words are not on disk")
-        let plain = try w.json(["deploy", "--type", "kids", "--name", "plain", "--no-wait"])
+        let plain = try w.json(["deploy", "--type", "kids", "--name", "plain"])  // waits: its first message is in its vault
         #expect(plain["vault"] as? String == "plain")
         // shutdown keeps a vault; --purge removes it and its key once the instances are gone.
         #expect(try w.cli(["shutdown", "plain"]).status == 0)
@@ -406,5 +414,8 @@ struct WorldsCLITests {
         #expect(!FileManager.default.fileExists(atPath: w.home + "/vault-keys/therapy.key"), "and its key")
         let again = try w.json(["deploy", "--type", "custom", "--name", "therapy"])
         #expect((again["first_reply"] as? [String: Any])?["text"] != nil, "the name deploys again, on a fresh vault")
+        // A vault kept in the clear is not passed off as encrypted: that deploy is refused until it is purged.
+        let over = try w.cli(["deploy", "--type", "custom", "--name", "plain"])
+        #expect(over.status == 4 && over.err.contains("unencrypted vault kept"), "\(over.err)")
     }
 }
