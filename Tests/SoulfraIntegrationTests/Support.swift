@@ -19,8 +19,21 @@ let testTokens = (instance: "test-instance-token-01", runtime: "test-runtime-tok
 
 private let counter = Atomic<Int>(0)
 
+/// What the test process left in /tmp under its pid (`soulfra-test-<pid>-<n>`, `soulfra-test-tls-<pid>`,
+/// `soulfra-keys-<pid>-…`, …: sockets, vaults, keys, certificates) goes when it exits.
+private let removeTestDirectoriesAtExit: Void = {
+    atexit {
+        let pid = "-\(getpid())"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [] where name.hasPrefix("soulfra-")
+            && (name.contains(pid + "-") || name.contains(pid + ".") || name.hasSuffix(pid)) {
+            try? FileManager.default.removeItem(atPath: "/tmp/" + name)
+        }
+    }
+}()
+
 /// A config on loopback with a private unix socket and short timers.
 func testConfig(_ tweak: (inout ServerConfig) -> Void = { _ in }) -> ServerConfig {
+    _ = removeTestDirectoriesAtExit
     var c = ServerConfig()
     let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
     c.brokerUnixPath = "/tmp/soulfra-test-\(getpid())-\(n)/broker.sock"
