@@ -73,11 +73,11 @@ public enum Route: Sendable, Equatable {
         }
     }
 
-    /// World, room and session names: 1–64 of [a-z0-9-_].
     /// A session an app may name: a valid name not starting with `_` (those are the world's own, such as its
     /// user directory).
     static func validSession(_ s: String) -> Bool { validName(s) && !s.hasPrefix("_") }
 
+    /// World, room and session names: 1–64 of [a-z0-9-_].
     static func validName(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 64 && s.utf8.allSatisfy {
             ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F

@@ -48,7 +48,15 @@ final class AdminConnection {
         guard !closeAfterOutput, !waiting, !streaming else { return }
         parser.feed(bytes, onEvent: { event in
             switch event {
-            case .head(let h): head = h
+            case .head(let h):
+                // A request that will be refused is answered now: its body (up to 256 KiB) is never read or
+                // held — an anonymous client cannot make the daemon buffer anything.
+                if h.body != .none, case .failure(let refusal) = routes().resolve(h) {
+                    closeAfterOutput = true
+                    write(refusal.response, headOnly: false)
+                    return false
+                }
+                head = h
             case .body(let b): body.append(contentsOf: b)
             case .end:
                 if let h = head {

@@ -86,6 +86,15 @@ struct AdminRoutes {
     mutating func add(_ route: AdminRoute) { routes.append(route) }
 
     func answer(_ head: HTTPRequestHead, body: [UInt8] = []) -> AdminAnswer {
+        switch resolve(head) {
+        case .failure(let refusal): return .now(refusal.response)
+        case .success(let (route, path, parameters)): return route.handle(AdminRequest(head: head, path: path, parameters: parameters, body: body))
+        }
+    }
+
+    /// A request's route and parameters, or its refusal (404, 405, 401) — known from the head alone, so a
+    /// refused request's body is never read (`AdminConnection` answers and closes at the head).
+    func resolve(_ head: HTTPRequestHead) -> Result<(AdminRoute, String, [String: String]), Refusal> {
         let path = head.target.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.target
         let segments = path.split(separator: "/", omittingEmptySubsequences: false)
         let method = head.method == "HEAD" ? "GET" : head.method
@@ -97,17 +106,19 @@ struct AdminRoutes {
                 continue
             }
             if route.needsToken && !authorized(head) {
-                return .now(.error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
-                                   fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)]))
+                return .failure(Refusal(response: .error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
+                                                         fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)])))
             }
-            return route.handle(AdminRequest(head: head, path: path, parameters: parameters, body: body))
+            return .success((route, path, parameters))
         }
         guard allowed.isEmpty else {
             let allow = (allowed.contains("GET") ? allowed + ["HEAD"] : allowed).joined(separator: ", ")
-            return .now(.error(.methodNotAllowed, "\(head.method) is not allowed here", fields: [("allow", allow)]))
+            return .failure(Refusal(response: .error(.methodNotAllowed, "\(head.method) is not allowed here", fields: [("allow", allow)])))
         }
-        return .now(.error(.notFound, "no route for \(path)"))
+        return .failure(Refusal(response: .error(.notFound, "no route for \(path)")))
     }
+
+    struct Refusal: Error { let response: AdminResponse }
 
     private func authorized(_ h: HTTPRequestHead) -> Bool {
         guard let expected = adminToken else { return false }

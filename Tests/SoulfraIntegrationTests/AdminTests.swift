@@ -83,6 +83,31 @@ struct AdminTests {
         #expect(text.lowercased().contains("connection: close"))
     }
 
+    @Test("a request that will be refused is answered at its head: an anonymous client announcing a body gets 401 without sending it")
+    func refusedAtTheHead() throws {
+        let server = try BrokerServer.start(testConfig())
+        defer { server.stop() }
+        let c = PeerConnection(address: .tcp(host: "127.0.0.1", port: server.adminPort), identity: PeerIdentity(kind: .gateway, token: "x"))
+        try c.connect()
+        c.link.output.removeAll()
+        // 200 KB announced, none sent: the daemon must not wait for (or hold) it.
+        Array("GET /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n".utf8).withUnsafeBytes { c.link.output.append($0) }
+        var reply: [UInt8] = []
+        let deadline = monotonicMilliseconds() + 3_000
+        c.flush()
+        while c.fd >= 0 && monotonicMilliseconds() < deadline {
+            var p = pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 100) > 0 else { continue }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            reply += buf[0..<n]
+        }
+        let text = String(decoding: reply, as: UTF8.self)
+        #expect(text.hasPrefix("HTTP/1.1 401 "), "answered before the body: \(text)")
+        #expect(text.lowercased().contains("connection: close"))
+    }
+
     @Test("shutdown closes idle keep-alive admin connections instead of waiting on them")
     func keepAliveClosedOnShutdown() throws {
         // A long drain, held open by a broker stream this test controls: the admin connection must be closed
