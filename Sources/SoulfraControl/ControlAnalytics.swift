@@ -126,6 +126,7 @@ extension ControlService {
         }
         let names = Set(worlds.map(\.name))
         for gone in analytics.keys where !names.contains(gone) { analytics[gone] = nil }
+        for gone in analyticsErrors.keys where !names.contains(gone) { analyticsErrors[gone] = nil }
         let documents = Dictionary(uniqueKeysWithValues: analytics.map { ($0.key, $0.value.document(world: $0.key, asOf: now)) })
         publishAnalytics?(documents)
         metricsText.withLock { $0 = worldMetrics(now: now) }
@@ -158,9 +159,11 @@ extension ControlService {
                     figures.fold(page)
                     more = page.more
                 case .failure(let e):
-                    // A world that has stored nothing yet has no log to read: its figures are zeros.
-                    if "\(e)".contains("ENOENT") == false { lastAnalyticsError = "\(world): \(e)" }
+                    // Said once per new failure (a pass every 2 s must not fill the log); the figures wait.
+                    if analyticsErrors[world] != "\(e)" { log("error_alert analytics: cannot read world \(world)'s events: \(e)") }
+                    analyticsErrors[world] = "\(e)"
                 }
+                if case .success = result { analyticsErrors[world] = nil }
                 analytics[world] = figures
                 if more && pages > 1 { readRound(world, generation: generation, pages: pages - 1, reader: reader) } else { reading[world] = nil }
             }

@@ -84,7 +84,8 @@ public final class ControlService: @unchecked Sendable {
     var analytics: [String: WorldAnalytics] = [:]
     /// Worlds with a read in flight, since when.
     var reading: [String: Int64] = [:]
-    var lastAnalyticsError = ""
+    /// The last read failure per world (each new one is logged once).
+    var analyticsErrors: [String: String] = [:]
     var lastRollUp: Int64 = 0
     /// Worlds whose vault is being purged (their row goes when it is done).
     var purging = Set<String>()
@@ -134,9 +135,6 @@ public final class ControlService: @unchecked Sendable {
         timer = t
         logs.start()
     }
-
-    /// The keys and tokens as of now, published (the data plane may also ask at start-up).
-    public func currentTables() -> ControlTables { queue.sync { (try? tables(now: Self.now())) ?? ControlTables() } }
 
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 

@@ -47,7 +47,6 @@ public struct AdminCall: Sendable {
         }
     }
 
-    public func queryValue(_ name: String) -> String? { queryItems.last { $0.0 == name }?.1 }
 }
 
 func percentDecoded(_ s: Substring) -> String {

@@ -31,6 +31,8 @@ struct Daemon {
         if let control {
             control.readEvents = { world, after, done in
                 server.readVault(world: world, .replay(fromMilliseconds: 0, toMilliseconds: .max, after: after, limit: 1_000)) { result in
+                    // A world that has stored nothing yet has no log: an empty page, not a failure.
+                    if case .failure(let f) = result, f.errno == ENOENT { return done(.success(EventPage(events: [], next: after, more: false))) }
                     done(result.map { page in
                         EventPage(events: page.events.map {
                             EventPage.Event(session: String(decoding: $0.session, as: UTF8.self), kind: $0.kind, unixMilliseconds: $0.unixMilliseconds,
