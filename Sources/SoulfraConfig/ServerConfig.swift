@@ -65,6 +65,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var controlDriver = "auto"
     /// The world templates deploy chooses from (`<type>.json`).
     public var templatesDirectory = "config/templates"
+    /// The price table cost is figured from (`pricing`).
+    public var pricing = Pricing()
 
     public init() {}
 
@@ -244,6 +246,10 @@ extension ServerConfig {
             controlDriver = try c.string("driver") ?? controlDriver
             templatesDirectory = try c.string("templates_directory") ?? templatesDirectory
             try c.finish()
+        }
+        if var p = try r.object("pricing") {
+            try p.read(&pricing)
+            try p.finish()
         }
         if var rt = try r.object("runtime") {
             runtimeWorkers = try rt.int("workers") ?? runtimeWorkers

@@ -58,6 +58,7 @@ extension ControlService {
         ("POST", "/admin/v1/worlds/{world}/keys/{key}/rotate", { s, r, _ in (201, try s.rotateKey(r)) }),
         ("GET", "/admin/v1/worlds/{world}/logs", { s, r, reply in try s.logs(r, reply: reply) }),
         ("GET", "/admin/v1/events", { s, r, _ in (200, try s.events(r)) }),
+        ("GET", "/admin/v1/usage", { s, r, _ in (200, try s.usage(r)) }),
     ]
 
     /// `(method, pattern)` of every route, for the admin listener's table.

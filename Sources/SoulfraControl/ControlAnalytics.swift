@@ -33,6 +33,8 @@ struct WorldAnalytics {
     var users = Set<String>()
     var interactions = 0
     var replies: [String: Int] = [:]
+    /// Tokens in and out by agent, as the runtime reported them.
+    var agentTokens: [String: (tokensIn: Int, tokensOut: Int)] = [:]
     var refused = 0
     /// Tantrums (executive worlds mark them on the user's message), and the times of the last minute's.
     var tantrums = 0
@@ -64,8 +66,12 @@ struct WorldAnalytics {
                 continue
             }
             if o["moderated"] as? Bool == true { refused += 1; continue }
-            replies[o["agent"] as? String ?? "?", default: 0] += 1
-            if let total = (o["usage"] as? [String: Any])?["total_ms"] as? Double {
+            let agent = o["agent"] as? String ?? "?"
+            replies[agent, default: 0] += 1
+            let usage = o["usage"] as? [String: Any]
+            let t = agentTokens[agent] ?? (0, 0)
+            agentTokens[agent] = (t.tokensIn + (jsonInteger(usage?["tokens_in"]) ?? 0), t.tokensOut + (jsonInteger(usage?["tokens_out"]) ?? 0))
+            if let total = usage?["total_ms"] as? Double {
                 latency[Self.bounds.firstIndex { total <= $0 } ?? Self.bounds.count] += 1
             }
         }

@@ -66,6 +66,19 @@ public enum ControlSchema {
             detail          TEXT NOT NULL
         ) STRICT;
         """,
+        // 2: usage keeps the key's prefix (keys go with their world; their usage stays), and each world's
+        // instance time per day, with its template (for cost).
+        """
+        ALTER TABLE usage ADD COLUMN prefix TEXT NOT NULL DEFAULT '';
+        CREATE INDEX usage_by_day ON usage(day);
+        CREATE TABLE world_usage (
+            world           TEXT NOT NULL,
+            day             TEXT NOT NULL,            -- YYYY-MM-DD, UTC
+            template        TEXT NOT NULL,
+            instance_ms     INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (world, day)
+        ) STRICT;
+        """,
     ]
 
     /// Brings `db` to the last version, each migration in its own transaction; returns the versions applied.

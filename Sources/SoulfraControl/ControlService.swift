@@ -10,6 +10,8 @@ public struct ControlTables: Sendable, Equatable {
     public var instanceTokens: [String: String] = [:]
     public var gatewayKeys: [SoulfraLimits.KeyRecord] = []
     public var quotas: [KeyQuota] = []
+    /// Keys with a monthly budget: their use as of the last usage roll-up.
+    public var budgets: [UInt64: BudgetMark] = [:]
     public init() {}
 
     /// Gateway key ids of control-plane keys start here, above any a config file uses.
@@ -33,6 +35,8 @@ public final class ControlService: @unchecked Sendable {
         public var tickMilliseconds = 250
         /// How long a stopping instance has to drain before it is killed.
         public var stopGraceMilliseconds = 10_000
+        /// What cost is figured from.
+        public var pricing = Pricing()
 
         public init(directory: String, templatesDirectory: String, executable: String, brokerAddress: String, gatewayURL: String) {
             self.directory = directory
@@ -93,6 +97,15 @@ public final class ControlService: @unchecked Sendable {
     public let metricsText = Mutex("")
     /// Instance log files rotated (status shows it).
     var logsRotated = 0
+    /// Each loop's per-key counts (set by the daemon before `start`; nil: no usage is counted).
+    public var readUsage: (@Sendable () -> [[UInt64: KeyUsage]])?
+    /// The loop counts the last written roll-up included, when it ran, and its last failure.
+    var usageSeen: [[UInt64: KeyUsage]] = []
+    var lastUsageRollUp: Int64 = 0
+    var usageError = ""
+    var budgetMarks: [UInt64: BudgetMark] = [:]
+    /// Budgeted keys' charges, shared with every loop through the key table.
+    var budgetCounters: [UInt64: BudgetCounter] = [:]
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
     /// driver. Nothing runs until `start`.
@@ -144,6 +157,7 @@ public final class ControlService: @unchecked Sendable {
         do {
             try plane.tick(now: now)
             try finishShutdowns(now: now)
+            if now - lastUsageRollUp >= Self.usageIntervalMilliseconds { rollUpUsage(now: now) }
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }
             if now - lastRollUp >= 2_000 {
@@ -204,6 +218,7 @@ public final class ControlService: @unchecked Sendable {
     /// live keys are admitted until they expire or their revocation (a rotation's grace) comes.
     func tables(now: Int64) throws(ControlError) -> ControlTables {
         var t = ControlTables()
+        let resets = Self.monthStart(now).nextMonth
         for w in try store.worlds() { t.instanceTokens[w.name] = instanceToken(w.name) }
         for k in try store.keys() where k.live(at: now) && t.instanceTokens[k.world] != nil {
             guard let digest = SecretDigest(raw: k.digest) else { continue }
@@ -212,10 +227,16 @@ public final class ControlService: @unchecked Sendable {
             var permissions: Permissions = []
             for name in k.permissions { if let p = Permissions.names.first(where: { $0.0 == name }) { permissions.insert(p.1) } }
             let until = [k.expiresAt, k.revokedAt].compactMap { $0 }.min()
-            t.gatewayKeys.append(SoulfraLimits.KeyRecord(
+            var record = SoulfraLimits.KeyRecord(
                 id: id, digest: digest, prefix: k.prefix, world: k.world, permissions: permissions,
                 requestsPerSecond: UInt32(clamping: q.requestsPerSecond), burst: UInt32(clamping: q.burst),
-                expiresAt: until.map { UInt64(max(0, $0) / 1000) }))
+                expiresAt: until.map { UInt64(max(0, $0) / 1000) })
+            if q.monthlyInteractions > 0 {
+                record.monthlyInteractions = UInt64(q.monthlyInteractions)
+                record.budgetResetsAt = resets
+                t.budgets[id] = budgetMarks[id] ?? freshMark(id, now: now)
+            }
+            t.gatewayKeys.append(record)
             t.quotas.append(KeyQuota(keyID: id, world: k.world, maxStreams: q.concurrentStreams))
         }
         return t
@@ -260,11 +281,13 @@ public final class ControlService: @unchecked Sendable {
         return bytes
     }
 
-    /// Stops the passes and the followers (the instances keep running: a restarted daemon adopts them).
+    /// Stops the passes and the followers (the instances keep running: a restarted daemon adopts them). Called
+    /// once the loops have stopped, it rolls up their final counts.
     public func stop() {
         queue.sync {
             timer?.cancel()
             timer = nil
+            rollUpUsage(now: Self.now())
         }
         logs.stop()
     }

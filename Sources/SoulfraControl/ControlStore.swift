@@ -97,6 +97,17 @@ public struct UsageDelta: Equatable, Sendable {
     }
 }
 
+/// How usage is grouped within each world.
+public enum UsageGroup: String, Sendable { case world, key, day }
+
+/// One world's usage, or one key's or day's within it (`group`: the key id or the day).
+public struct UsageRow: Equatable, Sendable {
+    public var world: String
+    public var group: String
+    public var prefix: String
+    public var delta: UsageDelta
+}
+
 /// One admin action, as the audit log keeps it.
 public struct AuditEntry: Equatable, Sendable {
     public var seq: Int64
@@ -325,23 +336,84 @@ public final class ControlStore {
 
     // MARK: - Usage
 
-    /// Adds counts to a key's usage for `day` (YYYY-MM-DD, UTC), all in one transaction.
-    public func addUsage(_ rows: [(keyID: Int64, world: String, day: String, delta: UsageDelta)]) throws(ControlError) {
+    /// Adds counts to keys' usage for `day` (YYYY-MM-DD, UTC) and instance time to worlds', all in one
+    /// transaction: a roll-up is written whole or not at all.
+    public func addUsage(_ rows: [(keyID: Int64, world: String, day: String, delta: UsageDelta)], prefixes: [Int64: String] = [:],
+                         instanceTime: [(world: String, template: String, day: String, milliseconds: Int64)] = []) throws(ControlError) {
         try wrap { () throws(SQLiteError) in
             try db.transaction { () throws(SQLiteError) in
                 for r in rows {
                     let d = r.delta
                     try db.run("""
-                        INSERT INTO usage (key_id, world, day, requests, interactions, bytes_in, bytes_out, tokens_in, tokens_out)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        INSERT INTO usage (key_id, world, day, requests, interactions, bytes_in, bytes_out, tokens_in, tokens_out, prefix)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         ON CONFLICT (key_id, world, day) DO UPDATE SET requests = requests + excluded.requests,
                             interactions = interactions + excluded.interactions, bytes_in = bytes_in + excluded.bytes_in,
                             bytes_out = bytes_out + excluded.bytes_out, tokens_in = tokens_in + excluded.tokens_in,
                             tokens_out = tokens_out + excluded.tokens_out
                         """, [.integer(r.keyID), .text(r.world), .text(r.day), .integer(d.requests), .integer(d.interactions),
-                              .integer(d.bytesIn), .integer(d.bytesOut), .integer(d.tokensIn), .integer(d.tokensOut)])
+                              .integer(d.bytesIn), .integer(d.bytesOut), .integer(d.tokensIn), .integer(d.tokensOut),
+                              .text(prefixes[r.keyID] ?? "")])
+                }
+                for t in instanceTime where t.milliseconds > 0 {
+                    try db.run("""
+                        INSERT INTO world_usage (world, day, template, instance_ms) VALUES (?, ?, ?, ?)
+                        ON CONFLICT (world, day) DO UPDATE SET instance_ms = instance_ms + excluded.instance_ms
+                        """, [.text(t.world), .text(t.day), .text(t.template), .integer(t.milliseconds)])
                 }
             }
+        }
+    }
+
+    /// Interactions per key id from `since` (a day, inclusive) on: what monthly budgets are checked against.
+    public func interactionsByKey(since: String) throws(ControlError) -> [Int64: Int64] {
+        try wrap { () throws(SQLiteError) in
+            var out: [Int64: Int64] = [:]
+            for (k, n) in try db.rows("SELECT key_id, sum(interactions) FROM usage WHERE day >= ? GROUP BY key_id", [.text(since)], { ($0.int(0), $0.int(1)) }) {
+                out[k] = n
+            }
+            return out
+        }
+    }
+
+    /// Usage rows from `since` on (one world, or all), grouped by world and `group` (`key`, `day` or nothing).
+    public func usageRows(world: String?, since: String, group: UsageGroup) throws(ControlError) -> [UsageRow] {
+        let column = switch group {
+        case .key: "key_id, max(prefix)"
+        case .day: "day, ''"
+        case .world: "'', ''"
+        }
+        let by = switch group {
+        case .key: ", key_id"
+        case .day: ", day"
+        case .world: ""
+        }
+        let filter = world == nil ? "" : " AND world = ?"
+        var args: [SQLiteValue] = [.text(since)]
+        if let world { args.append(.text(world)) }
+        return try wrap { () throws(SQLiteError) in
+            try db.rows("""
+                SELECT world, \(column), sum(requests), sum(interactions), sum(bytes_in), sum(bytes_out), sum(tokens_in), sum(tokens_out)
+                FROM usage WHERE day >= ?\(filter) GROUP BY world\(by) ORDER BY world\(by)
+                """, args) { s in
+                UsageRow(world: s.text(0), group: s.text(1), prefix: s.text(2),
+                         delta: UsageDelta(requests: s.int(3), interactions: s.int(4), bytesIn: s.int(5), bytesOut: s.int(6),
+                                           tokensIn: s.int(7), tokensOut: s.int(8)))
+            }
+        }
+    }
+
+    /// Instance time per world (and template) from `since` on, grouped like `usageRows` (`key` groups by world).
+    public func instanceTime(world: String?, since: String, byDay: Bool) throws(ControlError) -> [(world: String, day: String, template: String, milliseconds: Int64)] {
+        let filter = world == nil ? "" : " AND world = ?"
+        var args: [SQLiteValue] = [.text(since)]
+        if let world { args.append(.text(world)) }
+        let day = byDay ? "day" : "''"
+        return try wrap { () throws(SQLiteError) in
+            try db.rows("""
+                SELECT world, \(day), max(template), sum(instance_ms) FROM world_usage WHERE day >= ?\(filter)
+                GROUP BY world\(byDay ? ", day" : "") ORDER BY world
+                """, args) { ($0.text(0), $0.text(1), $0.text(2), $0.int(3)) }
         }
     }
 

@@ -6,11 +6,14 @@ import SoulfraRate
 /// The gateway's key table: an immutable snapshot indexed by digest, replaced whole when keys change.
 public final class KeyTable: Sendable {
     let byDigest: [SecretDigest: KeyRecord]
+    /// Keys with a monthly budget: what they used as of the last roll-up (see `BudgetMark`).
+    let budgets: [UInt64: BudgetMark]
 
-    public init(_ keys: [KeyRecord]) {
+    public init(_ keys: [KeyRecord], budgets: [UInt64: BudgetMark] = [:]) {
         var m: [SecretDigest: KeyRecord] = [:]
         for k in keys { m[k.digest] = k }
         byDigest = m
+        self.budgets = budgets
     }
 
     public var count: Int { byDigest.count }

@@ -22,6 +22,9 @@ public enum ExchangeKind: String, CaseIterable, Sendable {
 
     var index: Int { Self.allCases.firstIndex(of: self)! }
 
+    /// A full-duplex conversation: each message from the client is an interaction.
+    var isConversation: Bool { self == .stream || self == .webSocket }
+
     /// The OPEN detail the instance sees: how it should answer.
     var detail: String {
         switch self {
@@ -186,9 +189,18 @@ final class Exchange {
     /// In-band events (`rate_limits`, `dropped`) that arrived mid-message; sent when it ends.
     var heldEvents: [(event: String, json: String)] = []
 
+    /// The key's usage on this loop (counted as the exchange goes), and the reply's token counts being read.
+    let usage: UsageCell
+    var tokens = TokenScanner()
+    /// Whole messages from the client on a stream, and how many of them were charged as interactions.
+    var messagesIn: UInt64 = 0
+    var messagesCharged: UInt64 = 0
+
     init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
-         requestID: String, startedAt: UInt64, session: String, ndjson: Bool) {
+         requestID: String, startedAt: UInt64, session: String, ndjson: Bool, usage: UsageCell) {
         self.id = id
+        self.usage = usage
+        usage.usage.requests &+= 1
         self.conn = conn
         self.route = route
         self.key = key
@@ -266,6 +278,7 @@ final class Exchange {
             // Blank lines carry no frame; their bytes are charged to the next one.
             if !partialLine.isEmpty {
                 queue(partialLine, cost: lineCost)
+                messagesIn &+= 1
                 lineCost = 0
             }
             partialLine.removeAll(keepingCapacity: true)

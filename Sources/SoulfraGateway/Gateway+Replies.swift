@@ -57,6 +57,7 @@ extension Gateway {
                                              "the instance's reply is over \(limits.maxReplyBytes) bytes"))
             }
             ex.replyBytes += payload.count
+            countReply(ex, payload)
             if end && !ex.responded {
                 // The usual reply: one frame, answered from the broker's buffer with its length.
                 finishUnary(ex, status: ex.resourceDetail == nil ? 200 : Self.replyStatus(payload) ?? 502, body: payload, now: now)
@@ -80,6 +81,7 @@ extension Gateway {
                 return fail(ex, GatewayError(.slowConsumer,
                                              "this subscriber fell too far behind the room"), retryable: true)
             }
+            ex.usage.usage.bytesOut &+= UInt64(payload.count)
             deliver(ex, payload, more: false, binary: false, end: false)
         case .messageStream, .stream, .webSocket:
             ex.replyBytes += payload.count
@@ -93,10 +95,12 @@ extension Gateway {
                 sequence = payload.loadUnaligned(as: UInt64.self).bigEndian
                 body = UnsafeRawBufferPointer(rebasing: payload[8...])
             }
+            countReply(ex, body)
             deliver(ex, body, more: more, binary: flags.contains(.binary), end: end, sequence: sequence)
         case .roomPublish:
             break
         case .history:
+            ex.usage.usage.bytesOut &+= UInt64(payload.count)
             historyData(ex, payload, flags: flags)
         }
         reconcile(c)

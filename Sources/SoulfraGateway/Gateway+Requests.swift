@@ -75,7 +75,10 @@ extension Gateway {
         var session = head.session
         if case .session(_, let s) = route { session = s }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
-                          startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE)
+                          startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE,
+                          usage: ledger.cell(for: key))
+        // A stream opened with no interaction left to spend is refused at once.
+        if kind.isConversation, let e = budgetSpent(key) { return reject(c, id: id, e, requestID: requestID) }
         (ex.historyAfter, ex.historyLimit) = page
         ex.resumeAfter = resumeAfter
         if case .users(_, let rest) = route { ex.resourceDetail = "users \(head.method) \(rest)" }
@@ -145,6 +148,7 @@ extension Gateway {
             return
         }
         ex.lastBodyAt = now
+        ex.usage.usage.bytesIn &+= UInt64(bytes.count)
         switch ex.kind {
         case .message, .messageStream, .roomPublish:
             c.consumeInput(stream: ex.id, bytes: bytes.count)
@@ -160,6 +164,7 @@ extension Gateway {
                 return fail(ex, GatewayError(.payloadTooLarge,
                                              "an NDJSON line is over \(limits.maxLineBytes) bytes"))
             }
+            guard chargeMessages(ex) else { return }
             pumpOutbound(ex, now: now)
             // HTTP/2 input is held back by its flow-control window; HTTP/1.1 input by not reading the socket.
             if c.proto == .http1 && ex.outboundBytes > limits.streamQueueHighBytes { c.pauseReading(.requestBacklog) }
@@ -174,11 +179,14 @@ extension Gateway {
         case .message, .messageStream:
             if ex.resourceDetail != nil { return openBroker(ex, now: now) }  // the instance reads the body
             if case .analytics(let world) = ex.route {
-                return finishUnary(ex, status: 200, body: analytics[world] ?? Array("{}".utf8), now: now)
+                let body = analytics[world] ?? Array("{}".utf8)
+                ex.usage.usage.bytesOut &+= UInt64(body.count)
+                return finishUnary(ex, status: 200, body: body, now: now)
             }
             guard let fields = MessageFields.scan(ex.body) else {
                 return fail(ex, GatewayError(.invalidRequest, "the body must be a JSON object"))
             }
+            if let e = chargeInteraction(ex) { return fail(ex, e) }
             if fields.stream { ex.kind = .messageStream }
             if ex.session.isEmpty {
                 guard fields.session.isEmpty || Route.validSession(fields.session) else { return fail(ex, invalidSession) }
@@ -202,8 +210,10 @@ extension Gateway {
         case .stream:
             if !ex.partialLine.isEmpty {
                 ex.queue(ex.partialLine, cost: ex.lineCost)
+                ex.messagesIn &+= 1
                 ex.partialLine = []
                 ex.lineCost = 0
+                guard chargeMessages(ex) else { return }
             }
             ex.outboundEnds = true
             pumpOutbound(ex, now: now)
@@ -216,6 +226,11 @@ extension Gateway {
     /// until the message's last part (so a message of any size up to the limit travels under credit).
     func webSocketData(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer, binary: Bool, last: Bool, now: UInt64) {
         if bytes.count == 0 && !last { return }
+        ex.usage.usage.bytesIn &+= UInt64(bytes.count)
+        if last {
+            ex.messagesIn &+= 1
+            guard chargeMessages(ex) else { return }
+        }
         // Parts of one message that wait join the last waiting part (many tiny frames cost one entry, not one
         // each); a new message starts a new entry.
         let tail = ex.outbound.count - 1

@@ -36,6 +36,8 @@ public final class Gateway {
     var conns: [UInt32: Connection] = [:]
     var dirtyConns: [Connection] = []
     public var counters = GatewayCounters()
+    /// Per-key usage on this loop (published by the owner for the control plane's roll-ups).
+    var ledger = UsageLedger()
     public weak var transport: (any GatewayTransport)?
     var requestSequence: UInt64 = 0
     var shuttingDown = false

@@ -8,7 +8,7 @@ public struct GatewayError: Error, Sendable, Equatable {
         case invalidRequest, badRequest, requestTimeout, payloadTooLarge, upgradeRequired, rateLimited, tooManyStreams
         case headersTooLarge, notImplemented, replyTooLarge, instanceGone, messageTooLarge, badGateway, invalidUTF8
         case noHealthyInstance, shuttingDown, slowConsumer, overloaded, instanceTimeout, vaultUnavailable
-        case analyticsUnavailable
+        case analyticsUnavailable, usageExceeded
 
         /// The code as apps see it (`rate_limited`).
         public var name: String { Self.table[rawValue].name }
@@ -23,7 +23,7 @@ public struct GatewayError: Error, Sendable, Equatable {
             ("not_implemented", 501), ("reply_too_large", 502), ("instance_gone", 502), ("message_too_large", 502),
             ("bad_gateway", 502), ("invalid_utf8", 502), ("no_healthy_instance", 503), ("shutting_down", 503),
             ("slow_consumer", 503), ("overloaded", 503), ("instance_timeout", 504), ("vault_unavailable", 503),
-            ("analytics_unavailable", 503),
+            ("analytics_unavailable", 503), ("usage_exceeded", 429),
         ]
     }
 

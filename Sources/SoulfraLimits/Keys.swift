@@ -18,6 +18,10 @@ public struct KeyRecord: Sendable, Equatable {
     /// The in-stream quotas the broker enforces (told to streaming clients in `rate_limits` events).
     public var framesPerSecond: UInt32 = 0
     public var bytesPerSecond: UInt32 = 0
+    /// Interactions a calendar month (UTC) allows (0: no budget); past it requests are refused with
+    /// `usage_exceeded` until `budgetResetsAt` (unix seconds: the next month's first second).
+    public var monthlyInteractions: UInt64 = 0
+    public var budgetResetsAt: UInt64 = 0
     /// `ratelimit-policy` and `ratelimit-limit` values: the same on every response, made once.
     public let rateLimitPolicy: String
     public let rateLimitLimit: String

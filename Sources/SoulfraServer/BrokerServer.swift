@@ -71,14 +71,18 @@ public final class BrokerServer: Sendable {
         let latest = Mutex<(snapshot: BrokerSnapshot?, loop: LoopCounters, sequence: UInt64)>((nil, LoopCounters(), 0))
         let gatewayLatest = Mutex<GatewayCounters>(GatewayCounters())
         let vaultLatest = Mutex<VaultMetrics?>(nil)
+        /// The gateway's per-key usage on this loop, as of its last publish.
+        let usageLatest = Mutex<[UInt64: KeyUsage]>([:])
         let finished = Mutex<Bool>(false)
         init(index: Int) { self.index = index }
 
         func wake() { mailbox.withLock { $0?.wake() } }
         /// Publishes a loop's figures. The gateway's counters are stored before the sequence moves, so a reader that
         /// waited for a new sequence never sees the gateway's older counters.
-        func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?, vault: VaultMetrics? = nil) {
+        func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?, vault: VaultMetrics? = nil,
+                     usage: [UInt64: KeyUsage]? = nil) {
             if let gateway { gatewayLatest.withLock { $0 = gateway } }
+            if let usage { usageLatest.withLock { $0 = usage } }
             if let vault { vaultLatest.withLock { $0 = vault } }
             latest.withLock { $0 = (s, l, $0.sequence + 1) }
         }
@@ -239,6 +243,9 @@ public final class BrokerServer: Sendable {
         gatewayCountersByLoop.reduce(GatewayCounters()) { $0.merging($1) }
     }
 
+    /// The gateway's per-key usage of each loop (published at most a second ago; after `wait`, final).
+    public var keyUsageByLoop: [[UInt64: KeyUsage]] { inboxes.map { $0.usageLatest.withLock { $0 } } }
+
     /// The gateway's counters of each loop.
     public var gatewayCountersByLoop: [GatewayCounters] { inboxes.map { $0.gatewayLatest.withLock { $0 } } }
 
@@ -345,7 +352,8 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters, vault: wiring.vault?.metrics)
+        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters, vault: wiring.vault?.metrics,
+                      usage: wiring.gateway?.usageSnapshot())
         wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }
         inbox.finished.withLock { $0 = true }

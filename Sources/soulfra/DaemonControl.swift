@@ -40,7 +40,7 @@ final class AccessSources: Sendable {
             let access = AccessTable(keys: s.config.keys + s.control.quotas,
                                      instanceTokens: s.config.instanceTokens.merging(s.control.instanceTokens) { _, control in control },
                                      runtimeToken: s.config.runtimeToken, vaultToken: s.config.vaultToken, gatewayToken: s.config.gatewayToken)
-            server.install(access: access, keys: KeyTable(s.config.gatewayKeys + s.control.gatewayKeys))
+            server.install(access: access, keys: KeyTable(s.config.gatewayKeys + s.control.gatewayKeys, budgets: s.control.budgets))
         }
     }
 }
@@ -131,6 +131,7 @@ extension Daemon {
         var settings = ControlService.Settings(directory: config.controlDirectory, templatesDirectory: config.templatesDirectory,
                                                executable: executable, brokerAddress: broker, gatewayURL: "")
         settings.stopGraceMilliseconds = Int(config.broker.shutdownDrainMilliseconds) + 2_000
+        settings.pricing = config.pricing
         do {
             let driver = try makeDriver(executable: executable)
             let service = try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })

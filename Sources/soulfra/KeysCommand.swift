@@ -35,6 +35,8 @@ struct KeysCreate: ParsableCommand {
     @Option(name: .customLong("expires-in"), help: "Expire after 30d, 12h, 10m or seconds.") var expiresIn: String?
     @Option(name: .customLong("rps"), help: "Requests per second (0: unlimited; default: the template's).") var rps: Int?
     @Option(name: .long, help: "Burst (default: the template's).") var burst: Int?
+    @Option(name: .customLong("monthly-interactions"), help: "Interactions a month (UTC) allows; past it, 429 usage_exceeded until the 1st (0: no budget; default: the template's).")
+    var monthlyInteractions: Int?
     @Flag(name: .long, help: "Print as JSON.") var json = false
     @OptionGroup var client: ClientOptions
 
@@ -48,6 +50,7 @@ struct KeysCreate: ParsableCommand {
             }
             if let rps { body["requests_per_second"] = rps }
             if let burst { body["burst"] = burst }
+            if let monthlyInteractions { body["monthly_interactions"] = monthlyInteractions }
             let k = try client.call("POST", "/admin/v1/worlds/\(world)/keys", body: body)
             if json { return printJSON(k) }
             print("key \(k["id"] ?? "") for \(world) (shown once — store it now):")

@@ -82,8 +82,9 @@ struct Logs: ParsableCommand {
         }
         if follow { fflush(nil) }  // a follower's lines go out as they come, also into a pipe
     }
+}
 
-    func escape(_ s: String) -> String {
-        s.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~:"))) ?? s
-    }
+/// A query parameter's value, percent-encoded.
+func escape(_ s: String) -> String {
+    s.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~:"))) ?? s
 }

@@ -75,6 +75,11 @@ final class H2TestClient {
         for e in events { if case .headers(id, let hs) = e { return hs.first { $0.name == ":status" }?.value } }
         return nil
     }
+    /// The response's header fields (the first HEADERS of the stream), by name.
+    func headers(_ id: Int32) -> [String: String] {
+        for e in events { if case .headers(id, let hs) = e { return Dictionary(hs.map { ($0.name, $0.value) }) { a, _ in a } } }
+        return [:]
+    }
 }
 
 /// What the scripted world does with a stream the gateway opened.

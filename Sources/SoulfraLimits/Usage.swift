@@ -1,0 +1,98 @@
+import Synchronization
+
+/// One key's traffic through one loop's gateway since the daemon started. Counts only grow: the control plane
+/// rolls up the difference from what it saw last into SQLite.
+public struct KeyUsage: Sendable, Equatable {
+    public var world: String
+    /// The key's visible prefix, kept with its usage after the key itself is gone.
+    public var prefix: String
+    /// Requests admitted (every route).
+    public var requests: UInt64 = 0
+    /// Messages to agents: a `messages` request, or one NDJSON line or WebSocket message on a stream.
+    public var interactions: UInt64 = 0
+    /// Body bytes from the client and to it (payloads, not framing or headers).
+    public var bytesIn: UInt64 = 0
+    public var bytesOut: UInt64 = 0
+    /// Tokens the runtime reported in the replies' `usage` (`tokens_in`, `tokens_out`).
+    public var tokensIn: UInt64 = 0
+    public var tokensOut: UInt64 = 0
+
+    public init(world: String, prefix: String) {
+        self.world = world
+        self.prefix = prefix
+    }
+
+    /// `self` minus `earlier` (what grew since), each count at least 0.
+    public func since(_ earlier: KeyUsage?) -> KeyUsage {
+        guard let e = earlier else { return self }
+        var d = KeyUsage(world: world, prefix: prefix)
+        d.requests = requests &- min(requests, e.requests)
+        d.interactions = interactions &- min(interactions, e.interactions)
+        d.bytesIn = bytesIn &- min(bytesIn, e.bytesIn)
+        d.bytesOut = bytesOut &- min(bytesOut, e.bytesOut)
+        d.tokensIn = tokensIn &- min(tokensIn, e.tokensIn)
+        d.tokensOut = tokensOut &- min(tokensOut, e.tokensOut)
+        return d
+    }
+
+    public var isZero: Bool {
+        requests == 0 && interactions == 0 && bytesIn == 0 && bytesOut == 0 && tokensIn == 0 && tokensOut == 0
+    }
+}
+
+/// A key's monthly interaction budget: the month's interactions in SQLite as of the last roll-up (`used`), and
+/// the key's charges since the daemon started (`counter`, shared by every loop), of which that roll-up
+/// included `seen`. Interactions used this month are `used + counter - seen`, exact across loops: a loop
+/// charges with one compare-and-swap, so two loops never both take the last interaction.
+public struct BudgetMark: Sendable, Equatable {
+    public var used: UInt64
+    public var seen: UInt64
+    public let counter: BudgetCounter
+
+    public init(used: UInt64, seen: UInt64, counter: BudgetCounter) {
+        self.used = used
+        self.seen = seen
+        self.counter = counter
+    }
+
+    public static func == (l: BudgetMark, r: BudgetMark) -> Bool { l.used == r.used && l.seen == r.seen && l.counter === r.counter }
+
+    /// Charges `n` interactions if the month's total stays within `limit`; false (nothing charged) if not.
+    @inline(__always) public func charge(_ n: UInt64, limit: UInt64) -> Bool { counter.charge(n, base: used, seen: seen, limit: limit) }
+
+    /// Whether `n` more would stay within `limit` (nothing charged).
+    public func allows(_ n: UInt64, limit: UInt64) -> Bool {
+        let c = counter.value
+        return used &+ (c &- min(c, seen)) &+ n <= limit
+    }
+}
+
+/// One key's interactions charged since the daemon started, by any loop.
+public final class BudgetCounter: Sendable {
+    private let charged = Atomic<UInt64>(0)
+    public init() {}
+
+    public var value: UInt64 { charged.load(ordering: .relaxed) }
+
+    func charge(_ n: UInt64, base: UInt64, seen: UInt64, limit: UInt64) -> Bool {
+        var current = charged.load(ordering: .relaxed)
+        while true {
+            guard base &+ (current &- min(current, seen)) &+ n <= limit else { return false }
+            let (done, found) = charged.compareExchange(expected: current, desired: current &+ n, ordering: .relaxed)
+            if done { return true }
+            current = found
+        }
+    }
+}
+
+extension KeyUsage {
+    /// Adds `o`'s counts.
+    public mutating func add(_ o: KeyUsage) {
+        requests &+= o.requests
+        interactions &+= o.interactions
+        bytesIn &+= o.bytesIn
+        bytesOut &+= o.bytesOut
+        tokensIn &+= o.tokensIn
+        tokensOut &+= o.tokensOut
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// One unary message through the gateway with curl: the status and the body.
+func sendUnary(endpoint: String, key: String, body: String) throws -> (status: Int, body: String) {
+    let r = try runCapturing("/usr/bin/curl", ["-s", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}", endpoint + "/messages",
+                                               "-H", "Authorization: Bearer \(key)", "-d", body], timeout: 30)
+    let lines = r.out.split(separator: "\n", omittingEmptySubsequences: false)
+    return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+}
+
+@Suite("Usage, budgets and cost through the daemon (process driver)", .serialized, .enabled(if: uringAvailable && curlAvailable))
+struct UsageCLITests {
+    /// The key's row in `soulfra usage <world> --by key`, once its requests reach `requests` (rolled up every 2 s).
+    func keyUsage(_ w: CLIWorld, world: String, prefix: String, requests: Int) throws -> [String: Any] {
+        var row: [String: Any] = [:]
+        for _ in 0..<50 {
+            let u = try w.json(["usage", world, "--by", "key"])
+            let keys = ((u["worlds"] as? [[String: Any]])?.first { $0["world"] as? String == world }?["keys"] as? [[String: Any]]) ?? []
+            row = keys.first { ($0["prefix"] as? String).map { prefix.hasPrefix($0.replacingOccurrences(of: "…", with: "")) } == true } ?? [:]
+            if (row["requests"] as? Int ?? 0) >= requests { break }
+            usleep(200_000)
+        }
+        return row
+    }
+
+    @Test("usage is exact after a known load (requests counted = requests sent), a monthly budget ends in 429 usage_exceeded, a graceful stop loses nothing, cost comes from the price table")
+    func usageBudgetsCost() throws {
+        let w = try CLIWorld("usage")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let d = try w.json(["deploy", "--type", "kids", "--name", "metered"])
+        let endpoint = d["endpoint"] as? String ?? ""
+        // A key with a budget of 5: five answers, then usage_exceeded with the reset time.
+        let small = try w.json(["keys", "create", "metered", "--monthly-interactions", "5", "--rps", "0"])
+        let smallKey = small["secret"] as? String ?? ""
+        var statuses: [Int] = []
+        for i in 0..<7 {
+            let r = try sendUnary(endpoint: endpoint, key: smallKey, body: #"{"text":"hello \#(i)","session":"budget"}"#)
+            statuses.append(r.status)
+            if r.status == 429 { #expect(r.body.contains("usage_exceeded") && r.body.contains("resets at"), "\(r.body)") }
+        }
+        #expect(statuses == [200, 200, 200, 200, 200, 429, 429], "\(statuses)")
+        // A known load on another key: every request and its bytes counted.
+        let big = try w.json(["keys", "create", "metered", "--rps", "0"])
+        let bigKey = big["secret"] as? String ?? ""
+        var sentBytes = 0
+        for i in 0..<20 {
+            let body = #"{"text":"tell me about space \#(i)","session":"load-\#(i % 4)"}"#
+            sentBytes += body.utf8.count
+            #expect(try sendUnary(endpoint: endpoint, key: bigKey, body: body).status == 200)
+        }
+        let row = try keyUsage(w, world: "metered", prefix: bigKey, requests: 20)
+        #expect(row["requests"] as? Int == 20 && row["interactions"] as? Int == 20, "\(row)")
+        #expect(row["bytes_in"] as? Int == sentBytes, "\(row)")
+        #expect((row["tokens_out"] as? Int ?? 0) > 0 && (row["bytes_out"] as? Int ?? 0) > 0, "\(row)")
+        let smallRow = try keyUsage(w, world: "metered", prefix: smallKey, requests: 7)
+        #expect(smallRow["requests"] as? Int == 7 && smallRow["interactions"] as? Int == 5, "refusals are requests, not interactions: \(smallRow)")
+        // Three more, then a graceful stop at once: they are in the final roll-up.
+        for i in 0..<3 { #expect(try sendUnary(endpoint: endpoint, key: bigKey, body: #"{"text":"more \#(i)"}"#).status == 200) }
+        #expect(try w.cli(["down"]).status == 0)
+        #expect(try w.cli(["init"]).status == 0)
+        let after = try keyUsage(w, world: "metered", prefix: bigKey, requests: 23)
+        #expect(after["requests"] as? Int == 23, "nothing lost on a graceful stop: \(after)")
+        // The budget holds across the restart (the month's count is in SQLite).
+        let later = try w.json(["status", "metered"])["endpoint"] as? String ?? ""
+        #expect(try sendUnary(endpoint: later, key: smallKey, body: #"{"text":"again"}"#).status == 429)
+        // Cost: instance time and interactions priced by the table.
+        let u = try w.json(["usage", "--by", "day"])
+        let world = (u["worlds"] as? [[String: Any]])?.first { $0["world"] as? String == "metered" } ?? [:]
+        #expect((world["instance_seconds"] as? Double ?? 0) > 0, "\(world)")
+        let cost = world["cost"] as? [String: Any] ?? [:]
+        #expect((cost["interactions"] as? Double ?? 0) > 0 && (cost["total"] as? Double ?? 0) > 0, "\(cost)")
+        #expect((world["days"] as? [[String: Any]])?.count == 1)
+        #expect(try w.cli(["usage", "--since", "yesterday"]).status != 0, "a bad --since is refused")
+        let table = try w.cli(["usage"])
+        #expect(table.status == 0 && table.out.contains("metered") && table.out.contains("COST"), "\(table.out)")
+    }
+}
