@@ -52,6 +52,7 @@ extension ControlService {
         ("GET", "/admin/v1/worlds/{world}", { s, r, _ in (200, try s.worldDetail(r.world)) }),
         ("DELETE", "/admin/v1/worlds/{world}", { s, r, _ in (202, try s.shutdown(r)) }),
         ("POST", "/admin/v1/worlds/{world}/scale", { s, r, _ in (200, try s.scale(r)) }),
+        ("POST", "/admin/v1/worlds/{world}/cors", { s, r, _ in (200, try s.setCORS(r)) }),
         ("GET", "/admin/v1/worlds/{world}/keys", { s, r, _ in (200, ["keys": try s.keyList(r.world)]) }),
         ("POST", "/admin/v1/worlds/{world}/keys", { s, r, _ in (201, try s.createKey(r)) }),
         ("DELETE", "/admin/v1/worlds/{world}/keys/{key}", { s, r, _ in (200, try s.revokeKey(r)) }),
@@ -85,7 +86,7 @@ extension ControlService {
             guard let (status, body) = answer else { return }
             // A change takes effect before it is answered: the new keys are on their way to the loops (ahead
             // of this answer on the admin loop) and the instances are starting.
-            if request.method == "POST" || request.method == "DELETE" { pass() }
+            if request.method == "POST" || request.method == "DELETE" { pass() }  // the loops have the change before the answer
             _ = reply(.json(status: status, Self.render(body)))
         }
     }
@@ -179,7 +180,7 @@ extension ControlService {
                 "users": analytics[w.name]?.users.count ?? 0, "interactions": analytics[w.name]?.interactions ?? 0, "type": w.template, "state": w.state, "instances_desired": w.instances,
                 "instances_ready": Set(attached).count, "instances_running": observed.filter { if case .running = $0.state { true } else { false } }.count,
                 "driver": driverName, "region": spec?.region ?? "local", "stream": spec?.streamMode ?? "",
-                "agents": spec?.agents ?? [], "runtime": spec?.runtimeProfile ?? "",
+                "agents": spec?.agents ?? [], "runtime": spec?.runtimeProfile ?? "", "cors_origins": spec?.corsOrigins ?? [],
                 "created_at_ms": w.createdAt, "uptime_seconds": max(0, (Self.now() - w.createdAt) / 1000),
                 "endpoint": "\(settings.gatewayURL)/v1/worlds/\(w.name)"]
     }
@@ -235,6 +236,20 @@ extension ControlService {
         try DeployRequest.checkInstances(n, spec.template)
         try wrap { () throws(ControlError) in try store.scale(world: w.name, instances: n, actor: "admin", now: Self.now()) }
         log("world \(w.name): scaled from \(w.instances) to \(n) instance\(n == 1 ? "" : "s")")
+        return try worldDetail(w.name)
+    }
+
+    /// Replaces the browser origins allowed to call a world (`{"allowed_origins": [...]}`; `[]`: none).
+    func setCORS(_ r: ControlRequest) throws(APIError) -> [String: Any] {
+        let w = try existingWorld(r.world)
+        guard let list = try r.object()["allowed_origins"] as? [String] else {
+            throw APIError(400, "invalid_request", #"the body must list the origins: {"allowed_origins": ["https://app.example.com"]}"#)
+        }
+        var spec = try WorldSpec.decode(name: w.name, json: w.spec)
+        spec.corsOrigins = try WorldSpec.checkOrigins(list)
+        let detail = "cors_origins=" + spec.corsOrigins.joined(separator: ",")
+        try wrap { () throws(ControlError) in try store.updateSpec(world: w.name, spec: spec.json, detail: detail, actor: "admin", now: Self.now()) }
+        log("world \(w.name): browser origins \(spec.corsOrigins.isEmpty ? "none" : spec.corsOrigins.joined(separator: ", "))")
         return try worldDetail(w.name)
     }
 

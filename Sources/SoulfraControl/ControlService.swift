@@ -12,6 +12,8 @@ public struct ControlTables: Sendable, Equatable {
     public var quotas: [KeyQuota] = []
     /// Keys with a monthly budget: their use as of the last usage roll-up.
     public var budgets: [UInt64: BudgetMark] = [:]
+    /// Browser origins allowed per world (CORS).
+    public var origins: [String: [String]] = [:]
     public init() {}
 
     /// Gateway key ids of control-plane keys start here, above any a config file uses.
@@ -106,6 +108,7 @@ public final class ControlService: @unchecked Sendable {
     var budgetMarks: [UInt64: BudgetMark] = [:]
     /// Budgeted keys' charges, shared with every loop through the key table.
     var budgetCounters: [UInt64: BudgetCounter] = [:]
+    var originsCache: [String: (spec: String, origins: [String])] = [:]
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
     /// driver. Nothing runs until `start`.
@@ -219,7 +222,10 @@ public final class ControlService: @unchecked Sendable {
     func tables(now: Int64) throws(ControlError) -> ControlTables {
         var t = ControlTables()
         let resets = Self.monthStart(now).nextMonth
-        for w in try store.worlds() { t.instanceTokens[w.name] = instanceToken(w.name) }
+        for w in try store.worlds() {
+            t.instanceTokens[w.name] = instanceToken(w.name)
+            if w.state == "active", let o = origins(of: w), !o.isEmpty { t.origins[w.name] = o }
+        }
         for k in try store.keys() where k.live(at: now) && t.instanceTokens[k.world] != nil {
             guard let digest = SecretDigest(raw: k.digest) else { continue }
             let q = KeyQuotas(json: k.quotas)
@@ -240,6 +246,14 @@ public final class ControlService: @unchecked Sendable {
             t.quotas.append(KeyQuota(keyID: id, world: k.world, maxStreams: q.concurrentStreams))
         }
         return t
+    }
+
+    /// A world's allowed browser origins, read from its stored spec once per change.
+    func origins(of w: WorldRecord) -> [String]? {
+        if let c = originsCache[w.name], c.spec == w.spec { return c.origins }
+        guard let spec = try? WorldSpec.decode(name: w.name, json: w.spec) else { return nil }
+        originsCache[w.name] = (w.spec, spec.corsOrigins)
+        return spec.corsOrigins
     }
 
     /// A world's instance token: derived from the daemon's secret, so instances adopted after a restart still

@@ -229,6 +229,16 @@ public final class ControlStore {
         }
     }
 
+    /// Replaces a world's spec (its settings that can change while it runs), audited.
+    public func updateSpec(world name: String, spec: String, detail: String, actor: String, now: Int64) throws(ControlError) {
+        try audited(actor, "world.update", name, detail, now: now) { () throws(ControlError) in
+            let changed = try wrap { () throws(SQLiteError) in
+                try db.run("UPDATE worlds SET spec = ?, updated_at = ? WHERE name = ?", [.text(spec), .integer(now), .text(name)])
+            }
+            if changed == 0 { throw .notFound("world \(name)") }
+        }
+    }
+
     /// Starts a world's shutdown, audited: no instance is wanted any more and its keys are revoked now; the
     /// world is removed once its instances have drained and stopped (`deleteWorld`).
     /// `purge`: the world's vault goes too once its instances have stopped (state `purging`).

@@ -14,6 +14,8 @@ public struct WorldSpec: Sendable, Equatable {
     public var streamMode: String
     /// Where the world runs, for people and the panel ("local" on one machine).
     public var region: String
+    /// Browser origins allowed to call the world's gateway routes (CORS; `*` for any).
+    public var corsOrigins: [String] = []
 
     /// The template's agents this world runs, in order.
     public var activeAgents: [WorldTemplate.Agent] {
@@ -23,7 +25,7 @@ public struct WorldSpec: Sendable, Equatable {
     /// The stored form.
     public var json: String {
         let object: [String: Any] = ["template": templateText, "agents": agents, "runtime": runtimeProfile,
-                                     "stream": streamMode, "region": region]
+                                     "stream": streamMode, "region": region, "cors_origins": corsOrigins]
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
         return String(decoding: data, as: UTF8.self)
     }
@@ -40,7 +42,23 @@ public struct WorldSpec: Sendable, Equatable {
         }
         return WorldSpec(name: name, templateText: text, template: template, agents: o["agents"] as? [String] ?? template.agents.map(\.name),
                          runtimeProfile: o["runtime"] as? String ?? template.runtimeProfile,
-                         streamMode: o["stream"] as? String ?? template.streamMode, region: o["region"] as? String ?? "local")
+                         streamMode: o["stream"] as? String ?? template.streamMode, region: o["region"] as? String ?? "local",
+                         corsOrigins: o["cors_origins"] as? [String] ?? [])
+    }
+
+    /// Checks browser origins: `scheme://host[:port]` (http or https, lowercase, no path), or `*`; at most 32.
+    public static func checkOrigins(_ origins: [String]) throws(APIError) -> [String] {
+        guard origins.count <= 32 else { throw APIError(400, "invalid_origin", "at most 32 allowed origins") }
+        for o in origins where o != "*" {
+            let rest = o.hasPrefix("https://") ? o.dropFirst(8) : o.hasPrefix("http://") ? o.dropFirst(7) : nil
+            let ok = rest.map { r in
+                !r.isEmpty && r.count <= 253 && r.allSatisfy { $0.isLowercase || $0.isNumber || $0 == "." || $0 == "-" || $0 == ":" || $0 == "[" || $0 == "]" }
+            } ?? false
+            guard ok else {
+                throw APIError(400, "invalid_origin", "\"\(o)\" is not an origin — write scheme://host[:port] in lowercase with no path (https://app.example.com), or *")
+            }
+        }
+        return Array(Set(origins)).sorted()
     }
 }
 
@@ -55,6 +73,8 @@ public struct DeployRequest: Sendable {
     public var instances: Int?
     /// A template of the user's own (`--template-file`), as JSON text; its type need not be given then.
     public var templateText: String?
+    /// Browser origins allowed to call the world (CORS).
+    public var corsOrigins: [String] = []
 
     public init(type: String?, name: String, agents: [String]? = nil, runtime: String? = nil, stream: String? = nil,
                 region: String? = nil, instances: Int? = nil, templateText: String? = nil) {
@@ -73,7 +93,7 @@ public struct DeployRequest: Sendable {
         guard let o = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
             throw APIError(400, "invalid_request", #"the body must be a JSON object: {"type": "kids", "name": "playground"}"#)
         }
-        let known: Set = ["type", "name", "agents", "runtime", "stream", "region", "instances", "template"]
+        let known: Set = ["type", "name", "agents", "runtime", "stream", "region", "instances", "template", "cors_origins"]
         if let extra = o.keys.sorted().first(where: { !known.contains($0) }) {
             throw APIError(400, "invalid_request", "unknown field \"\(extra)\" (fields: \(known.sorted().joined(separator: ", ")))")
         }
@@ -94,8 +114,13 @@ public struct DeployRequest: Sendable {
             guard let v = jsonInteger(n) else { throw APIError(400, "invalid_request", "instances must be a whole number") }
             instances = v
         }
-        return DeployRequest(type: try string("type"), name: name, agents: agents, runtime: try string("runtime"), stream: try string("stream"),
-                             region: try string("region"), instances: instances, templateText: try string("template"))
+        var r = DeployRequest(type: try string("type"), name: name, agents: agents, runtime: try string("runtime"), stream: try string("stream"),
+                              region: try string("region"), instances: instances, templateText: try string("template"))
+        if let c = o["cors_origins"] {
+            guard let list = c as? [String] else { throw APIError(400, "invalid_request", "cors_origins must be a list of origins") }
+            r.corsOrigins = try WorldSpec.checkOrigins(list)
+        }
+        return r
     }
 
     /// World names: what a URL path, a directory, a container name and a key's world label all take.
@@ -133,7 +158,7 @@ public struct DeployRequest: Sendable {
         let region = region ?? "local"
         guard (1...40).contains(region.utf8.count) else { throw APIError(400, "invalid_region", "region must be 1 to 40 characters") }
         return (WorldSpec(name: name, templateText: text, template: template, agents: chosen, runtimeProfile: profile,
-                          streamMode: mode, region: region), count)
+                          streamMode: mode, region: region, corsOrigins: corsOrigins), count)
     }
 
     func chooseTemplate(catalog: [WorldTemplate.Kind: WorldTemplate], texts: [WorldTemplate.Kind: String]) throws(APIError) -> (WorldTemplate, String) {

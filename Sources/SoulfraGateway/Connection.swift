@@ -178,7 +178,7 @@ final class Connection {
         s.connectionWindowBytes = 4 * s.initialWindowBytes
         s.resetsPerSecond = gateway.limits.resetsPerSecond
         s.resetBurst = gateway.limits.resetBurst
-        s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session", "last-event-id"]
+        s.keptHeaders = [":method", ":path", "authorization", "accept", "x-soulfra-session", "last-event-id", "origin"]
         h2 = try? H2Connection(role: .server, settings: s)
         if h2 == nil { finish(.sessionFailed) }
     }
@@ -238,6 +238,7 @@ final class Connection {
                     case "accept": head.accept = h.value
                     case "x-soulfra-session": head.session = h.value
                     case "last-event-id": head.lastEventID = h.value
+                    case "origin": head.origin = h.value
                     default: break
                     }
                 }
@@ -296,6 +297,7 @@ final class Connection {
                                     accept: head.header("accept") ?? "", session: head.header("x-soulfra-session") ?? "")
                 r.keepAlive = head.keepAlive
                 r.lastEventID = head.header("last-event-id") ?? ""
+                r.origin = head.header("origin") ?? ""
                 r.expectContinue = head.body != .none && head.header("expect")?.lowercased() == "100-continue"
                 if head.header("upgrade")?.lowercased() == "websocket" {
                     switch WebSocket.accept(head, sha1: SoulfraKeys.sha1) {
@@ -360,9 +362,10 @@ final class Connection {
 
     /// An error answer in the JSON shape (design §5), on either protocol, counted by code. `id` is the
     /// HTTP/2 stream (ignored on HTTP/1.1).
-    func respondError(_ id: Int32, _ e: GatewayError, requestID: String) {
-        respond(id, status: e.status, headers: [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers,
-                body: Array(e.json(requestID: requestID).utf8), end: true)
+    func respondError(_ id: Int32, _ e: GatewayError, requestID: String, cors: String? = nil) {
+        var headers = [("content-type", "application/json"), ("x-request-id", requestID)] + e.headers
+        if let cors { headers += CORSPolicy.headers(cors) }
+        respond(id, status: e.status, headers: headers, body: Array(e.json(requestID: requestID).utf8), end: true)
         gateway.counted(status: e.status, code: e.code)
     }
 
@@ -460,7 +463,7 @@ final class Connection {
         var hs: [H2Header] = []
         hs.reserveCapacity(headers.count + 1)
         for (n, v) in headers { hs.append(H2Header(n, v)) }
-        if end && proto == .http2 { hs.append(H2Header("content-length", String(body.count))) }
+        if end && proto == .http2 && status != 204 { hs.append(H2Header("content-length", String(body.count))) }
         body.withUnsafeBytes { respond(id, status: status, headers: hs, body: $0, end: end) }
     }
 

@@ -58,6 +58,8 @@ struct RequestHead {
     var keepAlive = true
     /// HTTP/1.1 `Expect: 100-continue` with a body to come: answered `100 Continue` once admitted.
     var expectContinue = false
+    /// `Origin`, from browsers.
+    var origin = ""
 }
 
 /// A message (or part of one) waiting for broker credit, with the client bytes it stands for (its HTTP/2
@@ -195,6 +197,8 @@ final class Exchange {
     /// Whole messages from the client on a stream, and how many of them were charged as interactions.
     var messagesIn: UInt64 = 0
     var messagesCharged: UInt64 = 0
+    /// `Access-Control-Allow-Origin` for this request's answers (nil: not a browser's, or not allowed).
+    var corsOrigin: String?
 
     init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
          requestID: String, startedAt: UInt64, session: String, ndjson: Bool, usage: UsageCell) {
@@ -253,6 +257,7 @@ final class Exchange {
         h.append(H2Header("x-request-id", requestID))
         if rate.limit > 0 { rate.appendHeaders(to: &h) }
         if let contentLength { h.append(H2Header("content-length", String(contentLength))) }
+        if let corsOrigin { for (n, v) in CORSPolicy.headers(corsOrigin) { h.append(H2Header(n, v)) } }
         return h
     }
 

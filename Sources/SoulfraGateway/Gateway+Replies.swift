@@ -287,7 +287,7 @@ extension Gateway {
         if !ex.responded {
             ex.advance(reply: .started)
             if c.proto != .http2 && !ex.requestEnded { c.keepAlive(false) }
-            c.respondError(ex.id, e, requestID: ex.requestID)
+            c.respondError(ex.id, e, requestID: ex.requestID, cors: ex.corsOrigin)
         } else if !ex.responseEnded {
             counters.count(e.code)
             if ex.kind == .message {

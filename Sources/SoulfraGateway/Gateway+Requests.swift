@@ -24,44 +24,26 @@ extension Gateway {
             }
             path = String(path[..<q])
         }
+        if head.method == "OPTIONS" { return preflight(c, id: id, head: head, path: path, requestID: requestID) }
+        let cors = head.origin.isEmpty ? nil : self.cors.allow(origin: head.origin, world: String(Self.worldOfPath(path)))
         let admission = gatekeeper.admit(method: head.method, path: path, authorization: head.authorization,
                                          queryToken: queryToken, now: now, unixSeconds: unixSeconds, cache: &c.admissionCache)
         let route: Route, key: KeyRecord, rate: RateLimitState
         switch admission {
         case .reject(let e):
-            return reject(c, id: id, e, requestID: requestID)
+            return reject(c, id: id, e, requestID: requestID, cors: cors)
         case .admit(let r, let k, let s):
             (route, key, rate) = (r, k, s)
         }
         guard head.session.isEmpty || Route.validSession(head.session) else {
-            return reject(c, id: id, invalidSession, requestID: requestID)
+            return reject(c, id: id, invalidSession, requestID: requestID, cors: cors)
         }
         let wantsSSE = containsASCII(head.accept, "text/event-stream")
         let wantsNDJSON = containsASCII(head.accept, "application/x-ndjson")
         let kind: ExchangeKind
-        switch route {
-        case .messages: kind = wantsSSE ? .messageStream : .message
-        case .streams: kind = .stream
-        case .webSocket:
-            guard c.proto == .http1, head.webSocketAccept != nil else {
-                // HTTP/2 forbids connection-specific fields such as Upgrade (RFC 9113 §8.2.2): there the 426
-                // says what to do in its body only.
-                return reject(c, id: id, GatewayError(
-                    .upgradeRequired,
-                    "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
-                    headers: c.proto == .http2 ? [] : [("upgrade", "websocket")]), requestID: requestID)
-            }
-            kind = .webSocket
-        case .room(_, _, let publish): kind = publish ? .roomPublish : .roomSubscribe
-        case .session: kind = .history
-        case .users:
-            kind = .message  // answered by an instance, in one JSON reply
-        case .analytics(let world):
-            guard analytics[world] != nil else {
-                return reject(c, id: id, GatewayError(.analyticsUnavailable, "no analytics for \(world) yet: a world's figures are rolled up every few seconds",
-                                                      headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
-            }
-            kind = .message  // answered here, from the control plane's roll-up, once the request is in
+        switch exchangeKind(route, c, head: head, wantsSSE: wantsSSE, cors: cors) {
+        case .failure(let e): return reject(c, id: id, e, requestID: requestID, cors: cors)
+        case .success(let k): kind = k
         }
         if head.expectContinue {
             c.keepAlive(head.keepAlive)
@@ -69,7 +51,7 @@ extension Gateway {
         }
         let page: (after: UInt64, limit: Int), resumeAfter: UInt64?
         switch Self.positions(kind: kind, head: head, query: query) {
-        case .failure(let e): return reject(c, id: id, e, requestID: requestID)
+        case .failure(let e): return reject(c, id: id, e, requestID: requestID, cors: cors)
         case .success(let p): (page, resumeAfter) = p
         }
         var session = head.session
@@ -78,7 +60,8 @@ extension Gateway {
                           startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE,
                           usage: ledger.cell(for: key))
         // A stream opened with no interaction left to spend is refused at once.
-        if kind.isConversation, let e = budgetSpent(key) { return reject(c, id: id, e, requestID: requestID) }
+        if kind.isConversation, let e = budgetSpent(key) { return reject(c, id: id, e, requestID: requestID, cors: cors) }
+        ex.corsOrigin = cors
         (ex.historyAfter, ex.historyLimit) = page
         ex.resumeAfter = resumeAfter
         if case .users(_, let rest) = route { ex.resourceDetail = "users \(head.method) \(rest)" }
@@ -106,6 +89,36 @@ extension Gateway {
         }
     }
 
+    /// What kind of exchange a route is, or why it is refused here.
+    func exchangeKind(_ route: Route, _ c: Connection, head: RequestHead, wantsSSE: Bool, cors: String?) -> Result<ExchangeKind, GatewayError> {
+        switch route {
+        case .messages: return .success(wantsSSE ? .messageStream : .message)
+        case .streams: return .success(.stream)
+        case .webSocket(let world):
+            guard c.proto == .http1, head.webSocketAccept != nil else {
+                // HTTP/2 forbids connection-specific fields such as Upgrade (RFC 9113 §8.2.2): there the 426
+                // says what to do in its body only.
+                return .failure(GatewayError(.upgradeRequired, "this route is a WebSocket: send an HTTP/1.1 GET with Upgrade: websocket",
+                                             headers: c.proto == .http2 ? [] : [("upgrade", "websocket")]))
+            }
+            // Browsers send their page's origin on a WebSocket and apply no CORS to it: a world that names its
+            // origins refuses the others here.
+            if !head.origin.isEmpty && cors == nil && self.cors.restricts(world) {
+                return .failure(GatewayError(.originNotAllowed, "origin \(head.origin) may not open a WebSocket to world \"\(world)\""))
+            }
+            return .success(.webSocket)
+        case .room(_, _, let publish): return .success(publish ? .roomPublish : .roomSubscribe)
+        case .session: return .success(.history)
+        case .users: return .success(.message)  // answered by an instance, in one JSON reply
+        case .analytics(let world):
+            guard analytics[world] != nil else {
+                return .failure(GatewayError(.analyticsUnavailable, "no analytics for \(world) yet: a world's figures are rolled up every few seconds",
+                                             headers: [("retry-after", "\(limits.retryAfterSeconds)")]))
+            }
+            return .success(.message)  // answered here, from the control plane's roll-up, once the request is in
+        }
+    }
+
     /// Where in a session the request starts: a history page's cursor (`after`, `limit`), or the event a
     /// resuming stream saw last (`Last-Event-ID` or `?after=`).
     static func positions(kind: ExchangeKind, head: RequestHead, query: Substring)
@@ -126,11 +139,11 @@ extension Gateway {
         return .success(((0, 100), after))
     }
 
-    func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String) {
+    func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String, cors: String? = nil) {
         // HTTP/1.1: the refused request's body is read and dropped; a connection that is not kept does not wait
         // for a body the client may never send.
         if c.proto != .http2 { c.discardRequestBody() }
-        c.respondError(id, e, requestID: requestID)
+        c.respondError(id, e, requestID: requestID, cors: cors)
         if c.proto != .http2 && !c.h1KeepAlive { c.finish(.finished) }
         markDirty(c)
     }

@@ -235,6 +235,8 @@ public final class Gateway {
 
     /// Each world's analytics (JSON, made by the control plane from its roll-ups), swapped whole.
     public var analytics: [String: [UInt8]] = [:]
+    /// Which browser origins may call which worlds (swapped whole by the control plane).
+    public var cors = CORSPolicy()
 
     /// `req_<loop>_<sequence in hex>`: unique per daemon run, cheap to make (no temporary buffers).
     func nextRequestID() -> String {

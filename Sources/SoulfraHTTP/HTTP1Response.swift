@@ -1,12 +1,18 @@
 /// HTTP/1.1 response heads, for the gateway and the admin listener alike.
 public enum HTTP1Response {
     /// The status line and fields, then `content-length` — or, without a length, `transfer-encoding: chunked`
-    /// (none for 101, whose connection stops being HTTP) — `connection: close` when asked, and the blank line.
+    /// (none for 101, whose connection stops being HTTP, nor for 204 and 304, which have no body) — `connection: close` when asked, and the blank line.
     /// A `content-length` among `fields` is ignored: the length given here is the one that frames the body.
     public static func head(status: Int, fields: [(name: String, value: String)], contentLength: Int?, close: Bool) -> [UInt8] {
         var s = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
         for f in fields where f.name != "content-length" { s += "\(f.name): \(f.value)\r\n" }
-        if let contentLength { s += "content-length: \(contentLength)\r\n" } else if status != 101 { s += "transfer-encoding: chunked\r\n" }
+        if status == 204 || status == 304 {
+            // No body and no length (RFC 9110 §8.6).
+        } else if let contentLength {
+            s += "content-length: \(contentLength)\r\n"
+        } else if status != 101 {
+            s += "transfer-encoding: chunked\r\n"
+        }
         if close { s += "connection: close\r\n" }
         s += "\r\n"
         return Array(s.utf8)
@@ -19,6 +25,8 @@ public enum HTTP1Response {
         case 200: "OK"
         case 201: "Created"
         case 202: "Accepted"
+        case 204: "No Content"
+        case 303: "See Other"
         case 400: "Bad Request"
         case 401: "Unauthorized"
         case 403: "Forbidden"

@@ -52,6 +52,8 @@ public final class BrokerServer: Sendable {
         case vaultPurge(world: String, done: @Sendable (String?) -> Void)
         /// Each world's analytics document, answered by the gateway at `/v1/worlds/{w}/analytics`.
         case installAnalytics([String: [UInt8]])
+        /// Which browser origins may call which worlds.
+        case installCORS(CORSPolicy)
     }
 
     /// A socket moving to another loop, with the bytes already read from it (HELLO and anything after).
@@ -229,6 +231,9 @@ public final class BrokerServer: Sendable {
 
     /// Replaces the analytics documents the gateway serves, on every loop.
     public func install(analytics: [String: [UInt8]]) { post(.installAnalytics(analytics)) }
+
+    /// Replaces the gateway's CORS policy, on every loop.
+    public func install(cors: CORSPolicy) { post(.installCORS(cors)) }
 
     /// Reads a page of `world`'s events (`VaultRequest.replay`) on the loop whose vault stores it; `done` runs
     /// on that loop and must only hand the page on.

@@ -292,6 +292,8 @@ final class Wiring: LoopDelegate {
                 if let v = vault { v.store.purge(world: world, done: done) } else { done("no vault runs in this process") }
             case .installAnalytics(let documents):
                 gateway?.analytics = documents
+            case .installCORS(let policy):
+                gateway?.cors = policy
             }
         }
     }

@@ -13,12 +13,20 @@ import SoulfraVaultStore
 /// reloaded when it changes) and the control plane (worlds' instance tokens and keys). Either changing
 /// installs the merged tables on every loop.
 final class AccessSources: Sendable {
-    private let state: Mutex<(config: ServerConfig, control: ControlTables, server: BrokerServer?)>
+    private let state: Mutex<(config: ServerConfig, control: ControlTables, server: BrokerServer?, panel: Set<String>)>
 
-    init(config: ServerConfig) { state = Mutex((config, ControlTables(), nil)) }
+    init(config: ServerConfig) { state = Mutex((config, ControlTables(), nil, [])) }
 
+    /// Starts installing on `server`'s loops. The admin listener's own origins (the control panel) may call
+    /// every world from a browser.
     func attach(_ server: BrokerServer) {
-        state.withLock { $0.server = server }
+        state.withLock { s in
+            s.server = server
+            if server.adminPort != 0 {
+                let host = hostOf(s.config.adminTCP)
+                s.panel = ["http://\(host):\(server.adminPort)", "http://localhost:\(server.adminPort)", "http://127.0.0.1:\(server.adminPort)"]
+            }
+        }
         install()
     }
 
@@ -41,6 +49,7 @@ final class AccessSources: Sendable {
                                      instanceTokens: s.config.instanceTokens.merging(s.control.instanceTokens) { _, control in control },
                                      runtimeToken: s.config.runtimeToken, vaultToken: s.config.vaultToken, gatewayToken: s.config.gatewayToken)
             server.install(access: access, keys: KeyTable(s.config.gatewayKeys + s.control.gatewayKeys, budgets: s.control.budgets))
+            server.install(cors: CORSPolicy(origins: s.control.origins.mapValues(Set.init), everyWorld: s.panel))
         }
     }
 }

@@ -42,6 +42,9 @@ struct Deploy: ParsableCommand {
     @Option(name: .long, help: "Instances to run (default: the template's scaling.min_instances).")
     var instances: Int?
 
+    @Option(name: .customLong("cors-origin"), help: "A browser origin allowed to call the world (https://app.example.com, or *); repeat for more.")
+    var corsOrigins: [String] = []
+
     @Option(name: .customLong("template-file"), help: "A template of your own (JSON, as config/templates/*.json).")
     var templateFile: String?
 
@@ -66,6 +69,7 @@ struct Deploy: ParsableCommand {
             if let stream { body["stream"] = stream }
             if let region { body["region"] = region }
             if let instances { body["instances"] = instances }
+            if !corsOrigins.isEmpty { body["cors_origins"] = corsOrigins }
             if let templateFile {
                 guard let text = try? String(contentsOfFile: templateFile, encoding: .utf8) else {
                     throw CLIError("cannot read the template file \(templateFile)", code: 66)

@@ -76,4 +76,31 @@ struct UsageCLITests {
         let table = try w.cli(["usage"])
         #expect(table.status == 0 && table.out.contains("metered") && table.out.contains("COST"), "\(table.out)")
     }
+
+    /// A CORS preflight with curl: the status and the allowed origin it names.
+    func preflight(_ endpoint: String, origin: String) throws -> (status: Int, allowed: String) {
+        let r = try runCapturing("/usr/bin/curl", ["-s", "-o", "/dev/null", "-D", "-", "-w", "%{http_code}", "-X", "OPTIONS", endpoint + "/messages",
+                                                   "-H", "Origin: \(origin)", "-H", "Access-Control-Request-Method: POST"], timeout: 20)
+        let allowed = r.out.split(separator: "\r\n").first { $0.lowercased().hasPrefix("access-control-allow-origin:") }
+        return (Int(r.out.suffix(3)) ?? 0, allowed.map { String($0.split(separator: " ", maxSplits: 1).last ?? "") } ?? "")
+    }
+
+    @Test("CORS through the daemon: deploy --cors-origin allows a page's preflight, soulfra cors changes the list on every loop at once, bad origins are refused")
+    func corsOrigins() throws {
+        let w = try CLIWorld("cors")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let d = try w.json(["deploy", "--type", "kids", "--name", "webapp", "--cors-origin", "https://app.example.com", "--no-wait"])
+        let endpoint = d["endpoint"] as? String ?? ""
+        #expect(try preflight(endpoint, origin: "https://app.example.com") == (204, "https://app.example.com"))
+        #expect(try preflight(endpoint, origin: "https://other.example").status == 403)
+        #expect(try w.cli(["cors", "webapp", "https://other.example"]).status == 0)
+        #expect(try preflight(endpoint, origin: "https://other.example") == (204, "https://other.example"), "changed before the command returned")
+        #expect(try preflight(endpoint, origin: "https://app.example.com").status == 403)
+        let bad = try w.cli(["cors", "webapp", "https://App.example.com/path"])
+        #expect(bad.status == 5 && bad.err.contains("not an origin"), "\(bad.err)")
+        #expect(try w.cli(["cors", "webapp", "--clear"]).status == 0)
+        #expect(try preflight(endpoint, origin: "https://other.example").status == 403)
+        #expect(try w.json(["cors", "webapp"])["cors_origins"] as? [String] == [])
+    }
 }
