@@ -72,7 +72,7 @@ let package = Package(
         // libsqlite3 for the control plane's state (Debian 12: 3.40).
         .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
         .target(name: "SoulfraDocker", dependencies: ["CCurl"]),
-        .target(name: "SoulfraControl", dependencies: ["CSQLite", "SoulfraConfig", "SoulfraKeys", "SoulfraLimits", "SoulfraDocker"]),
+        .target(name: "SoulfraControl", dependencies: ["CSQLite", "CCurl", "SoulfraConfig", "SoulfraKeys", "SoulfraLimits", "SoulfraDocker"]),
         .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP", "CCurl"]),
         .target(name: "SoulfraWorld", dependencies: ["SoulfraRuntime", "SoulfraVault", "SoulfraPeerLink", "SoulfraWire", "SoulfraHTTP"]),
         .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
@@ -141,7 +141,7 @@ let package = Package(
         .testTarget(name: "SoulfraRuntimeTests", dependencies: ["SoulfraRuntime", "SoulfraPeerLink", "SoulfraWire"]),
         .testTarget(name: "SoulfraVaultTests", dependencies: ["SoulfraVault", "SoulfraVaultStore", "SoulfraLoop", "SoulfraPeerLink", "SoulfraWire", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraMetricsTests", dependencies: ["SoulfraMetrics"]),
-        .testTarget(name: "SoulfraControlTests", dependencies: ["SoulfraControl"]),
+        .testTarget(name: "SoulfraControlTests", dependencies: ["SoulfraControl", "SoulfraTestSupport"]),
         .testTarget(name: "SoulfraConfigTests", dependencies: ["SoulfraConfig"]),
         // The tree's promises, checked: sans-IO modules, declared imports, length limits (docs/architecture.md).
         .testTarget(name: "SoulfraTidyTests"),
@@ -149,7 +149,7 @@ let package = Package(
             name: "SoulfraIntegrationTests",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraBroker", "SoulfraPeer", "SoulfraPeerLink", "SoulfraNet", "SoulfraWire", "SoulfraLoop",
                            "SoulfraClient", "SoulfraHTTP2", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraLimits", "SoulfraVault",
-                           "SoulfraRuntime", "SoulfraWorld", "SoulfraControl", "SoulfraDocker", "SoulfraKeys"]
+                           "SoulfraRuntime", "SoulfraWorld", "SoulfraControl", "SoulfraDocker", "SoulfraTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -126,6 +126,7 @@ int sf_curl_easy(const char *unix_path, const char *method, const char *url, con
     for (int i = 0; i < header_count; i++) list = curl_slist_append(list, headers[i]);
     struct easy_sink sink = { on_data, context };
     if (unix_path) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, unix_path);
+    else curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");  /* outbound calls (webhooks): never file:, ftp: … */
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, list);

@@ -45,7 +45,9 @@ public enum ControlReply: Sendable {
 extension ControlService {
     typealias Handler = @Sendable (ControlService, ControlRequest, @escaping @Sendable (ControlReply) -> Bool) throws -> (Int, Any)?
 
-    static let routeTable: [(method: String, pattern: String, handler: Handler)] = [
+    static let routeTable: [(method: String, pattern: String, handler: Handler)] = worldRoutes + webhookRoutes
+
+    static let worldRoutes: [(method: String, pattern: String, handler: Handler)] = [
         ("GET", "/admin/v1/status", { s, _, _ in (200, try s.status()) }),
         ("GET", "/admin/v1/worlds", { s, _, _ in (200, ["worlds": try s.worldList()]) }),
         ("POST", "/admin/v1/worlds", { s, r, _ in (201, try s.deploy(r)) }),
@@ -236,6 +238,7 @@ extension ControlService {
         try DeployRequest.checkInstances(n, spec.template)
         try wrap { () throws(ControlError) in try store.scale(world: w.name, instances: n, actor: "admin", now: Self.now()) }
         log("world \(w.name): scaled from \(w.instances) to \(n) instance\(n == 1 ? "" : "s")")
+        webhooks.emit("scaling_event", world: w.name, data: ["world": w.name, "from": w.instances, "to": n, "actor": "admin"], now: Self.now())
         return try worldDetail(w.name)
     }
 

@@ -33,6 +33,10 @@ struct WorldAnalytics {
     var users = Set<String>()
     var interactions = 0
     var replies: [String: Int] = [:]
+    /// Messages per user (sessions counted as `users` is), for `user_milestone`.
+    var perUser: [String: Int] = [:]
+    /// Users who reached a milestone (`milestones`) in the pages folded, with when: the caller announces them.
+    var crossed: [(user: String, count: Int, at: UInt64)] = []
     /// Tokens in and out by agent, as the runtime reported them.
     var agentTokens: [String: (tokensIn: Int, tokensOut: Int)] = [:]
     var refused = 0
@@ -50,7 +54,7 @@ struct WorldAnalytics {
     var generation: Int64 = 0
 
     /// Folds a page in. Kinds as the world instance stores them: 1 a user's message, 3 a reply's end.
-    mutating func fold(_ page: EventPage) {
+    mutating func fold(_ page: EventPage, milestones: Set<Int> = []) {
         for e in page.events where !e.session.hasPrefix("_") {
             if firstMilliseconds == 0 { firstMilliseconds = e.unixMilliseconds }
             lastMilliseconds = max(lastMilliseconds, e.unixMilliseconds)
@@ -63,6 +67,11 @@ struct WorldAnalytics {
                 }
                 // A message sent without a session gets one of its own ("s-…"): not a user that returns.
                 if users.count < Self.maxUsers && !e.session.hasPrefix("s-") { users.insert(e.session) }
+                if users.contains(e.session) {
+                    let n = perUser[e.session, default: 0] + 1
+                    perUser[e.session] = n
+                    if milestones.contains(n) { crossed.append((e.session, n, e.unixMilliseconds)) }
+                }
                 continue
             }
             if o["moderated"] as? Bool == true { refused += 1; continue }
@@ -162,11 +171,18 @@ extension ControlService {
                 }
                 switch result {
                 case .success(let page):
-                    figures.fold(page)
+                    figures.fold(page, milestones: settings.userMilestones)
+                    // Milestones reached before this daemon started were announced then (or missed while it
+                    // was down): a restart reading the log again never repeats them.
+                    for c in figures.crossed where Int64(c.at) >= startedAtMilliseconds {
+                        webhooks.emit("user_milestone", world: world, data: ["world": world, "user": c.user, "interactions": c.count,
+                                                                             "at_ms": c.at], now: Self.now())
+                    }
+                    figures.crossed.removeAll()
                     more = page.more
                 case .failure(let e):
                     // Said once per new failure (a pass every 2 s must not fill the log); the figures wait.
-                    if analyticsErrors[world] != "\(e)" { log("error_alert analytics: cannot read world \(world)'s events: \(e)") }
+                    if analyticsErrors[world] != "\(e)" { alert(world: world, "analytics cannot read the world's events: \(e)") }
                     analyticsErrors[world] = "\(e)"
                 }
                 if case .success = result { analyticsErrors[world] = nil }

@@ -79,6 +79,48 @@ public enum ControlSchema {
             PRIMARY KEY (world, day)
         ) STRICT;
         """,
+        // 3: webhook endpoints, the messages sent to them and every attempt; when a world's deployment was
+        // announced (deployment_complete goes once, also across restarts).
+        """
+        ALTER TABLE worlds ADD COLUMN announced_at INTEGER;
+        UPDATE worlds SET announced_at = updated_at;
+        CREATE TABLE webhooks (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            url             TEXT NOT NULL,
+            world           TEXT,                     -- NULL: every world
+            events          TEXT NOT NULL,            -- comma-separated event types
+            secret          TEXT NOT NULL,            -- whsec_…: needed to sign, so kept (control.db is 0600)
+            previous_secret TEXT,                     -- a rotated secret still signing until previous_until
+            previous_until  INTEGER,
+            state           TEXT NOT NULL DEFAULT 'enabled',   -- enabled · disabled
+            disabled_reason TEXT NOT NULL DEFAULT '',
+            failing_since   INTEGER,                  -- the first failure since the last success
+            created_at      INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE webhook_messages (
+            id              TEXT PRIMARY KEY,         -- the webhook-id header: msg_…
+            endpoint        INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+            event           TEXT NOT NULL,
+            world           TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            created_at      INTEGER NOT NULL,
+            state           TEXT NOT NULL,            -- pending · delivered · failed
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER                   -- NULL once delivered or given up
+        ) STRICT;
+        CREATE INDEX webhook_messages_due ON webhook_messages(state, next_attempt_at);
+        CREATE INDEX webhook_messages_by_endpoint ON webhook_messages(endpoint, created_at);
+        CREATE TABLE webhook_attempts (
+            message         TEXT NOT NULL REFERENCES webhook_messages(id) ON DELETE CASCADE,
+            attempt         INTEGER NOT NULL,
+            at              INTEGER NOT NULL,
+            status          INTEGER,                  -- the HTTP status; NULL when none came
+            error           TEXT NOT NULL DEFAULT '',
+            duration_ms     INTEGER NOT NULL,
+            response        TEXT NOT NULL DEFAULT '', -- the start of the answer's body
+            PRIMARY KEY (message, attempt)
+        ) STRICT;
+        """,
     ]
 
     /// Brings `db` to the last version, each migration in its own transaction; returns the versions applied.

@@ -39,6 +39,8 @@ public final class ControlService: @unchecked Sendable {
         public var stopGraceMilliseconds = 10_000
         /// What cost is figured from.
         public var pricing = Pricing()
+        /// A user's message counts that are announced (`user_milestone`).
+        public var userMilestones: Set<Int> = [10, 100, 1_000]
 
         public init(directory: String, templatesDirectory: String, executable: String, brokerAddress: String, gatewayURL: String) {
             self.directory = directory
@@ -76,6 +78,11 @@ public final class ControlService: @unchecked Sendable {
     var live: Live { liveSource.withLock { $0 }?() ?? Live() }
     var timer: DispatchSourceTimer?
     let startedAt = Date()
+    var startedAtMilliseconds: Int64 { Int64(startedAt.timeIntervalSince1970 * 1000) }
+    /// Webhooks: endpoints, messages and deliveries (state in control.db, decisions on this queue).
+    public let webhooks: WebhookDispatcher
+    /// When each alert text was last sent (the same alert goes at most once a minute).
+    var alerted: [String: Int64] = [:]
     var lastTickError = ""
     let logs: LogFollowers
     /// Makes a world's vault key before its first event (set by the daemon when it runs a vault with a key
@@ -130,10 +137,12 @@ public final class ControlService: @unchecked Sendable {
         self.publish = publish
         self.log = log
         self.logs = LogFollowers(directory: Self.instanceDirectory(settings.directory))
+        self.webhooks = WebhookDispatcher(store: store, queue: queue)
         var specOf: (WorldRecord, String) -> InstanceSpec? = { _, _ in nil }
         self.plane = ControlPlane(store: store, driver: driver) { specOf($0, $1) }
         plane.stopGraceMilliseconds = settings.stopGraceMilliseconds
         specOf = { [unowned self] w, id in instanceSpec(w, id) }
+        webhooks.log = { [unowned self] line in self.log(line) }
     }
 
     /// Where a directory's instances keep their pid and log files.
@@ -159,7 +168,12 @@ public final class ControlService: @unchecked Sendable {
         let now = Self.now()
         do {
             try plane.tick(now: now)
+            for exit in plane.reconciler.takeExits() {
+                alert(world: exit.world, "instance \(exit.id) exited" + (exit.crashLooping ? "; it is crash-looping and stays down for a minute" : "; it is restarted"))
+            }
             try finishShutdowns(now: now)
+            try announceDeployments(now: now)
+            webhooks.tick(now: now)
             if now - lastUsageRollUp >= Self.usageIntervalMilliseconds { rollUpUsage(now: now) }
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }
@@ -176,8 +190,34 @@ public final class ControlService: @unchecked Sendable {
             lastTickError = ""
         } catch {
             let text = "\(error)"
-            if text != lastTickError { log("error_alert control: \(text)") }
+            if text != lastTickError { alert(world: "", "control: \(text)") }
             lastTickError = text
+        }
+    }
+
+    /// Logs an `error_alert` line and sends it to the webhooks that want it (the same text at most once a minute).
+    func alert(world: String, _ message: String) {
+        log("error_alert " + (world.isEmpty ? "" : "world \(world): ") + message)
+        let now = Self.now()
+        alerted = alerted.filter { now - $0.value < 60_000 }
+        let key = world + "\u{0}" + message
+        guard alerted[key] == nil else { return }
+        alerted[key] = now
+        webhooks.emit("error_alert", world: world, data: ["world": world, "message": message], now: now)
+    }
+
+    /// `deployment_complete`, once per world (kept in control.db): when all its wanted instances are attached
+    /// and taking streams for the first time.
+    func announceDeployments(now: Int64) throws(ControlError) {
+        let pending = try store.worlds().filter { $0.state == "active" && $0.announcedAt == nil && $0.instances > 0 }
+        guard !pending.isEmpty else { return }
+        let attached = live.attached
+        for w in pending where Set(attached[w.name] ?? []).count >= w.instances {
+            guard try store.markAnnounced(world: w.name, now: now) else { continue }
+            webhooks.emit("deployment_complete", world: w.name, data: [
+                "world": w.name, "template": w.template, "instances": w.instances, "driver": driverName,
+                "endpoint": "\(settings.gatewayURL)/v1/worlds/\(w.name)", "seconds": Double(now - w.createdAt) / 1000,
+            ], now: now)
         }
     }
 
@@ -200,7 +240,7 @@ public final class ControlService: @unchecked Sendable {
                 queue.async { [self] in
                     purging.remove(name)
                     if let failure {
-                        log("error_alert world \(name): its vault was not purged (\(failure)); the world is removed, its files kept")
+                        alert(world: name, "its vault was not purged (\(failure)); the world is removed, its files kept")
                     } else {
                         log("world \(name): shut down, vault purged")
                     }

@@ -11,9 +11,11 @@ public struct WorldRecord: Equatable, Sendable {
     public var state: String
     public var createdAt: Int64
     public var updatedAt: Int64
+    /// When `deployment_complete` went out (nil: not yet).
+    public var announcedAt: Int64?
 
     public init(name: String, template: String, spec: String, instances: Int, state: String = "active",
-                createdAt: Int64 = 0, updatedAt: Int64 = 0) {
+                createdAt: Int64 = 0, updatedAt: Int64 = 0, announcedAt: Int64? = nil) {
         self.name = name
         self.template = template
         self.spec = spec
@@ -21,6 +23,7 @@ public struct WorldRecord: Equatable, Sendable {
         self.state = state
         self.createdAt = createdAt
         self.updatedAt = updatedAt
+        self.announcedAt = announcedAt
     }
 }
 
@@ -162,11 +165,11 @@ public final class ControlStore {
         (try? db.rows("PRAGMA user_version") { Int($0.int(0)) }.first) ?? 0
     }
 
-    private func wrap<T>(_ body: () throws(SQLiteError) -> T) throws(ControlError) -> T {
+    func wrap<T>(_ body: () throws(SQLiteError) -> T) throws(ControlError) -> T {
         do { return try body() } catch { throw .database(error) }
     }
 
-    private func audited<T>(_ actor: String, _ action: String, _ target: String, _ detail: String, now: Int64,
+    func audited<T>(_ actor: String, _ action: String, _ target: String, _ detail: String, now: Int64,
                             _ body: () throws(ControlError) -> T) throws(ControlError) -> T {
         var inner: ControlError?
         do throws(SQLiteError) {
@@ -204,19 +207,19 @@ public final class ControlStore {
 
     public func world(_ name: String) throws(ControlError) -> WorldRecord? {
         try wrap { () throws(SQLiteError) in
-            try db.rows("SELECT name, template, spec, instances, state, created_at, updated_at FROM worlds WHERE name = ?", [.text(name)], Self.world).first
+            try db.rows("SELECT name, template, spec, instances, state, created_at, updated_at, announced_at FROM worlds WHERE name = ?", [.text(name)], Self.world).first
         }
     }
 
     public func worlds() throws(ControlError) -> [WorldRecord] {
         try wrap { () throws(SQLiteError) in
-            try db.rows("SELECT name, template, spec, instances, state, created_at, updated_at FROM worlds ORDER BY name", [], Self.world)
+            try db.rows("SELECT name, template, spec, instances, state, created_at, updated_at, announced_at FROM worlds ORDER BY name", [], Self.world)
         }
     }
 
     private static func world(_ s: SQLiteStatement) -> WorldRecord {
         WorldRecord(name: s.text(0), template: s.text(1), spec: s.text(2), instances: Int(s.int(3)), state: s.text(4),
-                    createdAt: s.int(5), updatedAt: s.int(6))
+                    createdAt: s.int(5), updatedAt: s.int(6), announcedAt: s.isNull(7) ? nil : s.int(7))
     }
 
     /// Sets how many instances a world wants, audited.

@@ -51,7 +51,7 @@ extension ControlService {
             usageError = ""
         } catch {
             let text = "\(error)"
-            if text != usageError { log("error_alert usage: the roll-up was not written (\(text)); it is retried with the next") }
+            if text != usageError { alert(world: "", "usage: the roll-up was not written (\(text)); it is retried with the next") }
             usageError = text
             return
         }

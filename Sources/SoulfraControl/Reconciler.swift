@@ -37,6 +37,15 @@ public final class Reconciler {
     private var slots: [String: Slot] = [:]
     /// Slots left down for crashing too often, with when they will be tried again.
     public private(set) var crashLooping: [String: Int64] = [:]
+    /// Exits counted since `takeExits` was last called (for alerts).
+    private var newExits: [(world: String, id: String, crashLooping: Bool)] = []
+
+    /// The exits counted since the last call, and whether each put its slot in a crash loop.
+    public func takeExits() -> [(world: String, id: String, crashLooping: Bool)] {
+        defer { newExits.removeAll() }
+        return newExits
+    }
+
     /// Exits seen, restarts asked for.
     public private(set) var exitsSeen = 0
     public private(set) var restarts = 0
@@ -104,6 +113,7 @@ public final class Reconciler {
                 if !s.counted {
                     s.counted = true
                     recordExit(&s, key: key, now: now)
+                    newExits.append((o.world, o.id, crashLooping[key] != nil))
                 }
                 slots[key] = s
                 if now >= s.retryAt {

@@ -86,7 +86,7 @@ public struct DockerClient: Sendable {
     }
 }
 
-func withHeaders<R>(_ headers: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>, Int32) -> R) -> R {
+public func withHeaders<R>(_ headers: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>, Int32) -> R) -> R {
     let copies = headers.map { strdup($0) }
     defer { for c in copies { free(c) } }
     let pointers = copies.map { UnsafePointer<CChar>($0) }

@@ -11,7 +11,7 @@ struct Soulfra: ParsableCommand {
             the broker that routes World ↔ Runtime ↔ Vault frames. Instances, runtimes and vaults attach to
             the broker over its unix socket or TCP and speak the wire protocol in docs/protocol.md.
             """,
-        subcommands: [Init.self, Deploy.self, List.self, Status.self, Scale.self, Logs.self, Master.self, Shutdown.self, Keys.self, Usage.self, CORS.self, Down.self,
+        subcommands: [Init.self, Deploy.self, List.self, Status.self, Scale.self, Logs.self, Master.self, Shutdown.self, Keys.self, Usage.self, CORS.self, Webhooks.self, Down.self,
                       Serve.self, World.self, Vault.self, Runtime.self, Probe.self, Interfaces.self]
     )
 }
