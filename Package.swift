@@ -72,7 +72,7 @@ let package = Package(
         // libsqlite3 for the control plane's state (Debian 12: 3.40).
         .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
         .target(name: "SoulfraDocker", dependencies: ["CCurl"]),
-        .target(name: "SoulfraControl", dependencies: ["CSQLite", "CCurl", "SoulfraConfig", "SoulfraKeys", "SoulfraLimits", "SoulfraDocker"]),
+        .target(name: "SoulfraControl", dependencies: ["CSQLite", "CCurl", "SoulfraConfig", "SoulfraKeys", "SoulfraLimits", "SoulfraDocker", "SoulfraMetrics"]),
         .target(name: "SoulfraRuntime", dependencies: ["SoulfraPeerLink", "SoulfraPeer", "SoulfraWire", "SoulfraNet", "SoulfraHTTP", "CCurl"]),
         .target(name: "SoulfraWorld", dependencies: ["SoulfraRuntime", "SoulfraVault", "SoulfraPeerLink", "SoulfraWire", "SoulfraHTTP"]),
         .target(name: "SoulfraVault", dependencies: ["SoulfraPeerLink", "SoulfraWire", "COpenSSL"]),
@@ -111,7 +111,7 @@ let package = Package(
         .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore", "SoulfraRuntime"], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
-            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraControl", "SoulfraDocker", "SoulfraKeys", "SoulfraBroker", "SoulfraGateway", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraPeerLink", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraControl", "SoulfraDocker", "SoulfraKeys", "SoulfraBroker", "SoulfraGateway", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraPeerLink", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", "SoulfraWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "soulfra-loadtest",

@@ -67,6 +67,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var templatesDirectory = "config/templates"
     /// The price table cost is figured from (`pricing`).
     public var pricing = Pricing()
+    /// `/metrics` has series per key (`soulfra_key_*{world, key}`, the key's prefix) only when asked: keys are
+    /// many and each is a series of its own.
+    public var metricsPerKeyLabels = false
 
     public init() {}
 
@@ -246,6 +249,10 @@ extension ServerConfig {
             controlDriver = try c.string("driver") ?? controlDriver
             templatesDirectory = try c.string("templates_directory") ?? templatesDirectory
             try c.finish()
+        }
+        if var m = try r.object("metrics") {
+            metricsPerKeyLabels = try m.bool("per_key_labels") ?? metricsPerKeyLabels
+            try m.finish()
         }
         if var p = try r.object("pricing") {
             try p.read(&pricing)
@@ -453,6 +460,12 @@ struct JSONReader {
             throw .init(key: path + key, message: "must be a whole number between 0 and \(UInt64(max)), got \(d)")
         }
         return d
+    }
+
+    mutating func bool(_ key: String) throws(ServerConfig.Invalid) -> Bool? {
+        guard let v = raw(key) else { return nil }
+        guard let n = v as? NSNumber, String(cString: n.objCType) == "c" else { throw .init(key: path + key, message: "must be true or false") }
+        return n.boolValue
     }
 
     mutating func uint32(_ key: String) throws(ServerConfig.Invalid) -> UInt32? {

@@ -48,6 +48,13 @@ struct WorldAnalytics {
     /// Reply times in milliseconds: counts per bucket (upper bounds; the last is everything above).
     static let bounds: [Double] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000]
     var latency = [Int](repeating: 0, count: WorldAnalytics.bounds.count + 1)
+    var latencySumMilliseconds = 0.0
+    /// Time to the first token, the same buckets.
+    var firstToken = [Int](repeating: 0, count: WorldAnalytics.bounds.count + 1)
+    var firstTokenSumMilliseconds = 0.0
+    /// When each user last sent a message (for active users: those seen in the last `activeWindow`).
+    var lastSeen: [String: UInt64] = [:]
+    static let activeWindowMilliseconds: UInt64 = 300_000
     /// Distinct users counted exactly up to this many; past it, the count stops growing (documented).
     static let maxUsers = 100_000
     /// The world this rolls up: its creation time tells a world deployed again under the name apart.
@@ -68,6 +75,7 @@ struct WorldAnalytics {
                 // A message sent without a session gets one of its own ("s-…"): not a user that returns.
                 if users.count < Self.maxUsers && !e.session.hasPrefix("s-") { users.insert(e.session) }
                 if users.contains(e.session) {
+                    lastSeen[e.session] = max(lastSeen[e.session] ?? 0, e.unixMilliseconds)
                     let n = perUser[e.session, default: 0] + 1
                     perUser[e.session] = n
                     if milestones.contains(n) { crossed.append((e.session, n, e.unixMilliseconds)) }
@@ -82,6 +90,11 @@ struct WorldAnalytics {
             agentTokens[agent] = (t.tokensIn + (jsonInteger(usage?["tokens_in"]) ?? 0), t.tokensOut + (jsonInteger(usage?["tokens_out"]) ?? 0))
             if let total = usage?["total_ms"] as? Double {
                 latency[Self.bounds.firstIndex { total <= $0 } ?? Self.bounds.count] += 1
+                latencySumMilliseconds += total
+            }
+            if let first = usage?["time_to_first_token_ms"] as? Double {
+                firstToken[Self.bounds.firstIndex { first <= $0 } ?? Self.bounds.count] += 1
+                firstTokenSumMilliseconds += first
             }
         }
         after = max(after, page.next)
@@ -97,6 +110,12 @@ struct WorldAnalytics {
             if Double(seen) >= q * Double(total) { return i < Self.bounds.count ? Self.bounds[i] : .infinity }
         }
         return .infinity
+    }
+
+    /// Users who sent a message within the active window before `now`.
+    func activeUsers(now: Int64) -> Int {
+        let since = UInt64(max(0, now)) &- min(UInt64(max(0, now)), Self.activeWindowMilliseconds)
+        return lastSeen.values.reduce(0) { $0 + ($1 >= since ? 1 : 0) }
     }
 
     /// Tantrums stamped within the minute before `now`.
@@ -144,21 +163,7 @@ extension ControlService {
         for gone in analyticsErrors.keys where !names.contains(gone) { analyticsErrors[gone] = nil }
         let documents = Dictionary(uniqueKeysWithValues: analytics.map { ($0.key, $0.value.document(world: $0.key, asOf: now)) })
         publishAnalytics?(documents)
-        metricsText.withLock { $0 = worldMetrics(now: now) }
-    }
-
-    /// Per-world gauges for `/metrics` from the roll-ups (the world label is bounded by the worlds deployed).
-    func worldMetrics(now: Int64) -> String {
-        var text = "# HELP soulfra_world_users Users (sessions that sent a message) a world has had.\n# TYPE soulfra_world_users gauge\n"
-        var interactions = "# HELP soulfra_world_interactions_total Users' messages to a world.\n# TYPE soulfra_world_interactions_total counter\n"
-        var tantrums = "# HELP soulfra_world_tantrums_per_minute Tantrums in an executive world in the last minute.\n# TYPE soulfra_world_tantrums_per_minute gauge\n"
-        for name in analytics.keys.sorted() {
-            let label = "{world=\"\(name)\"}"
-            text += "soulfra_world_users\(label) \(analytics[name]!.users.count)\n"
-            interactions += "soulfra_world_interactions_total\(label) \(analytics[name]!.interactions)\n"
-            tantrums += "soulfra_world_tantrums_per_minute\(label) \(analytics[name]!.tantrumsLastMinute(now: now))\n"
-        }
-        return text + interactions + tantrums
+        metricsText.withLock { $0 = controlMetrics(now: now) }
     }
 
     private func readRound(_ world: String, generation: Int64, pages: Int, reader: @escaping EventReader) {

@@ -39,6 +39,8 @@ public final class ControlService: @unchecked Sendable {
         public var stopGraceMilliseconds = 10_000
         /// What cost is figured from.
         public var pricing = Pricing()
+        /// Per-key series on `/metrics` (`metrics.per_key_labels`).
+        public var perKeyMetrics = false
         /// A user's message counts that are announced (`user_milestone`).
         public var userMilestones: Set<Int> = [10, 100, 1_000]
 
@@ -67,10 +69,13 @@ public final class ControlService: @unchecked Sendable {
         public var attached: [String: [String]] = [:]
         public var viewers: [String: Int] = [:]
         public var rooms: [String: Int] = [:]
-        public init(attached: [String: [String]] = [:], viewers: [String: Int] = [:], rooms: [String: Int] = [:]) {
+        public var peers = StreamPeers(runtimeLinks: 0, vault: false)
+        public init(attached: [String: [String]] = [:], viewers: [String: Int] = [:], rooms: [String: Int] = [:],
+                    peers: StreamPeers = StreamPeers(runtimeLinks: 0, vault: false)) {
             self.attached = attached
             self.viewers = viewers
             self.rooms = rooms
+            self.peers = peers
         }
     }
     /// Set once the data plane runs.
@@ -116,6 +121,9 @@ public final class ControlService: @unchecked Sendable {
     /// Budgeted keys' charges, shared with every loop through the key table.
     var budgetCounters: [UInt64: BudgetCounter] = [:]
     var originsCache: [String: (spec: String, origins: [String])] = [:]
+    /// Instances' CPU and memory as last sampled (every 10 s), by `world/id`.
+    var resourceSamples: [String: (cpuSeconds: Double, memoryBytes: UInt64)] = [:]
+    var lastResourceSample: Int64 = 0
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
     /// driver. Nothing runs until `start`.

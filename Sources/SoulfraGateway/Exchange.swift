@@ -193,6 +193,7 @@ final class Exchange {
 
     /// The key's usage on this loop (counted as the exchange goes), and the reply's token counts being read.
     let usage: UsageCell
+    let world: WorldCell
     var tokens = TokenScanner()
     /// Whole messages from the client on a stream, and how many of them were charged as interactions.
     var messagesIn: UInt64 = 0
@@ -201,9 +202,10 @@ final class Exchange {
     var corsOrigin: String?
 
     init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
-         requestID: String, startedAt: UInt64, session: String, ndjson: Bool, usage: UsageCell) {
+         requestID: String, startedAt: UInt64, session: String, ndjson: Bool, usage: UsageCell, world: WorldCell) {
         self.id = id
         self.usage = usage
+        self.world = world
         usage.usage.requests &+= 1
         self.conn = conn
         self.route = route

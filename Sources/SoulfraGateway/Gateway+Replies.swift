@@ -12,6 +12,7 @@ extension Gateway {
         if !ex.ndjson { headers.append(H2Header("cache-control", "no-cache")) }
         ex.conn.respond(ex.id, status: 200, headers: headers, body: UnsafeRawBufferPointer(start: nil, count: 0), end: false)
         counted(status: 200, code: nil)
+        observeWorld(ex, now: now)
         markDirty(ex.conn)
     }
 
@@ -73,6 +74,7 @@ extension Gateway {
             if payload.count > 0 || end { c.sendBody(ex.id, payload, end: end) }
             if end {
                 counters.observe(micros: (now &- ex.startedAt) / 1_000)
+                observeWorld(ex, now: now)
                 replyEnded(ex)
             }
         case .roomSubscribe:
@@ -192,6 +194,7 @@ extension Gateway {
                         body: body, end: true)
         counted(status: status, code: nil)
         counters.observe(micros: (now &- ex.startedAt) / 1_000)
+        observeWorld(ex, now: now)
         replyEnded(ex)
         markDirty(ex.conn)
     }

@@ -58,7 +58,7 @@ extension Gateway {
         if case .session(_, let s) = route { session = s }
         let ex = Exchange(id: id, conn: c, route: route, key: key, rate: rate, kind: kind, requestID: requestID,
                           startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE,
-                          usage: ledger.cell(for: key))
+                          usage: ledger.cell(for: key), world: ledger.cell(world: route.world))
         // A stream opened with no interaction left to spend is refused at once.
         if kind.isConversation, let e = budgetSpent(key) { return reject(c, id: id, e, requestID: requestID, cors: cors) }
         ex.corsOrigin = cors

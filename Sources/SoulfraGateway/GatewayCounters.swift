@@ -43,6 +43,8 @@ public struct GatewayCounters: Sendable, Equatable {
     /// Bytes held for clients (send queues, TLS plaintext, HTTP/2 stream queues), as of the last publish.
     public var clientQueueBytes: Int = 0
     public var openExchanges: Int = 0
+    /// Each world's latency by route kind (filled at publish, see `Gateway.countersSnapshot`).
+    public var worldLatency: [String: WorldLatency] = [:]
 
     public init() {}
 
@@ -94,6 +96,7 @@ public struct GatewayCounters: Sendable, Equatable {
         m.openConnections += o.openConnections
         m.clientQueueBytes += o.clientQueueBytes
         m.openExchanges += o.openExchanges
+        m.worldLatency.merge(o.worldLatency) { $0.merging($1) }
         return m
     }
 
@@ -146,6 +149,31 @@ public struct GatewayCounters: Sendable, Equatable {
         o.sample("request_duration_seconds_bucket", ["le": "+Inf"], cumulative)
         o.sample("request_duration_seconds_sum", Double(latencySumMicros) / 1e6)
         o.sample("request_duration_seconds_count", cumulative)
+        worldLatencyText(&o)
         return o.text
+    }
+
+    /// `soulfra_gateway_world_request_duration_seconds{world, route}`: route kinds a world has had requests on.
+    func worldLatencyText(_ o: inout PrometheusText) {
+        guard !worldLatency.isEmpty else { return }
+        o.family("world_request_duration_seconds", .histogram,
+                 "Request latency per world and route kind: unary, head to complete reply; streamed, head to the reply's start.")
+        let width = WorldLatency.width
+        for world in worldLatency.keys.sorted() {
+            let l = worldLatency[world]!
+            for kind in ExchangeKind.allCases {
+                let row = l.buckets[(kind.index * width)..<((kind.index + 1) * width)]
+                let total = row.reduce(0, +)
+                guard total > 0 else { continue }
+                var cumulative: UInt64 = 0
+                for (i, b) in Self.bucketsMicros.enumerated() {
+                    cumulative += row[row.startIndex + i]
+                    o.sample("world_request_duration_seconds_bucket", ["world": world, "route": kind.rawValue, "le": String(Double(b) / 1e6)], cumulative)
+                }
+                o.sample("world_request_duration_seconds_bucket", ["world": world, "route": kind.rawValue, "le": "+Inf"], total)
+                o.sample("world_request_duration_seconds_sum", ["world": world, "route": kind.rawValue], Double(l.sumMicros[kind.index]) / 1e6)
+                o.sample("world_request_duration_seconds_count", ["world": world, "route": kind.rawValue], total)
+            }
+        }
     }
 }

@@ -7,11 +7,52 @@ final class UsageCell {
     init(_ usage: KeyUsage) { self.usage = usage }
 }
 
+/// One world's request latency on this loop, by route kind, in `GatewayCounters.bucketsMicros` buckets.
+public struct WorldLatency: Sendable, Equatable {
+    /// `kinds × (buckets + 1)` counts, row by `ExchangeKind.index`.
+    public var buckets: [UInt64]
+    public var sumMicros: [UInt64]
+    static let width = GatewayCounters.bucketsMicros.count + 1
+
+    public init() {
+        buckets = Array(repeating: 0, count: ExchangeKind.allCases.count * Self.width)
+        sumMicros = Array(repeating: 0, count: ExchangeKind.allCases.count)
+    }
+
+    mutating func observe(_ kind: ExchangeKind, micros: UInt64) {
+        var i = 0
+        while i < GatewayCounters.bucketsMicros.count && micros > GatewayCounters.bucketsMicros[i] { i += 1 }
+        buckets[kind.index * Self.width + i] &+= 1
+        sumMicros[kind.index] &+= micros
+    }
+
+    func merging(_ o: WorldLatency) -> WorldLatency {
+        var m = self
+        for i in m.buckets.indices { m.buckets[i] &+= o.buckets[i] }
+        for i in m.sumMicros.indices { m.sumMicros[i] &+= o.sumMicros[i] }
+        return m
+    }
+}
+
+/// A world's latency on this loop, shared by reference with its exchanges (no lookup per request).
+final class WorldCell {
+    var latency = WorldLatency()
+}
+
 /// Per-key usage on one loop: no locks (one gateway per loop); the owner publishes `snapshot()` with the
 /// loop's other counters and the control plane rolls the growth up into SQLite. Cells live as long as the
 /// daemon, so nothing counted is lost when a key goes (at most one per key ever used).
 struct UsageLedger {
     private(set) var cells: [UInt64: UsageCell] = [:]
+    /// Worlds with requests on this loop (bounded by the worlds keys exist for).
+    private(set) var worlds: [String: WorldCell] = [:]
+
+    mutating func cell(world: String) -> WorldCell {
+        if let c = worlds[world] { return c }
+        let c = WorldCell()
+        worlds[world] = c
+        return c
+    }
 
     mutating func cell(for key: KeyRecord) -> UsageCell {
         if let c = cells[key.id] { return c }
@@ -70,6 +111,19 @@ struct TokenScanner {
 extension Gateway {
     /// This loop's per-key usage, for the owner to publish.
     public func usageSnapshot() -> [UInt64: KeyUsage] { ledger.snapshot() }
+
+    /// The counters with each world's latency filled in (what the owner publishes and `/metrics` renders).
+    public func countersSnapshot() -> GatewayCounters {
+        var c = counters
+        c.worldLatency = ledger.worlds.mapValues(\.latency)
+        return c
+    }
+
+    /// A request's time so far into its world's histogram (unary: head to complete reply; streamed: head to
+    /// the reply's start).
+    @inline(__always) func observeWorld(_ ex: Exchange, now: UInt64) {
+        ex.world.latency.observe(ex.kind, micros: (now &- ex.startedAt) / 1_000)
+    }
 
     /// Charges one interaction to the exchange's key, or refuses it: the key's monthly budget is used up.
     func chargeInteraction(_ ex: Exchange) -> GatewayError? {

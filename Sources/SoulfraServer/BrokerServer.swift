@@ -357,7 +357,7 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.counters, vault: wiring.vault?.metrics,
+        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.countersSnapshot(), vault: wiring.vault?.metrics,
                       usage: wiring.gateway?.usageSnapshot())
         wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }

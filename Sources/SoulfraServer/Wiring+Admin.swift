@@ -128,7 +128,7 @@ extension Wiring {
             if let other { snap = snap.merging(other) }
             loops.append((s.index, counters))
         }
-        var gw = gateway?.counters ?? GatewayCounters()
+        var gw = gateway?.countersSnapshot() ?? GatewayCounters()
         for s in inboxes where s.index != inbox.index { gw = gw.merging(s.gatewayLatest.withLock { $0 }) }
         var vaults = vault?.metrics
         for s in inboxes where s.index != inbox.index {

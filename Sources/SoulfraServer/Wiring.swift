@@ -236,7 +236,7 @@ final class Wiring: LoopDelegate {
 
     func publish() {
         gateway?.measureClientQueues()
-        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.counters, vault: vault?.metrics,
+        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.countersSnapshot(), vault: vault?.metrics,
                       usage: gateway?.usageSnapshot())
     }
 

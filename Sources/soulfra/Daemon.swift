@@ -4,6 +4,7 @@ import Foundation
 import SoulfraLoop
 import SoulfraServer
 import SoulfraControl
+import SoulfraWire
 
 /// The daemon's bootstrap once its settings are known: file limits, signals, the loops, the key watch and
 /// reloads, and the wait for shutdown.
@@ -48,7 +49,10 @@ struct Daemon {
                 : "https://\(hostOf(config.gatewayTLS)):\(server.gatewayTLSPort)"
             control.start(gatewayURL: gateway) {
                 let s = server.snapshot
-                return ControlService.Live(attached: s?.attachedInstances ?? [:], viewers: s?.viewersByWorld ?? [:], rooms: s?.roomsByWorld ?? [:])
+                let peers = ControlService.StreamPeers(runtimeLinks: s?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0,
+                                                       vault: !config.vaultDirectory.isEmpty || (s?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) > 0)
+                return ControlService.Live(attached: s?.attachedInstances ?? [:], viewers: s?.viewersByWorld ?? [:], rooms: s?.roomsByWorld ?? [:],
+                                           peers: peers)
             }
             logLine("control plane: \(control.driverName) driver, state in \(config.controlDirectory)/control.db")
         }

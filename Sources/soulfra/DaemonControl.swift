@@ -141,6 +141,7 @@ extension Daemon {
                                                executable: executable, brokerAddress: broker, gatewayURL: "")
         settings.stopGraceMilliseconds = Int(config.broker.shutdownDrainMilliseconds) + 2_000
         settings.pricing = config.pricing
+        settings.perKeyMetrics = config.metricsPerKeyLabels
         do {
             let driver = try makeDriver(executable: executable)
             let service = try ControlService(settings: settings, driver: driver, publish: { sources.set(control: $0) }, log: { logLine($0) })

@@ -169,7 +169,7 @@ struct ExchangeLifecycleTests {
         let key = h.gateway.gatekeeper.table.byDigest.values.first!
         let ex = Exchange(id: 1, conn: h.connection(1)!, route: .messages(world: "playground"), key: key,
                           rate: RateLimitState(limit: 0, remaining: 0, resetSeconds: 0), kind: .message, requestID: "r-1",
-                          startedAt: 0, session: "", ndjson: false, usage: h.gateway.ledger.cell(for: key))
+                          startedAt: 0, session: "", ndjson: false, usage: h.gateway.ledger.cell(for: key), world: h.gateway.ledger.cell(world: "playground"))
         return (h, ex)
     }
 

@@ -104,3 +104,113 @@ struct UsageCLITests {
         #expect(try w.json(["cors", "webapp"])["cors_origins"] as? [String] == [])
     }
 }
+
+/// The admin listener's URL and token of a CLI world's daemon.
+func adminOf(_ w: CLIWorld) throws -> (url: String, token: String) {
+    let port = (try String(contentsOfFile: w.home + "/ready", encoding: .utf8)).split(separator: "\n")[3]
+    let token = try String(contentsOfFile: w.home + "/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    return ("http://127.0.0.1:\(port)", token)
+}
+
+/// Runs many requests through one curl (a config file of `url`/`next` entries); returns what each printed.
+func curlMany(_ w: CLIWorld, _ entries: [[String]], parallel: Int = 1) throws -> [String] {
+    let config = entries.map { $0.joined(separator: "\n") }.joined(separator: "\nnext\n") + "\n"
+    let file = w.home + "/curl-\(UInt32.random(in: 0...UInt32.max)).cfg"
+    try config.write(toFile: file, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(atPath: file) }
+    let flags = parallel > 1 ? ["-Z", "--parallel-max", String(parallel)] : []
+    return try runCapturing("/usr/bin/curl", ["-s"] + flags + ["-K", file], timeout: 120).out.split(separator: "\n").map(String.init)
+}
+
+@Suite("Metrics through the daemon: cardinality and promtool", .serialized, .enabled(if: uringAvailable && curlAvailable))
+struct MetricsCLITests {
+    func metrics(_ w: CLIWorld) throws -> String {
+        let admin = try adminOf(w)
+        return try runCapturing("/usr/bin/curl", ["-s", admin.url + "/metrics", "-H", "Authorization: Bearer \(admin.token)"]).out
+    }
+
+    func promtool(_ w: CLIWorld, _ text: String) throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool") else { return }
+        let file = w.home + "/metrics.txt"
+        try text.write(toFile: file, atomically: true, encoding: .utf8)
+        let check = try runCapturing("/bin/sh", ["-c", "/usr/bin/promtool check metrics < \(file)"])
+        #expect(check.status == 0 && check.out.isEmpty && check.err.isEmpty, "\(check.out) \(check.err)")
+    }
+
+    @Test("1,000 keys used at once add no series (no key label by default); metrics.per_key_labels adds one per key used; promtool-clean both ways")
+    func cardinality() throws {
+        let w = try CLIWorld("cardinality")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        // The kids template without its token pacing: a thousand replies in seconds, not minutes.
+        let template = try String(contentsOf: repoRoot.appendingPathComponent("config/templates/kids.json"), encoding: .utf8)
+            .replacingOccurrences(of: #""pacing_ms": 30"#, with: #""pacing_ms": 0"#)
+        try template.write(toFile: w.home + "/fast-kids.json", atomically: true, encoding: .utf8)
+        let d = try w.json(["deploy", "--name", "many", "--template-file", w.home + "/fast-kids.json"])
+        let endpoint = d["endpoint"] as? String ?? ""
+        for _ in 0..<3 { _ = try sendUnary(endpoint: endpoint, key: (d["key"] as? [String: Any])?["secret"] as? String ?? "", body: #"{"text":"hi"}"#) }
+        usleep(2_500_000)
+        let before = try metrics(w).split(separator: "\n").filter { !$0.hasPrefix("#") }.count
+        let admin = try adminOf(w)
+        let made = try curlMany(w, (0..<1_000).map { _ in
+            ["url = \"\(admin.url)/admin/v1/worlds/many/keys\"", "request = \"POST\"", "header = \"Authorization: Bearer \(admin.token)\"",
+             "data = \"{}\"", "write-out = \"\\n\""]
+        })
+        // Answers are pretty-printed JSON: each secret is on a line of its own.
+        let secrets = made.compactMap { line -> String? in
+            guard let r = line.range(of: #""secret" : ""#) else { return nil }
+            return String(line[r.upperBound...].prefix { $0 != "\"" })
+        }
+        #expect(secrets.count == 1_000)
+        let answers = try curlMany(w, secrets.map { s in
+            ["url = \"\(endpoint)/messages\"", "header = \"Authorization: Bearer \(s)\"", "data = \"{\\\"text\\\":\\\"hi\\\"}\"",
+             "output = \"/dev/null\"", "write-out = \"%{http_code}\\n\""]
+        }, parallel: 64)  // each reply takes the kids template's pacing (~0.8 s)
+        #expect(answers.filter { $0 == "200" }.count == 1_000, "\(Set(answers))")
+        usleep(2_500_000)
+        let text = try metrics(w)
+        let after = text.split(separator: "\n").filter { !$0.hasPrefix("#") }.count
+        #expect(after - before < 40, "series grew from \(before) to \(after) with 1,000 keys")
+        #expect(!text.contains("key=\""), "no key label by default")
+        #expect(text.contains(#"soulfra_world_requests_total{world="many"} "#))
+        try promtool(w, text)
+        // Asked for, a series per key used (bounded by the keys), still valid.
+        #expect(try w.cli(["down"]).status == 0)
+        var config = (try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: w.home + "/soulfra.json")))) as? [String: Any] ?? [:]
+        config["metrics"] = ["per_key_labels": true]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: w.home + "/soulfra.json"))
+        #expect(try w.cli(["init"]).status == 0)
+        let restarted = try w.json(["status", "many"])["endpoint"] as? String ?? ""
+        for s in secrets.prefix(10) { _ = try sendUnary(endpoint: restarted, key: s, body: #"{"text":"again"}"#) }
+        usleep(2_500_000)
+        let perKey = try metrics(w)
+        let keyed = perKey.split(separator: "\n").filter { $0.hasPrefix("soulfra_key_requests_total{") }
+        #expect(keyed.count == 10, "one series per key used since the start: \(keyed.count)")
+        try promtool(w, perKey)
+    }
+
+    @Test("three worlds: every per-world family is there, promtool-clean")
+    func families() throws {
+        let w = try CLIWorld("families")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        for (type, name) in [("kids", "k1"), ("executive", "e1"), ("sports", "s1")] {
+            let d = try w.json(["deploy", "--type", type, "--name", name])
+            _ = try sendMessage(endpoint: d["endpoint"] as? String ?? "", key: (d["key"] as? [String: Any])?["secret"] as? String ?? "", session: "fan")
+        }
+        usleep(10_500_000)  // instance CPU and memory are sampled every 10 s
+        let text = try metrics(w)
+        for family in ["soulfra_world_users", "soulfra_world_active_users", "soulfra_world_interactions_total", "soulfra_world_requests_total",
+                       "soulfra_world_bytes_total", "soulfra_world_tokens_total", "soulfra_world_ai_time_to_first_token_seconds",
+                       "soulfra_world_ai_reply_seconds", "soulfra_world_instances", "soulfra_world_stream_peers", "soulfra_world_instance_cpu_seconds_total",
+                       "soulfra_world_instance_memory_bytes", "soulfra_gateway_world_request_duration_seconds", "soulfra_webhook_deliveries_total",
+                       "soulfra_vault_appends_total", "soulfra_vault_commit_seconds"] {
+            #expect(text.contains("# TYPE \(family) "), "\(family) missing")
+        }
+        for world in ["k1", "e1", "s1"] {
+            #expect(text.contains(#"soulfra_world_instances{world="\#(world)",state="ready"} 1"#), "\(world) ready")
+            #expect(text.contains(#"soulfra_gateway_world_request_duration_seconds_count{world="\#(world)",route="message_stream"}"#))
+        }
+        try promtool(w, text)
+    }
+}

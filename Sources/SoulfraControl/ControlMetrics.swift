@@ -1,0 +1,148 @@
+import SoulfraLimits
+import SoulfraMetrics
+
+/// The control plane's part of `/metrics`, rebuilt every roll-up (2 s) and read by the admin listener. Label
+/// sets are bounded: `world` by the worlds deployed, `instance` by a world's `scaling.max_instances`, `key`
+/// only when `metrics.per_key_labels` asks for it.
+extension ControlService {
+    /// What the data plane sees of each world's 3-way stream, besides its instances.
+    public struct StreamPeers: Sendable {
+        public var runtimeLinks: Int
+        public var vault: Bool
+        public init(runtimeLinks: Int, vault: Bool) {
+            self.runtimeLinks = runtimeLinks
+            self.vault = vault
+        }
+    }
+
+    func controlMetrics(now: Int64) -> String {
+        var o = PrometheusText(prefix: "soulfra_world")
+        let worlds = ((try? store.worlds()) ?? []).filter { $0.state == "active" }
+        analyticsMetrics(&o, now: now)
+        usageMetrics(&o)
+        instanceMetrics(&o, worlds: worlds, now: now)
+        return o.text + webhookMetrics() + (settings.perKeyMetrics ? keyMetrics() : "")
+    }
+
+    /// Users, interactions, tantrums and the runtime's reply times, from the vault roll-ups.
+    func analyticsMetrics(_ o: inout PrometheusText, now: Int64) {
+        let names = analytics.keys.sorted()
+        o.family("users", .gauge, "Users (sessions that sent a message) a world has had.")
+        for n in names { o.sample("users", ["world": n], analytics[n]!.users.count) }
+        o.family("active_users", .gauge, "Users who sent a message in the last 5 minutes.")
+        for n in names { o.sample("active_users", ["world": n], analytics[n]!.activeUsers(now: now)) }
+        o.family("interactions_total", .counter, "Users' messages to a world, as stored in its vault.")
+        for n in names { o.sample("interactions_total", ["world": n], analytics[n]!.interactions) }
+        o.family("tantrums_per_minute", .gauge, "Tantrums in an executive world in the last minute.")
+        for n in names { o.sample("tantrums_per_minute", ["world": n], analytics[n]!.tantrumsLastMinute(now: now)) }
+        let series: [(String, String, KeyPath<WorldAnalytics, [Int]>, KeyPath<WorldAnalytics, Double>)] = [
+            ("ai_time_to_first_token_seconds", "Agents' time to their first token, as the runtime reported it.", \.firstToken, \.firstTokenSumMilliseconds),
+            ("ai_reply_seconds", "Agents' whole reply time, as the runtime reported it.", \.latency, \.latencySumMilliseconds),
+        ]
+        for (name, help, buckets, sum) in series {
+            o.family(name, .histogram, help)
+            for n in names {
+                let a = analytics[n]!
+                var cumulative = 0
+                for (i, bound) in WorldAnalytics.bounds.enumerated() {
+                    cumulative += a[keyPath: buckets][i]
+                    o.sample(name + "_bucket", ["world": n, "le": String(bound / 1000)], cumulative)
+                }
+                cumulative += a[keyPath: buckets][WorldAnalytics.bounds.count]
+                o.sample(name + "_bucket", ["world": n, "le": "+Inf"], cumulative)
+                o.sample(name + "_sum", ["world": n], a[keyPath: sum] / 1000)
+                o.sample(name + "_count", ["world": n], cumulative)
+            }
+        }
+    }
+
+    /// Requests, interactions, bytes and tokens per world since the daemon started, from the loops' counts.
+    func usageMetrics(_ o: inout PrometheusText) {
+        var byWorld: [String: KeyUsage] = [:]
+        for loop in readUsage?() ?? [] {
+            for u in loop.values { byWorld[u.world, default: KeyUsage(world: u.world, prefix: "")].add(u) }
+        }
+        let names = byWorld.keys.sorted()
+        o.family("requests_total", .counter, "Requests admitted at the gateway for a world.")
+        for n in names { o.sample("requests_total", ["world": n], byWorld[n]!.requests) }
+        o.family("gateway_interactions_total", .counter, "Interactions charged at the gateway (messages requests and stream messages).")
+        for n in names { o.sample("gateway_interactions_total", ["world": n], byWorld[n]!.interactions) }
+        o.family("bytes_total", .counter, "Body bytes through the gateway for a world, by direction.")
+        for n in names {
+            o.sample("bytes_total", ["world": n, "direction": "in"], byWorld[n]!.bytesIn)
+            o.sample("bytes_total", ["world": n, "direction": "out"], byWorld[n]!.bytesOut)
+        }
+        o.family("tokens_total", .counter, "Tokens in replies through the gateway, by direction (the runtime's counts).")
+        for n in names {
+            o.sample("tokens_total", ["world": n, "direction": "in"], byWorld[n]!.tokensIn)
+            o.sample("tokens_total", ["world": n, "direction": "out"], byWorld[n]!.tokensOut)
+        }
+    }
+
+    /// Instances by state, their CPU and memory (sampled every 10 s), and the 3-way stream's peers.
+    func instanceMetrics(_ o: inout PrometheusText, worlds: [WorldRecord], now: Int64) {
+        let observed = plane.driver.observe()
+        let current = live
+        if now - lastResourceSample >= 10_000 {
+            lastResourceSample = now
+            var samples: [String: (cpuSeconds: Double, memoryBytes: UInt64)] = [:]
+            for i in observed where i.state == .running {
+                if let u = plane.driver.usage(world: i.world, id: i.id) { samples[i.world + "/" + i.id] = u }
+            }
+            resourceSamples = samples
+        }
+        o.family("instances", .gauge, "A world's instances: wanted, running (as the driver sees them), ready (attached and taking streams), exited.")
+        for w in worlds {
+            let mine = observed.filter { $0.world == w.name }
+            let running = mine.filter { $0.state == .running }.count
+            o.sample("instances", ["world": w.name, "state": "desired"], w.instances)
+            o.sample("instances", ["world": w.name, "state": "running"], running)
+            o.sample("instances", ["world": w.name, "state": "ready"], Set(current.attached[w.name] ?? []).count)
+            o.sample("instances", ["world": w.name, "state": "exited"], mine.count - running)
+        }
+        o.family("stream_peers", .gauge, "The 3-way stream's peers a world's messages go through, by peer kind (runtime workers and the vault serve every world).")
+        for w in worlds {
+            o.sample("stream_peers", ["world": w.name, "peer_kind": "instance"], Set(current.attached[w.name] ?? []).count)
+            o.sample("stream_peers", ["world": w.name, "peer_kind": "runtime"], current.peers.runtimeLinks)
+            o.sample("stream_peers", ["world": w.name, "peer_kind": "vault"], current.peers.vault ? 1 : 0)
+        }
+        let keys = resourceSamples.keys.sorted()
+        o.family("instance_cpu_seconds_total", .counter, "CPU time an instance has used (/proc for processes, the engine's stats for containers).")
+        for k in keys {
+            let parts = k.split(separator: "/", maxSplits: 1).map(String.init)
+            o.sample("instance_cpu_seconds_total", ["world": parts[0], "instance": parts[1]], resourceSamples[k]!.cpuSeconds)
+        }
+        o.family("instance_memory_bytes", .gauge, "Memory an instance uses (resident set, or the container's usage).")
+        for k in keys {
+            let parts = k.split(separator: "/", maxSplits: 1).map(String.init)
+            o.sample("instance_memory_bytes", ["world": parts[0], "instance": parts[1]], resourceSamples[k]!.memoryBytes)
+        }
+    }
+
+    /// Webhook attempts by outcome, endpoints by state, messages waiting.
+    func webhookMetrics() -> String {
+        var o = PrometheusText(prefix: "soulfra_webhook")
+        o.family("deliveries_total", .counter, "Webhook attempts since the daemon started, by outcome (gave_up: a message's last attempt failed).")
+        for outcome in ["success", "failure", "gave_up"] { o.sample("deliveries_total", ["outcome": outcome], webhooks.outcomes[outcome] ?? 0) }
+        let endpoints = (try? store.webhooks()) ?? []
+        o.family("endpoints", .gauge, "Webhook endpoints by state.")
+        for state in ["enabled", "disabled"] { o.sample("endpoints", ["state": state], endpoints.filter { $0.state == state }.count) }
+        o.single("pending_messages", .gauge, "Webhook messages waiting for an attempt.", ((try? store.pendingWebhookMessages()) ?? [:]).values.reduce(0, +))
+        return o.text
+    }
+
+    /// Per-key series (`metrics.per_key_labels`): the key's prefix as the label.
+    func keyMetrics() -> String {
+        var byKey: [UInt64: KeyUsage] = [:]
+        for loop in readUsage?() ?? [] {
+            for (id, u) in loop { byKey[id, default: KeyUsage(world: u.world, prefix: u.prefix)].add(u) }
+        }
+        var o = PrometheusText(prefix: "soulfra_key")
+        let ids = byKey.keys.sorted()
+        o.family("requests_total", .counter, "Requests admitted for a key.")
+        for id in ids { o.sample("requests_total", ["world": byKey[id]!.world, "key": byKey[id]!.prefix], byKey[id]!.requests) }
+        o.family("interactions_total", .counter, "Interactions charged to a key.")
+        for id in ids { o.sample("interactions_total", ["world": byKey[id]!.world, "key": byKey[id]!.prefix], byKey[id]!.interactions) }
+        return o.text
+    }
+}
