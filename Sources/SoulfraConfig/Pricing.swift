@@ -48,3 +48,17 @@ extension JSONReader {
         p.tokenOut = try price("token_out") ?? p.tokenOut
     }
 }
+
+extension ServerConfig {
+    /// The `metrics` and `pricing` objects.
+    mutating func readControlExtras(_ r: inout JSONReader) throws(ServerConfig.Invalid) {
+        if var m = try r.object("metrics") {
+            metricsPerKeyLabels = try m.bool("per_key_labels") ?? metricsPerKeyLabels
+            try m.finish()
+        }
+        if var p = try r.object("pricing") {
+            try p.read(&pricing)
+            try p.finish()
+        }
+    }
+}

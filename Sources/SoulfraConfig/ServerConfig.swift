@@ -250,14 +250,7 @@ extension ServerConfig {
             templatesDirectory = try c.string("templates_directory") ?? templatesDirectory
             try c.finish()
         }
-        if var m = try r.object("metrics") {
-            metricsPerKeyLabels = try m.bool("per_key_labels") ?? metricsPerKeyLabels
-            try m.finish()
-        }
-        if var p = try r.object("pricing") {
-            try p.read(&pricing)
-            try p.finish()
-        }
+        try readControlExtras(&r)
         if var rt = try r.object("runtime") {
             runtimeWorkers = try rt.int("workers") ?? runtimeWorkers
             runtimeProfile = try rt.string("profile") ?? runtimeProfile
