@@ -108,7 +108,7 @@ let package = Package(
         .target(name: "SoulfraPeer", dependencies: ["SoulfraPeerLink", "SoulfraWire", "SoulfraNet"]),
         // Wiring: config, broker on the loop, signals, graceful shutdown.
         .target(name: "SoulfraClient", dependencies: ["SoulfraHTTP2", "SoulfraHTTP", "SoulfraNet"]),
-        .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore", "SoulfraRuntime"], swiftSettings: dataPlane),
+        .target(name: "SoulfraServer", dependencies: ["SoulfraConfig", "SoulfraBroker", "SoulfraLoop", "SoulfraNet", "SoulfraWire", "SoulfraHTTP", "SoulfraGateway", "SoulfraKeys", "SoulfraTLS", "SoulfraPeer", "SoulfraPeerLink", "SoulfraMetrics", "SoulfraLimits", "SoulfraVault", "SoulfraVaultStore", "SoulfraRuntime"], resources: [.embedInCode("Panel")], swiftSettings: dataPlane),
         .executableTarget(
             name: "soulfra",
             dependencies: ["SoulfraServer", "SoulfraConfig", "SoulfraControl", "SoulfraDocker", "SoulfraKeys", "SoulfraBroker", "SoulfraGateway", "SoulfraLoop", "SoulfraNet", "SoulfraPeer", "SoulfraPeerLink", "SoulfraVaultStore", "SoulfraRuntime", "SoulfraWorld", "SoulfraWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]

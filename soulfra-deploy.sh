@@ -27,8 +27,10 @@ BIN=.build/release/soulfra
 # bench/ itself.
 DEBS=(liburing-dev libnghttp2-dev libssl-dev libsqlite3-dev libcurl4-openssl-dev pkg-config)
 # docker.io: the docker driver's tests run containers on a real engine (the test command starts dockerd);
-# docker-compose (1.29): the daemon-in-a-container path (docker-compose.yml).
-TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse docker.io docker-compose)
+# docker-compose (1.29): the daemon-in-a-container path (docker-compose.yml). chromium and python3-venv: the
+# control panel's browser test (Playwright from PyPI, pinned, in .build/panel-venv, driving Debian's chromium).
+TEST_DEBS=(curl nghttp2-client prometheus python3 python3-fuse docker.io docker-compose chromium python3-venv)
+PLAYWRIGHT=playwright==1.65.2
 
 need_debs() {
   local missing=()
@@ -78,9 +80,21 @@ start_dockerd() {
   echo "warning: dockerd did not answer within 60 s (see /tmp/soulfra-dockerd.log); the docker driver tests will be skipped" >&2
 }
 
+# Playwright (the Python package only: it drives /usr/bin/chromium, it never downloads a browser).
+panel_venv() {
+  local venv=.build/panel-venv
+  if ! "$venv/bin/python" -c 'import playwright' >/dev/null 2>&1; then
+    echo "==> installing $PLAYWRIGHT into $venv (the panel's browser test)"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q "$PLAYWRIGHT" \
+      || echo "warning: Playwright could not be installed; the panel's browser test will be skipped" >&2
+  fi
+  export SOULFRA_PANEL_PYTHON=$PWD/$venv/bin/python
+}
+
 cmd_test() {
   need_debs "${TEST_DEBS[@]}"
   start_dockerd
+  panel_venv
   echo "==> building tests"
   swift build --build-tests
   echo "==> running tests"

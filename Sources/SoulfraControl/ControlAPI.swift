@@ -62,6 +62,7 @@ extension ControlService {
         ("GET", "/admin/v1/worlds/{world}/logs", { s, r, reply in try s.logs(r, reply: reply) }),
         ("GET", "/admin/v1/events", { s, r, _ in (200, try s.events(r)) }),
         ("GET", "/admin/v1/usage", { s, r, _ in (200, try s.usage(r)) }),
+        ("GET", "/admin/v1/live", { s, r, reply in try s.live(r, reply: reply) }),
     ]
 
     /// `(method, pattern)` of every route, for the admin listener's table.
@@ -118,6 +119,10 @@ extension ControlService {
                 "instances": observed.filter { if case .running = $0.state { true } else { false } }.count,
                 "uptime_seconds": Int(Date().timeIntervalSince(startedAt)), "gateway": settings.gatewayURL,
                 "templates": catalog.keys.map(\.rawValue).sorted(), "logs_rotated": logsRotated,
+                "template_agents": Dictionary(uniqueKeysWithValues: catalog.map { ($0.key.rawValue, $0.value.agents.map(\.name)) }),
+                "template_defaults": Dictionary(uniqueKeysWithValues: catalog.map { ($0.key.rawValue, ["runtime": $0.value.runtimeProfile, "stream": $0.value.streamMode,
+                                                                                                      "instances": $0.value.scaling.minInstances,
+                                                                                                      "max_instances": $0.value.scaling.maxInstances] as [String: Any]) }),
                 "log_rotate_bytes": LogFollowers.rotateBytes]
     }
 

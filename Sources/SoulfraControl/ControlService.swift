@@ -70,12 +70,18 @@ public final class ControlService: @unchecked Sendable {
         public var viewers: [String: Int] = [:]
         public var rooms: [String: Int] = [:]
         public var peers = StreamPeers(runtimeLinks: 0, vault: false)
+        /// Each world's gateway latency, all routes: cumulative counts per bucket (upper bounds in µs).
+        public var latency: [String: [UInt64]] = [:]
+        public var latencyBoundsMicros: [UInt64] = []
         public init(attached: [String: [String]] = [:], viewers: [String: Int] = [:], rooms: [String: Int] = [:],
-                    peers: StreamPeers = StreamPeers(runtimeLinks: 0, vault: false)) {
+                    peers: StreamPeers = StreamPeers(runtimeLinks: 0, vault: false), latency: [String: [UInt64]] = [:],
+                    latencyBoundsMicros: [UInt64] = []) {
             self.attached = attached
             self.viewers = viewers
             self.rooms = rooms
             self.peers = peers
+            self.latency = latency
+            self.latencyBoundsMicros = latencyBoundsMicros
         }
     }
     /// Set once the data plane runs.
@@ -123,6 +129,10 @@ public final class ControlService: @unchecked Sendable {
     var originsCache: [String: (spec: String, origins: [String])] = [:]
     /// Instances' CPU and memory as last sampled (every 10 s), by `world/id`.
     var resourceSamples: [String: (cpuSeconds: Double, memoryBytes: UInt64)] = [:]
+    /// The panel's live feed: its followers and the samples rates are taken over.
+    var liveFollowers: [@Sendable (ControlReply) -> Bool] = []
+    var liveSamples: [LiveSample] = []
+    var lastLivePush: Int64 = 0
     var lastResourceSample: Int64 = 0
 
     /// Opens the state (refusing a second daemon on the same directory), loads the templates and makes the
@@ -182,6 +192,7 @@ public final class ControlService: @unchecked Sendable {
             try finishShutdowns(now: now)
             try announceDeployments(now: now)
             webhooks.tick(now: now)
+            pushLive(now: now)
             if now - lastUsageRollUp >= Self.usageIntervalMilliseconds { rollUpUsage(now: now) }
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }

@@ -8,7 +8,7 @@ public struct GatewayError: Error, Sendable, Equatable {
         case invalidRequest, badRequest, requestTimeout, payloadTooLarge, upgradeRequired, rateLimited, tooManyStreams
         case headersTooLarge, notImplemented, replyTooLarge, instanceGone, messageTooLarge, badGateway, invalidUTF8
         case noHealthyInstance, shuttingDown, slowConsumer, overloaded, instanceTimeout, vaultUnavailable
-        case analyticsUnavailable, usageExceeded, originNotAllowed
+        case analyticsUnavailable, usageExceeded, originNotAllowed, csrfFailed
 
         /// The code as apps see it (`rate_limited`).
         public var name: String { Self.table[rawValue].name }
@@ -24,7 +24,7 @@ public struct GatewayError: Error, Sendable, Equatable {
             ("bad_gateway", 502), ("invalid_utf8", 502), ("no_healthy_instance", 503), ("shutting_down", 503),
             ("slow_consumer", 503), ("overloaded", 503), ("instance_timeout", 504), ("vault_unavailable", 503),
             ("analytics_unavailable", 503), ("usage_exceeded", 429),
-            ("origin_not_allowed", 403),
+            ("origin_not_allowed", 403), ("csrf_failed", 403),
         ]
     }
 

@@ -80,8 +80,13 @@ struct AdminRoute {
 struct AdminRoutes {
     var routes: [AdminRoute] = []
     let adminToken: SecretDigest?
+    /// The panel's sign-ins: a session cookie stands for the token (with its CSRF token for changes).
+    let sessions: PanelSessions?
 
-    init(adminToken: SecretDigest?) { self.adminToken = adminToken }
+    init(adminToken: SecretDigest?, sessions: PanelSessions? = nil) {
+        self.adminToken = adminToken
+        self.sessions = sessions
+    }
 
     mutating func add(_ route: AdminRoute) { routes.append(route) }
 
@@ -106,6 +111,9 @@ struct AdminRoutes {
                 continue
             }
             if route.needsToken && !authorized(head) {
+                if let sessions, adminToken != nil, sessions.verdict(head, now: PanelSessions.nowSeconds()) == .csrfFailed {
+                    return .failure(Refusal(response: .error(.csrfFailed, "a change from the panel needs its X-CSRF-Token header and the panel's own origin")))
+                }
                 return .failure(Refusal(response: .error(.unauthorized, "the admin token is required (Authorization: Bearer …)",
                                                          fields: [("www-authenticate", #"Bearer realm="soulfra-admin""#)])))
             }
@@ -122,7 +130,9 @@ struct AdminRoutes {
 
     private func authorized(_ h: HTTPRequestHead) -> Bool {
         guard let expected = adminToken else { return false }
-        guard let auth = h.header("authorization"), let token = bearerToken(auth) else { return false }
+        guard let auth = h.header("authorization"), let token = bearerToken(auth) else {
+            return sessions?.authorizes(h, now: PanelSessions.nowSeconds()) ?? false
+        }
         return expected.matches(SecretDigest(of: String(token)))
     }
 }

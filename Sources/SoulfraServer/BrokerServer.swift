@@ -104,6 +104,8 @@ public final class BrokerServer: Sendable {
     public let gatewayTLSPort: UInt16
     /// Loops (threads, rings) serving the broker.
     public let loopCount: Int
+    /// The control panel's sign-ins (sessions by cookie), shared by every loop's admin listener.
+    public let panelSessions = PanelSessions()
     let inboxes: [LoopInbox]
     private let done = DispatchGroup()
 
@@ -324,6 +326,7 @@ public final class BrokerServer: Sendable {
         wiring.listenerRoles = listeners.map(\.1)
         wiring.adminToken = config.adminToken.isEmpty ? nil : SecretDigest(of: config.adminToken)
         wiring.adminExtension = adminExtension
+        wiring.panelSessions = panelSessions
         loop.delegate = wiring
         for (l, _) in listeners { loop.add(listener: l) }
         if listeners.contains(where: { $0.1 == .gateway || $0.1 == .gatewayTLS }) {

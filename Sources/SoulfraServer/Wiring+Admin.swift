@@ -11,7 +11,8 @@ import SoulfraHTTP
 extension Wiring {
     /// The admin listener's routes: health and readiness for orchestrators (no token), metrics for scrapers.
     func makeAdminRoutes() -> AdminRoutes {
-        var r = AdminRoutes(adminToken: adminToken)
+        var r = AdminRoutes(adminToken: adminToken, sessions: panelSessions)
+        addPanelRoutes(&r)
         r.add(AdminRoute("GET", "/healthz", needsToken: false) { _ in .text(200, "ok\n") })
         r.add(AdminRoute("GET", "/readyz", needsToken: false) { [unowned self] _ in
             shutdownStarted == nil ? .text(200, "ready\n") : .text(503, "shutting down\n", fields: [("retry-after", "1")])

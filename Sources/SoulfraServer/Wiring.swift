@@ -67,6 +67,8 @@ final class Wiring: LoopDelegate {
     /// The routes answered off the loop (the control plane's API), and the calls it has not finished
     /// answering, by ticket.
     var adminExtension: AdminExtension?
+    /// The panel's sign-ins, shared by every loop.
+    var panelSessions: PanelSessions?
     var extensionCalls: [UInt64: (conn: UInt32, replier: AdminReplier)] = [:]
     var nextExtensionTicket: UInt64 = 0
     var gateway: Gateway?

@@ -5,6 +5,7 @@ import SoulfraLoop
 import SoulfraServer
 import SoulfraControl
 import SoulfraWire
+import SoulfraGateway
 
 /// The daemon's bootstrap once its settings are known: file limits, signals, the loops, the key watch and
 /// reloads, and the wait for shutdown.
@@ -51,8 +52,15 @@ struct Daemon {
                 let s = server.snapshot
                 let peers = ControlService.StreamPeers(runtimeLinks: s?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0,
                                                        vault: !config.vaultDirectory.isEmpty || (s?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) > 0)
+                var latency: [String: [UInt64]] = [:]
+                let width = GatewayCounters.bucketsMicros.count + 1
+                for (world, l) in server.gatewayCounters.worldLatency {
+                    var sum = [UInt64](repeating: 0, count: width)
+                    for (i, n) in l.buckets.enumerated() { sum[i % width] &+= n }
+                    latency[world] = sum
+                }
                 return ControlService.Live(attached: s?.attachedInstances ?? [:], viewers: s?.viewersByWorld ?? [:], rooms: s?.roomsByWorld ?? [:],
-                                           peers: peers)
+                                           peers: peers, latency: latency, latencyBoundsMicros: GatewayCounters.bucketsMicros)
             }
             logLine("control plane: \(control.driverName) driver, state in \(config.controlDirectory)/control.db")
         }

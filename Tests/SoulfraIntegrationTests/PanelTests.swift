@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+
+/// The Python that has Playwright (the test command makes `.build/panel-venv`), and Debian's chromium.
+let panelPython: String = ProcessInfo.processInfo.environment["SOULFRA_PANEL_PYTHON"] ?? repoRoot.appendingPathComponent(".build/panel-venv/bin/python").path
+let panelBrowserAvailable: Bool = {
+    let ok = FileManager.default.isExecutableFile(atPath: panelPython) && FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium")
+    if !ok {
+        print("SKIPPED: the control panel's browser test needs Playwright in \(panelPython) and /usr/bin/chromium — run ./soulfra-deploy.sh test, which installs both")
+    }
+    return ok
+}()
+
+/// One admin-listener request with curl: status, response head and body.
+func adminCall(_ url: String, _ method: String = "GET", headers: [String] = [], body: String? = nil) throws -> (status: Int, head: String, body: String) {
+    var args = ["-s", "-D", "-", "-X", method, url]
+    for h in headers { args += ["-H", h] }
+    if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
+    let out = try runCapturing("/usr/bin/curl", args, timeout: 20).out
+    let parts = out.components(separatedBy: "\r\n\r\n")
+    let head = parts.first ?? ""
+    let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
+    return (status, head, parts.dropFirst().joined(separator: "\r\n\r\n"))
+}
+
+@Suite("The control panel: sign-in, cookie and CSRF rules, and the browser journey", .serialized, .enabled(if: uringAvailable && curlAvailable))
+struct PanelTests {
+    @Test("sign-in sets an HttpOnly SameSite=Strict cookie; cookie reads pass; changes need the CSRF token and the panel's origin; sign-out ends it; failures are rate-limited; the token never comes back")
+    func cookieAndCSRF() throws {
+        let w = try CLIWorld("panel-auth")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let admin = try adminOf(w)
+        let page = try adminCall(admin.url + "/panel")
+        #expect(page.status == 200 && page.body.contains("/panel/app.js"))
+        #expect(page.head.lowercased().contains("content-security-policy: default-src 'self'") && page.head.lowercased().contains("x-frame-options: deny"))
+        #expect(try adminCall(admin.url + "/").head.lowercased().contains("location: /panel"))
+        #expect(try adminCall(admin.url + "/panel/login", "POST", body: #"{"token":"wrong"}"#).status == 401)
+        let login = try adminCall(admin.url + "/panel/login", "POST", body: #"{"token":"\#(admin.token)"}"#)
+        #expect(login.status == 200 && !login.body.contains(admin.token) && !login.head.contains(admin.token))
+        let setCookie = login.head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie:") }.map(String.init) ?? ""
+        #expect(setCookie.contains("HttpOnly") && setCookie.contains("SameSite=Strict") && setCookie.contains("Path=/"), "\(setCookie)")
+        let session = setCookie.split(separator: ";").first?.split(separator: "=", maxSplits: 1).last.map(String.init) ?? ""
+        let csrf = ((try? JSONSerialization.jsonObject(with: Data(login.body.utf8))) as? [String: Any])?["csrf"] as? String ?? ""
+        let cookie = "Cookie: soulfra_session=\(session)"
+        let host = "Host: " + admin.url.replacingOccurrences(of: "http://", with: "")
+        #expect(try adminCall(admin.url + "/admin/v1/worlds", headers: [cookie]).status == 200, "a read with the cookie")
+        let deploy = #"{"type":"kids","name":"viapanel","instances":0}"#
+        let noToken = try adminCall(admin.url + "/admin/v1/worlds", "POST", headers: [cookie], body: deploy)
+        #expect(noToken.status == 403 && noToken.body.contains("csrf_failed"), "\(noToken.body)")
+        #expect(try adminCall(admin.url + "/admin/v1/worlds", "POST", headers: [cookie, "X-CSRF-Token: \(String(csrf.reversed()))"], body: deploy).status == 403)
+        #expect(try adminCall(admin.url + "/admin/v1/worlds", "POST", headers: [cookie, "X-CSRF-Token: \(csrf)", "Origin: http://evil.example"], body: deploy).status == 403,
+                "another site's page, even with a stolen CSRF token")
+        #expect(try adminCall(admin.url + "/admin/v1/worlds", "POST", headers: [cookie, "X-CSRF-Token: \(csrf)", "Origin: \(admin.url)", host], body: deploy).status == 201)
+        #expect(try adminCall(admin.url + "/admin/v1/worlds", "POST", headers: ["Authorization: Bearer \(admin.token)"],
+                              body: #"{"type":"kids","name":"viatoken","instances":0}"#).status == 201, "the token needs no CSRF token (it is not ambient)")
+        #expect(try adminCall(admin.url + "/panel/logout", "POST", headers: [cookie]).status == 401, "sign-out is a change too")
+        #expect(try adminCall(admin.url + "/panel/logout", "POST", headers: [cookie, "X-CSRF-Token: \(csrf)"]).status == 200)
+        #expect(try adminCall(admin.url + "/admin/v1/worlds", headers: [cookie]).status == 401, "the session is gone")
+        for _ in 0..<20 { _ = try adminCall(admin.url + "/panel/login", "POST", body: #"{"token":"guess"}"#) }
+        let limited = try adminCall(admin.url + "/panel/login", "POST", body: #"{"token":"\#(admin.token)"}"#)
+        #expect(limited.status == 429 && limited.head.lowercased().contains("retry-after"), "guessing is slowed: \(limited.status)")
+        let log = (try? String(contentsOfFile: w.home + "/serve.log", encoding: .utf8)) ?? ""
+        #expect(!log.contains(admin.token) && !log.contains(session), "neither the token nor a session id is logged")
+    }
+
+    @Test("the browser journey (Playwright, Debian's chromium): sign in, deploy, see it live, message and counters, key copy, scale, logs, shut down", .enabled(if: panelBrowserAvailable))
+    func browserJourney() throws {
+        let w = try CLIWorld("panel-browser")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let admin = try adminOf(w)
+        let shots = w.home + "/screenshots"
+        try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)
+        let r = try runCapturing(panelPython, [repoRoot.appendingPathComponent("Tests/panel/journey.py").path, "--panel", admin.url,
+                                               "--token-file", w.home + "/admin.token", "--screenshots", shots], timeout: 240)
+        #expect(r.status == 0, "\(r.out.suffix(2_000))\n\(r.err.suffix(3_000))")
+        print(r.out.split(separator: "\n").last ?? "")
+        for page in ["signin", "worlds", "deploy", "world", "usage"] {
+            #expect(FileManager.default.fileExists(atPath: "\(shots)/\(page).png"), "\(page) screenshot")
+        }
+    }
+}
