@@ -164,7 +164,7 @@ extension ControlService {
         let notes = plane.driver.unenforced(InstanceSpec(world: spec.name, id: "", arguments: [], memoryBytes: r.memoryBytes, cpus: r.cpus,
                                                          image: spec.template.image, storageBytes: r.storageBytes))
         if !notes.isEmpty { out["unenforced"] = notes }
-        log("world \(spec.name): deployed from the \(spec.template.kind.rawValue) template, \(count) instance\(count == 1 ? "" : "s") (\(driverName) driver)")
+        note(world: spec.name, "deployed from the \(spec.template.kind.rawValue) template, \(count) instance\(count == 1 ? "" : "s") (\(driverName) driver)")
         return out
     }
 
@@ -229,7 +229,7 @@ extension ControlService {
         try wrap { () throws(ControlError) in
             try store.beginShutdown(world: w.name, purge: purge, actor: "admin", now: now)
         }
-        log("world \(w.name): shutting down (instances drain, keys revoked\(purge ? ", then its vault is removed" : ""))")
+        note(world: w.name, "shutting down (instances drain, keys revoked\(purge ? ", then its vault is removed" : ""))")
         return ["name": w.name, "state": purge ? "purging" : "stopping", "vault": purge ? "purged once the instances stop" : "kept"]
     }
 
@@ -242,7 +242,7 @@ extension ControlService {
         let spec = try WorldSpec.decode(name: w.name, json: w.spec)
         try DeployRequest.checkInstances(n, spec.template)
         try wrap { () throws(ControlError) in try store.scale(world: w.name, instances: n, actor: "admin", now: Self.now()) }
-        log("world \(w.name): scaled from \(w.instances) to \(n) instance\(n == 1 ? "" : "s")")
+        note(world: w.name, "scaled from \(w.instances) to \(n) instance\(n == 1 ? "" : "s")")
         webhooks.emit("scaling_event", world: w.name, data: ["world": w.name, "from": w.instances, "to": n, "actor": "admin"], now: Self.now())
         return try worldDetail(w.name)
     }
@@ -257,7 +257,7 @@ extension ControlService {
         spec.corsOrigins = try WorldSpec.checkOrigins(list)
         let detail = "cors_origins=" + spec.corsOrigins.joined(separator: ",")
         try wrap { () throws(ControlError) in try store.updateSpec(world: w.name, spec: spec.json, detail: detail, actor: "admin", now: Self.now()) }
-        log("world \(w.name): browser origins \(spec.corsOrigins.isEmpty ? "none" : spec.corsOrigins.joined(separator: ", "))")
+        note(world: w.name, "browser origins \(spec.corsOrigins.isEmpty ? "none" : spec.corsOrigins.joined(separator: ", "))")
         return try worldDetail(w.name)
     }
 

@@ -87,7 +87,7 @@ extension ControlService {
         let k = try key(r)
         let now = Self.now()
         try wrap { () throws(ControlError) in try store.revokeKey(id: k.id, at: now, actor: "admin", now: now) }
-        log("world \(r.world): key \(k.prefix) revoked")
+        note(world: r.world, "key \(k.prefix) revoked")
         return ["id": k.id, "prefix": k.prefix, "state": "revoked"]
     }
 
@@ -117,7 +117,7 @@ extension ControlService {
         var fresh = try issueKey(world: w.name, template: spec.template, options: options, now: now)
         try wrap { () throws(ControlError) in try store.revokeKey(id: old.id, at: until, actor: "admin", now: now) }
         fresh["replaces"] = ["id": old.id, "prefix": old.prefix, "valid_until_ms": until]
-        log("world \(w.name): key \(old.prefix) rotated to \(fresh["prefix"] ?? ""); the old one works for \(max(0, until - now) / 1000) s more")
+        note(world: w.name, "key \(old.prefix) rotated to \(fresh["prefix"] ?? ""); the old one works for \(max(0, until - now) / 1000) s more")
         return fresh
     }
 }

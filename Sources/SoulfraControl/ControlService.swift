@@ -117,6 +117,8 @@ public final class ControlService: @unchecked Sendable {
     public let metricsText = Mutex("")
     /// Instance log files rotated (status shows it).
     var logsRotated = 0
+    /// The gateway's access log entries published since the last call (set by the daemon before `start`).
+    public var readAccessLog: (@Sendable () -> [AccessEntry])?
     /// Each loop's per-key counts (set by the daemon before `start`; nil: no usage is counted).
     public var readUsage: (@Sendable () -> [[UInt64: KeyUsage]])?
     /// The loop counts the last written roll-up included, when it ran, and its last failure.
@@ -196,6 +198,7 @@ public final class ControlService: @unchecked Sendable {
             if now - lastUsageRollUp >= Self.usageIntervalMilliseconds { rollUpUsage(now: now) }
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }
+            writeAccessLog(worlds: Set(t.instanceTokens.keys))
             if now - lastRollUp >= 2_000 {
                 lastRollUp = now
                 // Only running worlds are read: one shutting down may be purged, and a read would open it again.
@@ -216,7 +219,7 @@ public final class ControlService: @unchecked Sendable {
 
     /// Logs an `error_alert` line and sends it to the webhooks that want it (the same text at most once a minute).
     func alert(world: String, _ message: String) {
-        log("error_alert " + (world.isEmpty ? "" : "world \(world): ") + message)
+        if world.isEmpty { log("error_alert " + message) } else { note(world: world, message, level: "ERROR") }
         let now = Self.now()
         alerted = alerted.filter { now - $0.value < 60_000 }
         let key = world + "\u{0}" + message

@@ -200,6 +200,11 @@ final class Exchange {
     var messagesCharged: UInt64 = 0
     /// `Access-Control-Allow-Origin` for this request's answers (nil: not a browser's, or not allowed).
     var corsOrigin: String?
+    /// For the access log: the request line as sent, and the status answered (0: none yet; 499: the client
+    /// went away first).
+    var method = ""
+    var target = ""
+    var status: UInt16 = 0
 
     init(id: Int32, conn: Connection, route: Route, key: KeyRecord, rate: RateLimitState, kind: ExchangeKind,
          requestID: String, startedAt: UInt64, session: String, ndjson: Bool, usage: UsageCell, world: WorldCell) {

@@ -7,6 +7,7 @@ extension Gateway {
     func startStreamedReply(_ ex: Exchange) {
         guard !ex.responded else { return }
         ex.advance(reply: .started)
+        ex.status = 200
         let type = ex.ndjson ? "application/x-ndjson" : "text/event-stream"
         var headers = ex.replyHeaders(contentType: type, contentLength: nil)
         if !ex.ndjson { headers.append(H2Header("cache-control", "no-cache")) }
@@ -67,6 +68,7 @@ extension Gateway {
             // A reply in several frames streams to the client as it comes (nothing is held whole here).
             if !ex.responded {
                 ex.advance(reply: .started)
+                ex.status = 200
                 c.respond(ex.id, status: 200, headers: ex.replyHeaders(contentType: "application/json", contentLength: nil),
                           body: UnsafeRawBufferPointer(start: nil, count: 0), end: false)
                 counted(status: 200, code: nil)
@@ -189,6 +191,7 @@ extension Gateway {
     func finishUnary(_ ex: Exchange, status: Int, body: UnsafeRawBufferPointer, now: UInt64) {
         guard !ex.responded else { return }
         ex.advance(reply: .started)
+        ex.status = UInt16(status)
         ex.deadline = 0
         ex.conn.respond(ex.id, status: status, headers: ex.replyHeaders(contentType: "application/json", contentLength: body.count),
                         body: body, end: true)
@@ -289,6 +292,7 @@ extension Gateway {
         detachBroker(ex, reason: e.code.name)
         if !ex.responded {
             ex.advance(reply: .started)
+            ex.status = UInt16(e.status)
             if c.proto != .http2 && !ex.requestEnded { c.keepAlive(false) }
             c.respondError(ex.id, e, requestID: ex.requestID, cors: ex.corsOrigin)
         } else if !ex.responseEnded {
@@ -318,6 +322,7 @@ extension Gateway {
 
     /// The client went away from this exchange (stream reset, connection closed).
     func cancel(_ ex: Exchange, reason: String) {
+        if ex.status == 0 { ex.status = 499 }  // the client went away before an answer
         detachBroker(ex, reason: reason)
         ex.advance(reply: .ended)
         retire(ex)
@@ -342,6 +347,7 @@ extension Gateway {
     /// Forgets a finished exchange.
     func retire(_ ex: Exchange) {
         guard !ex.retired else { return }
+        logAccess(ex)
         ex.advance(reply: .retired)
         ex.deadline = 0
         let c = ex.conn

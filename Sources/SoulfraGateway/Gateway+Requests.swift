@@ -12,7 +12,7 @@ extension Gateway {
         if head.expectContinue { c.keepAlive(false) }
         if shuttingDown {
             return reject(c, id: id, GatewayError(.shuttingDown, "the gateway is shutting down",
-                                                  headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID)
+                                                  headers: [("retry-after", "\(limits.retryAfterSeconds)")]), requestID: requestID, head: head)
         }
         var path = head.path
         var queryToken: String?
@@ -31,18 +31,18 @@ extension Gateway {
         let route: Route, key: KeyRecord, rate: RateLimitState
         switch admission {
         case .reject(let e):
-            return reject(c, id: id, e, requestID: requestID, cors: cors)
+            return reject(c, id: id, e, requestID: requestID, cors: cors, head: head)
         case .admit(let r, let k, let s):
             (route, key, rate) = (r, k, s)
         }
         guard head.session.isEmpty || Route.validSession(head.session) else {
-            return reject(c, id: id, invalidSession, requestID: requestID, cors: cors)
+            return reject(c, id: id, invalidSession, requestID: requestID, cors: cors, head: head)
         }
         let wantsSSE = containsASCII(head.accept, "text/event-stream")
         let wantsNDJSON = containsASCII(head.accept, "application/x-ndjson")
         let kind: ExchangeKind
         switch exchangeKind(route, c, head: head, wantsSSE: wantsSSE, cors: cors) {
-        case .failure(let e): return reject(c, id: id, e, requestID: requestID, cors: cors)
+        case .failure(let e): return reject(c, id: id, e, requestID: requestID, cors: cors, head: head)
         case .success(let k): kind = k
         }
         if head.expectContinue {
@@ -51,7 +51,7 @@ extension Gateway {
         }
         let page: (after: UInt64, limit: Int), resumeAfter: UInt64?
         switch Self.positions(kind: kind, head: head, query: query) {
-        case .failure(let e): return reject(c, id: id, e, requestID: requestID, cors: cors)
+        case .failure(let e): return reject(c, id: id, e, requestID: requestID, cors: cors, head: head)
         case .success(let p): (page, resumeAfter) = p
         }
         var session = head.session
@@ -60,8 +60,10 @@ extension Gateway {
                           startedAt: now, session: session, ndjson: kind == .stream || wantsNDJSON && !wantsSSE,
                           usage: ledger.cell(for: key), world: ledger.cell(world: route.world))
         // A stream opened with no interaction left to spend is refused at once.
-        if kind.isConversation, let e = budgetSpent(key) { return reject(c, id: id, e, requestID: requestID, cors: cors) }
+        if kind.isConversation, let e = budgetSpent(key) { return reject(c, id: id, e, requestID: requestID, cors: cors, head: head) }
         ex.corsOrigin = cors
+        ex.method = head.method
+        ex.target = head.path
         (ex.historyAfter, ex.historyLimit) = page
         ex.resumeAfter = resumeAfter
         if case .users(_, let rest) = route { ex.resourceDetail = "users \(head.method) \(rest)" }
@@ -84,6 +86,7 @@ extension Gateway {
                                                  ("sec-websocket-accept", head.webSocketAccept!), ("x-request-id", requestID)],
                           contentLength: nil, keepAlive: true)
             ex.advance(reply: .started)
+            ex.status = 101
             counted(status: 101, code: nil)
             openBroker(ex, now: now)
         }
@@ -139,7 +142,8 @@ extension Gateway {
         return .success(((0, 100), after))
     }
 
-    func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String, cors: String? = nil) {
+    func reject(_ c: Connection, id: Int32, _ e: GatewayError, requestID: String, cors: String? = nil, head: RequestHead? = nil) {
+        if let head { logRefusal(c, head: head, e, requestID: requestID, now: now) }
         // HTTP/1.1: the refused request's body is read and dropped; a connection that is not kept does not wait
         // for a body the client may never send.
         if c.proto != .http2 { c.discardRequestBody() }

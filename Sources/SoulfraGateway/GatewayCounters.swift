@@ -31,6 +31,7 @@ public struct GatewayCounters: Sendable, Equatable {
     public var outputPauses: UInt64 = 0
     public var addressRefusals: UInt64 = 0
     public var addressResetGoaways: UInt64 = 0
+    public var accessLogDropped: UInt64 = 0
     /// Bytes held for clients plus credit their streams hold (what the output budget bounds), as of the last
     /// publish.
     public var heldBytes: Int = 0
@@ -91,6 +92,7 @@ public struct GatewayCounters: Sendable, Equatable {
         m.outputPauses += o.outputPauses
         m.addressRefusals += o.addressRefusals
         m.addressResetGoaways += o.addressResetGoaways
+        m.accessLogDropped += o.accessLogDropped
         m.heldBytes += o.heldBytes
         m.latencySumMicros += o.latencySumMicros
         m.openConnections += o.openConnections
@@ -137,6 +139,7 @@ public struct GatewayCounters: Sendable, Equatable {
             ("output_pauses_total", "Times a client's reading was paused because the gateway's own replies to it (pongs, errors) passed its budget.", outputPauses),
             ("address_refusals_total", "Connections closed on arrival because their client address opened too many too fast.", addressRefusals),
             ("address_reset_goaways_total", "HTTP/2 connections ended with ENHANCE_YOUR_CALM because their client address reset too many streams.", addressResetGoaways),
+            ("access_log_dropped_total", "Access log entries dropped because a loop made more than 65536 between publishes (a second).", accessLogDropped),
         ]
         for (n, h, v) in singles { o.single(n, .counter, h, v) }
         o.family("request_duration_seconds", .histogram, "Unary request latency at the gateway, head received to reply sent.")

@@ -96,3 +96,34 @@ extension KeyUsage {
         tokensOut &+= o.tokensOut
     }
 }
+
+/// One request as the gateway's access log keeps it: taken on the loop without formatting (the strings are the
+/// request's own), written to the world's `gateway.log` by the control plane.
+public struct AccessEntry: Sendable {
+    public var unixSeconds: UInt64
+    public var world: String
+    public var method: String
+    /// The request target as sent (the control plane redacts `access_token` before writing it).
+    public var target: String
+    public var status: UInt16
+    public var micros: UInt64
+    public var bytesOut: UInt64
+    /// The key's visible prefix ("" when the request named no known key).
+    public var key: String
+    public var requestID: String
+    public var protocolName: String
+
+    public init(unixSeconds: UInt64, world: String, method: String, target: String, status: UInt16, micros: UInt64, bytesOut: UInt64,
+                key: String, requestID: String, protocolName: String) {
+        self.unixSeconds = unixSeconds
+        self.world = world
+        self.method = method
+        self.target = target
+        self.status = status
+        self.micros = micros
+        self.bytesOut = bytesOut
+        self.key = key
+        self.requestID = requestID
+        self.protocolName = protocolName
+    }
+}

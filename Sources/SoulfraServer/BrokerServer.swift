@@ -75,6 +75,9 @@ public final class BrokerServer: Sendable {
         let vaultLatest = Mutex<VaultMetrics?>(nil)
         /// The gateway's per-key usage on this loop, as of its last publish.
         let usageLatest = Mutex<[UInt64: KeyUsage]>([:])
+        /// Access log entries published and not yet taken by the control plane (at most `maxAccessPending`).
+        let accessPending = Mutex<[AccessEntry]>([])
+        static let maxAccessPending = 262_144
         let finished = Mutex<Bool>(false)
         init(index: Int) { self.index = index }
 
@@ -82,9 +85,12 @@ public final class BrokerServer: Sendable {
         /// Publishes a loop's figures. The gateway's counters are stored before the sequence moves, so a reader that
         /// waited for a new sequence never sees the gateway's older counters.
         func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?, vault: VaultMetrics? = nil,
-                     usage: [UInt64: KeyUsage]? = nil) {
+                     usage: [UInt64: KeyUsage]? = nil, access: [AccessEntry]? = nil) {
             if let gateway { gatewayLatest.withLock { $0 = gateway } }
             if let usage { usageLatest.withLock { $0 = usage } }
+            if let access, !access.isEmpty {
+                accessPending.withLock { p in p.append(contentsOf: access.prefix(max(0, Self.maxAccessPending - p.count))) }
+            }
             if let vault { vaultLatest.withLock { $0 = vault } }
             latest.withLock { $0 = (s, l, $0.sequence + 1) }
         }
@@ -253,6 +259,11 @@ public final class BrokerServer: Sendable {
     /// The gateway's per-key usage of each loop (published at most a second ago; after `wait`, final).
     public var keyUsageByLoop: [[UInt64: KeyUsage]] { inboxes.map { $0.usageLatest.withLock { $0 } } }
 
+    /// The gateway's access log entries every loop published since the last call.
+    public func takeAccessLog() -> [AccessEntry] {
+        inboxes.flatMap { i in i.accessPending.withLock { p in defer { p.removeAll() }; return p } }
+    }
+
     /// The gateway's counters of each loop.
     public var gatewayCountersByLoop: [GatewayCounters] { inboxes.map { $0.gatewayLatest.withLock { $0 } } }
 
@@ -361,7 +372,7 @@ public final class BrokerServer: Sendable {
             if case .unix(let path) = l.address { unlink(path) }
         }
         inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.countersSnapshot(), vault: wiring.vault?.metrics,
-                      usage: wiring.gateway?.usageSnapshot())
+                      usage: wiring.gateway?.usageSnapshot(), access: wiring.gateway?.takeAccessLog())
         wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }
         inbox.finished.withLock { $0 = true }

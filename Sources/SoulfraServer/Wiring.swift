@@ -239,7 +239,7 @@ final class Wiring: LoopDelegate {
     func publish() {
         gateway?.measureClientQueues()
         inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.countersSnapshot(), vault: vault?.metrics,
-                      usage: gateway?.usageSnapshot())
+                      usage: gateway?.usageSnapshot(), access: gateway?.takeAccessLog())
     }
 
     func loopMailbox(now: UInt64) {

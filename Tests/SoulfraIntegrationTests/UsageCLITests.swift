@@ -214,3 +214,40 @@ struct MetricsCLITests {
         try promtool(w, text)
     }
 }
+
+@Suite("Per-world logs: the gateway's access log and the control plane's notes", .serialized, .enabled(if: uringAvailable && curlAvailable))
+struct WorldLogsCLITests {
+    @Test("soulfra logs shows the world's access log (keys and access_token cut to their prefix, refusals as WARN) and what the control plane did, from the same files")
+    func accessLog() throws {
+        let w = try CLIWorld("access")
+        defer { w.tearDown() }
+        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        let d = try w.json(["deploy", "--type", "kids", "--name", "logged"])
+        let endpoint = d["endpoint"] as? String ?? ""
+        let key = (d["key"] as? [String: Any])?["secret"] as? String ?? ""
+        #expect(try sendUnary(endpoint: endpoint, key: key, body: #"{"text":"hello"}"#).status == 200)
+        #expect(try sendUnary(endpoint: endpoint, key: "sk-slfr_kids_notavalidkeyatall", body: #"{"text":"hello"}"#).status == 401)
+        _ = try runCapturing("/usr/bin/curl", ["-s", "--max-time", "1", endpoint + "/rooms/live?access_token=\(key)"], timeout: 10)
+        #expect(try w.cli(["scale", "logged", "--instances", "2"]).status == 0)
+        var lines: [[String: Any]] = []
+        for _ in 0..<50 {
+            // --json prints one object a line (as a follow does).
+            lines = try w.cli(["logs", "logged", "-n", "200", "--json"]).out.split(separator: "\n").compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+            }
+            if lines.contains(where: { ($0["message"] as? String)?.contains("/rooms/live") == true }) { break }
+            usleep(200_000)
+        }
+        let gateway = lines.filter { $0["instance"] as? String == "gateway" }.compactMap { $0["message"] as? String }
+        let prefix = String(key.prefix(19))  // sk-slfr_kids_ and six more
+        #expect(gateway.contains { $0.hasPrefix("POST /v1/worlds/logged/messages 200 ") && $0.contains("key=\(prefix)…") }, "\(gateway)")
+        #expect(lines.contains { $0["instance"] as? String == "gateway" && $0["level"] as? String == "WARN" && ($0["message"] as? String)?.contains(" 401 ") == true })
+        #expect(gateway.contains { $0.contains("/rooms/live?access_token=\(prefix)…") }, "access_token cut to its prefix: \(gateway)")
+        let control = lines.filter { $0["instance"] as? String == "control" }.compactMap { $0["message"] as? String }
+        #expect(control.contains { $0.contains("deployed from the kids template") } && control.contains { $0.contains("scaled from 1 to 2") }, "\(control)")
+        let file = (try? String(contentsOfFile: w.home + "/control/instances/logged/gateway.log", encoding: .utf8)) ?? ""
+        #expect(!file.isEmpty && !file.contains(key), "the whole key is never written")
+        let filtered = try w.cli(["logs", "logged", "--filter", "instance=gateway", "--filter", "level=warn"])
+        #expect(filtered.status == 0 && filtered.out.contains("gateway | ") && filtered.out.contains(" 401 ") && !filtered.out.contains(" 200 "), "\(filtered.out)")
+    }
+}

@@ -1,0 +1,39 @@
+import SoulfraLimits
+
+/// The gateway's access log on one loop: an entry per request that names a world (answered, failed or
+/// refused), kept as the request's own strings (nothing formatted on the loop) until the owner publishes
+/// them. Bounded: past `maxAccessEntries` between publishes, entries are dropped and counted.
+extension Gateway {
+    public static let maxAccessEntries = 65_536
+
+    /// The entries since the last call (the owner publishes them once a second).
+    public func takeAccessLog() -> [AccessEntry] {
+        defer { accessLog.removeAll(keepingCapacity: true) }
+        return accessLog
+    }
+
+    func logAccess(_ e: AccessEntry) {
+        guard accessLog.count < Self.maxAccessEntries else {
+            counters.accessLogDropped &+= 1
+            return
+        }
+        accessLog.append(e)
+    }
+
+    /// An exchange that is done: its status, time and bytes, under its key.
+    func logAccess(_ ex: Exchange) {
+        guard ex.status != 0 else { return }
+        logAccess(AccessEntry(unixSeconds: unixSeconds, world: ex.route.world, method: ex.method, target: ex.target, status: ex.status,
+                              micros: (now &- ex.startedAt) / 1_000, bytesOut: UInt64(max(0, ex.replyBytes)), key: ex.key.prefix, requestID: ex.requestID,
+                              protocolName: ex.kind == .webSocket ? "WebSocket" : ex.conn.proto == .http2 ? "HTTP/2" : "HTTP/1.1"))
+    }
+
+    /// A request refused before it became an exchange (a bad key, a wrong route): logged under the world its
+    /// path names, if any.
+    func logRefusal(_ c: Connection, head: RequestHead, _ e: GatewayError, requestID: String, now: UInt64) {
+        let world = Self.worldOfPath(head.path)
+        guard !world.isEmpty else { return }
+        logAccess(AccessEntry(unixSeconds: unixSeconds, world: String(world), method: head.method, target: head.path, status: UInt16(e.status),
+                              micros: 0, bytesOut: 0, key: "", requestID: requestID, protocolName: c.proto == .http2 ? "HTTP/2" : "HTTP/1.1"))
+    }
+}
