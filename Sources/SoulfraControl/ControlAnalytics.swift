@@ -87,7 +87,9 @@ struct WorldAnalytics {
             replies[agent, default: 0] += 1
             let usage = o["usage"] as? [String: Any]
             let t = agentTokens[agent] ?? (0, 0)
-            agentTokens[agent] = (t.tokensIn + (jsonInteger(usage?["tokens_in"]) ?? 0), t.tokensOut + (jsonInteger(usage?["tokens_out"]) ?? 0))
+            // Each reply's counts are bounded (a trillion), so the sums cannot overflow.
+            func count(_ v: Any?) -> Int { max(0, min(jsonInteger(v) ?? 0, 1_000_000_000_000)) }
+            agentTokens[agent] = (t.tokensIn &+ count(usage?["tokens_in"]), t.tokensOut &+ count(usage?["tokens_out"]))
             if let total = usage?["total_ms"] as? Double {
                 latency[Self.bounds.firstIndex { total <= $0 } ?? Self.bounds.count] += 1
                 latencySumMilliseconds += total
@@ -163,7 +165,9 @@ extension ControlService {
         for gone in analyticsErrors.keys where !names.contains(gone) { analyticsErrors[gone] = nil }
         let documents = Dictionary(uniqueKeysWithValues: analytics.map { ($0.key, $0.value.document(world: $0.key, asOf: now)) })
         publishAnalytics?(documents)
-        metricsText.withLock { $0 = controlMetrics(now: now) }
+        // Built first, swapped in under the lock: a scrape on a loop never waits for the queries behind it.
+        let text = controlMetrics(now: now)
+        metricsText.withLock { $0 = text }
     }
 
     private func readRound(_ world: String, generation: Int64, pages: Int, reader: @escaping EventReader) {

@@ -10,8 +10,8 @@ public struct ControlTables: Sendable, Equatable {
     public var instanceTokens: [String: String] = [:]
     public var gatewayKeys: [SoulfraLimits.KeyRecord] = []
     public var quotas: [KeyQuota] = []
-    /// Keys with a monthly budget: their use as of the last usage roll-up.
-    public var budgets: [UInt64: BudgetMark] = [:]
+    /// Keys with a monthly budget: their counters (the same objects from one table to the next).
+    public var budgets: [UInt64: BudgetCounter] = [:]
     /// Browser origins allowed per world (CORS).
     public var origins: [String: [String]] = [:]
     public init() {}
@@ -125,8 +125,7 @@ public final class ControlService: @unchecked Sendable {
     var usageSeen: [[UInt64: KeyUsage]] = []
     var lastUsageRollUp: Int64 = 0
     var usageError = ""
-    var budgetMarks: [UInt64: BudgetMark] = [:]
-    /// Budgeted keys' charges, shared with every loop through the key table.
+    /// Budgeted keys' counters, shared with every loop through the key table and kept current by the roll-ups.
     var budgetCounters: [UInt64: BudgetCounter] = [:]
     var originsCache: [String: (spec: String, origins: [String])] = [:]
     /// Instances' CPU and memory as last sampled (every 10 s), by `world/id`.
@@ -302,7 +301,7 @@ public final class ControlService: @unchecked Sendable {
             if q.monthlyInteractions > 0 {
                 record.monthlyInteractions = UInt64(q.monthlyInteractions)
                 record.budgetResetsAt = resets
-                t.budgets[id] = budgetMarks[id] ?? freshMark(id, now: now)
+                t.budgets[id] = budgetCounters[id] ?? freshCounter(id, now: now)
             }
             t.gatewayKeys.append(record)
             t.quotas.append(KeyQuota(keyID: id, world: k.world, maxStreams: q.concurrentStreams))

@@ -33,9 +33,9 @@ extension ControlService {
         for (id, d) in growth {
             let k = Self.usageKeyID(id)
             prefixes[k] = d.prefix
-            rows.append((k, d.world, day, UsageDelta(requests: Int64(d.requests), interactions: Int64(d.interactions),
-                                                     bytesIn: Int64(d.bytesIn), bytesOut: Int64(d.bytesOut),
-                                                     tokensIn: Int64(d.tokensIn), tokensOut: Int64(d.tokensOut))))
+            rows.append((k, d.world, day, UsageDelta(requests: Int64(clamping: d.requests), interactions: Int64(clamping: d.interactions),
+                                                     bytesIn: Int64(clamping: d.bytesIn), bytesOut: Int64(clamping: d.bytesOut),
+                                                     tokensIn: Int64(clamping: d.tokensIn), tokensOut: Int64(clamping: d.tokensOut))))
         }
         var time: [(world: String, template: String, day: String, milliseconds: Int64)] = []
         if elapsed > 0 {
@@ -58,38 +58,31 @@ extension ControlService {
         renewBudgets(now: now)
     }
 
-    /// Each budgeted key's interactions this month as of the roll-up just written, with how many of its
-    /// charges that roll-up included (see `BudgetMark`).
+    /// Each budgeted key's counter, set to its month's interactions as of the roll-up just written and the
+    /// charges that roll-up included. A read that fails leaves the counters as they were (never a fresh month).
     func renewBudgets(now: Int64) {
         guard let keys = try? store.keys() else { return }
         let budgeted = keys.filter { KeyQuotas(json: $0.quotas).monthlyInteractions > 0 && $0.live(at: now) }
-        budgetCounters = budgetCounters.filter { id, _ in budgeted.contains { ControlTables.keyIDBase + UInt64($0.id) == id } }
-        guard !budgeted.isEmpty, let used = try? store.interactionsByKey(since: Self.monthStart(now).day) else {
-            budgetMarks = [:]
-            return
-        }
-        var marks: [UInt64: BudgetMark] = [:]
+        let ids = Set(budgeted.map { ControlTables.keyIDBase + UInt64($0.id) })
+        budgetCounters = budgetCounters.filter { ids.contains($0.key) }
+        guard !budgeted.isEmpty, let used = try? store.interactionsByKey(since: Self.monthStart(now).day) else { return }
         for k in budgeted {
             let id = ControlTables.keyIDBase + UInt64(k.id)
-            marks[id] = mark(id, used: used[Int64(k.id)] ?? 0)
+            let counter = budgetCounters[id] ?? BudgetCounter()
+            budgetCounters[id] = counter
+            counter.set(used: UInt64(max(0, used[Int64(k.id)] ?? 0)), seen: seen(id))
         }
-        budgetMarks = marks
     }
 
-    /// A key's budget mark: its month's interactions in SQLite and the charges the last roll-up included.
-    func mark(_ id: UInt64, used: Int64) -> BudgetMark {
-        let counter = budgetCounters[id] ?? BudgetCounter()
-        budgetCounters[id] = counter
-        let seen = usageSeen.reduce(UInt64(0)) { $0 &+ ($1[id]?.interactions ?? 0) }
-        return BudgetMark(used: UInt64(max(0, used)), seen: seen, counter: counter)
-    }
+    /// The charges of key `id` the last written roll-up included, over every loop.
+    func seen(_ id: UInt64) -> UInt64 { usageSeen.reduce(UInt64(0)) { $0 &+ ($1[id]?.interactions ?? 0) } }
 
-    /// The mark of a budgeted key new since the last roll-up.
-    func freshMark(_ id: UInt64, now: Int64) -> BudgetMark {
+    /// The counter of a budgeted key new since the last roll-up (its month so far from SQLite).
+    func freshCounter(_ id: UInt64, now: Int64) -> BudgetCounter {
         let used = (try? store.interactionsByKey(since: Self.monthStart(now).day))?[Self.usageKeyID(id)] ?? 0
-        let m = mark(id, used: used)
-        budgetMarks[id] = m
-        return m
+        let counter = BudgetCounter(used: UInt64(max(0, used)), seen: seen(id))
+        budgetCounters[id] = counter
+        return counter
     }
 
     /// `YYYY-MM-DD` (UTC) of unix milliseconds.

@@ -128,14 +128,17 @@ extension ControlStore {
         }
     }
 
-    /// Pending messages due at `now` on enabled endpoints, oldest first, skipping `busy` endpoints.
+    /// The oldest pending message due at `now` of each enabled endpoint (one per endpoint: an endpoint takes one
+    /// at a time, so a slow one with a long queue never hides another's), oldest first.
     public func dueWebhookMessages(now: Int64, limit: Int) throws(ControlError) -> [WebhookMessage] {
         try wrap { () throws(SQLiteError) in
+            // SQLite takes a bare column's value from the row that holds the min() (documented behaviour).
             try db.rows("""
-                SELECT \(Self.messageColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", "))
+                SELECT \(Self.messageColumns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")),
+                       min(m.next_attempt_at)
                 FROM webhook_messages m JOIN webhooks w ON w.id = m.endpoint
                 WHERE m.state = 'pending' AND m.next_attempt_at <= ? AND w.state = 'enabled'
-                ORDER BY m.next_attempt_at, m.created_at LIMIT ?
+                GROUP BY m.endpoint ORDER BY m.next_attempt_at LIMIT ?
                 """, [.integer(now), .int(limit)], Self.message)
         }
     }

@@ -6,14 +6,17 @@ import SoulfraRate
 /// The gateway's key table: an immutable snapshot indexed by digest, replaced whole when keys change.
 public final class KeyTable: Sendable {
     let byDigest: [SecretDigest: KeyRecord]
-    /// Keys with a monthly budget: what they used as of the last roll-up (see `BudgetMark`).
-    let budgets: [UInt64: BudgetMark]
+    /// Keys with a monthly budget: their shared counters (see `BudgetCounter`).
+    let budgets: [UInt64: BudgetCounter]
+    /// Worlds some key names (a refusal is access-logged only under a world that exists).
+    let worlds: Set<String>
 
-    public init(_ keys: [KeyRecord], budgets: [UInt64: BudgetMark] = [:]) {
+    public init(_ keys: [KeyRecord], budgets: [UInt64: BudgetCounter] = [:]) {
         var m: [SecretDigest: KeyRecord] = [:]
         for k in keys { m[k.digest] = k }
         byDigest = m
         self.budgets = budgets
+        worlds = Set(keys.map(\.world))
     }
 
     public var count: Int { byDigest.count }

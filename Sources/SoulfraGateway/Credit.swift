@@ -73,6 +73,7 @@ extension Gateway {
         if grant <= 0 {
             ex.waitingCredit = true
             counters.creditHeld += 1
+            ex.world.latency.creditStalls &+= 1
         }
         if grant < ex.targetCost { wantCredit(ex) }
         return grant <= 0 ? Window(bytes: 0, frames: 0) : Self.window(forCost: grant, ex)
@@ -146,6 +147,7 @@ extension Gateway {
             if !ex.waitingCredit {
                 ex.waitingCredit = true
                 counters.creditHeld += 1
+                ex.world.latency.creditStalls &+= 1
             }
             return true
         }
@@ -169,6 +171,7 @@ extension Gateway {
             if !ex.waitingCredit {
                 ex.waitingCredit = true
                 counters.creditHeld += 1
+                ex.world.latency.creditStalls &+= 1
             }
             return true
         }

@@ -139,7 +139,7 @@ public struct GatewayCounters: Sendable, Equatable {
             ("output_pauses_total", "Times a client's reading was paused because the gateway's own replies to it (pongs, errors) passed its budget.", outputPauses),
             ("address_refusals_total", "Connections closed on arrival because their client address opened too many too fast.", addressRefusals),
             ("address_reset_goaways_total", "HTTP/2 connections ended with ENHANCE_YOUR_CALM because their client address reset too many streams.", addressResetGoaways),
-            ("access_log_dropped_total", "Access log entries dropped because a loop made more than 65536 between publishes (a second).", accessLogDropped),
+            ("access_log_dropped_total", "Access log entries dropped: more than 65536 a loop between publishes (a second), or 262144 waiting for the control plane.", accessLogDropped),
         ]
         for (n, h, v) in singles { o.single(n, .counter, h, v) }
         o.family("request_duration_seconds", .histogram, "Unary request latency at the gateway, head received to reply sent.")
@@ -159,6 +159,8 @@ public struct GatewayCounters: Sendable, Equatable {
     /// `soulfra_gateway_world_request_duration_seconds{world, route}`: route kinds a world has had requests on.
     func worldLatencyText(_ o: inout PrometheusText) {
         guard !worldLatency.isEmpty else { return }
+        o.family("world_credit_stalls_total", .counter, "Times a world's stream waited for credit because its client, or the loop's output budget, held it back.")
+        for world in worldLatency.keys.sorted() { o.sample("world_credit_stalls_total", ["world": world], worldLatency[world]!.creditStalls) }
         o.family("world_request_duration_seconds", .histogram,
                  "Request latency per world and route kind: unary, head to complete reply; streamed, head to the reply's start.")
         let width = WorldLatency.width

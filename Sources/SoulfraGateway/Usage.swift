@@ -12,6 +12,8 @@ public struct WorldLatency: Sendable, Equatable {
     /// `kinds × (buckets + 1)` counts, row by `ExchangeKind.index`.
     public var buckets: [UInt64]
     public var sumMicros: [UInt64]
+    /// Times one of the world's streams waited for credit (its client, or the loop's budget, held it back).
+    public var creditStalls: UInt64 = 0
     static let width = GatewayCounters.bucketsMicros.count + 1
 
     public init() {
@@ -30,6 +32,7 @@ public struct WorldLatency: Sendable, Equatable {
         var m = self
         for i in m.buckets.indices { m.buckets[i] &+= o.buckets[i] }
         for i in m.sumMicros.indices { m.sumMicros[i] &+= o.sumMicros[i] }
+        m.creditStalls &+= o.creditStalls
         return m
     }
 }
@@ -81,7 +84,8 @@ struct TokenScanner {
         for b in bytes {
             if reading != 0 {
                 if b >= 0x30 && b <= 0x39 {
-                    value = value &* 10 &+ UInt64(b - 0x30)
+                    // At most 12 digits count (a reply of a trillion tokens is a lie): sums cannot overflow.
+                    if value < 100_000_000_000 { value = value &* 10 &+ UInt64(b - 0x30) }
                     continue
                 }
                 found(reading == 2, value)
@@ -149,14 +153,14 @@ extension Gateway {
     /// Takes `n` interactions from the key's monthly budget; `usage_exceeded` if they are not all there (nil:
     /// charged, or no budget).
     func charge(_ key: KeyRecord, _ n: UInt64) -> GatewayError? {
-        guard key.monthlyInteractions > 0, let mark = gatekeeper.table.budgets[key.id] else { return nil }
-        return mark.charge(n, limit: key.monthlyInteractions) ? nil : usageExceeded(key)
+        guard key.monthlyInteractions > 0, let budget = gatekeeper.table.budgets[key.id] else { return nil }
+        return budget.charge(n, limit: key.monthlyInteractions) ? nil : usageExceeded(key)
     }
 
     /// `usage_exceeded` if the key has no interaction left this month (nothing charged).
     func budgetSpent(_ key: KeyRecord) -> GatewayError? {
-        guard key.monthlyInteractions > 0, let mark = gatekeeper.table.budgets[key.id] else { return nil }
-        return mark.allows(1, limit: key.monthlyInteractions) ? nil : usageExceeded(key)
+        guard key.monthlyInteractions > 0, let budget = gatekeeper.table.budgets[key.id] else { return nil }
+        return budget.allows(1, limit: key.monthlyInteractions) ? nil : usageExceeded(key)
     }
 
     func usageExceeded(_ key: KeyRecord) -> GatewayError {
@@ -188,7 +192,8 @@ extension Gateway {
     @inline(__always) func countReply(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer) {
         let cell = ex.usage
         cell.usage.bytesOut &+= UInt64(bytes.count)
-        guard ex.kind != .roomSubscribe && ex.kind != .history && ex.resourceDetail == nil else { return }
+        // A resumed stream replays stored replies first: their tokens were counted when they were made.
+        guard ex.kind != .roomSubscribe && ex.kind != .history && ex.resourceDetail == nil && ex.resumeAfter == nil else { return }
         ex.tokens.feed(bytes) { out, n in
             if out { cell.usage.tokensOut &+= n } else { cell.usage.tokensIn &+= n }
         }

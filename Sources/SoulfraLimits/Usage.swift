@@ -40,49 +40,48 @@ public struct KeyUsage: Sendable, Equatable {
     }
 }
 
-/// A key's monthly interaction budget: the month's interactions in SQLite as of the last roll-up (`used`), and
-/// the key's charges since the daemon started (`counter`, shared by every loop), of which that roll-up
-/// included `seen`. Interactions used this month are `used + counter - seen`, exact across loops: a loop
-/// charges with one compare-and-swap, so two loops never both take the last interaction.
-public struct BudgetMark: Sendable, Equatable {
-    public var used: UInt64
-    public var seen: UInt64
-    public let counter: BudgetCounter
-
-    public init(used: UInt64, seen: UInt64, counter: BudgetCounter) {
-        self.used = used
-        self.seen = seen
-        self.counter = counter
-    }
-
-    public static func == (l: BudgetMark, r: BudgetMark) -> Bool { l.used == r.used && l.seen == r.seen && l.counter === r.counter }
-
-    /// Charges `n` interactions if the month's total stays within `limit`; false (nothing charged) if not.
-    @inline(__always) public func charge(_ n: UInt64, limit: UInt64) -> Bool { counter.charge(n, base: used, seen: seen, limit: limit) }
-
-    /// Whether `n` more would stay within `limit` (nothing charged).
-    public func allows(_ n: UInt64, limit: UInt64) -> Bool {
-        let c = counter.value
-        return used &+ (c &- min(c, seen)) &+ n <= limit
-    }
-}
-
-/// One key's interactions charged since the daemon started, by any loop.
-public final class BudgetCounter: Sendable {
+/// A key's monthly interaction budget, shared by every loop and kept current in place by the control plane:
+/// the key's charges since the daemon started (`charged`, by any loop), and an offset — the month's
+/// interactions in SQLite as of the last roll-up, less the charges that roll-up included. This month's use is
+/// `charged + offset`, exact across loops and restarts: a loop charges with one compare-and-swap, so two loops
+/// never both take the last interaction, and a roll-up changes no key table.
+public final class BudgetCounter: Sendable, Equatable {
     private let charged = Atomic<UInt64>(0)
-    public init() {}
+    private let offset = Atomic<Int64>(0)
 
+    public init(used: UInt64 = 0, seen: UInt64 = 0) { set(used: used, seen: seen) }
+
+    public static func == (l: BudgetCounter, r: BudgetCounter) -> Bool { l === r }
+
+    /// Charges since the daemon started.
     public var value: UInt64 { charged.load(ordering: .relaxed) }
 
-    func charge(_ n: UInt64, base: UInt64, seen: UInt64, limit: UInt64) -> Bool {
+    /// After a roll-up: the month's interactions in SQLite, and how many of this counter's charges they include.
+    public func set(used: UInt64, seen: UInt64) {
+        offset.store(Int64(clamping: used) &- Int64(clamping: seen), ordering: .relaxed)
+    }
+
+    @inline(__always) func used(charged c: UInt64) -> UInt64 {
+        let v = Int64(clamping: c) &+ offset.load(ordering: .relaxed)
+        return v < 0 ? 0 : UInt64(v)
+    }
+
+    /// Interactions used this month.
+    public var used: UInt64 { used(charged: value) }
+
+    /// Charges `n` interactions if the month's total stays within `limit`; false (nothing charged) if not.
+    public func charge(_ n: UInt64, limit: UInt64) -> Bool {
         var current = charged.load(ordering: .relaxed)
         while true {
-            guard base &+ (current &- min(current, seen)) &+ n <= limit else { return false }
+            guard used(charged: current) &+ n <= limit else { return false }
             let (done, found) = charged.compareExchange(expected: current, desired: current &+ n, ordering: .relaxed)
             if done { return true }
             current = found
         }
     }
+
+    /// Whether `n` more would stay within `limit` (nothing charged).
+    public func allows(_ n: UInt64, limit: UInt64) -> Bool { used &+ n <= limit }
 }
 
 extension KeyUsage {

@@ -85,14 +85,21 @@ public final class BrokerServer: Sendable {
         /// Publishes a loop's figures. The gateway's counters are stored before the sequence moves, so a reader that
         /// waited for a new sequence never sees the gateway's older counters.
         func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?, vault: VaultMetrics? = nil,
-                     usage: [UInt64: KeyUsage]? = nil, access: [AccessEntry]? = nil) {
+                     usage: [UInt64: KeyUsage]? = nil, access: [AccessEntry]? = nil) -> Int {
+            var dropped = 0
             if let gateway { gatewayLatest.withLock { $0 = gateway } }
             if let usage { usageLatest.withLock { $0 = usage } }
             if let access, !access.isEmpty {
-                accessPending.withLock { p in p.append(contentsOf: access.prefix(max(0, Self.maxAccessPending - p.count))) }
+                let taken = accessPending.withLock { p in
+                    let room = max(0, Self.maxAccessPending - p.count)
+                    p.append(contentsOf: access.prefix(room))
+                    return min(room, access.count)
+                }
+                dropped = access.count - taken
             }
             if let vault { vaultLatest.withLock { $0 = vault } }
             latest.withLock { $0 = (s, l, $0.sequence + 1) }
+            return dropped
         }
         func takeCommands() -> [Command] { commands.withLock { c in defer { c.removeAll() }; return c } }
         func takeHandoffs() -> [Handoff] { handoffs.withLock { h in defer { h.removeAll() }; return h } }
@@ -371,7 +378,7 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.countersSnapshot(), vault: wiring.vault?.metrics,
+        _ = inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.countersSnapshot(), vault: wiring.vault?.metrics,
                       usage: wiring.gateway?.usageSnapshot(), access: wiring.gateway?.takeAccessLog())
         wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }

@@ -238,8 +238,10 @@ final class Wiring: LoopDelegate {
 
     func publish() {
         gateway?.measureClientQueues()
-        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.countersSnapshot(), vault: vault?.metrics,
-                      usage: gateway?.usageSnapshot(), access: gateway?.takeAccessLog())
+        // Entries the control plane has not taken yet bound what waits: past that, they are dropped and counted.
+        let dropped = inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.countersSnapshot(), vault: vault?.metrics,
+                                    usage: gateway?.usageSnapshot(), access: gateway?.takeAccessLog())
+        gateway?.counters.accessLogDropped &+= UInt64(dropped)
     }
 
     func loopMailbox(now: UInt64) {

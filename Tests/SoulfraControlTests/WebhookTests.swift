@@ -149,6 +149,26 @@ struct WebhookTests {
         #expect(last.headers["webhook-signature"]?.split(separator: " ").count == 1, "the old secret's grace is over")
     }
 
+    @Test("an endpoint with a long queue does not hide another's messages: each tick takes the oldest due message of every endpoint")
+    func fairAcrossEndpoints() throws {
+        let slow = try WebhookReceiver(defaultStatus: 503)
+        let fast = try WebhookReceiver()
+        defer { slow.stop(); fast.stop() }
+        let b = try WebhookBench()
+        let (slowID, _) = try b.add(slow.url, events: ["user_milestone"])
+        let (fastID, _) = try b.add(fast.url, events: ["scaling_event"])
+        let backlog = (0..<200).map { i in
+            WebhookMessage(id: "msg_backlog\(i)", endpoint: slowID, event: "user_milestone", world: "playground", payload: "{}",
+                           createdAt: b.now - 10_000 + Int64(i), state: "pending", attempts: 0, nextAttemptAt: b.now - 10_000 + Int64(i))
+        }
+        try b.store.queueWebhookMessages(backlog)
+        try b.store.queueWebhookMessages([WebhookMessage(id: "msg_fast", endpoint: fastID, event: "scaling_event", world: "playground",
+                                                         payload: "{}", createdAt: b.now, state: "pending", attempts: 0, nextAttemptAt: b.now)])
+        b.tick()
+        #expect(fast.requests.count == 1, "the other endpoint's message went in the same tick")
+        #expect(slow.requests.count == 1, "one at a time per endpoint")
+    }
+
     @Test("an endpoint that does not answer (nothing listening) is a failure with curl's reason recorded, retried on schedule")
     func unreachable() throws {
         let receiver = try WebhookReceiver()

@@ -12,7 +12,8 @@ func budgeted(_ h: GatewayHarness, monthly: UInt64, used: UInt64, seen: UInt64 =
     var r = KeyRecord(id: 1, digest: key.digest, prefix: key.prefix, world: "playground", permissions: [.worldAccess, .agentInteraction])
     r.monthlyInteractions = monthly
     r.budgetResetsAt = resetsAt
-    return KeyTable([r], budgets: [1: BudgetMark(used: used, seen: seen, counter: counter)])
+    counter.set(used: used, seen: seen)
+    return KeyTable([r], budgets: [1: counter])
 }
 
 @Suite("Gateway: usage per key and monthly budgets (sans-IO)")
@@ -118,13 +119,19 @@ struct UsageTests {
 
     @Test("two loops charging one key at once never pass its budget together")
     func budgetAcrossThreads() async {
-        let mark = BudgetMark(used: 100, seen: 0, counter: BudgetCounter())
+        let budget = BudgetCounter(used: 100, seen: 0)
         let passed = await withTaskGroup(of: Int.self) { g in
-            for _ in 0..<4 { g.addTask { (0..<10_000).reduce(0) { n, _ in n + (mark.charge(1, limit: 5_100) ? 1 : 0) } } }
+            for _ in 0..<4 { g.addTask { (0..<10_000).reduce(0) { n, _ in n + (budget.charge(1, limit: 5_100) ? 1 : 0) } } }
             return await g.reduce(0, +)
         }
-        #expect(passed == 5_000 && mark.counter.value == 5_000)
-        #expect(!mark.allows(1, limit: 5_100) && mark.allows(0, limit: 5_100))
+        #expect(passed == 5_000 && budget.value == 5_000)
+        #expect(!budget.allows(1, limit: 5_100) && budget.allows(0, limit: 5_100))
+        // A roll-up that wrote 4,000 of those charges into a month of 5,000: the same 100 are left over.
+        budget.set(used: 5_000, seen: 4_000)
+        #expect(budget.used == 6_000)
+        // A new month: nothing used yet, whatever was charged before.
+        budget.set(used: 0, seen: 5_000)
+        #expect(budget.used == 0 && budget.charge(5_100, limit: 5_100) && !budget.charge(1, limit: 5_100))
     }
 
     @Test("the token scanner finds both counts whatever the split, and nothing inside a JSON string")
@@ -137,6 +144,36 @@ struct UsageTests {
             bytes[cut...].withUnsafeBytes { s.feed($0) { found.append(($0, $1)) } }
             #expect(found.map(\.0) == [false, true] && found.map(\.1) == [1234, 56], "cut at \(cut): \(found)")
         }
+    }
+
+    @Test("a reply claiming absurd token counts is capped (the roll-up's sums cannot overflow)")
+    func tokenCountsCapped() {
+        var s = TokenScanner()
+        var total: UInt64 = 0
+        for _ in 0..<3 {
+            Array(#"{"usage":{"tokens_in":18446744073709551615999}}"#.utf8).withUnsafeBytes { s.feed($0) { _, n in total &+= n } }
+        }
+        #expect(total < 3_000_000_000_000, "\(total)")
+    }
+
+    @Test("the access log keeps a long target's start only, and no refusal under a world no key names")
+    func accessLogBounds() throws {
+        let h = GatewayHarness()
+        let c = try h.connect(1)
+        h.world = { h, sid in
+            guard let st = h.streams[sid], st.requestEnded, st.sentFrames == 0 else { return }
+            h.worldSend(sid, Array(#"{"ok":true}"#.utf8), flags: .endStream)
+        }
+        let long = "/v1/worlds/playground/messages?" + String(repeating: "x", count: 5_000)
+        _ = try h.post(1, long, body: #"{"text":"hi"}"#)
+        let id = try c.h2.request(headers: [H2Header(":method", "GET"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
+                                            H2Header(":path", "/v1/worlds/made-up-\(UInt32.random(in: 0...UInt32.max))/analytics")], endStream: true)
+        h.settle()
+        #expect(c.status(id) == "401")
+        let log = h.gateway.takeAccessLog()
+        #expect(log.count == 1 && log.first?.world == "playground", "\(log.map(\.world))")
+        guard let log = log.first else { return }
+        #expect(log.status == 200 && log.target.utf8.count <= Gateway.maxLoggedTarget + 3 && log.target.hasSuffix("…"))
     }
 
     @Test("utcDate renders unix seconds as a UTC date")

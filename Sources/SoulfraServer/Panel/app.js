@@ -381,10 +381,14 @@ async function loadDeliveries(name) {
   if (!t) return;
   const { deliveries } = await api("GET", `/admin/v1/webhooks/deliveries?world=${encodeURIComponent(name)}&limit=10`);
   if (!deliveries.length) { t.replaceChildren(h("tr", {}, h("td", { class: "muted" }, "No webhook has been sent about this world."))); return; }
-  t.replaceChildren(h("tr", {}, ["Event", "Endpoint", "State", "Attempts", "Last answer", "When"].map((c) => h("th", {}, c))),
+  t.replaceChildren(h("tr", {}, ["Event", "Endpoint", "State", "Attempts", "Last answer", "When", ""].map((c) => h("th", {}, c))),
     ...deliveries.map((d) => { const last = d.attempts[d.attempts.length - 1]; return h("tr", {}, h("td", {}, d.event), h("td", {}, d.endpoint),
       h("td", {}, h("span", { class: "pill " + d.state }, d.state)), h("td", {}, d.attempts.length),
-      h("td", {}, last ? (last.status ? "HTTP " + last.status : last.error) : "—"), h("td", {}, fmt.ago(d.created_at_ms))); }));
+      h("td", {}, last ? (last.status ? "HTTP " + last.status : last.error) : "—"), h("td", {}, fmt.ago(d.created_at_ms)),
+      h("td", {}, h("button", { type: "button", class: "ghost", onclick: async () => {
+        try { await api("POST", `/admin/v1/webhooks/${d.endpoint}/deliveries/${encodeURIComponent(d.id)}/redeliver`); toast("Sent again"); setTimeout(() => loadDeliveries(name), 800); }
+        catch (err) { toast(err.message, true); }
+      } }, "Redeliver"))); }));
 }
 
 function followLogs(name, pre) {
