@@ -2,17 +2,28 @@ import SoulfraLimits
 
 /// The gateway's access log on one loop: an entry per request that names a world (answered, failed or
 /// refused), kept as the request's own strings (nothing formatted on the loop) until the owner publishes
-/// them. Bounded: past `maxAccessEntries` between publishes, entries are dropped and counted.
+/// them. Kept only while something takes them (`accessLogEnabled`: the control plane writes them out).
+/// Bounded: past `maxAccessEntries` between publishes, entries are dropped and counted.
 extension Gateway {
     public static let maxAccessEntries = 65_536
 
-    /// The entries since the last call (the owner publishes them once a second).
-    public func takeAccessLog() -> [AccessEntry] {
-        defer { accessLog.removeAll(keepingCapacity: true) }
-        return accessLog
+    /// Hands the entries since the last call to `take` (which copies what it keeps), then empties the log in
+    /// place: its buffer is kept, so a busy loop allocates nothing for it from one publish to the next.
+    public func drainAccessLog(_ take: ([AccessEntry]) -> Void) {
+        guard !accessLog.isEmpty else { return }
+        take(accessLog)
+        accessLog.removeAll(keepingCapacity: true)
+    }
+
+    /// The entries since the last call (tests).
+    func takeAccessLog() -> [AccessEntry] {
+        var out: [AccessEntry] = []
+        drainAccessLog { out = Array($0) }
+        return out
     }
 
     func logAccess(_ e: AccessEntry) {
+        guard accessLogEnabled else { return }
         guard accessLog.count < Self.maxAccessEntries else {
             counters.accessLogDropped &+= 1
             return
@@ -30,7 +41,7 @@ extension Gateway {
 
     /// An exchange that is done: its status, time and bytes, under its key.
     func logAccess(_ ex: Exchange) {
-        guard ex.status != 0 else { return }
+        guard accessLogEnabled, ex.status != 0 else { return }
         logAccess(AccessEntry(unixSeconds: unixSeconds, world: ex.route.world, method: ex.method, target: Self.loggedTarget(ex.target), status: ex.status,
                               micros: (now &- ex.startedAt) / 1_000, bytesOut: UInt64(max(0, ex.replyBytes)), key: ex.key.prefix, requestID: ex.requestID,
                               protocolName: ex.kind == .webSocket ? "WebSocket" : ex.conn.proto == .http2 ? "HTTP/2" : "HTTP/1.1"))
@@ -39,6 +50,7 @@ extension Gateway {
     /// A request refused before it became an exchange (a bad key, a wrong route): logged under the world its
     /// path names, if some key names that world (made-up worlds in paths cost nothing).
     func logRefusal(_ c: Connection, head: RequestHead, _ e: GatewayError, requestID: String, now: UInt64) {
+        guard accessLogEnabled else { return }
         let world = String(Self.worldOfPath(head.path))
         guard !world.isEmpty, gatekeeper.table.worlds.contains(world) else { return }
         logAccess(AccessEntry(unixSeconds: unixSeconds, world: world, method: head.method, target: Self.loggedTarget(head.path), status: UInt16(e.status),

@@ -20,7 +20,18 @@ public enum ExchangeKind: String, CaseIterable, Sendable {
     /// `GET …/sessions/{s}`: one page of the session's history from the vault, as JSON.
     case history
 
-    var index: Int { Self.allCases.firstIndex(of: self)! }
+    /// The kind's position in `allCases` (a switch: `allCases` is built anew on every use).
+    var index: Int {
+        switch self {
+        case .message: 0
+        case .messageStream: 1
+        case .stream: 2
+        case .webSocket: 3
+        case .roomSubscribe: 4
+        case .roomPublish: 5
+        case .history: 6
+        }
+    }
 
     /// A full-duplex conversation: each message from the client is an interaction.
     var isConversation: Bool { self == .stream || self == .webSocket }

@@ -38,8 +38,9 @@ public final class Gateway {
     public var counters = GatewayCounters()
     /// Per-key usage on this loop (published by the owner for the control plane's roll-ups).
     var ledger = UsageLedger()
-    /// Access log entries since the last publish (see `takeAccessLog`).
+    /// Access log entries since the last publish (see `drainAccessLog`), kept only while someone takes them.
     var accessLog: [AccessEntry] = []
+    public var accessLogEnabled = false
     public weak var transport: (any GatewayTransport)?
     var requestSequence: UInt64 = 0
     var shuttingDown = false

@@ -59,10 +59,32 @@ public struct GatewayCounters: Sendable, Equatable {
     public func errors(_ e: GatewayError.Code) -> UInt64 { errors[e.rawValue] }
 
     mutating func observe(micros: UInt64) {
-        var i = 0
-        while i < Self.bucketsMicros.count && micros > Self.bucketsMicros[i] { i += 1 }
-        latencyBuckets[i] &+= 1
+        latencyBuckets[Self.bucket(micros)] &+= 1
         latencySumMicros &+= micros
+    }
+
+    /// The bucket of `bucketsMicros` a latency falls in (the last: above them all). Compares constants: the
+    /// table itself is a lazily made global, not worth reaching for twice per request.
+    @inline(__always) static func bucket(_ micros: UInt64) -> Int {
+        switch micros {
+        case ...100: 0
+        case ...250: 1
+        case ...500: 2
+        case ...1_000: 3
+        case ...2_500: 4
+        case ...5_000: 5
+        case ...10_000: 6
+        case ...25_000: 7
+        case ...50_000: 8
+        case ...100_000: 9
+        case ...250_000: 10
+        case ...500_000: 11
+        case ...1_000_000: 12
+        case ...2_500_000: 13
+        case ...5_000_000: 14
+        case ...10_000_000: 15
+        default: 16
+        }
     }
 
     public func merging(_ o: GatewayCounters) -> GatewayCounters {

@@ -14,7 +14,7 @@ public struct WorldLatency: Sendable, Equatable {
     public var sumMicros: [UInt64]
     /// Times one of the world's streams waited for credit (its client, or the loop's budget, held it back).
     public var creditStalls: UInt64 = 0
-    static let width = GatewayCounters.bucketsMicros.count + 1
+    static var width: Int { 17 }  // GatewayCounters.bucketsMicros.count + 1 (checked in the tests)
 
     public init() {
         buckets = Array(repeating: 0, count: ExchangeKind.allCases.count * Self.width)
@@ -22,9 +22,7 @@ public struct WorldLatency: Sendable, Equatable {
     }
 
     mutating func observe(_ kind: ExchangeKind, micros: UInt64) {
-        var i = 0
-        while i < GatewayCounters.bucketsMicros.count && micros > GatewayCounters.bucketsMicros[i] { i += 1 }
-        buckets[kind.index * Self.width + i] &+= 1
+        buckets[kind.index * Self.width + GatewayCounters.bucket(micros)] &+= 1
         sumMicros[kind.index] &+= micros
     }
 
@@ -69,10 +67,11 @@ struct UsageLedger {
 
 /// Finds the runtime's token counts in reply bytes as they pass, split anywhere: the numbers after
 /// `"tokens_in":` and `"tokens_out":` (a reply's `done` event carries them in `usage`). Inside a JSON string
-/// every quote is escaped, so an agent's text cannot forge the pattern.
+/// every quote is escaped, so an agent's text cannot forge the pattern. The patterns are static strings (no
+/// lazily made global is touched per byte).
 struct TokenScanner {
-    private static let inPattern = Array(#""tokens_in":"#.utf8)
-    private static let outPattern = Array(#""tokens_out":"#.utf8)
+    private static let inPattern: StaticString = #""tokens_in":"#
+    private static let outPattern: StaticString = #""tokens_out":"#
     private var matchedIn = 0
     private var matchedOut = 0
     /// 0: scanning; 1: reading tokens_in's digits; 2: tokens_out's.
@@ -81,6 +80,8 @@ struct TokenScanner {
 
     /// Feeds bytes; `found(isOut, n)` for each number completed.
     mutating func feed(_ bytes: UnsafeRawBufferPointer, found: (Bool, UInt64) -> Void) {
+        let pin = Self.inPattern.utf8Start, nin = Self.inPattern.utf8CodeUnitCount
+        let pout = Self.outPattern.utf8Start, nout = Self.outPattern.utf8CodeUnitCount
         for b in bytes {
             if reading != 0 {
                 if b >= 0x30 && b <= 0x39 {
@@ -92,23 +93,18 @@ struct TokenScanner {
                 reading = 0
                 value = 0
             }
-            matchedIn = Self.step(Self.inPattern, matchedIn, b)
-            matchedOut = Self.step(Self.outPattern, matchedOut, b)
-            if matchedIn == Self.inPattern.count {
+            // The patterns repeat no prefix inside themselves past their first quote, so a mismatch restarts
+            // at 0, or at 1 on a quote.
+            matchedIn = pin[matchedIn] == b ? matchedIn + 1 : (b == 0x22 ? 1 : 0)
+            matchedOut = pout[matchedOut] == b ? matchedOut + 1 : (b == 0x22 ? 1 : 0)
+            if matchedIn == nin {
                 reading = 1
                 matchedIn = 0
-            } else if matchedOut == Self.outPattern.count {
+            } else if matchedOut == nout {
                 reading = 2
                 matchedOut = 0
             }
         }
-    }
-
-    /// The patterns repeat no prefix inside themselves past their first quote, so a mismatch restarts at 0,
-    /// or at 1 on a quote.
-    @inline(__always) private static func step(_ p: [UInt8], _ i: Int, _ b: UInt8) -> Int {
-        if p[i] == b { return i + 1 }
-        return b == p[0] ? 1 : 0
     }
 }
 

@@ -54,6 +54,8 @@ public final class BrokerServer: Sendable {
         case installAnalytics([String: [UInt8]])
         /// Which browser origins may call which worlds.
         case installCORS(CORSPolicy)
+        /// The control plane takes the access log: keep it.
+        case enableAccessLog
     }
 
     /// A socket moving to another loop, with the bytes already read from it (HELLO and anything after).
@@ -85,21 +87,21 @@ public final class BrokerServer: Sendable {
         /// Publishes a loop's figures. The gateway's counters are stored before the sequence moves, so a reader that
         /// waited for a new sequence never sees the gateway's older counters.
         func publish(_ s: BrokerSnapshot, _ l: LoopCounters, gateway: GatewayCounters?, vault: VaultMetrics? = nil,
-                     usage: [UInt64: KeyUsage]? = nil, access: [AccessEntry]? = nil) -> Int {
-            var dropped = 0
+                     usage: [UInt64: KeyUsage]? = nil) {
             if let gateway { gatewayLatest.withLock { $0 = gateway } }
             if let usage { usageLatest.withLock { $0 = usage } }
-            if let access, !access.isEmpty {
-                let taken = accessPending.withLock { p in
-                    let room = max(0, Self.maxAccessPending - p.count)
-                    p.append(contentsOf: access.prefix(room))
-                    return min(room, access.count)
-                }
-                dropped = access.count - taken
-            }
             if let vault { vaultLatest.withLock { $0 = vault } }
             latest.withLock { $0 = (s, l, $0.sequence + 1) }
-            return dropped
+        }
+
+        /// Adds a loop's access log entries to what waits for the control plane; returns how many did not fit.
+        func publish(access: [AccessEntry]) -> Int {
+            let taken = accessPending.withLock { p in
+                let room = max(0, Self.maxAccessPending - p.count)
+                p.append(contentsOf: access.prefix(room))
+                return min(room, access.count)
+            }
+            return access.count - taken
         }
         func takeCommands() -> [Command] { commands.withLock { c in defer { c.removeAll() }; return c } }
         func takeHandoffs() -> [Handoff] { handoffs.withLock { h in defer { h.removeAll() }; return h } }
@@ -271,6 +273,9 @@ public final class BrokerServer: Sendable {
         inboxes.flatMap { i in i.accessPending.withLock { p in defer { p.removeAll() }; return p } }
     }
 
+    /// Turns the gateway's access log on, on every loop (off until something takes the entries).
+    public func enableAccessLog() { post(.enableAccessLog) }
+
     /// The gateway's counters of each loop.
     public var gatewayCountersByLoop: [GatewayCounters] { inboxes.map { $0.gatewayLatest.withLock { $0 } } }
 
@@ -378,8 +383,9 @@ public final class BrokerServer: Sendable {
         for (l, _) in listeners {
             if case .unix(let path) = l.address { unlink(path) }
         }
-        _ = inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.countersSnapshot(), vault: wiring.vault?.metrics,
-                      usage: wiring.gateway?.usageSnapshot(), access: wiring.gateway?.takeAccessLog())
+        wiring.gateway?.drainAccessLog { _ = inbox.publish(access: $0) }
+        inbox.publish(broker.snapshot(), loop.counters, gateway: wiring.gateway?.countersSnapshot(), vault: wiring.vault?.metrics,
+                      usage: wiring.gateway?.usageSnapshot())
         wiring.vault?.store.close()
         inbox.mailbox.withLock { $0 = nil }
         inbox.finished.withLock { $0 = true }

@@ -239,9 +239,11 @@ final class Wiring: LoopDelegate {
     func publish() {
         gateway?.measureClientQueues()
         // Entries the control plane has not taken yet bound what waits: past that, they are dropped and counted.
-        let dropped = inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.countersSnapshot(), vault: vault?.metrics,
-                                    usage: gateway?.usageSnapshot(), access: gateway?.takeAccessLog())
+        var dropped = 0
+        gateway?.drainAccessLog { dropped = inbox.publish(access: $0) }
         gateway?.counters.accessLogDropped &+= UInt64(dropped)
+        inbox.publish(broker.snapshot(), loop.counters, gateway: gateway?.countersSnapshot(), vault: vault?.metrics,
+                      usage: gateway?.usageSnapshot())
     }
 
     func loopMailbox(now: UInt64) {
@@ -298,6 +300,8 @@ final class Wiring: LoopDelegate {
                 gateway?.analytics = documents
             case .installCORS(let policy):
                 gateway?.cors = policy
+            case .enableAccessLog:
+                gateway?.accessLogEnabled = true
             }
         }
     }

@@ -46,6 +46,7 @@ struct Daemon {
             control.publishAnalytics = { server.install(analytics: $0) }
             control.readUsage = { server.keyUsageByLoop }
             control.readAccessLog = { server.takeAccessLog() }
+            server.enableAccessLog()
             if !config.vaultDirectory.isEmpty { control.purgeVault = { world, done in server.purgeVault(world: world, done: done) } }
             let gateway = server.gatewayPort != 0 ? "http://\(hostOf(config.gatewayTCP)):\(server.gatewayPort)"
                 : "https://\(hostOf(config.gatewayTLS)):\(server.gatewayTLSPort)"

@@ -18,6 +18,13 @@ struct Keys: ParsableCommand {
     )
 }
 
+/// A rotation's body: `{"grace_seconds": n}` from `--grace` (nothing when it is not given).
+func graceBody(_ grace: String?) throws(CLIError) -> [String: Any] {
+    guard let grace else { return [:] }
+    guard let s = seconds(grace) else { throw CLIError("--grace takes 24h, 10m, 90s or seconds", code: 5) }
+    return ["grace_seconds": s]
+}
+
 /// "30d", "12h", "10m", "90s" or plain seconds.
 func seconds(_ text: String) -> Int? {
     let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
@@ -108,12 +115,7 @@ struct KeysRotate: ParsableCommand {
 
     func run() {
         runCLI { () throws(CLIError) in
-            var body: [String: Any] = [:]
-            if let grace {
-                guard let s = seconds(grace) else { throw CLIError("--grace takes 1h, 10m, 90s or seconds", code: 5) }
-                body["grace_seconds"] = s
-            }
-            let k = try client.call("POST", "/admin/v1/worlds/\(world)/keys/\(id)/rotate", body: body)
+            let k = try client.call("POST", "/admin/v1/worlds/\(world)/keys/\(id)/rotate", body: try graceBody(grace))
             if json { return printJSON(k) }
             let old = k["replaces"] as? [String: Any] ?? [:]
             print("key \(k["id"] ?? "") replaces key \(id) of \(world) (shown once — store it now):")

@@ -89,12 +89,7 @@ struct WebhooksRotate: ParsableCommand {
 
     func run() {
         runCLI { () throws(CLIError) in
-            var body: [String: Any] = [:]
-            if let grace {
-                guard let s = seconds(grace) else { throw CLIError("--grace takes 24h, 10m, 90s or seconds", code: 5) }
-                body["grace_seconds"] = s
-            }
-            let w = try client.call("POST", "/admin/v1/webhooks/\(id)/rotate", body: body)
+            let w = try client.call("POST", "/admin/v1/webhooks/\(id)/rotate", body: try graceBody(grace))
             if json { return printJSON(w) }
             print("webhook \(id): new signing secret (shown once):")
             print("  \(w["secret"] ?? "")")

@@ -55,10 +55,7 @@ struct CORSTests {
     func responsesCarryOrigin() throws {
         let h = harness()
         let c = try h.connect(1)
-        h.world = { h, sid in
-            guard let st = h.streams[sid], st.requestEnded, st.sentFrames == 0 else { return }
-            h.worldSend(sid, Array(#"{"ok":true}"#.utf8), flags: .endStream)
-        }
+        h.answerEachRequest(#"{"ok":true}"#)
         let ok = try h.post(1, ssePath, body: #"{"text":"hi"}"#, headers: [("origin", Self.app)])
         let bad = try h.post(1, ssePath, body: "not json", headers: [("origin", Self.app)])
         let other = try h.post(1, ssePath, body: #"{"text":"hi"}"#, headers: [("origin", "https://evil.example")])

@@ -283,6 +283,14 @@ final class GatewayHarness {
         return true
     }
 
+    /// The world answers every request, once it is in, with `reply` in one frame that ends the stream.
+    func answerEachRequest(_ reply: String) {
+        world = { h, sid in
+            guard let st = h.streams[sid], st.requestEnded, st.sentFrames == 0 else { return }
+            h.worldSend(sid, Array(reply.utf8), flags: .endStream)
+        }
+    }
+
     func connection(_ conn: UInt32) -> Connection? { gateway.conns[conn] }
 
     /// What a connection holds: bytes queued for its client plus the credit its streams hold.

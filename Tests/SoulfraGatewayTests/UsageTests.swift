@@ -59,10 +59,7 @@ struct UsageTests {
         let counter = BudgetCounter()
         h.gateway.gatekeeper.install(budgeted(h, monthly: 5, used: 3, counter: counter))  // 3 used this month before the daemon started
         let c = try h.connect(1)
-        h.world = { h, sid in
-            guard let st = h.streams[sid], st.requestEnded, st.sentFrames == 0 else { return }
-            h.worldSend(sid, Array(#"{"ok":true}"#.utf8), flags: .endStream)
-        }
+        h.answerEachRequest(#"{"ok":true}"#)
         h.gateway.unixSeconds = 1_764_547_200 - 90
         var statuses: [String] = []
         for _ in 0..<4 {
@@ -159,11 +156,9 @@ struct UsageTests {
     @Test("the access log keeps a long target's start only, and no refusal under a world no key names")
     func accessLogBounds() throws {
         let h = GatewayHarness()
+        h.gateway.accessLogEnabled = true
         let c = try h.connect(1)
-        h.world = { h, sid in
-            guard let st = h.streams[sid], st.requestEnded, st.sentFrames == 0 else { return }
-            h.worldSend(sid, Array(#"{"ok":true}"#.utf8), flags: .endStream)
-        }
+        h.answerEachRequest(#"{"ok":true}"#)
         let long = "/v1/worlds/playground/messages?" + String(repeating: "x", count: 5_000)
         _ = try h.post(1, long, body: #"{"text":"hi"}"#)
         let id = try c.h2.request(headers: [H2Header(":method", "GET"), H2Header(":scheme", "http"), H2Header(":authority", "t"),
@@ -174,6 +169,16 @@ struct UsageTests {
         #expect(log.count == 1 && log.first?.world == "playground", "\(log.map(\.world))")
         guard let log = log.first else { return }
         #expect(log.status == 200 && log.target.utf8.count <= Gateway.maxLoggedTarget + 3 && log.target.hasSuffix("…"))
+    }
+
+    @Test("latency buckets: the switch agrees with the published bounds, and every kind's index is its place in allCases")
+    func bucketsAgree() {
+        #expect(WorldLatency.width == GatewayCounters.bucketsMicros.count + 1)
+        for (i, b) in GatewayCounters.bucketsMicros.enumerated() {
+            #expect(GatewayCounters.bucket(b) == i && GatewayCounters.bucket(b + 1) == i + 1)
+        }
+        #expect(GatewayCounters.bucket(0) == 0 && GatewayCounters.bucket(.max) == GatewayCounters.bucketsMicros.count)
+        for (i, k) in ExchangeKind.allCases.enumerated() { #expect(k.index == i) }
     }
 
     @Test("utcDate renders unix seconds as a UTC date")

@@ -30,7 +30,7 @@ struct PanelTests {
     func cookieAndCSRF() throws {
         let w = try CLIWorld("panel-auth")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         let admin = try adminOf(w)
         let page = try adminCall(admin.url + "/panel")
         #expect(page.status == 200 && page.body.contains("/panel/app.js"))
@@ -71,7 +71,7 @@ struct PanelTests {
     func browserJourney() throws {
         let w = try CLIWorld("panel-browser")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         let admin = try adminOf(w)
         let shots = w.home + "/screenshots"
         try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)

@@ -28,7 +28,7 @@ struct UsageCLITests {
     func usageBudgetsCost() throws {
         let w = try CLIWorld("usage")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         let d = try w.json(["deploy", "--type", "kids", "--name", "metered"])
         let endpoint = d["endpoint"] as? String ?? ""
         // A key with a budget of 5: five answers, then usage_exceeded with the reset time.
@@ -89,7 +89,7 @@ struct UsageCLITests {
     func corsOrigins() throws {
         let w = try CLIWorld("cors")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         let d = try w.json(["deploy", "--type", "kids", "--name", "webapp", "--cors-origin", "https://app.example.com", "--no-wait"])
         let endpoint = d["endpoint"] as? String ?? ""
         #expect(try preflight(endpoint, origin: "https://app.example.com") == (204, "https://app.example.com"))
@@ -141,7 +141,7 @@ struct MetricsCLITests {
     func cardinality() throws {
         let w = try CLIWorld("cardinality")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         // The kids template without its token pacing: a thousand replies in seconds, not minutes.
         let template = try String(contentsOf: repoRoot.appendingPathComponent("config/templates/kids.json"), encoding: .utf8)
             .replacingOccurrences(of: #""pacing_ms": 30"#, with: #""pacing_ms": 0"#)
@@ -193,7 +193,7 @@ struct MetricsCLITests {
     func families() throws {
         let w = try CLIWorld("families")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         for (type, name) in [("kids", "k1"), ("executive", "e1"), ("sports", "s1")] {
             let d = try w.json(["deploy", "--type", type, "--name", name])
             _ = try sendMessage(endpoint: d["endpoint"] as? String ?? "", key: (d["key"] as? [String: Any])?["secret"] as? String ?? "", session: "fan")
@@ -221,7 +221,7 @@ struct WorldLogsCLITests {
     func accessLog() throws {
         let w = try CLIWorld("access")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         let d = try w.json(["deploy", "--type", "kids", "--name", "logged"])
         let endpoint = d["endpoint"] as? String ?? ""
         let key = (d["key"] as? [String: Any])?["secret"] as? String ?? ""

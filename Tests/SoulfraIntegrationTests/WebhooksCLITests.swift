@@ -15,7 +15,7 @@ struct WebhooksCLITests {
         defer { receiver.stop() }
         let w = try CLIWorld("hooks")
         defer { w.tearDown() }
-        #expect(try w.cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0)
+        #expect(try w.initDaemon())
         let added = try w.json(["webhooks", "add", receiver.url])
         let secret = added["secret"] as? String ?? ""
         let id = added["id"] as? Int ?? 0

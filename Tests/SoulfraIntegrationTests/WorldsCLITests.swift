@@ -27,6 +27,12 @@ struct CLIWorld {
         return (try? JSONSerialization.jsonObject(with: Data(r.out.utf8))) as? [String: Any] ?? [:]
     }
 
+    /// `soulfra init` with the process driver on loopback ports of the system's choosing; true when it started.
+    @discardableResult
+    func initDaemon() throws -> Bool {
+        try cli(["init", "--driver", "process", "--gateway", "127.0.0.1:0", "--gateway-tls", "", "--admin-listen", "127.0.0.1:0", "--broker-tcp", ""]).status == 0
+    }
+
     var daemonPID: pid_t? {
         (try? String(contentsOfFile: home + "/serve.pid", encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
