@@ -165,6 +165,7 @@ public final class ControlStore {
         (try? db.rows("PRAGMA user_version") { Int($0.int(0)) }.first) ?? 0
     }
 
+    @discardableResult
     func wrap<T>(_ body: () throws(SQLiteError) -> T) throws(ControlError) -> T {
         do { return try body() } catch { throw .database(error) }
     }

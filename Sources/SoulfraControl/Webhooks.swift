@@ -211,7 +211,10 @@ public final class WebhookDispatcher: @unchecked Sendable {
         }
         let ms = Int64((DispatchTime.now().uptimeNanoseconds - started) / 1_000_000)
         let text = String(decoding: sink.data, as: UTF8.self)
-        if rc != 0 { return WebhookOutcome(status: nil, error: String(cString: error), durationMilliseconds: ms, response: text) }
+        if rc != 0 {
+            let reason = String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return WebhookOutcome(status: nil, error: reason, durationMilliseconds: ms, response: text)
+        }
         return WebhookOutcome(status: status, error: (200..<300).contains(status) ? "" : "HTTP \(status)", durationMilliseconds: ms, response: text)
     }
 }
