@@ -29,9 +29,16 @@ struct VaultMetrics: Equatable, Sendable {
         o.single("stored_bytes", .gauge, "Bytes of records kept in segments.", store.bytes)
         o.single("indexed_records", .gauge, "Records in the in-memory index (by session and time).", UInt64(store.records))
         o.single("pending_bytes", .gauge, "Bytes of events taken and not yet in a write (credit is withheld above vault.high_water_bytes).", UInt64(store.pendingBytes))
-        o.family("commit_seconds", .summary, "Group commits: time from forming a batch to its fdatasync completing.")
+        o.family("commit_seconds", .histogram, "Group commits: time from forming a batch to its fdatasync completing (the fsync latency appends wait for).")
+        var cumulative: UInt64 = 0
+        for (i, bound) in VaultStoreCounters.commitBoundsMicros.enumerated() {
+            cumulative += store.commitBuckets[i]
+            o.sample("commit_seconds_bucket", ["le": String(Double(bound) / 1e6)], cumulative)
+        }
+        cumulative += store.commitBuckets[VaultStoreCounters.commitBoundsMicros.count]
+        o.sample("commit_seconds_bucket", ["le": "+Inf"], cumulative)
         o.sample("commit_seconds_sum", Double(store.commitNanosecondsTotal) / 1e9)
-        o.sample("commit_seconds_count", store.batches)
+        o.sample("commit_seconds_count", cumulative)
         o.family("batch_appends", .summary, "Appends made durable per group commit (one write and one fdatasync).")
         o.sample("batch_appends_sum", store.appendsDurable)
         o.sample("batch_appends_count", store.batches)

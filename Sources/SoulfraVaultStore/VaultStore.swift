@@ -344,12 +344,22 @@ public struct VaultStoreCounters: Equatable, Sendable {
     public var largestBatch = 0
     public var lastCommitNanoseconds: UInt64 = 0
     public var commitNanosecondsTotal: UInt64 = 0
+    /// Group commits by duration, in `commitBoundsMicros` buckets (fsync latency as a histogram).
+    public var commitBuckets = [UInt64](repeating: 0, count: VaultStoreCounters.commitBoundsMicros.count + 1)
+    public static let commitBoundsMicros: [UInt64] = [250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000]
     public var pendingBytes = 0
     public var segmentsDropped: UInt64 = 0
     public var recoveredCutBytes: UInt64 = 0
     public var preparedChunks: UInt64 = 0
     public var prepareFailures: UInt64 = 0
     public init() {}
+
+    /// The bucket a commit of `micros` falls in.
+    static func commitBucket(_ micros: UInt64) -> Int {
+        var i = 0
+        while i < commitBoundsMicros.count && micros > commitBoundsMicros[i] { i += 1 }
+        return i
+    }
 
     mutating func add(_ w: VaultWorld) {
         var one = VaultStoreCounters()
@@ -362,6 +372,7 @@ public struct VaultStoreCounters: Equatable, Sendable {
         one.largestBatch = w.largestBatch
         one.lastCommitNanoseconds = w.lastCommitNanoseconds
         one.commitNanosecondsTotal = w.commitNanosecondsTotal
+        one.commitBuckets = w.commitBuckets
         one.pendingBytes = w.pendingBytes
         one.segmentsDropped = w.segmentsDropped
         one.recoveredCutBytes = w.recoveredCutBytes
@@ -381,6 +392,7 @@ public struct VaultStoreCounters: Equatable, Sendable {
         largestBatch = max(largestBatch, o.largestBatch)
         lastCommitNanoseconds = max(lastCommitNanoseconds, o.lastCommitNanoseconds)
         commitNanosecondsTotal += o.commitNanosecondsTotal
+        for i in commitBuckets.indices where i < o.commitBuckets.count { commitBuckets[i] += o.commitBuckets[i] }
         pendingBytes += o.pendingBytes
         segmentsDropped += o.segmentsDropped
         recoveredCutBytes += o.recoveredCutBytes

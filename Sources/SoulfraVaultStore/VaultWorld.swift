@@ -41,6 +41,8 @@ final class VaultWorld {
     private(set) var largestBatch = 0
     private(set) var lastCommitNanoseconds: UInt64 = 0
     private(set) var commitNanosecondsTotal: UInt64 = 0
+    /// Group commits by duration (`VaultStoreCounters.commitBoundsMicros`, the last: above them all).
+    private(set) var commitBuckets = [UInt64](repeating: 0, count: VaultStoreCounters.commitBoundsMicros.count + 1)
     private(set) var segmentsDropped: UInt64 = 0
     private(set) var recoveredCutBytes: UInt64 = 0
     private(set) var preparedChunks: UInt64 = 0
@@ -295,6 +297,7 @@ final class VaultWorld {
         largestBatch = max(largestBatch, done.count)
         lastCommitNanoseconds = segment.policy.lastCommitNanoseconds
         commitNanosecondsTotal &+= lastCommitNanoseconds
+        commitBuckets[VaultStoreCounters.commitBucket(lastCommitNanoseconds / 1_000)] &+= 1
         store.onDurable(name, done)
         rotateIfDue()
     }

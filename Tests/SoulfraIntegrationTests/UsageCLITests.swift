@@ -207,6 +207,9 @@ struct MetricsCLITests {
                        "soulfra_vault_appends_total", "soulfra_vault_commit_seconds"] {
             #expect(text.contains("# TYPE \(family) "), "\(family) missing")
         }
+        #expect(text.contains("# TYPE soulfra_vault_commit_seconds histogram"), "fsync latency as a histogram")
+        let commits = text.split(separator: "\n").first { $0.hasPrefix(#"soulfra_vault_commit_seconds_bucket{le="+Inf"}"#) }
+        #expect((commits?.split(separator: " ").last.flatMap { Int($0) } ?? 0) > 0, "\(commits ?? "no +Inf bucket")")
         for world in ["k1", "e1", "s1"] {
             #expect(text.contains(#"soulfra_world_instances{world="\#(world)",state="ready"} 1"#), "\(world) ready")
             #expect(text.contains(#"soulfra_gateway_world_request_duration_seconds_count{world="\#(world)",route="message_stream"}"#))

@@ -378,22 +378,32 @@ struct VaultRetentionTests {
             inst.conn.flush()
             #expect(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == sent })
         }
-        // Retention runs once a second on the loop's tick.
+        // Retention runs once a second on the loop's tick, once rotation has made segments to drop: each new segment
+        // is made (and synced) off the loop, which a disk busy with other tests' syncs can slow to seconds.
         var first: UInt64 = 1
-        for _ in 0..<300 where first == 1 {
+        for _ in 0..<3_000 where first == 1 {
             usleep(10_000)
             first = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1)).events.first?.sessionSequence ?? 1
         }
         #expect(first > 1, "nothing was dropped")
-        let kept = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1_000)).events
-        #expect(kept.last?.sessionSequence == UInt64(sent), "the newest events are kept")
-        #expect(kept.map(\.sessionSequence) == Array(first...UInt64(sent)), "what is kept has no gap")
         // Files are removed through the ring, oldest first, one at a time: they go shortly after the index drops them.
         func files() -> [String] {
             ((try? FileManager.default.contentsOfDirectory(atPath: config.vaultDirectory + "/playground")) ?? []).filter { $0.hasSuffix(".seg") }.sorted()
         }
         for _ in 0..<500 where files().count > 4 { usleep(10_000) }
         #expect(files().count <= 4, "\(files())")
+        // Retention may take a segment a tick until the log is under its bound (a loaded machine sees several
+        // ticks' worth at once): what is kept is read once the oldest event has stayed put across two ticks.
+        var settled = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1)).events.first?.sessionSequence ?? 0
+        for _ in 0..<20 {
+            usleep(1_200_000)
+            let now = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1)).events.first?.sessionSequence ?? 0
+            if now == settled { break }
+            settled = now
+        }
+        let kept = inst.read(world: "playground", session: "r", .read(after: 0, limit: 1_000)).events
+        #expect(kept.last?.sessionSequence == UInt64(sent), "the newest events are kept")
+        #expect(kept.map(\.sessionSequence) == Array(settled...UInt64(sent)), "what is kept has no gap")
         let (_, metrics) = try curl(["-H", "Authorization: Bearer test-admin-token-0001", "http://127.0.0.1:\(server.adminPort)/metrics"])
         #expect(!metrics.contains("soulfra_vault_segments_dropped_total 0\n") && metrics.contains("soulfra_vault_segments_dropped_total "))
         inst.conn.close()
@@ -404,7 +414,11 @@ struct VaultRetentionTests {
         defer { again.stop() }
         let reader = VaultClient(try again.connect(.instance, world: "playground"))
         let reopened = reader.read(world: "playground", session: "r", .read(after: 0, limit: 1_000)).events
-        #expect(reopened.map(\.sessionSequence) == kept.map(\.sessionSequence), "the world did not open again after retention")
+        // What was kept, or less from its start if retention took one more segment before the stop (a rotation
+        // finishing late): always the newest events, with no gap.
+        let reopenedFirst = reopened.first?.sessionSequence ?? 0
+        #expect(reopenedFirst >= (kept.first?.sessionSequence ?? 0) && reopened.map(\.sessionSequence) == Array(reopenedFirst...UInt64(sent)),
+                "the world did not open again after retention: \(reopened.map(\.sessionSequence).prefix(5))…")
         let s2 = reader.conn.link.open(Open(target: .vault, world: "playground", session: "r", detail: "append"))
         #expect(reader.append(s2, "after restart"))
         reader.conn.flush()
