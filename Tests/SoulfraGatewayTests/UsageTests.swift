@@ -43,6 +43,31 @@ struct UsageTests {
         #expect(u.tokensIn == 36 && u.tokensOut == 102, "\(u)")
     }
 
+    @Test("a resumed stream (Last-Event-ID) replays stored replies: their tokens are not counted again")
+    func resumedStreamsCountNoTokens() throws {
+        let h = GatewayHarness()
+        _ = try h.connect(1)
+        let done = self.done
+        h.world = { h, sid in
+            guard let st = h.streams[sid], st.requestEnded, st.sentFrames == 0 else { return }
+            h.worldSend(sid, done, flags: .endStream)
+        }
+        try h.post(1, ssePath, body: #"{"text":"again"}"#, headers: [("accept", "text/event-stream"), ("last-event-id", "2")])
+        h.settle()
+        let u = try #require(h.gateway.usageSnapshot()[1])
+        #expect(u.bytesOut > 0 && u.tokensIn == 0 && u.tokensOut == 0, "\(u)")
+    }
+
+    @Test("without a consumer (no control plane), the access log keeps nothing")
+    func accessLogOffWithoutConsumer() throws {
+        let h = GatewayHarness()
+        _ = try h.connect(1)
+        h.answerEachRequest(#"{"ok":true}"#)
+        try h.post(1, ssePath, body: #"{"text":"hi"}"#)
+        h.settle()
+        #expect(h.gateway.takeAccessLog().isEmpty)
+    }
+
     @Test("a request refused before admission (bad key) counts for no key; one refused for its body counts as a request, not an interaction")
     func refusalsAreNotInteractions() throws {
         let h = GatewayHarness()

@@ -67,6 +67,41 @@ struct PanelTests {
         #expect(!log.contains(admin.token) && !log.contains(session), "neither the token nor a session id is logged")
     }
 
+    @Test("the live feed is bounded: 32 followers at once, the 33rd is told 503 too_many_followers; a follower that leaves frees its place")
+    func liveFollowersBounded() throws {
+        let w = try CLIWorld("panel-live")
+        defer { w.tearDown() }
+        #expect(try w.initDaemon())
+        let admin = try adminOf(w)
+        var followers: [Process] = []
+        defer { for p in followers where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        for _ in 0..<32 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            p.arguments = ["-sN", "--max-time", "30", "-o", "/dev/null", admin.url + "/admin/v1/live?follow=1", "-H", "Authorization: Bearer \(admin.token)"]
+            try p.run()
+            followers.append(p)
+        }
+        var refused = (status: 0, head: "", body: "")
+        for _ in 0..<100 {
+            refused = try adminCall(admin.url + "/admin/v1/live?follow=1", headers: ["Authorization: Bearer \(admin.token)"])
+            if refused.status == 503 { break }
+            usleep(100_000)
+        }
+        #expect(refused.status == 503 && refused.body.contains("too_many_followers"), "\(refused.status) \(refused.body)")
+        #expect(try adminCall(admin.url + "/admin/v1/live", headers: ["Authorization: Bearer \(admin.token)"]).status == 200, "a one-off read still works")
+        kill(followers[0].processIdentifier, SIGKILL)
+        followers[0].waitUntilExit()
+        var again = 0
+        for _ in 0..<50 where again != 200 {
+            usleep(200_000)  // the feed notices a gone follower at its next document (1 s)
+            let r = try runCapturing("/usr/bin/curl", ["-sN", "--max-time", "2", "-o", "/dev/null", "-w", "%{http_code}",
+                                                       admin.url + "/admin/v1/live?follow=1", "-H", "Authorization: Bearer \(admin.token)"], timeout: 10)
+            again = Int(r.out) ?? 0
+        }
+        #expect(again == 200, "the place was freed")
+    }
+
     @Test("the browser journey (Playwright, Debian's chromium): sign in, deploy, see it live, message and counters, key copy, scale, logs, shut down", .enabled(if: panelBrowserAvailable))
     func browserJourney() throws {
         let w = try CLIWorld("panel-browser")
@@ -96,5 +131,15 @@ struct PanelSessionTests {
         _ = s.create(now: 999_000)  // a sign-in on a clock stepped back sweeps the table too
         #expect(s.session(id, now: 1_000_020) != nil)
         #expect(s.session(id, now: 1_000_020 + 13 * 3_600) == nil, "idle past 12 h")
+    }
+
+    @Test("sessions are bounded: past 256, signing in ends the least recently used")
+    func bounded() {
+        let s = PanelSessions()
+        let first = s.create(now: 1_000).id
+        let kept = s.create(now: 1_001).id
+        for i in 0..<300 { _ = s.create(now: 1_002 + UInt64(i)) }
+        #expect(s.count == PanelSessions.maxSessions)
+        #expect(s.session(first, now: 2_000) == nil && s.session(kept, now: 2_000) == nil, "the oldest went first")
     }
 }
