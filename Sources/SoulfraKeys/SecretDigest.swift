@@ -93,3 +93,10 @@ public func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
     let inner = sha256(k.map { $0 ^ 0x36 } + message)
     return sha256(k.map { $0 ^ 0x5C } + inner)
 }
+
+/// Whether two secrets are equal, compared in constant time (CRYPTO_memcmp; only the lengths may differ fast).
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    guard !a.isEmpty else { return true }
+    return a.withUnsafeBytes { pa in b.withUnsafeBytes { pb in sf_constant_time_equal(pa.baseAddress, pb.baseAddress, a.count) == 1 } }
+}

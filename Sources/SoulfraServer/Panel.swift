@@ -97,7 +97,7 @@ public final class PanelSessions: Sendable {
     func verdict(_ head: HTTPRequestHead, now: UInt64) -> Verdict {
         guard let id = Self.cookieValue(head), let s = session(id, now: now) else { return .notSignedIn }
         if ["GET", "HEAD"].contains(head.method) { return .signedIn }
-        guard let csrf = head.header("x-csrf-token"), StandardCompare.equal(Array(csrf.utf8), Array(s.csrf.utf8)) else { return .csrfFailed }
+        guard let csrf = head.header("x-csrf-token"), constantTimeEqual(Array(csrf.utf8), Array(s.csrf.utf8)) else { return .csrfFailed }
         if let origin = head.header("origin") {
             guard let host = head.header("host"), origin == "http://" + host || origin == "https://" + host else { return .csrfFailed }
         }
@@ -105,16 +105,6 @@ public final class PanelSessions: Sendable {
     }
 
     func authorizes(_ head: HTTPRequestHead, now: UInt64) -> Bool { verdict(head, now: now) == .signedIn }
-}
-
-/// Constant-time comparison of secrets.
-enum StandardCompare {
-    static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var d: UInt8 = 0
-        for i in a.indices { d |= a[i] ^ b[i] }
-        return d == 0
-    }
 }
 
 /// The panel's pages (plain HTML, CSS and JavaScript, embedded at build time from `Panel/`) and its sign-in.
