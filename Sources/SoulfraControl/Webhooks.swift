@@ -72,7 +72,6 @@ public final class WebhookDispatcher: @unchecked Sendable {
     let store: ControlStore
     let queue: DispatchQueue
     let send: @Sendable (WebhookRequest) -> WebhookOutcome
-    let senders = DispatchQueue(label: "soulfra-webhooks", attributes: .concurrent)
     let inFlightGroup = DispatchGroup()
     public var maxInFlight = 4
     /// An endpoint whose every attempt has failed for this long is disabled (`endpoint.disabled`).
@@ -131,7 +130,9 @@ public final class WebhookDispatcher: @unchecked Sendable {
         }.joined(separator: " ")
         let request = WebhookRequest(url: endpoint.url, id: m.id, timestamp: timestamp, body: body, signature: signature)
         inFlightGroup.enter()
-        senders.async { [self] in
+        // A serial queue of its own: it runs on libdispatch's overcommitting pool, so a send blocked in libcurl
+        // for its 10 s holds a thread of its own, never one of the shared pool's few.
+        DispatchQueue(label: "soulfra-webhooks.\(m.endpoint)").async { [self] in
             let outcome = send(request)
             queue.async { [self] in
                 finish(m, outcome, at: now)

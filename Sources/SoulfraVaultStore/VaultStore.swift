@@ -129,21 +129,30 @@ public final class VaultStore: VaultStorage {
     final class FinishedQueue: Sendable {
         let state = Mutex<(closed: Bool, list: [Finished])>((false, []))
     }
-    /// Concurrent: a world whose opening hangs (a stuck disk, a key file that will not read) holds no other
-    /// world's. One world's work is never concurrent with itself (the next segment is asked for only once the
-    /// world is open, one at a time).
-    private let opener = DispatchQueue(label: "soulfra.vault.opener", attributes: .concurrent)
+    /// One serial queue per world (loop thread only): a world's work runs in order and never concurrently with
+    /// itself, and a world whose opening hangs (a stuck disk, a key file that will not read) holds no other
+    /// world's. Serial queues run on libdispatch's overcommitting pool, which starts a thread whenever none is
+    /// free, so blocking work elsewhere in the process (a concurrent queue's callers stuck in reads) cannot
+    /// starve a rotation or an opening.
+    private var lanes: [String: DispatchQueue] = [:]
+
+    private func lane(_ world: String) -> DispatchQueue {
+        if let q = lanes[world] { return q }
+        let q = DispatchQueue(label: "soulfra.vault.opener." + world)
+        lanes[world] = q
+        return q
+    }
 
     enum Finished: @unchecked Sendable {
         case world(String, Result<VaultWorld.Opened, VaultFailure>)
         case segment(String, UInt32, Result<VaultSegment.Opened, VaultFailure>)
     }
 
-    /// Runs `work` on the opener thread (directory and file creation, recovery reads, directory syncs: the
+    /// Runs `work` on `world`'s opener queue (directory and file creation, recovery reads, directory syncs: the
     /// blocking calls a loop thread must not make); its result comes back through the loop's mailbox.
-    func offLoop(_ work: @escaping @Sendable () -> Finished) {
+    func offLoop(world: String, _ work: @escaping @Sendable () -> Finished) {
         let mailbox = loop.mailbox
-        opener.async { [finished] in
+        lane(world).async { [finished] in
             let done = work()
             let taken = finished.state.withLock { s in
                 guard !s.closed else { return false }
@@ -220,7 +229,7 @@ public final class VaultStore: VaultStorage {
         // A world seen for the first time: made and opened on the opener thread; its appends wait for it.
         opening[name] = [append]
         let settings = settings
-        offLoop { .world(name, Result { () throws(VaultFailure) in try VaultWorld.open(name: name, settings: settings) }) }
+        offLoop(world: name) { .world(name, Result { () throws(VaultFailure) in try VaultWorld.open(name: name, settings: settings) }) }
         return nil
     }
 
@@ -299,7 +308,9 @@ public final class VaultStore: VaultStorage {
         broken[name] = nil  // a world that could not be opened is forgotten with its files
         let directory = settings.directory + "/" + name
         let key = settings.keyDirectory.isEmpty ? nil : settings.keyDirectory + "/" + name + ".key"
-        opener.async {
+        let purging = lane(name)
+        lanes[name] = nil  // the queue lives on until its work is done; a world deployed again gets a new one
+        purging.async {
             var failure: String?
             if access(directory, F_OK) == 0 {
                 // A world's directory is flat: its segments and LOCK.

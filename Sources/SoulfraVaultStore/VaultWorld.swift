@@ -344,7 +344,7 @@ final class VaultWorld {
         let number = segments[segments.count - 1].number + 1
         makingNext = true
         let (name, path, directory, ahead) = (name, segmentPath(number), directory, store.settings.prepareAheadBytes > 0)
-        store.offLoop {
+        store.offLoop(world: name) {
             .segment(name, number, Result { () throws(VaultFailure) in
                 let o: VaultSegment.Opened
                 do throws(SocketError) { o = try VaultSegment.open(path: path, prepareAhead: ahead) } catch {

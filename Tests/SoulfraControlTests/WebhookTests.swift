@@ -169,6 +169,21 @@ struct WebhookTests {
         #expect(slow.requests.count == 1, "one at a time per endpoint")
     }
 
+    @Test("a delivery does not wait for the process's shared dispatch pool, however many of its threads are blocked")
+    func sendsHaveTheirOwnThreads() throws {
+        let blocked = 64
+        let release = DispatchSemaphore(value: 0)
+        for _ in 0..<blocked { DispatchQueue.global().async { release.wait() } }
+        defer { for _ in 0..<blocked { release.signal() } }
+        let receiver = try WebhookReceiver()
+        defer { receiver.stop() }
+        let b = try WebhookBench()
+        _ = try b.add(receiver.url)
+        let ids = b.queue.sync { b.dispatcher.emit("scaling_event", world: "playground", data: ["world": "playground"], now: b.now) }
+        #expect(b.dispatcher.drain(timeout: .now() + 10), "the attempt finished")
+        #expect(receiver.requests.map { $0.headers["webhook-id"] } == ids.map { Optional($0) })
+    }
+
     @Test("an endpoint that does not answer (nothing listening) is a failure with curl's reason recorded, retried on schedule")
     func unreachable() throws {
         let receiver = try WebhookReceiver()

@@ -358,6 +358,32 @@ struct VaultReplayTests {
 
 @Suite("Vault retention", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
 struct VaultRetentionTests {
+    @Test("opening worlds and making segments does not wait for the process's shared dispatch pool, however many of its threads are blocked")
+    func offLoopWorkHasItsOwnThreads() throws {
+        // Other code in the process (a concurrent queue's callers stuck in reads) can hold every thread of
+        // libdispatch's shared pool; the vault's blocking work must go on regardless.
+        let blocked = 64
+        let release = DispatchSemaphore(value: 0)
+        for _ in 0..<blocked { DispatchQueue.global().async { release.wait() } }
+        defer { for _ in 0..<blocked { release.signal() } }
+        let config = testConfig { $0.vault.segmentBytes = 4_096 }
+        let server = try BrokerServer.start(config)
+        defer { server.stop() }
+        let inst = VaultClient(try server.connect(.instance, world: "playground"))
+        let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "p", detail: "append"))
+        var sent = 0
+        for round in 0..<12 {
+            for _ in 0..<10 {
+                #expect(inst.append(s, "event \(sent) " + String(repeating: "p", count: 100)))
+                sent += 1
+            }
+            inst.conn.flush()
+            try #require(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == sent }, "round \(round): \(inst.acks(s).count) of \(sent) acknowledged")
+        }
+        let segments = ((try? FileManager.default.contentsOfDirectory(atPath: config.vaultDirectory + "/playground")) ?? []).filter { $0.hasSuffix(".seg") }
+        #expect(segments.count > 1, "the log moved to new segments: \(segments)")
+    }
+
     @Test("a world's log moves to new segments as it grows, and retention drops whole oldest segments past the byte bound")
     func retentionBySize() throws {
         let config = testConfig {
