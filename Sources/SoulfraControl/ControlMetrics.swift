@@ -79,18 +79,26 @@ extension ControlService {
         }
     }
 
-    /// Instances by state, their CPU and memory (sampled every 10 s), and the 3-way stream's peers.
+    /// Every 10 s (a pass), the running instances' CPU and memory are read off the control queue; the samples
+    /// come back to it. A sampling still running (a slow engine) is not doubled.
+    func sampleResources(now: Int64) {
+        guard !sampling, now - lastResourceSample >= 10_000 else { return }
+        lastResourceSample = now
+        sampling = true
+        let read = plane.driver.usageReader(plane.driver.observe())
+        sampler.async { [weak self] in
+            let samples = read()
+            self?.queue.async { [weak self] in
+                self?.resourceSamples = samples
+                self?.sampling = false
+            }
+        }
+    }
+
+    /// Instances by state, their CPU and memory (as last sampled), and the 3-way stream's peers.
     func instanceMetrics(_ o: inout PrometheusText, worlds: [WorldRecord], now: Int64) {
         let observed = plane.driver.observe()
         let current = live
-        if now - lastResourceSample >= 10_000 {
-            lastResourceSample = now
-            var samples: [String: (cpuSeconds: Double, memoryBytes: UInt64)] = [:]
-            for i in observed where i.state == .running {
-                if let u = plane.driver.usage(world: i.world, id: i.id) { samples[i.world + "/" + i.id] = u }
-            }
-            resourceSamples = samples
-        }
         o.family("instances", .gauge, "A world's instances: wanted, running (as the driver sees them), ready (attached and taking streams), exited.")
         for w in worlds {
             let mine = observed.filter { $0.world == w.name }

@@ -128,8 +128,12 @@ public final class ControlService: @unchecked Sendable {
     /// Budgeted keys' counters, shared with every loop through the key table and kept current by the roll-ups.
     var budgetCounters: [UInt64: BudgetCounter] = [:]
     var originsCache: [String: (spec: String, origins: [String])] = [:]
-    /// Instances' CPU and memory as last sampled (every 10 s), by `world/id`.
-    var resourceSamples: [String: (cpuSeconds: Double, memoryBytes: UInt64)] = [:]
+    /// Instances' CPU and memory as last sampled (every 10 s, off the control queue), by `world/id`.
+    var resourceSamples: [String: InstanceUsage] = [:]
+    /// Where the samples are read: the engine's stats can take seconds per container, which the control queue
+    /// (the admin API, the passes) must not wait for. Serial: one sampling at a time.
+    let sampler = DispatchQueue(label: "soulfra-control.stats")
+    var sampling = false
     /// The panel's live feed: its followers and the samples rates are taken over.
     var liveFollowers: [@Sendable (ControlReply) -> Bool] = []
     var liveSamples: [LiveSample] = []
@@ -194,6 +198,7 @@ public final class ControlService: @unchecked Sendable {
             try announceDeployments(now: now)
             webhooks.tick(now: now)
             pushLive(now: now)
+            sampleResources(now: now)
             if now - lastUsageRollUp >= Self.usageIntervalMilliseconds { rollUpUsage(now: now) }
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }

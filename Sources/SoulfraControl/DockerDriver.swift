@@ -136,12 +136,20 @@ public final class DockerDriver: InstanceDriver, @unchecked Sendable {
             ? ["resources.storage: the engine's storage (overlay2 without xfs project quotas) cannot limit a container's disk"] : []
     }
 
-    public func usage(world: String, id: String) -> (cpuSeconds: Double, memoryBytes: UInt64)? {
-        guard let s = try? client.json("GET", "/containers/\(containerName(world, id))/stats?stream=false&one-shot=true",
-                                       timeoutMilliseconds: 3_000) as? [String: Any],
-              let cpu = ((s["cpu_stats"] as? [String: Any])?["cpu_usage"] as? [String: Any])?["total_usage"] as? Int,
-              let memory = (s["memory_stats"] as? [String: Any])?["usage"] as? Int else { return nil }
-        return (Double(cpu) / 1e9, UInt64(memory))
+    /// The engine's one-shot stats, a request per running container (up to 3 s each).
+    public func usageReader(_ instances: [ObservedInstance]) -> @Sendable () -> [String: InstanceUsage] {
+        let running = instances.filter { $0.state == .running }.map { (key: ObservedInstance.key($0.world, $0.id), container: containerName($0.world, $0.id)) }
+        let client = client
+        return {
+            var out: [String: InstanceUsage] = [:]
+            for r in running {
+                guard let s = try? client.json("GET", "/containers/\(r.container)/stats?stream=false&one-shot=true", timeoutMilliseconds: 3_000) as? [String: Any],
+                      let cpu = ((s["cpu_stats"] as? [String: Any])?["cpu_usage"] as? [String: Any])?["total_usage"] as? Int,
+                      let memory = (s["memory_stats"] as? [String: Any])?["usage"] as? Int else { continue }
+                out[r.key] = InstanceUsage(cpuSeconds: Double(cpu) / 1e9, memoryBytes: UInt64(memory))
+            }
+            return out
+        }
     }
 
     public func logPath(world: String, id: String) -> String { "\(directory)/\(world)/\(id).log" }

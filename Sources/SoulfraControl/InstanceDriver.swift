@@ -85,8 +85,21 @@ public protocol InstanceDriver: AnyObject {
     func forget(world: String, id: String)
     /// The template's settings this driver cannot enforce for `spec` (reported, never silently ignored).
     func unenforced(_ spec: InstanceSpec) -> [String]
-    /// CPU time used and memory held by a running instance (nil: not known).
-    func usage(world: String, id: String) -> (cpuSeconds: Double, memoryBytes: UInt64)?
+    /// A reader of the CPU time used and memory held by `instances` (the running ones), keyed by `world/id`.
+    /// What it needs is taken here, on the control queue; the reader may block (the engine's stats take a
+    /// request per container) and runs off it.
+    func usageReader(_ instances: [ObservedInstance]) -> @Sendable () -> [String: InstanceUsage]
+}
+
+/// An instance's CPU time used and memory held, as last sampled.
+public struct InstanceUsage: Sendable, Equatable {
+    public var cpuSeconds: Double
+    public var memoryBytes: UInt64
+
+    public init(cpuSeconds: Double, memoryBytes: UInt64) {
+        self.cpuSeconds = cpuSeconds
+        self.memoryBytes = memoryBytes
+    }
 }
 
 /// Instances as child processes of the daemon: `soulfra world …` spawned with its output appended to
@@ -193,16 +206,30 @@ public final class ProcessDriver: InstanceDriver {
         return out
     }
 
-    /// From /proc: user and system time (field 14 and 15 of stat, in clock ticks) and the resident set.
-    public func usage(world: String, id: String) -> (cpuSeconds: Double, memoryBytes: UInt64)? {
-        guard let r = record(world, id), case .running = state(of: r),
-              let stat = Self.read("/proc/\(r.pid)/stat"), let close = stat.lastIndex(of: ")"),
-              let statm = Self.read("/proc/\(r.pid)/statm") else { return nil }
+    /// From /proc: user and system time (fields 14 and 15 of stat, in clock ticks) and the resident set, for the
+    /// pids whose kernel start time is still the instance's (a pid given to another process is not read).
+    public func usageReader(_ instances: [ObservedInstance]) -> @Sendable () -> [String: InstanceUsage] {
+        let running = instances.compactMap { i -> (key: String, pid: pid_t, start: UInt64)? in
+            guard i.state == .running, let r = record(i.world, i.id) else { return nil }
+            return (r.key, r.pid, r.kernelStart)
+        }
+        return {
+            var out: [String: InstanceUsage] = [:]
+            for r in running {
+                guard Self.startTime(r.pid) == r.start, let u = Self.usage(pid: r.pid) else { continue }
+                out[r.key] = u
+            }
+            return out
+        }
+    }
+
+    static func usage(pid: pid_t) -> InstanceUsage? {
+        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")"), let statm = read("/proc/\(pid)/statm") else { return nil }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         let pages = statm.split(separator: " ")
         guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]), pages.count > 1, let rss = UInt64(pages[1]) else { return nil }
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return ((user + system) / ticks, rss * UInt64(sysconf(Int32(_SC_PAGESIZE))))
+        return InstanceUsage(cpuSeconds: (user + system) / ticks, memoryBytes: rss * UInt64(sysconf(Int32(_SC_PAGESIZE))))
     }
 
     // MARK: - Records

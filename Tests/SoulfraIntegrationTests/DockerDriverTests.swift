@@ -56,6 +56,14 @@ struct DockerDriverTests {
         #expect(inspect == "none 256000000 256000000 500000000 no true 256",
                 "network none, the kids template's 256MB (no swap past it) and 0.5 CPU, no restart policy, read-only root, pids bounded: \(inspect)")
         #expect(try docker(["exec", container(w, "playground-1"), "/soulfra", "interfaces"]) == "lo", "inside, loopback is the only interface")
+        // CPU and memory from the engine's stats, sampled every 10 s off the control queue.
+        var sampled: [[String: Any]] = []
+        for _ in 0..<60 {
+            sampled = try w.json(["status", "arena"])["instances"] as? [[String: Any]] ?? []
+            if (sampled.first?["memory_bytes"] as? Int ?? 0) > 0 { break }
+            usleep(500_000)
+        }
+        #expect((sampled.first?["memory_bytes"] as? Int ?? 0) > 100_000 && sampled.first?["cpu_seconds"] is Double, "the engine's stats: \(sampled)")
         let endpoint = { (name: String) throws -> String in try w.json(["status", name])["endpoint"] as? String ?? "" }
         let before = try containers(w).first { $0.name == container(w, "playground-1") }!.id
         _ = try docker(["kill", container(w, "playground-1")])

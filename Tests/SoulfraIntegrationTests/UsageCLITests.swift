@@ -198,8 +198,20 @@ struct MetricsCLITests {
             let d = try w.json(["deploy", "--type", type, "--name", name])
             _ = try sendMessage(endpoint: d["endpoint"] as? String ?? "", key: (d["key"] as? [String: Any])?["secret"] as? String ?? "", session: "fan")
         }
-        usleep(10_500_000)  // instance CPU and memory are sampled every 10 s
-        let text = try metrics(w)
+        // Instance CPU and memory are sampled every 10 s, off the control queue: each instance gets its series.
+        var text = ""
+        for _ in 0..<60 {
+            text = try metrics(w)
+            if ["k1", "e1", "s1"].allSatisfy({ text.contains(#"soulfra_world_instance_memory_bytes{world="\#($0)",instance="#) }) { break }
+            usleep(500_000)
+        }
+        for world in ["k1", "e1", "s1"] {
+            let memory = text.split(separator: "\n").first { $0.hasPrefix(#"soulfra_world_instance_memory_bytes{world="\#(world)","#) }
+            #expect((memory?.split(separator: " ").last.flatMap { Double($0) } ?? 0) > 1_000_000, "\(world)'s resident set: \(memory ?? "no series")")
+            #expect(text.contains(#"soulfra_world_instance_cpu_seconds_total{world="\#(world)",instance="#), "\(world)'s CPU time")
+            let instances = try w.json(["status", world])["instances"] as? [[String: Any]] ?? []
+            #expect(instances.count == 1 && (instances.first?["memory_bytes"] as? Int ?? 0) > 1_000_000, "status shows the sample: \(instances)")
+        }
         for family in ["soulfra_world_users", "soulfra_world_active_users", "soulfra_world_interactions_total", "soulfra_world_requests_total",
                        "soulfra_world_bytes_total", "soulfra_world_tokens_total", "soulfra_world_ai_time_to_first_token_seconds",
                        "soulfra_world_ai_reply_seconds", "soulfra_world_instances", "soulfra_world_stream_peers", "soulfra_world_instance_cpu_seconds_total",
