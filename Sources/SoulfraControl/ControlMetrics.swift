@@ -80,12 +80,15 @@ extension ControlService {
     }
 
     /// Every 10 s (a pass), the running instances' CPU and memory are read off the control queue; the samples
-    /// come back to it. A sampling still running (a slow engine) is not doubled.
+    /// come back to it. An instance not sampled yet (just started) is read within 2 s. A sampling still running
+    /// (a slow engine) is not doubled.
     func sampleResources(now: Int64) {
-        guard !sampling, now - lastResourceSample >= 10_000 else { return }
+        let running = plane.lastObserved.filter { $0.state == .running }
+        let unsampled = running.contains { resourceSamples[ObservedInstance.key($0.world, $0.id)] == nil }
+        guard !sampling, now - lastResourceSample >= (unsampled ? 2_000 : 10_000) else { return }
         lastResourceSample = now
         sampling = true
-        let read = plane.driver.usageReader(plane.driver.observe())
+        let read = plane.driver.usageReader(running)
         sampler.async { [weak self] in
             let samples = read()
             self?.queue.async { [weak self] in

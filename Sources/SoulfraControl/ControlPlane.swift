@@ -21,12 +21,16 @@ public final class ControlPlane {
         self.spec = spec
     }
 
+    /// The instances as the last pass saw them (before it acted).
+    public private(set) var lastObserved: [ObservedInstance] = []
+
     /// One pass: plan, apply, record. Returns what was done.
     @discardableResult
     public func tick(now: Int64) throws(ControlError) -> [Reconciler.Action] {
         let worlds = try store.worlds().filter { $0.state == "active" }
         let byName = Dictionary(uniqueKeysWithValues: worlds.map { ($0.name, $0) })
         let observed = driver.observe()
+        lastObserved = observed
         let actions = reconciler.plan(desired: byName.mapValues(\.instances), observed: observed, now: now)
         for action in actions {
             switch action {

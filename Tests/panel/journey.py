@@ -1,17 +1,57 @@
 """The control panel's journey in a real browser: Playwright driving Debian's chromium (never a downloaded one).
 
 Signs in with the admin token, deploys a world, sees it live, sends a message and watches the counters move,
-creates and copies a key, scales, reads the live logs and shuts the world down. Checks the cookie and CSRF
+creates and copies a key, adds a webhook (a receiver on loopback that checks the Standard Webhooks signature
+with the secret the page showed), scales and sees the signed scaling_event delivered, reads the live logs, opens
+the endpoint's deliveries, redelivers, rotates its secret, and shuts the world down. Checks the cookie and CSRF
 rules from inside the page. Saves screenshots of the main pages when --screenshots names a directory.
 
   python journey.py --panel http://127.0.0.1:7401 --token-file <home>/admin.token [--screenshots docs/panel]
 """
 import argparse
+import base64
+import hashlib
+import hmac
 import json
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from playwright.sync_api import expect, sync_playwright
+
+
+class Receiver:
+    """A webhook endpoint on loopback: keeps every request's headers and body, answers 204."""
+
+    def __init__(self):
+        self.requests = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, event):
+        return [(hd, b) for hd, b in self.requests if json.loads(b).get("type") == event]
+
+    @staticmethod
+    def signed(secret, headers, body):
+        """Whether one of the v1 signatures is HMAC-SHA256(id.timestamp.body) under the whsec_ secret."""
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+        want = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
+        return any(s == "v1," + want for s in headers["webhook-signature"].split(" "))
 
 
 def main() -> int:
@@ -100,21 +140,54 @@ def main() -> int:
         assert page.evaluate("navigator.clipboard.readText()") == secret
         expect(page.get_by_test_id("keys").locator("tr")).to_have_count(3)
 
-        step("scale to 2")
+        step("add a webhook")
+        receiver = Receiver()
+        page.goto(a.panel + "/panel#/webhooks")
+        page.get_by_test_id("hook-url").fill(receiver.url)
+        page.get_by_role("button", name="Add").click()
+        expect(page.get_by_test_id("hook-secret")).to_be_visible()
+        hook_secret = page.get_by_test_id("hook-secret").inner_text()
+        assert hook_secret.startswith("whsec_"), hook_secret
+        expect(page.get_by_test_id("hooks").locator("tr")).to_have_count(2)
+
+        step("scale to 2, the signed scaling_event arrives")
+        page.goto(a.panel + "/panel#/world/" + a.world)
         page.get_by_test_id("scale-to").fill("2")
         page.get_by_test_id("scale-submit").click()
         expect(page.get_by_test_id("stat-instances")).to_have_text("2/2", timeout=30_000)
+        deadline = time.monotonic() + 20
+        while not receiver.events("scaling_event") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        scaled = receiver.events("scaling_event")
+        assert scaled and Receiver.signed(hook_secret, *scaled[0]), scaled
 
         step("read the live logs")
         expect(page.get_by_test_id("logs")).to_contain_text(a.world + "-1 |", timeout=15_000)
+        expect(page.get_by_test_id("deliveries")).to_contain_text("scaling_event", timeout=15_000)
         shot(page, "world")
 
-        step("usage and webhooks pages")
+        step("usage page")
         page.goto(a.panel + "/panel#/usage")
         expect(page.get_by_test_id("usage-table")).to_contain_text(a.world, timeout=15_000)
         shot(page, "usage")
+
+        step("an endpoint's deliveries, redeliver, rotate its secret")
         page.goto(a.panel + "/panel#/webhooks")
-        expect(page.get_by_test_id("hooks")).to_be_visible()
+        page.get_by_test_id("hook-deliveries-open").click()
+        delivered = page.get_by_test_id("hook-deliveries").get_by_test_id("delivery-scaling_event")
+        expect(delivered).to_contain_text("delivered")
+        sent = len(receiver.events("scaling_event"))
+        delivered.get_by_test_id("redeliver").click()
+        expect(delivered.get_by_test_id("delivery-attempts")).to_have_text("2", timeout=15_000)
+        again = receiver.events("scaling_event")
+        assert len(again) == sent + 1 and again[-1][0]["webhook-id"] == scaled[0][0]["webhook-id"], "the same message, sent again"
+        page.get_by_test_id("hook-rotate").click()
+        page.get_by_test_id("rotate-confirm").click()
+        expect(page.get_by_test_id("rotated-secret")).to_be_visible()
+        rotated = page.get_by_test_id("rotated-secret").inner_text()
+        assert rotated.startswith("whsec_") and rotated != hook_secret
+        shot(page, "webhooks")
+        receiver.server.shutdown()
 
         step("shut down")
         page.goto(a.panel + "/panel#/world/" + a.world)

@@ -344,9 +344,16 @@ function fillWorldLive(name) {
   const node = (label, up) => h("span", { class: "node " + (up ? "up" : "off") }, label);
   document.getElementById("world-peers").replaceChildren(node("gateway", true), "→", node(row.peers.instance + " instance" + (row.peers.instance === 1 ? "" : "s"), row.peers.instance > 0),
     "↔", node(row.peers.runtime + " runtime", row.peers.runtime > 0), "→", node("vault", row.peers.vault > 0));
-  if (state.lastDetail !== row.instances_ready + "/" + row.instances_desired) {
+  // The instances' table: when their count moves, and every 10 s for their CPU and memory (sampled that often).
+  if (state.lastDetail !== row.instances_ready + "/" + row.instances_desired || !(Date.now() - state.detailAt < 10000)) {
     state.lastDetail = row.instances_ready + "/" + row.instances_desired;
+    state.detailAt = Date.now();
     api("GET", "/admin/v1/worlds/" + encodeURIComponent(name)).then(fillWorld).catch(() => {});
+  }
+  // Deliveries follow every 5 s (a scale, an alert, a milestone each send one).
+  if (!(Date.now() - state.deliveriesAt < 5000)) {
+    state.deliveriesAt = Date.now();
+    loadDeliveries(name).catch(() => {});
   }
 }
 
@@ -380,13 +387,18 @@ async function loadDeliveries(name) {
   const t = document.getElementById("world-deliveries");
   if (!t) return;
   const { deliveries } = await api("GET", `/admin/v1/webhooks/deliveries?world=${encodeURIComponent(name)}&limit=10`);
-  if (!deliveries.length) { t.replaceChildren(h("tr", {}, h("td", { class: "muted" }, "No webhook has been sent about this world."))); return; }
+  fillDeliveries(t, deliveries, "No webhook has been sent about this world.", () => loadDeliveries(name));
+}
+
+// Messages with their attempts (newest first), each with Redeliver; `reload` runs once a redelivery had time to go.
+function fillDeliveries(t, deliveries, empty, reload) {
+  if (!deliveries.length) { t.replaceChildren(h("tr", {}, h("td", { class: "muted" }, empty))); return; }
   t.replaceChildren(h("tr", {}, ["Event", "Endpoint", "State", "Attempts", "Last answer", "When", ""].map((c) => h("th", {}, c))),
-    ...deliveries.map((d) => { const last = d.attempts[d.attempts.length - 1]; return h("tr", {}, h("td", {}, d.event), h("td", {}, d.endpoint),
-      h("td", {}, h("span", { class: "pill " + d.state }, d.state)), h("td", {}, d.attempts.length),
+    ...deliveries.map((d) => { const last = d.attempts[d.attempts.length - 1]; return h("tr", { "data-testid": "delivery-" + d.event }, h("td", {}, d.event), h("td", {}, d.endpoint),
+      h("td", {}, h("span", { class: "pill " + d.state }, d.state)), h("td", { "data-testid": "delivery-attempts" }, d.attempts.length),
       h("td", {}, last ? (last.status ? "HTTP " + last.status : last.error) : "—"), h("td", {}, fmt.ago(d.created_at_ms)),
-      h("td", {}, h("button", { type: "button", class: "ghost", onclick: async () => {
-        try { await api("POST", `/admin/v1/webhooks/${d.endpoint}/deliveries/${encodeURIComponent(d.id)}/redeliver`); toast("Sent again"); setTimeout(() => loadDeliveries(name), 800); }
+      h("td", {}, h("button", { type: "button", class: "ghost", "data-testid": "redeliver", onclick: async () => {
+        try { await api("POST", `/admin/v1/webhooks/${d.endpoint}/deliveries/${encodeURIComponent(d.id)}/redeliver`); toast("Sent again"); setTimeout(reload, 800); }
         catch (err) { toast(err.message, true); }
       } }, "Redeliver"))); }));
 }
@@ -501,13 +513,45 @@ async function webhooksView() {
     .map((e) => h("label", {}, h("input", { type: "checkbox", value: e, checked: true }), e)));
   const secret = h("div");
   const list = h("table", { "data-testid": "hooks" });
+  // Under the table: one endpoint's deliveries, or its secret rotation (the new secret is shown once).
+  const detail = h("div", { class: "card", hidden: true, "data-testid": "hook-detail" });
+  const showDeliveries = async (w) => {
+    const t = h("table", { "data-testid": "hook-deliveries" });
+    detail.replaceChildren(h("h2", {}, `Deliveries to ${w.url}`), t);
+    detail.hidden = false;
+    const reload = async () => {
+      try { fillDeliveries(t, (await api("GET", `/admin/v1/webhooks/${w.id}/deliveries?limit=20`)).deliveries, "Nothing has been sent to this endpoint yet.", reload); }
+      catch (err) { toast(err.message, true); }
+    };
+    await reload();
+  };
+  const showRotate = (w) => {
+    const grace = h("select", { "data-testid": "rotate-grace" }, [["0", "no overlap"], ["3600", "1 hour"], ["86400", "24 hours"], ["604800", "7 days"]]
+      .map(([v, label]) => h("option", { value: v, selected: v === "86400" }, label)));
+    const out = h("div");
+    detail.replaceChildren(h("h2", {}, `Rotate the signing secret of ${w.url}`),
+      h("div", { class: "row-form" }, h("label", {}, "The old secret keeps signing for", grace),
+        h("button", { type: "button", "data-testid": "rotate-confirm", onclick: async () => {
+          try {
+            const r = await api("POST", `/admin/v1/webhooks/${w.id}/rotate`, { grace_seconds: Number(grace.value) });
+            out.replaceChildren(h("p", { class: "muted" }, "The new signing secret — shown this once:"), secretBox(r.secret, "rotated-secret"));
+          } catch (err) { toast(err.message, true); }
+        } }, "Rotate now")), out);
+    detail.hidden = false;
+  };
   const load = async () => {
     const { webhooks } = await api("GET", "/admin/v1/webhooks");
     list.replaceChildren(h("tr", {}, ["Id", "URL", "World", "Events", "State", "Pending", ""].map((c) => h("th", {}, c))),
-      ...webhooks.map((w) => h("tr", {}, h("td", {}, w.id), h("td", {}, w.url), h("td", {}, w.world || "*"), h("td", {}, w.events.join(", ")),
+      ...webhooks.map((w) => h("tr", { "data-testid": "hook-" + w.id }, h("td", {}, w.id), h("td", {}, w.url), h("td", {}, w.world || "*"), h("td", { class: "wrap" }, w.events.join(", ")),
         h("td", {}, h("span", { class: "pill " + w.state, title: w.disabled_reason }, w.state)), h("td", {}, w.pending),
-        h("td", {}, w.state === "disabled" ? h("button", { type: "button", class: "ghost", onclick: async () => { await api("POST", `/admin/v1/webhooks/${w.id}/enable`); load(); } }, "Enable") : "",
-          " ", h("button", { type: "button", class: "ghost", onclick: async () => { await api("DELETE", `/admin/v1/webhooks/${w.id}`); load(); } }, "Remove")))));
+        h("td", {}, h("button", { type: "button", class: "ghost", "data-testid": "hook-deliveries-open", onclick: () => showDeliveries(w) }, "Deliveries"),
+          " ", h("button", { type: "button", class: "ghost", "data-testid": "hook-rotate", onclick: () => showRotate(w) }, "Rotate secret"),
+          w.state === "disabled" ? [" ", h("button", { type: "button", class: "ghost", onclick: async () => { await api("POST", `/admin/v1/webhooks/${w.id}/enable`); load(); } }, "Enable")] : "",
+          " ", h("button", { type: "button", class: "ghost", onclick: async () => {
+            await api("DELETE", `/admin/v1/webhooks/${w.id}`);
+            detail.hidden = true;
+            load();
+          } }, "Remove")))));
   };
   render(h("h1", {}, "Webhooks"),
     h("form", { class: "card", onsubmit: async (e) => {
@@ -520,7 +564,7 @@ async function webhooksView() {
         load();
       } catch (err) { toast(err.message, true); }
     } }, h("div", { class: "row-form" }, h("label", {}, "Endpoint URL", url), h("label", {}, "World", world), h("button", { type: "submit" }, "Add")), events, secret),
-    h("div", { class: "card" }, list),
+    h("div", { class: "card" }, list), detail,
     h("p", { class: "muted" }, "Signed the Standard Webhooks way (webhook-id, webhook-timestamp, webhook-signature: v1,…); retried after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h."));
   load();
 }
