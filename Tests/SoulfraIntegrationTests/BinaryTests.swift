@@ -11,21 +11,10 @@ let soulfraBinary: String = URL(fileURLWithPath: CommandLine.arguments[0]).delet
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-/// Runs a process to completion (bounded) and returns its exit status and stderr.
+/// Runs a process to completion (bounded) and returns its exit status and its output (stdout, then stderr).
 func run(_ path: String, _ args: [String], timeoutSeconds: Double = 20) throws -> (Int32, String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = err
-    try p.run()
-    let deadline = Date().addingTimeInterval(timeoutSeconds)
-    while p.isRunning && Date() < deadline { usleep(10_000) }
-    if p.isRunning { p.terminate(); p.waitUntilExit() }
-    p.waitUntilExit()
-    let out = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    return (p.terminationStatus, out)
+    let r = try runCapturing(path, args, timeout: timeoutSeconds)
+    return (r.status, r.out + r.err)
 }
 
 @Suite("The soulfra binary", .serialized)

@@ -116,8 +116,15 @@ struct ThreeWayTests {
             c.send(id, #"{"text":"tell me about mars"}"#, end: true)
             var text = ""
             #expect(pumpH2(c, milliseconds: 10_000, { e in if case .data(_, let d) = e { text += d.text } }, until: { sseEvents(text).count >= 3 }))
-            // The app stalls (reads nothing) while the reply goes on into the vault, then its connection drops.
-            usleep(700_000)
+            // The app stalls (reads nothing) while the reply goes on into the vault, then its connection drops:
+            // once the vault holds the reply's end (the app leaving earlier would stop the generation).
+            var held = false
+            for _ in 0..<300 where !held {
+                let (_, h) = try call(server.h2c + "/v1/worlds/playground/sessions/s2?limit=1000")
+                held = h.contains(#""event":"done""#) || h.contains(#"\"event\":\"done\""#)
+                if !held { usleep(50_000) }
+            }
+            #expect(held, "the first reply was stored to its end while the app read nothing")
             return sseEvents(text)
         }()
         let lastSeen = try #require(first.last?.id)

@@ -372,7 +372,7 @@ struct VaultRetentionTests {
         let inst = VaultClient(try server.connect(.instance, world: "playground"))
         let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "p", detail: "append"))
         var sent = 0
-        for round in 0..<12 {
+        for round in 0..<6 {
             for _ in 0..<10 {
                 #expect(inst.append(s, "event \(sent) " + String(repeating: "p", count: 100)))
                 sent += 1
