@@ -73,11 +73,7 @@ struct DockerDriverTests {
             if !healed { usleep(100_000) }
         }
         #expect(healed, "a killed container is replaced")
-        var answered = false
-        for _ in 0..<50 where !answered {
-            answered = try sendMessage(endpoint: try endpoint("playground"), key: keys["playground"]!, session: "me").body.contains(#""event":"done""#)
-            if !answered { usleep(100_000) }
-        }
+        let answered = try retry(for: 60) { try sendMessage(endpoint: try endpoint("playground"), key: keys["playground"]!, session: "me").body.contains(#""event":"done""#) }
         #expect(answered, "the replacement answers")
         #expect(try w.cli(["scale", "arena", "--instances", "3", "--wait"]).status == 0)
         #expect(try containers(w).filter { $0.name.hasPrefix(container(w, "arena-")) && $0.state == "running" }.count == 3)
@@ -99,11 +95,7 @@ struct DockerDriverTests {
         if let pid = w.daemonPID { kill(pid, SIGKILL) }
         usleep(200_000)
         #expect(try w.cli(["init"]).status == 0)
-        var answered = false
-        for _ in 0..<100 where !answered {
-            answered = try sendMessage(endpoint: try endpoint("arena"), key: keys["arena"]!, session: "me").body.contains(#""event":"done""#)
-            if !answered { usleep(100_000) }
-        }
+        let answered = try retry(for: 60) { try sendMessage(endpoint: try endpoint("arena"), key: keys["arena"]!, session: "me").body.contains(#""event":"done""#) }
         #expect(answered, "the world answers after the restart")
         usleep(600_000)
         #expect(Set(try containers(w).map(\.id)) == Set(running.map(\.id)), "the same containers, adopted, none duplicated")

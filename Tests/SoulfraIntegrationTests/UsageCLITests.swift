@@ -126,7 +126,22 @@ func curlMany(_ w: CLIWorld, _ entries: [[String]], parallel: Int = 1) throws ->
 struct MetricsCLITests {
     func metrics(_ w: CLIWorld) throws -> String {
         let admin = try adminOf(w)
-        return try runCapturing("/usr/bin/curl", ["-s", admin.url + "/metrics", "-H", "Authorization: Bearer \(admin.token)"]).out
+        return try runCapturing("/usr/bin/curl", ["-s", "-m", "10", admin.url + "/metrics", "-H", "Authorization: Bearer \(admin.token)"]).out
+    }
+
+    /// `/metrics` once `ready` holds of it (the control plane's part is rolled up every 2 s), or after 30 s.
+    func metrics(_ w: CLIWorld, when ready: (String) -> Bool) throws -> String {
+        var text = ""
+        _ = try retry(for: 30, pause: 250_000) {
+            text = try metrics(w)
+            return ready(text)
+        }
+        return text
+    }
+
+    /// A sample's value in Prometheus text (0 when it is not there).
+    func value(_ text: String, _ series: String) -> Double {
+        text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
     }
 
     func promtool(_ w: CLIWorld, _ text: String) throws {
@@ -149,8 +164,11 @@ struct MetricsCLITests {
         let d = try w.json(["deploy", "--name", "many", "--template-file", w.home + "/fast-kids.json"])
         let endpoint = d["endpoint"] as? String ?? ""
         for _ in 0..<3 { _ = try sendUnary(endpoint: endpoint, key: (d["key"] as? [String: Any])?["secret"] as? String ?? "", body: #"{"text":"hi"}"#) }
-        usleep(2_500_000)
-        let before = try metrics(w).split(separator: "\n").filter { !$0.hasPrefix("#") }.count
+        // Counted from when the world's every family is there (its requests, its replies' histograms, its instance's sample).
+        let before = try metrics(w) { t in
+            value(t, #"soulfra_world_requests_total{world="many"}"#) >= 3 && t.contains(#"soulfra_world_ai_reply_seconds_count{world="many"}"#)
+                && t.contains(#"soulfra_world_instance_memory_bytes{world="many","#)
+        }.split(separator: "\n").filter { !$0.hasPrefix("#") }.count
         let admin = try adminOf(w)
         let made = try curlMany(w, (0..<1_000).map { _ in
             ["url = \"\(admin.url)/admin/v1/worlds/many/keys\"", "request = \"POST\"", "header = \"Authorization: Bearer \(admin.token)\"",
@@ -167,8 +185,7 @@ struct MetricsCLITests {
              "output = \"/dev/null\"", "write-out = \"%{http_code}\\n\""]
         }, parallel: 64)  // each reply takes the kids template's pacing (~0.8 s)
         #expect(answers.filter { $0 == "200" }.count == 1_000, "\(Set(answers))")
-        usleep(2_500_000)
-        let text = try metrics(w)
+        let text = try metrics(w) { value($0, #"soulfra_world_requests_total{world="many"}"#) >= 1_003 }
         let after = text.split(separator: "\n").filter { !$0.hasPrefix("#") }.count
         #expect(after - before < 40, "series grew from \(before) to \(after) with 1,000 keys")
         #expect(!text.contains("key=\""), "no key label by default")
@@ -182,8 +199,7 @@ struct MetricsCLITests {
         #expect(try w.cli(["init"]).status == 0)
         let restarted = try w.json(["status", "many"])["endpoint"] as? String ?? ""
         for s in secrets.prefix(10) { _ = try sendUnary(endpoint: restarted, key: s, body: #"{"text":"again"}"#) }
-        usleep(2_500_000)
-        let perKey = try metrics(w)
+        let perKey = try metrics(w) { $0.split(separator: "\n").filter { $0.hasPrefix("soulfra_key_requests_total{") }.count >= 10 }
         let keyed = perKey.split(separator: "\n").filter { $0.hasPrefix("soulfra_key_requests_total{") }
         #expect(keyed.count == 10, "one series per key used since the start: \(keyed.count)")
         try promtool(w, perKey)
@@ -199,12 +215,7 @@ struct MetricsCLITests {
             _ = try sendMessage(endpoint: d["endpoint"] as? String ?? "", key: (d["key"] as? [String: Any])?["secret"] as? String ?? "", session: "fan")
         }
         // Instance CPU and memory are sampled every 10 s, off the control queue: each instance gets its series.
-        var text = ""
-        for _ in 0..<60 {
-            text = try metrics(w)
-            if ["k1", "e1", "s1"].allSatisfy({ text.contains(#"soulfra_world_instance_memory_bytes{world="\#($0)",instance="#) }) { break }
-            usleep(500_000)
-        }
+        let text = try metrics(w) { t in ["k1", "e1", "s1"].allSatisfy { t.contains(#"soulfra_world_instance_memory_bytes{world="\#($0)",instance="#) } }
         for world in ["k1", "e1", "s1"] {
             let memory = text.split(separator: "\n").first { $0.hasPrefix(#"soulfra_world_instance_memory_bytes{world="\#(world)","#) }
             #expect((memory?.split(separator: " ").last.flatMap { Double($0) } ?? 0) > 1_000_000, "\(world)'s resident set: \(memory ?? "no series")")

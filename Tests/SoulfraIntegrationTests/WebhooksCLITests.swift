@@ -42,7 +42,12 @@ struct WebhooksCLITests {
         while !receiver.requests.contains(where: { event($0)["type"] as? String == "error_alert" }) && Date() < deadline { usleep(50_000) }
         let alert = receiver.requests.first { event($0)["type"] as? String == "error_alert" }
         #expect(((alert.map(event)?["data"] as? [String: Any])?["message"] as? String)?.contains("exited") == true, "\(alert.map(event) ?? [:])")
-        let deliveries = try w.json(["webhooks", "deliveries", "\(id)"])["deliveries"] as? [[String: Any]] ?? []
+        // The receiver has them; the daemon records each once libcurl has the answer.
+        var deliveries: [[String: Any]] = []
+        _ = try retry(for: 15) {
+            deliveries = try w.json(["webhooks", "deliveries", "\(id)"])["deliveries"] as? [[String: Any]] ?? []
+            return deliveries.count >= 3 && deliveries.allSatisfy { $0["state"] as? String == "delivered" }
+        }
         #expect(deliveries.count >= 3 && deliveries.allSatisfy { $0["state"] as? String == "delivered" }, "\(deliveries)")
         let message = deliveries.last?["id"] as? String ?? ""
         let before = receiver.requests.count

@@ -98,6 +98,16 @@ func sendMessage(endpoint: String, key: String, session: String, text: String = 
 
 let curlAvailable = FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")
 
+/// Tries `attempt` until it holds or `seconds` have passed (however long each try takes), pausing between tries.
+func retry(for seconds: UInt64, pause: useconds_t = 100_000, _ attempt: () throws -> Bool) rethrows -> Bool {
+    let until = monotonicMilliseconds() + seconds * 1000
+    repeat {
+        if try attempt() { return true }
+        usleep(pause)
+    } while monotonicMilliseconds() < until
+    return false
+}
+
 @Suite("The brief's commands with the process driver", .serialized, .enabled(if: uringAvailable && curlAvailable))
 struct WorldsCLITests {
     @Test("init → deploy kids, executive, sports → streamed replies → list/status → scale 5 and back to 1 under load, no failed request → kill -9 an instance: replaced, session re-pinned → daemon kill -9 and restart: adopted, not duplicated → shutdown → gone")
@@ -215,12 +225,10 @@ struct WorldsCLITests {
         let token = try String(contentsOfFile: w.home + "/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         // Rolled up every two seconds.
         var metrics = ""
-        let until = monotonicMilliseconds() + 30_000
-        repeat {
+        _ = try retry(for: 30, pause: 200_000) {
             metrics = try runCapturing("/usr/bin/curl", ["-s", "-m", "5", "http://127.0.0.1:\(port)/metrics", "-H", "Authorization: Bearer \(token)"]).out
-            if metrics.contains(#"soulfra_world_tantrums_per_minute{world="boardroom"} 1"#) && metrics.contains(#"soulfra_world_users{world="boardroom"} 3"#) { break }
-            usleep(200_000)
-        } while monotonicMilliseconds() < until
+            return metrics.contains(#"soulfra_world_tantrums_per_minute{world="boardroom"} 1"#) && metrics.contains(#"soulfra_world_users{world="boardroom"} 3"#)
+        }
         #expect(metrics.contains(#"soulfra_world_tantrums_per_minute{world="boardroom"} 1"#), "\(metrics.suffix(600))")
         #expect(metrics.contains(#"soulfra_world_users{world="boardroom"} 3"#))
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool") {
@@ -233,24 +241,24 @@ struct WorldsCLITests {
 
     /// Sports: a viewer of the room `live` is counted, and sees every reply fanned out to it.
     func sportsRoom(_ w: CLIWorld, _ arena: (endpoint: String, key: String)) throws {
+        let seenPath = w.home + "/viewer.out"
         let viewer = Process()
         viewer.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        viewer.arguments = ["-sN", "--max-time", "8", arena.endpoint + "/rooms/live", "-H", "Authorization: Bearer \(arena.key)"]
-        let out = Pipe()
-        viewer.standardOutput = out
+        viewer.arguments = ["-sN", "--max-time", "120", "-o", seenPath, arena.endpoint + "/rooms/live", "-H", "Authorization: Bearer \(arena.key)"]
         try viewer.run()
-        defer { if viewer.isRunning { viewer.terminate() } }
+        defer { if viewer.isRunning { kill(viewer.processIdentifier, SIGKILL) } }
         var viewers = 0
-        for _ in 0..<40 where viewers == 0 {
-            usleep(100_000)
+        _ = try retry(for: 30) {
             viewers = try w.json(["status", "arena"])["viewers"] as? Int ?? 0
+            return viewers > 0
         }
         #expect(viewers == 1, "the viewer is counted")
         #expect(try sendMessage(endpoint: arena.endpoint, key: arena.key, session: "fan", text: "what a goal").status == 200)
-        usleep(300_000)
-        viewer.terminate()
-        viewer.waitUntilExit()
-        let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        var seen = ""
+        _ = retry(for: 15, pause: 50_000) {
+            seen = (try? String(contentsOfFile: seenPath, encoding: .utf8)) ?? ""
+            return seen.contains(#""event":"commentary""#) && seen.contains(#""session":"fan""#)
+        }
         #expect(seen.contains(#""event":"commentary""#) && seen.contains(#""session":"fan""#), "the reply was fanned out to the room: \(seen.prefix(400))")
     }
 
@@ -309,11 +317,9 @@ struct WorldsCLITests {
             usleep(100_000)
         }
         #expect(replaced.count == 1, "a new instance replaced the killed one")
-        var answered = false
-        for _ in 0..<50 where !answered {
+        let answered = try retry(for: 60) {
             let r = try sendMessage(endpoint: endpoint, key: key, session: "pinned")
-            answered = r.status == 200 && r.body.contains(#""event":"done""#)
-            if !answered { usleep(100_000) }
+            return r.status == 200 && r.body.contains(#""event":"done""#)
         }
         #expect(answered, "the pinned session is answered by the replacement")
         let logs = try w.cli(["logs", "playground", "-n", "50"])
@@ -330,11 +336,7 @@ struct WorldsCLITests {
         let again = try w.cli(["init"])
         #expect(again.status == 0 && again.out.contains("daemon started"), "\(again.err)")
         let endpoint = try w.json(["status", "playground"])["endpoint"] as? String ?? ""
-        var answered = false
-        for _ in 0..<100 where !answered {
-            answered = try sendMessage(endpoint: endpoint, key: key, session: "me").status == 200
-            if !answered { usleep(50_000) }
-        }
+        let answered = try retry(for: 60, pause: 50_000) { try sendMessage(endpoint: endpoint, key: key, session: "me").status == 200 }
         #expect(answered, "the world answers as soon as the gateway is back")
         usleep(600_000)  // a few control passes: any duplicate would have been started by now
         let after = Set(instancePIDs(w, world: "arena") + instancePIDs(w, world: "playground") + instancePIDs(w, world: "boardroom"))
