@@ -36,7 +36,7 @@ struct BinaryTests {
         #expect(FileManager.default.fileExists(atPath: ready), "the daemon started")
         kill(p.processIdentifier, SIGTERM)
         for _ in 0..<1000 where p.isRunning { usleep(10_000) }
-        if p.isRunning { p.terminate() }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }  // a read to the end waits for the writer to go
         p.waitUntilExit()
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(p.terminationStatus == 0, "log: \(log)")
@@ -135,6 +135,8 @@ struct BinaryTests {
         gw.close()
         kill(p.processIdentifier, SIGTERM)
         for _ in 0..<1000 where p.isRunning { usleep(10_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }  // a read to the end waits for the writer to go
+        p.waitUntilExit()
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(log.contains("SIGHUP: reloaded 1 keys"))
         #expect(log.contains("SIGHUP: kept the current keys and tokens"))

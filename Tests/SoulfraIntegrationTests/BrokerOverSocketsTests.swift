@@ -158,14 +158,15 @@ struct BrokerOverSocketsTests {
     @Test("a peer that stops answering PING is closed with heartbeat_timeout")
     func heartbeatTimeout() throws {
         let server = try BrokerServer.start(testConfig {
-            $0.broker.heartbeatIntervalMilliseconds = 50
+            $0.broker.heartbeatIntervalMilliseconds = 200
             $0.broker.heartbeatMissesAllowed = 2
         })
         defer { server.stop() }
-        let rg = Recorder()
-        let inst = try server.connect(.instance, world: "playground")
+        let rg = Recorder(), ri = Recorder()
+        let inst = try server.connect(.instance, world: "playground", recorder: ri)
         let gw = try server.connect(.gateway, recorder: rg)
         _ = gw.link.open(Open(target: .instance, keyID: 1, world: "playground"))
+        #expect(pumpUntil([inst, gw], milliseconds: 10_000) { !ri.accepted.isEmpty }, "the stream reached the instance")
         inst.readingPaused = true  // no PONGs from here on
         #expect(pumpUntil([gw], milliseconds: 5_000) { !rg.closedStreams.isEmpty })
         #expect(rg.closedStreams.first?.1 == .heartbeatTimeout)

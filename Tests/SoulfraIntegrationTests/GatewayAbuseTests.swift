@@ -209,7 +209,7 @@ struct GatewayKeysFileTests {
         defer {
             kill(p.processIdentifier, SIGTERM)
             for _ in 0..<1000 where p.isRunning { usleep(10_000) }
-            if p.isRunning { p.terminate() }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
         }
         for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }

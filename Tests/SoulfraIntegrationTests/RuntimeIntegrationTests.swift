@@ -88,6 +88,8 @@ struct RuntimeIntegrationTests {
         kill(p.processIdentifier, SIGTERM)
         for _ in 0..<500 where p.isRunning { usleep(10_000) }
         #expect(!p.isRunning && p.terminationStatus == 0)
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }  // a read to the end waits for the writer to go
+        p.waitUntilExit()
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(log.contains("runtime stopped: 1 replies"), "\(log)")
     }

@@ -181,6 +181,8 @@ struct VaultProcessTests {
         kill(vault.processIdentifier, SIGTERM)
         for _ in 0..<500 where vault.isRunning { usleep(10_000) }
         #expect(!vault.isRunning && vault.terminationStatus == 0)
+        if vault.isRunning { kill(vault.processIdentifier, SIGKILL) }  // a read to the end waits for the writer to go
+        vault.waitUntilExit()
         let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(text.contains("attached to broker loop 0 of 2") && text.contains("attached to broker loop 1 of 2"), "\(text)")
 
