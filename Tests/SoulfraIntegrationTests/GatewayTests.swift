@@ -412,7 +412,7 @@ struct GatewayTests {
                 + "Accept: text/event-stream\r\nContent-Length: 2\r\n\r\n{}")
         // Never read. The instance's 200,000 events cannot all be delivered; the gateway stops granting credit.
         var held = false
-        for _ in 0..<300 where !held {
+        for _ in 0..<3_000 where !held {
             usleep(10_000)
             held = (server.gatewayCounters.creditHeld) > 0
         }

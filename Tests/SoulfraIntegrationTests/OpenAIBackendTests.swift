@@ -72,7 +72,7 @@ struct OpenAIBackendTests {
             $0.openAIModel = "test-model"
         })
         defer { server.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
         try body(server, fake)
     }
 

@@ -115,7 +115,7 @@ struct ControlPlaneTests {
         plane.stopGraceMilliseconds = 3_000
         func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
         func settle(until done: () -> Bool) {
-            for _ in 0..<500 where !done() {
+            for _ in 0..<3_000 where !done() {
                 _ = try? plane.tick(now: now())
                 usleep(10_000)
             }

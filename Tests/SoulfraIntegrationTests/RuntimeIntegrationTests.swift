@@ -27,7 +27,7 @@ struct RuntimeIntegrationTests {
     func inProcessWorkers() throws {
         let server = try BrokerServer.start(testConfig { $0.runtimeWorkers = 2 })
         defer { server.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         let r = Recorder()
         let inst = try server.connect(.instance, world: "playground", recorder: r)
         let s = ask(inst, AgentRequest(persona: cal, input: "tell me about mars"))
@@ -45,7 +45,7 @@ struct RuntimeIntegrationTests {
     func cancellation() throws {
         let server = try BrokerServer.start(testConfig { $0.runtimeWorkers = 1 })
         defer { server.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
         let r = Recorder()
         let inst = try server.connect(.instance, world: "playground", recorder: r)
         let s = ask(inst, AgentRequest(persona: cal, input: "tell me about mars", pacingMilliseconds: 200))
@@ -78,7 +78,7 @@ struct RuntimeIntegrationTests {
         try p.run()
         defer { if p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() } }
         // Two workers, one link per loop each.
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 4 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 4 { usleep(10_000) }
         #expect(server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] == 4)
         let r = Recorder()
         let inst = try server.connect(.instance, world: "arena", recorder: r)

@@ -80,7 +80,7 @@ struct ThreeWayTests {
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: mode)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         let (status, body) = try call(server.h2c + "/v1/worlds/playground/messages",
                                       ["-N", "-H", "accept: text/event-stream", "-H", "x-soulfra-session: s1", "-d", #"{"text":"tell me about mars"}"#])
         #expect(status == 200)
@@ -108,7 +108,7 @@ struct ThreeWayTests {
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: .full, pacingMilliseconds: 20)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         // First connection: read a few events, then drop the connection (the client goes out of scope: its socket closes).
         let first = try { () throws -> [(id: UInt64?, data: String)] in
             let c = try server.h2Client()
@@ -159,7 +159,7 @@ struct ThreeWayFailureTests {
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: .full)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         var failure: String?
         var seen: [UInt64] = []
         let until = monotonicMilliseconds() + 60_000
@@ -202,7 +202,7 @@ struct ThreeWayFailureTests {
         }
         let agent = try AgentRunner(server: server, mode: .full, pacingMilliseconds: 5)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 1 { usleep(10_000) }
         kill(runtime.processIdentifier, SIGSTOP)
         // Ten apps ask while the runtime is stopped: their streams wait, the broker holds a bounded amount.
         let c = try server.h2Client()
@@ -240,7 +240,7 @@ struct ThreeWayNDJSONTests {
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: .full)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         let url = server.h2c + "/v1/worlds/playground/streams"
         let body = #"{"text":"hello"}"# + "\n" + #"{"text":"tell me about mars"}"# + "\n"
         let (status, out) = try call(url, ["--http2-prior-knowledge", "-H", "x-soulfra-session: nd", "--data-binary", body])
@@ -265,7 +265,7 @@ extension ThreeWayNDJSONTests {
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: .full)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         func open(_ query: String) throws -> RawSocket {
             let s = try RawSocket(port: server.gatewayPort)
             s.write("GET /v1/worlds/playground/ws?access_token=\(TestKeys.playground)\(query) HTTP/1.1\r\nHost: t\r\n"
@@ -319,12 +319,14 @@ struct ThreeWaySlowAppTests {
         defer { server.stop() }
         let agent = try AgentRunner(server: server, mode: .full)
         defer { agent.stop() }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.runtime.rawValue)] ?? 0) < 2 { usleep(10_000) }
         let c = try server.h2Client()
         let id = try #require(c.post("/v1/worlds/playground/streams", headers: [("x-soulfra-session", "flood")]))
         // 60 messages, each a ~30-event turn (≈ 1,800 events), and not one byte read.
         for i in 0..<60 { c.send(id, #"{"text":"tell me about mars \#(i)"}"# + "\n") }
         c.flush()
+        // Until the instance holds events (30 s at most on a loaded machine), then a while longer for the peaks.
+        for _ in 0..<3_000 where agent.peakHeldEvents.load(ordering: .relaxed) == 0 { usleep(10_000) }
         usleep(2_000_000)
         let inputs = agent.peakInputs.load(ordering: .relaxed)
         let held = agent.peakHeldEvents.load(ordering: .relaxed)

@@ -165,7 +165,7 @@ struct VaultProcessTests {
         var (vault, log) = try startVault()
         defer { if vault.isRunning { kill(vault.processIdentifier, SIGKILL); vault.waitUntilExit() } }
         // Both loops get a vault link (worlds on either loop are stored).
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 2 { usleep(10_000) }
         #expect(server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] == 2)
         var stored: [String: Int] = [:]
         for world in ["playground", "arena"] {
@@ -188,7 +188,7 @@ struct VaultProcessTests {
 
         // A new vault process finds what the first stored.
         (vault, log) = try startVault()
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 2 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 2 { usleep(10_000) }
         let inst = VaultClient(try server.connect(.instance, world: "arena"))
         #expect(inst.read(world: "arena", session: "x", .read(after: 0, limit: 100)).events.map { String(decoding: $0.payload, as: UTF8.self) }
                 == (0..<30).map { "arena \($0)" })
@@ -214,7 +214,7 @@ struct VaultProcessTests {
             kill(vault.processIdentifier, SIGKILL)
             vault.waitUntilExit()
         }
-        for _ in 0..<500 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where (server.snapshotNow()?.linksByKind[Int(PeerKind.vault.rawValue)] ?? 0) < 1 { usleep(10_000) }
         let inst = VaultClient(try server.connect(.instance, world: "playground"))
         let streams = (0..<4).map { inst.conn.link.open(Open(target: .vault, world: "playground", session: "p\($0)", detail: "append")) }
         var sent = [Int](repeating: 0, count: 4)

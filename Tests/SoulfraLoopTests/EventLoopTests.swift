@@ -106,7 +106,7 @@ struct EventLoopTests {
         d.stopRequested.store(true, ordering: .releasing)
         d.loop.mailbox.wake()
         // The loop stops after the batch the wake-up causes.
-        for _ in 0..<500 where !thread.isFinished { usleep(2_000) }
+        for _ in 0..<5_000 where !thread.isFinished { usleep(2_000) }
         // Only what the far side left open: closing a descriptor twice could close another test's socket
         // that was given the same number in between.
         for f in far where f >= 0 { close(f) }
@@ -154,7 +154,12 @@ struct EventLoopTests {
                 return d.closed.count == 3
             }
         }, pairs: 3) { far in
-            usleep(50_000)
+            // Once the loop's 100 bytes are in the far end's buffer (10 s at most), not after a guessed while.
+            var unread: Int32 = 0
+            for _ in 0..<1_000 where unread < 100 {
+                _ = ioctl(far[1], UInt(FIONREAD), &unread)
+                if unread < 100 { usleep(10_000) }
+            }
             close(far[0])  // EOF
             close(far[1])  // with 100 unread bytes: reset
             far[0] = -1
