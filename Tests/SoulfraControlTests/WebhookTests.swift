@@ -171,10 +171,8 @@ struct WebhookTests {
 
     @Test("a delivery does not wait for the process's shared dispatch pool, however many of its threads are blocked")
     func sendsHaveTheirOwnThreads() throws {
-        let blocked = 64
-        let release = DispatchSemaphore(value: 0)
-        for _ in 0..<blocked { DispatchQueue.global().async { release.wait() } }
-        defer { for _ in 0..<blocked { release.signal() } }
+        let pool = SharedPoolBlocker()
+        defer { pool.release() }
         let receiver = try WebhookReceiver()
         defer { receiver.stop() }
         let b = try WebhookBench()

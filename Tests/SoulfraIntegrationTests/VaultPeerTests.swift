@@ -4,6 +4,7 @@ import SoulfraConfig
 import SoulfraPeer
 import SoulfraPeerLink
 import SoulfraServer
+import SoulfraTestSupport
 import SoulfraVault
 import SoulfraWire
 
@@ -356,30 +357,41 @@ struct VaultReplayTests {
     }
 }
 
+extension VaultClient {
+    /// Appends ten ~110-byte events a round, each round acknowledged before the next (so a small segment size
+    /// rotates the log between rounds); how many were acknowledged when it stopped (at the first round not
+    /// acknowledged within 10 s).
+    func appendInRounds(_ s: UInt32, rounds: Int) -> Int {
+        var sent = 0
+        for round in 0..<rounds {
+            for _ in 0..<10 {
+                #expect(append(s, "event \(sent) " + String(repeating: "r", count: 100)))
+                sent += 1
+            }
+            conn.flush()
+            guard pumpUntil([conn], milliseconds: 10_000, { acks(s).count == sent }) else {
+                Issue.record("round \(round): \(acks(s).count) of \(sent) acknowledged")
+                return acks(s).count
+            }
+        }
+        return sent
+    }
+}
+
 @Suite("Vault retention", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
 struct VaultRetentionTests {
     @Test("opening worlds and making segments does not wait for the process's shared dispatch pool, however many of its threads are blocked")
     func offLoopWorkHasItsOwnThreads() throws {
         // Other code in the process (a concurrent queue's callers stuck in reads) can hold every thread of
         // libdispatch's shared pool; the vault's blocking work must go on regardless.
-        let blocked = 64
-        let release = DispatchSemaphore(value: 0)
-        for _ in 0..<blocked { DispatchQueue.global().async { release.wait() } }
-        defer { for _ in 0..<blocked { release.signal() } }
+        let pool = SharedPoolBlocker()
+        defer { pool.release() }
         let config = testConfig { $0.vault.segmentBytes = 4_096 }
         let server = try BrokerServer.start(config)
         defer { server.stop() }
         let inst = VaultClient(try server.connect(.instance, world: "playground"))
         let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "p", detail: "append"))
-        var sent = 0
-        for round in 0..<6 {
-            for _ in 0..<10 {
-                #expect(inst.append(s, "event \(sent) " + String(repeating: "p", count: 100)))
-                sent += 1
-            }
-            inst.conn.flush()
-            try #require(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == sent }, "round \(round): \(inst.acks(s).count) of \(sent) acknowledged")
-        }
+        try #require(inst.appendInRounds(s, rounds: 6) == 60)
         let segments = ((try? FileManager.default.contentsOfDirectory(atPath: config.vaultDirectory + "/playground")) ?? []).filter { $0.hasSuffix(".seg") }
         #expect(segments.count > 1, "the log moved to new segments: \(segments)")
     }
@@ -394,16 +406,8 @@ struct VaultRetentionTests {
         defer { server.stop() }
         let inst = VaultClient(try server.connect(.instance, world: "playground"))
         let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "r", detail: "append"))
-        var sent = 0
-        // Appends in rounds (each round acknowledged before the next, so the log rotates between batches).
-        for _ in 0..<30 {
-            for _ in 0..<10 {
-                #expect(inst.append(s, "event \(sent) " + String(repeating: "r", count: 100)))
-                sent += 1
-            }
-            inst.conn.flush()
-            #expect(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(s).count == sent })
-        }
+        let sent = inst.appendInRounds(s, rounds: 30)
+        #expect(sent == 300)
         // Retention runs once a second on the loop's tick, once rotation has made segments to drop: each new segment
         // is made (and synced) off the loop, which a disk busy with other tests' syncs can slow to seconds.
         var first: UInt64 = 1
