@@ -118,7 +118,7 @@ struct PanelTests {
         let shots = w.home + "/screenshots"
         try FileManager.default.createDirectory(atPath: shots, withIntermediateDirectories: true)
         let r = try runCapturing(panelPython, [repoRoot.appendingPathComponent("Tests/panel/journey.py").path, "--panel", admin.url,
-                                               "--token-file", w.home + "/admin.token", "--screenshots", shots], timeout: 240)
+                                               "--token-file", w.home + "/admin.token", "--screenshots", shots], timeout: 240, group: true)
         #expect(r.status == 0, "\(r.out.suffix(2_000))\n\(r.err.suffix(3_000))")
         print(r.out.split(separator: "\n").last.map(String.init) ?? "")
         for page in ["signin", "worlds", "deploy", "world", "usage", "webhooks"] {

@@ -52,11 +52,14 @@ struct CLIWorld {
     }
 }
 
-/// Runs a process to completion (bounded) with extra environment; stdout and stderr apart.
-func runCapturing(_ path: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60) throws -> (status: Int32, out: String, err: String) {
+/// Runs a process to completion (bounded) with extra environment; stdout and stderr apart. With `group`, it
+/// runs in a session of its own, and a timeout kills everything it started (a browser's children too).
+func runCapturing(_ path: String, _ args: [String], environment: [String: String] = [:], timeout: Double = 60,
+                  group: Bool = false) throws -> (status: Int32, out: String, err: String) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
+    // setsid(1) execs in place (the child is no group leader), so the pid is the session's and its group's.
+    p.executableURL = URL(fileURLWithPath: group ? "/usr/bin/setsid" : path)
+    p.arguments = group ? [path] + args : args
     p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
     // Output goes to files, read once the process is gone: no thread waits on a pipe (the shared dispatch pool's
     // few threads stay free for the code under test), a grandchild keeping the output open cannot block the
@@ -74,7 +77,7 @@ func runCapturing(_ path: String, _ args: [String], environment: [String: String
     try? err.close()
     let deadline = Date().addingTimeInterval(timeout)
     while p.isRunning && Date() < deadline { usleep(5_000) }
-    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    if p.isRunning { kill(group ? -p.processIdentifier : p.processIdentifier, SIGKILL) }
     p.waitUntilExit()
     let read = { (path: String) in String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self) }
     return (p.terminationStatus, read(base + ".out"), read(base + ".err"))
