@@ -206,7 +206,7 @@ extension ControlService {
             case .running: i["health"] = attached.contains(o.id) ? "ready" : "starting"
             case .exited(let code): i["health"] = "exited"; i["exit_code"] = code.map { Int($0) } ?? NSNull()
             }
-            if o.state == .running, let u = resourceSamples[ObservedInstance.key(name, o.id)] {
+            if o.state == .running, let u = resourceSample(o) {
                 i["cpu_seconds"] = u.cpuSeconds
                 i["memory_bytes"] = u.memoryBytes
             }

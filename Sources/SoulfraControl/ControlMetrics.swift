@@ -80,22 +80,31 @@ extension ControlService {
     }
 
     /// Every 10 s (a pass), the running instances' CPU and memory are read off the control queue; the samples
-    /// come back to it. An instance not sampled yet (just started) is read within 2 s. A sampling still running
-    /// (a slow engine) is not doubled.
+    /// come back to it. An instance the last reading did not cover (just started, or started again under the
+    /// same id) is read within 2 s; one whose reading fails waits the 10 s like the others. A reading still
+    /// running (a slow engine) is not doubled.
     func sampleResources(now: Int64) {
         let running = plane.lastObserved.filter { $0.state == .running }
-        let unsampled = running.contains { resourceSamples[ObservedInstance.key($0.world, $0.id)] == nil }
-        guard !sampling, now - lastResourceSample >= (unsampled ? 2_000 : 10_000) else { return }
+        let uncovered = running.contains { sampledHandles[ObservedInstance.key($0.world, $0.id)] != $0.handle }
+        guard !sampling, now - lastResourceSample >= (uncovered ? 2_000 : 10_000) else { return }
         lastResourceSample = now
         sampling = true
+        let handles = Dictionary(running.map { (ObservedInstance.key($0.world, $0.id), $0.handle) }) { a, _ in a }
         let read = plane.driver.usageReader(running)
         sampler.async { [weak self] in
             let samples = read()
             self?.queue.async { [weak self] in
                 self?.resourceSamples = samples
+                self?.sampledHandles = handles
                 self?.sampling = false
             }
         }
+    }
+
+    /// The last sample of a running instance, if it is of this process or container (not of one before it).
+    func resourceSample(_ o: ObservedInstance) -> InstanceUsage? {
+        let key = ObservedInstance.key(o.world, o.id)
+        return sampledHandles[key] == o.handle ? resourceSamples[key] : nil
     }
 
     /// Instances by state, their CPU and memory (as last sampled), and the 3-way stream's peers.

@@ -130,6 +130,8 @@ public final class ControlService: @unchecked Sendable {
     var originsCache: [String: (spec: String, origins: [String])] = [:]
     /// Instances' CPU and memory as last sampled (every 10 s, off the control queue), by `world/id`.
     var resourceSamples: [String: InstanceUsage] = [:]
+    /// The handle (pid, container) of each instance the last reading covered, by `world/id`.
+    var sampledHandles: [String: String] = [:]
     /// Where the samples are read: the engine's stats can take seconds per container, which the control queue
     /// (the admin API, the passes) must not wait for. Serial: one sampling at a time.
     let sampler = DispatchQueue(label: "soulfra-control.stats")
@@ -191,6 +193,7 @@ public final class ControlService: @unchecked Sendable {
         let now = Self.now()
         do {
             try plane.tick(now: now)
+            sampleResources(now: now)
             for exit in plane.reconciler.takeExits() {
                 alert(world: exit.world, "instance \(exit.id) exited" + (exit.crashLooping ? "; it is crash-looping and stays down for a minute" : "; it is restarted"))
             }
@@ -198,7 +201,6 @@ public final class ControlService: @unchecked Sendable {
             try announceDeployments(now: now)
             webhooks.tick(now: now)
             pushLive(now: now)
-            sampleResources(now: now)
             if now - lastUsageRollUp >= Self.usageIntervalMilliseconds { rollUpUsage(now: now) }
             let t = try tables(now: now)
             logs.worlds.withLock { $0 = Set(t.instanceTokens.keys) }

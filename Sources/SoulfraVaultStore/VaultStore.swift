@@ -120,7 +120,15 @@ public final class VaultStore: VaultStorage {
     }
 
     /// Worlds being opened on the opener thread, with the appends that came for them meanwhile (in order).
-    private var opening: [String: [GroupCommit.Append]] = [:]
+    private var opening: [String: Opening] = [:]
+    private var openings: UInt64 = 0
+
+    /// One opening of a world: its number (a result from an opening that was given up, by a purge, is told
+    /// apart from a later one's) and the appends waiting for it.
+    struct Opening {
+        let number: UInt64
+        var waiting: [GroupCommit.Append]
+    }
     /// What the opener thread finished, for the loop to take (`mailbox`).
     private let finished = FinishedQueue()
 
@@ -133,7 +141,8 @@ public final class VaultStore: VaultStorage {
     /// itself, and a world whose opening hangs (a stuck disk, a key file that will not read) holds no other
     /// world's. Serial queues run on libdispatch's overcommitting pool, which starts a thread whenever none is
     /// free, so blocking work elsewhere in the process (a concurrent queue's callers stuck in reads) cannot
-    /// starve a rotation or an opening.
+    /// starve a rotation or an opening. Kept for every world seen here, purged ones too (a purge and a later
+    /// opening stay in order; an idle queue holds no thread).
     private var lanes: [String: DispatchQueue] = [:]
 
     private func lane(_ world: String) -> DispatchQueue {
@@ -144,7 +153,7 @@ public final class VaultStore: VaultStorage {
     }
 
     enum Finished: @unchecked Sendable {
-        case world(String, Result<VaultWorld.Opened, VaultFailure>)
+        case world(String, opening: UInt64, Result<VaultWorld.Opened, VaultFailure>)
         case segment(String, UInt32, Result<VaultSegment.Opened, VaultFailure>)
     }
 
@@ -169,8 +178,12 @@ public final class VaultStore: VaultStorage {
         let done = finished.state.withLock { s in defer { s.list.removeAll() }; return s.list }
         for d in done {
             switch d {
-            case .world(let name, let result):
-                let waiting = opening.removeValue(forKey: name) ?? []
+            case .world(let name, let number, let result):
+                // An opening given up (the world purged meanwhile) leaves nothing behind: what it made is gone.
+                guard opening[name]?.number == number, let waiting = opening.removeValue(forKey: name)?.waiting else {
+                    Self.discard(d)
+                    continue
+                }
                 let w: VaultWorld
                 do {
                     w = try VaultWorld(result.get(), store: self)
@@ -198,7 +211,7 @@ public final class VaultStore: VaultStorage {
     /// Closes what an opening that is no longer wanted opened.
     static func discard(_ f: Finished) {
         switch f {
-        case .world(_, .success(let o)): o.discard()
+        case .world(_, _, .success(let o)): o.discard()
         case .segment(_, _, .success(let o)): o.discard()
         default: break
         }
@@ -222,19 +235,21 @@ public final class VaultStore: VaultStorage {
         }
         if let b = broken[name] { return b }
         if opening[name] != nil {
-            opening[name]!.append(append)
+            opening[name]!.waiting.append(append)
             return nil
         }
         do { try Self.check(name) } catch { return error }
         // A world seen for the first time: made and opened on the opener thread; its appends wait for it.
-        opening[name] = [append]
+        openings &+= 1
+        let number = openings
+        opening[name] = Opening(number: number, waiting: [append])
         let settings = settings
-        offLoop(world: name) { .world(name, Result { () throws(VaultFailure) in try VaultWorld.open(name: name, settings: settings) }) }
+        offLoop(world: name) { .world(name, opening: number, Result { () throws(VaultFailure) in try VaultWorld.open(name: name, settings: settings) }) }
         return nil
     }
 
     public func pendingBytes(world name: String) -> Int {
-        worlds[name]?.pendingBytes ?? opening[name]?.reduce(0) { $0 + $1.recordBytes } ?? 0
+        worlds[name]?.pendingBytes ?? opening[name]?.waiting.reduce(0) { $0 + $1.recordBytes } ?? 0
     }
 
     public func read(world name: String, session: [UInt8], _ request: VaultRequest, now: UInt64,
@@ -294,8 +309,8 @@ public final class VaultStore: VaultStorage {
             return s.list
         }
         for d in leftover { Self.discard(d) }
-        for (name, waiting) in opening where !waiting.isEmpty {
-            onFailed(name, waiting.map(\.id), ECANCELED, 1_000)
+        for (name, o) in opening where !o.waiting.isEmpty {
+            onFailed(name, o.waiting.map(\.id), ECANCELED, 1_000)
         }
         opening = [:]
     }
@@ -305,12 +320,14 @@ public final class VaultStore: VaultStorage {
     /// (nil, or what failed).
     public func purge(world name: String, done: @escaping @Sendable (String?) -> Void) {
         if let w = worlds.removeValue(forKey: name) { w.close() }
+        // An opening still on its way is given up: its appends fail now, and what it opens is closed on arrival.
+        if let o = opening.removeValue(forKey: name), !o.waiting.isEmpty { onFailed(name, o.waiting.map(\.id), ECANCELED, 1_000) }
         broken[name] = nil  // a world that could not be opened is forgotten with its files
         let directory = settings.directory + "/" + name
         let key = settings.keyDirectory.isEmpty ? nil : settings.keyDirectory + "/" + name + ".key"
-        let purging = lane(name)
-        lanes[name] = nil  // the queue lives on until its work is done; a world deployed again gets a new one
-        purging.async {
+        // On the world's own queue: after whatever it was doing, and before anything asked of it later (an
+        // opening after the purge finds the directory gone, never half removed).
+        lane(name).async {
             var failure: String?
             if access(directory, F_OK) == 0 {
                 // A world's directory is flat: its segments and LOCK.

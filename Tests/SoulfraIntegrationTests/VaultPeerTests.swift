@@ -378,6 +378,35 @@ extension VaultClient {
     }
 }
 
+@Suite("Vault purge", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
+struct VaultPurgeTests {
+    @Test("a purge that comes while the world is still being opened: the opening is given up, and the next append makes a fresh world on disk (never one on deleted files)")
+    func purgeDuringOpening() throws {
+        let config = testConfig()
+        let server = try BrokerServer.start(config)
+        defer { server.stop() }
+        let inst = VaultClient(try server.connect(.instance, world: "playground"))
+        // The purge lands at different points of the opening: before it, during it, after it.
+        for round in 0..<12 {
+            let s = inst.conn.link.open(Open(target: .vault, world: "playground", session: "before-\(round)", detail: "append"))
+            #expect(inst.append(s, "before the purge"))
+            inst.conn.flush()
+            usleep(useconds_t(round * 150))
+            let purged = DispatchSemaphore(value: 0)
+            server.purgeVault(world: "playground") { _ in purged.signal() }
+            #expect(purged.wait(timeout: .now() + 10) == .success, "round \(round): the purge finished")
+            let after = inst.conn.link.open(Open(target: .vault, world: "playground", session: "after-\(round)", detail: "append"))
+            #expect(inst.append(after, "after the purge \(round)"))
+            inst.conn.flush()
+            try #require(pumpUntil([inst.conn], milliseconds: 10_000) { inst.acks(after).count == 1 }, "round \(round): the append after the purge is stored")
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: config.vaultDirectory + "/playground")) ?? []
+            try #require(files.contains { $0.hasSuffix(".seg") }, "round \(round): the acknowledged event is in a file on disk: \(files)")
+            let read = inst.read(world: "playground", session: "after-\(round)", .read(after: 0, limit: 10)).events
+            #expect(read.count == 1, "round \(round): \(read.count) events")
+        }
+    }
+}
+
 @Suite("Vault retention", .enabled(if: uringAvailable, "io_uring is not available here"), .serialized)
 struct VaultRetentionTests {
     @Test("opening worlds and making segments does not wait for the process's shared dispatch pool, however many of its threads are blocked")

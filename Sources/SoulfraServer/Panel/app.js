@@ -314,16 +314,19 @@ async function worldView(name) {
     h("div", { class: "card" }, h("h2", {}, "Recent webhook deliveries"), h("table", { id: "world-deliveries", "data-testid": "deliveries" })),
     h("div", { class: "card" }, h("h2", {}, "Shut down"), h("p", { class: "muted" }, "Drains the instances, revokes every key; the vault is kept unless purged."),
       h("button", { type: "button", class: "danger", "data-testid": "shutdown", onclick: () => confirmShutdown(name) }, "Shut down…")));
+  // Just fetched: the live feed's refreshes start from here.
+  state.lastDetail = w.instances_ready + "/" + w.instances_desired;
+  state.detailAt = state.deliveriesAt = Date.now();
   fillWorld(w);
   fillWorldLive(name);
   loadKeys(name);
-  loadDeliveries(name);
+  loadDeliveries(name).catch(() => {});
   followLogs(name, logs);
 }
 
 function fillWorld(w) {
   const t = document.getElementById("world-instances");
-  if (!t) return;
+  if (!t || state.view !== "world/" + w.name) return;  // an answer that came after the page changed
   t.replaceChildren(h("tr", {}, ["Instance", "Health", "CPU", "Memory"].map((c) => h("th", {}, c))),
     ...(w.instances || []).map((i) => h("tr", {}, h("td", {}, i.id), h("td", {}, h("span", { class: "pill " + i.health }, i.health)),
       h("td", {}, i.cpu_seconds !== undefined ? i.cpu_seconds.toFixed(1) + " s" : "—"),
@@ -384,9 +387,10 @@ async function keyAction(name, method, path) {
 }
 
 async function loadDeliveries(name) {
-  const t = document.getElementById("world-deliveries");
-  if (!t) return;
+  if (state.view !== "world/" + name) return;
   const { deliveries } = await api("GET", `/admin/v1/webhooks/deliveries?world=${encodeURIComponent(name)}&limit=10`);
+  const t = document.getElementById("world-deliveries");
+  if (!t || state.view !== "world/" + name) return;  // another page by now
   fillDeliveries(t, deliveries, "No webhook has been sent about this world.", () => loadDeliveries(name));
 }
 
