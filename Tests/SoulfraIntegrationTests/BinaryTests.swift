@@ -32,7 +32,7 @@ struct BinaryTests {
         let err = Pipe()
         p.standardError = err
         try p.run()
-        for _ in 0..<500 where !FileManager.default.fileExists(atPath: ready) { usleep(10_000) }
+        for _ in 0..<3_000 where !FileManager.default.fileExists(atPath: ready) { usleep(10_000) }
         #expect(FileManager.default.fileExists(atPath: ready), "the daemon started")
         kill(p.processIdentifier, SIGTERM)
         for _ in 0..<1000 where p.isRunning { usleep(10_000) }
@@ -59,7 +59,7 @@ struct BinaryTests {
         p.standardError = FileHandle.nullDevice
         try p.run()
         defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
-        for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
+        for _ in 0..<3_000 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
         let port = try #require(UInt16((try String(contentsOfFile: ready, encoding: .utf8)).split(separator: "\n").first ?? ""))
         let address = PeerAddress.tcp(host: "127.0.0.1", port: port)
         let identity = PeerIdentity(kind: .runtime, token: "dev-runtime-token-0001")
@@ -104,7 +104,7 @@ struct BinaryTests {
         p.standardError = err
         try p.run()
         defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
-        for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
+        for _ in 0..<3_000 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
         let address = PeerAddress.unix(path: dir + "/b.sock")
         let ri = Recorder(), rg = Recorder()
         let inst = PeerConnection(address: address, identity: PeerIdentity(kind: .instance, world: "bench", token: "hup-instance-token-01"))

@@ -121,7 +121,7 @@ struct DockerDriverTests {
         #expect(prepared.status == 0, "\(prepared.err)")
         let up = try runCapturing("/usr/bin/docker-compose", compose + ["up", "-d"], environment: env, timeout: 120)
         #expect(up.status == 0, "\(up.err)")
-        for _ in 0..<200 where !FileManager.default.fileExists(atPath: w.home + "/ready") { usleep(50_000) }
+        for _ in 0..<1_200 where !FileManager.default.fileExists(atPath: w.home + "/ready") { usleep(50_000) }  // 60 s at most
         let status = try w.json(["status"])
         #expect(status["driver"] as? String == "docker", "the daemon in its container drives the host's engine")
         let d = try w.json(["deploy", "--type", "kids", "--name", "composed"])

@@ -212,7 +212,7 @@ struct GatewayKeysFileTests {
             if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
         }
-        for _ in 0..<500 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
+        for _ in 0..<3_000 where (try? String(contentsOfFile: ready, encoding: .utf8)) == nil { usleep(10_000) }
         let lines = try String(contentsOfFile: ready, encoding: .utf8).split(separator: "\n")
         let port = try #require(lines.count >= 2 ? UInt16(lines[1]) : nil)
         let url = "http://127.0.0.1:\(port)/v1/worlds/playground/messages"

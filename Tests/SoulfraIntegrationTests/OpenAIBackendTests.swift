@@ -40,9 +40,9 @@ final class FakeOpenAI: @unchecked Sendable {
 
     var log: String { logged.withLock { $0 } }
 
-    /// The log once `condition` holds for it, or after 5 s (its lines arrive on a pipe, a little after the fact).
+    /// The log once `condition` holds for it, or after 30 s (its lines arrive on a pipe, a little after the fact).
     func log(until condition: (String) -> Bool) -> String {
-        for _ in 0..<500 where !condition(log) { usleep(10_000) }
+        for _ in 0..<3_000 where !condition(log) { usleep(10_000) }
         return log
     }
 

@@ -24,7 +24,7 @@ struct ProcessDriverTests {
 
         let started = try driver.start(spec, now: 1_000)
         #expect(started.state == .running && Int32(started.handle)! > 0)
-        for _ in 0..<500 where linked() < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where linked() < 1 { usleep(10_000) }
         #expect(linked() == 1, "the instance never attached to the broker")
         #expect(driver.observe() == [ObservedInstance(world: "playground", id: "playground-1", handle: started.handle, state: .running, startedAt: 1_000)])
         #expect(driver.unenforced(spec).count == 2, "memory and CPU limits are reported as not enforced")
@@ -43,7 +43,7 @@ struct ProcessDriverTests {
         // Replaced, as the reconciler will: forgotten, started again.
         driver.forget(world: "playground", id: "playground-1")
         let second = try driver.start(spec, now: 2_000)
-        for _ in 0..<500 where linked() < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where linked() < 1 { usleep(10_000) }
         #expect(linked() == 1 && second.handle != started.handle)
 
         // A daemon started again finds it running (its pid and start time match) and does not start another.

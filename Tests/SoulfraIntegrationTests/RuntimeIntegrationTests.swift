@@ -37,7 +37,7 @@ struct RuntimeIntegrationTests {
         #expect(text == PersonaEngine.reply(cal, input: "tell me about mars", history: []).joined())
         guard case .done(let usage)? = got.last else { Issue.record("no usage: \(got)"); return }
         #expect(usage.tokensOut == got.count - 1 && usage.tokensIn == 4)
-        for _ in 0..<100 where server.runtime.counters.replies < 1 { usleep(10_000) }
+        for _ in 0..<3_000 where server.runtime.counters.replies < 1 { usleep(10_000) }
         #expect(server.runtime.counters.replies == 1)
     }
 
