@@ -199,6 +199,8 @@ public final class VaultStore: VaultStorage {
                     do { try w.append(a, now: now) } catch { onFailed(name, [a.id], error.errno, 1_000) }
                 }
             case .segment(let name, let number, let result):
+                // A world's queue runs in order and results come back in order: a segment asked for before a
+                // purge arrives while the world is gone (before any opening that came after), and is closed.
                 if let w = worlds[name] {
                     w.nextOpened(number, result)
                 } else {

@@ -361,11 +361,6 @@ final class VaultWorld {
 
     /// The next segment, made on the opener thread: on the loop now, and rotation goes on.
     func nextOpened(_ number: UInt32, _ result: Result<VaultSegment.Opened, VaultFailure>) {
-        // Only the segment this world asked for (a stale result, from before a purge, is closed unused).
-        guard makingNext, number == segments[segments.count - 1].number + 1 else {
-            if case .success(let o) = result { o.discard() }
-            return
-        }
         makingNext = false
         do {
             let s = try VaultSegment(result.get(), loop: store.loop, prepareAhead: store.settings.prepareAheadBytes,
