@@ -126,17 +126,14 @@ extension ControlService {
             o.sample("stream_peers", ["world": w.name, "peer_kind": "runtime"], current.peers.runtimeLinks)
             o.sample("stream_peers", ["world": w.name, "peer_kind": "vault"], current.peers.vault ? 1 : 0)
         }
-        let keys = resourceSamples.keys.sorted()
+        // Only samples of what runs now (not of an instance gone, or of the process before a restart).
+        let sampled = observed.sorted { ($0.world, $0.id) < ($1.world, $1.id) }.compactMap { i in
+            i.state == .running ? resourceSample(i).map { (instance: i, usage: $0) } : nil
+        }
         o.family("instance_cpu_seconds_total", .counter, "CPU time an instance has used (/proc for processes, the engine's stats for containers).")
-        for k in keys {
-            let parts = k.split(separator: "/", maxSplits: 1).map(String.init)
-            o.sample("instance_cpu_seconds_total", ["world": parts[0], "instance": parts[1]], resourceSamples[k]!.cpuSeconds)
-        }
+        for s in sampled { o.sample("instance_cpu_seconds_total", ["world": s.instance.world, "instance": s.instance.id], s.usage.cpuSeconds) }
         o.family("instance_memory_bytes", .gauge, "Memory an instance uses (resident set, or the container's usage).")
-        for k in keys {
-            let parts = k.split(separator: "/", maxSplits: 1).map(String.init)
-            o.sample("instance_memory_bytes", ["world": parts[0], "instance": parts[1]], resourceSamples[k]!.memoryBytes)
-        }
+        for s in sampled { o.sample("instance_memory_bytes", ["world": s.instance.world, "instance": s.instance.id], s.usage.memoryBytes) }
     }
 
     /// Webhook attempts by outcome, endpoints by state, messages waiting.

@@ -215,19 +215,20 @@ public final class ProcessDriver: InstanceDriver {
         }
         return {
             var out: [String: InstanceUsage] = [:]
-            for r in running {
-                guard Self.startTime(r.pid) == r.start, let u = Self.usage(pid: r.pid) else { continue }
-                out[r.key] = u
-            }
+            for r in running { out[r.key] = Self.usage(pid: r.pid, startedAt: r.start) }
             return out
         }
     }
 
-    static func usage(pid: pid_t) -> InstanceUsage? {
-        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")"), let statm = read("/proc/\(pid)/statm") else { return nil }
+    /// One read of stat (and statm): nil unless the pid's kernel start time (field 22) is `startedAt`.
+    static func usage(pid: pid_t, startedAt: UInt64) -> InstanceUsage? {
+        guard let stat = read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        // After the command, fields count from 3 (state): utime 14, stime 15, start time 22.
         let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, UInt64(fields[19]) == startedAt, let user = Double(fields[11]), let system = Double(fields[12]),
+              let statm = read("/proc/\(pid)/statm") else { return nil }
         let pages = statm.split(separator: " ")
-        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]), pages.count > 1, let rss = UInt64(pages[1]) else { return nil }
+        guard pages.count > 1, let rss = UInt64(pages[1]) else { return nil }
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         return InstanceUsage(cpuSeconds: (user + system) / ticks, memoryBytes: rss * UInt64(sysconf(Int32(_SC_PAGESIZE))))
     }

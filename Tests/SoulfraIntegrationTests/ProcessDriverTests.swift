@@ -59,7 +59,7 @@ struct ProcessDriverTests {
                 "the instance's output is in its log")
     }
 
-    @Test("a pid file whose pid now belongs to another process is not taken for a running instance")
+    @Test("a pid file whose pid now belongs to another process is not taken for a running instance, nor are its CPU and memory")
     func pidReuse() throws {
         let dir = NSTemporaryDirectory() + "soulfra-driver-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -68,6 +68,15 @@ struct ProcessDriverTests {
         // Our own pid, with a start time that is not ours: a process the kernel gave the pid to since.
         try "\(getpid()) 1 5\n".write(toFile: dir + "/w/w-1.pid", atomically: true, encoding: .utf8)
         #expect(driver.observe() == [ObservedInstance(world: "w", id: "w-1", handle: "\(getpid())", state: .exited(nil), startedAt: 5)])
+        // Nor is that process's CPU and memory read as the instance's; with the pid's own start time, it is.
+        let asRunning = [ObservedInstance(world: "w", id: "w-1", handle: "\(getpid())", state: .running, startedAt: 5)]
+        #expect(driver.usageReader(asRunning)().isEmpty, "another process's figures")
+        let stat = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
+        let ownStart = stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")[19]
+        try "\(getpid()) \(ownStart) 5\n".write(toFile: dir + "/w/w-1.pid", atomically: true, encoding: .utf8)
+        let own = driver.usageReader(asRunning)()["w/w-1"]
+        #expect((own?.memoryBytes ?? 0) > 1_000_000 && (own?.cpuSeconds ?? 0) > 0, "\(String(describing: own))")
+        try "\(getpid()) 1 5\n".write(toFile: dir + "/w/w-1.pid", atomically: true, encoding: .utf8)
         try driver.stop(world: "w", id: "w-1", graceMilliseconds: 10)  // nothing to stop: this process is left alone
         driver.forget(world: "w", id: "w-1")
         #expect(driver.observe().isEmpty)
