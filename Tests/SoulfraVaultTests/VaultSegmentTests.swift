@@ -9,7 +9,7 @@ let ringUsable: Bool = (try? UringProbe.check()) != nil
 
 /// A loop on its own thread whose delegate hands file completions to a vault segment and runs `step` at the
 /// end of every batch until it returns true (bounded: 10 s).
-final class SegmentDriver: LoopDelegate, @unchecked Sendable {
+final class SegmentDriver: LoopThreadDriver, @unchecked Sendable {
     let loop: EventLoop
     var segment: VaultSegment?
     var step: (SegmentDriver, UInt64) -> Bool = { _, _ in true }
@@ -40,37 +40,58 @@ final class SegmentDriver: LoopDelegate, @unchecked Sendable {
     /// Runs `setup` then `step` on a fresh loop thread.
     static func run(_ setup: @escaping @Sendable (SegmentDriver) throws -> Void,
                     _ step: @escaping (SegmentDriver, UInt64) -> Bool) throws -> SegmentDriver {
-        let made = Mutex<SegmentDriver?>(nil)
-        let failure = Mutex<String?>(nil)
-        let ready = DispatchSemaphore(value: 0)
-        let stepBox = StepBox(step)
-        let thread = Thread {
-            guard let loop = try? EventLoop() else {
-                failure.withLock { $0 = "no ring" }
-                ready.signal()
-                return
-            }
+        let stepBox = UncheckedBox(step)
+        return try runOnLoopThread { loop in
             let d = SegmentDriver(loop: loop)
             loop.delegate = d
-            do { try setup(d) } catch {
-                failure.withLock { $0 = "\(error)" }
-                ready.signal()
-                return
-            }
-            d.step = stepBox.step
-            made.withLock { $0 = d }
+            try setup(d)
+            d.step = stepBox.value
+            return d
+        }
+    }
+}
+
+/// A delegate driven on a loop thread of its own by `runOnLoopThread`.
+protocol LoopThreadDriver: LoopDelegate, AnyObject, Sendable {
+    var loop: EventLoop { get }
+    /// Signalled once the driver's script is done.
+    var done: DispatchSemaphore { get }
+    /// Set by `runOnLoopThread` when it is time to stop; the driver stops its loop at its next flush.
+    var stopRequested: Atomic<Bool> { get }
+}
+
+/// Makes a loop on a fresh thread and, there, its driver (`make` may do the driver's first work), runs the loop
+/// until the driver is done (10 s at most), then stops it and waits for the thread.
+func runOnLoopThread<D: LoopThreadDriver>(_ make: @escaping (EventLoop) throws -> D) throws -> D {
+    let made = Mutex<UncheckedBox<D>?>(nil)
+    let failure = Mutex<String?>(nil)
+    let ready = DispatchSemaphore(value: 0)
+    let makeBox = UncheckedBox(make)
+    let thread = Thread {
+        do {
+            guard let loop = try? EventLoop() else { throw DriverError("no ring") }
+            let d = try makeBox.value(loop)
+            made.withLock { $0 = UncheckedBox(d) }
             ready.signal()
             loop.run()
+        } catch {
+            failure.withLock { $0 = "\(error)" }
+            ready.signal()
         }
-        thread.start()
-        ready.wait()
-        guard let d = made.withLock({ $0 }) else { throw DriverError(failure.withLock { $0 } ?? "no driver") }
-        _ = d.done.wait(timeout: .now() + 10)
-        d.stopRequested.store(true, ordering: .releasing)
-        d.loop.mailbox.wake()
-        for _ in 0..<500 where !thread.isFinished { usleep(2_000) }
-        return d
     }
+    thread.start()
+    ready.wait()
+    guard let d = made.withLock({ $0 })?.value else { throw DriverError(failure.withLock { $0 } ?? "no driver") }
+    _ = d.done.wait(timeout: .now() + 10)
+    d.stopRequested.store(true, ordering: .releasing)
+    d.loop.mailbox.wake()
+    for _ in 0..<5_000 where !thread.isFinished { usleep(2_000) }
+    return d
+}
+
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }
 
 struct DriverError: Error, CustomStringConvertible {
@@ -78,10 +99,6 @@ struct DriverError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-struct StepBox: @unchecked Sendable {
-    let step: (SegmentDriver, UInt64) -> Bool
-    init(_ s: @escaping (SegmentDriver, UInt64) -> Bool) { step = s }
-}
 
 func scratchPath() -> String { "\(NSTemporaryDirectory())soulfra-vault-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).log" }
 

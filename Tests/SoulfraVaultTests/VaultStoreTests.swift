@@ -6,8 +6,8 @@ import SoulfraVault
 @testable import SoulfraVaultStore
 
 /// A vault store on a loop of its own thread, wired as the daemon wires it; `step` runs at the end of every
-/// batch until it returns true (bounded: 10 s).
-final class StoreDriver: LoopDelegate, @unchecked Sendable {
+/// batch until it returns true (bounded: 10 s, by `runOnLoopThread`).
+final class StoreDriver: LoopThreadDriver, @unchecked Sendable {
     let loop: EventLoop
     let store: VaultStore
     var durable: [UInt64] = []
@@ -47,37 +47,17 @@ final class StoreDriver: LoopDelegate, @unchecked Sendable {
         }
     }
 
-    /// Runs `setup` on a fresh loop thread (as its first work), then `step` after every batch; stops the loop
-    /// once `step` holds or 10 s have passed, and waits for its thread.
+    /// Runs `setup` on a fresh loop thread (as its first work), then `step` after every batch, until it holds.
     static func run(_ settings: VaultSettings, _ setup: @escaping (StoreDriver) -> Void,
                     until step: @escaping (StoreDriver) -> Bool) throws -> StoreDriver {
-        let made = Mutex<StoreDriver?>(nil)
-        let ready = DispatchSemaphore(value: 0)
-        let box = UncheckedBox((setup, step))
-        let thread = Thread {
-            guard let loop = try? EventLoop() else { ready.signal(); return }
+        try runOnLoopThread { loop in
             let d = StoreDriver(loop: loop, settings: settings)
             loop.delegate = d
-            d.step = box.value.1
-            box.value.0(d)
-            made.withLock { $0 = d }
-            ready.signal()
-            loop.run()
+            d.step = step
+            setup(d)
+            return d
         }
-        thread.start()
-        ready.wait()
-        guard let d = made.withLock({ $0 }) else { throw DriverError("no ring") }
-        _ = d.done.wait(timeout: .now() + 10)
-        d.stopRequested.store(true, ordering: .releasing)
-        d.loop.mailbox.wake()
-        for _ in 0..<5_000 where !thread.isFinished { usleep(2_000) }
-        return d
     }
-}
-
-struct UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
 }
 
 @Suite("The vault store on its loop", .enabled(if: ringUsable, "io_uring is not available here"), .serialized)
